@@ -1,0 +1,38 @@
+# One entry point for people and CI. Every target sets up its own virtualenv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-fast demo bench proto check-proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/cpml-master train --dataset digits-4v9 --workers-local 10 --iterations 50 --out runs/demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_field.py
+
+proto: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'grpcio-tools==1.85.1'
+	$(BIN)/python scripts/gen_proto.py
+
+check-proto: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'grpcio-tools==1.85.1'
+	$(BIN)/python scripts/gen_proto.py --check
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
