@@ -1,0 +1,1 @@
+"""The wire layer: generated protobuf code (generated/) and serde, the only code that touches it."""

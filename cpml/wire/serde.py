@@ -1,0 +1,217 @@
+"""Paired x_to_proto / x_from_proto functions: the only place generated message types are built or read.
+
+Field elements travel as packed little-endian uint32 bytes, row-major. Every `*_from_proto` checks
+sizes, that every element lies in [0, p), and checksums, raising MalformedMessage or CorruptData with
+a message a person can act on; the servicer maps those to gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from cpml.wire.generated.v1 import worker_pb2 as pb
+
+ELEMENT_BYTES = 4
+ELEMENT_DTYPE = np.dtype("<u4")
+# Share chunks stay far below gRPC's default 4 MiB message limit.
+DEFAULT_CHUNK_BYTES = 1 << 20
+# The largest modulus whose elements fit the uint32 wire format.
+MAX_WIRE_MODULUS = 1 << 32
+
+
+class WireError(ValueError):
+    """A message that cannot be turned into valid domain values."""
+
+
+class MalformedMessage(WireError):
+    """Wrong sizes, shapes, missing fields or values that are not field elements."""
+
+
+class CorruptData(WireError):
+    """A checksum mismatch or a stream that ended early: the bytes were damaged in transit."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireJobSpec:
+    """What a worker learns about a job: the field, the sigmoid polynomial and its share's shape."""
+
+    modulus: int
+    degree: int
+    rows: int
+    cols: int
+    coefficients: np.ndarray
+    model: str
+
+    @property
+    def share_bytes(self) -> int:
+        """Bytes the worker needs to store this job's share."""
+        return self.rows * self.cols * ELEMENT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class ShareBlock:
+    """Rows [row_offset, row_offset + len(block)) of one worker's share."""
+
+    job_id: str
+    row_offset: int
+    block: np.ndarray
+    spec: WireJobSpec | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """A worker's capabilities and load, as reported by its Status call."""
+
+    version: str
+    max_modulus: int
+    share_bytes_cap: int
+    share_bytes_used: int
+    jobs: int
+    max_message_bytes: int
+
+
+def checksum(data: bytes) -> int:
+    """CRC-32 (zlib) of a chunk's packed bytes."""
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def pack_elements(values: np.ndarray) -> bytes:
+    """Pack an array of field elements (uint32) as little-endian bytes, row-major."""
+    if values.dtype != np.uint32:
+        raise TypeError(f"Argument 'values' must have dtype uint32, not {values.dtype}.")
+    return np.ascontiguousarray(values, dtype=ELEMENT_DTYPE).tobytes()
+
+
+def unpack_elements(data: bytes, shape: tuple[int, ...], modulus: int, what: str) -> np.ndarray:
+    """Read packed little-endian elements of the given shape, refusing wrong sizes and values >= modulus."""
+    expected = int(np.prod(shape, dtype=np.int64)) * ELEMENT_BYTES
+    if len(data) != expected:
+        raise MalformedMessage(
+            f"{what} has {len(data)} bytes but shape {'x'.join(map(str, shape))} needs {expected} "
+            f"({ELEMENT_BYTES}-byte little-endian elements); the sender packed the wrong array")
+    values = np.frombuffer(data, dtype=ELEMENT_DTYPE).reshape(shape).astype(np.uint32, copy=False)
+    if values.size:
+        too_big = int(np.count_nonzero(values >= modulus))
+        if too_big:
+            raise MalformedMessage(
+                f"{what} holds {too_big} value(s) >= the modulus {modulus}, so they are not field "
+                f"elements; reduce every value mod p before sending")
+    return values
+
+
+def block_to_proto(values: np.ndarray) -> pb.FieldBlock:
+    """A 1-D or 2-D uint32 array as a FieldBlock (a 1-D array becomes one row)."""
+    matrix = values.reshape(1, -1) if values.ndim == 1 else values
+    if matrix.ndim != 2:
+        raise ValueError(f"Argument 'values' must be 1-D or 2-D, not {values.ndim}-D.")
+    rows, cols = matrix.shape
+    return pb.FieldBlock(rows=rows, cols=cols, data=pack_elements(matrix))
+
+
+def block_from_proto(msg: pb.FieldBlock, shape: tuple[int, int], modulus: int, what: str) -> np.ndarray:
+    """The FieldBlock's elements as a uint32 array, refusing any shape but `shape`."""
+    if (msg.rows, msg.cols) != tuple(shape):
+        raise MalformedMessage(
+            f"{what} is {msg.rows}x{msg.cols} but this job needs {shape[0]}x{shape[1]}; "
+            f"check that the master and worker agree on the job's dimensions")
+    return unpack_elements(msg.data, (msg.rows, msg.cols), modulus, what)
+
+
+def job_spec_to_proto(spec: WireJobSpec) -> pb.JobSpec:
+    """A job spec as its protobuf message."""
+    return pb.JobSpec(modulus=spec.modulus, degree=spec.degree, rows=spec.rows, cols=spec.cols,
+                      coefficients=block_to_proto(spec.coefficients), model=spec.model)
+
+
+def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
+    """A JobSpec message as a WireJobSpec, refusing empty shapes and moduli the wire cannot carry."""
+    if not 2 < msg.modulus < MAX_WIRE_MODULUS:
+        raise MalformedMessage(
+            f"modulus {msg.modulus} cannot travel as uint32 field elements; use a prime in (2, 2^32)")
+    if msg.rows == 0 or msg.cols == 0:
+        raise MalformedMessage(f"job spec declares an empty share ({msg.rows}x{msg.cols}); "
+                               f"the share needs at least one row and one column")
+    coefficients = block_from_proto(msg.coefficients, (1, msg.degree + 1), msg.modulus,
+                                    "the sigmoid coefficients")[0]
+    return WireJobSpec(modulus=msg.modulus, degree=msg.degree, rows=msg.rows, cols=msg.cols,
+                       coefficients=coefficients, model=msg.model)
+
+
+def rows_per_chunk(cols: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """How many share rows of `cols` elements fit in one chunk of at most max_chunk_bytes (at least 1)."""
+    if cols <= 0:
+        raise ValueError(f"Argument 'cols' must be positive, not {cols}.")
+    return max(1, max_chunk_bytes // (cols * ELEMENT_BYTES))
+
+
+def share_chunks_to_proto(job_id: str, row_offset: int, block: np.ndarray, spec: WireJobSpec | None = None,
+                          max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pb.ShareChunk]:
+    """Split rows of a share into checksummed ShareChunk messages; the first carries `spec` if given."""
+    step = rows_per_chunk(block.shape[1], max_chunk_bytes)
+    for start in range(0, block.shape[0], step):
+        piece = block_to_proto(block[start:start + step])
+        msg = pb.ShareChunk(job_id=job_id, row_offset=row_offset + start, block=piece,
+                            crc32=checksum(piece.data))
+        if spec is not None and start == 0:
+            msg.spec.CopyFrom(job_spec_to_proto(spec))
+        yield msg
+
+
+def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
+    """A ShareChunk's rows, checked against the job's spec and the chunk's checksum."""
+    if checksum(msg.block.data) != msg.crc32:
+        raise CorruptData(
+            f"share chunk at row {msg.row_offset} of job {msg.job_id!r} fails its CRC-32 check "
+            f"({checksum(msg.block.data):#010x} != {msg.crc32:#010x}); the bytes were damaged, re-upload the share")
+    if msg.block.cols != spec.cols:
+        raise MalformedMessage(
+            f"share chunk at row {msg.row_offset} has {msg.block.cols} columns but job {msg.job_id!r} "
+            f"declared {spec.cols}")
+    if msg.block.rows == 0 or msg.row_offset + msg.block.rows > spec.rows:
+        raise MalformedMessage(
+            f"share chunk covers rows [{msg.row_offset}, {msg.row_offset + msg.block.rows}) but job "
+            f"{msg.job_id!r} declared {spec.rows} rows; chunks must be non-empty and inside the share")
+    block = unpack_elements(msg.block.data, (msg.block.rows, msg.block.cols), spec.modulus,
+                            f"share chunk at row {msg.row_offset}")
+    return ShareBlock(job_id=msg.job_id, row_offset=msg.row_offset, block=block, spec=None)
+
+
+def round_request_to_proto(job_id: str, round_number: int, weights: np.ndarray) -> pb.RoundRequest:
+    """One round's encoded weights (d x r) for one worker."""
+    return pb.RoundRequest(job_id=job_id, round=round_number, weights=block_to_proto(weights))
+
+
+def round_request_from_proto(msg: pb.RoundRequest, spec: WireJobSpec) -> np.ndarray:
+    """The encoded weights of a RoundRequest as a uint32[d, r] array, checked against the job."""
+    return block_from_proto(msg.weights, (spec.cols, spec.degree), spec.modulus,
+                            f"round {msg.round} weights")
+
+
+def round_result_to_proto(job_id: str, round_number: int, result: np.ndarray,
+                          compute_seconds: float) -> pb.RoundResult:
+    """A worker's f(share, weights) for one round."""
+    return pb.RoundResult(job_id=job_id, round=round_number, result=block_to_proto(result),
+                          compute_seconds=compute_seconds)
+
+
+def round_result_from_proto(msg: pb.RoundResult, modulus: int, cols: int) -> np.ndarray:
+    """A RoundResult's values as a uint32[d] array, checked against the job."""
+    return block_from_proto(msg.result, (1, cols), modulus, f"round {msg.round} result")[0]
+
+
+def status_to_proto(status: WorkerStatus) -> pb.StatusReply:
+    """A worker's status as its protobuf reply."""
+    return pb.StatusReply(version=status.version, max_modulus=status.max_modulus,
+                          share_bytes_cap=status.share_bytes_cap, share_bytes_used=status.share_bytes_used,
+                          jobs=status.jobs, max_message_bytes=status.max_message_bytes)
+
+
+def status_from_proto(msg: pb.StatusReply) -> WorkerStatus:
+    """A StatusReply as a WorkerStatus."""
+    return WorkerStatus(version=msg.version, max_modulus=msg.max_modulus,
+                        share_bytes_cap=msg.share_bytes_cap, share_bytes_used=msg.share_bytes_used,
+                        jobs=msg.jobs, max_message_bytes=msg.max_message_bytes)
