@@ -1,0 +1,42 @@
+"""`cpml-worker`: parse settings, configure logging, serve on uvloop until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from cpml.logs import configure_logging
+from cpml.worker.settings import settings_from_args
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_CANNOT_SERVE = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the worker daemon; returns the process exit code."""
+    settings = settings_from_args(argv)
+    configure_logging(settings.log_level, settings.log_format)
+    from cpml.worker.server import run  # after logging is configured
+
+    try:
+        import uvloop
+    except ImportError:  # Windows: plain asyncio
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(run(settings))
+    except (RuntimeError, ValueError, OSError) as exc:
+        log.error("cannot serve", listen=settings.listen, reason=str(exc))
+        print(f"cpml-worker: cannot serve on {settings.listen}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The worker's gRPC server: Worker service + health service, TLS, port file, idle-job expiry, SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+from cpml.wire.tls import server_credentials
+from cpml.worker.service import WorkerService
+from cpml.worker.settings import WorkerSettings
+from cpml.worker.store import ShareStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "cpml.v1.Worker"
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split "host:port" (or "[v6]:port") into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"Argument 'listen' must look like host:port (e.g. 127.0.0.1:50051), not {address!r}.")
+    return host, int(port)
+
+
+class WorkerServer:
+    """One running daemon: start() binds and serves, stop() drains."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.store = ShareStore(settings.share_bytes_cap)
+        self.health = health.aio.HealthServicer()
+        self._executor = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="compute")
+        self._server: grpc.aio.Server | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self.address = ""
+
+    async def start(self) -> str:
+        """Bind, start serving and mark the service healthy; return the bound host:port."""
+        s = self.settings
+        host, _ = split_host_port(s.listen)
+        limit = s.max_message_bytes
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                          ("grpc.max_send_message_length", limit),
+                                          ("grpc.so_reuseport", 0)])
+        pb_grpc.add_WorkerServicer_to_server(WorkerService(self.store, s, self._executor), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if s.tls:
+            port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
+        else:
+            port = server.add_insecure_port(s.listen)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '::') else host}:{port}"
+        self._expiry = asyncio.create_task(self._expire_idle_jobs())
+        log.info("worker serving", listen=s.listen, port=port, tls=s.tls, mutual_tls=s.tls_client_ca is not None,
+                 share_bytes_cap=s.share_bytes_cap)
+        if not s.tls:
+            log.warning("serving plaintext (--insecure): anyone on the network path can read the shares")
+        if s.port_file is not None:
+            _write_atomically(s.port_file, self.address)
+        return self.address
+
+    async def _expire_idle_jobs(self) -> None:
+        period = max(1.0, min(60.0, self.settings.job_idle_seconds / 4))
+        while True:
+            await asyncio.sleep(period)
+            for job_id in self.store.expire(self.settings.job_idle_seconds):
+                log.info("idle job expired", job=job_id, idle_seconds=self.settings.job_idle_seconds)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then stop."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        await self._server.stop(self.settings.drain_seconds if grace is None else grace)
+        self._server = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def run(settings: WorkerSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain for settings.drain_seconds."""
+    server = WorkerServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("draining", seconds=settings.drain_seconds)
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await server.stop()

@@ -1,0 +1,201 @@
+"""The Worker gRPC servicer: decode with serde, call the store or the protocol, encode, map errors to codes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+
+import grpc
+import numpy as np
+import structlog
+
+import cpml
+from cpml.field import field_for
+from cpml.field.prime_field import MAX_PRIME_BITS
+from cpml.protocol import worker_compute
+from cpml.wire import serde
+from cpml.wire.generated.v1 import worker_pb2 as pb
+from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+from cpml.worker.settings import WorkerSettings
+from cpml.worker.store import Job, JobExists, ShareStore, ShareStoreFull, UnknownJob, Upload
+
+log = structlog.get_logger(__name__)
+
+
+class RoundOutOfOrder(Exception):
+    """A compute stream sent a round number not above the previous one."""
+
+
+class UnsupportedModulus(serde.MalformedMessage):
+    """The job's modulus is not a prime this worker can compute with."""
+
+
+# The most specific class first: UnsupportedModulus is a MalformedMessage.
+_STATUS = (
+    (UnsupportedModulus, grpc.StatusCode.INVALID_ARGUMENT),
+    (serde.MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT),
+    (serde.CorruptData, grpc.StatusCode.DATA_LOSS),
+    (UnknownJob, grpc.StatusCode.NOT_FOUND),
+    (JobExists, grpc.StatusCode.ALREADY_EXISTS),
+    (ShareStoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (RoundOutOfOrder, grpc.StatusCode.FAILED_PRECONDITION),
+)
+REFUSALS = tuple(cls for cls, _ in _STATUS)
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status code for a refused request."""
+    return next(code for cls, code in _STATUS if isinstance(exc, cls))
+
+
+class _LatestRound:
+    """The newest round request not yet computed: a straggler skips rounds the master has moved past."""
+
+    def __init__(self) -> None:
+        self._pending: tuple[Job, int, np.ndarray] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = asyncio.Event()
+        self.skipped = 0
+
+    def put(self, item: tuple[Job, int, np.ndarray]) -> None:
+        self.skipped += self._pending is not None
+        self._pending = item
+        self._changed.set()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self._done, self._error = True, error
+        self._changed.set()
+
+    async def next(self) -> tuple[Job, int, np.ndarray] | None:
+        """The newest pending request; None once the stream ended; raises the reader's error."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._pending is not None:
+                item, self._pending = self._pending, None
+                return item
+            if self._done:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class WorkerService(pb_grpc.WorkerServicer):
+    """Serves share uploads, compute streams, job teardown and status from one ShareStore."""
+
+    def __init__(self, store: ShareStore, settings: WorkerSettings, executor: Executor) -> None:
+        self._store = store
+        self._settings = settings
+        self._executor = executor
+
+    async def UploadShare(self, request_iterator: AsyncIterator[pb.ShareChunk],
+                          context: grpc.aio.ServicerContext) -> pb.UploadReply:
+        upload: Upload | None = None
+        try:
+            async for msg in request_iterator:
+                if upload is None:
+                    upload = self._begin_upload(msg)
+                elif msg.job_id != upload.job_id:
+                    raise serde.MalformedMessage(
+                        f"share chunk names job {msg.job_id!r} inside the upload of job {upload.job_id!r}; "
+                        f"upload each job's share on its own stream")
+                upload.add(serde.share_chunk_from_proto(msg, upload.spec))
+            if upload is None:
+                raise serde.MalformedMessage("the share upload stream was empty; send at least one chunk "
+                                             "with the job spec")
+            job = upload.commit()
+        except REFUSALS as exc:
+            log.warning("upload refused", job=upload.job_id if upload else None, code=status_for(exc).name,
+                        reason=str(exc))
+            await context.abort(status_for(exc), str(exc))
+        finally:
+            if upload is not None:
+                upload.abort()
+        log.info("share stored", job=job.job_id, rows=job.spec.rows, cols=job.spec.cols,
+                 bytes=job.spec.share_bytes, used_bytes=self._store.used_bytes)
+        return pb.UploadReply(job_id=job.job_id, stored_bytes=job.spec.share_bytes)
+
+    def _begin_upload(self, first: pb.ShareChunk) -> Upload:
+        if not first.HasField("spec"):
+            raise serde.MalformedMessage(
+                f"the first chunk of the upload of job {first.job_id!r} carries no job spec; "
+                f"the spec (modulus, degree, share shape, coefficients) must come first")
+        spec = serde.job_spec_from_proto(first.spec)
+        try:
+            field_for(spec.modulus)
+        except ValueError as exc:
+            raise UnsupportedModulus(
+                f"modulus {spec.modulus} is not supported: {exc} This worker computes over primes "
+                f"below 2^{MAX_PRIME_BITS}") from None
+        return self._store.begin_upload(first.job_id, spec)
+
+    async def Compute(self, request_iterator: AsyncIterator[pb.RoundRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RoundResult]:
+        rounds = _LatestRound()
+        reader = asyncio.create_task(self._read_rounds(request_iterator, rounds))
+        served = 0
+        loop = asyncio.get_running_loop()
+        try:
+            while (item := await rounds.next()) is not None:
+                job, round_number, weights = item
+                field = field_for(job.spec.modulus)
+                started = time.perf_counter()
+                result = await loop.run_in_executor(self._executor, worker_compute, field, job.share, weights,
+                                                    job.spec.coefficients)
+                seconds = time.perf_counter() - started
+                if self._settings.fault_reply_delay:
+                    await asyncio.sleep(self._settings.fault_reply_delay)
+                log.debug("round computed", job=job.job_id, round=round_number, seconds=round(seconds, 6))
+                yield serde.round_result_to_proto(job.job_id, round_number, result, seconds)
+                served += 1
+                if 0 < self._settings.fault_fail_after_rounds <= served:
+                    log.warning("fault injection: failing compute stream", job=job.job_id, rounds=served)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                        f"fault injection: --fault-fail-after-rounds "
+                                        f"{self._settings.fault_fail_after_rounds} reached")
+        except REFUSALS as exc:
+            log.warning("compute refused", code=status_for(exc).name, reason=str(exc))
+            await context.abort(status_for(exc), str(exc))
+        finally:
+            reader.cancel()
+            if rounds.skipped:
+                log.info("stale rounds skipped", count=rounds.skipped)
+
+    async def _read_rounds(self, request_iterator: AsyncIterator[pb.RoundRequest], rounds: _LatestRound) -> None:
+        job: Job | None = None
+        last_round = -1
+        try:
+            async for msg in request_iterator:
+                if job is None:
+                    job = self._store.get(msg.job_id)
+                elif msg.job_id != job.job_id:
+                    raise serde.MalformedMessage(
+                        f"round request names job {msg.job_id!r} on the compute stream of job {job.job_id!r}; "
+                        f"open one stream per job")
+                if msg.round <= last_round:
+                    raise RoundOutOfOrder(
+                        f"round {msg.round} of job {job.job_id!r} arrived after round {last_round}; rounds on a "
+                        f"stream must strictly increase (open a new stream to start over)")
+                weights = serde.round_request_from_proto(msg, job.spec)
+                last_round = msg.round
+                job.touch()
+                rounds.put((job, msg.round, weights))
+            rounds.finish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # handed to the handler, which maps refusals to status codes
+            rounds.finish(exc)
+
+    async def EndJob(self, request: pb.EndJobRequest, context: grpc.aio.ServicerContext) -> pb.EndJobReply:
+        freed = self._store.remove(request.job_id)
+        log.info("job ended", job=request.job_id, existed=freed > 0, freed_bytes=freed)
+        return pb.EndJobReply(existed=freed > 0, freed_bytes=freed)
+
+    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusReply:
+        return serde.status_to_proto(serde.WorkerStatus(
+            version=cpml.__version__, max_modulus=2**MAX_PRIME_BITS, share_bytes_cap=self._store.cap_bytes,
+            share_bytes_used=self._store.used_bytes, jobs=len(self._store),
+            max_message_bytes=self._settings.max_message_bytes))

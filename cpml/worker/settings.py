@@ -1,0 +1,144 @@
+"""The worker's settings: a frozen dataclass built from command-line flags, defaulting to CPML_WORKER_* env vars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+from cpml.logs import FORMATS, LEVELS
+
+ENV_PREFIX = "CPML_WORKER_"
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+          "t": 1 << 40, "tib": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a byte count such as 4096, 512MiB or 4G."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"a byte count such as 4096, 512MiB or 4GiB, not {text!r}")
+    return int(match.group(1)) * _UNITS[unit]
+
+
+def _flag_bool(text: str) -> bool:
+    if str(text).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(text).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"true or false, not {text!r}")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything the daemon is configured with; fault-injection fields are for tests and off by default."""
+
+    listen: str = "127.0.0.1:50051"
+    share_bytes_cap: int = 4 << 30
+    max_message_bytes: int = 8 << 20
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    insecure: bool = False
+    port_file: Path | None = None
+    drain_seconds: float = 10.0
+    job_idle_seconds: float = 3600.0
+    compute_threads: int = 2
+    log_level: str = "info"
+    log_format: str = "auto"
+    fault_reply_delay: float = 0.0
+    fault_fail_after_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("Argument 'tls_cert' must come with 'tls_key' (both or neither), "
+                             f"not cert={self.tls_cert} key={self.tls_key}.")
+        if self.tls_cert is None and not self.insecure:
+            raise ValueError("Argument 'tls_cert' must be given (with --tls-key) to serve over TLS, not None; "
+                             "pass --insecure to serve plaintext on a network you trust")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("Argument 'tls_client_ca' needs --tls-cert and --tls-key (mutual TLS is TLS), "
+                             f"not {self.tls_client_ca} alone.")
+        if self.insecure and self.tls_cert is not None:
+            raise ValueError("Argument 'insecure' must be off when --tls-cert is given, not on.")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS."""
+        return self.tls_cert is not None
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The cpml-worker argument parser, with defaults taken from CPML_WORKER_* variables in environ."""
+    d = SimpleNamespace(**{f.name: f.default for f in fields(WorkerSettings)})
+
+    def env(name: str, default: object) -> object:
+        return environ.get(ENV_PREFIX + name, default)
+
+    p = argparse.ArgumentParser(
+        prog="cpml-worker",
+        description="CodedPrivateML worker daemon: stores coded shares and computes on them. "
+                    f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).")
+    p.add_argument("--listen", default=env("LISTEN", d.listen), help="host:port to serve on (port 0: any free port)")
+    p.add_argument("--share-bytes-cap", type=parse_bytes, default=env("SHARE_BYTES_CAP", str(d.share_bytes_cap)),
+                   help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB)")
+    p.add_argument("--max-message-bytes", type=parse_bytes,
+                   default=env("MAX_MESSAGE_BYTES", str(d.max_message_bytes)), help="gRPC message size limit")
+    p.add_argument("--tls-cert", type=Path, default=env("TLS_CERT", None), help="server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, default=env("TLS_KEY", None), help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, default=env("TLS_CLIENT_CA", None),
+                   help="CA (PEM) that must sign client certificates: enables mutual TLS")
+    p.add_argument("--insecure", type=_flag_bool, nargs="?", const=True, default=env("INSECURE", "false"),
+                   help="serve plaintext (no TLS); anyone on the network path can read shares")
+    p.add_argument("--port-file", type=Path, default=env("PORT_FILE", None),
+                   help="write the bound host:port here once serving (useful with port 0)")
+    p.add_argument("--drain-seconds", type=float, default=env("DRAIN_SECONDS", d.drain_seconds),
+                   help="on SIGTERM, let calls in flight finish for this long")
+    p.add_argument("--job-idle-seconds", type=float, default=env("JOB_IDLE_SECONDS", d.job_idle_seconds),
+                   help="forget a job unused for this long")
+    p.add_argument("--compute-threads", type=int, default=env("COMPUTE_THREADS", d.compute_threads),
+                   help="threads computing rounds (of different jobs) at once")
+    p.add_argument("--log-level", choices=LEVELS, default=env("LOG_LEVEL", d.log_level))
+    p.add_argument("--log-format", choices=FORMATS, default=env("LOG_FORMAT", d.log_format),
+                   help="json, console, or auto (console on a terminal)")
+    faults = p.add_argument_group("fault injection (tests only; off by default)")
+    faults.add_argument("--fault-reply-delay", type=float, default=env("FAULT_REPLY_DELAY", 0.0),
+                        help="sleep this many seconds before every round reply")
+    faults.add_argument("--fault-fail-after-rounds", type=int, default=env("FAULT_FAIL_AFTER_ROUNDS", 0),
+                        help="abort compute streams with UNAVAILABLE after this many rounds (0: never)")
+    return p
+
+
+def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+    """Parse flags (falling back to the environment) into WorkerSettings; exit 2 with a message on bad input."""
+    parser = build_parser(os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    for name in ("share_bytes_cap", "max_message_bytes"):  # env defaults arrive as strings
+        value = getattr(args, name)
+        if isinstance(value, str):
+            try:
+                setattr(args, name, parse_bytes(value))
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"argument --{name.replace('_', '-')}: {exc}")
+    if isinstance(args.insecure, str):
+        args.insecure = _flag_bool(args.insecure)
+    try:
+        return WorkerSettings(
+            listen=args.listen, share_bytes_cap=args.share_bytes_cap, max_message_bytes=args.max_message_bytes,
+            tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key), tls_client_ca=_path(args.tls_client_ca),
+            insecure=args.insecure, port_file=_path(args.port_file), drain_seconds=float(args.drain_seconds),
+            job_idle_seconds=float(args.job_idle_seconds), compute_threads=int(args.compute_threads),
+            log_level=args.log_level, log_format=args.log_format,
+            fault_reply_delay=float(args.fault_reply_delay),
+            fault_fail_after_rounds=int(args.fault_fail_after_rounds))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _path(value: object) -> Path | None:
+    return None if value in (None, "") else Path(value)
