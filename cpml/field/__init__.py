@@ -1,0 +1,22 @@
+"""Prime-field arithmetic: the field value, CSPRNG sampling, exact modular matmul and Lagrange coding."""
+
+from cpml.field.lagrange import encoding_matrix, evaluation_points, interpolation_matrix
+from cpml.field.matmul import matmul_mod, matmul_mod_centred
+from cpml.field.prime_field import DEFAULT_PRIME, Elements, PrimeField, field_for
+from cpml.field.primes import is_prime, largest_prime_below
+from cpml.field.sampling import uniform
+
+__all__ = [
+    "DEFAULT_PRIME",
+    "Elements",
+    "PrimeField",
+    "encoding_matrix",
+    "evaluation_points",
+    "field_for",
+    "interpolation_matrix",
+    "is_prime",
+    "largest_prime_below",
+    "matmul_mod",
+    "matmul_mod_centred",
+    "uniform",
+]

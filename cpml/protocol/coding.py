@@ -1,0 +1,58 @@
+"""Lagrange encoding of K partitions plus T masks into N shares, and decoding from any R replies."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cpml.errors import argument_error
+from cpml.field import Elements, PrimeField, evaluation_points, interpolation_matrix, matmul_mod_centred
+from cpml.field.sampling import uniform
+
+MaskSource = Callable[[PrimeField, tuple[int, ...]], Elements]
+
+
+@dataclass(frozen=True)
+class CodingScheme:
+    """The public points of a job: betas for the K partitions and T masks, alphas for the N workers."""
+
+    field: PrimeField
+    n: int
+    k: int
+    t: int
+
+    @functools.cached_property
+    def points(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(alphas, betas)."""
+        return evaluation_points(self.field, self.n, self.k + self.t)
+
+    @functools.cached_property
+    def encoder(self) -> npt.NDArray[np.float64]:
+        """U transposed, N x (K+T), as centred float64: share_i = sum_j U[j, i] * block_j."""
+        alphas, betas = self.points
+        return self.field.centred(interpolation_matrix(self.field, betas, alphas))
+
+    def encode(
+        self, secrets: npt.NDArray[np.float64], mask_source: MaskSource = uniform
+    ) -> Elements:
+        """Encode K secret blocks (rows of `secrets`, signed ints as float64) with T fresh masks into N shares."""
+        if secrets.ndim != 2 or secrets.shape[0] != self.k:
+            raise argument_error("secrets", f"have {self.k} rows (one per partition)", secrets.shape)
+        masks = self.field.centred(mask_source(self.field, (self.t, secrets.shape[1])))
+        return matmul_mod_centred(self.field, self.encoder, np.concatenate([secrets, masks]))
+
+    def decode(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int) -> Elements:
+        """Interpolate h at the K betas from the first `threshold` replies (worker index -> f value)."""
+        if len(replies) < threshold:
+            raise argument_error("replies", f"hold at least R = {threshold} results", len(replies))
+        chosen = tuple(list(replies)[:threshold])
+        if any(not 0 <= i < self.n for i in chosen):
+            raise argument_error("replies", f"come from workers 0..{self.n - 1}", chosen)
+        alphas, betas = self.points
+        decoder = interpolation_matrix(self.field, tuple(alphas[i] for i in chosen), betas[: self.k])
+        stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen])
+        return matmul_mod_centred(self.field, self.field.centred(decoder), self.field.centred(stacked))

@@ -1,0 +1,86 @@
+"""Float64 models: losses, predictions and plain gradient descent (the reference CodedPrivateML must match)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from cpml.errors import argument_error
+from cpml.protocol.sigmoid import sigmoid
+
+Array = npt.NDArray[np.float64]
+
+
+def check_dataset(x: npt.ArrayLike, y: npt.ArrayLike, model: str, name: str = "x") -> tuple[Array, Array]:
+    """Return (x, y) as float64 after checking shapes, finiteness and (for logistic) 0/1 labels."""
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    if xa.ndim != 2 or xa.shape[0] == 0 or xa.shape[1] == 0:
+        raise argument_error(name, "be a non-empty 2-D array (rows x features)", xa.shape)
+    if ya.shape != (xa.shape[0],):
+        raise argument_error("y", f"be a vector of {xa.shape[0]} labels", ya.shape)
+    if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
+        raise argument_error(name, "hold only finite values", "NaN or infinity")
+    if model == "logistic" and not np.all((ya == 0) | (ya == 1)):
+        raise argument_error("y", "hold only 0/1 labels for logistic regression", np.unique(ya)[:5].tolist())
+    return xa, ya
+
+
+def loss(x: Array, y: Array, w: Array, model: str) -> float:
+    """Mean cross-entropy (logistic) or half mean squared error (linear)."""
+    z = x @ w
+    if model == "linear":
+        return float(0.5 * np.mean((z - y) ** 2))
+    # log(1 + e^z) - y z, computed stably
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def accuracy(x: Array, y: Array, w: Array, model: str) -> float | None:
+    """Fraction of correct 0/1 predictions (logistic); None for linear regression."""
+    if model == "linear":
+        return None
+    return float(np.mean((x @ w >= 0.0) == (y == 1)))
+
+
+def gradient(x: Array, y: Array, w: Array, model: str) -> Array:
+    """The exact float64 gradient (1/m) Xᵀ(s(Xw) - y), s the true sigmoid or the identity."""
+    z = x @ w
+    prediction = z if model == "linear" else sigmoid(z)
+    return x.T @ (prediction - y) / x.shape[0]
+
+
+def lipschitz_learning_rate(x: Array, model: str) -> float:
+    """1/L with L = ||X||_2^2 / (4m) (logistic, paper Lemma 2) or ||X||_2^2 / m (linear)."""
+    v = np.full(x.shape[1], 1.0 / np.sqrt(x.shape[1]))
+    sigma2 = 0.0
+    for _ in range(200):  # power iteration on XᵀX, deterministic start
+        u = x.T @ (x @ v)
+        norm = float(np.linalg.norm(u))
+        if norm == 0.0:
+            break
+        v, previous, sigma2 = u / norm, sigma2, norm
+        if abs(sigma2 - previous) <= 1e-9 * sigma2:
+            break
+    if sigma2 == 0.0:
+        raise argument_error("x", "have a non-zero entry", "all zeros")
+    # Power iteration approaches sigma^2 from below; 5% headroom keeps 1/L on the safe side.
+    lipschitz = 1.05 * sigma2 / x.shape[0] / (4.0 if model == "logistic" else 1.0)
+    return 1.0 / lipschitz
+
+
+def project_to_ball(w: Array, radius: float) -> Array:
+    """Scale w back onto the L2 ball of the given radius if it lies outside."""
+    norm = float(np.linalg.norm(w))
+    return w * (radius / norm) if norm > radius else w
+
+
+def gradient_descent(
+    x: Array, y: Array, learning_rate: float, iterations: int, model: str = "logistic"
+) -> Array:
+    """Plain float64 gradient descent from zero; returns the (iterations+1) x d weight trajectory."""
+    w = np.zeros(x.shape[1])
+    trajectory = [w]
+    for _ in range(iterations):
+        w = w - learning_rate * gradient(x, y, w, model)
+        trajectory.append(w)
+    return np.array(trajectory)

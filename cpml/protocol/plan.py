@@ -1,0 +1,129 @@
+"""The validated parameters of one CodedPrivateML job, and the Case 1 / Case 2 presets of the paper."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from cpml.errors import argument_error
+from cpml.field.prime_field import DEFAULT_PRIME, PrimeField
+
+MODELS = ("logistic", "linear")
+
+
+def recovery_threshold(k: int, t: int, r: int) -> int:
+    """R = (2r+1)(K+T-1)+1: the number of replies that determine the degree-(2r+1)(K+T-1) polynomial."""
+    return (2 * r + 1) * (k + t - 1) + 1
+
+
+def largest_k(n_workers: int, t: int, r: int) -> int:
+    """The largest K with (2r+1)(K+T-1)+1 <= N, or 0 if no K >= 1 fits."""
+    return max(0, (n_workers - 1) // (2 * r + 1) + 1 - t)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that fixes a CodedPrivateML run: cluster shape, quantization, field and training."""
+
+    n_workers: int
+    k: int
+    t: int
+    r: int = 1
+    lx: int = 2
+    lw: int = 5
+    lc: int = 6
+    p: int = DEFAULT_PRIME
+    learning_rate: float | None = None
+    iterations: int = 50
+    model: str = "logistic"
+    sigmoid_interval: float = 8.0
+    weight_bound: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_workers", "k", "t", "r", "iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise argument_error(name, "be a positive integer", value)
+        for name in ("lx", "lw", "lc"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 24:
+                raise argument_error(name, "be an integer between 0 and 24", value)
+        if self.model not in MODELS:
+            raise argument_error("model", f"be one of {', '.join(MODELS)}", self.model)
+        if self.model == "linear" and self.r != 1:
+            raise argument_error("r", "be 1 for linear regression (the gradient is exactly degree 3)", self.r)
+        for name in ("sigmoid_interval", "weight_bound"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise argument_error(name, "be a positive finite number", value)
+        if self.learning_rate is not None and not (
+            math.isfinite(self.learning_rate) and self.learning_rate > 0
+        ):
+            raise argument_error("learning_rate", "be a positive finite number or None (auto)", self.learning_rate)
+        PrimeField(self.p)  # refuses composite or oversized moduli with the standard message
+        if self.n_workers < self.threshold:
+            raise ValueError(self._threshold_message())
+        if self.n_workers + self.k + self.t >= self.p:
+            raise argument_error("p", f"exceed N + K + T = {self.n_workers + self.k + self.t}", self.p)
+
+    @property
+    def threshold(self) -> int:
+        """R, the number of worker replies needed to decode a round."""
+        return recovery_threshold(self.k, self.t, self.r)
+
+    @property
+    def field(self) -> PrimeField:
+        """The prime field of this plan."""
+        return PrimeField(self.p)
+
+    @property
+    def gradient_scale(self) -> int:
+        """l = l_x + r(l_x + l_w) + l_c: the power of two the decoded X̄ᵀs̄ carries."""
+        return self.lx + self.r * (self.lx + self.lw) + self.lc
+
+    def with_(self, **changes: object) -> Plan:
+        """Return a copy with some fields changed (validated again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def case1(cls, n_workers: int, r: int = 1, **kwargs: object) -> Plan:
+        """Maximum parallelism: T = 1 and the largest K the threshold allows."""
+        k = largest_k(n_workers, 1, r)
+        if k < 1:
+            raise argument_error("n_workers", f"be at least {recovery_threshold(1, 1, r)} for r={r}", n_workers)
+        return cls(n_workers=n_workers, k=k, t=1, r=r, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def case2(cls, n_workers: int, r: int = 1, **kwargs: object) -> Plan:
+        """Parallelism about equal to privacy: T = floor((N-(2r+1)) / (2(2r+1))), then the largest K."""
+        t = max(1, (n_workers - (2 * r + 1)) // (2 * (2 * r + 1)))
+        k = largest_k(n_workers, t, r)
+        if k < 1:
+            raise argument_error("n_workers", f"be at least {recovery_threshold(1, t, r)} for r={r}", n_workers)
+        return cls(n_workers=n_workers, k=k, t=t, r=r, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_privacy(cls, n_workers: int, t: int, r: int = 1, **kwargs: object) -> Plan:
+        """Given N, T and r, take the largest K the threshold allows."""
+        k = largest_k(n_workers, t, r)
+        if k < 1:
+            raise argument_error(
+                "n_workers", f"be at least {recovery_threshold(1, t, r)} for T={t}, r={r}", n_workers
+            )
+        return cls(n_workers=n_workers, k=k, t=t, r=r, **kwargs)  # type: ignore[arg-type]
+
+    def _threshold_message(self) -> str:
+        need = self.threshold
+        best_k = largest_k(self.n_workers, self.t, self.r)
+        hints = [f"add workers (N >= {need})"]
+        if best_k >= 1:
+            hints.append(f"lower K to {best_k}")
+        max_t = largest_k(self.n_workers, self.k, self.r)  # symmetric in K and T
+        if 1 <= max_t < self.t:
+            hints.append(f"lower T to {max_t}")
+        if self.r > 1 and self.n_workers >= recovery_threshold(self.k, self.t, 1):
+            hints.append("lower r")
+        return (
+            f"Argument 'n_workers' must be at least (2r+1)(K+T-1)+1 = {need} for K={self.k}, T={self.t}, "
+            f"r={self.r}, not {self.n_workers}; " + ", or ".join(hints) + "."
+        )

@@ -1,0 +1,41 @@
+"""Quantization between the reals and F_p (paper eqs. 3-8 and 23)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from cpml.errors import argument_error
+
+
+def round_half_up(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Round to the nearest integer, halves upward (paper eq. 3)."""
+    return np.floor(x + 0.5).astype(np.int64)
+
+
+def quantize_data(x: npt.ArrayLike, lx: int) -> npt.NDArray[np.int64]:
+    """Return Round(2^lx * X) as signed integers (phi is applied when the values enter the field)."""
+    arr = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise argument_error("x", "hold only finite values", "NaN or infinity")
+    return round_half_up(np.ldexp(arr, lx))
+
+
+def stochastic_round(x: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Round down or up with probabilities that make the result unbiased (E[round(x)] = x)."""
+    low = np.floor(x)
+    return (low + (rng.random(x.shape) < (x - low))).astype(np.int64)
+
+
+def quantize_weights(w: npt.ArrayLike, lw: int, r: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+    """Return the d x r matrix of r independent stochastic quantizations Round_stoc(2^lw * w)."""
+    arr = np.asarray(w, dtype=np.float64)
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+        raise argument_error("w", "be a finite vector", arr.shape)
+    scaled = np.ldexp(arr, lw)
+    return np.stack([stochastic_round(scaled, rng) for _ in range(r)], axis=1)
+
+
+def dequantize(values: npt.ArrayLike, scale_bits: int) -> npt.NDArray[np.float64]:
+    """Return 2^-l * values for signed integers (phi^-1 already applied)."""
+    return np.ldexp(np.asarray(values, dtype=np.float64), -scale_bits)

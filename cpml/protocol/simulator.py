@@ -1,0 +1,51 @@
+"""Algorithm 1 in one process with N virtual workers: the reference every transport must match."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cpml.field.sampling import uniform
+from cpml.protocol.coding import MaskSource
+from cpml.protocol.plan import Plan
+from cpml.protocol.trainer import CodedTrainer, RoundStats
+from cpml.protocol.worker_function import worker_compute
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """The outcome of a training run."""
+
+    plan: Plan
+    weights: npt.NDArray[np.float64]
+    trajectory: npt.NDArray[np.float64]  # (iterations + 1) x d, starting from the initial weights
+    history: tuple[RoundStats, ...]  # one entry per finished round
+
+
+def simulate(
+    plan: Plan,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    seed: int,
+    x_test: npt.ArrayLike | None = None,
+    y_test: npt.ArrayLike | None = None,
+    *,
+    arrival_seed: int | None = None,
+    mask_source: MaskSource = uniform,
+) -> TrainingResult:
+    """Run CodedPrivateML in-process; each round a random R of the N workers 'arrive first'."""
+    trainer = CodedTrainer.create(plan, x, y, seed, x_test, y_test, mask_source=mask_source)
+    shares = trainer.encode_dataset()
+    coefficients = trainer.job_spec.coefficient_array()
+    order = np.random.default_rng(arrival_seed if arrival_seed is not None else seed + 1)
+    trajectory = [trainer.weights.copy()]
+    history = []
+    while not trainer.done:
+        w_shares = trainer.weight_shares()
+        first = order.permutation(plan.n_workers)[: trainer.plan.threshold]
+        replies = {int(i): worker_compute(trainer.field, shares[i], w_shares[i], coefficients) for i in first}
+        history.append(trainer.finish_round(trainer.round, replies))
+        trajectory.append(trainer.weights.copy())
+    return TrainingResult(trainer.plan, trainer.weights.copy(), np.array(trajectory), tuple(history))
