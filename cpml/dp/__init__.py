@@ -1,0 +1,1 @@
+"""Weighted distributed differential privacy: accountant, party DP-GD, aggregation."""

@@ -1,0 +1,200 @@
+"""Differentially private gradient descent for logistic regression, and model aggregation.
+
+Pure functions over numpy arrays; no I/O. Labels are 0/1. Noise scales are expressed as
+*noise multipliers* z in dp_accounting's convention: the noise added to the sum of clipped
+per-record gradients has standard deviation z * clip.
+
+Why sigma_k = sigma * sqrt(n / n_k): party k adds N(0, (z_k * G)^2) to its gradient sum with
+z_k = z * sqrt(n_k / n). The weighted aggregate sum_k (n_k/n) * (S_k + N_k) / n_k equals
+(sum_k S_k + sum_k N_k) / n, and sum_k N_k ~ N(0, (z G)^2): exactly centralized DP-GD on the
+pooled data with multiplier z. The plain average (the baseline) instead weighs a record of
+the smallest party by 1 / (P n_min), so it needs z_k = z * n_k / (sqrt(P) * n_min).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from cpml.dp.noise import NoiseSource, gaussian_noise
+from cpml.errors import argument_error
+
+
+class Scheme(str, Enum):
+    """How the server combines party models."""
+
+    WEIGHTED = "weighted"
+    UNWEIGHTED = "unweighted"
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What every party does within one round."""
+
+    learning_rate: float = 1.0
+    clip: float = 1.0
+    l2: float = 1e-3
+    local_steps: int = 1
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise argument_error("learning_rate", "be a positive number", self.learning_rate)
+        if not (np.isfinite(self.clip) and self.clip > 0):
+            raise argument_error("clip", "be a positive number", self.clip)
+        if not (np.isfinite(self.l2) and self.l2 >= 0):
+            raise argument_error("l2", "be a non-negative number", self.l2)
+        if self.local_steps < 1:
+            raise argument_error("local_steps", "be at least 1", self.local_steps)
+        if not 0 < self.sampling_rate <= 1:
+            raise argument_error("sampling_rate", "lie in (0, 1]", self.sampling_rate)
+
+
+def add_bias_and_normalise(x: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
+    """Append a constant-1 column, then scale rows longer than max_norm onto the ball."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise argument_error("x", "be a 2-D array", x.shape)
+    with_bias = np.hstack([x, np.ones((x.shape[0], 1))])
+    return clip_rows(with_bias, max_norm)
+
+
+def clip_rows(a: np.ndarray, bound: float) -> np.ndarray:
+    """Scale each row with L2 norm above `bound` down to norm `bound`."""
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a * np.minimum(1.0, bound / np.maximum(norms, np.finfo(np.float64).tiny))
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * t))
+
+
+def objective(w: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float) -> float:
+    """F(w): mean logistic loss plus (l2/2)||w||^2."""
+    margins = (2.0 * y - 1.0) * (x @ w)
+    return float(np.mean(np.logaddexp(0.0, -margins)) + 0.5 * l2 * (w @ w))
+
+
+def objective_gradient(w: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Exact (non-private) gradient of F at w."""
+    return x.T @ (_sigmoid(x @ w) - y) / len(y) + l2 * w
+
+
+def accuracy(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of rows whose predicted label (x.w > 0) equals y."""
+    return float(np.mean((x @ w > 0) == (y > 0.5)))
+
+
+def clipped_gradient_sum(w: np.ndarray, x: np.ndarray, y: np.ndarray, clip: float) -> np.ndarray:
+    """Sum over records of each per-record loss gradient clipped to norm `clip`."""
+    per_record = (_sigmoid(x @ w) - y)[:, None] * x
+    return clip_rows(per_record, clip).sum(axis=0)
+
+
+def dp_gradient_steps(
+    w: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    noise_multiplier: float,
+    settings: LocalSettings,
+    source: NoiseSource,
+) -> np.ndarray:
+    """Run `local_steps` noisy clipped gradient steps from w; return the new model."""
+    n = len(y)
+    if n == 0:
+        raise argument_error("x", "hold at least one record", 0)
+    std = noise_multiplier * settings.clip
+    denominator = settings.sampling_rate * n
+    w = np.array(w, dtype=np.float64)
+    for _ in range(settings.local_steps):
+        if settings.sampling_rate < 1.0:
+            batch = source.uniform(n) < settings.sampling_rate
+            total = clipped_gradient_sum(w, x[batch], y[batch], settings.clip)
+        else:
+            total = clipped_gradient_sum(w, x, y, settings.clip)
+        noisy = (total + gaussian_noise(source, w.shape, std)) / denominator
+        w = w - settings.learning_rate * (noisy + settings.l2 * w)
+    return w
+
+
+def party_noise_multiplier(
+    scheme: Scheme, noise_multiplier: float, sizes: Sequence[int], party: int
+) -> float:
+    """z_k: the multiplier party `party` uses so the aggregate carries multiplier z."""
+    sizes = _checked_sizes(sizes)
+    n_k = sizes[party]
+    if scheme is Scheme.WEIGHTED:
+        return noise_multiplier * float(np.sqrt(n_k / sizes.sum()))
+    return noise_multiplier * n_k / (np.sqrt(len(sizes)) * sizes.min())
+
+
+def round_noise_multiplier(
+    scheme: Scheme, noise_multiplier: float, sizes: Sequence[int], survivors: Sequence[int]
+) -> float:
+    """The multiplier the released aggregate carries when only `survivors` reported."""
+    sizes = _checked_sizes(sizes)
+    if len(survivors) == 0:
+        raise argument_error("survivors", "name at least one party", list(survivors))
+    if scheme is Scheme.WEIGHTED:
+        return noise_multiplier * float(np.sqrt(sizes[list(survivors)].sum() / sizes.sum()))
+    # Conservative: the smallest surviving party is no smaller than the smallest party.
+    return noise_multiplier * float(np.sqrt(len(survivors) / len(sizes)))
+
+
+def aggregate(scheme: Scheme, models: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:
+    """Combine party models: sum (n_k / n_S) w_k (WD-DP) or the plain mean (baseline)."""
+    if len(models) == 0:
+        raise argument_error("models", "hold at least one model", 0)
+    stacked = np.stack([np.asarray(m, dtype=np.float64) for m in models])
+    if scheme is Scheme.UNWEIGHTED:
+        return stacked.mean(axis=0)
+    weights = _checked_sizes(sizes).astype(np.float64)
+    if len(weights) != len(stacked):
+        raise argument_error("sizes", f"have one entry per model ({len(stacked)})", len(weights))
+    return (weights / weights.sum()) @ stacked
+
+
+def split_uneven(n: int, parties: int, rho: float, shuffle_seed: int) -> list[np.ndarray]:
+    """Row indices for `parties` parties: half of size n_min, the rest about rho*n_min."""
+    if parties < 2:
+        raise argument_error("parties", "be at least 2", parties)
+    if not (np.isfinite(rho) and rho >= 1):
+        raise argument_error("rho", "be at least 1", rho)
+    small = parties // 2
+    shares = np.array([1.0] * small + [float(rho)] * (parties - small))
+    exact = n * shares / shares.sum()
+    sizes = np.floor(exact).astype(np.int64)
+    # Hand the leftover rows to the largest fractional parts, so n_max/n_min stays near rho.
+    sizes[np.argsort(sizes - exact)[: n - sizes.sum()]] += 1
+    if sizes.min() < 1:
+        raise argument_error("rho", f"leave every one of {parties} parties a record of {n}", rho)
+    order = np.random.default_rng(shuffle_seed).permutation(n)
+    return np.split(order, np.cumsum(sizes)[:-1])
+
+
+def _checked_sizes(sizes: Sequence[int]) -> np.ndarray:
+    arr = np.asarray(sizes, dtype=np.int64)
+    if arr.ndim != 1 or len(arr) == 0 or (arr < 1).any():
+        raise argument_error("sizes", "be a non-empty list of positive record counts", list(sizes))
+    return arr
+
+
+def optimum(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """The non-private minimiser w* of F (L-BFGS, then Newton steps)."""
+    from scipy.optimize import minimize
+
+    w = minimize(
+        objective, np.zeros(x.shape[1]), args=(x, y, l2), jac=objective_gradient,
+        method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 10_000},
+    ).x
+    for _ in range(20):  # Newton polish: L-BFGS stalls around 1e-6 in the gradient norm
+        grad = objective_gradient(w, x, y, l2)
+        if np.linalg.norm(grad) < 1e-12:
+            break
+        p = _sigmoid(x @ w)
+        hessian = (x.T * (p * (1 - p))) @ x / len(y) + l2 * np.eye(len(w))
+        w = w - np.linalg.solve(hessian, grad)
+    return w

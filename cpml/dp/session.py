@@ -1,0 +1,418 @@
+"""The aggregation server's state machine for one WD-DP run, free of I/O.
+
+Lifecycle: parties `register` (record count and model dimension), `start` calibrates the noise
+for the budget, then each round `open_round` (refuses, before any party draws noise, a round
+the budget cannot pay for), parties fetch `task_for` and `submit`, and `close_round` aggregates
+whoever reported, drops the rest (their weight renormalised away), and charges the ledgers.
+Invalid submissions raise `RunError` subclasses carrying a gRPC status name, and leave the
+round exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import structlog
+
+from cpml.dp.accountant import (
+    Accounting,
+    Budget,
+    BudgetExceeded,
+    PrivacyLedger,
+    Step,
+    calibrate_noise_multiplier,
+)
+from cpml.dp.dpgd import (
+    LocalSettings,
+    Scheme,
+    aggregate,
+    party_noise_multiplier,
+    round_noise_multiplier,
+)
+from cpml.errors import argument_error
+
+log = structlog.get_logger(__name__)
+
+
+class RunError(Exception):
+    """A request the run refuses; `status` names the gRPC status code to send back."""
+
+    status = "FAILED_PRECONDITION"
+
+
+class UnknownParty(RunError):
+    status = "NOT_FOUND"
+
+
+class InvalidUpdate(RunError):
+    status = "INVALID_ARGUMENT"
+
+
+class StaleRound(RunError):
+    status = "FAILED_PRECONDITION"
+
+
+class RunFull(RunError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class Phase(str, Enum):
+    REGISTERING = "registering"
+    TRAINING = "training"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything fixed for a run before the first party joins."""
+
+    run_id: str
+    parties: int
+    rounds: int
+    budget: Budget
+    local: LocalSettings = field(default_factory=LocalSettings)
+    scheme: Scheme = Scheme.WEIGHTED
+    accountant: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            raise argument_error("run_id", "be a non-empty string", self.run_id)
+        if self.parties < 1:
+            raise argument_error("parties", "be at least 1", self.parties)
+        if self.rounds < 1:
+            raise argument_error("rounds", "be at least 1", self.rounds)
+        Accounting.for_sampling(self.local.sampling_rate, self.accountant)
+
+    @property
+    def accounting(self) -> Accounting:
+        """The accountant kind this run's sampling calls for."""
+        return Accounting.for_sampling(self.local.sampling_rate, self.accountant)
+
+
+@dataclass(frozen=True)
+class Party:
+    """A registered party: public name, secret id, public record count."""
+
+    index: int
+    name: str
+    party_id: str
+    records: int
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    """What one party needs for a round."""
+
+    round: int
+    weights: np.ndarray
+    noise_multiplier: float
+    local: LocalSettings
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What closing a round did: who reported, who dropped, the release epsilon after it."""
+
+    round: int
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    noise_multiplier: float
+    epsilon: float
+    released: bool
+
+
+@dataclass(frozen=True)
+class Guarantees:
+    """The run's two guarantees: the released model's, and each party's towards the server."""
+
+    delta: float
+    release_epsilon: float
+    release_basis: str
+    party_epsilons: dict[str, float]
+
+
+class AggregationSession:
+    """One WD-DP run as seen by the aggregation server."""
+
+    def __init__(self, settings: RunSettings, dimension: int) -> None:
+        if dimension < 1:
+            raise argument_error("dimension", "be at least 1", dimension)
+        self.settings = settings
+        self.dimension = dimension
+        self.phase = Phase.REGISTERING
+        self.round = 0
+        self.weights = np.zeros(dimension)
+        self.noise_multiplier = math.nan
+        self.history: list[RoundResult] = []
+        self.stop_reason = ""
+        self._parties: dict[str, Party] = {}
+        self._active: set[str] = set()
+        self._submitted: dict[str, np.ndarray] = {}
+        self._release: PrivacyLedger | None = None
+        self._party_ledgers: dict[str, PrivacyLedger] = {}
+
+    # -- registration -------------------------------------------------------------------
+    def register(self, name: str, records: int, dimension: int) -> Party:
+        """Admit a party with its public record count; return it with its secret id."""
+        if self.phase is not Phase.REGISTERING:
+            raise RunFull(f"Run {self.settings.run_id!r} has started; no more parties can join.")
+        if len(self._parties) >= self.settings.parties:
+            raise RunFull(
+                f"Run {self.settings.run_id!r} already has its {self.settings.parties} parties."
+            )
+        if dimension != self.dimension:
+            raise InvalidUpdate(
+                f"Party {name!r} has {dimension} features (with bias), but run"
+                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional model;"
+                " use data with the same columns."
+            )
+        if records < 1:
+            raise InvalidUpdate(f"Party {name!r} must hold at least 1 record, not {records}.")
+        if any(p.name == name for p in self._parties.values()):
+            raise InvalidUpdate(f"A party named {name!r} already joined; pick another --name.")
+        party = Party(len(self._parties), name, secrets.token_hex(16), int(records))
+        self._parties[party.party_id] = party
+        log.info("party_registered", party=name, records=party.records)
+        return party
+
+    @property
+    def parties(self) -> list[Party]:
+        """Registered parties in joining order."""
+        return sorted(self._parties.values(), key=lambda p: p.index)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Record counts n_k in joining order."""
+        return [p.records for p in self.parties]
+
+    def start(self) -> float:
+        """Close registration, calibrate z for the budget; return z."""
+        if self.phase is not Phase.REGISTERING:
+            raise RunError(f"Run {self.settings.run_id!r} has already started.")
+        if len(self._parties) != self.settings.parties:
+            raise RunError(
+                f"Run {self.settings.run_id!r} expects {self.settings.parties} parties but"
+                f" {len(self._parties)} joined."
+            )
+        s = self.settings
+        if s.local.local_steps == 1:
+            self.noise_multiplier = calibrate_noise_multiplier(
+                s.budget, s.rounds, s.local.sampling_rate, s.accounting
+            )
+            self._release = PrivacyLedger(s.budget, s.accounting)
+        else:
+            # Several local steps: the aggregate is no longer one Gaussian mechanism, so the
+            # release is only as private as its weakest party (parallel composition).
+            steps = s.rounds * s.local.local_steps
+            weakest = min(self._party_ratio(p) for p in self.parties)
+            party_z = calibrate_noise_multiplier(s.budget, steps, s.local.sampling_rate,
+                                                 s.accounting)
+            self.noise_multiplier = party_z / weakest
+        for p in self.parties:
+            enforce = s.local.local_steps > 1
+            self._party_ledgers[p.party_id] = PrivacyLedger(s.budget, s.accounting, enforce)
+        self._active = set(self._parties)
+        self.phase = Phase.TRAINING
+        log.info(
+            "run_started",
+            run=s.run_id,
+            parties=len(self._parties),
+            records=sum(self.sizes),
+            noise_multiplier=round(self.noise_multiplier, 4),
+            accountant=s.accounting.value,
+        )
+        return self.noise_multiplier
+
+    # -- rounds -------------------------------------------------------------------------
+    def open_round(self) -> bool:
+        """Begin the next round, or finish (returning False) if rounds or budget ran out."""
+        self._require(Phase.TRAINING)
+        if self.round >= self.settings.rounds:
+            return self._finish("all planned rounds done")
+        if not self._active:
+            return self._finish("every party dropped out")
+        try:
+            self._check_budget(self._active)
+        except BudgetExceeded as exc:
+            return self._finish(str(exc))
+        self.round += 1
+        self._submitted = {}
+        return True
+
+    def task_for(self, party_id: str) -> RoundTask:
+        """The current round's task for one active party."""
+        party = self._party(party_id)
+        self._require(Phase.TRAINING)
+        if party_id not in self._active:
+            raise StaleRound(
+                f"Party {party.name!r} was dropped from run {self.settings.run_id!r} after"
+                " missing a round deadline; it cannot rejoin."
+            )
+        return RoundTask(self.round, self.weights.copy(), self.party_noise(party),
+                         self.settings.local)
+
+    def party_noise(self, party: Party) -> float:
+        """z_k for this party (the multiplier its gradient sum's noise carries)."""
+        return party_noise_multiplier(
+            self.settings.scheme, self.noise_multiplier, self.sizes, party.index
+        )
+
+    def submit(self, party_id: str, round_: int, records: int, weights: np.ndarray) -> None:
+        """Accept a party's model for the current round, or raise RunError leaving all as is."""
+        party = self._party(party_id)
+        if self.phase is not Phase.TRAINING:
+            raise StaleRound(f"Run {self.settings.run_id!r} is {self.phase.value}, not training.")
+        if round_ != self.round:
+            raise StaleRound(
+                f"Update from {party.name!r} is for round {round_}, but round {self.round} is"
+                " open; late updates are dropped."
+            )
+        if party_id not in self._active:
+            raise StaleRound(f"Party {party.name!r} was dropped from this run.")
+        if records != party.records:
+            raise InvalidUpdate(
+                f"Party {party.name!r} registered {party.records} records but reports"
+                f" {records}; the count is fixed for the run (restart the party on the same"
+                " data)."
+            )
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (self.dimension,):
+            raise InvalidUpdate(
+                f"Model from {party.name!r} has {weights.size} values, expected"
+                f" {self.dimension}."
+            )
+        if not np.isfinite(weights).all():
+            raise InvalidUpdate(
+                f"Model from {party.name!r} contains NaN or infinite values; lower the learning"
+                " rate or check the data for NaN/inf."
+            )
+        if party_id in self._submitted:
+            raise StaleRound(f"Party {party.name!r} already submitted round {self.round}.")
+        self._submitted[party_id] = weights
+
+    def waiting_for(self) -> list[str]:
+        """Names of active parties that have not submitted this round."""
+        return [p.name for p in self.parties
+                if p.party_id in self._active and p.party_id not in self._submitted]
+
+    def close_round(self) -> RoundResult:
+        """Aggregate the submitted models, drop the silent parties, charge the ledgers."""
+        self._require(Phase.TRAINING)
+        survivors = [p for p in self.parties if p.party_id in self._submitted]
+        dropped = [p for p in self.parties
+                   if p.party_id in self._active and p.party_id not in self._submitted]
+        for p in dropped:
+            self._active.discard(p.party_id)
+            log.warning("party_dropped", party=p.name, round=self.round,
+                        remaining_weight=self._weight_left())
+        for p in survivors:
+            # The server saw this party's noisy updates whatever happens to the aggregate.
+            self._party_ledgers[p.party_id].charge(
+                Step(self.party_noise(p), self.settings.local.sampling_rate),
+                self.settings.local.local_steps,
+            )
+        z_round = math.nan
+        released = False
+        if survivors:
+            z_round = round_noise_multiplier(
+                self.settings.scheme, self.noise_multiplier, self.sizes,
+                [p.index for p in survivors],
+            )
+            try:
+                self._charge_release(z_round)
+                released = True
+            except BudgetExceeded as exc:
+                self._finish(f"round {self.round} discarded: {exc}")
+        if released:
+            self.weights = aggregate(
+                self.settings.scheme,
+                [self._submitted[p.party_id] for p in survivors],
+                [p.records for p in survivors],
+            )
+        result = RoundResult(
+            round=self.round,
+            survivors=tuple(p.name for p in survivors),
+            dropped=tuple(p.name for p in dropped),
+            noise_multiplier=z_round,
+            epsilon=self.release_epsilon(),
+            released=released,
+        )
+        self.history.append(result)
+        self._submitted = {}
+        return result
+
+    # -- guarantees ---------------------------------------------------------------------
+    def release_epsilon(self) -> float:
+        """Epsilon (at the budget's delta) of the model released so far."""
+        if self._release is not None:
+            return self._release.epsilon()
+        return max((ledger.epsilon() for ledger in self._party_ledgers.values()), default=0.0)
+
+    def guarantees(self) -> Guarantees:
+        """Both guarantees: released model's, and what each party's updates told the server."""
+        delta = self.settings.budget.delta
+        basis = (
+            "aggregate is centralized DP-GD with multiplier z per round"
+            if self._release is not None
+            else "parallel composition: the weakest party's guarantee"
+        )
+        return Guarantees(
+            delta=delta,
+            release_epsilon=self.release_epsilon(),
+            release_basis=basis,
+            party_epsilons={
+                self._parties[pid].name: ledger.epsilon(delta)
+                for pid, ledger in self._party_ledgers.items()
+            },
+        )
+
+    # -- internals ----------------------------------------------------------------------
+    def _check_budget(self, active: set[str]) -> None:
+        local = self.settings.local
+        if self._release is not None:
+            indices = [self._parties[p].index for p in active]
+            z = round_noise_multiplier(self.settings.scheme, self.noise_multiplier, self.sizes,
+                                       indices)
+            self._release.check(Step(z, local.sampling_rate))
+        else:
+            for pid in active:
+                self._party_ledgers[pid].check(
+                    Step(self.party_noise(self._parties[pid]), local.sampling_rate),
+                    local.local_steps,
+                )
+
+    def _charge_release(self, z_round: float) -> None:
+        if self._release is not None:
+            self._release.charge(Step(z_round, self.settings.local.sampling_rate))
+        # With several local steps the party ledgers (charged above) are the release bound;
+        # their budget was checked for every active party when the round opened.
+
+    def _party_ratio(self, party: Party) -> float:
+        return party_noise_multiplier(self.settings.scheme, 1.0, self.sizes, party.index)
+
+    def _weight_left(self) -> float:
+        total = sum(self.sizes)
+        return round(sum(self._parties[p].records for p in self._active) / total, 4)
+
+    def _party(self, party_id: str) -> Party:
+        try:
+            return self._parties[party_id]
+        except KeyError:
+            raise UnknownParty(
+                f"Party id {party_id[:8]!r}... is not registered in run"
+                f" {self.settings.run_id!r}; call Join first and use the id it returns."
+            ) from None
+
+    def _require(self, phase: Phase) -> None:
+        if self.phase is not phase:
+            raise RunError(f"Run {self.settings.run_id!r} is {self.phase.value}, not {phase.value}.")
+
+    def _finish(self, reason: str) -> bool:
+        self.phase = Phase.FINISHED
+        self.stop_reason = reason
+        log.info("run_finished", run=self.settings.run_id, reason=reason, round=self.round)
+        return False

@@ -1,0 +1,127 @@
+"""The aggregation session: bad input leaves the round intact, dropouts, budget refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from cpml.dp.accountant import Budget
+from cpml.dp.dpgd import LocalSettings, Scheme
+from cpml.dp.noise import SeededGaussian
+from cpml.dp.session import (
+    AggregationSession,
+    InvalidUpdate,
+    RunFull,
+    RunSettings,
+    StaleRound,
+    UnknownParty,
+)
+from cpml.dp.simulate import simulate
+
+SIZES = [20, 40, 140]
+
+
+def started(rounds: int = 5, epsilon: float = 2.0, **kwargs) -> tuple[AggregationSession, list]:
+    settings = RunSettings("run-1", len(SIZES), rounds, Budget(epsilon, 1e-5), **kwargs)
+    session = AggregationSession(settings, dimension=3)
+    parties = [session.register(f"p{i}", n, 3) for i, n in enumerate(SIZES)]
+    session.start()
+    assert session.open_round()
+    return session, parties
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "message"),
+    [
+        (lambda p: dict(party_id="f" * 32), UnknownParty, "is not registered in run 'run-1'"),
+        (lambda p: dict(records=p.records + 1), InvalidUpdate, "registered 20 records but reports 21"),
+        (lambda p: dict(weights=np.zeros(4)), InvalidUpdate, "has 4 values, expected 3"),
+        (lambda p: dict(weights=np.array([0.0, np.nan, 1.0])), InvalidUpdate, "NaN or infinite"),
+        (lambda p: dict(weights=np.array([0.0, np.inf, 1.0])), InvalidUpdate, "NaN or infinite"),
+        (lambda p: dict(round_=0), StaleRound, "is for round 0, but round 1 is open"),
+    ],
+)
+def test_bad_submission_is_refused_and_the_round_is_unaffected(mutate, error, message):
+    session, parties = started()
+    good = {p.party_id: np.full(3, float(i + 1)) for i, p in enumerate(parties)}
+    target = parties[0]
+    request = dict(party_id=target.party_id, round_=1, records=target.records,
+                   weights=good[target.party_id])
+    request.update(mutate(target))
+    with pytest.raises(error, match=message):
+        session.submit(**request)
+    assert session.waiting_for() == ["p0", "p1", "p2"]  # nothing was stored
+    for p in parties:  # the honest submissions still go through and aggregate normally
+        session.submit(p.party_id, 1, p.records, good[p.party_id])
+    result = session.close_round()
+    assert result.released and result.dropped == ()
+    expected = sum(n * w for n, w in zip(SIZES, good.values())) / sum(SIZES)
+    np.testing.assert_allclose(session.weights, expected)
+
+
+def test_registration_refusals():
+    settings = RunSettings("run-2", 1, 3, Budget(1.0, 1e-5))
+    session = AggregationSession(settings, dimension=3)
+    with pytest.raises(InvalidUpdate, match="has 5 features"):
+        session.register("a", 10, 5)
+    session.register("a", 10, 3)
+    with pytest.raises(RunFull, match="already has its 1 parties"):
+        session.register("b", 10, 3)
+
+
+def test_dropout_renormalises_logs_and_reports():
+    session, parties = started(rounds=20)
+    for p in parties[:2]:
+        session.submit(p.party_id, 1, p.records, np.ones(3) * p.records)
+    with capture_logs() as logs:
+        result = session.close_round()
+    assert result.dropped == ("p2",)
+    np.testing.assert_allclose(session.weights, (20 * 20 + 40 * 40) / 60)
+    assert result.noise_multiplier == pytest.approx(session.noise_multiplier * np.sqrt(60 / 200))
+    dropped_log = [e for e in logs if e["event"] == "party_dropped"]
+    assert dropped_log and dropped_log[0]["party"] == "p2"
+    assert dropped_log[0]["remaining_weight"] == pytest.approx(0.3)
+    assert session.open_round()
+    with pytest.raises(StaleRound, match="dropped"):
+        session.task_for(parties[2].party_id)
+
+
+class CountingSource(SeededGaussian):
+    def standard_normal(self, size: int) -> np.ndarray:
+        object.__setattr__(self, "draws", getattr(self, "draws", 0) + 1)
+        return super().standard_normal(size)
+
+
+def test_budget_refusal_comes_before_any_noise_is_drawn():
+    # The big party leaves after round 2: later rounds carry less noise, so the budget
+    # calibrated for 10 full rounds runs out early; the round it cannot pay for never starts.
+    rng = np.random.default_rng(0)
+    shards = [(rng.normal(size=(n, 3)) / 3, rng.integers(0, 2, n).astype(float)) for n in SIZES]
+    settings = RunSettings("run-3", 3, 10, Budget(1.0, 1e-5), LocalSettings(l2=0.0))
+    source = CountingSource(1)
+    result = simulate(settings, shards, source, drop_at={2: 3})
+    rounds_run = len(result.history)
+    assert rounds_run < 10
+    assert "would spend epsilon" in result.stop_reason
+    assert result.guarantees.release_epsilon <= 1.0
+    # Noise draws: 3 parties in rounds 1-2, 2 parties afterwards; none for the refused round.
+    assert source.draws == 3 * 2 + 2 * (rounds_run - 2)
+
+
+def test_party_guarantee_is_weaker_for_small_parties():
+    shards = [(np.zeros((n, 3)), np.zeros(n)) for n in SIZES]
+    result = simulate(RunSettings("run-4", 3, 4, Budget(1.0, 1e-5)), shards, SeededGaussian(0))
+    g = result.guarantees
+    assert g.release_epsilon == pytest.approx(1.0, rel=0.01)
+    assert g.party_epsilons["party-0"] > g.party_epsilons["party-1"] > g.party_epsilons["party-2"] > 1.0
+
+
+def test_several_local_steps_fall_back_to_the_weakest_party():
+    shards = [(np.zeros((n, 3)), np.zeros(n)) for n in SIZES]
+    settings = RunSettings("run-5", 3, 3, Budget(1.0, 1e-5), LocalSettings(local_steps=2),
+                           Scheme.UNWEIGHTED)
+    result = simulate(settings, shards, SeededGaussian(0))
+    g = result.guarantees
+    assert max(g.party_epsilons.values()) <= 1.0
+    assert g.release_epsilon == pytest.approx(max(g.party_epsilons.values()))
