@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cpml.protocol import JobSpec
 from cpml.wire.generated.v1 import worker_pb2 as pb
 
 ELEMENT_BYTES = 4
@@ -45,6 +46,12 @@ class WireJobSpec:
     cols: int
     coefficients: np.ndarray
     model: str
+
+    @classmethod
+    def of(cls, spec: JobSpec, model: str) -> WireJobSpec:
+        """The wire form of the protocol's JobSpec."""
+        return cls(modulus=spec.p, degree=spec.r, rows=spec.rows, cols=spec.d,
+                   coefficients=spec.coefficient_array(), model=model)
 
     @property
     def share_bytes(self) -> int:

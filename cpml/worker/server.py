@@ -51,7 +51,10 @@ class WorkerServer:
         limit = s.max_message_bytes
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                           ("grpc.max_send_message_length", limit),
-                                          ("grpc.so_reuseport", 0)])
+                                          ("grpc.so_reuseport", 0),
+                                          # masters ping every 30 s to notice a vanished worker
+                                          ("grpc.keepalive_permit_without_calls", 1),
+                                          ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
         pb_grpc.add_WorkerServicer_to_server(WorkerService(self.store, s, self._executor), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.tls:

@@ -1,0 +1,1 @@
+"""The cpml-master job runner: cluster client, share distribution, round driver, training loop, CLI."""

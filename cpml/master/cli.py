@@ -1,0 +1,118 @@
+"""`cpml-master`: `train` runs a CodedPrivateML job; `aggregate` serves WD-DP aggregation (cpml.dp)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from cpml.logs import configure_logging
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad arguments, data or plan: fix the command line
+EXIT_NOT_ENOUGH_WORKERS = 3  # fewer than R workers left; checkpointed, rerun with --resume
+EXIT_UNREACHABLE = 4  # workers never became healthy (addresses, TLS, daemon not running)
+EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
+EXIT_INTERRUPTED = 130
+
+AGGREGATE_MODULE = "cpml.dp.aggregate_cli"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with the `train` subcommand (`aggregate` is parsed by its own module)."""
+    from cpml.master.settings import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="cpml-master",
+                                     description="Run private training jobs on cpml-worker daemons.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,aggregate}")
+    add_train_arguments(sub.add_parser(
+        "train", help="train a model with CodedPrivateML on local or remote workers",
+        description="Train logistic/linear regression with CodedPrivateML. Without --workers, starts "
+                    "--workers-local cpml-worker processes on 127.0.0.1 (plaintext loopback)."))
+    sub.add_parser("aggregate", add_help=False,
+                   help="serve as the WD-DP aggregation server (see `cpml-master aggregate --help`)")
+    return parser
+
+
+def _aggregate(argv: Sequence[str]) -> int:
+    try:
+        module = importlib.import_module(AGGREGATE_MODULE)
+    except ImportError as exc:
+        print(f"cpml-master aggregate: unavailable ({exc}); this installation lacks {AGGREGATE_MODULE}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    parser = argparse.ArgumentParser(prog="cpml-master aggregate")
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (see the EXIT_* constants)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["aggregate"]:
+        return _aggregate(argv[1:])  # imported only when asked for
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable
+    from cpml.master.rounds import RoundTimeout
+    from cpml.master.settings import train_settings
+    from cpml.master.train import train
+
+    try:
+        settings = train_settings(args)
+    except ValueError as exc:
+        print(f"cpml-master train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = _run(train(settings))
+    except (ValueError, OverflowError) as exc:
+        print(f"cpml-master train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotEnoughWorkers as exc:
+        print(f"cpml-master train: stopped: {exc}. The last finished round is checkpointed in "
+              f"{settings.out / 'checkpoint.json'}; bring workers back and rerun with --resume.", file=sys.stderr)
+        return EXIT_NOT_ENOUGH_WORKERS
+    except RoundTimeout as exc:
+        print(f"cpml-master train: stopped: {exc}. Checkpoint: {settings.out / 'checkpoint.json'} "
+              f"(rerun with --resume).", file=sys.stderr)
+        return EXIT_ROUND_TIMEOUT
+    except (WorkersUnreachable, RuntimeError) as exc:
+        print(f"cpml-master train: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        print(f"cpml-master train: interrupted; checkpoint in {settings.out / 'checkpoint.json'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    final = report.history[-1] if report.history else None
+    plan = report.plan
+    accuracy = "n/a" if final is None or final.test_accuracy is None else f"{final.test_accuracy:.4f}"
+    print(f"trained {plan.model} regression on {settings.dataset} for {plan.iterations} iterations with "
+          f"N={plan.n_workers} workers (K={plan.k}, T={plan.t}, r={plan.r}, R={plan.threshold})")
+    print(f"test accuracy: {accuracy}   loss: {final.loss:.4f}" if final else "no rounds were run")
+    if report.dropped_workers:
+        print(f"workers dropped: {len(report.dropped_workers)}")
+    print(f"model: {report.out / 'model.json'}   metrics: {report.out / 'metrics.json'}   "
+          f"plot: {report.out / 'curves.png'}")
+    return EXIT_OK
+
+
+def _run(coro):
+    try:
+        import uvloop
+    except ImportError:  # Windows: plain asyncio
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The master's view of its workers: channels, health, concurrent streamed share upload, job teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cpml.protocol import ShareChunk
+from cpml.wire import serde
+from cpml.wire.generated.v1 import worker_pb2 as pb
+from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "cpml.v1.Worker"
+_CHUNKS_IN_FLIGHT = 2  # per worker: bounds the master's memory to N x 2 chunks during upload
+
+
+class ClusterError(Exception):
+    """The cluster cannot do what the job needs."""
+
+
+class WorkersUnreachable(ClusterError):
+    """Some workers never became healthy."""
+
+
+class NotEnoughWorkers(ClusterError):
+    """Fewer live workers than the recovery threshold R."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Deadlines (seconds) for every kind of call the master makes."""
+
+    connect: float = 60.0
+    upload: float = 600.0
+    round: float = 120.0
+    control: float = 10.0
+
+
+@dataclass
+class WorkerHandle:
+    """One worker: its index among the N evaluation points, its address and its channel."""
+
+    index: int
+    address: str
+    channel: grpc.aio.Channel
+    stub: pb_grpc.WorkerStub
+    alive: bool = True
+    failure: str = ""
+
+    def fail(self, reason: str) -> None:
+        """Mark the worker dead (it is never contacted again in this run)."""
+        if self.alive:
+            self.alive = False
+            self.failure = reason
+            log.warning("worker dropped", worker=self.index, address=self.address, reason=reason)
+
+
+@dataclass
+class UploadStats:
+    """What distributing the shares cost."""
+
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+    bytes_sent: int = 0
+    chunks: int = 0
+    per_worker_bytes: dict[int, int] = field(default_factory=dict)
+
+
+def _describe(exc: grpc.aio.AioRpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"
+
+
+class Cluster:
+    """Channels to N workers in index order; open with `async with`."""
+
+    def __init__(self, addresses: Sequence[str], credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str | None = None, timeouts: Timeouts = Timeouts(),
+                 max_message_bytes: int = 8 << 20) -> None:
+        if not addresses:
+            raise ValueError("Argument 'addresses' must name at least one worker, not [].")
+        self.addresses = tuple(addresses)
+        self.timeouts = timeouts
+        self._credentials = credentials
+        self._options = [("grpc.max_send_message_length", max_message_bytes),
+                         ("grpc.max_receive_message_length", max_message_bytes),
+                         ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        if server_name:
+            self._options.append(("grpc.ssl_target_name_override", server_name))
+        self.workers: list[WorkerHandle] = []
+
+    async def __aenter__(self) -> Cluster:
+        for index, address in enumerate(self.addresses):
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=self._options)
+            self.workers.append(WorkerHandle(index, address, channel, pb_grpc.WorkerStub(channel)))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(w.channel.close(grace=None) for w in self.workers), return_exceptions=True)
+
+    @property
+    def alive(self) -> list[WorkerHandle]:
+        """Workers not dropped so far."""
+        return [w for w in self.workers if w.alive]
+
+    async def wait_healthy(self) -> None:
+        """Wait (up to timeouts.connect) until every worker's health service reports SERVING."""
+        deadline = time.monotonic() + self.timeouts.connect
+        results = await asyncio.gather(*(self._wait_one(w, deadline) for w in self.workers))
+        missing = [f"{w.address} ({reason})" for w, reason in zip(self.workers, results, strict=True) if reason]
+        if missing:
+            raise WorkersUnreachable(
+                f"{len(missing)} of {len(self.workers)} workers were not healthy within {self.timeouts.connect:g}s: "
+                + "; ".join(missing) + ". Check the addresses, that cpml-worker runs there, and the TLS settings")
+        log.info("workers healthy", workers=len(self.workers))
+
+    async def _wait_one(self, worker: WorkerHandle, deadline: float) -> str:
+        health = health_pb2_grpc.HealthStub(worker.channel)
+        reason = "no answer"
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                           timeout=min(left, self.timeouts.control), wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return ""
+                reason = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as exc:
+                reason = _describe(exc)
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return reason
+            await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+        return reason
+
+    async def upload(self, job_id: str, spec: serde.WireJobSpec, chunks: Iterator[ShareChunk],
+                     max_chunk_bytes: int = serde.DEFAULT_CHUNK_BYTES) -> UploadStats:
+        """Stream every worker its share concurrently while the chunks are encoded; drop workers that fail."""
+        stats = UploadStats()
+        started = time.perf_counter()
+        queues = {w.index: asyncio.Queue[pb.ShareChunk | None](_CHUNKS_IN_FLIGHT) for w in self.alive}
+        async with asyncio.TaskGroup() as group:
+            for worker in self.alive:
+                group.create_task(self._upload_one(worker, job_id, queues[worker.index], stats))
+            group.create_task(self._produce(job_id, spec, chunks, queues, stats, max_chunk_bytes))
+        stats.seconds = time.perf_counter() - started
+        log.info("shares distributed", job=job_id, workers=len(self.alive), bytes=stats.bytes_sent,
+                 seconds=round(stats.seconds, 3), encode_seconds=round(stats.encode_seconds, 3))
+        return stats
+
+    async def _produce(self, job_id: str, spec: serde.WireJobSpec, chunks: Iterator[ShareChunk],
+                       queues: dict[int, asyncio.Queue[pb.ShareChunk | None]], stats: UploadStats,
+                       max_chunk_bytes: int) -> None:
+        first = True
+        try:
+            while True:
+                began = time.perf_counter()
+                # encoding is CPU work: keep it off the event loop so the uploads keep flowing
+                chunk = await asyncio.to_thread(next, chunks, None)
+                stats.encode_seconds += time.perf_counter() - began
+                if chunk is None:
+                    break
+                for worker in self.workers:
+                    if worker.index not in queues or not worker.alive:
+                        continue
+                    for msg in serde.share_chunks_to_proto(job_id, chunk.row_offset, chunk.shares[worker.index],
+                                                           spec if first else None, max_chunk_bytes):
+                        await queues[worker.index].put(msg)
+                first = False
+        finally:
+            for queue in queues.values():
+                await queue.put(None)
+
+    async def _upload_one(self, worker: WorkerHandle, job_id: str, queue: asyncio.Queue[pb.ShareChunk | None],
+                          stats: UploadStats) -> None:
+        async def requests():
+            while (msg := await queue.get()) is not None:
+                size = len(msg.block.data)
+                stats.bytes_sent += size
+                stats.chunks += 1
+                stats.per_worker_bytes[worker.index] = stats.per_worker_bytes.get(worker.index, 0) + size
+                yield msg
+
+        try:
+            await worker.stub.UploadShare(requests(), timeout=self.timeouts.upload)
+        except grpc.aio.AioRpcError as exc:
+            worker.fail(f"share upload failed: {_describe(exc)}")
+            while await queue.get() is not None:  # keep the producer from blocking on this worker
+                pass
+
+    async def end_job(self, job_id: str) -> None:
+        """Ask every live worker to forget the job (best effort, short deadline; dead workers are skipped)."""
+        async def end(worker: WorkerHandle) -> None:
+            try:
+                await worker.stub.EndJob(pb.EndJobRequest(job_id=job_id), timeout=self.timeouts.control)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("end job failed", worker=worker.index, reason=_describe(exc))
+
+        await asyncio.gather(*(end(w) for w in self.alive))
+
+    async def status(self) -> dict[int, serde.WorkerStatus]:
+        """Each live worker's status."""
+        replies = await asyncio.gather(*(w.stub.Status(pb.StatusRequest(), timeout=self.timeouts.control)
+                                         for w in self.alive))
+        return {w.index: serde.status_from_proto(r) for w, r in zip(self.alive, replies, strict=True)}

@@ -1,0 +1,135 @@
+"""The round driver: one Compute stream per live worker; each round ends at the R-th reply of THAT round."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import structlog
+
+from cpml.master.cluster import NotEnoughWorkers, WorkerHandle
+from cpml.wire import serde
+from cpml.wire.generated.v1 import worker_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+
+class RoundTimeout(Exception):
+    """Fewer than R replies of a round arrived before its deadline."""
+
+
+@dataclass(frozen=True)
+class RoundTraffic:
+    """Timings and bytes of one round on the wire."""
+
+    send_seconds: float
+    wait_seconds: float  # from the last send until the R-th reply of this round
+    bytes_sent: int
+    bytes_received: int
+    late_replies: int  # replies for earlier rounds, dropped
+
+
+class ComputeStreams:
+    """Bidirectional Compute streams to the workers for one job; use `async with`, then `run_round`."""
+
+    def __init__(self, workers: list[WorkerHandle], job_id: str, modulus: int, cols: int, threshold: int,
+                 round_timeout: float, stream_timeout: float) -> None:
+        self.workers = [w for w in workers if w.alive]
+        self.job_id = job_id
+        self.modulus = modulus
+        self.cols = cols
+        self.threshold = threshold
+        self.round_timeout = round_timeout
+        self.stream_timeout = stream_timeout
+        self._requests: dict[int, asyncio.Queue[pb.RoundRequest | None]] = {}
+        self._replies: asyncio.Queue[tuple[WorkerHandle, pb.RoundResult | None, str]] = asyncio.Queue()
+        self._readers: list[asyncio.Task[None]] = []
+        self._late = 0
+
+    async def __aenter__(self) -> ComputeStreams:
+        for worker in self.workers:
+            queue: asyncio.Queue[pb.RoundRequest | None] = asyncio.Queue()
+            self._requests[worker.index] = queue
+            call = worker.stub.Compute(self._request_stream(queue), timeout=self.stream_timeout)
+            self._readers.append(asyncio.create_task(self._read(worker, call), name=f"replies-{worker.index}"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for queue in self._requests.values():
+            queue.put_nowait(None)  # half-close: the worker ends its stream
+        if exc[0] is None:
+            # let live workers finish their streams cleanly, but never wait long on a slow one
+            _, pending = await asyncio.wait(self._readers, timeout=2.0)
+        else:
+            pending = set(self._readers)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+
+    @staticmethod
+    async def _request_stream(queue: asyncio.Queue[pb.RoundRequest | None]):
+        while (msg := await queue.get()) is not None:
+            yield msg
+
+    async def _read(self, worker: WorkerHandle, call: grpc.aio.StreamStreamCall) -> None:
+        try:
+            async for reply in call:
+                self._replies.put_nowait((worker, reply, ""))
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self._replies.put_nowait((worker, None, f"compute stream failed: {exc.code().name}: {exc.details()}"))
+        else:
+            self._replies.put_nowait((worker, None, "compute stream ended by the worker"))
+
+    def _live(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.alive]
+
+    async def run_round(self, round_number: int, weight_shares: np.ndarray) -> tuple[dict[int, np.ndarray], RoundTraffic]:
+        """Send this round's weight shares to every live worker; return the first R replies (arrival order)."""
+        started = time.perf_counter()
+        sent = 0
+        for worker in self._live():
+            msg = serde.round_request_to_proto(self.job_id, round_number, weight_shares[worker.index])
+            sent += msg.ByteSize()
+            self._requests[worker.index].put_nowait(msg)
+        sent_at = time.perf_counter()
+        received = 0
+        late_before = self._late
+        replies: dict[int, np.ndarray] = {}
+        deadline = asyncio.get_running_loop().time() + self.round_timeout
+        while len(replies) < self.threshold:
+            possible = len(replies) + sum(1 for w in self._live() if w.index not in replies)
+            if possible < self.threshold:
+                raise NotEnoughWorkers(self._shortfall_message(round_number))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    worker, reply, failure = await self._replies.get()
+            except TimeoutError:
+                raise RoundTimeout(
+                    f"round {round_number}: only {len(replies)} of the {self.threshold} replies needed arrived "
+                    f"within {self.round_timeout:g}s; workers may be overloaded (raise --round-timeout)") from None
+            if reply is None:
+                worker.fail(failure)
+                continue
+            received += reply.ByteSize()
+            if reply.job_id != self.job_id or reply.round != round_number or worker.index in replies:
+                self._late += 1  # a straggler's answer to an earlier round: never mixed into this one
+                continue
+            try:
+                replies[worker.index] = serde.round_result_from_proto(reply, self.modulus, self.cols)
+            except serde.WireError as exc:
+                worker.fail(f"sent a malformed result: {exc}")
+        waited = time.perf_counter() - sent_at
+        return replies, RoundTraffic(send_seconds=sent_at - started, wait_seconds=waited, bytes_sent=sent,
+                                     bytes_received=received, late_replies=self._late - late_before)
+
+    def _shortfall_message(self, round_number: int) -> str:
+        dead = [w for w in self.workers if not w.alive]
+        reasons = "; ".join(f"worker {w.index} at {w.address}: {w.failure}" for w in dead)
+        return (f"round {round_number}: only {len(self._live())} of {len(self.workers)} workers remain but "
+                f"R = {self.threshold} replies are needed to decode ({reasons})")

@@ -1,0 +1,175 @@
+"""`cpml-master train` settings: a frozen dataclass built from flags, defaulting to CPML_MASTER_* env vars."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cpml.data import FORMATS, SCALINGS
+from cpml.field import DEFAULT_PRIME
+from cpml.logs import FORMATS as LOG_FORMATS
+from cpml.logs import LEVELS
+from cpml.master.cluster import Timeouts
+from cpml.protocol.plan import MODELS
+from cpml.wire.serde import DEFAULT_CHUNK_BYTES
+
+ENV_PREFIX = "CPML_MASTER_"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run is configured with."""
+
+    dataset: str
+    data_format: str = "auto"
+    label_column: int = -1
+    test_fraction: float = 0.2
+    scaling: str = "minmax"
+    workers: tuple[str, ...] = ()
+    local_workers: int = 10
+    case: int = 1
+    r: int = 1
+    k: int | None = None
+    t: int | None = None
+    lx: int | None = None
+    lw: int | None = None
+    lc: int | None = None
+    prime: int = DEFAULT_PRIME
+    learning_rate: float | None = None
+    iterations: int = 50
+    model: str = "logistic"
+    seed: int = 0
+    out: Path = Path("runs/latest")
+    resume: bool = False
+    checkpoint_every: int = 1
+    insecure: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    progress: bool | None = None
+    local_worker_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.workers and not self.insecure and self.tls_ca is None:
+            raise ValueError(
+                "Argument 'tls_ca' must be given to reach remote workers over TLS (add --tls-cert and --tls-key "
+                "for mutual TLS), not None; pass --insecure to send shares in plaintext on a network you trust")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("Argument 'tls_cert' must come with 'tls_key' (both or neither), "
+                             f"not cert={self.tls_cert} key={self.tls_key}.")
+        if self.k is not None and self.t is None:
+            raise ValueError(f"Argument 'k' needs --t as well (K and T fix each other's limits), not k={self.k} alone.")
+        if self.case not in (1, 2):
+            raise ValueError(f"Argument 'case' must be 1 or 2, not {self.case}.")
+        if not self.workers and self.local_workers < 1:
+            raise ValueError(f"Argument 'local_workers' must be positive, not {self.local_workers}.")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"Argument 'checkpoint_every' must be positive, not {self.checkpoint_every}.")
+
+    @property
+    def n_workers(self) -> int:
+        """N: the remote workers given, or the number of local workers to start."""
+        return len(self.workers) or self.local_workers
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the master starts its own loopback workers."""
+        return not self.workers
+
+
+def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """Add the `train` flags to a parser; defaults come from CPML_MASTER_<FLAG> variables in environ."""
+    environ = os.environ if environ is None else environ
+
+    def env(name: str, default: object = None) -> object:
+        return environ.get(ENV_PREFIX + name, default)
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=env("DATASET"), required=env("DATASET") is None,
+                      help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file")
+    data.add_argument("--format", dest="data_format", choices=FORMATS, default=env("FORMAT", "auto"))
+    data.add_argument("--label-column", type=int, default=env("LABEL_COLUMN", -1), help="CSV label column")
+    data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2))
+    data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "minmax"))
+
+    cluster = p.add_argument_group("cluster")
+    cluster.add_argument("--workers", default=env("WORKERS", ""),
+                         help="comma-separated host:port of running cpml-worker daemons; "
+                              "omit to start local workers on 127.0.0.1")
+    cluster.add_argument("--workers-local", dest="local_workers", type=int, default=env("WORKERS_LOCAL", 10),
+                         help="how many local workers to start when --workers is omitted (default 10)")
+    cluster.add_argument("--insecure", action="store_true", default=env("INSECURE", "") in ("1", "true"),
+                         help="talk plaintext to remote workers (an eavesdropper on all links defeats T-privacy)")
+    cluster.add_argument("--tls-ca", type=Path, default=env("TLS_CA"), help="CA that signed the workers' certs")
+    cluster.add_argument("--tls-cert", type=Path, default=env("TLS_CERT"), help="client cert for mutual TLS")
+    cluster.add_argument("--tls-key", type=Path, default=env("TLS_KEY"), help="client key for mutual TLS")
+    cluster.add_argument("--tls-server-name", default=env("TLS_SERVER_NAME"),
+                         help="expect this name in every worker's certificate instead of its host")
+    cluster.add_argument("--connect-timeout", type=float, default=env("CONNECT_TIMEOUT", 60.0))
+    cluster.add_argument("--upload-timeout", type=float, default=env("UPLOAD_TIMEOUT", 600.0))
+    cluster.add_argument("--round-timeout", type=float, default=env("ROUND_TIMEOUT", 120.0))
+    cluster.add_argument("--chunk-bytes", type=int, default=env("CHUNK_BYTES", DEFAULT_CHUNK_BYTES),
+                         help="largest share chunk sent in one message")
+
+    plan = p.add_argument_group("plan")
+    plan.add_argument("--case", type=int, choices=(1, 2), default=env("CASE", 1),
+                      help="1: T=1, largest K (speed); 2: parallelism about equal to privacy")
+    plan.add_argument("--r", type=int, default=env("R", 1), help="degree of the sigmoid polynomial")
+    plan.add_argument("--k", type=int, default=env("K"), help="override K (needs --t)")
+    plan.add_argument("--t", type=int, default=env("T"), help="override T, the colluding workers tolerated")
+    plan.add_argument("--lx", type=int, default=env("LX"), help="data quantization bits (default: auto)")
+    plan.add_argument("--lw", type=int, default=env("LW"), help="weight quantization bits (default: auto)")
+    plan.add_argument("--lc", type=int, default=env("LC"), help="coefficient quantization bits (default: auto)")
+    plan.add_argument("--prime", type=int, default=env("PRIME", DEFAULT_PRIME), help="field modulus p")
+    plan.add_argument("--learning-rate", type=float, default=env("LEARNING_RATE"), help="default: 1/L")
+    plan.add_argument("--iterations", type=int, default=env("ITERATIONS", 50))
+    plan.add_argument("--model", choices=MODELS, default=env("MODEL", "logistic"))
+    plan.add_argument("--seed", type=int, default=env("SEED", 0),
+                      help="seeds the split and the weight rounding (masks always come from the OS CSPRNG)")
+
+    run = p.add_argument_group("output")
+    run.add_argument("--out", type=Path, default=env("OUT", "runs/latest"),
+                     help="directory for model.json, metrics.json, curves.png and checkpoint.json")
+    run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
+    run.add_argument("--checkpoint-every", type=int, default=env("CHECKPOINT_EVERY", 1))
+    run.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: on a terminal)")
+    run.add_argument("--log-level", choices=LEVELS, default=env("LOG_LEVEL", "info"))
+    run.add_argument("--log-format", choices=LOG_FORMATS, default=env("LOG_FORMAT", "auto"))
+
+
+def train_settings(args: argparse.Namespace) -> TrainSettings:
+    """TrainSettings from parsed `train` arguments (raises ValueError naming a bad argument)."""
+    def opt_int(v: object) -> int | None:
+        return None if v in (None, "") else int(v)
+
+    def opt_path(v: object) -> Path | None:
+        return None if v in (None, "") else Path(v)
+
+    workers = tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip())
+    return TrainSettings(
+        dataset=args.dataset, data_format=args.data_format, label_column=int(args.label_column),
+        test_fraction=float(args.test_fraction), scaling=args.scaling, workers=workers,
+        local_workers=int(args.local_workers), case=int(args.case), r=int(args.r), k=opt_int(args.k),
+        t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
+        learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
+        iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),
+        resume=bool(args.resume), checkpoint_every=int(args.checkpoint_every), insecure=bool(args.insecure),
+        tls_ca=opt_path(args.tls_ca), tls_cert=opt_path(args.tls_cert), tls_key=opt_path(args.tls_key),
+        tls_server_name=args.tls_server_name or None,
+        timeouts=Timeouts(connect=float(args.connect_timeout), upload=float(args.upload_timeout),
+                          round=float(args.round_timeout)),
+        chunk_bytes=int(args.chunk_bytes), progress=args.progress)
+
+
+def parse_train_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """Parse `train` flags alone (for tests and tools)."""
+    parser = argparse.ArgumentParser(prog="cpml-master train")
+    add_train_arguments(parser, environ)
+    return parser.parse_args(argv)

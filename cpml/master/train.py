@@ -1,0 +1,262 @@
+"""The training loop: load data, plan, distribute shares, drive the rounds, checkpoint, report."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from cpml import reporting
+from cpml.data import Dataset, load_dataset
+from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
+from cpml.master.local import LocalWorkers
+from cpml.master.rounds import ComputeStreams
+from cpml.master.settings import TrainSettings
+from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_quantization, plan_from_checkpoint
+from cpml.wire import serde
+from cpml.wire.tls import channel_credentials
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINT_FORMAT = 1
+PLAINTEXT_WARNING = ("plaintext gRPC: an eavesdropper who can read every master-worker link sees all N shares "
+                     "and so defeats T-privacy; use TLS (--tls-ca, and --tls-cert/--tls-key for mutual TLS)")
+
+
+class ResumeError(ValueError):
+    """The checkpoint cannot be resumed with these settings."""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What the master measured in one round."""
+
+    round: int
+    loss: float
+    train_accuracy: float | None
+    test_accuracy: float | None
+    workers_used: tuple[int, ...]
+    encode_seconds: float
+    send_seconds: float
+    wait_seconds: float
+    decode_update_seconds: float
+    total_seconds: float
+    bytes_sent: int
+    bytes_received: int
+    late_replies: int
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """The outcome of a run: final weights, plan, every round, and where the outputs went."""
+
+    plan: Plan
+    weights: np.ndarray
+    history: tuple[RoundRecord, ...]
+    upload: dict[str, Any]
+    dropped_workers: dict[int, str]
+    out: Path
+
+
+def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
+    """The plan for N workers from the settings: Case 1/2 or explicit K/T; quantization auto unless given."""
+    kwargs: dict[str, Any] = {"p": settings.prime, "iterations": settings.iterations, "model": settings.model,
+                              "learning_rate": settings.learning_rate}
+    if settings.k is not None and settings.t is not None:
+        plan = Plan(n_workers=n_workers, k=settings.k, t=settings.t, r=settings.r, **kwargs)
+    elif settings.t is not None:
+        plan = Plan.for_privacy(n_workers, settings.t, settings.r, **kwargs)
+    elif settings.case == 2:
+        plan = Plan.case2(n_workers, settings.r, **kwargs)
+    else:
+        plan = Plan.case1(n_workers, settings.r, **kwargs)
+    fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
+    if fixed:
+        return plan.with_(**fixed)
+    return auto_quantization(plan, DataProfile.of(x_train, plan.k))
+
+
+def data_fingerprint(data: Dataset) -> str:
+    """SHA-256 of the training split, so a resume cannot silently continue on other data."""
+    digest = hashlib.sha256()
+    for array in (data.x_train, data.y_train):
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, trainer: CodedTrainer, fingerprint: str, history: list[RoundRecord]) -> None:
+    """Atomically write what --resume needs: the trainer's state, the data fingerprint and the history."""
+    _write_json(path, {"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(), "data_sha256": fingerprint,
+                       "history": [asdict(r) for r in history]})
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
+    """Read a checkpoint, refusing one made for different data or by another format."""
+    if not path.is_file():
+        raise ResumeError(f"Argument 'resume' needs a checkpoint at {path}, not a missing file; "
+                          f"run without --resume to start fresh")
+    state = json.loads(path.read_text())
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeError(f"checkpoint {path} has format {state.get('format')!r}, this cpml reads "
+                          f"{CHECKPOINT_FORMAT}")
+    if state.get("data_sha256") != fingerprint:
+        raise ResumeError(f"checkpoint {path} was made on different training data (fingerprint mismatch); "
+                          f"use the same --dataset, --test-fraction, --scaling and --seed, or start fresh")
+    return state
+
+
+def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[CodedTrainer, list[RoundRecord]]:
+    ckpt_path = settings.out / "checkpoint.json"
+    if not settings.resume:
+        plan = make_plan(settings, settings.n_workers, data.x_train)
+        return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test), []
+    state = load_checkpoint(ckpt_path, fingerprint)
+    saved = state["trainer"]
+    # N may change between runs (a dead worker is gone): the decoded gradient does not depend on N,
+    # so the weights continue exactly as they would have.
+    plan = plan_from_checkpoint(saved).with_(n_workers=settings.n_workers, iterations=settings.iterations)
+    trainer = CodedTrainer.create(plan, data.x_train, data.y_train, int(saved["seed"]), data.x_test, data.y_test,
+                                  weights=np.array(saved["weights"], dtype=np.float64),
+                                  start_round=int(saved["round"]))
+    history = [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in state["history"]]
+    log.info("resuming", round=trainer.round, checkpoint=str(ckpt_path))
+    return trainer, history[: trainer.round]
+
+
+async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
+    """Run one training job end to end on remote or embedded workers; write the outputs into settings.out."""
+    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
+                        settings.data_format, settings.label_column)
+    for note in data.notes:
+        log.info("data", note=note)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    fingerprint = data_fingerprint(data)
+    trainer, history = _trainer(settings, data, fingerprint)
+    plan = trainer.plan
+    log.info("plan", n=plan.n_workers, k=plan.k, t=plan.t, r=plan.r, threshold=plan.threshold, p=plan.p,
+             lx=plan.lx, lw=plan.lw, lc=plan.lc, learning_rate=plan.learning_rate, iterations=plan.iterations)
+
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.embedded:
+            local = await stack.enter_async_context(
+                LocalWorkers(settings.n_workers, settings.out / "workers", settings.timeouts.connect,
+                             settings.local_worker_args))
+            addresses, credentials = local.addresses, None
+            log.warning("embedded workers on loopback speak plaintext; " + PLAINTEXT_WARNING)
+        else:
+            addresses = list(settings.workers)
+            if settings.insecure:
+                credentials = None
+                log.warning(PLAINTEXT_WARNING)
+            else:
+                credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        cluster = await stack.enter_async_context(
+            Cluster(addresses, credentials, settings.tls_server_name, settings.timeouts,
+                    max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
+        await cluster.wait_healthy()
+        upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round)
+    dropped = {w.index: w.failure for w in cluster.workers if not w.alive}
+    return _finish(settings, trainer, data, history, upload, dropped)
+
+
+async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, history: list[RoundRecord],
+                   fingerprint: str, on_round: Callable[[RoundRecord], None] | None) -> UploadStats:
+    plan = trainer.plan
+    job_id = uuid.uuid4().hex
+    checkpoint = settings.out / "checkpoint.json"
+    structlog.contextvars.bind_contextvars(job=job_id)
+    spec = serde.WireJobSpec.of(trainer.job_spec, plan.model)
+    try:
+        if len(cluster.alive) < plan.threshold:
+            raise NotEnoughWorkers(f"{len(cluster.alive)} workers but R = {plan.threshold} are needed")
+        upload = await cluster.upload(job_id, spec, trainer.share_chunks(serde.rows_per_chunk(spec.cols,
+                                                                                              settings.chunk_bytes)),
+                                      settings.chunk_bytes)
+        if len(cluster.alive) < plan.threshold:
+            raise NotEnoughWorkers(
+                f"only {len(cluster.alive)} workers stored their share but R = {plan.threshold} are needed: "
+                + "; ".join(f"{w.address}: {w.failure}" for w in cluster.workers if not w.alive))
+        remaining = plan.iterations - trainer.round
+        stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
+        bar = reporting.ProgressBar(plan.iterations, "train", enabled=settings.progress, start_step=trainer.round)
+        async with ComputeStreams(cluster.workers, job_id, plan.p, spec.cols, plan.threshold,
+                                  settings.timeouts.round, stream_deadline) as streams:
+            with bar:
+                while not trainer.done:
+                    record = await _one_round(trainer, streams)
+                    history.append(record)
+                    if trainer.round % settings.checkpoint_every == 0 or trainer.done:
+                        save_checkpoint(checkpoint, trainer, fingerprint, history)
+                    shown = {"loss": record.loss}
+                    if record.test_accuracy is not None:
+                        shown["accuracy"] = record.test_accuracy
+                    bar.update(trainer.round, **shown)
+                    log.info("round", round=record.round, loss=round(record.loss, 6), test_accuracy=record.test_accuracy,
+                             seconds=round(record.total_seconds, 4), late=record.late_replies)
+                    if on_round is not None:
+                        on_round(record)
+    except BaseException:
+        save_checkpoint(checkpoint, trainer, fingerprint, history)  # the last finished round
+        raise
+    finally:
+        structlog.contextvars.unbind_contextvars("job")
+    await cluster.end_job(job_id)
+    return upload
+
+
+async def _one_round(trainer: CodedTrainer, streams: ComputeStreams) -> RoundRecord:
+    began = time.perf_counter()
+    round_number = trainer.round
+    weight_shares = trainer.weight_shares()
+    encoded = time.perf_counter()
+    replies, traffic = await streams.run_round(round_number, weight_shares)
+    received = time.perf_counter()
+    stats = trainer.finish_round(round_number, replies)
+    done = time.perf_counter()
+    return RoundRecord(round=stats.round, loss=stats.loss, train_accuracy=stats.train_accuracy,
+                       test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
+                       encode_seconds=encoded - began, send_seconds=traffic.send_seconds,
+                       wait_seconds=traffic.wait_seconds, decode_update_seconds=done - received,
+                       total_seconds=done - began, bytes_sent=traffic.bytes_sent,
+                       bytes_received=traffic.bytes_received, late_replies=traffic.late_replies)
+
+
+def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, history: list[RoundRecord],
+            upload: UploadStats, dropped: dict[int, str]) -> TrainReport:
+    plan = trainer.plan
+    out = settings.out
+    plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
+    _write_json(out / "model.json", {"model": plan.model, "weights": trainer.weights.tolist(), "plan": plan_fields,
+                                     "dataset": data.name, "notes": list(data.notes)})
+    upload_summary = {"seconds": upload.seconds, "encode_seconds": upload.encode_seconds,
+                      "bytes_sent": upload.bytes_sent, "chunks": upload.chunks}
+    final = history[-1] if history else None
+    reporting.write_metrics(out / "metrics.json", {
+        "dataset": data.name, "notes": list(data.notes), "plan": plan_fields, "threshold": plan.threshold,
+        "final": asdict(final) if final else None, "upload": upload_summary,
+        "dropped_workers": {str(k): v for k, v in dropped.items()}, "rounds": [asdict(r) for r in history]})
+    if history:
+        rounds = [r.round for r in history]
+        panels = {"loss": [r.loss for r in history]}
+        if any(r.test_accuracy is not None for r in history):
+            panels["test accuracy"] = [r.test_accuracy for r in history]
+        reporting.plot_curves(out / "curves.png", rounds, panels,
+                              title=f"{data.name}: N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}")
+    return TrainReport(plan=plan, weights=trainer.weights.copy(), history=tuple(history), upload=upload_summary,
+                       dropped_workers=dropped, out=out)

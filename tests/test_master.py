@@ -1,0 +1,173 @@
+"""The master against in-process workers on 127.0.0.1:0: bit-identity, stragglers, failures, resume, TLS."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from helpers_cluster import make_pki, running_worker
+
+from cpml.data import load_dataset
+from cpml.master import cli
+from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
+from cpml.master.rounds import RoundTimeout
+from cpml.master.settings import TrainSettings, parse_train_args, train_settings
+from cpml.master.train import ResumeError, make_plan, train
+from cpml.protocol import simulate
+
+DATASET = "digits-4v9"
+
+
+def _settings(addresses, tmp_path, **overrides) -> TrainSettings:
+    return TrainSettings(**{"dataset": DATASET, "workers": tuple(addresses), "insecure": True, "iterations": 4,
+                            "out": tmp_path / "run", "timeouts": Timeouts(connect=10, upload=30, round=10),
+                            "progress": False, **overrides})
+
+
+@contextlib.asynccontextmanager
+async def _workers(n, faults=None, **common):
+    faults = faults or {}
+    async with contextlib.AsyncExitStack() as stack:
+        servers = [await stack.enter_async_context(running_worker(**{**common, **faults.get(i, {})}))
+                   for i in range(n)]
+        yield servers
+
+
+def _simulated(plan, seed=0):
+    data = load_dataset(DATASET, seed=seed)
+    return simulate(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test)
+
+
+async def test_weights_are_bit_identical_to_the_simulator(tmp_path):
+    async with _workers(5) as servers:
+        report = await train(_settings([s.address for s in servers], tmp_path, chunk_bytes=2048))
+    reference = _simulated(report.plan)
+    assert report.weights.tobytes() == reference.weights.tobytes()
+    assert [r.loss for r in report.history] == [s.loss for s in reference.history]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(metrics["rounds"]) == 4 and metrics["upload"]["chunks"] > 5 * 10  # many small chunks
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    np.testing.assert_array_equal(model["weights"], report.weights)
+
+
+async def test_a_straggler_never_delays_a_round(tmp_path):
+    async with _workers(5, faults={2: {"fault_reply_delay": 1.5}}) as servers:
+        report = await train(_settings([s.address for s in servers], tmp_path))
+    assert all(r.wait_seconds < 1.0 for r in report.history)  # R = 4 of 5: the slow one is never waited for
+    assert all(2 not in r.workers_used for r in report.history)
+    assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
+
+
+async def test_a_failing_worker_is_dropped_and_training_continues(tmp_path):
+    async with _workers(5, faults={0: {"fault_fail_after_rounds": 2}}) as servers:
+        report = await train(_settings([s.address for s in servers], tmp_path))
+    assert list(report.dropped_workers) == [0]
+    assert "UNAVAILABLE" in report.dropped_workers[0]
+    assert all(0 not in r.workers_used for r in report.history[2:])
+    assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
+
+
+async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
+    faulty = {0: {"fault_fail_after_rounds": 2}, 1: {"fault_fail_after_rounds": 2}}
+    async with _workers(5, faults=faulty) as servers:
+        with pytest.raises(NotEnoughWorkers, match=r"only 3 of 5 workers remain but R = 4 replies are needed"):
+            await train(_settings([s.address for s in servers], tmp_path, iterations=5))
+    state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert state["trainer"]["round"] == 2 and len(state["history"]) == 2
+    async with _workers(4) as servers:  # fewer workers than before: N changes, R = 4 still fits
+        resumed = await train(_settings([s.address for s in servers], tmp_path, iterations=5, resume=True))
+    assert len(resumed.history) == 5 and resumed.plan.n_workers == 4
+    full = _simulated(resumed.plan.with_(n_workers=5))
+    assert resumed.weights.tobytes() == full.weights.tobytes()
+
+
+async def test_resume_refuses_other_data_or_a_missing_checkpoint(tmp_path):
+    with pytest.raises(ResumeError, match="needs a checkpoint at"):
+        await train(_settings(["127.0.0.1:1"], tmp_path, resume=True))
+    async with _workers(4) as servers:
+        await train(_settings([s.address for s in servers], tmp_path, iterations=1))
+    with pytest.raises(ResumeError, match="made on different training data"):
+        await train(_settings(["127.0.0.1:1"], tmp_path, resume=True, seed=5))
+
+
+async def test_a_round_without_r_replies_in_time_times_out(tmp_path):
+    async with _workers(4, fault_reply_delay=2.0) as servers:
+        settings = _settings([s.address for s in servers], tmp_path,
+                             timeouts=Timeouts(connect=10, upload=30, round=0.5))
+        with pytest.raises(RoundTimeout, match=r"round 0: only 0 of the 4 replies needed arrived within 0.5s"):
+            await train(settings)
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["trainer"]["round"] == 0
+
+
+async def test_unreachable_workers_are_reported_by_address(tmp_path):
+    async with running_worker() as alive:
+        settings = _settings([alive.address, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], tmp_path,
+                             timeouts=Timeouts(connect=1.0))
+        with pytest.raises(WorkersUnreachable, match="3 of 4 workers were not healthy within 1s: 127.0.0.1:1"):
+            await train(settings)
+
+
+async def test_mutual_tls_training(tmp_path):
+    pki = make_pki(tmp_path / "pki")
+    tls = {"insecure": False, "tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_client_ca": pki.ca}
+    async with _workers(4, **tls) as servers:
+        good = _settings([s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca,
+                         tls_cert=pki.client_cert, tls_key=pki.client_key, iterations=2)
+        report = await train(good)
+        assert len(report.history) == 2
+        anonymous = _settings([s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca,
+                              timeouts=Timeouts(connect=1.0))
+        with pytest.raises(WorkersUnreachable):
+            await train(anonymous)
+
+
+def test_settings_refuse_plaintext_to_remote_workers_without_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="Argument 'tls_ca' must be given .* pass --insecure"):
+        TrainSettings(dataset=DATASET, workers=("10.0.0.1:50051",))
+    assert TrainSettings(dataset=DATASET).embedded  # loopback workers: plaintext by default, with a warning
+    with pytest.raises(ValueError, match="Argument 'k' needs --t"):
+        TrainSettings(dataset=DATASET, k=2)
+
+
+def test_flags_and_environment_build_settings():
+    args = parse_train_args(["--workers", "a:1, b:2", "--insecure", "--k", "1", "--t", "1"],
+                            {"CPML_MASTER_DATASET": "breast-cancer", "CPML_MASTER_ITERATIONS": "7"})
+    s = train_settings(args)
+    assert (s.dataset, s.workers, s.iterations, s.k, s.t, s.insecure) == ("breast-cancer", ("a:1", "b:2"), 7, 1, 1,
+                                                                           True)
+
+
+def test_plans_follow_the_case_presets_and_overrides():
+    x = load_dataset(DATASET).x_train
+    assert (make_plan(TrainSettings(dataset=DATASET, case=1), 10, x).k, make_plan(
+        TrainSettings(dataset=DATASET, case=1), 10, x).t) == (3, 1)
+    case2 = make_plan(TrainSettings(dataset=DATASET, case=2), 15, x)
+    assert (case2.k, case2.t) == (3, 2)
+    fixed = make_plan(TrainSettings(dataset=DATASET, t=2, lx=1, lw=3, lc=4), 12, x)
+    assert (fixed.t, fixed.lx, fixed.lw, fixed.lc) == (2, 1, 3, 4)
+
+
+def test_aggregate_is_dispatched_lazily(monkeypatch):
+    calls = []
+    fake = types.ModuleType(cli.AGGREGATE_MODULE)
+    fake.add_arguments = lambda parser: parser.add_argument("--rounds", type=int)
+    fake.run = lambda args: calls.append(args.rounds) or 7
+    monkeypatch.setitem(sys.modules, cli.AGGREGATE_MODULE, fake)
+    assert cli.main(["aggregate", "--rounds", "3"]) == 7
+    assert calls == [3]
+    code = ("import sys; from cpml.master import cli; cli.build_parser(); "
+            "assert not any(m.startswith('cpml.dp') for m in sys.modules), 'train imported cpml.dp'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    assert cli.main(["train", "--dataset", "no-such-data", "--out", str(tmp_path)]) == cli.EXIT_USAGE
+    assert "Argument 'dataset' must be one of digits-4v9, breast-cancer" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", DATASET, "--workers", "127.0.0.1:1"]) == cli.EXIT_USAGE
+    assert "pass --insecure" in capsys.readouterr().err
