@@ -109,17 +109,13 @@ class CodedTrainer:
                 raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
         if plan.learning_rate is None:
             plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, plan.model))
-        m, d = xa.shape
+        d = xa.shape[1]
         profile = DataProfile.of(xa, plan.k)
         rows = profile.rows
-        bounds = [(i * rows, min((i + 1) * rows, m)) for i in range(plan.k)]
         check_plan(plan, profile)
         quantized = quantize_data(xa, plan.lx)
         plan.field.phi(quantized, name="x")  # refuses data that would wrap on its own
-        partitions = np.zeros((plan.k, rows, d), dtype=np.int32)
-        for i, (lo, hi) in enumerate(bounds):
-            if hi > lo:
-                partitions[i, : hi - lo] = quantized[lo:hi]
+        partitions = partition_rows(quantized, plan.k, rows)
         w0 = np.zeros(d) if weights is None else np.asarray(weights, dtype=np.float64)
         if w0.shape != (d,) or not np.all(np.isfinite(w0)):
             raise argument_error("weights", f"be a finite vector of length {d}", w0.shape)
@@ -183,21 +179,14 @@ class CodedTrainer:
 
     def quantized_weights(self) -> npt.NDArray[np.int64]:
         """The r stochastic quantizations of the current weights, seeded by (seed, round)."""
-        rng = np.random.default_rng([self.seed, self.round])
-        return quantize_weights(self.weights, self.plan.lw, self.plan.r, rng)
+        return round_weights(self.plan, self.weights, self.seed, self.round)
 
     def weight_shares(self) -> Elements:
         """Encode this round's quantized weights: shape (N, d, r); checks the overflow guard first."""
         if self.done:
             raise RuntimeError(f"training already finished {self.plan.iterations} iterations")
         wbar = self.quantized_weights()
-        norms = [float(np.linalg.norm(wbar[:, j])) for j in range(self.plan.r)]
-        bound = decoded_bound(self.profile, self.coefficients, self.plan.lx, norms)
-        if bound > self.field.max_signed:  # cannot happen inside the weight ball; never decode garbage
-            raise OverflowError(
-                f"round {self.round}: decoded values could reach {bound:.3g} > (p-3)/2; refusing to send"
-            )
-        self.field.phi(wbar, name="weights")
+        guard_round(self.plan, self.profile, self.coefficients, wbar, self.round)
         d, r = wbar.shape
         secrets = np.broadcast_to(wbar.reshape(1, d * r).astype(np.float64), (self.plan.k, d * r))
         shares = self.scheme.encode(np.ascontiguousarray(secrets), self.mask_source)
@@ -207,9 +196,7 @@ class CodedTrainer:
     def decode_gradient(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> Array:
         """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the first R replies."""
         blocks = self.scheme.decode(replies, self.plan.threshold)
-        total = self.field.phi_inv(blocks).sum(axis=0)  # per-partition phi^-1, then an integer sum
-        m = self.x.shape[0]
-        return (dequantize(total, self.plan.gradient_scale) - np.ldexp(self.xty, -self.plan.lx)) / m
+        return gradient_from_blocks(self.plan, blocks, self.xty, self.x.shape[0])
 
     def finish_round(self, round_index: int, replies: Mapping[int, npt.NDArray[np.uint32]]) -> RoundStats:
         """Decode the round's gradient from the first R replies (in arrival order) and update the weights."""
@@ -254,3 +241,44 @@ def plan_from_checkpoint(state: Mapping[str, object]) -> Plan:
     if not isinstance(fields, Mapping):
         raise argument_error("state", "hold a 'plan' mapping", type(fields).__name__)
     return Plan(**fields)  # type: ignore[arg-type]
+
+
+# --- shared with the MPC baselines (cpml.mpc), which partition the rows into groups instead of K ---
+def partition_rows(quantized: npt.NDArray[np.int64], parts: int, rows: int) -> npt.NDArray[np.int32]:
+    """Split quantized rows into `parts` consecutive blocks of `rows` rows, zero-padding the last ones."""
+    m, d = quantized.shape
+    out = np.zeros((parts, rows, d), dtype=np.int32)
+    for i in range(parts):
+        lo, hi = i * rows, min((i + 1) * rows, m)
+        if hi > lo:
+            out[i, : hi - lo] = quantized[lo:hi]
+    return out
+
+
+def round_weights(plan: Plan, weights: Array, seed: int, round_index: int) -> npt.NDArray[np.int64]:
+    """The r stochastic quantizations of the weights for one round, seeded by (seed, round)."""
+    rng = np.random.default_rng([seed, round_index])
+    return quantize_weights(weights, plan.lw, plan.r, rng)
+
+
+def guard_round(
+    plan: Plan,
+    profile: DataProfile,
+    coefficients: npt.NDArray[np.int64],
+    wbar: npt.NDArray[np.int64],
+    round_index: int,
+) -> None:
+    """Refuse a round whose quantized weights could make a decoded value wrap around p."""
+    norms = [float(np.linalg.norm(wbar[:, j])) for j in range(plan.r)]
+    bound = decoded_bound(profile, coefficients, plan.lx, norms)
+    if bound > plan.field.max_signed:  # cannot happen inside the weight ball; never decode garbage
+        raise OverflowError(
+            f"round {round_index}: decoded values could reach {bound:.3g} > (p-3)/2; refusing to send"
+        )
+    plan.field.phi(wbar, name="weights")
+
+
+def gradient_from_blocks(plan: Plan, blocks: Elements, xty: Array, m: int) -> Array:
+    """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the decoded per-partition blocks X̄_kᵀs̄."""
+    total = plan.field.phi_inv(blocks).sum(axis=0)  # per-partition phi^-1, then an integer sum
+    return (dequantize(total, plan.gradient_scale) - np.ldexp(xty, -plan.lx)) / m
