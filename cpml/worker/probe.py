@@ -1,0 +1,46 @@
+"""`python -m cpml.worker.probe HOST:PORT`: exit 0 if the worker's health service reports SERVING (for
+container health checks and scripts); plaintext unless --tls-ca is given."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cpml.wire.tls import channel_credentials
+
+
+def probe(address: str, timeout: float = 3.0, credentials: grpc.ChannelCredentials | None = None) -> str:
+    """The worker's serving status name (SERVING, NOT_SERVING, ...) or the gRPC error code name."""
+    channel = (grpc.insecure_channel(address) if credentials is None
+               else grpc.secure_channel(address, credentials))
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="cpml.v1.Worker"), timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the status; exit 0 when SERVING, 1 otherwise."""
+    parser = argparse.ArgumentParser(prog="python -m cpml.worker.probe", description=__doc__)
+    parser.add_argument("address", help="host:port of a cpml-worker")
+    parser.add_argument("--timeout", type=float, default=3.0)
+    parser.add_argument("--tls-ca", type=Path)
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    args = parser.parse_args(argv)
+    credentials = None if args.tls_ca is None else channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    status = probe(args.address, args.timeout, credentials)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
