@@ -1,0 +1,125 @@
+"""End to end with real cpml-worker processes on 127.0.0.1: the CLI's embedded cluster, a worker SIGKILLed
+mid-training, falling below R, and --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cpml.data import load_dataset
+from cpml.master.cluster import NotEnoughWorkers, Timeouts
+from cpml.master.local import LocalWorkers
+from cpml.master.settings import TrainSettings
+from cpml.master.train import train
+from cpml.protocol import Plan, simulate
+
+pytestmark = pytest.mark.slow
+
+DATASET = "digits-4v9"
+
+
+def _simulated(plan):
+    data = load_dataset(DATASET)
+    return simulate(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test)
+
+
+def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET,
+                          "--workers-local", "5", "--iterations", "6", "--out", str(tmp_path / "run"),
+                          "--log-format", "json"], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.9
+    assert "N=5 workers (K=1, T=1, r=1, R=4)" in run.stdout
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert any("defeats T-privacy" in e["event"] for e in events if e["level"] == "warning")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    phases = metrics["rounds"][0]
+    assert {"encode_seconds", "send_seconds", "wait_seconds", "decode_update_seconds", "bytes_sent",
+            "bytes_received"} <= set(phases)
+    assert metrics["upload"]["bytes_sent"] > 0
+    worker_logs = sorted((tmp_path / "run" / "workers").glob("worker-*.log"))
+    assert len(worker_logs) == 5
+    for log in worker_logs:  # every embedded worker drained and stopped when the run ended
+        assert json.loads(log.read_text().strip().splitlines()[-1])["event"] == "worker stopped"
+
+
+async def test_sigkilled_workers_are_dropped_then_below_r_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    settings = TrainSettings(dataset=DATASET, insecure=True, iterations=8, out=out, progress=False,
+                             timeouts=Timeouts(connect=60, upload=60, round=30))
+    async with LocalWorkers(5, tmp_path / "workers") as local:
+        pids = [p.pid for p in local.processes]
+
+        def kill_during_training(record):
+            if record.round == 2:
+                os.kill(pids[1], signal.SIGKILL)  # 4 of 5 left: R = 4 still reachable
+            if record.round == 5:
+                os.kill(pids[3], signal.SIGKILL)  # 3 left: below R
+
+        with pytest.raises(NotEnoughWorkers, match="only 3 of 5 workers remain but R = 4"):
+            await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)}),
+                        on_round=kill_during_training)
+    state = json.loads((out / "checkpoint.json").read_text())
+    assert state["trainer"]["round"] in (5, 6)  # killed after round 5; round 6 may not have needed worker 3
+    history = state["history"]
+    assert all(1 not in r["workers_used"] for r in history[3:])
+
+    async with LocalWorkers(4, tmp_path / "workers-again") as local:
+        resumed = await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses),
+                                               "resume": True}))
+    assert [r.round for r in resumed.history] == list(range(1, 9))
+    reference = _simulated(resumed.plan.with_(n_workers=5))
+    assert resumed.weights.tobytes() == reference.weights.tobytes()  # the same model as an unbroken run
+    assert resumed.history[-1].test_accuracy == pytest.approx(reference.history[-1].test_accuracy)
+
+
+def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+
+    def start(tag, flags):
+        procs, files = [], []
+        for i, extra in enumerate(flags):
+            files.append(tmp_path / f"{tag}-{i}.port")
+            procs.append(subprocess.Popen([sys.executable, "-m", "cpml.worker.cli", "--listen", "127.0.0.1:0",
+                                           "--insecure", "--port-file", str(files[-1]), *extra],
+                                          env=env, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while not all(f.exists() for f in files):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.05)
+        return procs, ",".join(f.read_text() for f in files)
+
+    train_cmd = [sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET, "--insecure",
+                 "--iterations", "5", "--out", str(out), "--log-format", "json"]
+    failing = [("--fault-fail-after-rounds", "2")] * 2 + [()] * 3
+    procs, workers = start("first", failing)
+    try:
+        run = subprocess.run([*train_cmd, "--workers", workers], capture_output=True, text=True, timeout=180)
+    finally:
+        for p in procs:
+            p.terminate()
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert "stopped: round 2: only 3 of 5 workers remain but R = 4 replies are needed" in run.stderr
+    assert "rerun with --resume" in run.stderr
+    procs, workers = start("second", [()] * 4)
+    try:
+        run = subprocess.run([*train_cmd, "--resume", "--workers", workers], capture_output=True, text=True,
+                             timeout=180)
+    finally:
+        for p in procs:
+            p.terminate()
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = json.loads((out / "model.json").read_text())
+    assert len(json.loads((out / "metrics.json").read_text())["rounds"]) == 5
+    reference = _simulated(Plan(**model["plan"]).with_(n_workers=5))
+    assert np.array(model["weights"]).tobytes() == reference.weights.tobytes()
