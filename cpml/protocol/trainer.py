@@ -212,18 +212,7 @@ class CodedTrainer:
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""
-        model = self.plan.model
-        test = None
-        if self.x_test is not None and self.y_test is not None:
-            test = models.accuracy(self.x_test, self.y_test, self.weights, model)
-        return RoundStats(
-            round=self.round,
-            loss=models.loss(self.x, self.y, self.weights, model),
-            train_accuracy=models.accuracy(self.x, self.y, self.weights, model),
-            test_accuracy=test,
-            workers_used=used,
-            weight_norm=float(np.linalg.norm(self.weights)),
-        )
+        return round_stats(self.plan.model, self.round, self.weights, (self.x, self.y), (self.x_test, self.y_test), used)
 
     def checkpoint(self) -> dict[str, object]:
         """The state a resumed run needs besides the data: round, weights, seed and plan."""
@@ -282,3 +271,27 @@ def gradient_from_blocks(plan: Plan, blocks: Elements, xty: Array, m: int) -> Ar
     """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the decoded per-partition blocks X̄_kᵀs̄."""
     total = plan.field.phi_inv(blocks).sum(axis=0)  # per-partition phi^-1, then an integer sum
     return (dequantize(total, plan.gradient_scale) - np.ldexp(xty, -plan.lx)) / m
+
+
+def round_stats(
+    model: str,
+    round_index: int,
+    weights: Array,
+    train: tuple[Array, Array],
+    test: tuple[Array | None, Array | None],
+    used: tuple[int, ...] = (),
+) -> RoundStats:
+    """Loss and accuracy of the weights on the real training data (and test accuracy if there is a test set)."""
+    x, y = train
+    x_test, y_test = test
+    test_accuracy = None
+    if x_test is not None and y_test is not None:
+        test_accuracy = models.accuracy(x_test, y_test, weights, model)
+    return RoundStats(
+        round=round_index,
+        loss=models.loss(x, y, weights, model),
+        train_accuracy=models.accuracy(x, y, weights, model),
+        test_accuracy=test_accuracy,
+        workers_used=used,
+        weight_norm=float(np.linalg.norm(weights)),
+    )
