@@ -1,0 +1,219 @@
+"""The master's side of a Shamir-sharing baseline as a sans-I/O session: shares out, gradient shares in.
+
+It quantizes, rounds the weights, guards against wrap-around and turns decoded blocks into a real
+gradient with the very helpers CodedTrainer uses, so a baseline trains exactly like CodedPrivateML
+does on the same data, seed and quantization; only the sharing differs (G groups of 2T+1 workers,
+each group holding degree-T Shamir shares of one block of rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field as dataclass_field
+
+import numpy as np
+import numpy.typing as npt
+
+from cpml.errors import argument_error
+from cpml.field import Elements, PrimeField
+from cpml.field.sampling import uniform
+from cpml.mpc.messages import MASTER, Kind, Message
+from cpml.mpc.plan import MpcPlan, PartySpec
+from cpml.mpc.shamir import party_points, reconstruct, share
+from cpml.protocol import models
+from cpml.protocol.coding import MaskSource
+from cpml.protocol.overflow import DataProfile, check_plan
+from cpml.protocol.plan import Plan
+from cpml.protocol.quantize import quantize_data
+from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients
+from cpml.protocol.trainer import (
+    RoundStats,
+    gradient_from_blocks,
+    guard_round,
+    partition_rows,
+    round_stats,
+    round_weights,
+)
+
+Array = npt.NDArray[np.float64]
+
+
+@dataclass
+class MpcSession:
+    """One baseline training job on the master (use `create`); `plan` fixes quantization and training."""
+
+    mpc: MpcPlan
+    plan: Plan
+    seed: int
+    x: Array
+    y: Array
+    x_test: Array | None
+    y_test: Array | None
+    weights: Array
+    round: int
+    profile: DataProfile
+    partitions: npt.NDArray[np.int32]  # (G, rows, d) quantized, zero-padded
+    xty: Array
+    coefficients: npt.NDArray[np.int64]
+    mask_source: MaskSource = uniform
+    _gradients: dict[int, Elements] = dataclass_field(default_factory=dict, repr=False)
+    _issued: int | None = dataclass_field(default=None, repr=False)
+
+    @classmethod
+    def create(
+        cls,
+        mpc: MpcPlan,
+        plan: Plan,
+        x: npt.ArrayLike,
+        y: npt.ArrayLike,
+        seed: int,
+        x_test: npt.ArrayLike | None = None,
+        y_test: npt.ArrayLike | None = None,
+        *,
+        weights: npt.ArrayLike | None = None,
+        start_round: int = 0,
+        mask_source: MaskSource = uniform,
+    ) -> MpcSession:
+        """Quantize the data into G row blocks with CPML's quantization and check the overflow guard."""
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise argument_error("seed", "be a non-negative integer", seed)
+        xa, ya = models.check_dataset(x, y, plan.model)
+        xt = yt = None
+        if x_test is not None and y_test is not None:
+            xt, yt = models.check_dataset(x_test, y_test, plan.model, name="x_test")
+            if xt.shape[1] != xa.shape[1]:
+                raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
+        if plan.learning_rate is None:
+            plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, plan.model))
+        if mpc.n_workers + 1 >= plan.p:
+            raise argument_error("p", f"exceed N + 1 = {mpc.n_workers + 1}", plan.p)
+        profile = DataProfile.of(xa, mpc.groups)
+        check_plan(plan, profile)  # the bound depends on the row blocks, not on how they are shared
+        quantized = quantize_data(xa, plan.lx)
+        plan.field.phi(quantized, name="x")
+        w0 = np.zeros(xa.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w0.shape != (xa.shape[1],) or not np.all(np.isfinite(w0)):
+            raise argument_error("weights", f"be a finite vector of length {xa.shape[1]}", w0.shape)
+        if not 0 <= start_round <= plan.iterations:
+            raise argument_error("start_round", f"be between 0 and {plan.iterations}", start_round)
+        return cls(
+            mpc=mpc,
+            plan=plan,
+            seed=int(seed),
+            x=xa,
+            y=ya,
+            x_test=xt,
+            y_test=yt,
+            weights=models.project_to_ball(w0, plan.weight_bound),
+            round=start_round,
+            profile=profile,
+            partitions=partition_rows(quantized, mpc.groups, profile.rows),
+            xty=quantized.astype(np.float64).T @ ya,
+            coefficients=scaled_coefficients(
+                model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
+            ),
+            mask_source=mask_source,
+        )
+
+    @property
+    def field(self) -> PrimeField:
+        """The job's field."""
+        return self.plan.field
+
+    @property
+    def done(self) -> bool:
+        """Whether all planned iterations have run."""
+        return self.round >= self.plan.iterations
+
+    def party_spec(self, worker: int) -> PartySpec:
+        """The public parameters one active worker receives."""
+        group, position = self.mpc.locate(worker)
+        return PartySpec(
+            protocol=self.mpc.protocol,
+            p=self.plan.p,
+            t=self.mpc.t,
+            group_size=self.mpc.group_size,
+            first=self.mpc.members(group).start,
+            position=position,
+            rows=self.profile.rows,
+            d=self.profile.d,
+            r=self.plan.r,
+            coefficients=tuple(int(v) for v in self.field.phi(self.coefficients, name="coefficients")),
+            start_round=self.round,
+            rounds=self.plan.iterations - self.round,
+        )
+
+    def data_messages(self, rows_per_chunk: int) -> Iterator[Message]:
+        """Shamir-share each group's rows with fresh CSPRNG coefficients, chunk by chunk (step = row offset)."""
+        if rows_per_chunk < 1:
+            raise argument_error("rows_per_chunk", "be positive", rows_per_chunk)
+        points = party_points(self.mpc.group_size)
+        for group in range(self.mpc.groups):
+            members = self.mpc.members(group)
+            for lo in range(0, self.profile.rows, rows_per_chunk):
+                block = self.field.phi(self.partitions[group, lo : lo + rows_per_chunk], name="x")
+                shares = share(self.field, block, self.mpc.t, points, self.mask_source)
+                for position, worker in enumerate(members):
+                    yield Message(MASTER, worker, Kind.DATA, self.round, lo, shares[position])
+
+    def quantized_weights(self) -> npt.NDArray[np.int64]:
+        """The r stochastic quantizations of the current weights, seeded by (seed, round) as in CPML."""
+        return round_weights(self.plan, self.weights, self.seed, self.round)
+
+    def weight_messages(self) -> list[Message]:
+        """Share this round's quantized weights to every group, with fresh coefficients per group."""
+        if self.done:
+            raise RuntimeError(f"training already finished {self.plan.iterations} iterations")
+        wbar = self.quantized_weights()
+        guard_round(self.plan, self.profile, self.coefficients, wbar, self.round)
+        secret = self.field.phi(wbar, name="weights")
+        points = party_points(self.mpc.group_size)
+        messages = []
+        for group in range(self.mpc.groups):
+            shares = share(self.field, secret, self.mpc.t, points, self.mask_source)
+            for position, worker in enumerate(self.mpc.members(group)):
+                messages.append(Message(MASTER, worker, Kind.WEIGHTS, self.round, 0, shares[position]))
+        self._issued, self._gradients = self.round, {}
+        return messages
+
+    def receive(self, message: Message) -> RoundStats | None:
+        """Take one gradient share; once every active worker has sent its share, finish the round."""
+        if message.kind is not Kind.GRADIENT or message.receiver != MASTER:
+            raise argument_error("message", "be a gradient share sent to the master", message.kind.value)
+        if message.round != self.round or self._issued != self.round:
+            return None  # late reply for an old round: dropped
+        self.mpc.locate(message.sender)
+        if message.sender in self._gradients:
+            raise argument_error("message", "be the first gradient share of its sender", message.sender)
+        if message.payload.shape != (self.profile.d,):
+            raise argument_error("message", f"carry {self.profile.d} gradient values", message.payload.shape)
+        self._gradients[message.sender] = self.field.check_elements(message.payload, "gradient")
+        if len(self._gradients) < self.mpc.active_workers:
+            return None
+        return self.finish_round(self.decode_gradient(self._gradients))
+
+    def decode_blocks(self, shares: dict[int, Elements]) -> Elements:
+        """Reconstruct X̄_gᵀs̄ of every group from all 2T+1 of its degree-2T shares: (G, d)."""
+        blocks = []
+        for group in range(self.mpc.groups):
+            members = self.mpc.members(group)
+            by_point = {position + 1: shares[worker] for position, worker in enumerate(members)}
+            blocks.append(reconstruct(self.field, by_point, 2 * self.mpc.t))
+        return np.stack(blocks)
+
+    def decode_gradient(self, shares: dict[int, Elements]) -> Array:
+        """The real gradient, converted from the decoded blocks exactly as CodedTrainer does."""
+        return gradient_from_blocks(self.plan, self.decode_blocks(shares), self.xty, self.x.shape[0])
+
+    def finish_round(self, gradient: Array) -> RoundStats:
+        """Take the gradient step, project onto the weight ball, and report the round."""
+        assert self.plan.learning_rate is not None
+        step = self.weights - self.plan.learning_rate * gradient
+        self.weights = models.project_to_ball(step, self.plan.weight_bound)
+        self.round += 1
+        self._issued, self._gradients = None, {}
+        return self.stats(tuple(range(self.mpc.active_workers)))
+
+    def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
+        """Loss and accuracy of the current weights on the real data."""
+        return round_stats(self.plan.model, self.round, self.weights, (self.x, self.y), (self.x_test, self.y_test), used)
