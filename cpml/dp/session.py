@@ -138,14 +138,14 @@ class Guarantees:
 class AggregationSession:
     """One WD-DP run as seen by the aggregation server."""
 
-    def __init__(self, settings: RunSettings, dimension: int) -> None:
-        if dimension < 1:
+    def __init__(self, settings: RunSettings, dimension: int | None = None) -> None:
+        if dimension is not None and dimension < 1:
             raise argument_error("dimension", "be at least 1", dimension)
         self.settings = settings
-        self.dimension = dimension
+        self.dimension = dimension  # None: the first party to join fixes it
         self.phase = Phase.REGISTERING
         self.round = 0
-        self.weights = np.zeros(dimension)
+        self.weights = np.zeros(dimension or 0)
         self.noise_multiplier = math.nan
         self.history: list[RoundResult] = []
         self.stop_reason = ""
@@ -164,16 +164,19 @@ class AggregationSession:
             raise RunFull(
                 f"Run {self.settings.run_id!r} already has its {self.settings.parties} parties."
             )
+        if records < 1:
+            raise InvalidUpdate(f"Party {name!r} must hold at least 1 record, not {records}.")
+        if any(p.name == name for p in self._parties.values()):
+            raise InvalidUpdate(f"A party named {name!r} already joined; pick another --name.")
+        if self.dimension is None and dimension >= 1:
+            self.dimension = dimension
+            self.weights = np.zeros(dimension)
         if dimension != self.dimension:
             raise InvalidUpdate(
                 f"Party {name!r} has {dimension} features (with bias), but run"
                 f" {self.settings.run_id!r} trains a {self.dimension}-dimensional model;"
                 " use data with the same columns."
             )
-        if records < 1:
-            raise InvalidUpdate(f"Party {name!r} must hold at least 1 record, not {records}.")
-        if any(p.name == name for p in self._parties.values()):
-            raise InvalidUpdate(f"A party named {name!r} already joined; pick another --name.")
         party = Party(len(self._parties), name, secrets.token_hex(16), int(records))
         self._parties[party.party_id] = party
         log.info("party_registered", party=name, records=party.records)
@@ -356,7 +359,7 @@ class AggregationSession:
         """Both guarantees: released model's, and what each party's updates told the server."""
         delta = self.settings.budget.delta
         basis = (
-            "aggregate is centralized DP-GD with multiplier z per round"
+            "the aggregate is centralized DP-GD on the pooled records, multiplier z per round"
             if self._release is not None
             else "parallel composition: the weakest party's guarantee"
         )

@@ -1,0 +1,137 @@
+"""`cpml-party`: join a WD-DP run with local data and train with differentially private GD.
+
+    cpml-party --server host:port --data records.csv [--run-id wddp] [--name hospital-a]
+
+The data never leaves the process; only noisy models do. Rows are put in the unit ball (with a
+bias column) so the per-record loss is 1-Lipschitz, and per-record gradients are clipped too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+import structlog
+
+from cpml.logs import FORMATS, LEVELS, configure_logging
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2  # bad arguments or data
+EXIT_REFUSED = 3  # the server refused us (status code printed) or asked for too little noise
+EXIT_UNREACHABLE = 4
+EXIT_LEFT = 5  # left the run early to stay within --max-epsilon
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The party's flags."""
+    parser.add_argument("--server", required=True, help="aggregation server host:port")
+    parser.add_argument("--data", required=True, help="CSV, .npz or svmlight file of this party")
+    parser.add_argument("--format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
+    parser.add_argument("--label-column", type=int, default=-1, help="CSV/npz label column")
+    parser.add_argument("--scaling", default="none", choices=("none", "minmax", "standard"),
+                        help="feature scaling on this party's data; 'none' keeps the guarantee"
+                             " exact (the others use data statistics DP does not cover)")
+    parser.add_argument("--run-id", default="wddp")
+    parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}",
+                        help="public name of this party in the run")
+    parser.add_argument("--max-epsilon", type=float, default=None,
+                        help="leave the run before this party's updates reveal more than this"
+                             " epsilon to the server")
+    parser.add_argument("--wait-timeout", type=float, default=600.0,
+                        help="seconds to wait for the next round")
+    parser.add_argument("--out", type=Path, default=None, help="write the released model here")
+    parser.add_argument("--tls-ca", type=Path, default=None)
+    parser.add_argument("--tls-cert", type=Path, default=None)
+    parser.add_argument("--tls-key", type=Path, default=None)
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext gRPC (models travel unencrypted)")
+    parser.add_argument("--log-level", default="info", choices=LEVELS)
+    parser.add_argument("--log-format", default="auto", choices=FORMATS)
+
+
+def load_party_data(path: str, fmt: str, label_column: int, scaling: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Features in the unit ball with a bias column, and 0/1 labels, from a local file."""
+    from cpml.data import load_raw, scale
+    from cpml.dp.dpgd import add_bias_and_normalise
+
+    if not Path(path).is_file():
+        raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
+    x, raw_y, _ = load_raw(path, fmt, label_column)
+    if not np.isfinite(x).all():
+        raise ValueError(f"Argument 'data' must hold finite numbers, not NaN/inf in {path!r}.")
+    labels = set(np.unique(raw_y).tolist())
+    if labels <= {0, 1}:
+        y = np.asarray(raw_y, dtype=np.float64)
+    elif labels <= {-1, 1}:
+        y = (np.asarray(raw_y) > 0).astype(np.float64)
+    else:
+        raise ValueError(
+            f"Argument 'data' must have labels 0/1 or -1/1, not {sorted(labels)[:5]} in {path!r}."
+        )
+    x, _, _ = scale(x, x, scaling)
+    return add_bias_and_normalise(x), y
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (EXIT_*)."""
+    parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, args.log_format)
+    from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
+    from cpml.wire.tls import channel_credentials
+
+    try:
+        x, y = load_party_data(args.data, args.format, args.label_column, args.scaling)
+        if args.max_epsilon is not None and not args.max_epsilon > 0:
+            raise ValueError(f"Argument 'max_epsilon' must be positive, not {args.max_epsilon}.")
+        credentials = None
+        if not args.insecure:
+            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        print(f"cpml-party: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.insecure:
+        log.warning("plaintext gRPC (--insecure): noisy models travel unencrypted")
+    config = PartyConfig(server=args.server, run_id=args.run_id, name=args.name,
+                         max_epsilon=args.max_epsilon, wait_timeout=args.wait_timeout)
+    try:
+        outcome = asyncio.run(run_party(config, x, y, credentials))
+    except NoiseTooLow as exc:
+        print(f"cpml-party: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except grpc.aio.AioRpcError as exc:
+        print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return EXIT_UNREACHABLE
+        return EXIT_REFUSED
+    if not outcome.finished:
+        print(f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
+              f" updates revealed epsilon {outcome.party_epsilon:.4f} to the server")
+        return EXIT_LEFT
+    print(f"run finished after {outcome.rounds} rounds from this party ({outcome.reason})")
+    print(f"released model: epsilon {outcome.release_epsilon:.4f}; this party's updates revealed"
+          f" epsilon {outcome.party_epsilon:.4f} to the server")
+    if args.out is not None and outcome.weights is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"weights": outcome.weights.tolist(),
+                                        "release_epsilon": outcome.release_epsilon,
+                                        "party_epsilon": outcome.party_epsilon}, indent=2))
+        print(f"model: {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

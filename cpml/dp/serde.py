@@ -1,0 +1,85 @@
+"""Paired to_proto / from_proto functions for the Aggregation service's messages.
+
+Generated message types stay inside this module and the thin servicer/client; the session and
+the party math only see numpy arrays and frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cpml.dp.dpgd import LocalSettings
+from cpml.dp.session import InvalidUpdate, RoundTask
+from cpml.wire.generated.v1 import aggregation_pb2 as pb
+
+_FLOAT64 = np.dtype("<f8")
+
+
+def vector_to_proto(values: np.ndarray) -> pb.Vector:
+    """Pack a float64 vector little-endian."""
+    values = np.ascontiguousarray(values, dtype=_FLOAT64).reshape(-1)
+    return pb.Vector(size=values.size, data=values.tobytes())
+
+
+def vector_from_proto(msg: pb.Vector, what: str) -> np.ndarray:
+    """Unpack a Vector, refusing a byte length that does not match its declared size."""
+    if len(msg.data) != 8 * msg.size:
+        raise InvalidUpdate(
+            f"{what} declares {msg.size} float64 values but carries {len(msg.data)} bytes"
+            f" (expected {8 * msg.size})."
+        )
+    return np.frombuffer(msg.data, dtype=_FLOAT64).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A PartyTask as the party sees it."""
+
+    round: int
+    finished: bool
+    weights: np.ndarray
+    noise_multiplier: float
+    run_noise_multiplier: float
+    total_records: int
+    local: LocalSettings | None
+    stop_reason: str
+    release_epsilon: float
+    party_epsilon: float
+
+
+def task_to_proto(run_id: str, task: RoundTask, run_z: float, total: int) -> pb.PartyTask:
+    """A round's task for one party."""
+    s = task.local
+    return pb.PartyTask(
+        run_id=run_id, round=task.round, finished=False, weights=vector_to_proto(task.weights),
+        noise_multiplier=task.noise_multiplier, run_noise_multiplier=run_z,
+        total_records=total, learning_rate=s.learning_rate, clip=s.clip, l2=s.l2,
+        local_steps=s.local_steps, sampling_rate=s.sampling_rate,
+    )
+
+
+def finished_to_proto(run_id: str, round_: int, weights: np.ndarray, reason: str,
+                      release_epsilon: float, party_epsilon: float) -> pb.PartyTask:
+    """The end-of-run message: the released model and both guarantees."""
+    return pb.PartyTask(
+        run_id=run_id, round=round_, finished=True, weights=vector_to_proto(weights),
+        stop_reason=reason, release_epsilon=release_epsilon, party_epsilon=party_epsilon,
+    )
+
+
+def task_from_proto(msg: pb.PartyTask) -> TaskView:
+    """Decode a PartyTask."""
+    local = None
+    if not msg.finished:
+        local = LocalSettings(
+            learning_rate=msg.learning_rate, clip=msg.clip, l2=msg.l2,
+            local_steps=msg.local_steps, sampling_rate=msg.sampling_rate,
+        )
+    return TaskView(
+        round=msg.round, finished=msg.finished, weights=vector_from_proto(msg.weights, "task"),
+        noise_multiplier=msg.noise_multiplier, run_noise_multiplier=msg.run_noise_multiplier,
+        total_records=msg.total_records, local=local, stop_reason=msg.stop_reason,
+        release_epsilon=msg.release_epsilon, party_epsilon=msg.party_epsilon,
+    )
