@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     except JoinTimeout as exc:
         print(f"cpml-master aggregate: stopped: {exc}", file=sys.stderr)
         return EXIT_PARTIES_MISSING
+    except (RuntimeError, OSError) as exc:
+        print(f"cpml-master aggregate: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     report["notes"] = notes
     report["settings"]["scheme"] = args.scheme
     _write_outputs(args.out, report)

@@ -94,7 +94,7 @@ async def run_party(
                                     task.release_epsilon, task.party_epsilon)
             assert task.local is not None
             if joined.scheme == "weighted":
-                _check_noise(task, len(y))
+                check_noise(task, len(y))
             step = Step(task.noise_multiplier, task.local.sampling_rate)
             if ledger is None:
                 budget = Budget(config.max_epsilon or joined.epsilon, joined.delta)
@@ -121,7 +121,8 @@ async def run_party(
             log_.debug("round_submitted", round=task.round)
 
 
-def _check_noise(task: serde.TaskView, records: int) -> None:
+def check_noise(task: serde.TaskView, records: int) -> None:
+    """Raise NoiseTooLow unless z_k >= z * sqrt(n_k / n), the WD-DP noise for this party."""
     required = task.run_noise_multiplier * math.sqrt(records / max(task.total_records, 1))
     if not task.noise_multiplier >= required * (1 - 1e-9) or task.noise_multiplier <= 0:
         raise NoiseTooLow(

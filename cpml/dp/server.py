@@ -84,7 +84,7 @@ class Coordinator:
     async def wait_until_told(self, grace: float) -> None:
         """After the run, give active parties up to `grace` s to collect the final model."""
         s = self.session
-        expected = {p.party_id for p in s.parties if p.party_id in s._active}
+        expected = s.active_ids()
         with contextlib.suppress(TimeoutError):
             async with self.changed:
                 await asyncio.wait_for(
@@ -116,7 +116,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         await self._check_run(request.run_id, context)
         s = self.session
         try:
-            party = s._party(request.party_id)
+            party = s.party(request.party_id)
         except UnknownParty as exc:
             await _abort(context, exc)
         changed = self.coordinator.changed

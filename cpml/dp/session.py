@@ -187,6 +187,14 @@ class AggregationSession:
         """Registered parties in joining order."""
         return sorted(self._parties.values(), key=lambda p: p.index)
 
+    def party(self, party_id: str) -> Party:
+        """The registered party with this secret id, or UnknownParty."""
+        return self._party(party_id)
+
+    def active_ids(self) -> set[str]:
+        """Secret ids of the parties not dropped."""
+        return set(self._active)
+
     @property
     def sizes(self) -> list[int]:
         """Record counts n_k in joining order."""

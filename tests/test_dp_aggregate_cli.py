@@ -1,0 +1,42 @@
+"""`cpml-master aggregate` embedded: splits a bundled dataset, runs parties over loopback gRPC."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cpml.master.cli import main
+
+
+def test_embedded_run_writes_metrics_model_and_plot(tmp_path, capsys):
+    out = tmp_path / "agg"
+    code = main(["aggregate", "--dataset", "breast-cancer", "--parties", "4", "--rho", "3",
+                 "--rounds", "5", "--epsilon", "1", "--out", str(out), "--log-level", "warning"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "5 rounds of weighted aggregation over 4 parties" in printed
+    assert "released model: epsilon 1.0" in printed or "released model: epsilon 0.99" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    sizes = sorted(p["records"] for p in metrics["parties"])
+    assert sizes[-1] / sizes[0] == pytest.approx(3, abs=0.1)
+    assert sum(p["weight"] for p in metrics["parties"]) == pytest.approx(1.0)
+    eps = [h["epsilon"] for h in metrics["history"]]
+    assert eps == sorted(eps) and eps[-1] <= 1.0  # reported after every round, never past budget
+    assert all("test_accuracy" in h for h in metrics["history"])
+    assert (out / "curves.png").stat().st_size > 0
+    assert len(json.loads((out / "model.json").read_text())["weights"]) == 31
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--epsilon", "0"], "Argument 'epsilon' must be a positive finite number, not 0.0."),
+     (["--rho", "0.5"], "Argument 'rho' must be at least 1, not 0.5."),
+     (["--listen", "127.0.0.1:0"], "Argument 'listen' must come with --tls-cert/--tls-key or"),
+     (["--sampling-rate", "0.5", "--accountant", "rdp"], "Argument 'accountant' must be 'pld'")],
+)
+def test_bad_arguments_exit_2_with_the_argument_named(tmp_path, capsys, flags, message):
+    code = main(["aggregate", "--rounds", "2", "--out", str(tmp_path), "--log-level", "error",
+                 *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
