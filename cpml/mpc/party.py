@@ -84,6 +84,7 @@ class MpcParty:
         self._x: Elements = np.zeros((spec.rows, spec.d), dtype=np.uint32)
         self._rows_seen = np.zeros(spec.rows, dtype=bool)
         self._inbox: dict[tuple[Kind, int, int], dict[int, Elements]] = {}
+        self._consumed: dict[tuple[Kind, int, int], frozenset[int]] = {}
         self._outbox: list[Message] = []
         self._round = spec.start_round
         self._program: Program | None = None
@@ -118,8 +119,9 @@ class MpcParty:
         if message.kind is Kind.DATA:
             self._store_rows(message)
         else:
-            box = self._inbox.setdefault((message.kind, message.round, message.step), {})
-            if message.sender in box:
+            key = (message.kind, message.round, message.step)
+            box = self._inbox.setdefault(key, {})
+            if message.sender in box or message.sender in self._consumed.get(key, ()):
                 raise ProtocolError(
                     f"duplicate {message.kind.value} message from worker {message.sender} "
                     f"for round {message.round}, step {message.step}"
@@ -150,6 +152,7 @@ class MpcParty:
             self._send(MASTER, Kind.GRADIENT, round_index, 0, gradient)
             self._round = round_index + 1
             self._inbox = {key: box for key, box in self._inbox.items() if key[1] >= self._round}
+            self._consumed = {key: got for key, got in self._consumed.items() if key[1] >= self._round}
 
     def _multiply(self, round_index: int, step: int, product: Elements) -> Reduction:
         """Bring a degree-2T sharing of a product back to degree T."""
@@ -208,6 +211,7 @@ class MpcParty:
     def _resume(self) -> list[Message]:
         while self._waiting is not None and self._ready(self._waiting):
             got = self._inbox.pop(self._waiting.key, {})
+            self._consumed[self._waiting.key] = frozenset(got)
             try:
                 self._waiting = self._program.send(got)  # type: ignore[union-attr]
             except StopIteration:
