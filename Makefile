@@ -21,7 +21,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/cpml-master train --dataset digits-4v9 --workers-local 10 --iterations 50 --out runs/demo
+	$(BIN)/cpml-master train --dataset digits-4v9 --workers-local 10 --iterations 50 --out runs/demo --log-level warning
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_field.py
