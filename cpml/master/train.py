@@ -207,8 +207,10 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
                     if record.test_accuracy is not None:
                         shown["accuracy"] = record.test_accuracy
                     bar.update(trainer.round, **shown)
-                    log.info("round", round=record.round, loss=round(record.loss, 6), test_accuracy=record.test_accuracy,
-                             seconds=round(record.total_seconds, 4), late=record.late_replies)
+                    # with a progress bar on screen, per-round lines would only break it
+                    (log.debug if bar.enabled else log.info)(
+                        "round", round=record.round, loss=round(record.loss, 6), test_accuracy=record.test_accuracy,
+                        seconds=round(record.total_seconds, 4), late=record.late_replies)
                     if on_round is not None:
                         on_round(record)
     except BaseException:

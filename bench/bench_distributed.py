@@ -1,0 +1,148 @@
+"""Wall time of a distributed CodedPrivateML run (real cpml-worker processes on 127.0.0.1, gRPC) against
+the in-process simulator (`cpml.protocol.simulate`) for the same job, with a per-phase breakdown.
+
+Jobs: digits 4-vs-9 (scikit-learn) and a CIFAR-shaped synthetic set (9019 x 3073), each with N = 10 and
+N = 50 workers (Case 1). Both sides load the data the same way and use the same plan and seed, and the
+script checks the two final weight vectors are bit-identical. Worker start-up is measured but kept out
+of the comparison (daemons are long-lived). Writes bench/results/distributed.json.
+
+    python bench/bench_distributed.py                          # the full run (minutes; needs ~6 GB RAM)
+    python bench/bench_distributed.py --quick --out /tmp/d.json  # small shapes, to check the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from cpml.data import load_dataset
+from cpml.logs import configure_logging
+from cpml.master.cluster import Timeouts
+from cpml.master.local import LocalWorkers
+from cpml.master.settings import TrainSettings
+from cpml.master.train import make_plan, train
+from cpml.protocol import CodedTrainer, simulate
+from cpml.reporting import write_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def synthetic(path: Path, rows: int, cols: int, seed: int = 0) -> Path:
+    """A CIFAR-shaped binary problem: pixel-like features in [0, 1] and labels of a noisy linear model."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((rows, cols), dtype=np.float32)
+    w = rng.normal(size=cols).astype(np.float32)
+    score = (x - 0.5) @ w + rng.normal(scale=0.5 * np.sqrt(cols / 12), size=rows)
+    np.savez(path, x=x, y=(score > 0).astype(np.int8))
+    return path
+
+
+def _settings(dataset: str, n: int, iterations: int, out: Path, workers: tuple[str, ...] = ()) -> TrainSettings:
+    return TrainSettings(dataset=dataset, workers=workers, insecure=True, local_workers=n, iterations=iterations,
+                         out=out, progress=False, timeouts=Timeouts(connect=300, upload=3600, round=600))
+
+
+def run_simulator(settings: TrainSettings) -> dict:
+    """Time the in-process simulator, and its dataset encoding alone."""
+    began = time.perf_counter()
+    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed)
+    plan = make_plan(settings, settings.n_workers, data.x_train)
+    loaded = time.perf_counter()
+    result = simulate(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+    done = time.perf_counter()
+    trainer = CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed)
+    enc_began = time.perf_counter()
+    trainer.encode_dataset()
+    encode = time.perf_counter() - enc_began
+    return {"wall_seconds": done - began, "load_and_plan_seconds": loaded - began,
+            "train_seconds": done - loaded, "encode_dataset_seconds": encode,
+            "rounds_seconds": (done - loaded) - encode, "weights": result.weights,
+            "test_accuracy": result.history[-1].test_accuracy, "plan": plan}
+
+
+async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
+    """Start N local worker processes, then time a full `train` against them as remote workers."""
+    started = time.perf_counter()
+    async with LocalWorkers(settings.n_workers, workdir / "workers", start_timeout=600) as local:
+        startup = time.perf_counter() - started
+        remote = TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)})
+        began = time.perf_counter()
+        report = await train(remote)
+        wall = time.perf_counter() - began
+    rounds = report.history
+    phase = {name: float(np.sum([getattr(r, name) for r in rounds]))
+             for name in ("encode_seconds", "send_seconds", "wait_seconds", "decode_update_seconds",
+                          "total_seconds")}
+    return {"wall_seconds": wall, "worker_startup_seconds": startup,
+            "train_seconds": report.upload["seconds"] + phase["total_seconds"],
+            "upload_seconds": report.upload["seconds"], "upload_encode_seconds": report.upload["encode_seconds"],
+            "upload_bytes": report.upload["bytes_sent"], "rounds_seconds": phase.pop("total_seconds"),
+            "rounds_phase_seconds": phase,
+            "round_bytes_sent": int(sum(r.bytes_sent for r in rounds)),
+            "round_bytes_received": int(sum(r.bytes_received for r in rounds)),
+            "late_replies": int(sum(r.late_replies for r in rounds)),
+            "weights": report.weights, "test_accuracy": rounds[-1].test_accuracy if rounds else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every configuration and write the JSON results."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small shapes (600 x 65, N = 10 and 13) to test")
+    parser.add_argument("--iterations", type=int, default=None, help="rounds per job (default 50; quick: 5)")
+    parser.add_argument("--workers", default=None, help="comma-separated N values (default 10,50)")
+    parser.add_argument("--datasets", default="digits,cifar-synthetic")
+    parser.add_argument("--shape", default=None, help="synthetic ROWSxCOLS (default 9019x3073; quick: 600x65)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "distributed.json")
+    args = parser.parse_args(argv)
+    configure_logging("warning", "console")
+    iterations = args.iterations or (5 if args.quick else 50)
+    ns = [int(n) for n in (args.workers or ("10,13" if args.quick else "10,50")).split(",")]
+    shape = tuple(int(v) for v in (args.shape or ("600x65" if args.quick else "9019x3073")).split("x"))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cpml-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        sources = {"digits": "digits-4v9"}
+        if "cifar-synthetic" in args.datasets:
+            sources["cifar-synthetic"] = str(synthetic(tmp_dir / "cifar_synthetic.npz", *shape))
+        for name in args.datasets.split(","):
+            for n in ns:
+                settings = _settings(sources[name], n, iterations, tmp_dir / f"{name}-{n}")
+                print(f"{name} N={n}: simulator ...", file=sys.stderr, flush=True)
+                sim = run_simulator(settings)
+                print(f"{name} N={n}: distributed ...", file=sys.stderr, flush=True)
+                dist = asyncio.run(run_distributed(settings, tmp_dir / f"{name}-{n}"))
+                identical = sim.pop("weights").tobytes() == dist.pop("weights").tobytes()
+                plan = sim.pop("plan")
+                results.append({
+                    "dataset": name, "shape": list(shape) if name == "cifar-synthetic" else [361, 64],
+                    "n_workers": n, "k": plan.k, "t": plan.t, "r": plan.r, "threshold": plan.threshold,
+                    "iterations": iterations, "weights_bit_identical": identical,
+                    "ratio_distributed_to_simulator": dist["wall_seconds"] / sim["wall_seconds"],
+                    "ratio_train_only": dist["train_seconds"] / sim["train_seconds"],
+                    "simulator": sim, "distributed": dist})
+                print(f"  simulator {sim['wall_seconds']:.2f}s, distributed {dist['wall_seconds']:.2f}s "
+                      f"(x{results[-1]['ratio_distributed_to_simulator']:.2f}), identical={identical}",
+                      file=sys.stderr, flush=True)
+    write_metrics(args.out, {
+        "benchmark": "distributed vs in-process simulator", "quick": args.quick,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+                    "platform": platform.platform()},
+        "note": ("all N workers and the master share this machine. wall_seconds: data load + plan + training "
+             "(+ the distributed run's health checks, checkpoints and plot); train_seconds: share encoding and "
+             "distribution + all rounds. Worker start-up is measured separately and excluded."),
+        "results": results})
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0 if all(r["weights_bit_identical"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
