@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
+import structlog
 
 from cpml.master.cli import main
+
+
+@pytest.fixture(autouse=True)
+def restore_structlog():
+    """The CLIs configure structlog for the process; put the previous setup back afterwards."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def test_embedded_run_writes_metrics_model_and_plot(tmp_path, capsys):

@@ -67,7 +67,7 @@ def test_weighted_aggregate_of_noiseless_steps_is_centralized_gd(cancer):
 @pytest.mark.parametrize("sizes", [[10, 10, 10], [5, 45, 100, 7]])
 def test_party_noise_recombines_to_the_centralized_noise(sizes):
     n, z = sum(sizes), 3.0
-    # Mean-gradient noise std of party k is z_k G / n_k; weighted by n_k/n the variances add to (zG/n)^2.
+    # Party k's mean-gradient noise std is z_k G / n_k; weighted by n_k/n they add to (zG/n)^2.
     weighted = sum((nk / n) ** 2 * (party_noise_multiplier(Scheme.WEIGHTED, z, sizes, k) / nk) ** 2
                    for k, nk in enumerate(sizes))
     assert weighted == pytest.approx((z / n) ** 2)

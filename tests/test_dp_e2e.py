@@ -36,7 +36,7 @@ def write_party_files(tmp: Path) -> list[Path]:
 
 
 def leave_after_three_rounds() -> float:
-    """A --max-epsilon the smallest party crosses in its 4th round (same calibration as the server)."""
+    """A --max-epsilon the smallest party crosses in its 4th round (the server's calibration)."""
     z = calibrate_noise_multiplier(Budget(EPSILON, 1e-5), ROUNDS, 1.0, Accounting.RDP)
     z_small = z * math.sqrt(SIZES[0] / sum(SIZES))
     three, four = (epsilon_spent({Step(z_small): r}, 1e-5, Accounting.RDP) for r in (3, 4))

@@ -6,11 +6,20 @@ import math
 
 import numpy as np
 import pytest
+import structlog
 
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.party import NoiseTooLow, check_noise
 from cpml.dp.party_cli import EXIT_USAGE, load_party_data, main
 from cpml.dp.serde import TaskView
+
+
+@pytest.fixture(autouse=True)
+def restore_structlog():
+    """The CLIs configure structlog for the process; put the previous setup back afterwards."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def task(z_k: float, z: float = 10.0, total: int = 400) -> TaskView:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from cpml.dp.accountant import Budget
@@ -35,7 +36,8 @@ def started(rounds: int = 5, epsilon: float = 2.0, **kwargs) -> tuple[Aggregatio
     ("mutate", "error", "message"),
     [
         (lambda p: dict(party_id="f" * 32), UnknownParty, "is not registered in run 'run-1'"),
-        (lambda p: dict(records=p.records + 1), InvalidUpdate, "registered 20 records but reports 21"),
+        (lambda p: dict(records=p.records + 1), InvalidUpdate,
+         "registered 20 records but reports 21"),
         (lambda p: dict(weights=np.zeros(4)), InvalidUpdate, "has 4 values, expected 3"),
         (lambda p: dict(weights=np.array([0.0, np.nan, 1.0])), InvalidUpdate, "NaN or infinite"),
         (lambda p: dict(weights=np.array([0.0, np.inf, 1.0])), InvalidUpdate, "NaN or infinite"),
@@ -71,6 +73,15 @@ def test_registration_refusals():
 
 
 def test_dropout_renormalises_logs_and_reports():
+    saved = structlog.get_config()
+    structlog.reset_defaults()  # another test's CLI may have configured a level filter
+    try:
+        check_dropout()
+    finally:
+        structlog.configure(**saved)
+
+
+def check_dropout() -> None:
     session, parties = started(rounds=20)
     for p in parties[:2]:
         session.submit(p.party_id, 1, p.records, np.ones(3) * p.records)
@@ -114,7 +125,8 @@ def test_party_guarantee_is_weaker_for_small_parties():
     result = simulate(RunSettings("run-4", 3, 4, Budget(1.0, 1e-5)), shards, SeededGaussian(0))
     g = result.guarantees
     assert g.release_epsilon == pytest.approx(1.0, rel=0.01)
-    assert g.party_epsilons["party-0"] > g.party_epsilons["party-1"] > g.party_epsilons["party-2"] > 1.0
+    eps = g.party_epsilons
+    assert eps["party-0"] > eps["party-1"] > eps["party-2"] > 1.0
 
 
 def test_several_local_steps_fall_back_to_the_weakest_party():
@@ -125,3 +137,15 @@ def test_several_local_steps_fall_back_to_the_weakest_party():
     g = result.guarantees
     assert max(g.party_epsilons.values()) <= 1.0
     assert g.release_epsilon == pytest.approx(max(g.party_epsilons.values()))
+
+
+def test_poisson_sampled_run_is_accounted_with_pld_and_stays_in_budget():
+    rng = np.random.default_rng(1)
+    shards = [(rng.normal(size=(n, 3)) / 3, rng.integers(0, 2, n).astype(float)) for n in SIZES]
+    settings = RunSettings("run-6", 3, 6, Budget(2.0, 1e-5), LocalSettings(sampling_rate=0.3))
+    assert settings.accounting.value == "pld"
+    result = simulate(settings, shards, SeededGaussian(2))
+    assert len(result.history) == 6
+    assert 1.9 < result.guarantees.release_epsilon <= 2.0
+    eps = [r.epsilon for r in result.history]
+    assert eps == sorted(eps)

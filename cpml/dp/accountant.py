@@ -105,7 +105,9 @@ def fresh_accountant(accounting: Accounting) -> PrivacyAccountant:
     )
 
 
-def composed_event(steps: Counter[Step] | dict[Step, int], accounting: Accounting):
+def composed_event(
+    steps: Counter[Step] | dict[Step, int], accounting: Accounting
+) -> dp_accounting.DpEvent:
     """One event for a multiset of steps: each distinct step self-composed by its count."""
     return dp_accounting.ComposedDpEvent(
         [
@@ -134,7 +136,7 @@ def delta_spent(steps: dict[Step, int], epsilon: float, accounting: Accounting) 
 def calibrate_noise_multiplier(
     budget: Budget, steps: int, sampling_rate: float, accounting: Accounting
 ) -> float:
-    """Smallest z (to about 0.1%) whose `steps` compositions stay within the budget."""
+    """Smallest z (to ~0.1%; per-step std >= 0.5) whose `steps` compositions fit the budget."""
     if steps < 1:
         raise argument_error("steps", "be at least 1", steps)
 

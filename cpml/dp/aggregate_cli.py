@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 
 from cpml.logs import FORMATS, LEVELS, configure_logging

@@ -420,7 +420,9 @@ class AggregationSession:
 
     def _require(self, phase: Phase) -> None:
         if self.phase is not phase:
-            raise RunError(f"Run {self.settings.run_id!r} is {self.phase.value}, not {phase.value}.")
+            raise RunError(
+                f"Run {self.settings.run_id!r} is {self.phase.value}, not {phase.value}."
+            )
 
     def _finish(self, reason: str) -> bool:
         self.phase = Phase.FINISHED
