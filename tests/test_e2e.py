@@ -40,7 +40,7 @@ def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
     assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.9
     assert "N=5 workers (K=1, T=1, r=1, R=4)" in run.stdout
     events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
-    assert any("defeats T-privacy" in e["event"] for e in events if e["level"] == "warning")
+    assert any("defeat T-privacy" in e["event"] for e in events if e["level"] == "warning")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     phases = metrics["rounds"][0]
     assert {"encode_seconds", "send_seconds", "wait_seconds", "decode_update_seconds", "bytes_sent",

@@ -10,6 +10,7 @@ import types
 
 import numpy as np
 import pytest
+import structlog
 from helpers_cluster import make_pki, running_worker
 
 from cpml.data import load_dataset
@@ -17,7 +18,7 @@ from cpml.master import cli
 from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
-from cpml.master.train import ResumeError, make_plan, train
+from cpml.master.train import PLAINTEXT_WARNING, ResumeError, make_plan, train
 from cpml.protocol import simulate
 
 DATASET = "digits-4v9"
@@ -45,7 +46,9 @@ def _simulated(plan, seed=0):
 
 async def test_weights_are_bit_identical_to_the_simulator(tmp_path):
     async with _workers(5) as servers:
-        report = await train(_settings([s.address for s in servers], tmp_path, chunk_bytes=2048))
+        with structlog.testing.capture_logs() as logs:
+            report = await train(_settings([s.address for s in servers], tmp_path, chunk_bytes=2048))
+    assert PLAINTEXT_WARNING in [e["event"] for e in logs if e["log_level"] == "warning"]
     reference = _simulated(report.plan)
     assert report.weights.tobytes() == reference.weights.tobytes()
     assert [r.loss for r in report.history] == [s.loss for s in reference.history]
@@ -119,8 +122,10 @@ async def test_mutual_tls_training(tmp_path):
     async with _workers(4, **tls) as servers:
         good = _settings([s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca,
                          tls_cert=pki.client_cert, tls_key=pki.client_key, iterations=2)
-        report = await train(good)
+        with structlog.testing.capture_logs() as logs:
+            report = await train(good)
         assert len(report.history) == 2
+        assert not [e for e in logs if "T-privacy" in e["event"]]  # no plaintext warning over TLS
         anonymous = _settings([s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca,
                               timeouts=Timeouts(connect=1.0))
         with pytest.raises(WorkersUnreachable):

@@ -29,8 +29,12 @@ from cpml.wire.tls import channel_credentials
 log = structlog.get_logger(__name__)
 
 CHECKPOINT_FORMAT = 1
-PLAINTEXT_WARNING = ("plaintext gRPC: an eavesdropper who can read every master-worker link sees all N shares "
-                     "and so defeats T-privacy; use TLS (--tls-ca, and --tls-cert/--tls-key for mutual TLS)")
+PLAINTEXT_WARNING = ("plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
+                     "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
+                     "mutual TLS)")
+LOOPBACK_WARNING = ("embedded workers speak plaintext gRPC on 127.0.0.1: safe while every process stays on this "
+                    "machine, but across a network an eavesdropper on every link would see all N shares and "
+                    "defeat T-privacy, so remote workers need TLS")
 
 
 class ResumeError(ValueError):
@@ -158,7 +162,7 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
                 LocalWorkers(settings.n_workers, settings.out / "workers", settings.timeouts.connect,
                              settings.local_worker_args))
             addresses, credentials = local.addresses, None
-            log.warning("embedded workers on loopback speak plaintext; " + PLAINTEXT_WARNING)
+            log.warning(LOOPBACK_WARNING)
         else:
             addresses = list(settings.workers)
             if settings.insecure:
