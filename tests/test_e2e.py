@@ -123,3 +123,14 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
     assert len(json.loads((out / "metrics.json").read_text())["rounds"]) == 5
     reference = _simulated(Plan(**model["plan"]).with_(n_workers=5))
     assert np.array(model["weights"]).tobytes() == reference.weights.tobytes()
+
+
+async def test_a_straggling_worker_process_never_slows_a_round(tmp_path):
+    async with LocalWorkers(4, tmp_path / "fast") as fast, \
+            LocalWorkers(1, tmp_path / "slow", extra_args=("--fault-reply-delay", "2")) as slow:
+        settings = TrainSettings(dataset=DATASET, insecure=True, iterations=4, out=tmp_path / "run", progress=False,
+                                 workers=(*fast.addresses[:2], *slow.addresses, *fast.addresses[2:]))
+        report = await train(settings)
+    assert max(r.wait_seconds for r in report.history) < 1.0  # R = 4 of 5: the 2 s straggler is never awaited
+    assert all(2 not in r.workers_used for r in report.history)
+    assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()

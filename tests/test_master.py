@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -176,3 +177,31 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
     assert "Argument 'dataset' must be one of digits-4v9, breast-cancer" in capsys.readouterr().err
     assert cli.main(["train", "--dataset", DATASET, "--workers", "127.0.0.1:1"]) == cli.EXIT_USAGE
     assert "pass --insecure" in capsys.readouterr().err
+
+
+async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
+    from helpers_cluster import small_job, stub_for, upload
+
+    from cpml.field import field_for
+    from cpml.master.cluster import Cluster
+    from cpml.master.rounds import ComputeStreams
+    from cpml.protocol import worker_compute
+
+    job = small_job("late-job")
+    async with _workers(5, faults={4: {"fault_reply_delay": 0.4}}) as servers:
+        for server in servers:
+            async with stub_for(server.address) as stub:
+                await upload(stub, job.chunks())
+        async with Cluster([s.address for s in servers]) as cluster:
+            async with ComputeStreams(cluster.workers, job.job_id, job.spec.modulus, job.spec.cols, threshold=4,
+                                      round_timeout=5, stream_timeout=30) as streams:
+                weights = {k: np.stack([job.weights(k)] * 5) for k in (0, 1)}
+                first, traffic0 = await streams.run_round(0, weights[0])
+                assert 4 not in first and traffic0.late_replies == 0
+                await asyncio.sleep(0.6)  # the straggler's round-0 reply is now waiting in the queue
+                second, traffic1 = await streams.run_round(1, weights[1])
+    assert traffic1.late_replies == 1
+    expected = worker_compute(field_for(job.spec.modulus), job.share, job.weights(1), job.spec.coefficients)
+    assert len(second) == 4
+    for reply in second.values():
+        np.testing.assert_array_equal(reply, expected)
