@@ -113,7 +113,7 @@ class MpcParty:
         """Take one message (in any order); return the messages it makes the party send."""
         if self._program is None:
             raise RuntimeError("call start() before handle()")
-        self._check(message)
+        self.check(message)
         if message.round < self._round and message.kind is not Kind.DATA:
             return []  # a late message for a finished round is dropped, never mixed into a new one
         if message.kind is Kind.DATA:
@@ -232,7 +232,8 @@ class MpcParty:
         self._x[lo : lo + rows] = message.payload
         self._rows_seen[lo : lo + rows] = True
 
-    def _check(self, message: Message) -> None:
+    def check(self, message: Message) -> None:
+        """Refuse a message that cannot belong to this party: wrong receiver, sender, kind, shape or values."""
         spec = self.spec
         if message.receiver != self.index:
             raise ProtocolError(f"message for worker {message.receiver} delivered to worker {self.index}")

@@ -1,0 +1,275 @@
+"""The master's side of the BGW / BH08 baselines over gRPC: join the groups, share, drive rounds, report.
+
+The workers of a group talk to each other through their Mpc service; the master only sends the data
+and weight shares (Deliver) and reads each worker's gradient shares (Results). Quantization, weight
+rounding and the update are CodedPrivateML's (cpml.mpc.MpcSession), so `--protocol bgw|bh08` trains
+the same model as `--protocol cpml` on the same data, seed and quantization.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import structlog
+
+from cpml import reporting
+from cpml.data import Dataset, load_dataset
+from cpml.master.cluster import Cluster, NotEnoughWorkers
+from cpml.master.local import LocalWorkers
+from cpml.master.rounds import RoundTimeout
+from cpml.master.settings import TrainSettings
+from cpml.master.train import PLAINTEXT_WARNING, RoundRecord, data_fingerprint, load_checkpoint, save_checkpoint
+from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
+from cpml.protocol import DataProfile, Plan, auto_quantization
+from cpml.wire import mpc_serde, serde
+from cpml.wire.generated.v1 import mpc_pb2 as pb
+from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
+from cpml.wire.tls import channel_credentials
+
+log = structlog.get_logger(__name__)
+
+_DELIVERIES_IN_FLIGHT = 64
+
+
+class MpcJobFailed(RuntimeError):
+    """A worker reported that the job broke (a peer unreachable, a message refused)."""
+
+
+@dataclass(frozen=True)
+class MpcJobReport:
+    """What one baseline job cost: the rounds, the data sharing, and each worker's own account."""
+
+    history: tuple[RoundRecord, ...]
+    setup: dict[str, float]  # seconds, encode_seconds, bytes_sent, messages
+    master_traffic: dict[str, dict[str, int]]
+    workers: dict[int, dict[str, Any]]  # per worker: messages/bytes it sent, compute seconds
+
+
+def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) -> tuple[MpcPlan, Plan]:
+    """The baseline's groups (T from --t, else the paper's floor((N-3)/6)) and the quantization plan."""
+    n = settings.n_workers
+    mpc = MpcPlan(protocol, n, settings.t) if settings.t is not None else MpcPlan.paper(protocol, n)
+    plan = Plan.for_privacy(n, mpc.t, settings.r, p=settings.prime, iterations=settings.iterations,
+                            model=settings.model, learning_rate=settings.learning_rate)
+    fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
+    if fixed:
+        return mpc, plan.with_(**fixed)
+    return mpc, auto_quantization(plan, DataProfile.of(x_train, mpc.groups))
+
+
+async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, round_timeout: float,
+                      on_round: Callable[[RoundRecord], None] | None = None) -> MpcJobReport:
+    """Run a baseline job on the cluster's first G(2T+1) workers until the session is done."""
+    mpc, control = session.mpc, cluster.timeouts.control
+    if len(cluster.alive) < mpc.active_workers:
+        raise NotEnoughWorkers(f"{len(cluster.alive)} workers but {protocol_name(mpc)} needs G(2T+1) = "
+                               f"{mpc.active_workers}")
+    workers = cluster.workers[: mpc.active_workers]
+    stubs = {w.index: pb_grpc.MpcStub(w.channel) for w in workers}
+    job_id = uuid.uuid4().hex
+    structlog.contextvars.bind_contextvars(job=job_id)
+    replies: asyncio.Queue[Message | MpcJobFailed] = asyncio.Queue()
+    traffic = Traffic()
+    readers: list[asyncio.Task[None]] = []
+    worker_stats: dict[int, dict[str, Any]] = {}
+    try:
+        await asyncio.gather(*(stubs[w.index].Join(mpc_serde.join_to_proto(
+            job_id, session.party_spec(w.index), [cluster.workers[m].address for m in mpc.members(group)]),
+            timeout=control) for w in workers for group in [mpc.locate(w.index)[0]]))
+        for w in workers:
+            readers.append(asyncio.create_task(_read_results(stubs[w.index], job_id, session.plan.p, replies)))
+        limit = asyncio.Semaphore(_DELIVERIES_IN_FLIGHT)
+
+        async def deliver(message: Message) -> None:
+            async with limit:
+                traffic.record(message)
+                await stubs[message.receiver].Deliver(mpc_serde.envelope_to_proto(job_id, message),
+                                                      timeout=cluster.timeouts.upload)
+
+        began = time.perf_counter()
+        rows = serde.rows_per_chunk(session.profile.d, chunk_bytes)
+        chunks = session.data_messages(rows)
+        encode_seconds, sends = 0.0, []
+        while True:
+            encode_began = time.perf_counter()
+            message = await asyncio.to_thread(next, chunks, None)  # sharing is CPU work: off the event loop
+            encode_seconds += time.perf_counter() - encode_began
+            if message is None:
+                break
+            sends.append(asyncio.create_task(deliver(message)))
+            if len(sends) >= _DELIVERIES_IN_FLIGHT:
+                await asyncio.gather(*sends)
+                sends = []
+        await asyncio.gather(*sends)
+        setup = {"seconds": time.perf_counter() - began, "encode_seconds": encode_seconds,
+                 "bytes_sent": traffic.bytes["setup"], "messages": traffic.messages["setup"]}
+        log.info("mpc shares distributed", protocol=mpc.protocol, workers=len(workers), bytes=setup["bytes_sent"],
+                 seconds=round(setup["seconds"], 3))
+        history = []
+        while not session.done:
+            record = await _one_round(session, deliver, replies, traffic, round_timeout)
+            history.append(record)
+            if on_round is not None:
+                on_round(record)
+    finally:
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        for w in workers:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stubs[w.index].Leave(pb.MpcLeaveRequest(job_id=job_id), timeout=control)
+                worker_stats[w.index] = {"messages_sent": reply.messages_sent, "bytes_sent": reply.bytes_sent,
+                                         "compute_seconds": reply.compute_seconds,
+                                         "messages_by_kind": dict(reply.messages_by_kind),
+                                         "bytes_by_kind": dict(reply.bytes_by_kind)}
+        structlog.contextvars.unbind_contextvars("job")
+    return MpcJobReport(tuple(history), setup, traffic.as_dict(), worker_stats)
+
+
+def protocol_name(mpc: MpcPlan) -> str:
+    """BGW or BH08, as the paper writes them."""
+    return mpc.protocol.upper()
+
+
+async def _read_results(stub: pb_grpc.MpcStub, job_id: str, modulus: int,
+                        replies: asyncio.Queue[Message | MpcJobFailed]) -> None:
+    try:
+        async for envelope in stub.Results(pb.MpcResultsRequest(job_id=job_id)):
+            replies.put_nowait(mpc_serde.envelope_from_proto(envelope, modulus))
+    except asyncio.CancelledError:
+        raise
+    except grpc.aio.AioRpcError as exc:
+        replies.put_nowait(MpcJobFailed(f"{exc.code().name}: {exc.details()}"))
+    except serde.WireError as exc:
+        replies.put_nowait(MpcJobFailed(f"a worker sent a malformed gradient share: {exc}"))
+
+
+async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
+                     replies: asyncio.Queue[Message | MpcJobFailed], traffic: Traffic,
+                     round_timeout: float) -> RoundRecord:
+    began = time.perf_counter()
+    round_number = session.round
+    messages = session.weight_messages()
+    encoded = time.perf_counter()
+    await asyncio.gather(*(deliver(m) for m in messages))
+    sent_at = time.perf_counter()
+    received, late, stats = 0, 0, None
+    deadline = asyncio.get_running_loop().time() + round_timeout
+    while stats is None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                item = await replies.get()
+        except TimeoutError:
+            raise RoundTimeout(f"round {round_number}: not every worker's gradient share arrived within "
+                               f"{round_timeout:g}s; the baselines need all G(2T+1) (raise --round-timeout)") from None
+        if isinstance(item, MpcJobFailed):
+            raise item
+        received += item.nbytes
+        traffic.record(item)
+        late += item.round != round_number
+        stats = session.receive(item)
+    decoded = time.perf_counter()
+    return RoundRecord(round=stats.round, loss=stats.loss, train_accuracy=stats.train_accuracy,
+                       test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
+                       encode_seconds=encoded - began, send_seconds=sent_at - encoded, wait_seconds=decoded - sent_at,
+                       decode_update_seconds=0.0, total_seconds=decoded - began,
+                       bytes_sent=sum(m.nbytes for m in messages), bytes_received=received, late_replies=late)
+
+
+async def train_mpc(settings: TrainSettings, protocol: str,
+                    on_round: Callable[[RoundRecord], None] | None = None) -> tuple[MpcSession, MpcJobReport]:
+    """`cpml-master train --protocol bgw|bh08`: one baseline job end to end, outputs in settings.out."""
+    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
+                        settings.data_format, settings.label_column)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    fingerprint = data_fingerprint(data)
+    mpc, plan = make_mpc_plans(settings, protocol, data.x_train)
+    weights, start_round, history = None, 0, []
+    checkpoint = settings.out / "checkpoint.json"
+    if settings.resume:
+        state = load_checkpoint(checkpoint, fingerprint)
+        saved = state["trainer"]
+        if saved.get("protocol") != protocol:
+            raise ValueError(f"Argument 'protocol' must match the checkpoint's ({saved.get('protocol')!r}) to "
+                             f"resume, not {protocol!r}.")
+        weights, start_round = np.array(saved["weights"], dtype=np.float64), int(saved["round"])
+        plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in ("lx", "lw", "lc", "p", "learning_rate")})
+        history = [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in state["history"]]
+        history = history[:start_round]
+    session = MpcSession.create(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
+                                weights=weights, start_round=start_round)
+    log.info("plan", protocol=protocol, n=mpc.n_workers, t=mpc.t, groups=mpc.groups, group_size=mpc.group_size,
+             r=plan.r, p=plan.p, lx=plan.lx, lw=plan.lw, lc=plan.lc, iterations=plan.iterations)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.embedded:
+            local = await stack.enter_async_context(LocalWorkers(
+                settings.n_workers, settings.out / "workers", settings.timeouts.connect, settings.local_worker_args))
+            addresses, credentials = local.addresses, None
+            log.warning("embedded workers on loopback speak plaintext; " + PLAINTEXT_WARNING)
+        else:
+            addresses = list(settings.workers)
+            credentials = None if settings.insecure else channel_credentials(
+                settings.tls_ca, settings.tls_cert, settings.tls_key)
+        cluster = await stack.enter_async_context(Cluster(
+            addresses, credentials, settings.tls_server_name, settings.timeouts,
+            max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
+        await cluster.wait_healthy()
+
+        def record(r: RoundRecord) -> None:
+            history.append(r)
+            if session.round % settings.checkpoint_every == 0 or session.done:
+                save_checkpoint(checkpoint, _Checkpointable(session, protocol), fingerprint, history)
+            if on_round is not None:
+                on_round(r)
+
+        try:
+            report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round, record)
+        except BaseException:
+            save_checkpoint(checkpoint, _Checkpointable(session, protocol), fingerprint, history)
+            raise
+    _write_outputs(settings.out, session, data, history, report)
+    return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers)
+
+
+@dataclass(frozen=True)
+class _Checkpointable:
+    """Adapts a session to save_checkpoint: the CPML checkpoint fields plus the protocol."""
+
+    session: MpcSession
+    protocol: str
+
+    def checkpoint(self) -> dict[str, object]:
+        s = self.session
+        return {"round": s.round, "weights": s.weights.tolist(), "seed": s.seed, "protocol": self.protocol,
+                "t": s.mpc.t, "plan": {k: getattr(s.plan, k) for k in s.plan.__dataclass_fields__}}
+
+
+def _write_outputs(out: Path, session: MpcSession, data: Dataset, history: list[RoundRecord],
+                   report: MpcJobReport) -> None:
+    plan, mpc = session.plan, session.mpc
+    plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
+    mpc_fields = {k: getattr(mpc, k) for k in mpc.__dataclass_fields__}
+    (out / "model.json").write_text(json.dumps({"model": plan.model, "weights": session.weights.tolist(),
+                                               "plan": plan_fields, "mpc": mpc_fields, "dataset": data.name}, indent=1))
+    final = history[-1] if history else None
+    reporting.write_metrics(out / "metrics.json", {
+        "dataset": data.name, "protocol": mpc.protocol, "mpc": mpc_fields, "plan": plan_fields,
+        "final": asdict(final) if final else None, "upload": report.setup, "master_traffic": report.master_traffic,
+        "workers": {str(k): v for k, v in report.workers.items()}, "rounds": [asdict(r) for r in history]})
+    if history:
+        panels = {"loss": [r.loss for r in history]}
+        if any(r.test_accuracy is not None for r in history):
+            panels["test accuracy"] = [r.test_accuracy for r in history]
+        reporting.plot_curves(out / "curves.png", [r.round for r in history], panels,
+                              title=f"{data.name}: {protocol_name(mpc)} N={mpc.n_workers} T={mpc.t} G={mpc.groups}")
+
