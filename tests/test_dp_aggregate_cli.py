@@ -49,3 +49,23 @@ def test_bad_arguments_exit_2_with_the_argument_named(tmp_path, capsys, flags, m
                  *flags])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_embedded_parties_draw_their_noise_from_os_urandom(tmp_path, monkeypatch):
+    import os
+
+    from cpml.dp import noise
+
+    requested = []
+    real_urandom = os.urandom
+
+    def counting_urandom(n: int) -> bytes:
+        requested.append(n)
+        return real_urandom(n)
+
+    monkeypatch.setattr(noise.os, "urandom", counting_urandom)
+    code = main(["aggregate", "--parties", "2", "--rho", "2", "--rounds", "3", "--out",
+                 str(tmp_path), "--log-level", "error"])
+    assert code == 0
+    # 2 parties x 3 rounds x Box-Muller on 32 uniforms (31 weights) x 8 bytes each.
+    assert requested.count(32 * 8) == 2 * 3

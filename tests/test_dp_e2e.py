@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 import time
@@ -99,3 +100,28 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
     released = json.loads((tmp_path / "model1.json").read_text())["weights"]
     np.testing.assert_allclose(released, json.loads((out / "model.json").read_text())["weights"])
     assert (out / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_and_still_writes_the_report(tmp_path):
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0",
+         "--insecure", "--port-file", str(port_file), "--parties", "2", "--out",
+         str(tmp_path / "run"), "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+            time.sleep(0.1)
+        server.send_signal(signal.SIGTERM)
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 130, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "interrupted by SIGTERM"
+    assert metrics["rounds_run"] == 0 and metrics["interrupted"]

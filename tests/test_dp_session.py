@@ -149,3 +149,17 @@ def test_poisson_sampled_run_is_accounted_with_pld_and_stays_in_budget():
     assert 1.9 < result.guarantees.release_epsilon <= 2.0
     eps = [r.epsilon for r in result.history]
     assert eps == sorted(eps)
+
+
+def test_round_the_budget_cannot_pay_for_after_dropouts_is_discarded():
+    # Budget for exactly one full round; p2 stays silent, so the round has less noise than
+    # planned and would overspend: it is not released and the run ends.
+    session, parties = started(rounds=1)
+    for p in parties[:2]:
+        session.submit(p.party_id, 1, p.records, np.full(3, 7.0))
+    result = session.close_round()
+    assert not result.released and result.dropped == ("p2",)
+    np.testing.assert_array_equal(session.weights, np.zeros(3))
+    assert session.release_epsilon() == 0.0
+    assert "round 1 discarded" in session.stop_reason
+    assert not session.open_round()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -26,6 +27,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PARTIES_MISSING = 4  # not every party joined in time
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: the open round was closed, outputs written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         f"{name} {eps:.3f}" for name, eps in sorted(g["party_epsilons"].items())))
     print(f"model: {args.out / 'model.json'}   metrics: {args.out / 'metrics.json'}   "
           f"plot: {args.out / 'curves.png'}")
-    return EXIT_OK
+    return EXIT_INTERRUPTED if report["interrupted"] else EXIT_OK
 
 
 def _prepare(args: argparse.Namespace):
@@ -204,6 +206,9 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
         tmp.replace(args.port_file)
     started = time.monotonic()
     parties: list[asyncio.Task] = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, coordinator.interrupt, f"interrupted by {sig.name}")
     try:
         async with asyncio.TaskGroup() as group:
             driver = group.create_task(coordinator.run())
@@ -217,9 +222,14 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
         bar.close()
         await server.stop(0)
         raise group_error.exceptions[0] from None
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     bar.close()
     await server.stop()
-    return _report(session, history, time.monotonic() - started, address)
+    report = _report(session, history, time.monotonic() - started, address)
+    report["interrupted"] = bool(coordinator.stopping)
+    return report
 
 
 def _report(session, history, seconds: float, address: str) -> dict[str, Any]:

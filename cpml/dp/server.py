@@ -46,6 +46,17 @@ class Coordinator:
         self.on_round = on_round
         self.changed = asyncio.Condition()
         self.told_finished: set[str] = set()
+        self.stopping = ""
+        self._wakeups: set[asyncio.Task] = set()
+
+    def interrupt(self, reason: str) -> None:
+        """End the run early: the open round closes with what it has, then the run finishes."""
+        if not self.stopping:
+            log.warning("run_interrupted", reason=reason)
+            self.stopping = reason
+            task = asyncio.get_running_loop().create_task(self.notify())
+            self._wakeups.add(task)
+            task.add_done_callback(self._wakeups.discard)
 
     async def notify(self) -> None:
         """Wake every call waiting on the session."""
@@ -58,25 +69,33 @@ class Coordinator:
         async with self.changed:
             try:
                 await asyncio.wait_for(
-                    self.changed.wait_for(lambda: len(s.parties) == s.settings.parties),
+                    self.changed.wait_for(
+                        lambda: len(s.parties) == s.settings.parties or self.stopping
+                    ),
                     self.join_timeout,
                 )
             except TimeoutError:
-                s.phase = Phase.FINISHED
-                s.stop_reason = (f"only {len(s.parties)} of {s.settings.parties} parties joined"
-                                 f" within {self.join_timeout:g} s")
+                s.stop(f"only {len(s.parties)} of {s.settings.parties} parties joined"
+                       f" within {self.join_timeout:g} s")
                 self.changed.notify_all()
                 raise JoinTimeout(s.stop_reason) from None
+            if self.stopping:
+                s.stop(self.stopping)
+                self.changed.notify_all()
+                return
             s.start()
         while True:
             async with self.changed:
+                if self.stopping and s.phase is Phase.TRAINING:
+                    s.stop(self.stopping)
                 if not s.open_round():
                     self.changed.notify_all()
                     break
                 self.changed.notify_all()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self.changed.wait_for(lambda: not s.waiting_for()), self.round_timeout
+                        self.changed.wait_for(lambda: not s.waiting_for() or self.stopping),
+                        self.round_timeout,
                     )
                 result = s.close_round()
             self.on_round(result)

@@ -241,6 +241,8 @@ class AggregationSession:
     # -- rounds -------------------------------------------------------------------------
     def open_round(self) -> bool:
         """Begin the next round, or finish (returning False) if rounds or budget ran out."""
+        if self.phase is Phase.FINISHED:
+            return False
         self._require(Phase.TRAINING)
         if self.round >= self.settings.rounds:
             return self._finish("all planned rounds done")
@@ -355,6 +357,10 @@ class AggregationSession:
         self.history.append(result)
         self._submitted = {}
         return result
+
+    def stop(self, reason: str) -> None:
+        """Finish the run now (between rounds), recording why."""
+        self._finish(reason)
 
     # -- guarantees ---------------------------------------------------------------------
     def release_epsilon(self) -> float:
