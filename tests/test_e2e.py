@@ -70,7 +70,7 @@ async def test_sigkilled_workers_are_dropped_then_below_r_resume_finishes(tmp_pa
                         on_round=kill_during_training)
     state = json.loads((out / "checkpoint.json").read_text())
     assert state["trainer"]["round"] in (5, 6)  # killed after round 5; round 6 may not have needed worker 3
-    history = state["history"]
+    history = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert all(1 not in r["workers_used"] for r in history[3:])
 
     async with LocalWorkers(4, tmp_path / "workers-again") as local:
@@ -134,3 +134,46 @@ async def test_a_straggling_worker_process_never_slows_a_round(tmp_path):
     assert max(r.wait_seconds for r in report.history) < 1.0  # R = 4 of 5: the 2 s straggler is never awaited
     assert all(2 not in r.workers_used for r in report.history)
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _start_long_master(out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET,
+                             "--workers-local", "4", "--iterations", "100000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.json").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find the worker processes")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_stopping_the_master_leaves_no_worker_behind(tmp_path, how):
+    out = tmp_path / "run"
+    proc = _start_long_master(out)
+    workers = _processes_mentioning(str(out / "workers"))
+    assert len(workers) == 4
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    if how == "sigterm":  # a graceful stop: checkpointed, workers stopped on the way out
+        assert proc.returncode == 130, stderr[-2000:]
+        assert "rerun with --resume" in stderr
+        assert json.loads((out / "checkpoint.json").read_text())["trainer"]["round"] >= 1
+    deadline = time.monotonic() + 15
+    while _processes_mentioning(str(out / "workers")):  # orphans notice their master is gone
+        assert time.monotonic() < deadline, "embedded workers outlived their master"
+        time.sleep(0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ EXIT_USAGE = 2  # bad arguments, data or plan: fix the command line
 EXIT_NOT_ENOUGH_WORKERS = 3  # fewer than R workers left; checkpointed, rerun with --resume
 EXIT_UNREACHABLE = 4  # workers never became healthy (addresses, TLS, daemon not running)
 EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM; checkpointed
 
 AGGREGATE_MODULE = "cpml.dp.aggregate_cli"
 
@@ -90,8 +91,9 @@ def _train(args: argparse.Namespace) -> int:
     except (WorkersUnreachable, RuntimeError) as exc:
         print(f"cpml-master train: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
-        print(f"cpml-master train: interrupted; checkpoint in {settings.out / 'checkpoint.json'}", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"cpml-master train: interrupted; the last finished round is checkpointed in "
+              f"{settings.out / 'checkpoint.json'} (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     final = report.history[-1] if report.history else None
     plan = report.plan
@@ -106,12 +108,25 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cancel_on_sigterm(coro):
+    """Run coro; SIGTERM cancels it, so the run checkpoints and stops its local workers on the way out."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    except NotImplementedError:  # Windows: SIGTERM ends the process as usual
+        return await coro
+    try:
+        return await coro
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _run(coro):
     try:
         import uvloop
     except ImportError:  # Windows: plain asyncio
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        return asyncio.run(_cancel_on_sigterm(coro))
+    return uvloop.run(_cancel_on_sigterm(coro))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from cpml.wire.tls import channel_credentials
 log = structlog.get_logger(__name__)
 
 CHECKPOINT_FORMAT = 1
+ROUNDS_LOG = "rounds.jsonl"
 PLAINTEXT_WARNING = ("plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
                      "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
                      "mutual TLS)")
@@ -104,10 +105,23 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: Path, trainer: CodedTrainer, fingerprint: str, history: list[RoundRecord]) -> None:
-    """Atomically write what --resume needs: the trainer's state, the data fingerprint and the history."""
-    _write_json(path, {"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(), "data_sha256": fingerprint,
-                       "history": [asdict(r) for r in history]})
+def save_checkpoint(path: Path, trainer: CodedTrainer, fingerprint: str) -> None:
+    """Atomically write what --resume needs: the trainer's state and the data fingerprint."""
+    _write_json(path, {"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(), "data_sha256": fingerprint})
+
+
+def append_round(path: Path, record: RoundRecord) -> None:
+    """Append one round's record to the JSON-lines log (constant work per round, however long the run)."""
+    with path.open("a") as f:
+        f.write(json.dumps(asdict(record)) + "\n")
+
+
+def read_rounds(path: Path, up_to: int) -> list[RoundRecord]:
+    """The logged rounds 1..up_to (a resumed run drops any logged after its checkpoint)."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in records if r["round"] <= up_to]
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
@@ -128,6 +142,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
 def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[CodedTrainer, list[RoundRecord]]:
     ckpt_path = settings.out / "checkpoint.json"
     if not settings.resume:
+        (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
         plan = make_plan(settings, settings.n_workers, data.x_train)
         return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test), []
     state = load_checkpoint(ckpt_path, fingerprint)
@@ -138,9 +153,11 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[
     trainer = CodedTrainer.create(plan, data.x_train, data.y_train, int(saved["seed"]), data.x_test, data.y_test,
                                   weights=np.array(saved["weights"], dtype=np.float64),
                                   start_round=int(saved["round"]))
-    history = [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in state["history"]]
+    rounds_log = settings.out / ROUNDS_LOG
+    history = read_rounds(rounds_log, trainer.round)
+    rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
     log.info("resuming", round=trainer.round, checkpoint=str(ckpt_path))
-    return trainer, history[: trainer.round]
+    return trainer, history
 
 
 async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
@@ -205,8 +222,9 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
                 while not trainer.done:
                     record = await _one_round(trainer, streams)
                     history.append(record)
+                    append_round(settings.out / ROUNDS_LOG, record)
                     if trainer.round % settings.checkpoint_every == 0 or trainer.done:
-                        save_checkpoint(checkpoint, trainer, fingerprint, history)
+                        save_checkpoint(checkpoint, trainer, fingerprint)
                     shown = {"loss": record.loss}
                     if record.test_accuracy is not None:
                         shown["accuracy"] = record.test_accuracy
@@ -218,7 +236,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
                     if on_round is not None:
                         on_round(record)
     except BaseException:
-        save_checkpoint(checkpoint, trainer, fingerprint, history)  # the last finished round
+        save_checkpoint(checkpoint, trainer, fingerprint)  # the last finished round
         raise
     finally:
         structlog.contextvars.unbind_contextvars("job")

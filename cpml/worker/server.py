@@ -109,11 +109,23 @@ async def run(settings: WorkerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphan_watch = asyncio.create_task(_watch_parent(stop)) if settings.stop_with_parent else None
     try:
         await stop.wait()
         log.info("draining", seconds=settings.drain_seconds)
     finally:
+        if orphan_watch is not None:
+            orphan_watch.cancel()
         with contextlib.suppress(NotImplementedError):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         await server.stop()
+
+
+async def _watch_parent(stop: asyncio.Event, period: float = 1.0) -> None:
+    """Set `stop` once the parent process is gone (we were re-parented), so no worker outlives its master."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(period)
+    log.warning("parent process exited; stopping", parent=parent)
+    stop.set()

@@ -49,6 +49,7 @@ class WorkerSettings:
     drain_seconds: float = 10.0
     job_idle_seconds: float = 3600.0
     compute_threads: int = 2
+    stop_with_parent: bool = False
     log_level: str = "info"
     log_format: str = "auto"
     fault_reply_delay: float = 0.0
@@ -103,6 +104,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="forget a job unused for this long")
     p.add_argument("--compute-threads", type=int, default=env("COMPUTE_THREADS", d.compute_threads),
                    help="threads computing rounds (of different jobs) at once")
+    p.add_argument("--stop-with-parent", action="store_true",
+                   help="exit when the process that started this worker exits (used for embedded workers)")
     p.add_argument("--log-level", choices=LEVELS, default=env("LOG_LEVEL", d.log_level))
     p.add_argument("--log-format", choices=FORMATS, default=env("LOG_FORMAT", d.log_format),
                    help="json, console, or auto (console on a terminal)")
@@ -133,6 +136,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
             tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key), tls_client_ca=_path(args.tls_client_ca),
             insecure=args.insecure, port_file=_path(args.port_file), drain_seconds=float(args.drain_seconds),
             job_idle_seconds=float(args.job_idle_seconds), compute_threads=int(args.compute_threads),
+            stop_with_parent=bool(args.stop_with_parent),
             log_level=args.log_level, log_format=args.log_format,
             fault_reply_delay=float(args.fault_reply_delay),
             fault_fail_after_rounds=int(args.fault_fail_after_rounds))
