@@ -28,7 +28,17 @@ from cpml.master.cluster import Cluster, NotEnoughWorkers
 from cpml.master.local import LocalWorkers
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings
-from cpml.master.train import PLAINTEXT_WARNING, RoundRecord, data_fingerprint, load_checkpoint, save_checkpoint
+from cpml.master.train import (
+    LOOPBACK_WARNING,
+    PLAINTEXT_WARNING,
+    ROUNDS_LOG,
+    RoundRecord,
+    append_round,
+    data_fingerprint,
+    load_checkpoint,
+    read_rounds,
+    save_checkpoint,
+)
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import DataProfile, Plan, auto_quantization
 from cpml.wire import mpc_serde, serde
@@ -83,9 +93,7 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
     readers: list[asyncio.Task[None]] = []
     worker_stats: dict[int, dict[str, Any]] = {}
     try:
-        await asyncio.gather(*(stubs[w.index].Join(mpc_serde.join_to_proto(
-            job_id, session.party_spec(w.index), [cluster.workers[m].address for m in mpc.members(group)]),
-            timeout=control) for w in workers for group in [mpc.locate(w.index)[0]]))
+        await asyncio.gather(*(_join(stubs[w.index], w.address, job_id, session, cluster, control) for w in workers))
         for w in workers:
             readers.append(asyncio.create_task(_read_results(stubs[w.index], job_id, session.plan.p, replies)))
         limit = asyncio.Semaphore(_DELIVERIES_IN_FLIGHT)
@@ -134,6 +142,19 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
                                          "bytes_by_kind": dict(reply.bytes_by_kind)}
         structlog.contextvars.unbind_contextvars("job")
     return MpcJobReport(tuple(history), setup, traffic.as_dict(), worker_stats)
+
+
+async def _join(stub: pb_grpc.MpcStub, address: str, job_id: str, session: MpcSession, cluster: Cluster,
+                timeout: float) -> None:
+    worker = next(w.index for w in cluster.workers if w.address == address)
+    peers = [cluster.workers[m].address for m in session.mpc.members(session.mpc.locate(worker)[0])]
+    try:
+        await stub.Join(mpc_serde.join_to_proto(job_id, session.party_spec(worker), peers), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        hint = ("; it runs a cpml-worker without the Mpc service: upgrade it"
+                if exc.code() is grpc.StatusCode.UNIMPLEMENTED else "")
+        raise MpcJobFailed(f"worker {worker} at {address} refused to join the {session.mpc.protocol} job: "
+                           f"{exc.code().name}: {exc.details()}{hint}") from None
 
 
 def protocol_name(mpc: MpcPlan) -> str:
@@ -195,7 +216,7 @@ async def train_mpc(settings: TrainSettings, protocol: str,
     fingerprint = data_fingerprint(data)
     mpc, plan = make_mpc_plans(settings, protocol, data.x_train)
     weights, start_round, history = None, 0, []
-    checkpoint = settings.out / "checkpoint.json"
+    checkpoint, rounds_log = settings.out / "checkpoint.json", settings.out / ROUNDS_LOG
     if settings.resume:
         state = load_checkpoint(checkpoint, fingerprint)
         saved = state["trainer"]
@@ -204,8 +225,8 @@ async def train_mpc(settings: TrainSettings, protocol: str,
                              f"resume, not {protocol!r}.")
         weights, start_round = np.array(saved["weights"], dtype=np.float64), int(saved["round"])
         plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in ("lx", "lw", "lc", "p", "learning_rate")})
-        history = [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in state["history"]]
-        history = history[:start_round]
+        history = read_rounds(rounds_log, start_round)
+    rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
     session = MpcSession.create(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
                                 weights=weights, start_round=start_round)
     log.info("plan", protocol=protocol, n=mpc.n_workers, t=mpc.t, groups=mpc.groups, group_size=mpc.group_size,
@@ -215,11 +236,13 @@ async def train_mpc(settings: TrainSettings, protocol: str,
             local = await stack.enter_async_context(LocalWorkers(
                 settings.n_workers, settings.out / "workers", settings.timeouts.connect, settings.local_worker_args))
             addresses, credentials = local.addresses, None
-            log.warning("embedded workers on loopback speak plaintext; " + PLAINTEXT_WARNING)
+            log.warning(LOOPBACK_WARNING)
         else:
             addresses = list(settings.workers)
             credentials = None if settings.insecure else channel_credentials(
                 settings.tls_ca, settings.tls_cert, settings.tls_key)
+            if settings.insecure:
+                log.warning(PLAINTEXT_WARNING)
         cluster = await stack.enter_async_context(Cluster(
             addresses, credentials, settings.tls_server_name, settings.timeouts,
             max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
@@ -227,31 +250,19 @@ async def train_mpc(settings: TrainSettings, protocol: str,
 
         def record(r: RoundRecord) -> None:
             history.append(r)
+            append_round(rounds_log, r)
             if session.round % settings.checkpoint_every == 0 or session.done:
-                save_checkpoint(checkpoint, _Checkpointable(session, protocol), fingerprint, history)
+                save_checkpoint(checkpoint, session, fingerprint)  # type: ignore[arg-type]
             if on_round is not None:
                 on_round(r)
 
         try:
             report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round, record)
         except BaseException:
-            save_checkpoint(checkpoint, _Checkpointable(session, protocol), fingerprint, history)
+            save_checkpoint(checkpoint, session, fingerprint)  # type: ignore[arg-type]
             raise
     _write_outputs(settings.out, session, data, history, report)
     return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers)
-
-
-@dataclass(frozen=True)
-class _Checkpointable:
-    """Adapts a session to save_checkpoint: the CPML checkpoint fields plus the protocol."""
-
-    session: MpcSession
-    protocol: str
-
-    def checkpoint(self) -> dict[str, object]:
-        s = self.session
-        return {"round": s.round, "weights": s.weights.tolist(), "seed": s.seed, "protocol": self.protocol,
-                "t": s.mpc.t, "plan": {k: getattr(s.plan, k) for k in s.plan.__dataclass_fields__}}
 
 
 def _write_outputs(out: Path, session: MpcSession, data: Dataset, history: list[RoundRecord],

@@ -214,6 +214,17 @@ class MpcSession:
         self._issued, self._gradients = None, {}
         return self.stats(tuple(range(self.mpc.active_workers)))
 
+    def checkpoint(self) -> dict[str, object]:
+        """The state a resumed run needs besides the data: protocol, T, round, weights, seed and plan."""
+        return {
+            "protocol": self.mpc.protocol,
+            "t": self.mpc.t,
+            "round": self.round,
+            "weights": self.weights.tolist(),
+            "seed": self.seed,
+            "plan": {k: getattr(self.plan, k) for k in self.plan.__dataclass_fields__},
+        }
+
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""
         return round_stats(self.plan.model, self.round, self.weights, (self.x, self.y), (self.x_test, self.y_test), used)
