@@ -90,6 +90,10 @@ async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
     assert len(resumed.history) == 5 and resumed.plan.n_workers == 4
     full = _simulated(resumed.plan.with_(n_workers=5))
     assert resumed.weights.tobytes() == full.weights.tobytes()
+    # resuming a finished run touches no worker and reports the same model
+    again = await train(_settings([f"127.0.0.1:{port}" for port in (1, 2, 3, 4)], tmp_path, iterations=5,
+                                  resume=True))
+    assert again.weights.tobytes() == full.weights.tobytes() and len(again.history) == 5
 
 
 async def test_resume_refuses_other_data_or_a_missing_checkpoint(tmp_path):
@@ -206,3 +210,20 @@ async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
     assert len(second) == 4
     for reply in second.values():
         np.testing.assert_array_equal(reply, expected)
+
+
+async def test_workers_that_cannot_take_the_job_are_named_before_any_upload(tmp_path):
+    from cpml.master.cluster import WorkersUnsuitable
+
+    async with _workers(4, faults={1: {"share_bytes_cap": 1000}, 3: {"max_message_bytes": 4096}}) as servers:
+        with pytest.raises(WorkersUnsuitable) as err:
+            await train(_settings([s.address for s in servers], tmp_path))
+        assert all(s.store.used_bytes == 0 for s in servers)
+    message = str(err.value)
+    assert f"worker 1 at {servers[1].address} has 1000 bytes free for a 73728-byte share" in message
+    assert f"worker 3 at {servers[3].address} accepts messages up to 4096 bytes; lower --chunk-bytes" in message
+
+
+def test_settings_refuse_a_worker_listed_twice():
+    with pytest.raises(ValueError, match="Argument 'workers' must list each worker once, not a:1 twice."):
+        TrainSettings(dataset=DATASET, workers=("a:1", "b:1", "a:1"), insecure=True)

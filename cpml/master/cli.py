@@ -19,7 +19,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad arguments, data or plan: fix the command line
 EXIT_NOT_ENOUGH_WORKERS = 3  # fewer than R workers left; checkpointed, rerun with --resume
-EXIT_UNREACHABLE = 4  # workers never became healthy (addresses, TLS, daemon not running)
+EXIT_UNREACHABLE = 4  # workers unhealthy or unable to take the job (addresses, TLS, capacity)
 EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM; checkpointed
 
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable
+    from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable, WorkersUnsuitable
     from cpml.master.rounds import RoundTimeout
     from cpml.master.settings import train_settings
     from cpml.master.train import train
@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cpml-master train: stopped: {exc}. Checkpoint: {settings.out / 'checkpoint.json'} "
               f"(rerun with --resume).", file=sys.stderr)
         return EXIT_ROUND_TIMEOUT
-    except (WorkersUnreachable, RuntimeError) as exc:
+    except (WorkersUnreachable, WorkersUnsuitable, RuntimeError) as exc:
         print(f"cpml-master train: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ class ClusterError(Exception):
 
 class WorkersUnreachable(ClusterError):
     """Some workers never became healthy."""
+
+
+class WorkersUnsuitable(ClusterError):
+    """Some workers cannot take this job (modulus, message size or free share bytes)."""
 
 
 class NotEnoughWorkers(ClusterError):
@@ -160,6 +165,7 @@ class Cluster:
                        queues: dict[int, asyncio.Queue[pb.ShareChunk | None]], stats: UploadStats,
                        max_chunk_bytes: int) -> None:
         first = True
+        finished = False
         try:
             while True:
                 began = time.perf_counter()
@@ -175,9 +181,14 @@ class Cluster:
                                                            spec if first else None, max_chunk_bytes):
                         await queues[worker.index].put(msg)
                 first = False
+            finished = True
         finally:
             for queue in queues.values():
-                await queue.put(None)
+                if finished:
+                    await queue.put(None)  # end of share: every uploader must see it
+                else:  # encoding failed: the task group cancels the uploaders, never block on them
+                    with contextlib.suppress(asyncio.QueueFull):
+                        queue.put_nowait(None)
 
     async def _upload_one(self, worker: WorkerHandle, job_id: str, queue: asyncio.Queue[pb.ShareChunk | None],
                           stats: UploadStats) -> None:
@@ -205,6 +216,27 @@ class Cluster:
                 log.warning("end job failed", worker=worker.index, reason=_describe(exc))
 
         await asyncio.gather(*(end(w) for w in self.alive))
+
+    async def check_capacity(self, modulus: int, share_bytes: int, chunk_bytes: int) -> None:
+        """Ask every worker's Status and refuse, naming each problem, workers that cannot take the job."""
+        try:
+            statuses = await self.status()
+        except grpc.aio.AioRpcError as exc:
+            raise WorkersUnreachable(f"a worker failed its status call: {_describe(exc)}") from None
+        problems = []
+        for index, status in statuses.items():
+            where = f"worker {index} at {self.workers[index].address}"
+            if modulus >= status.max_modulus:
+                problems.append(f"{where} computes over primes below {status.max_modulus}, not p = {modulus}")
+            if chunk_bytes + 1024 > status.max_message_bytes:
+                problems.append(f"{where} accepts messages up to {status.max_message_bytes} bytes; lower "
+                                f"--chunk-bytes below {status.max_message_bytes - 1024}")
+            free = status.share_bytes_cap - status.share_bytes_used
+            if share_bytes > free:
+                problems.append(f"{where} has {free} bytes free for a {share_bytes}-byte share; use more workers "
+                                f"(smaller shares), end its other jobs or raise its --share-bytes-cap")
+        if problems:
+            raise WorkersUnsuitable("; ".join(problems))
 
     async def status(self) -> dict[int, serde.WorkerStatus]:
         """Each live worker's status."""

@@ -60,6 +60,9 @@ class TrainSettings:
             raise ValueError(
                 "Argument 'tls_ca' must be given to reach remote workers over TLS (add --tls-cert and --tls-key "
                 "for mutual TLS), not None; pass --insecure to send shares in plaintext on a network you trust")
+        if len(set(self.workers)) != len(self.workers):
+            repeated = sorted({a for a in self.workers if self.workers.count(a) > 1})
+            raise ValueError(f"Argument 'workers' must list each worker once, not {', '.join(repeated)} twice.")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("Argument 'tls_cert' must come with 'tls_key' (both or neither), "
                              f"not cert={self.tls_cert} key={self.tls_key}.")

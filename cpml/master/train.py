@@ -170,6 +170,9 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
     fingerprint = data_fingerprint(data)
     trainer, history = _trainer(settings, data, fingerprint)
     plan = trainer.plan
+    if trainer.done:
+        log.info("nothing to do: the checkpoint already finished every iteration", round=trainer.round)
+        return _finish(settings, trainer, data, history, UploadStats(), {})
     log.info("plan", n=plan.n_workers, k=plan.k, t=plan.t, r=plan.r, threshold=plan.threshold, p=plan.p,
              lx=plan.lx, lw=plan.lw, lc=plan.lc, learning_rate=plan.learning_rate, iterations=plan.iterations)
 
@@ -191,6 +194,8 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
             Cluster(addresses, credentials, settings.tls_server_name, settings.timeouts,
                     max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
         await cluster.wait_healthy()
+        spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
+        await cluster.check_capacity(plan.p, spec_bytes, settings.chunk_bytes)
         upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round)
     dropped = {w.index: w.failure for w in cluster.workers if not w.alive}
     return _finish(settings, trainer, data, history, upload, dropped)

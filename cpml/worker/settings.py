@@ -65,6 +65,12 @@ class WorkerSettings:
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("Argument 'tls_client_ca' needs --tls-cert and --tls-key (mutual TLS is TLS), "
                              f"not {self.tls_client_ca} alone.")
+        for name in ("share_bytes_cap", "max_message_bytes", "compute_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Argument '{name}' must be positive, not {getattr(self, name)}.")
+        for name in ("drain_seconds", "job_idle_seconds", "fault_reply_delay", "fault_fail_after_rounds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Argument '{name}' must not be negative, not {getattr(self, name)}.")
         if self.insecure and self.tls_cert is not None:
             raise ValueError("Argument 'insecure' must be off when --tls-cert is given, not on.")
 
