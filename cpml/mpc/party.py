@@ -13,7 +13,6 @@ order and resumes it, so the transport (in-process queue or gRPC) only moves mes
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -189,9 +188,7 @@ class MpcParty:
     def _offline(self) -> Generator[_Wait, dict[int, Elements], DoubleSharingPool]:
         """Each party deals [s]_T and [s]_2T of a random batch; extraction yields n-T double sharings each."""
         spec, field = self.spec, self.field
-        needed = spec.products_per_round * spec.rounds
-        batch = max(1, math.ceil(needed / (spec.group_size - spec.t)))
-        secret = self._mask_source(field, (batch,))
+        secret = self._mask_source(field, (spec.offline_batch,))
         low = share(field, secret, spec.t, self._points, self._mask_source)
         high = share(field, secret, 2 * spec.t, self._points, self._mask_source)
         for position, member in enumerate(spec.members):
@@ -266,8 +263,7 @@ class MpcParty:
         if message.kind is Kind.WEIGHTS:
             return (spec.d, spec.r)
         if message.kind is Kind.DOUBLE:
-            batch = max(1, math.ceil(spec.products_per_round * spec.rounds / (spec.group_size - spec.t)))
-            return (2, batch)
+            return (2, spec.offline_batch)
         if not 0 <= message.step < spec.r:
             raise ProtocolError(f"multiplication step must be between 0 and {spec.r - 1}, not {message.step}")
         return (spec.rows, spec.r) if message.step == 0 else (spec.rows,)

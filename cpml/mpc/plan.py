@@ -106,6 +106,11 @@ class PartySpec:
         return range(self.first, self.first + self.group_size)
 
     @property
+    def offline_batch(self) -> int:
+        """Random values each party deals in the BH08 offline phase; extraction turns them into n-T times as many."""
+        return max(1, -(-self.products_per_round * self.rounds // (self.group_size - self.t)))
+
+    @property
     def products_per_round(self) -> int:
         """Field elements multiplied per round: rows*r for z = X̄W̄, rows per product z_1...z_i (i >= 2)."""
         return self.rows * (2 * self.r - 1)

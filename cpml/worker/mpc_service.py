@@ -49,6 +49,7 @@ class MpcJob:
     traffic: Traffic = field(default_factory=Traffic)
     compute_seconds: float = 0.0
     failure: str | None = None
+    touched: float = field(default_factory=time.monotonic)
 
     def fail(self, reason: str) -> None:
         """Stop the job and tell the master through its Results stream."""
@@ -65,6 +66,7 @@ class MpcService(pb_grpc.MpcServicer):
         self._settings = settings
         self._executor = executor
         self._jobs: dict[str, MpcJob] = {}
+        self._reaper: asyncio.Task[None] | None = None
 
     async def Join(self, request: pb.MpcJoinRequest, context: grpc.aio.ServicerContext) -> pb.MpcJoinReply:
         try:
@@ -83,6 +85,8 @@ class MpcService(pb_grpc.MpcServicer):
                 stubs[spec.first + position] = pb_grpc.MpcStub(channel)
         job = MpcJob(request.job_id, party, stubs, channels)
         self._jobs[job.job_id] = job
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._expire_idle_jobs())
         for worker, stub in stubs.items():
             job.to_peer[worker] = asyncio.Queue()
             job.tasks.append(asyncio.create_task(self._send_to_peer(job, worker, stub)))
@@ -103,6 +107,7 @@ class MpcService(pb_grpc.MpcServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if job.failure is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"MPC job {job.job_id!r} failed: {job.failure}")
+        job.touched = time.monotonic()
         job.inbox.put_nowait(message)
         return pb.MpcDeliverReply()
 
@@ -130,11 +135,24 @@ class MpcService(pb_grpc.MpcServicer):
 
     async def close(self) -> None:
         """Drop every job (the daemon is stopping)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
             await _close(job)
 
     # --- plumbing --------------------------------------------------------------------------
+    async def _expire_idle_jobs(self) -> None:
+        """Drop jobs no message has touched for job_idle_seconds (a master that died without Leave)."""
+        idle = self._settings.job_idle_seconds
+        while True:
+            await asyncio.sleep(max(1.0, min(60.0, idle / 4)))
+            now = time.monotonic()
+            for job_id, job in list(self._jobs.items()):
+                if now - job.touched > idle and self._jobs.pop(job_id, None) is not None:
+                    await _close(job)
+                    log.info("idle mpc job expired", job=job_id, idle_seconds=idle)
+
     async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> MpcJob:
         job = self._jobs.get(job_id)
         if job is None:
