@@ -1,13 +1,24 @@
 """Exact modular matrix products on float64 BLAS.
 
-Operands are taken as centred representatives (|v| <= (p-1)/2 < 2^30) and the smaller operand is split
-into signed limbs of s bits, so that every partial dot product over an inner chunk of length kc obeys
-kc * (p-1)/2 * 2^(s-1) <= 2^53 - 2^32 and is therefore exact in float64. Each limb product is reduced mod p
-once and the limbs are recombined with integer arithmetic. For p < 2^25 and short inner dimensions
-(the Lagrange encoding, K+T <= 31) no split is needed and the product is a single GEMM.
+Operands are centred representatives (|v| <= h = (p-1)/2 < 2^30). When k * h^2 < 2^53 (the Lagrange
+encoding: p < 2^25 and K+T <= 31) the product is a single GEMM. Otherwise the smaller operand is split
+into L signed base-2^s limbs, one GEMM multiplies the other operand by all limbs at once, and the limb
+products are recombined by Horner's rule, acc <- centred(acc) * 2^s + product_i, with s chosen so that
+every intermediate is an exact float64 integer. Inner dimensions beyond 2^20 are cut into chunks whose
+results are summed the same way.
+
+The output is computed tile by tile on one thread per core: each tile's GEMM result (a few hundred KiB)
+is reduced mod p while it is still in cache, and each tile's GEMM is small enough that OpenBLAS runs it
+on the calling thread, so our threads never contend with BLAS's own pool.
 """
 
 from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -15,9 +26,14 @@ import numpy.typing as npt
 from cpml.errors import argument_error
 from cpml.field.prime_field import Elements, PrimeField
 
-_EXACT = 2.0**53 - 2.0**32  # a margin of 2p keeps q*p in the reduction exact as well
+_EXACT = 2.0**53 - 2.0**32  # every float64 intermediate stays below this, and so does q*p when reducing
 _MAX_INNER_CHUNK = 1 << 20
-_OUTPUT_CHUNK_BYTES = 8 << 20  # float64 scratch per GEMM call; keeps the reduction in cache
+_TILE_ELEMENTS = 48 * 1024  # products per tile (384 KiB of float64): reduced while still in L2
+_SERIAL_GEMM = 1 << 18  # OpenBLAS runs a GEMM on the calling thread when m*n*k is at most this
+_PARALLEL_ELEMENTS = 1 << 18  # below this many products a thread pool costs more than it saves
+_MAX_THREADS = 8
+
+Tile = tuple[int, int, int, int]  # row_lo, row_hi, col_lo, col_hi
 
 
 def matmul_mod(field: PrimeField, a: npt.ArrayLike, b: npt.ArrayLike) -> Elements:
@@ -37,50 +53,185 @@ def matmul_mod_centred(
         raise argument_error("b", f"have {a.shape[1] if a.ndim == 2 else '?'} rows to match 'a'", b.shape)
     n, k = a.shape
     m = b2.shape[1]
-    out = np.zeros((n, m), dtype=np.uint64)
-    if k == 0 or n == 0 or m == 0:
-        result = out.astype(np.uint32)
-        return result[:, 0] if vector else result
-    half = (field.p - 1) // 2
-    kc = min(k, _MAX_INNER_CHUNK)
-    # Split whichever operand is smaller; the other keeps its full centred magnitude.
-    split_b = b2.size <= a.size
-    s = _limb_bits(half, kc)
-    limbs = _limb_count(half, s)
-    inner_chunks = [(i, min(i + kc, k)) for i in range(0, k, kc)]
-    if limbs == 1 and len(inner_chunks) == 1:
-        result = _single_gemm(field, a, b2)
-        return result[:, 0] if vector else result
-    for lo, hi in inner_chunks:
-        a_part, b_part = a[:, lo:hi], b2[lo:hi]
-        parts = _split(b_part if split_b else a_part, s, limbs)
-        for index, limb in enumerate(parts):
-            product = a_part @ limb if split_b else limb @ b_part
-            reduced = _reduce(product, field.p).astype(np.uint64)
-            weight = pow(2, s * index, field.p)
-            out = (out + reduced * np.uint64(weight)) % np.uint64(field.p)
-    result = out.astype(np.uint32)
-    return result[:, 0] if vector else result
+    out = np.zeros((n, m), dtype=np.uint32)
+    if n and m and k:
+        _Product.plan(field.p, np.asarray(a, np.float64), np.asarray(b2, np.float64)).run(out)
+    return out[:, 0] if vector else out
 
 
-def _single_gemm(field: PrimeField, a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> Elements:
-    """One exact GEMM, computed in column blocks so the mod-p reduction runs on cache-resident data."""
-    n, m = a.shape[0], b.shape[1]
-    out = np.empty((n, m), dtype=np.uint32)
-    step = max(1024, _OUTPUT_CHUNK_BYTES // (8 * max(n, 1)))
-    for lo in range(0, m, step):
-        hi = min(lo + step, m)
-        out[:, lo:hi] = _reduce(a @ b[:, lo:hi], field.p)
-    return out
+@dataclass(frozen=True)
+class _Product:
+    """One product cut into inner chunks, limbs of the split operand, and output tiles."""
+
+    p: int
+    a: npt.NDArray[np.float64]  # (n, k), or its limbs (L, n, k) when split == "a"
+    b: npt.NDArray[np.float64]  # (k, m), or its limbs as a (k, L, m) view when split == "b"
+    split: str  # "a", "b" or "" (no split)
+    shape: tuple[int, int, int]  # n, k, m
+    shift: float  # the limb base 2^s
+    limbs: int
+    chunk: int  # inner chunk length
+    tile_rows: int
+    tile_cols: int
+
+    @staticmethod
+    def plan(p: int, a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> _Product:
+        """Pick chunks, limbs and tiles so that every float64 intermediate is an exact integer."""
+        (n, k), m = a.shape, b.shape[1]
+        half = (p - 1) // 2
+        kc = min(k, _MAX_INNER_CHUNK)
+        # One chunk needs kc*h^2 <= EXACT; several also carry a running centred sum (|.| <= h + 4).
+        carry = half + 4 if kc < k else 0
+        if kc * half * half + carry <= _EXACT:
+            split, s, limbs = "", 0, 1
+        else:
+            s = _limb_bits(half, kc)
+            limbs = _limb_count(half, s)
+            split = "b" if b.size <= a.size else "a"
+        if split == "a":  # limbs stacked along rows: full-height tiles
+            tile_rows, tile_cols = n, _tile_extent(limbs * n, m)
+        elif split == "b":  # limbs stacked along columns: full-width tiles
+            tile_rows, tile_cols = _tile_extent(limbs * m, n), m
+        else:
+            tile_cols = min(m, max(64, _TILE_ELEMENTS // n))
+            tile_rows = _tile_extent(tile_cols, n)
+        return _Product(
+            p=p,
+            a=_split(a, s, limbs) if split == "a" else a,
+            b=_split(b.T, s, limbs).transpose(2, 0, 1) if split == "b" else b,
+            split=split,
+            shape=(n, k, m),
+            shift=float(2**s),
+            limbs=limbs,
+            chunk=kc,
+            tile_rows=tile_rows,
+            tile_cols=tile_cols,
+        )
+
+    def run(self, out: Elements) -> None:
+        """Fill out (n, m) with the reduced product, one thread per core taking tiles from a queue."""
+        n, k, m = self.shape
+        tiles = [
+            (r, min(r + self.tile_rows, n), c, min(c + self.tile_cols, m))
+            for r in range(0, n, self.tile_rows)
+            for c in range(0, m, self.tile_cols)
+        ]
+        queue, lock = iter(tiles), threading.Lock()
+        threads = min(_cores(), len(tiles), _MAX_THREADS)
+        if threads <= 1 or n * m * self.limbs < _PARALLEL_ELEMENTS:
+            self._work(queue, lock, out)
+            return
+        with ThreadPoolExecutor(threads, thread_name_prefix="cpml-matmul") as pool:
+            for future in [pool.submit(self._work, queue, lock, out) for _ in range(threads)]:
+                future.result()
+
+    def _work(self, queue: Iterator[Tile], lock: threading.Lock, out: Elements) -> None:
+        """Compute tiles from the shared queue until it is empty, with this thread's own scratch."""
+        size = self.tile_rows * self.tile_cols
+        product = np.empty(size * self.limbs)
+        total, scratch = np.empty(size), np.empty(size)
+        ints = np.empty(size, dtype=np.int32)
+        words = scratch.view(np.uint32)[:size]  # the float scratch is dead by the time words are written
+        n, k, m = self.shape
+        while True:
+            with lock:
+                tile = next(queue, None)
+            if tile is None:
+                return
+            r0, r1, c0, c1 = tile
+            shape = (r1 - r0, c1 - c0)
+            count = shape[0] * shape[1]
+            y = scratch[:count].reshape(shape)
+            acc = total[:count].reshape(shape)
+            for lo in range(0, k, self.chunk):
+                hi = min(lo + self.chunk, k)
+                digits = self._limb_products(product[: count * self.limbs], tile, lo, hi)
+                h = digits[-1]
+                for digit in reversed(digits[:-1]):  # Horner, most significant limb first
+                    _centred_residue(h, y, self.p)
+                    np.multiply(h, self.shift, out=h)
+                    np.add(h, digit, out=h)
+                if lo == 0 and hi < k:
+                    np.copyto(acc, h)
+                elif lo > 0:
+                    np.add(acc, h, out=acc)
+                if hi < k:
+                    _centred_residue(acc, y, self.p)
+            result = acc if k > self.chunk else h
+            _reduce_into(result, y, ints[:count].reshape(shape), words[:count].reshape(shape),
+                         out[r0:r1, c0:c1], self.p)
+
+    def _limb_products(
+        self, buffer: npt.NDArray[np.float64], tile: Tile, lo: int, hi: int
+    ) -> list[npt.NDArray[np.float64]]:
+        """One GEMM for a tile and inner chunk; returns the L limb products, least significant first."""
+        r0, r1, c0, c1 = tile
+        tr, tc, limbs = r1 - r0, c1 - c0, self.limbs
+        if self.split == "a":  # (L*n, kc) @ (kc, tc), tiles span all rows
+            product = buffer.reshape(limbs * tr, tc)
+            _gemm(self.a[:, :, lo:hi].reshape(limbs * tr, hi - lo), self.b[lo:hi, c0:c1], product)
+            return [product[i * tr : (i + 1) * tr] for i in range(limbs)]
+        if self.split == "b":  # (tr, kc) @ (kc, L*m), tiles span all columns
+            product = buffer.reshape(tr, limbs * tc)
+            _gemm(self.a[r0:r1, lo:hi], self.b[lo:hi].reshape(hi - lo, limbs * tc), product)
+            return [product[:, i * tc : (i + 1) * tc] for i in range(limbs)]
+        product = buffer.reshape(tr, tc)
+        _gemm(self.a[r0:r1, lo:hi], self.b[lo:hi, c0:c1], product)
+        return [product]
+
+
+def _gemm(left: npt.NDArray[np.float64], right: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None:
+    """out = left @ right in pieces small enough that BLAS stays on this thread (its pool would wait on ours)."""
+    rows, inner = left.shape
+    cols = right.shape[1]
+    if rows >= cols:
+        step = max(1, _SERIAL_GEMM // max(1, inner * cols))
+        for lo in range(0, rows, step):
+            np.matmul(left[lo : lo + step], right, out=out[lo : lo + step])
+    else:
+        step = max(1, _SERIAL_GEMM // max(1, inner * rows))
+        for lo in range(0, cols, step):
+            np.matmul(left, right[:, lo : lo + step], out=out[:, lo : lo + step])
+
+
+def _centred_residue(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], p: int) -> None:
+    """Replace exact float64 integers (|x| <= EXACT) by a residue with |x| <= (p-1)/2 + 4, in place."""
+    # y = x * fl(1/p) is within 2^-52 |x/p| <= 2/p of x/p, so x - p*rint(y) is off centre by at most 3.
+    np.multiply(x, 1.0 / p, out=y)
+    np.rint(y, out=y)
+    np.multiply(y, p, out=y)  # exact: |y*p| <= |x| + p < 2^53
+    np.subtract(x, y, out=x)
+
+
+def _reduce_into(
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    ints: npt.NDArray[np.int32],
+    words: npt.NDArray[np.uint32],
+    out: Elements,
+    p: int,
+) -> None:
+    """Write exact float64 integers (|x| <= EXACT) reduced to [0, p) into the uint32 array out."""
+    np.multiply(x, 1.0 / p, out=y)
+    np.rint(y, out=y)
+    np.multiply(y, p, out=y)
+    np.subtract(x, y, out=ints, casting="unsafe")  # the centred residue, |r| <= (p-1)/2 + 3 < 2^31
+    unsigned = ints.view(np.uint32)
+    # r >= 0: r < r + p < 2^32. r < 0: r wraps to 2^32 + r > p, and r + p wraps back into [0, p).
+    np.add(unsigned, np.uint32(p), out=words)
+    np.minimum(unsigned, words, out=out)
 
 
 def _limb_bits(half: int, inner: int) -> int:
-    """The widest signed limb s with inner * half * 2^(s-1) <= 2^53 - 2^32."""
-    s = 1
-    while inner * half * 2.0 ** s <= _EXACT and s < 31:
-        s += 1
-    if inner * half * 2.0 ** (s - 1) > _EXACT:
+    """The widest limb of s bits for which a Horner step stays exact: see _Product.plan."""
+    def exact(s: int) -> bool:
+        return inner * half * 2.0 ** (s - 1) + (half + 4) * (2.0**s + 1) <= _EXACT
+
+    if not exact(2):
         raise argument_error("inner dimension", "be small enough for exact float64 products", inner)
+    s = 2
+    while s < 31 and exact(s + 1):
+        s += 1
     return s
 
 
@@ -93,25 +244,27 @@ def _limb_count(half: int, s: int) -> int:
     return count
 
 
-def _split(x: npt.NDArray[np.float64], s: int, limbs: int) -> list[npt.NDArray[np.float64]]:
-    """Split integers into signed base-2^s digits in [-2^(s-1), 2^(s-1)), least significant first."""
-    if limbs == 1:
-        return [x]
+def _split(x: npt.NDArray[np.float64], s: int, limbs: int) -> npt.NDArray[np.float64]:
+    """Split integers into L signed base-2^s digits in [-2^(s-1), 2^(s-1)], least significant first."""
+    parts = np.empty((limbs, *x.shape))
     base, offset = float(2**s), float(2 ** (s - 1))
-    rest = x.copy()
-    parts = []
-    for _ in range(limbs - 1):
-        digit = np.mod(rest + offset, base) - offset
-        parts.append(digit)
-        rest = (rest - digit) / base
-    parts.append(rest)
+    rest = np.array(x, dtype=np.float64)
+    for i in range(limbs - 1):
+        np.add(rest, offset, out=parts[i])
+        np.mod(parts[i], base, out=parts[i])
+        np.subtract(parts[i], offset, out=parts[i])
+        np.subtract(rest, parts[i], out=rest)
+        np.divide(rest, base, out=rest)  # exact: rest - digit is a multiple of 2^s
+    parts[limbs - 1] = rest
     return parts
 
 
-def _reduce(x: npt.NDArray[np.float64], p: int) -> Elements:
-    """Reduce exact float64 integers (|x| <= 2^53 - 2^32) to [0, p) as uint32."""
-    q = np.floor(x * (1.0 / p))
-    r = x - q * p  # exact: q is off by at most one, so q*p stays below 2^53
-    r[r < 0] += p
-    r[r >= p] -= p
-    return r.astype(np.uint32)
+def _tile_extent(fixed: int, total: int) -> int:
+    """How many rows (or columns) of `fixed` products each make a cache-sized tile, at least one."""
+    return max(1, min(total, _TILE_ELEMENTS // fixed))
+
+
+def _cores() -> int:
+    """The CPUs this process may run on."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
