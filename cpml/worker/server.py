@@ -13,8 +13,10 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.tls import server_credentials
+from cpml.worker.mpc_service import MpcService
 from cpml.worker.service import WorkerService
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import ShareStore
@@ -40,6 +42,7 @@ class WorkerServer:
         self.store = ShareStore(settings.share_bytes_cap)
         self.health = health.aio.HealthServicer()
         self._executor = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="compute")
+        self.mpc = MpcService(settings, self._executor)  # the BGW/BH08 baselines (cpml.mpc)
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
@@ -56,6 +59,7 @@ class WorkerServer:
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
         pb_grpc.add_WorkerServicer_to_server(WorkerService(self.store, s, self._executor), server)
+        mpc_pb2_grpc.add_MpcServicer_to_server(self.mpc, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.tls:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
@@ -91,6 +95,7 @@ class WorkerServer:
             self._expiry.cancel()
         await self._server.stop(self.settings.drain_seconds if grace is None else grace)
         self._server = None
+        await self.mpc.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped")
 
