@@ -72,8 +72,9 @@ class PrimeField:
 
     def centred(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Return the representatives in [-(p-1)/2, (p-1)/2] as float64 (exact: |value| < 2^30)."""
-        a = np.asarray(x).astype(np.int64)
-        return np.where(a > (self.p - 1) // 2, a - self.p, a).astype(np.float64)
+        a = np.asarray(x).astype(np.int32)  # elements are below 2^31; int32 keeps this pass cheap
+        a -= np.int32(self.p) * (a > (self.p - 1) // 2)
+        return a.astype(np.float64)
 
     # --- validation -------------------------------------------------------------------------
     def check_elements(self, x: npt.ArrayLike, name: str = "x") -> Elements:
