@@ -98,8 +98,10 @@ def _train(args: argparse.Namespace) -> int:
     final = report.history[-1] if report.history else None
     plan = report.plan
     accuracy = "n/a" if final is None or final.test_accuracy is None else f"{final.test_accuracy:.4f}"
+    shape = (f"K={plan.k}, T={plan.t}, r={plan.r}, R={plan.threshold}" if settings.protocol == "cpml"
+             else f"{settings.protocol.upper()} in 3 groups of 2T+1, T={plan.t}, r={plan.r}")
     print(f"trained {plan.model} regression on {settings.dataset} for {plan.iterations} iterations with "
-          f"N={plan.n_workers} workers (K={plan.k}, T={plan.t}, r={plan.r}, R={plan.threshold})")
+          f"N={plan.n_workers} workers ({shape})")
     print(f"test accuracy: {accuracy}   loss: {final.loss:.4f}" if final else "no rounds were run")
     if report.dropped_workers:
         print(f"workers dropped: {len(report.dropped_workers)}")

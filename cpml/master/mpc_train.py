@@ -33,6 +33,7 @@ from cpml.master.train import (
     PLAINTEXT_WARNING,
     ROUNDS_LOG,
     RoundRecord,
+    TrainReport,
     append_round,
     data_fingerprint,
     load_checkpoint,
@@ -205,6 +206,14 @@ async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
                        encode_seconds=encoded - began, send_seconds=sent_at - encoded, wait_seconds=decoded - sent_at,
                        decode_update_seconds=0.0, total_seconds=decoded - began,
                        bytes_sent=sum(m.nbytes for m in messages), bytes_received=received, late_replies=late)
+
+
+async def train_baseline(settings: TrainSettings,
+                         on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
+    """`cpml-master train --protocol bgw|bh08`: the baseline run, reported like a CodedPrivateML run."""
+    session, report = await train_mpc(settings, settings.protocol, on_round)
+    return TrainReport(plan=session.plan, weights=session.weights.copy(), history=report.history,
+                       upload=report.setup, dropped_workers={}, out=settings.out)
 
 
 async def train_mpc(settings: TrainSettings, protocol: str,

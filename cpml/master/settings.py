@@ -13,10 +13,12 @@ from cpml.field import DEFAULT_PRIME
 from cpml.logs import FORMATS as LOG_FORMATS
 from cpml.logs import LEVELS
 from cpml.master.cluster import Timeouts
+from cpml.mpc.plan import PROTOCOLS as MPC_PROTOCOLS
 from cpml.protocol.plan import MODELS
 from cpml.wire.serde import DEFAULT_CHUNK_BYTES
 
 ENV_PREFIX = "CPML_MASTER_"
+TRAIN_PROTOCOLS = ("cpml", *MPC_PROTOCOLS)
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class TrainSettings:
     workers: tuple[str, ...] = ()
     local_workers: int = 10
     case: int = 1
+    protocol: str = "cpml"  # or a baseline of cpml.mpc: "bgw", "bh08"
     r: int = 1
     k: int | None = None
     t: int | None = None
@@ -63,6 +66,8 @@ class TrainSettings:
         if len(set(self.workers)) != len(self.workers):
             repeated = sorted({a for a in self.workers if self.workers.count(a) > 1})
             raise ValueError(f"Argument 'workers' must list each worker once, not {', '.join(repeated)} twice.")
+        if self.protocol not in TRAIN_PROTOCOLS:
+            raise ValueError(f"Argument 'protocol' must be one of {', '.join(TRAIN_PROTOCOLS)}, not {self.protocol!r}.")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("Argument 'tls_cert' must come with 'tls_key' (both or neither), "
                              f"not cert={self.tls_cert} key={self.tls_key}.")
@@ -123,6 +128,9 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     plan = p.add_argument_group("plan")
     plan.add_argument("--case", type=int, choices=(1, 2), default=env("CASE", 1),
                       help="1: T=1, largest K (speed); 2: parallelism about equal to privacy")
+    plan.add_argument("--protocol", choices=TRAIN_PROTOCOLS, default=env("PROTOCOL", "cpml"),
+                      help="cpml (default), or an MPC baseline of the paper: bgw, bh08 (3 groups of 2T+1 "
+                           "workers, T = --t or floor((N-3)/6))")
     plan.add_argument("--r", type=int, default=env("R", 1), help="degree of the sigmoid polynomial")
     plan.add_argument("--k", type=int, default=env("K"), help="override K (needs --t)")
     plan.add_argument("--t", type=int, default=env("T"), help="override T, the colluding workers tolerated")
@@ -159,7 +167,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         dataset=args.dataset, data_format=args.data_format, label_column=int(args.label_column),
         test_fraction=float(args.test_fraction), scaling=args.scaling, workers=workers,
-        local_workers=int(args.local_workers), case=int(args.case), r=int(args.r), k=opt_int(args.k),
+        local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
         iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),

@@ -162,6 +162,10 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[
 
 async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
     """Run one training job end to end on remote or embedded workers; write the outputs into settings.out."""
+    if settings.protocol != "cpml":
+        from cpml.master.mpc_train import train_baseline  # the MPC baselines (cpml.mpc)
+
+        return await train_baseline(settings, on_round)
     data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
                         settings.data_format, settings.label_column)
     for note in data.notes:
