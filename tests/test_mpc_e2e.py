@@ -1,0 +1,57 @@
+"""End to end with real cpml-worker processes on 127.0.0.1 port 0: `cpml-master train --protocol bgw|bh08`
+trains the very model `--protocol cpml` trains, and a baseline run resumes from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["--dataset", "breast-cancer", "--workers-local", "9", "--seed", "5", "--lx", "2", "--lw", "5",
+          "--lc", "6", "--log-format", "json", "--log-level", "warning"]
+
+
+def _train(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out", str(out), *extra],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def _weights(out: Path) -> list[float]:
+    return json.loads((out / "model.json").read_text())["weights"]
+
+
+def test_baselines_train_the_same_model_as_cpml_on_real_daemons_and_resume(tmp_path):
+    _train(tmp_path / "cpml", "--protocol", "cpml", "--case", "2", "--iterations", "4")
+    for protocol in ("bgw", "bh08"):
+        run = _train(tmp_path / protocol, "--protocol", protocol, "--iterations", "4")
+        assert f"{protocol.upper()} in 3 groups of 2T+1, T=1" in run.stdout
+        assert _weights(tmp_path / protocol) == _weights(tmp_path / "cpml")  # bit-identical floats
+        metrics = json.loads((tmp_path / protocol / "metrics.json").read_text())
+        worker_to_worker = {"bgw": ("reshare",), "bh08": ("masked", "opened", "double")}[protocol]
+        for kind in worker_to_worker:  # the workers really talked to each other over gRPC
+            assert sum(w["messages_by_kind"].get(kind, 0) for w in metrics["workers"].values()) > 0
+        assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.7  # four rounds of a real model, not chance
+
+    # Two rounds, then --resume to four: the same weights as the uninterrupted run.
+    _train(tmp_path / "resumed", "--protocol", "bh08", "--iterations", "2")
+    _train(tmp_path / "resumed", "--protocol", "bh08", "--iterations", "4", "--resume")
+    assert _weights(tmp_path / "resumed") == _weights(tmp_path / "cpml")
+    rounds = (tmp_path / "resumed" / "rounds.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in rounds] == [1, 2, 3, 4]
+
+
+def test_a_resume_with_another_protocol_is_refused(tmp_path):
+    _train(tmp_path / "run", "--protocol", "bgw", "--iterations", "1")
+    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out", str(tmp_path / "run"),
+                          "--protocol", "bh08", "--iterations", "2", "--resume"],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 2
+    assert "Argument 'protocol' must match the checkpoint's ('bgw') to resume, not 'bh08'." in run.stderr
