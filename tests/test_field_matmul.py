@@ -60,10 +60,10 @@ def test_the_adversarial_inputs_catch_a_kernel_without_limbs(p):
     "knobs",
     [
         {"_TILE_ELEMENTS": 64},  # many tiles, partial edge tiles
-        {"_TILE_ELEMENTS": 64, "_PARALLEL_ELEMENTS": 1},  # tiles shared between threads
+        {"_TILE_ELEMENTS": 64, "_PARALLEL_WORK": 1},  # tiles shared between threads
         {"_SERIAL_GEMM": 50},  # each tile's GEMM cut into pieces
         {"_MAX_INNER_CHUNK": 7},  # inner dimension in chunks, summed as centred residues
-        {"_MAX_INNER_CHUNK": 1, "_TILE_ELEMENTS": 16, "_PARALLEL_ELEMENTS": 1},
+        {"_MAX_INNER_CHUNK": 1, "_TILE_ELEMENTS": 16, "_PARALLEL_WORK": 1},
     ],
     ids=["tiles", "threads", "gemm-pieces", "inner-chunks", "everything"],
 )

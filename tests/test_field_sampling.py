@@ -3,8 +3,7 @@
 import numpy as np
 from scipy import stats
 
-from cpml.field import PrimeField, uniform
-from cpml.field import sampling
+from cpml.field import PrimeField, sampling, uniform
 
 
 def chi_square_pvalue(draws: np.ndarray, p: int, bins: int = 64) -> float:

@@ -30,7 +30,8 @@ _EXACT = 2.0**53 - 2.0**32  # every float64 intermediate stays below this, and s
 _MAX_INNER_CHUNK = 1 << 20
 _TILE_ELEMENTS = 48 * 1024  # products per tile (384 KiB of float64): reduced while still in L2
 _SERIAL_GEMM = 1 << 18  # OpenBLAS runs a GEMM on the calling thread when m*n*k is at most this
-_PARALLEL_ELEMENTS = 1 << 18  # below this many products a thread pool costs more than it saves
+_TILE_WORK = 1 << 21  # multiply-adds per tile at most, so long inner dimensions still give many tiles
+_PARALLEL_WORK = 1 << 21  # below this many multiply-adds a thread pool costs more than it saves
 _MAX_THREADS = 8
 
 Tile = tuple[int, int, int, int]  # row_lo, row_hi, col_lo, col_hi
@@ -89,12 +90,12 @@ class _Product:
             limbs = _limb_count(half, s)
             split = "b" if b.size <= a.size else "a"
         if split == "a":  # limbs stacked along rows: full-height tiles
-            tile_rows, tile_cols = n, _tile_extent(limbs * n, m)
+            tile_rows, tile_cols = n, _tile_extent(limbs * n, m, kc)
         elif split == "b":  # limbs stacked along columns: full-width tiles
-            tile_rows, tile_cols = _tile_extent(limbs * m, n), m
+            tile_rows, tile_cols = _tile_extent(limbs * m, n, kc), m
         else:
             tile_cols = min(m, max(64, _TILE_ELEMENTS // n))
-            tile_rows = _tile_extent(tile_cols, n)
+            tile_rows = _tile_extent(tile_cols, n, kc)
         return _Product(
             p=p,
             a=_split(a, s, limbs) if split == "a" else a,
@@ -118,7 +119,7 @@ class _Product:
         ]
         queue, lock = iter(tiles), threading.Lock()
         threads = min(_cores(), len(tiles), _MAX_THREADS)
-        if threads <= 1 or n * m * self.limbs < _PARALLEL_ELEMENTS:
+        if threads <= 1 or n * m * k * self.limbs < _PARALLEL_WORK:
             self._work(queue, lock, out)
             return
         with ThreadPoolExecutor(threads, thread_name_prefix="cpml-matmul") as pool:
@@ -132,7 +133,7 @@ class _Product:
         total, scratch = np.empty(size), np.empty(size)
         ints = np.empty(size, dtype=np.int32)
         words = scratch.view(np.uint32)[:size]  # the float scratch is dead by the time words are written
-        n, k, m = self.shape
+        k = self.shape[1]
         while True:
             with lock:
                 tile = next(queue, None)
@@ -259,9 +260,9 @@ def _split(x: npt.NDArray[np.float64], s: int, limbs: int) -> npt.NDArray[np.flo
     return parts
 
 
-def _tile_extent(fixed: int, total: int) -> int:
-    """How many rows (or columns) of `fixed` products each make a cache-sized tile, at least one."""
-    return max(1, min(total, _TILE_ELEMENTS // fixed))
+def _tile_extent(fixed: int, total: int, inner: int) -> int:
+    """How many rows (or columns) of `fixed` products make a tile that fits in cache, at least one."""
+    return max(1, min(total, _TILE_ELEMENTS // fixed, _TILE_WORK // (fixed * inner)))
 
 
 def _cores() -> int:
