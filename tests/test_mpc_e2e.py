@@ -1,5 +1,6 @@
 """End to end with real cpml-worker processes on 127.0.0.1 port 0: `cpml-master train --protocol bgw|bh08`
-trains the very model `--protocol cpml` trains, and a baseline run resumes from its checkpoint."""
+trains the very model `--protocol cpml` trains, and a baseline run resumes from its checkpoint
+(and refuses to resume as another protocol)."""
 
 from __future__ import annotations
 
@@ -46,12 +47,9 @@ def test_baselines_train_the_same_model_as_cpml_on_real_daemons_and_resume(tmp_p
     assert _weights(tmp_path / "resumed") == _weights(tmp_path / "cpml")
     rounds = (tmp_path / "resumed" / "rounds.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in rounds] == [1, 2, 3, 4]
+    refused = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out",
+                              str(tmp_path / "resumed"), "--protocol", "bgw", "--iterations", "5", "--resume"],
+                             capture_output=True, text=True, timeout=240)
+    assert refused.returncode == 2
+    assert "Argument 'protocol' must match the checkpoint's ('bh08') to resume, not 'bgw'." in refused.stderr
 
-
-def test_a_resume_with_another_protocol_is_refused(tmp_path):
-    _train(tmp_path / "run", "--protocol", "bgw", "--iterations", "1")
-    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out", str(tmp_path / "run"),
-                          "--protocol", "bh08", "--iterations", "2", "--resume"],
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 2
-    assert "Argument 'protocol' must match the checkpoint's ('bgw') to resume, not 'bh08'." in run.stderr
