@@ -131,8 +131,8 @@ def scale(x_train: np.ndarray, x_test: np.ndarray, method: str) -> tuple[np.ndar
 
 
 def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax", seed: int = 0,
-                 fmt: str = "auto", label_column: int = -1) -> Dataset:
-    """Load, binarise labels, split (stratified, seeded) and scale a dataset."""
+                 fmt: str = "auto", label_column: int = -1, intercept: bool = False) -> Dataset:
+    """Load, binarise labels, split (stratified, seeded), scale and optionally add an intercept column."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
@@ -149,4 +149,8 @@ def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax
     x_train, x_test, scale_note = scale(x_train, x_test, scaling)
     notes = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
              f"(stratified, seed {seed})", label_note, scale_note)
+    if intercept:
+        x_train = np.column_stack([x_train, np.ones(len(x_train))])
+        x_test = np.column_stack([x_test, np.ones(len(x_test))])
+        notes += ("intercept: a constant-1 column appended as the last feature",)
     return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, notes=notes)

@@ -75,3 +75,12 @@ def test_bad_sources_name_the_argument(tmp_path):
     np.savez(tmp_path / "nan.npz", x=np.array([[np.nan], [1.0]]), y=np.array([0, 1]))
     with pytest.raises(ValueError, match="must hold finite numbers"):
         data.load_dataset(str(tmp_path / "nan.npz"))
+
+
+def test_intercept_appends_a_constant_column_after_scaling():
+    plain = data.load_dataset("breast-cancer", scaling="standard")
+    with_bias = data.load_dataset("breast-cancer", scaling="standard", intercept=True)
+    assert with_bias.features == plain.features + 1
+    np.testing.assert_array_equal(with_bias.x_train[:, :-1], plain.x_train)
+    assert np.all(with_bias.x_train[:, -1] == 1) and np.all(with_bias.x_test[:, -1] == 1)
+    assert with_bias.notes[-1] == "intercept: a constant-1 column appended as the last feature"

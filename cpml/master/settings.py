@@ -30,6 +30,7 @@ class TrainSettings:
     label_column: int = -1
     test_fraction: float = 0.2
     scaling: str = "minmax"
+    intercept: bool = False
     workers: tuple[str, ...] = ()
     local_workers: int = 10
     case: int = 1
@@ -105,6 +106,8 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     data.add_argument("--label-column", type=int, default=env("LABEL_COLUMN", -1), help="CSV label column")
     data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2))
     data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "minmax"))
+    data.add_argument("--intercept", action="store_true", default=env("INTERCEPT", "") in ("1", "true"),
+                      help="append a constant-1 feature so the model learns a bias")
 
     cluster = p.add_argument_group("cluster")
     cluster.add_argument("--workers", default=env("WORKERS", ""),
@@ -166,7 +169,8 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
     workers = tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip())
     return TrainSettings(
         dataset=args.dataset, data_format=args.data_format, label_column=int(args.label_column),
-        test_fraction=float(args.test_fraction), scaling=args.scaling, workers=workers,
+        test_fraction=float(args.test_fraction), scaling=args.scaling, intercept=bool(args.intercept),
+        workers=workers,
         local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),

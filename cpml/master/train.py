@@ -167,7 +167,7 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
 
         return await train_baseline(settings, on_round)
     data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
-                        settings.data_format, settings.label_column)
+                        settings.data_format, settings.label_column, settings.intercept)
     for note in data.notes:
         log.info("data", note=note)
     settings.out.mkdir(parents=True, exist_ok=True)
