@@ -134,11 +134,12 @@ class MpcParty:
         if spec.protocol == "bh08":
             self.pool = yield from self._offline()
         yield _Wait(Kind.DATA, 0, 0, (MASTER,))
+        x = field.centred(self._x)  # converted once: the share never changes between rounds
+        self._x = np.empty((0, spec.d), dtype=np.uint32)
         coefficients = [int(c) for c in spec.coefficients]
         while True:
             round_index = self._round
             w = (yield _Wait(Kind.WEIGHTS, round_index, 0, (MASTER,)))[MASTER]
-            x = field.centred(self._x)
             z = yield from self._multiply(round_index, 0, matmul_mod_centred(field, x, field.centred(w)))
             terms = [z[:, 0]]
             for step in range(1, spec.r):
