@@ -1,5 +1,9 @@
 """Exact modular matmul against a Python-int reference: every prime size class, adversarial values, every path."""
 
+import multiprocessing
+import os
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -155,3 +159,30 @@ def test_values_outside_the_field_are_refused():
     field = PrimeField(65537)
     with pytest.raises(ValueError, match=r"Argument 'b' must hold field elements in \[0, 65537\), not 65537\."):
         matmul_mod(field, np.zeros((2, 3), np.uint32), np.full((3, 2), 65537, np.uint32))
+
+
+def _product_in_child(results) -> None:
+    field = PrimeField()
+    a = adversarial(field.p, "extremes", (17, 40), np.random.default_rng(5))
+    b = adversarial(field.p, "extremes", (40, 23), np.random.default_rng(6))
+    results.put(bool(np.array_equal(matmul_mod(field, a, b), reference(a, b, field.p))))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_tile_workers(monkeypatch):
+    # The parent's pool threads do not survive fork(); a child reusing that pool would wait forever.
+    monkeypatch.setattr(kernel, "_TILE_ELEMENTS", 64)
+    monkeypatch.setattr(kernel, "_PARALLEL_WORK", 1)
+    monkeypatch.setattr(kernel, "_cores", lambda: 2)
+    all_started = threading.Barrier(3)  # both pool threads running (then idle) before the fork
+    waits = [kernel._pool().submit(all_started.wait) for _ in range(2)]
+    all_started.wait()
+    for wait in waits:
+        wait.result()
+    queue = multiprocessing.get_context("fork").SimpleQueue()
+    child = multiprocessing.get_context("fork").Process(target=_product_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0 and queue.get() is True

@@ -122,9 +122,9 @@ class _Product:
         if threads <= 1 or n * m * k * self.limbs < _PARALLEL_WORK:
             self._work(queue, lock, out)
             return
-        with ThreadPoolExecutor(threads, thread_name_prefix="cpml-matmul") as pool:
-            for future in [pool.submit(self._work, queue, lock, out) for _ in range(threads)]:
-                future.result()
+        pool = _pool()
+        for future in [pool.submit(self._work, queue, lock, out) for _ in range(threads)]:
+            future.result()
 
     def _work(self, queue: Iterator[Tile], lock: threading.Lock, out: Elements) -> None:
         """Compute tiles from the shared queue until it is empty, with this thread's own scratch."""
@@ -269,3 +269,14 @@ def _cores() -> int:
     """The CPUs this process may run on."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by process id: a forked child has none of its parent's threads
+
+
+def _pool() -> ThreadPoolExecutor:
+    """This process's tile workers; their threads start on first use."""
+    pool = _POOLS.get(os.getpid())
+    if pool is None:  # setdefault is atomic; an executor that loses the race never started a thread
+        pool = _POOLS.setdefault(os.getpid(), ThreadPoolExecutor(min(_cores(), _MAX_THREADS), "cpml-matmul"))
+    return pool
