@@ -147,8 +147,9 @@ def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed,
                                                         stratify=y)
     x_train, x_test, scale_note = scale(x_train, x_test, scaling)
-    notes = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
-             f"(stratified, seed {seed})", label_note, scale_note)
+    split_note = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
+                  f"(stratified, seed {seed})")
+    notes = (split_note, label_note, scale_note)
     if intercept:
         x_train = np.column_stack([x_train, np.ones(len(x_train))])
         x_test = np.column_stack([x_test, np.ones(len(x_test))])

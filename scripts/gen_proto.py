@@ -28,8 +28,8 @@ _MODULE_NAME = re.compile(rf"'{re.escape(PROTO_PACKAGE)}\.(\w+_pb2)'")
 def _protoc(proto_files: list[Path], out_dir: Path) -> None:
     """Run grpc_tools.protoc on the given files, writing _pb2, _pb2_grpc and .pyi into out_dir."""
     try:
-        from grpc_tools import protoc
         import grpc_tools
+        from grpc_tools import protoc
     except ImportError:
         sys.exit(f"grpcio-tools=={GRPC_TOOLS_VERSION} is required: pip install 'grpcio-tools=={GRPC_TOOLS_VERSION}'")
     from importlib.metadata import version

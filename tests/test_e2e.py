@@ -35,7 +35,7 @@ def _simulated(plan):
 def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
     run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET,
                           "--workers-local", "5", "--iterations", "6", "--out", str(tmp_path / "run"),
-                          "--log-format", "json"], capture_output=True, text=True, timeout=180)
+                          "--log-format", "json"], check=False, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-3000:]
     assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.9
     assert "N=5 workers (K=1, T=1, r=1, R=4)" in run.stdout
@@ -104,7 +104,8 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
     failing = [("--fault-fail-after-rounds", "2")] * 2 + [()] * 3
     procs, workers = start("first", failing)
     try:
-        run = subprocess.run([*train_cmd, "--workers", workers], capture_output=True, text=True, timeout=180)
+        run = subprocess.run([*train_cmd, "--workers", workers], check=False, capture_output=True, text=True,
+                             timeout=180)
     finally:
         for p in procs:
             p.terminate()
@@ -113,8 +114,8 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
     assert "rerun with --resume" in run.stderr
     procs, workers = start("second", [()] * 4)
     try:
-        run = subprocess.run([*train_cmd, "--resume", "--workers", workers], capture_output=True, text=True,
-                             timeout=180)
+        run = subprocess.run([*train_cmd, "--resume", "--workers", workers], check=False, capture_output=True,
+                             text=True, timeout=180)
     finally:
         for p in procs:
             p.terminate()

@@ -197,14 +197,14 @@ async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
         for server in servers:
             async with stub_for(server.address) as stub:
                 await upload(stub, job.chunks())
-        async with Cluster([s.address for s in servers]) as cluster:
-            async with ComputeStreams(cluster.workers, job.job_id, job.spec.modulus, job.spec.cols, threshold=4,
-                                      round_timeout=5, stream_timeout=30) as streams:
-                weights = {k: np.stack([job.weights(k)] * 5) for k in (0, 1)}
-                first, traffic0 = await streams.run_round(0, weights[0])
-                assert 4 not in first and traffic0.late_replies == 0
-                await asyncio.sleep(0.6)  # the straggler's round-0 reply is now waiting in the queue
-                second, traffic1 = await streams.run_round(1, weights[1])
+        async with Cluster([s.address for s in servers]) as cluster, \
+                ComputeStreams(cluster.workers, job.job_id, job.spec.modulus, job.spec.cols, threshold=4,
+                               round_timeout=5, stream_timeout=30) as streams:
+            weights = {k: np.stack([job.weights(k)] * 5) for k in (0, 1)}
+            first, traffic0 = await streams.run_round(0, weights[0])
+            assert 4 not in first and traffic0.late_replies == 0
+            await asyncio.sleep(0.6)  # the straggler's round-0 reply is now waiting in the queue
+            second, traffic1 = await streams.run_round(1, weights[1])
     assert traffic1.late_replies == 1
     expected = worker_compute(field_for(job.spec.modulus), job.share, job.weights(1), job.spec.coefficients)
     assert len(second) == 4

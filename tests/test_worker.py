@@ -209,15 +209,14 @@ async def test_end_job_frees_its_bytes_and_status_reports_load():
 
 
 async def test_health_service_reports_serving_then_not_serving():
-    async with running_worker() as worker:
-        async with grpc.aio.insecure_channel(worker.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for service in ("", "cpml.v1.Worker"):
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE)
-                assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            await worker.health.enter_graceful_shutdown()
-            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE)
-            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "cpml.v1.Worker"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await worker.health.enter_graceful_shutdown()
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=DEADLINE)
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def test_nothing_logged_carries_share_or_weight_values():

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 import grpc
 import structlog
@@ -101,7 +102,7 @@ class Cluster:
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self.workers: list[WorkerHandle] = []
 
-    async def __aenter__(self) -> Cluster:
+    async def __aenter__(self) -> Self:
         for index, address in enumerate(self.addresses):
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(address, options=self._options)

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
 import structlog
 
@@ -29,7 +30,7 @@ class LocalWorkers:
         self.processes: list[asyncio.subprocess.Process] = []
         self.addresses: list[str] = []
 
-    async def __aenter__(self) -> LocalWorkers:
+    async def __aenter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # N workers share this machine's cores: one BLAS thread each instead of N x cores

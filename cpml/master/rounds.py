@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import grpc
 import numpy as np
@@ -49,7 +50,7 @@ class ComputeStreams:
         self._readers: list[asyncio.Task[None]] = []
         self._late = 0
 
-    async def __aenter__(self) -> ComputeStreams:
+    async def __aenter__(self) -> Self:
         for worker in self.workers:
             queue: asyncio.Queue[pb.RoundRequest | None] = asyncio.Queue()
             self._requests[worker.index] = queue

@@ -186,7 +186,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             rounds.finish()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # handed to the handler, which maps refusals to status codes
+        except Exception as exc:  # noqa: BLE001 -- handed to the handler, which maps refusals to codes
             rounds.finish(exc)
 
     async def EndJob(self, request: pb.EndJobRequest, context: grpc.aio.ServicerContext) -> pb.EndJobReply:
