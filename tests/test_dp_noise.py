@@ -60,6 +60,7 @@ def aggregate_noise(sizes: list[int], dimension: int, rounds: int, scale: float 
     session = AggregationSession(settings, dimension)
     parties = [session.register(f"p{i}", n, dimension) for i, n in enumerate(sizes)]
     session.start()
+    assert session.open_round()
     source = SecureGaussian()
     draws = []
     for _ in range(rounds):

@@ -163,3 +163,58 @@ def test_round_the_budget_cannot_pay_for_after_dropouts_is_discarded():
     assert session.release_epsilon() == 0.0
     assert "round 1 discarded" in session.stop_reason
     assert not session.open_round()
+
+
+def run_rounds(session, parties, shards, source, until: int) -> None:
+    from cpml.dp.dpgd import dp_gradient_steps
+
+    while session.round < until and session.open_round():
+        for party, (x, y) in zip(parties, shards):
+            task = session.task_for(party.party_id)
+            w = dp_gradient_steps(task.weights, x, y, task.noise_multiplier, task.local, source)
+            session.submit(party.party_id, task.round, len(y), w)
+        session.close_round()
+
+
+def test_checkpoint_resume_carries_the_spent_budget_over():
+    import json
+
+    rng = np.random.default_rng(3)
+    shards = [(rng.normal(size=(n, 3)) / 3, rng.integers(0, 2, n).astype(float)) for n in SIZES]
+    settings = RunSettings("run-7", 3, 6, Budget(1.0, 1e-5))
+    first = AggregationSession(settings, 3)
+    parties = [first.register(f"p{i}", n, 3) for i, n in enumerate(SIZES)]
+    first.start()
+    run_rounds(first, parties, shards, SeededGaussian(0), until=3)
+    state = json.loads(json.dumps(first.state()))  # what goes to disk
+
+    second = AggregationSession.restore(settings, state)
+    with pytest.raises(InvalidUpdate, match="registered 20 records but rejoins with 21"):
+        second.register("p0", 21, 3)
+    with pytest.raises(UnknownParty, match="not part of resumed run"):
+        second.register("stranger", 20, 3)
+    rejoined = [second.register(f"p{i}", n, 3) for i, n in enumerate(SIZES)]
+    assert second.ready() and second.start() == first.noise_multiplier
+    assert second.round == 3 and second.release_epsilon() == first.release_epsilon()
+    np.testing.assert_array_equal(second.weights, first.weights)
+    run_rounds(second, rejoined, shards, SeededGaussian(1), until=6)
+    assert second.round == 6 and len(second.history) == 6
+    assert second.release_epsilon() == pytest.approx(1.0, rel=0.01)  # 6 rounds in total, not 9
+    assert not second.open_round()  # and no seventh
+
+
+def test_resume_refuses_changed_settings_and_finished_runs():
+    shards = [(np.zeros((n, 3)), np.zeros(n)) for n in SIZES]
+    settings = RunSettings("run-8", 3, 2, Budget(1.0, 1e-5))
+    session = AggregationSession(settings, 3)
+    parties = [session.register(f"p{i}", n, 3) for i, n in enumerate(SIZES)]
+    session.start()
+    run_rounds(session, parties, shards, SeededGaussian(0), until=1)
+    state = session.state()
+    with pytest.raises(ValueError, match=r"Argument 'resume' must use the checkpointed run's"
+                                         r" settings \(differs in epsilon\)"):
+        AggregationSession.restore(RunSettings("run-8", 3, 2, Budget(2.0, 1e-5)), state)
+    run_rounds(session, parties, shards, SeededGaussian(0), until=2)
+    assert not session.open_round()
+    with pytest.raises(ValueError, match="Argument 'resume' must name a run with rounds left"):
+        AggregationSession.restore(settings, session.state())

@@ -199,11 +199,16 @@ class BudgetExceeded(RuntimeError):
 class PrivacyLedger:
     """One guarantee's running account: charges steps and, if `enforce`, refuses overspending."""
 
-    def __init__(self, budget: Budget, accounting: Accounting, enforce: bool = True) -> None:
+    def __init__(self, budget: Budget, accounting: Accounting, enforce: bool = True,
+                 charged: dict[Step, int] | None = None) -> None:
         self.budget = budget
         self.accounting = accounting
         self.enforce = enforce
-        self._steps: Counter[Step] = Counter()
+        self._steps: Counter[Step] = Counter(charged or {})
+
+    def charged(self) -> dict[Step, int]:
+        """Every step charged so far, with its count (a checkpoint restores from this)."""
+        return dict(self._steps)
 
     @property
     def steps(self) -> int:

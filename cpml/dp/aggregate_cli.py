@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     remote.add_argument("--insecure", action="store_true", help="serve plaintext gRPC")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("runs/aggregate"))
+    out.add_argument("--resume", action="store_true",
+                     help="continue the run checkpointed in --out (same settings; its parties"
+                          " rejoin by name); the privacy already spent carries over")
     out.add_argument("--log-level", default="info", choices=LEVELS)
     out.add_argument("--log-format", default="auto", choices=FORMATS)
 
@@ -176,9 +179,15 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
     from cpml.dp.session import AggregationSession
     from cpml.reporting import ProgressBar
 
-    session = AggregationSession(settings, shards[0][0].shape[1] if shards else None)
-    history: list[dict[str, Any]] = []
-    bar = ProgressBar(settings.rounds, label="aggregate")
+    checkpoint_path = args.out / "checkpoint.json"
+    if args.resume:
+        checkpoint = _read_checkpoint(checkpoint_path)
+        session = AggregationSession.restore(settings, checkpoint["session"])
+        history: list[dict[str, Any]] = list(checkpoint["history"])
+    else:
+        session = AggregationSession(settings, shards[0][0].shape[1] if shards else None)
+        history = []
+    bar = ProgressBar(settings.rounds, label="aggregate", start_step=session.round)
 
     def on_round(result) -> None:
         row: dict[str, Any] = {
@@ -191,6 +200,8 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
             row["test_accuracy"] = accuracy(session.weights, x_test, y_test)
             row["test_loss"] = objective(session.weights, x_test, y_test, 0.0)
         history.append(row)
+        _write_atomically(checkpoint_path,
+                          json.dumps({"session": session.state(), "history": history}))
         log.info("round_closed", **{k: v for k, v in row.items() if k != "noise_multiplier"})
         bar.update(result.round, eps=result.epsilon,
                    **({"acc": row["test_accuracy"]} if "test_accuracy" in row else {}))
@@ -200,10 +211,7 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
     server = AggregationServer(coordinator, listen, credentials)
     address = await server.start()
     if args.port_file is not None:
-        args.port_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-        tmp.write_text(address)
-        tmp.replace(args.port_file)
+        _write_atomically(args.port_file, address)
     started = time.monotonic()
     parties: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
@@ -227,9 +235,27 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
             loop.remove_signal_handler(sig)
     bar.close()
     await server.stop()
+    if session.history:  # the final state: a finished run cannot be resumed into more rounds
+        _write_atomically(checkpoint_path,
+                          json.dumps({"session": session.state(), "history": history}))
     report = _report(session, history, time.monotonic() - started, address)
     report["interrupted"] = bool(coordinator.stopping)
     return report
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Argument 'resume' must find a readable checkpoint in --out, not"
+                         f" {str(path)!r} ({exc}).") from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _report(session, history, seconds: float, address: str) -> dict[str, Any]:

@@ -69,13 +69,11 @@ class Coordinator:
         async with self.changed:
             try:
                 await asyncio.wait_for(
-                    self.changed.wait_for(
-                        lambda: len(s.parties) == s.settings.parties or self.stopping
-                    ),
+                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)),
                     self.join_timeout,
                 )
             except TimeoutError:
-                s.stop(f"only {len(s.parties)} of {s.settings.parties} parties joined"
+                s.stop(f"{s.missing()} of {s.settings.parties} parties did not join"
                        f" within {self.join_timeout:g} s")
                 self.changed.notify_all()
                 raise JoinTimeout(s.stop_reason) from None
@@ -142,7 +140,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         async with changed:
             await changed.wait_for(
                 lambda: s.phase is Phase.FINISHED
-                or (s.phase is Phase.TRAINING and s.round > request.after_round)
+                or (s.round_open and s.round > request.after_round)
             )
             if s.phase is Phase.FINISHED:
                 self.coordinator.told_finished.add(party.party_id)

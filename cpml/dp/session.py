@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -145,6 +145,7 @@ class AggregationSession:
         self.dimension = dimension  # None: the first party to join fixes it
         self.phase = Phase.REGISTERING
         self.round = 0
+        self.round_open = False
         self.weights = np.zeros(dimension or 0)
         self.noise_multiplier = math.nan
         self.history: list[RoundResult] = []
@@ -154,12 +155,15 @@ class AggregationSession:
         self._submitted: dict[str, np.ndarray] = {}
         self._release: PrivacyLedger | None = None
         self._party_ledgers: dict[str, PrivacyLedger] = {}
+        self._awaiting: set[str] | None = None  # resumed run: active parties yet to rejoin
 
     # -- registration -------------------------------------------------------------------
     def register(self, name: str, records: int, dimension: int) -> Party:
         """Admit a party with its public record count; return it with its secret id."""
         if self.phase is not Phase.REGISTERING:
             raise RunFull(f"Run {self.settings.run_id!r} has started; no more parties can join.")
+        if self._awaiting is not None:
+            return self._rejoin(name, records, dimension)
         if len(self._parties) >= self.settings.parties:
             raise RunFull(
                 f"Run {self.settings.run_id!r} already has its {self.settings.parties} parties."
@@ -200,10 +204,22 @@ class AggregationSession:
         """Record counts n_k in joining order."""
         return [p.records for p in self.parties]
 
+    def missing(self) -> int:
+        """How many expected parties have not joined (or, resuming, rejoined) yet."""
+        if self._awaiting is not None:
+            return len(self._awaiting)
+        return self.settings.parties - len(self._parties)
+
+    def ready(self) -> bool:
+        """Whether every expected party has joined (or, resuming, rejoined)."""
+        return self.missing() == 0
+
     def start(self) -> float:
         """Close registration, calibrate z for the budget; return z."""
         if self.phase is not Phase.REGISTERING:
             raise RunError(f"Run {self.settings.run_id!r} has already started.")
+        if self._awaiting is not None:
+            return self._resume()
         if len(self._parties) != self.settings.parties:
             raise RunError(
                 f"Run {self.settings.run_id!r} expects {self.settings.parties} parties but"
@@ -244,6 +260,8 @@ class AggregationSession:
         if self.phase is Phase.FINISHED:
             return False
         self._require(Phase.TRAINING)
+        if self.round_open:
+            raise RunError(f"Round {self.round} of run {self.settings.run_id!r} is still open.")
         if self.round >= self.settings.rounds:
             return self._finish("all planned rounds done")
         if not self._active:
@@ -253,6 +271,7 @@ class AggregationSession:
         except BudgetExceeded as exc:
             return self._finish(str(exc))
         self.round += 1
+        self.round_open = True
         self._submitted = {}
         return True
 
@@ -260,6 +279,8 @@ class AggregationSession:
         """The current round's task for one active party."""
         party = self._party(party_id)
         self._require(Phase.TRAINING)
+        if not self.round_open:
+            raise StaleRound(f"No round of run {self.settings.run_id!r} is open right now.")
         if party_id not in self._active:
             raise StaleRound(
                 f"Party {party.name!r} was dropped from run {self.settings.run_id!r} after"
@@ -279,7 +300,7 @@ class AggregationSession:
         party = self._party(party_id)
         if self.phase is not Phase.TRAINING:
             raise StaleRound(f"Run {self.settings.run_id!r} is {self.phase.value}, not training.")
-        if round_ != self.round:
+        if round_ != self.round or not self.round_open:
             raise StaleRound(
                 f"Update from {party.name!r} is for round {round_}, but round {self.round} is"
                 " open; late updates are dropped."
@@ -315,6 +336,8 @@ class AggregationSession:
     def close_round(self) -> RoundResult:
         """Aggregate the submitted models, drop the silent parties, charge the ledgers."""
         self._require(Phase.TRAINING)
+        if not self.round_open:
+            raise RunError(f"Run {self.settings.run_id!r} has no open round to close.")
         survivors = [p for p in self.parties if p.party_id in self._submitted]
         dropped = [p for p in self.parties
                    if p.party_id in self._active and p.party_id not in self._submitted]
@@ -355,12 +378,111 @@ class AggregationSession:
             released=released,
         )
         self.history.append(result)
+        self.round_open = False
         self._submitted = {}
         return result
 
     def stop(self, reason: str) -> None:
         """Finish the run now (between rounds), recording why."""
         self._finish(reason)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def state(self) -> dict:
+        """A JSON-able checkpoint of the run between rounds (no secrets, no data)."""
+        if self.phase is Phase.REGISTERING:
+            raise RunError(f"Run {self.settings.run_id!r} has not started; nothing to checkpoint.")
+        return {
+            "version": CHECKPOINT_VERSION,
+            "run_id": self.settings.run_id,
+            "settings": _settings_record(self.settings),
+            "dimension": self.dimension,
+            "round": self.round,
+            "weights": self.weights.tolist(),
+            "noise_multiplier": self.noise_multiplier,
+            "parties": [{"name": p.name, "records": p.records,
+                         "active": p.party_id in self._active} for p in self.parties],
+            "release_steps": _steps_record(self._release) if self._release else None,
+            "party_steps": {self._parties[pid].name: _steps_record(ledger)
+                            for pid, ledger in self._party_ledgers.items()},
+            "history": [{**asdict(r), "survivors": list(r.survivors), "dropped": list(r.dropped)}
+                        for r in self.history],
+            "finished": self.phase is Phase.FINISHED,
+            "stop_reason": self.stop_reason,
+        }
+
+    @classmethod
+    def restore(cls, settings: RunSettings, state: dict) -> AggregationSession:
+        """A session continuing a checkpoint; its active parties must rejoin by name."""
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise argument_error("resume", f"be a version {CHECKPOINT_VERSION} checkpoint",
+                                 state.get("version"))
+        if state["run_id"] != settings.run_id:
+            raise argument_error("run_id", f"match the checkpoint's {state['run_id']!r}",
+                                 settings.run_id)
+        expected = _settings_record(settings)
+        if state["settings"] != expected:
+            changed = sorted(k for k in expected if state["settings"].get(k) != expected[k])
+            raise argument_error(
+                "resume", f"use the checkpointed run's settings (differs in {', '.join(changed)})",
+                str(settings.run_id))
+        if state["finished"]:
+            raise argument_error("resume", "name a run with rounds left, not one that ended with",
+                                 state["stop_reason"])
+        session = cls(settings, state["dimension"])
+        session.round = state["round"]
+        session.weights = np.asarray(state["weights"], dtype=np.float64)
+        session.noise_multiplier = float(state["noise_multiplier"])
+        session.history = [
+            RoundResult(**{**r, "survivors": tuple(r["survivors"]), "dropped": tuple(r["dropped"])})
+            for r in state["history"]
+        ]
+        session._awaiting = set()
+        for index, record in enumerate(state["parties"]):
+            party = Party(index, record["name"], secrets.token_hex(16), int(record["records"]))
+            session._parties[party.party_id] = party
+            if record["active"]:
+                session._awaiting.add(party.party_id)
+                session._active.add(party.party_id)
+            enforce = settings.local.local_steps > 1
+            session._party_ledgers[party.party_id] = PrivacyLedger(
+                settings.budget, settings.accounting, enforce,
+                _steps_from_record(state["party_steps"][party.name]))
+        if state["release_steps"] is not None:
+            session._release = PrivacyLedger(settings.budget, settings.accounting,
+                                             charged=_steps_from_record(state["release_steps"]))
+        return session
+
+    def _rejoin(self, name: str, records: int, dimension: int) -> Party:
+        assert self._awaiting is not None
+        party = next((p for p in self._parties.values() if p.name == name), None)
+        if party is None:
+            raise UnknownParty(
+                f"Party {name!r} is not part of resumed run {self.settings.run_id!r}."
+            )
+        if party.party_id not in self._active:
+            raise StaleRound(f"Party {name!r} was dropped before the checkpoint; it cannot rejoin.")
+        if party.party_id not in self._awaiting:
+            raise InvalidUpdate(f"Party {name!r} already rejoined run {self.settings.run_id!r}.")
+        if records != party.records:
+            raise InvalidUpdate(f"Party {name!r} registered {party.records} records but rejoins"
+                                f" with {records}; rejoin with the same data.")
+        if dimension != self.dimension:
+            raise InvalidUpdate(f"Party {name!r} has {dimension} features (with bias), but run"
+                                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional"
+                                " model.")
+        self._awaiting.discard(party.party_id)
+        log.info("party_rejoined", party=name, records=records)
+        return party
+
+    def _resume(self) -> float:
+        if self._awaiting:
+            raise RunError(f"Run {self.settings.run_id!r} still waits for"
+                           f" {len(self._awaiting)} part(ies) to rejoin.")
+        self._awaiting = None
+        self.phase = Phase.TRAINING
+        log.info("run_resumed", run=self.settings.run_id, round=self.round,
+                 epsilon=round(self.release_epsilon(), 4))
+        return self.noise_multiplier
 
     # -- guarantees ---------------------------------------------------------------------
     def release_epsilon(self) -> float:
@@ -435,3 +557,23 @@ class AggregationSession:
         self.stop_reason = reason
         log.info("run_finished", run=self.settings.run_id, reason=reason, round=self.round)
         return False
+
+
+CHECKPOINT_VERSION = 1
+
+
+def _settings_record(settings: RunSettings) -> dict:
+    return {
+        "parties": settings.parties, "rounds": settings.rounds,
+        "epsilon": settings.budget.epsilon, "delta": settings.budget.delta,
+        "local": asdict(settings.local), "scheme": settings.scheme.value,
+        "accountant": settings.accounting.value,
+    }
+
+
+def _steps_record(ledger: PrivacyLedger) -> list[list[float]]:
+    return [[s.noise_multiplier, s.sampling_rate, count] for s, count in ledger.charged().items()]
+
+
+def _steps_from_record(record: list[list[float]]) -> dict[Step, int]:
+    return {Step(float(z), float(q)): int(count) for z, q, count in record}
