@@ -234,3 +234,29 @@ async def test_nothing_logged_carries_share_or_weight_values():
             assert not isinstance(value, (np.ndarray, bytes, list, tuple)), (key, event)
             if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
                 assert int(value) not in secrets or int(value) < 1000, (key, event)
+
+
+async def test_an_upload_cancelled_mid_stream_frees_its_reservation():
+    job = small_job("cancelled", rows=40)
+    chunks = job.chunks()
+    hang = asyncio.Event()
+
+    async def first_chunk_then_hang():
+        yield chunks[0]
+        await hang.wait()  # the master dies here: the stream never finishes
+
+    async with running_worker() as worker, stub_for(worker.address) as stub:
+        call = stub.UploadShare(first_chunk_then_hang(), timeout=DEADLINE)
+        for _ in range(100):
+            if worker.store.used_bytes:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.store.used_bytes == job.share.nbytes  # reserved while uploading
+        call.cancel()
+        for _ in range(100):
+            if not worker.store.used_bytes:
+                break
+            await asyncio.sleep(0.01)
+        assert worker.store.used_bytes == 0
+        await _assert_good_job_works(stub)
+        await upload(stub, job.chunks())  # the same job id can be uploaded again
