@@ -218,3 +218,19 @@ def test_resume_refuses_changed_settings_and_finished_runs():
     assert not session.open_round()
     with pytest.raises(ValueError, match="Argument 'resume' must name a run with rounds left"):
         AggregationSession.restore(settings, session.state())
+
+
+def test_party_secrets_and_models_stay_out_of_logs_and_reprs():
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        with capture_logs() as logs:
+            session, parties = started(rounds=20)
+            for p in parties:
+                session.submit(p.party_id, 1, p.records, np.full(3, 0.123456789))
+            session.close_round()
+    finally:
+        structlog.configure(**saved)
+    text = repr(logs) + repr(parties) + repr(session.history)
+    assert logs and all(p.party_id not in text for p in parties)
+    assert "0.123456" not in text

@@ -61,6 +61,8 @@ class RunFull(RunError):
 
 
 class Phase(str, Enum):
+    """Where a run is: waiting for parties, running rounds, or over."""
+
     REGISTERING = "registering"
     TRAINING = "training"
     FINISHED = "finished"
@@ -99,8 +101,8 @@ class Party:
 
     index: int
     name: str
-    party_id: str
-    records: int
+    party_id: str = field(repr=False)  # a bearer secret: keep it out of reprs and logs
+    records: int = 0
 
 
 @dataclass(frozen=True)
@@ -542,8 +544,8 @@ class AggregationSession:
             return self._parties[party_id]
         except KeyError:
             raise UnknownParty(
-                f"Party id {party_id[:8]!r}... is not registered in run"
-                f" {self.settings.run_id!r}; call Join first and use the id it returns."
+                f"This party id is not registered in run {self.settings.run_id!r}; call Join"
+                " first and use the id it returns."
             ) from None
 
     def _require(self, phase: Phase) -> None:
