@@ -170,6 +170,8 @@ class AggregationSession:
             raise RunFull(
                 f"Run {self.settings.run_id!r} already has its {self.settings.parties} parties."
             )
+        if not name:
+            raise InvalidUpdate("A party must have a non-empty name (--name).")
         if records < 1:
             raise InvalidUpdate(f"Party {name!r} must hold at least 1 record, not {records}.")
         if any(p.name == name for p in self._parties.values()):
