@@ -8,7 +8,8 @@ CIFAR-shaped synthetic set (9019 train x 3073, or --dataset FILE for your own) a
 synthetic set (6000 train x 5000). It records wall seconds with an encode / communication+wait /
 computation breakdown, CPU seconds of the master and of every worker process, bytes on the wire
 (master->workers, workers->master, worker<->worker) and accuracy, checks the four protocols end with
-bit-identical weights, and writes bench/results/mpc.json, mpc_figure3.png and mpc_table2.png.
+bit-identical weights, and writes bench/results/mpc.json, mpc_figure3.png and mpc_table2.png (the PNG
+names follow the JSON's).
 
     python bench/bench_mpc.py                         # the full run (hours on 2 cores; ~10 GB RAM at N=50)
     python bench/bench_mpc.py --quick --out /tmp/m.json   # small shapes to check the script
@@ -244,7 +245,7 @@ def _speedups(runs: list[dict[str, Any]], ns: list[int]) -> dict[str, dict[str, 
     return out
 
 
-def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
+def plot(results: dict[str, Any], out: Path) -> list[Path]:
     """Figure 3 (total time and CPU seconds vs N) and Table II (breakdown at the largest N)."""
     import matplotlib
 
@@ -269,9 +270,10 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_xlabel("number of workers N")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.suptitle(f"CodedPrivateML vs MPC baselines, {results['iterations']} iterations ({results['transport']})")
+    transport = results["transport"].split(":")[0]
+    fig.suptitle(f"CodedPrivateML vs MPC baselines, {results['iterations']} iterations ({transport})")
     fig.tight_layout()
-    figure3 = out_dir / "mpc_figure3.png"
+    figure3 = out.with_name(f"{out.stem}_figure3.png")
     fig.savefig(figure3, dpi=120)
     plt.close(fig)
 
@@ -299,7 +301,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.text(0.01, 0.01, "comp. = CPU seconds of the busiest worker; comm. + wait = total - encode - comp.; "
              "CPU = master + all workers", fontsize=8)
     fig.tight_layout()
-    table2 = out_dir / "mpc_table2.png"
+    table2 = out.with_name(f"{out.stem}_table2.png")
     fig.savefig(table2, dpi=120)
     plt.close(fig)
     return [figure3, table2]
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["datasets"][name]["source"] = f"synthetic ({train_rows} train + {test_rows} test) x {cols}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_metrics(args.out, results)
-    figures = plot(results, args.out.parent)
+    figures = plot(results, args.out)
     _progress(f"wrote {args.out} and {', '.join(str(f) for f in figures)}")
     identical = all(v for ds in results["datasets"].values() for r in ds["runs"]
                     for k, v in r.items() if k.startswith("weights_identical"))
