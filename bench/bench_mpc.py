@@ -141,8 +141,7 @@ def _sum_kinds(workers: dict[int, dict[str, Any]], key: str) -> dict[str, int]:
 
 
 def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
-    """The same job in one process (cpml.protocol / cpml.mpc simulators); CPU seconds by role, bytes of the
-    arrays that would travel."""
+    """The same job in one process: CPU seconds by role and the bytes of the arrays that would travel."""
     data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed)
     n, quantization = settings.n_workers, {k: getattr(settings, k) for k in ("lx", "lw", "lc")}
     began, cpu_began = time.perf_counter(), own_cpu_seconds()

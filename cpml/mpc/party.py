@@ -42,6 +42,7 @@ class _Wait:
 
     @property
     def key(self) -> tuple[Kind, int, int]:
+        """Where the awaited messages collect in the inbox."""
         return (self.kind, self.round, self.step)
 
 
