@@ -212,7 +212,8 @@ class CodedTrainer:
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""
-        return round_stats(self.plan.model, self.round, self.weights, (self.x, self.y), (self.x_test, self.y_test), used)
+        test = (self.x_test, self.y_test)
+        return round_stats(self.plan.model, self.round, self.weights, (self.x, self.y), test, used)
 
     def checkpoint(self) -> dict[str, object]:
         """The state a resumed run needs besides the data: round, weights, seed and plan."""
