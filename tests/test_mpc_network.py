@@ -1,13 +1,15 @@
 """The baselines over real gRPC on 127.0.0.1 port 0: workers talk to each other through the Mpc service."""
 
 import contextlib
+import datetime
+import ipaddress
 import re
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from helpers_cluster import running_worker
 from sklearn.datasets import load_breast_cancer
 
 from cpml.master.cluster import Cluster, Timeouts
@@ -17,42 +19,17 @@ from cpml.protocol import Plan, simulate
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
-from cpml.wire.generated.v1 import worker_pb2_grpc
-from cpml.worker.mpc_service import MpcService
-from cpml.worker.service import WorkerService
-from cpml.worker.settings import WorkerSettings
-from cpml.worker.store import ShareStore
+from cpml.wire.tls import channel_credentials
 
 DEADLINE = 10.0
 
 
 @contextlib.asynccontextmanager
-async def mpc_workers(n: int):
-    """n in-process servers with the Worker, Mpc and health services, each on its own port."""
-    servers, services, addresses = [], [], []
-    executor = ThreadPoolExecutor(max_workers=2)
-    settings = WorkerSettings(listen="127.0.0.1:0", insecure=True)
-    try:
-        for _ in range(n):
-            server = grpc.aio.server()
-            service = MpcService(settings, executor)
-            pb_grpc.add_MpcServicer_to_server(service, server)
-            worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(ShareStore(1 << 30), settings, executor), server)
-            checker = health.aio.HealthServicer()
-            health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            await checker.set("cpml.v1.Worker", health_pb2.HealthCheckResponse.SERVING)
-            servers.append(server)
-            services.append(service)
-            addresses.append(f"127.0.0.1:{port}")
-        yield addresses
-    finally:
-        for service in services:
-            await service.close()
-        for server in servers:
-            await server.stop(0.2)
-        executor.shutdown(wait=False, cancel_futures=True)
+async def mpc_workers(n: int, **settings):
+    """n real worker daemons (Worker, Mpc and health services) in this process, each on its own port."""
+    async with contextlib.AsyncExitStack() as stack:
+        workers = [await stack.enter_async_context(running_worker(**settings)) for _ in range(n)]
+        yield [w.address for w in workers]
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +120,49 @@ async def test_an_unreachable_peer_fails_the_job_and_the_master_is_told(data):
                     pass
             assert err.value.code() is grpc.StatusCode.ABORTED
             assert re.search(r"worker [12] refused or did not take a message: UNAVAILABLE", err.value.details())
+
+
+def _worker_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and one certificate for 127.0.0.1 with no usage restriction (server and client authentication)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def sign(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    paths = (directory / "ca.pem", directory / "worker.pem", directory / "worker.key")
+    paths[0].write_bytes(sign("mpc CA", ca_key, "mpc CA", ca_key, True).public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(sign("worker", key, "mpc CA", ca_key, False).public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+async def test_workers_talk_to_each_other_over_mutual_tls(data, tmp_path):
+    x, y = data
+    ca, cert, key = _worker_pki(tmp_path)
+    plan = Plan.case2(9, iterations=2)
+    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=6)
+    tls = dict(insecure=False, tls_cert=cert, tls_key=key, tls_client_ca=ca)
+    async with mpc_workers(3, **tls) as addresses:
+        async with Cluster(addresses, channel_credentials(ca, cert, key),
+                           timeouts=Timeouts(connect=10, upload=30, round=30, control=5)) as cluster:
+            await cluster.wait_healthy()
+            report = await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
+    assert np.array_equal(session.weights, simulate(plan, x, y, seed=6).weights)
+    assert sum(w["messages_by_kind"]["masked"] for w in report.workers.values()) == 2 * 2

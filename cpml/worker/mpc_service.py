@@ -207,7 +207,12 @@ class MpcService(pb_grpc.MpcServicer):
             try:
                 await stub.Deliver(envelope, timeout=PEER_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
-                job.fail(f"worker {worker} refused or did not take a message: {exc.code().name}: {exc.details()}")
+                hint = ""
+                if self._settings.tls and exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    hint = (" (over TLS a worker reaches its peers with its own certificate, so that certificate "
+                            "must also allow client authentication and the peers must trust --tls-client-ca)")
+                job.fail(f"worker {worker} refused or did not take a message: {exc.code().name}: "
+                         f"{exc.details()}{hint}")
                 return
 
 
