@@ -108,12 +108,14 @@ class WorkerService(pb_grpc.WorkerServicer):
                                              "with the job spec")
             job = upload.commit()
         except REFUSALS as exc:
+            if upload is not None:
+                upload.abort()  # before the status goes out: a client may retry at once
             log.warning("upload refused", job=upload.job_id if upload else None, code=status_for(exc).name,
                         reason=str(exc))
             await context.abort(status_for(exc), str(exc))
         finally:
             if upload is not None:
-                upload.abort()
+                upload.abort()  # a no-op once committed or refused; frees a cancelled upload
         log.info("share stored", job=job.job_id, rows=job.spec.rows, cols=job.spec.cols,
                  bytes=job.spec.share_bytes, used_bytes=self._store.used_bytes)
         return pb.UploadReply(job_id=job.job_id, stored_bytes=job.spec.share_bytes)
