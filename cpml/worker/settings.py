@@ -101,6 +101,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", type=Path, default=env("TLS_CLIENT_CA", None),
                    help="CA (PEM) that must sign client certificates: enables mutual TLS")
     p.add_argument("--insecure", type=_flag_bool, nargs="?", const=True, default=env("INSECURE", "false"),
+                   metavar="true|false",
                    help="serve plaintext (no TLS); anyone on the network path can read shares")
     p.add_argument("--port-file", type=Path, default=env("PORT_FILE", None),
                    help="write the bound host:port here once serving (useful with port 0)")
