@@ -31,6 +31,7 @@ from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import make_plan, train
 from cpml.protocol import CodedTrainer, simulate
+from cpml.protocol.models import lipschitz_learning_rate
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,11 +57,20 @@ def synthetic(path: Path, rows: int, cols: int, seed: int = 0) -> Path:
 
 
 def _settings(dataset: str, n: int, iterations: int, out: Path, prime: int = DEFAULT_PRIME,
-              scaling: str = "minmax") -> TrainSettings:
+              scaling: str = "minmax", learning_rate: float | None = None) -> TrainSettings:
     # every job gets a bias column: CIFAR's 3072 pixels + 1 = the 3073 features of the paper's experiments
     return TrainSettings(dataset=dataset, intercept=True, scaling=scaling, insecure=True, local_workers=n,
-                         iterations=iterations, prime=prime, out=out, progress=False,
+                         iterations=iterations, prime=prime, learning_rate=learning_rate, out=out, progress=False,
                          timeouts=Timeouts(connect=300, upload=3600, round=600))
+
+
+def resolved_learning_rate(settings: TrainSettings) -> tuple[float, float]:
+    """The default 1/L step for the job and the seconds it took: computed once, outside both timed runs."""
+    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
+                        intercept=settings.intercept)
+    began = time.perf_counter()
+    rate = lipschitz_learning_rate(data.x_train, settings.model)
+    return rate, time.perf_counter() - began
 
 
 def run_simulator(settings: TrainSettings) -> dict:
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in ns:
                 settings = _settings(sources[name], n, iterations, tmp_dir / f"{name}-{n}", PRIMES[name],
                                      SCALINGS[name])
+                rate, rate_seconds = resolved_learning_rate(settings)
+                settings = _settings(sources[name], n, iterations, tmp_dir / f"{name}-{n}", PRIMES[name],
+                                     SCALINGS[name], learning_rate=rate)
                 print(f"{name} N={n}: simulator ...", file=sys.stderr, flush=True)
                 sim = run_simulator(settings)
                 print(f"{name} N={n}: distributed ...", file=sys.stderr, flush=True)
@@ -140,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append({
                     "dataset": name, "scaling": settings.scaling, "prime": plan.p, "lx": plan.lx, "lw": plan.lw, "lc": plan.lc, "shape": list(shape) if name == "cifar-synthetic" else [361, 65],
                     "n_workers": n, "k": plan.k, "t": plan.t, "r": plan.r, "threshold": plan.threshold,
-                    "iterations": iterations, "weights_bit_identical": identical,
+                    "iterations": iterations, "learning_rate": rate, "learning_rate_seconds": rate_seconds,
+                    "weights_bit_identical": identical,
                     "ratio_distributed_to_simulator": dist["wall_seconds"] / sim["wall_seconds"],
                     "ratio_train_only": dist["train_seconds"] / sim["train_seconds"],
                     "simulator": sim, "distributed": dist})
@@ -153,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                     "platform": platform.platform()},
         "note": ("all N workers and the master share this machine. wall_seconds: data load + plan + training "
              "(+ the distributed run's health checks, checkpoints and plot); train_seconds: share encoding and "
-             "distribution + all rounds. Worker start-up is measured separately and excluded."),
+             "distribution + all rounds. Worker start-up and the 1/L learning rate (power iteration, the same "
+             "for both) are measured separately and excluded."),
         "results": results})
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(r["weights_bit_identical"] for r in results) else 1
