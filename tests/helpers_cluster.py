@@ -111,7 +111,7 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
         return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                  serialization.NoEncryption())
 
-    def cert(subject: str, key, issuer_name, issuer_key, *, ca: bool, usage=None, sans=None):
+    def cert(subject: str, key, issuer_name, issuer_key, *, ca: bool, usages=(), sans=None):
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
                    .issuer_name(issuer_name).public_key(key.public_key())
@@ -119,8 +119,8 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=1))
                    .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if usage:
-            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if usages:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(issuer_key, hashes.SHA256())
@@ -130,11 +130,13 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
     ca_cert = cert(f"{name} CA", ca_key, ca_name, ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = cert("localhost", server_key, ca_name, ca_key, ca=False, usage=ExtendedKeyUsageOID.SERVER_AUTH,
+    # a worker's certificate also allows client authentication: workers of the MPC baselines dial each other
+    server_cert = cert("localhost", server_key, ca_name, ca_key, ca=False,
+                       usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
                        sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     client_key = ec.generate_private_key(ec.SECP256R1())
     client_cert = cert(f"{name} master", client_key, ca_name, ca_key, ca=False,
-                       usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+                       usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
     files = {"ca": ca_cert.public_bytes(serialization.Encoding.PEM),
              "server_cert": server_cert.public_bytes(serialization.Encoding.PEM), "server_key": key_pem(server_key),
              "client_cert": client_cert.public_bytes(serialization.Encoding.PEM), "client_key": key_pem(client_key)}
