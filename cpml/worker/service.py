@@ -139,10 +139,12 @@ class WorkerService(pb_grpc.WorkerServicer):
         rounds = _LatestRound()
         reader = asyncio.create_task(self._read_rounds(request_iterator, rounds))
         served = 0
+        job_id = None
         loop = asyncio.get_running_loop()
         try:
             while (item := await rounds.next()) is not None:
                 job, round_number, weights = item
+                job_id = job.job_id
                 field = field_for(job.spec.modulus)
                 started = time.perf_counter()
                 result = await loop.run_in_executor(self._executor, worker_compute, field, job.share, weights,
@@ -163,8 +165,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             await context.abort(status_for(exc), str(exc))
         finally:
             reader.cancel()
-            if rounds.skipped:
-                log.info("stale rounds skipped", count=rounds.skipped)
+            log.info("compute stream closed", job=job_id, rounds=served, stale_rounds_skipped=rounds.skipped)
 
     async def _read_rounds(self, request_iterator: AsyncIterator[pb.RoundRequest], rounds: _LatestRound) -> None:
         job: Job | None = None
