@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ import grpc
 import numpy as np
 
 from cpml.wire import serde
+from cpml.wire.certs import make_cluster_pki
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.worker.server import WorkerServer
@@ -99,47 +98,8 @@ class Pki:
 
 
 def make_pki(directory: Path, name: str = "test") -> Pki:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, written as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def key_pem(key) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    def cert(subject: str, key, issuer_name, issuer_key, *, ca: bool, usages=(), sans=None):
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(issuer_name).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if usages:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
-    ca_cert = cert(f"{name} CA", ca_key, ca_name, ca_key, ca=True)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    # a worker's certificate also allows client authentication: workers of the MPC baselines dial each other
-    server_cert = cert("localhost", server_key, ca_name, ca_key, ca=False,
-                       usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
-                       sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = cert(f"{name} master", client_key, ca_name, ca_key, ca=False,
-                       usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
-    files = {"ca": ca_cert.public_bytes(serialization.Encoding.PEM),
-             "server_cert": server_cert.public_bytes(serialization.Encoding.PEM), "server_key": key_pem(server_key),
-             "client_cert": client_cert.public_bytes(serialization.Encoding.PEM), "client_key": key_pem(client_key)}
-    for stem, data in files.items():
-        (directory / f"{stem}.pem").write_bytes(data)
-    return Pki(**{stem: directory / f"{stem}.pem" for stem in files})
+    """A CA, a worker certificate for localhost/127.0.0.1 and a master client certificate, as PEM files."""
+    pki = make_cluster_pki(directory, ["localhost", "127.0.0.1"], ["master"], days=1, ca_name=f"{name} CA")
+    client_cert, client_key = pki.clients["master"]
+    return Pki(ca=pki.ca, server_cert=pki.worker_cert, server_key=pki.worker_key, client_cert=client_cert,
+               client_key=client_key)

@@ -41,7 +41,7 @@ def test_schema_validation_would_catch_a_mistake(compose):
         jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
 
 
-def test_master_uses_every_worker_and_waits_for_their_health(compose):
+def test_master_uses_every_worker_over_mutual_tls_once_they_are_healthy(compose):
     services = compose["services"]
     workers = sorted(name for name in services if name.startswith("worker-"))
     assert len(workers) >= 4
@@ -49,7 +49,15 @@ def test_master_uses_every_worker_and_waits_for_their_health(compose):
     flag = next(a for a in master["command"] if a.startswith("--workers="))
     assert flag.split("=", 1)[1].split(",") == [f"{w}:50051" for w in workers]
     assert set(master["depends_on"]) == set(workers)
-    assert compose["networks"]["cluster"]["internal"] is True  # plaintext never leaves the internal network
+    assert "--insecure" not in master["command"]
+    assert {"--tls-ca=/certs/ca.pem", "--tls-cert=/certs/master.pem"} <= set(master["command"])
+    for name in workers:
+        env = services[name]["environment"]
+        assert "CPML_WORKER_INSECURE" not in env and env["CPML_WORKER_TLS_CLIENT_CA"] == "/certs/ca.pem"
+        assert services[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    hosts = services["certs"]["command"][services["certs"]["command"].index("--hosts") + 1].split(",")
+    assert set(workers) <= set(hosts)  # the worker certificate names every worker
+    assert compose["networks"]["cluster"]["internal"] is True
 
 
 def test_image_is_slim_and_runs_as_a_non_root_user():
@@ -59,11 +67,16 @@ def test_image_is_slim_and_runs_as_a_non_root_user():
     assert users and users[-1].split(":")[0] not in ("root", "0")
 
 
-def _run_service_locally(service: dict, replace: dict[str, str], extra_env: dict[str, str], **popen):
-    command = [replace.get(arg, arg) for arg in service["command"]]
+def _swap(text: str, replace: dict[str, str]) -> str:
     for old, new in replace.items():
-        command = [arg.replace(old, new) for arg in command]
-    env = {**os.environ, **{k: str(v) for k, v in service.get("environment", {}).items()}, **extra_env}
+        text = text.replace(old, new)
+    return text
+
+
+def _run_service_locally(service: dict, replace: dict[str, str], extra_env: dict[str, str], **popen):
+    command = [_swap(arg, replace) for arg in service["command"]]
+    env = {**os.environ, **{k: _swap(str(v), replace) for k, v in service.get("environment", {}).items()},
+           **extra_env}
     return subprocess.Popen(command, env=env, **popen)
 
 
@@ -78,28 +91,34 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, seconds: float = 30.0) ->
 
 @pytest.mark.slow
 def test_every_compose_service_runs_as_a_local_process(compose, tmp_path):
-    bin_dir = Path(sys.executable).parent
+    path = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     services = compose["services"]
     workers = sorted(name for name in services if name.startswith("worker-"))
+    # the containers' volumes become directories; nothing but 127.0.0.1 / localhost is contacted
+    volumes = {"/certs/": f"{tmp_path}/certs/", "/runs/": f"{tmp_path}/runs/"}
+    certs = _run_service_locally(services["certs"], {"/certs": f"{tmp_path}/certs"}, path)
+    assert certs.wait(timeout=60) == 0
     procs: list[subprocess.Popen] = []
     try:
-        addresses = {}
+        ports = {}
         for name in workers:
             port_file = tmp_path / f"{name}.port"
             procs.append(_run_service_locally(
-                services[name], {}, {"CPML_WORKER_LISTEN": "127.0.0.1:0", "CPML_WORKER_PORT_FILE": str(port_file),
-                                     "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
-                stderr=subprocess.DEVNULL))
-            addresses[name] = _wait_for_file(port_file, procs[-1])
-        for name in workers:  # the compose health check, pointed at the local port
-            check = [a.replace("127.0.0.1:50051", addresses[name]) for a in services[name]["healthcheck"]["test"][1:]]
-            assert subprocess.run(check, check=False, capture_output=True, text=True, timeout=60).stdout.strip() == "SERVING"
-        replace = {f"{name}:50051": addresses[name] for name in workers} | {"/runs/": f"{tmp_path}/runs/"}
-        master = _run_service_locally(services["master"], replace, {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                services[name], volumes, {"CPML_WORKER_LISTEN": "127.0.0.1:0", "CPML_WORKER_PORT_FILE": str(port_file),
+                                          **path}, stderr=subprocess.DEVNULL))
+            ports[name] = _wait_for_file(port_file, procs[-1]).rsplit(":", 1)[1]
+        for name in workers:  # the compose health check (mutual TLS), pointed at the local port
+            check = [_swap(a, {"localhost:50051": f"localhost:{ports[name]}", **volumes})
+                     for a in services[name]["healthcheck"]["test"][1:]]
+            probe = subprocess.run(check, check=False, capture_output=True, text=True, timeout=60)
+            assert probe.stdout.strip() == "SERVING", probe.stderr
+        replace = {f"{name}:50051": f"localhost:{ports[name]}" for name in workers} | volumes
+        master = _run_service_locally(services["master"], replace, path, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
         procs.append(master)
         out, err = master.communicate(timeout=240)
         assert master.returncode == 0, err[-2000:]
+        assert "plaintext" not in err  # mutual TLS end to end: no plaintext warning
         accuracy = float(re.search(r"test accuracy: ([\d.]+)", out).group(1))
         assert accuracy > 0.9
         assert (tmp_path / "runs" / "compose" / "curves.png").exists()
