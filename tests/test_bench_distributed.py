@@ -1,0 +1,30 @@
+"""bench/bench_distributed.py stays runnable: a tiny run writes a complete result file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_run_writes_phases_and_checks_bit_identity(tmp_path):
+    out = tmp_path / "distributed.json"
+    run = subprocess.run([sys.executable, "bench/bench_distributed.py", "--quick", "--workers", "5",
+                          "--iterations", "2", "--out", str(out)], cwd=REPO, check=False, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    assert [(r["dataset"], r["n_workers"]) for r in results] == [("digits", 5), ("cifar-synthetic", 5)]
+    for r in results:
+        assert r["weights_bit_identical"] is True
+        assert r["shape"] == ([361, 65] if r["dataset"] == "digits" else [600, 65])  # + intercept column
+        phases = r["distributed"]["rounds_phase_seconds"]
+        assert set(phases) == {"encode_seconds", "send_seconds", "wait_seconds", "decode_update_seconds"}
+        assert r["distributed"]["upload_bytes"] > 0 and r["simulator"]["encode_dataset_seconds"] > 0
+        assert r["ratio_train_only"] > 0
