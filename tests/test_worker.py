@@ -260,3 +260,13 @@ async def test_an_upload_cancelled_mid_stream_frees_its_reservation():
         assert worker.store.used_bytes == 0
         await _assert_good_job_works(stub)
         await upload(stub, job.chunks())  # the same job id can be uploaded again
+
+
+async def test_a_message_over_the_size_limit_is_resource_exhausted():
+    job = small_job("huge-chunks", rows=200, cols=8)  # one 6400-byte chunk
+    async with running_worker(max_message_bytes=4096) as worker, stub_for(worker.address) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await upload(stub, job.chunks(max_chunk_bytes=1 << 20))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert worker.store.used_bytes == 0
+        await _assert_good_job_works(stub)
