@@ -7,7 +7,8 @@ import asyncio
 import importlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,6 +25,7 @@ EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM; checkpointed
 
 AGGREGATE_MODULE = "cpml.dp.aggregate_cli"
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _cancel_on_sigterm(coro):
+async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
     """Run coro; SIGTERM cancels it, so the run checkpoints and stops its local workers on the way out."""
     loop = asyncio.get_running_loop()
     try:
@@ -123,7 +125,7 @@ async def _cancel_on_sigterm(coro):
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _run(coro):
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # Windows: plain asyncio

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -193,7 +193,7 @@ class Cluster:
 
     async def _upload_one(self, worker: WorkerHandle, job_id: str, queue: asyncio.Queue[pb.ShareChunk | None],
                           stats: UploadStats) -> None:
-        async def requests():
+        async def requests() -> AsyncIterator[pb.ShareChunk]:
             while (msg := await queue.get()) is not None:
                 size = len(msg.block.data)
                 stats.bytes_sent += size

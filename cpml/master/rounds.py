@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Self
 
@@ -71,7 +72,7 @@ class ComputeStreams:
         await asyncio.gather(*self._readers, return_exceptions=True)
 
     @staticmethod
-    async def _request_stream(queue: asyncio.Queue[pb.RoundRequest | None]):
+    async def _request_stream(queue: asyncio.Queue[pb.RoundRequest | None]) -> AsyncIterator[pb.RoundRequest]:
         while (msg := await queue.get()) is not None:
             yield msg
 
