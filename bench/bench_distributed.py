@@ -43,11 +43,9 @@ SCALINGS = {"digits": "minmax", "cifar-synthetic": "standard"}
 
 
 def synthetic(path: Path, rows: int, cols: int, seed: int = 0) -> Path:
-    """A CIFAR-shaped binary problem: pixel-like features in [0, 1], labels from a noisy linear score.
-
-    Half the features push towards one class and half towards the other (weights +-1), so the classes
-    split at a score near 0 and gradient descent from w = 0 heads the right way from the first round.
-    """
+    """A CIFAR-shaped binary problem: pixel-like features in [0, 1], labels from a noisy linear score."""
+    # half the features push towards one class and half towards the other (weights +-1): the classes
+    # split near score 0, so gradient descent from w = 0 heads the right way from the first round
     rng = np.random.default_rng(seed)
     x = rng.random((rows, cols), dtype=np.float32)
     w = rng.choice([-1.0, 1.0], size=cols)

@@ -73,7 +73,9 @@ def test_daemon_serves_health_and_drains_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0
-    events = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert all(line["worker"] == address for line in lines)  # every line names the worker
+    events = [line["event"] for line in lines]
     assert events[:2] == ["worker serving", "serving plaintext (--insecure): anyone on the network path can read the shares"]
     assert events[-2:] == ["draining", "worker stopped"]
 

@@ -47,7 +47,7 @@ class WorkerServer:
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
 
-    async def start(self) -> str:
+    async def start(self, name_logs: bool = False) -> str:
         """Bind, start serving and mark the service healthy; return the bound host:port."""
         s = self.settings
         host, _ = split_host_port(s.listen)
@@ -65,11 +65,13 @@ class WorkerServer:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:
             port = server.add_insecure_port(s.listen)
+        self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '::') else host}:{port}"
+        if name_logs:  # before serving starts, so every handler task inherits it (the daemon does this)
+            structlog.contextvars.bind_contextvars(worker=self.address)
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '::') else host}:{port}"
         self._expiry = asyncio.create_task(self._expire_idle_jobs())
         log.info("worker serving", listen=s.listen, port=port, tls=s.tls, mutual_tls=s.tls_client_ca is not None,
                  share_bytes_cap=s.share_bytes_cap)
@@ -109,7 +111,7 @@ def _write_atomically(path: Path, text: str) -> None:
 async def run(settings: WorkerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain for settings.drain_seconds."""
     server = WorkerServer(settings)
-    await server.start()
+    await server.start(name_logs=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
