@@ -28,7 +28,7 @@ from cpml.field.prime_field import Elements, PrimeField
 
 _EXACT = 2.0**53 - 2.0**32  # every float64 intermediate stays below this, and so does q*p when reducing
 _MAX_INNER_CHUNK = 1 << 20
-_TILE_ELEMENTS = 96 * 1024  # products per tile (768 KiB of float64): reduced while still in L2/L3 (measured best)
+_TILE_ELEMENTS = 96 * 1024  # products per tile (768 KiB of float64), reduced while in cache; best measured
 _SERIAL_GEMM = 1 << 18  # OpenBLAS runs a GEMM on the calling thread when m*n*k is at most this
 _TILE_WORK = 1 << 21  # multiply-adds per tile at most, so long inner dimensions still give many tiles
 _PARALLEL_WORK = 1 << 21  # below this many multiply-adds a thread pool costs more than it saves
