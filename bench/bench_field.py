@@ -414,18 +414,29 @@ def check_equal(what: str, got: Any, expected: Array) -> None:
 
 
 def machine_info(load_start: tuple[float, float, float]) -> dict[str, Any]:
-    """CPU model, core counts, load averages at start and end, the OpenBLAS environment."""
-    model = platform.processor()
+    """CPU model and caches, core counts, load averages at start and end, the OpenBLAS environment."""
+    cpu: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "cpu family", "model", "flags") and key.strip() not in cpu:
+                cpu[key.strip()] = value.strip()
     except OSError:
         pass
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind = (index / "level").read_text().strip(), (index / "type").read_text().strip()
+            caches[f"L{level} {kind}"] = (index / "size").read_text().strip()
+        except OSError:
+            continue
     affinity = getattr(os, "sched_getaffinity", None)
+    flags = cpu.get("flags", "").split()
     return {
-        "cpu_model": model,
+        "cpu_model": cpu.get("model name", platform.processor()),
+        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}",
+        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512dq", "avx512vl") if f in flags],
+        "caches_per_core": caches,
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(affinity(0)) if affinity else os.cpu_count(),
         "platform": platform.platform(),
