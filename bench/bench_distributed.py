@@ -101,7 +101,8 @@ async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
         wall = time.perf_counter() - began
     rounds = report.history
     phase = {name: float(np.sum([getattr(r, name) for r in rounds]))
-             for name in ("encode_seconds", "send_seconds", "wait_seconds", "decode_update_seconds",
+             for name in ("encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds",
+                          "decode_update_seconds",
                           "total_seconds")}
     return {"wall_seconds": wall, "worker_startup_seconds": startup,
             "train_seconds": report.upload["seconds"] + phase["total_seconds"],

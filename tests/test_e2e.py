@@ -43,8 +43,8 @@ def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
     assert any("defeat T-privacy" in e["event"] for e in events if e["level"] == "warning")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     phases = metrics["rounds"][0]
-    assert {"encode_seconds", "send_seconds", "wait_seconds", "decode_update_seconds", "bytes_sent",
-            "bytes_received"} <= set(phases)
+    assert {"encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds", "decode_update_seconds",
+            "bytes_sent", "bytes_received"} <= set(phases)
     assert metrics["upload"]["bytes_sent"] > 0
     worker_logs = sorted((tmp_path / "run" / "workers").glob("worker-*.log"))
     assert len(worker_logs) == 5

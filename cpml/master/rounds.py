@@ -32,6 +32,7 @@ class RoundTraffic:
     bytes_sent: int
     bytes_received: int
     late_replies: int  # replies for earlier rounds, dropped
+    worker_compute_seconds: float  # the slowest compute among the R replies used, as the workers report it
 
 
 class ComputeStreams:
@@ -103,6 +104,7 @@ class ComputeStreams:
         received = 0
         late_before = self._late
         replies: dict[int, np.ndarray] = {}
+        compute = 0.0
         deadline = asyncio.get_running_loop().time() + self.round_timeout
         while len(replies) < self.threshold:
             possible = len(replies) + sum(1 for w in self._live() if w.index not in replies)
@@ -126,9 +128,12 @@ class ComputeStreams:
                 replies[worker.index] = serde.round_result_from_proto(reply, self.modulus, self.cols)
             except serde.WireError as exc:
                 worker.fail(f"sent a malformed result: {exc}")
+            else:
+                compute = max(compute, reply.compute_seconds)
         waited = time.perf_counter() - sent_at
         return replies, RoundTraffic(send_seconds=sent_at - started, wait_seconds=waited, bytes_sent=sent,
-                                     bytes_received=received, late_replies=self._late - late_before)
+                                     bytes_received=received, late_replies=self._late - late_before,
+                                     worker_compute_seconds=compute)
 
     def _shortfall_message(self, round_number: int) -> str:
         dead = [w for w in self.workers if not w.alive]

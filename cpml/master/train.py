@@ -54,6 +54,7 @@ class RoundRecord:
     encode_seconds: float
     send_seconds: float
     wait_seconds: float
+    worker_compute_seconds: float  # within wait: the slowest of the R workers' own compute time
     decode_update_seconds: float
     total_seconds: float
     bytes_sent: int
@@ -265,7 +266,8 @@ async def _one_round(trainer: CodedTrainer, streams: ComputeStreams) -> RoundRec
     return RoundRecord(round=stats.round, loss=stats.loss, train_accuracy=stats.train_accuracy,
                        test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
                        encode_seconds=encoded - began, send_seconds=traffic.send_seconds,
-                       wait_seconds=traffic.wait_seconds, decode_update_seconds=done - received,
+                       wait_seconds=traffic.wait_seconds, worker_compute_seconds=traffic.worker_compute_seconds,
+                       decode_update_seconds=done - received,
                        total_seconds=done - began, bytes_sent=traffic.bytes_sent,
                        bytes_received=traffic.bytes_received, late_replies=traffic.late_replies)
 
