@@ -122,3 +122,25 @@ def test_status_round_trip():
     status = serde.WorkerStatus(version="0.1.0", max_modulus=2**31, share_bytes_cap=10, share_bytes_used=4,
                                 jobs=1, max_message_bytes=4 << 20)
     assert serde.status_from_proto(serde.status_to_proto(status)) == status
+
+
+@pytest.mark.parametrize("offset", [0, 100])
+@pytest.mark.parametrize("with_spec", [False, True])
+def test_wire_chunks_are_byte_identical_to_protobuf_serialization(offset, with_spec):
+    spec = _spec(rows=150, cols=13)
+    share = np.random.default_rng(offset).integers(0, P, size=(50, 13), dtype=np.uint32)
+    share[0, 0] = 0
+    chosen = spec if with_spec else None
+    expected = [m.SerializeToString() for m in serde.share_chunks_to_proto("job", offset, share, chosen, 200)]
+    wire = list(serde.share_chunks_to_wire("job", offset, share, chosen, 200))
+    assert [w for w, _ in wire] == expected
+    assert [n for _, n in wire] == [len(pb.ShareChunk.FromString(e).block.data) for e in expected]
+    with pytest.raises(TypeError, match="Argument 'block' must have dtype uint32, not int64."):
+        next(serde.share_chunks_to_wire("job", 0, share.astype(np.int64)))
+
+
+def test_the_raw_upload_path_names_the_generated_method():
+    from cpml.master.cluster import UPLOAD_METHOD
+
+    method = pb.DESCRIPTOR.services_by_name["Worker"].methods_by_name["UploadShare"]
+    assert UPLOAD_METHOD == "/" + method.full_name.replace(".UploadShare", "/UploadShare")

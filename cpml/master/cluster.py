@@ -22,6 +22,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME = "cpml.v1.Worker"
 _CHUNKS_IN_FLIGHT = 2  # per worker: bounds the master's memory to N x 2 chunks during upload
+# UploadShare takes chunks that serde.share_chunks_to_wire has already serialized
+UPLOAD_METHOD = "/cpml.v1.Worker/UploadShare"
 
 
 class ClusterError(Exception):
@@ -60,6 +62,11 @@ class WorkerHandle:
     stub: pb_grpc.WorkerStub
     alive: bool = True
     failure: str = ""
+
+    def upload_share(self) -> grpc.aio.StreamUnaryMultiCallable:
+        """UploadShare taking pre-serialized ShareChunk bytes (see serde.share_chunks_to_wire)."""
+        return self.channel.stream_unary(UPLOAD_METHOD, request_serializer=None,
+                                         response_deserializer=pb.UploadReply.FromString)
 
     def fail(self, reason: str) -> None:
         """Mark the worker dead (it is never contacted again in this run)."""
@@ -152,7 +159,7 @@ class Cluster:
         """Stream every worker its share concurrently while the chunks are encoded; drop workers that fail."""
         stats = UploadStats()
         started = time.perf_counter()
-        queues = {w.index: asyncio.Queue[pb.ShareChunk | None](_CHUNKS_IN_FLIGHT) for w in self.alive}
+        queues = {w.index: asyncio.Queue[tuple[bytes, int] | None](_CHUNKS_IN_FLIGHT) for w in self.alive}
         async with asyncio.TaskGroup() as group:
             for worker in self.alive:
                 group.create_task(self._upload_one(worker, job_id, queues[worker.index], stats))
@@ -163,7 +170,7 @@ class Cluster:
         return stats
 
     async def _produce(self, job_id: str, spec: serde.WireJobSpec, chunks: Iterator[ShareChunk],
-                       queues: dict[int, asyncio.Queue[pb.ShareChunk | None]], stats: UploadStats,
+                       queues: dict[int, asyncio.Queue[tuple[bytes, int] | None]], stats: UploadStats,
                        max_chunk_bytes: int) -> None:
         first = True
         finished = False
@@ -178,8 +185,8 @@ class Cluster:
                 for worker in self.workers:
                     if worker.index not in queues or not worker.alive:
                         continue
-                    for msg in serde.share_chunks_to_proto(job_id, chunk.row_offset, chunk.shares[worker.index],
-                                                           spec if first else None, max_chunk_bytes):
+                    for msg in serde.share_chunks_to_wire(job_id, chunk.row_offset, chunk.shares[worker.index],
+                                                          spec if first else None, max_chunk_bytes):
                         await queues[worker.index].put(msg)
                 first = False
             finished = True
@@ -191,18 +198,18 @@ class Cluster:
                     with contextlib.suppress(asyncio.QueueFull):
                         queue.put_nowait(None)
 
-    async def _upload_one(self, worker: WorkerHandle, job_id: str, queue: asyncio.Queue[pb.ShareChunk | None],
-                          stats: UploadStats) -> None:
-        async def requests() -> AsyncIterator[pb.ShareChunk]:
-            while (msg := await queue.get()) is not None:
-                size = len(msg.block.data)
+    async def _upload_one(self, worker: WorkerHandle, job_id: str,
+                          queue: asyncio.Queue[tuple[bytes, int] | None], stats: UploadStats) -> None:
+        async def requests() -> AsyncIterator[bytes]:
+            while (item := await queue.get()) is not None:
+                msg, size = item
                 stats.bytes_sent += size
                 stats.chunks += 1
                 stats.per_worker_bytes[worker.index] = stats.per_worker_bytes.get(worker.index, 0) + size
                 yield msg
 
         try:
-            await worker.stub.UploadShare(requests(), timeout=self.timeouts.upload)
+            await worker.upload_share()(requests(), timeout=self.timeouts.upload)
         except grpc.aio.AioRpcError as exc:
             worker.fail(f"share upload failed: {_describe(exc)}")
             while await queue.get() is not None:  # keep the producer from blocking on this worker
