@@ -54,12 +54,12 @@ class RoundRecord:
     encode_seconds: float
     send_seconds: float
     wait_seconds: float
-    worker_compute_seconds: float  # within wait: the slowest of the R workers' own compute time
     decode_update_seconds: float
     total_seconds: float
     bytes_sent: int
     bytes_received: int
     late_replies: int
+    worker_compute_seconds: float = 0.0  # within wait: the slowest used worker's own compute (0: not reported)
 
 
 @dataclass(frozen=True)
