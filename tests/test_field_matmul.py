@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -157,6 +158,20 @@ def test_values_outside_the_field_are_refused():
     field = PrimeField(65537)
     with pytest.raises(ValueError, match=r"Argument 'b' must hold field elements in \[0, 65537\), not 65537\."):
         matmul_mod(field, np.zeros((2, 3), np.uint32), np.full((3, 2), 65537, np.uint32))
+
+
+def test_concurrent_callers_share_the_tile_workers(monkeypatch):
+    monkeypatch.setattr(kernel, "_TILE_ELEMENTS", 64)
+    monkeypatch.setattr(kernel, "_PARALLEL_WORK", 1)
+    monkeypatch.setattr(kernel, "_cores", lambda: 2)
+    field = PrimeField()
+    rng = np.random.default_rng(11)
+    cases = [(adversarial(field.p, "random", (13, 40), rng), adversarial(field.p, "random", (40, 29), rng))
+             for _ in range(6)]
+    with ThreadPoolExecutor(6) as callers:
+        results = list(callers.map(lambda ab: matmul_mod(field, *ab), cases))
+    for (a, b), got in zip(cases, results):
+        assert np.array_equal(got, reference(a, b, field.p))
 
 
 def _product_in_child(results) -> None:
