@@ -38,9 +38,11 @@ def adversarial(p: int, kind: str, shape: tuple[int, int], rng: np.random.Genera
     return rng.integers(0, p, shape, dtype=np.uint64).astype(np.uint32)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
 @pytest.mark.parametrize("p", PRIMES)
 @pytest.mark.parametrize("kind", ["random", "p-2", "near-half", "extremes", "all-p-1"])
-def test_matches_python_ints_for_every_prime_size(p, kind):
+def test_matches_python_ints_for_every_prime_size(monkeypatch, p, kind, compiled):
+    monkeypatch.setattr(kernel, "_COMPILED_PRODUCTS", 1 if compiled else 2**62)
     rng = np.random.default_rng(p)
     field = PrimeField(p)
     for n, k, m in SHAPES:
@@ -72,8 +74,10 @@ def test_the_adversarial_inputs_catch_a_kernel_without_limbs(p):
     ],
     ids=["tiles", "threads", "gemm-pieces", "inner-chunks", "everything"],
 )
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
 @pytest.mark.parametrize("p", [3, 65521, 2**25 - 39, 2**31 - 1])
-def test_every_cut_of_the_product_is_exact(monkeypatch, knobs, p):
+def test_every_cut_of_the_product_is_exact(monkeypatch, knobs, p, compiled):
+    monkeypatch.setattr(kernel, "_COMPILED_PRODUCTS", 1 if compiled else 2**62)
     for name, value in knobs.items():
         monkeypatch.setattr(kernel, name, value)
     rng = np.random.default_rng(7)
@@ -120,6 +124,10 @@ def test_the_reduction_is_exact_at_the_edges_of_its_domain(p):
     out = np.empty(x.shape, dtype=np.uint32)
     kernel._reduce_into(x.copy(), scratch, out, p)
     assert out.ravel().tolist() == [v % p for v in values]
+    fused = np.zeros((2, x.size + 3), dtype=np.uint32)
+    kernel._compiled_reduction()(x.copy(), fused, 1, 2, p, 1.0 / p)  # written at an offset into a larger array
+    assert fused[1, 2:-1].tolist() == [v % p for v in values]
+    assert not fused[0].any() and not fused[1, :2].any() and not fused[1, -1]
     centred = x.copy()
     kernel._centred_residue(centred, np.empty_like(x), p)
     assert np.all(np.abs(centred) <= half + 4)
