@@ -246,11 +246,11 @@ def bench_worker(
                        args.repeats)
     sub_rows = subset_rows(rows, args.baseline_fraction)
     xs = np.ascontiguousarray(x[:sub_rows])
-    xi, wi = xs.astype(np.int64), w.astype(np.int64)
-    ci = coefficients.astype(np.int64)
+    wi, ci = w.astype(np.int64), coefficients.astype(np.int64)
     x_gf, w_gf, c_gf = gf(xs), gf(w), gf(coefficients)
 
-    def naive() -> Array:
+    def naive() -> Array:  # like worker_compute, it starts from the stored uint32 share
+        xi = xs.astype(np.int64)
         z = naive_matmul_mod(xi, wi, p)
         s = (ci[0] + ci[1] * z) % p
         return naive_matmul_mod(xi.T, s, p)[:, 0]
@@ -266,8 +266,9 @@ def bench_worker(
         shapes={"x_share": [rows, d], "w_share": [d, 1], "out": [d]},
         fast=fast, slow=slow, scale=rows / sub_rows, fraction=sub_rows / rows, with_targets=False,
         note="exact = cpml.protocol.worker_function.worker_compute on the uint32 share (it converts the "
-             "share to centred float64 on every call); raw_float64 = the same two products on a float64 "
-             "copy made beforehand, no reduction",
+             "share to centred float64 on every call); naive_int64 converts the uint32 share to int64 on "
+             "every call too; galois keeps the share as a GF(p) array; raw_float64 = the same two "
+             "products on a float64 copy made beforehand, no reduction",
     )
 
 
