@@ -167,9 +167,11 @@ def paired_ratio(num: list[float], den: list[float]) -> float:
 def naive_matmul_mod(a: Array, b: Array, p: int) -> Array:
     """(a @ b) mod p with numpy int64 (no BLAS): inner chunks short enough that no sum reaches 2^63."""
     chunk = max(1, (2**63 - 1) // ((p - 1) ** 2))
-    out = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
-    for lo in range(0, a.shape[1], chunk):
-        out += (a[:, lo : lo + chunk] @ b[lo : lo + chunk]) % p
+    if a.shape[1] <= chunk:
+        return (a @ b) % p
+    out = (a[:, :chunk] @ b[:chunk]) % p
+    for lo in range(chunk, a.shape[1], chunk):
+        out += (a[:, lo : lo + chunk] @ b[lo : lo + chunk]) % p  # both terms < p: no overflow
         out %= p
     return out
 

@@ -68,7 +68,7 @@ def test_the_adversarial_inputs_catch_a_kernel_without_limbs(p):
     [
         {"_TILE_ELEMENTS": 64},  # many tiles, partial edge tiles
         {"_TILE_ELEMENTS": 64, "_PARALLEL_WORK": 1},  # tiles shared between threads
-        {"_SERIAL_GEMM": 50},  # each tile's GEMM cut into pieces
+        {"_gemm_piece": lambda: 50},  # each tile's GEMM cut into pieces
         {"_MAX_INNER_CHUNK": 7},  # inner dimension in chunks, summed as centred residues
         {"_MAX_INNER_CHUNK": 1, "_TILE_ELEMENTS": 16, "_PARALLEL_WORK": 1},
     ],
@@ -180,6 +180,37 @@ def test_concurrent_callers_share_the_tile_workers(monkeypatch):
         results = list(callers.map(lambda ab: matmul_mod(field, *ab), cases))
     for (a, b), got in zip(cases, results):
         assert np.array_equal(got, reference(a, b, field.p))
+
+
+class FakeThreadpools:
+    """Stands in for threadpoolctl's controller: reports the given BLAS libraries."""
+
+    blas: tuple[dict, ...] = ()
+
+    def select(self, **_):
+        return self
+
+    def info(self):
+        return list(self.blas)
+
+
+@pytest.mark.parametrize(
+    ("blas", "piece"),
+    [
+        ([{"internal_api": "openblas", "architecture": "SkylakeX"}], 1_000_000),  # small-matrix kernels
+        ([{"internal_api": "openblas", "architecture": "Haswell"}], 1 << 18),  # threads above 2^18
+        ([{"internal_api": "openblas", "architecture": "SkylakeX"}, {"internal_api": "mkl"}], 1 << 18),
+        ([], 1 << 18),
+    ],
+)
+def test_gemm_pieces_stay_on_the_calling_thread(monkeypatch, blas, piece):
+    monkeypatch.setattr(FakeThreadpools, "blas", tuple(blas))
+    monkeypatch.setattr(kernel, "ThreadpoolController", FakeThreadpools)
+    kernel._gemm_piece.cache_clear()
+    try:
+        assert kernel._gemm_piece() == piece
+    finally:
+        kernel._gemm_piece.cache_clear()
 
 
 def _product_in_child(results) -> None:
