@@ -244,8 +244,10 @@ def _reduce_into(x: npt.NDArray[np.float64], scratch: npt.NDArray[np.float64], o
     np.minimum(unsigned, words, out=out)
 
 
-def _reduce_rows(x, out, row, col, p, inverse):  # type: ignore[no-untyped-def]  # compiled by numba
-    """out[row:, col:] = x mod p for a C-contiguous tile of exact float64 integers: _reduce_into, fused."""
+def _reduce_rows(
+    x: npt.NDArray[np.float64], out: Elements, row: int, col: int, p: int, inverse: float
+) -> None:
+    """out[row:, col:] = x mod p for a C-contiguous tile of exact float64 integers: _reduce_into, fused (numba)."""
     for i in range(x.shape[0]):
         source = x[i]
         target = out[row + i, col : col + x.shape[1]]
