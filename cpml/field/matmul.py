@@ -126,17 +126,18 @@ class _Product:
             for c in range(0, m, self.tile_cols)
         ]
         queue, lock = iter(tiles), threading.Lock()
-        if self.compiled:
-            _compiled_reduction()  # compile (or load from the on-disk cache) once, before any thread needs it
+        compiled = _compiled_reduction() if self.compiled else None  # compile once, before the threads
         threads = min(_cores(), len(tiles), _MAX_THREADS)
         if threads <= 1 or n * m * k * self.limbs < _PARALLEL_WORK:
-            self._work(queue, lock, out)
+            self._work(queue, lock, out, compiled)
             return
         pool = _pool()
-        for future in [pool.submit(self._work, queue, lock, out) for _ in range(threads)]:
+        for future in [pool.submit(self._work, queue, lock, out, compiled) for _ in range(threads)]:
             future.result()
 
-    def _work(self, queue: Iterator[Tile], lock: threading.Lock, out: Elements) -> None:
+    def _work(
+        self, queue: Iterator[Tile], lock: threading.Lock, out: Elements, compiled: Callable[..., None] | None
+    ) -> None:
         """Compute tiles from the shared queue until it is empty, with this thread's own scratch."""
         size = self.tile_rows * self.tile_cols
         product = np.empty(size * self.limbs)
@@ -167,8 +168,8 @@ class _Product:
                 if hi < k:
                     _centred_residue(acc, y, self.p)
             result = acc if k > self.chunk else h
-            if self.compiled and result.flags.c_contiguous:
-                _compiled_reduction()(result, out, r0, c0, self.p, 1.0 / self.p)
+            if compiled is not None and result.flags.c_contiguous:
+                compiled(result, out, r0, c0, self.p, 1.0 / self.p)
             else:
                 _reduce_into(result, scratch[:count], out[r0:r1, c0:c1], self.p)
 
@@ -258,13 +259,18 @@ def _reduce_rows(
 
 
 @functools.cache
-def _compiled_reduction() -> Callable[..., None]:
-    """_reduce_rows compiled by numba (imported only here: large products alone need it), cached on disk."""
-    import numba
-
+def _compiled_reduction() -> Callable[..., None] | None:
+    """_reduce_rows compiled by numba, cached on disk when it can be; None if numba is unusable here."""
+    try:
+        import numba
+    except ImportError:  # a platform without numba wheels: the numpy reduction does the same work
+        return None
     signature = "void(float64[:, ::1], uint32[:, ::1], int64, int64, int64, float64)"
     options = {"nogil": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"contract"}}
-    return numba.njit(signature, cache=True, **options)(_reduce_rows)
+    try:
+        return numba.njit(signature, cache=True, **options)(_reduce_rows)
+    except RuntimeError:  # no writable cache directory (e.g. a read-only install): compile every process
+        return numba.njit(signature, cache=False, **options)(_reduce_rows)
 
 
 def _limb_bits(half: int, inner: int) -> int:

@@ -5,7 +5,7 @@ from cpml.protocol.overflow import DataProfile, auto_quantization, check_plan, d
 from cpml.protocol.plan import Plan, largest_k, recovery_threshold
 from cpml.protocol.simulator import TrainingResult, simulate
 from cpml.protocol.trainer import CodedTrainer, JobSpec, RoundStats, ShareChunk, plan_from_checkpoint
-from cpml.protocol.worker_function import worker_compute
+from cpml.protocol.worker_function import prepare_share, worker_compute
 
 __all__ = [
     "CodedTrainer",
@@ -21,6 +21,7 @@ __all__ = [
     "decoded_bound",
     "largest_k",
     "plan_from_checkpoint",
+    "prepare_share",
     "recovery_threshold",
     "simulate",
     "worker_compute",

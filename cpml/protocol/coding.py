@@ -42,8 +42,10 @@ class CodingScheme:
         """Encode K secret blocks (rows of `secrets`, signed ints as float64) with T fresh masks into N shares."""
         if secrets.ndim != 2 or secrets.shape[0] != self.k:
             raise argument_error("secrets", f"have {self.k} rows (one per partition)", secrets.shape)
-        masks = self.field.centred(mask_source(self.field, (self.t, secrets.shape[1])))
-        return matmul_mod_centred(self.field, self.encoder, np.concatenate([secrets, masks]))
+        stacked = np.empty((self.k + self.t, secrets.shape[1]))
+        stacked[: self.k] = secrets
+        stacked[self.k :] = self.field.centred(mask_source(self.field, (self.t, secrets.shape[1])))
+        return matmul_mod_centred(self.field, self.encoder, stacked)
 
     def decode(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int) -> Elements:
         """Interpolate h at the K betas from the first `threshold` replies (worker index -> f value)."""

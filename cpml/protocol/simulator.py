@@ -11,7 +11,7 @@ from cpml.field.sampling import uniform
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.plan import Plan
 from cpml.protocol.trainer import CodedTrainer, RoundStats
-from cpml.protocol.worker_function import worker_compute
+from cpml.protocol.worker_function import prepare_share, worker_compute
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def simulate(
 ) -> TrainingResult:
     """Run CodedPrivateML in-process; each round a random R of the N workers 'arrive first'."""
     trainer = CodedTrainer.create(plan, x, y, seed, x_test, y_test, mask_source=mask_source)
-    shares = trainer.encode_dataset()
+    shares = [prepare_share(trainer.field, share) for share in trainer.encode_dataset()]
     coefficients = trainer.job_spec.coefficient_array()
     order = np.random.default_rng(arrival_seed if arrival_seed is not None else seed + 1)
     trajectory = [trainer.weights.copy()]

@@ -14,7 +14,7 @@ import structlog
 import cpml
 from cpml.field import field_for
 from cpml.field.prime_field import MAX_PRIME_BITS
-from cpml.protocol import worker_compute
+from cpml.protocol import prepare_share, worker_compute
 from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
@@ -140,6 +140,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         reader = asyncio.create_task(self._read_rounds(request_iterator, rounds))
         served = 0
         job_id = None
+        prepared = None  # the share as centred float64, converted once per stream (the share never changes)
         loop = asyncio.get_running_loop()
         try:
             while (item := await rounds.next()) is not None:
@@ -147,7 +148,9 @@ class WorkerService(pb_grpc.WorkerServicer):
                 job_id = job.job_id
                 field = field_for(job.spec.modulus)
                 started = time.perf_counter()
-                result = await loop.run_in_executor(self._executor, worker_compute, field, job.share, weights,
+                if prepared is None:
+                    prepared = await loop.run_in_executor(self._executor, prepare_share, field, job.share)
+                result = await loop.run_in_executor(self._executor, worker_compute, field, prepared, weights,
                                                     job.spec.coefficients)
                 seconds = time.perf_counter() - started
                 if self._settings.fault_reply_delay:

@@ -93,7 +93,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                     f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).")
     p.add_argument("--listen", default=env("LISTEN", d.listen), help="host:port to serve on (port 0: any free port)")
     p.add_argument("--share-bytes-cap", type=parse_bytes, default=env("SHARE_BYTES_CAP", str(d.share_bytes_cap)),
-                   help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB)")
+                   help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB). "
+                        "A job that is computing also holds a float64 copy of its share (twice its bytes)")
     p.add_argument("--max-message-bytes", type=parse_bytes,
                    default=env("MAX_MESSAGE_BYTES", str(d.max_message_bytes)), help="gRPC message size limit")
     p.add_argument("--tls-cert", type=Path, default=env("TLS_CERT", None), help="server certificate (PEM)")
