@@ -25,9 +25,13 @@ class NoiseSource(Protocol):
 
     secure: bool
 
-    def standard_normal(self, size: int) -> np.ndarray: ...
+    def standard_normal(self, size: int) -> np.ndarray:
+        """Draw `size` independent N(0, 1) values."""
+        ...
 
-    def uniform(self, size: int) -> np.ndarray: ...
+    def uniform(self, size: int) -> np.ndarray:
+        """Draw `size` independent uniforms on [0, 1)."""
+        ...
 
 
 def _secure_uniforms(size: int) -> np.ndarray:

@@ -45,18 +45,26 @@ class RunError(Exception):
 
 
 class UnknownParty(RunError):
+    """A party id that is not registered in this run."""
+
     status = "NOT_FOUND"
 
 
 class InvalidUpdate(RunError):
+    """A registration or update the run refuses: a bad name, record count, size or non-finite value."""
+
     status = "INVALID_ARGUMENT"
 
 
 class StaleRound(RunError):
+    """An update for a round that is not the open one."""
+
     status = "FAILED_PRECONDITION"
 
 
 class RunFull(RunError):
+    """A registration the run cannot take: it has started, or has all its parties."""
+
     status = "RESOURCE_EXHAUSTED"
 
 

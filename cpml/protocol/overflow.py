@@ -109,10 +109,8 @@ def check_plan(plan: Plan, profile: DataProfile) -> float:
 
 
 def auto_quantization(plan: Plan, profile: DataProfile) -> Plan:
-    """Return the plan with the largest safe precision ladder (l_x, l_w, l_c) = (L, L+3, L+4), L >= 0.
-
-    Linear regression's coefficients (0, 1) are exact, so it climbs (L, L+3, 0) instead.
-    """
+    """Return the plan with the largest safe precision ladder (l_x, l_w, l_c) = (L, L+3, L+4), L >= 0."""
+    # Linear regression's coefficients (0, 1) are exact, so it climbs (L, L+3, 0) instead.
     coefficient_bits = (lambda level: 0) if plan.model == "linear" else (lambda level: level + 4)
     ladder = [(level, level + 3, coefficient_bits(level)) for level in range(16, -1, -1)]
     for lx, lw, lc in ladder:
