@@ -28,6 +28,7 @@ from cpml.protocol.quantize import quantize_data
 from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients
 from cpml.protocol.trainer import (
     RoundStats,
+    check_training_inputs,
     gradient_from_blocks,
     guard_round,
     partition_rows,
@@ -75,16 +76,7 @@ class MpcSession:
         mask_source: MaskSource = uniform,
     ) -> MpcSession:
         """Quantize the data into G row blocks with CPML's quantization and check the overflow guard."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise argument_error("seed", "be a non-negative integer", seed)
-        xa, ya = models.check_dataset(x, y, plan.model)
-        xt = yt = None
-        if x_test is not None and y_test is not None:
-            xt, yt = models.check_dataset(x_test, y_test, plan.model, name="x_test")
-            if xt.shape[1] != xa.shape[1]:
-                raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
-        if plan.learning_rate is None:
-            plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, plan.model))
+        plan, xa, ya, xt, yt = check_training_inputs(plan, x, y, seed, x_test, y_test)
         if mpc.n_workers + 1 >= plan.p:
             raise argument_error("p", f"exceed N + 1 = {mpc.n_workers + 1}", plan.p)
         profile = DataProfile.of(xa, mpc.groups)

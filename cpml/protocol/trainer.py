@@ -99,16 +99,7 @@ class CodedTrainer:
         mask_source: MaskSource = uniform,
     ) -> CodedTrainer:
         """Quantize and partition the data, resolve the learning rate, and check the overflow guard."""
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise argument_error("seed", "be a non-negative integer", seed)
-        xa, ya = models.check_dataset(x, y, plan.model)
-        xt = yt = None
-        if x_test is not None and y_test is not None:
-            xt, yt = models.check_dataset(x_test, y_test, plan.model, name="x_test")
-            if xt.shape[1] != xa.shape[1]:
-                raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
-        if plan.learning_rate is None:
-            plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, plan.model))
+        plan, xa, ya, xt, yt = check_training_inputs(plan, x, y, seed, x_test, y_test)
         d = xa.shape[1]
         profile = DataProfile.of(xa, plan.k)
         rows = profile.rows
@@ -234,6 +225,28 @@ def plan_from_checkpoint(state: Mapping[str, object]) -> Plan:
 
 
 # --- shared with the MPC baselines (cpml.mpc), which partition the rows into groups instead of K ---
+def check_training_inputs(
+    plan: Plan,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    seed: int,
+    x_test: npt.ArrayLike | None,
+    y_test: npt.ArrayLike | None,
+) -> tuple[Plan, Array, Array, Array | None, Array | None]:
+    """Validate the seed and the data, and resolve an automatic learning rate: (plan, x, y, x_test, y_test)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise argument_error("seed", "be a non-negative integer", seed)
+    xa, ya = models.check_dataset(x, y, plan.model)
+    xt = yt = None
+    if x_test is not None and y_test is not None:
+        xt, yt = models.check_dataset(x_test, y_test, plan.model, name="x_test")
+        if xt.shape[1] != xa.shape[1]:
+            raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
+    if plan.learning_rate is None:
+        plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, plan.model))
+    return plan, xa, ya, xt, yt
+
+
 def partition_rows(quantized: npt.NDArray[np.int64], parts: int, rows: int) -> npt.NDArray[np.int32]:
     """Split quantized rows into `parts` consecutive blocks of `rows` rows, zero-padding the last ones."""
     m, d = quantized.shape
