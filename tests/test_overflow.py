@@ -48,6 +48,13 @@ def test_auto_picks_the_largest_safe_level(cancer, r, p):
     assert plan_bound(finer, profile) > (p - 3) // 2
 
 
+def test_auto_explains_when_nothing_fits(cancer):
+    x, _ = cancer
+    plan = Plan.case1(10, weight_bound=1e6)
+    with pytest.raises(OverflowError, match=r"Even the coarsest quantization .* larger prime such as 2147483647"):
+        auto_quantization(plan, DataProfile.of(x * 100, plan.k))
+
+
 def test_the_bound_holds_on_every_decoded_value(cancer):
     x, y = cancer
     plan = Plan.case1(10, iterations=30)

@@ -117,5 +117,10 @@ def auto_quantization(plan: Plan, profile: DataProfile) -> Plan:
         candidate = plan.with_(lx=lx, lw=lw, lc=lc)
         if plan_bound(candidate, profile) <= (plan.p - 3) // 2:
             return candidate
-    check_plan(plan.with_(lx=0, lw=ladder[-1][1], lc=ladder[-1][2]), profile)
-    raise AssertionError("unreachable: check_plan raises when even the coarsest quantization overflows")
+    lx, lw, lc = ladder[-1]
+    coarsest = plan_bound(plan.with_(lx=lx, lw=lw, lc=lc), profile)
+    raise OverflowError(
+        f"Even the coarsest quantization (l_x={lx}, l_w={lw}, l_c={lc}) can wrap around p = {plan.p}: decoded "
+        f"values can reach {coarsest:.3g} > (p-3)/2 = {(plan.p - 3) // 2}. Raise K (more workers), lower the "
+        f"weight bound ({plan.weight_bound}), scale the features down, or use a larger prime such as 2147483647."
+    )
