@@ -71,7 +71,8 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
     n = settings.n_workers
     mpc = MpcPlan(protocol, n, settings.t) if settings.t is not None else MpcPlan.paper(protocol, n)
     plan = Plan.for_privacy(n, mpc.t, settings.r, p=settings.prime, iterations=settings.iterations,
-                            model=settings.model, learning_rate=settings.learning_rate)
+                            model=settings.model, learning_rate=settings.learning_rate,
+                            weight_bound=settings.weight_bound, sigmoid_interval=settings.sigmoid_interval)
     fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
     if fixed:
         return mpc, plan.with_(**fixed)
@@ -233,7 +234,8 @@ async def train_mpc(settings: TrainSettings, protocol: str,
             raise ValueError(f"Argument 'protocol' must match the checkpoint's ({saved.get('protocol')!r}) to "
                              f"resume, not {protocol!r}.")
         weights, start_round = np.array(saved["weights"], dtype=np.float64), int(saved["round"])
-        plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in ("lx", "lw", "lc", "p", "learning_rate")})
+        restored = ("lx", "lw", "lc", "p", "learning_rate", "weight_bound", "sigmoid_interval")
+        plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in restored})
         history = read_rounds(rounds_log, start_round)
     rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
     session = MpcSession.create(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,

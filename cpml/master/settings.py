@@ -41,6 +41,8 @@ class TrainSettings:
     lx: int | None = None
     lw: int | None = None
     lc: int | None = None
+    weight_bound: float = 4.0
+    sigmoid_interval: float = 8.0
     prime: int = DEFAULT_PRIME
     learning_rate: float | None = None
     iterations: int = 50
@@ -140,6 +142,10 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     plan.add_argument("--lx", type=int, default=env("LX"), help="data quantization bits (default: auto)")
     plan.add_argument("--lw", type=int, default=env("LW"), help="weight quantization bits (default: auto)")
     plan.add_argument("--lc", type=int, default=env("LC"), help="coefficient quantization bits (default: auto)")
+    plan.add_argument("--weight-bound", type=float, default=env("WEIGHT_BOUND", 4.0),
+                      help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it")
+    plan.add_argument("--sigmoid-interval", type=float, default=env("SIGMOID_INTERVAL", 8.0),
+                      help="fit the sigmoid polynomial on [-a, a]")
     plan.add_argument("--prime", type=int, default=env("PRIME", DEFAULT_PRIME), help="field modulus p")
     plan.add_argument("--learning-rate", type=float, default=env("LEARNING_RATE"), help="default: 1/L")
     plan.add_argument("--iterations", type=int, default=env("ITERATIONS", 50))
@@ -173,6 +179,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         workers=workers,
         local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
+        weight_bound=float(args.weight_bound), sigmoid_interval=float(args.sigmoid_interval),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
         iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),
         resume=bool(args.resume), checkpoint_every=int(args.checkpoint_every), insecure=bool(args.insecure),

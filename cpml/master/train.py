@@ -77,7 +77,8 @@ class TrainReport:
 def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
     """The plan for N workers from the settings: Case 1/2 or explicit K/T; quantization auto unless given."""
     kwargs: dict[str, Any] = {"p": settings.prime, "iterations": settings.iterations, "model": settings.model,
-                              "learning_rate": settings.learning_rate}
+                              "learning_rate": settings.learning_rate, "weight_bound": settings.weight_bound,
+                              "sigmoid_interval": settings.sigmoid_interval}
     if settings.k is not None and settings.t is not None:
         plan = Plan(n_workers=n_workers, k=settings.k, t=settings.t, r=settings.r, **kwargs)
     elif settings.t is not None:
