@@ -110,7 +110,8 @@ def test_every_compose_service_runs_as_a_local_process(compose, tmp_path):
         for name in workers:  # the compose health check (mutual TLS), pointed at the local port
             check = [_swap(a, {"localhost:50051": f"localhost:{ports[name]}", **volumes})
                      for a in services[name]["healthcheck"]["test"][1:]]
-            probe = subprocess.run(check, check=False, capture_output=True, text=True, timeout=60)
+            probe = subprocess.run(check, check=False, capture_output=True, text=True, timeout=60,
+                                   env={**os.environ, **path})  # the healthcheck's `python` is this venv's
             assert probe.stdout.strip() == "SERVING", probe.stderr
         replace = {f"{name}:50051": f"localhost:{ports[name]}" for name in workers} | volumes
         master = _run_service_locally(services["master"], replace, path, stdout=subprocess.PIPE,
