@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -160,11 +161,13 @@ class WorkerService(pb_grpc.WorkerServicer):
                 served += 1
                 if 0 < self._settings.fault_fail_after_rounds <= served:
                     log.warning("fault injection: failing compute stream", job=job.job_id, rounds=served)
+                    await _stop(reader)  # a reader still inside the request stream can turn the abort INTERNAL
                     await context.abort(grpc.StatusCode.UNAVAILABLE,
                                         f"fault injection: --fault-fail-after-rounds "
                                         f"{self._settings.fault_fail_after_rounds} reached")
         except REFUSALS as exc:
             log.warning("compute refused", code=status_for(exc).name, reason=str(exc))
+            await _stop(reader)
             await context.abort(status_for(exc), str(exc))
         finally:
             reader.cancel()
@@ -205,3 +208,10 @@ class WorkerService(pb_grpc.WorkerServicer):
             version=cpml.__version__, max_modulus=2**MAX_PRIME_BITS, share_bytes_cap=self._store.cap_bytes,
             share_bytes_used=self._store.used_bytes, jobs=len(self._store),
             max_message_bytes=self._settings.max_message_bytes))
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait until it has finished."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
