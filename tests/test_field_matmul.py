@@ -182,6 +182,31 @@ def test_concurrent_callers_share_the_tile_workers(monkeypatch):
         assert np.array_equal(got, reference(a, b, field.p))
 
 
+def test_each_thread_takes_its_own_contiguous_run_first_then_steals_from_the_back():
+    queue = kernel._TileQueue([(0, 1, c, c + 1) for c in range(10)], 2)  # runs [0, 5) and [5, 10)
+    assert [queue.take(0)[2] for _ in range(3)] == [0, 1, 2]
+    assert [queue.take(1)[2] for _ in range(5)] == [5, 6, 7, 8, 9]
+    assert [queue.take(1)[2] for _ in range(2)] == [4, 3]  # stolen from the back of worker 0's run
+    assert queue.take(0) is None and queue.take(1) is None
+
+
+def test_the_tile_queue_hands_out_every_tile_exactly_once_under_contention():
+    tiles = [(0, 1, c, c + 1) for c in range(5000)]
+    queue = kernel._TileQueue(tiles, 3)
+    start = threading.Barrier(3)
+
+    def drain(worker: int) -> list:
+        start.wait()
+        taken = []
+        while (tile := queue.take(worker)) is not None:
+            taken.append(tile)
+        return taken
+
+    with ThreadPoolExecutor(3) as pool:
+        taken = [tile for part in pool.map(drain, range(3)) for tile in part]
+    assert sorted(taken) == tiles
+
+
 class FakeThreadpools:
     """Stands in for threadpoolctl's controller: reports the given BLAS libraries."""
 

@@ -17,10 +17,9 @@ halves the encoding's CPU time; it is compiled on first use and cached on disk.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -60,9 +59,11 @@ def matmul_mod_centred(
         raise argument_error("b", f"have {a.shape[1] if a.ndim == 2 else '?'} rows to match 'a'", b.shape)
     n, k = a.shape
     m = b2.shape[1]
-    out = np.zeros((n, m), dtype=np.uint32)
-    if n and m and k:
+    if n and m and k:  # every tile writes its part: no need to zero (page-faulting) memory first
+        out = np.empty((n, m), dtype=np.uint32)
         _Product.plan(field.p, np.asarray(a, np.float64), np.asarray(b2, np.float64)).run(out)
+    else:
+        out = np.zeros((n, m), dtype=np.uint32)
     return out[:, 0] if vector else out
 
 
@@ -125,27 +126,23 @@ class _Product:
             for r in range(0, n, self.tile_rows)
             for c in range(0, m, self.tile_cols)
         ]
-        queue, lock = iter(tiles), threading.Lock()
         compiled = _compiled_reduction() if self.compiled else None  # compile once, before the threads
         threads = min(_cores(), len(tiles), _MAX_THREADS)
         if threads <= 1 or n * m * k * self.limbs < _PARALLEL_WORK:
-            self._work(queue, lock, out, compiled)
+            self._work(_TileQueue(tiles, 1), 0, out, compiled)
             return
-        pool = _pool()
-        for future in [pool.submit(self._work, queue, lock, out, compiled) for _ in range(threads)]:
+        queue, pool = _TileQueue(tiles, threads), _pool()
+        for future in [pool.submit(self._work, queue, t, out, compiled) for t in range(threads)]:
             future.result()
 
-    def _work(
-        self, queue: Iterator[Tile], lock: threading.Lock, out: Elements, compiled: Callable[..., None] | None
-    ) -> None:
+    def _work(self, queue: _TileQueue, worker: int, out: Elements, compiled: Callable[..., None] | None) -> None:
         """Compute tiles from the shared queue until it is empty, with this thread's own scratch."""
         size = self.tile_rows * self.tile_cols
         product = np.empty(size * self.limbs)
         total, scratch = np.empty(size), np.empty(size)
         k = self.shape[1]
         while True:
-            with lock:
-                tile = next(queue, None)
+            tile = queue.take(worker)
             if tile is None:
                 return
             r0, r1, c0, c1 = tile
@@ -190,6 +187,34 @@ class _Product:
         product = buffer.reshape(tr, tc)
         _gemm(self.a[r0:r1, lo:hi], self.b[lo:hi, c0:c1], product)
         return [product]
+
+
+class _TileQueue:
+    """Tiles cut into one contiguous run per thread; a thread whose run is done steals from the longest other.
+
+    Contiguous runs keep each thread's output in its own memory pages: when two threads write into the
+    same freshly allocated (huge) page, one waits while the kernel zeroes it, which cost a third of the
+    encoding's time here with interleaved tiles.
+    """
+
+    def __init__(self, tiles: list[Tile], workers: int) -> None:
+        self._tiles = tiles
+        bounds = [len(tiles) * w // workers for w in range(workers + 1)]
+        self._runs = [[lo, hi] for lo, hi in zip(bounds, bounds[1:])]  # [next, end) of each thread's run
+        self._lock = threading.Lock()
+
+    def take(self, worker: int) -> Tile | None:
+        """The next tile for this worker: the front of its own run, else the back of the longest run."""
+        with self._lock:
+            run = self._runs[worker]
+            if run[0] < run[1]:
+                run[0] += 1
+                return self._tiles[run[0] - 1]
+            victim = max(self._runs, key=lambda r: r[1] - r[0])
+            if victim[0] == victim[1]:
+                return None
+            victim[1] -= 1
+            return self._tiles[victim[1]]
 
 
 def _gemm(left: npt.NDArray[np.float64], right: npt.NDArray[np.float64], out: npt.NDArray[np.float64]) -> None:
@@ -249,13 +274,15 @@ def _reduce_rows(
     x: npt.NDArray[np.float64], out: Elements, row: int, col: int, p: int, inverse: float
 ) -> None:
     """out[row:, col:] = x mod p for a C-contiguous tile of exact float64 integers: _reduce_into, fused (numba)."""
+    modulus, word = np.float64(p), np.int32(p)
     for i in range(x.shape[0]):
         source = x[i]
         target = out[row + i, col : col + x.shape[1]]
         for j in range(x.shape[1]):
             # x * fl(1/p) + 1/2 is within 3.01/p of x/p + 1/2 (see _centred_residue): |r| <= (p-1)/2 + 4.
-            r = np.int32(source[j] - math.floor(source[j] * inverse + 0.5) * p)
-            target[j] = r + (p & (r >> 31))  # r < 0: the arithmetic shift selects p
+            # np.floor keeps the arithmetic in float64 (math.floor goes through int64) so it vectorizes.
+            r = np.int32(source[j] - np.floor(source[j] * inverse + 0.5) * modulus)
+            target[j] = np.uint32(r + (word & (r >> np.int32(31))))  # r < 0: the arithmetic shift selects p
 
 
 @functools.cache
