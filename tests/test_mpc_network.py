@@ -1,5 +1,6 @@
 """The baselines over real gRPC on 127.0.0.1 port 0: workers talk to each other through the Mpc service."""
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -13,13 +14,14 @@ from helpers_cluster import running_worker
 from sklearn.datasets import load_breast_cancer
 
 from cpml.master.cluster import Cluster, Timeouts
-from cpml.master.mpc_train import run_mpc_job
+from cpml.master.mpc_train import MpcJobFailed, run_mpc_job
 from cpml.mpc import MASTER, Kind, Message, MpcPlan, MpcSession
 from cpml.protocol import Plan, simulate
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
 from cpml.wire.tls import channel_credentials
+from cpml.worker.mpc_service import MpcService
 
 DEADLINE = 10.0
 
@@ -166,3 +168,73 @@ async def test_workers_talk_to_each_other_over_mutual_tls(data, tmp_path):
             report = await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
     assert np.array_equal(session.weights, simulate(plan, x, y, seed=6).weights)
     assert sum(w["messages_by_kind"]["masked"] for w in report.workers.values()) == 2 * 2
+
+
+@pytest.fixture
+def held_join(monkeypatch):
+    """A slow worker: the one at group position 2 holds its Join until a Deliver (or, with until="Leave",
+    a Leave) has been answered on it, or 0.5 s have passed. Returns the state: until, job_id, worker."""
+    state = {"until": "Deliver", "job_id": None, "worker": None}
+    reached = asyncio.Event()
+    join, deliver, leave = MpcService.Join, MpcService.Deliver, MpcService.Leave
+
+    async def late_join(self, request, context):
+        if request.position == 2:
+            state["job_id"], state["worker"] = request.job_id, self
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reached.wait(), 0.5)
+        return await join(self, request, context)
+
+    async def watched_deliver(self, request, context):
+        try:
+            return await deliver(self, request, context)
+        finally:
+            if self is state["worker"] and state["until"] == "Deliver":
+                reached.set()
+
+    async def watched_leave(self, request, context):
+        try:
+            return await leave(self, request, context)
+        finally:
+            if self is state["worker"] and state["until"] == "Leave":
+                reached.set()
+
+    monkeypatch.setattr(MpcService, "Join", late_join)
+    monkeypatch.setattr(MpcService, "Deliver", watched_deliver)
+    monkeypatch.setattr(MpcService, "Leave", watched_leave)
+    return state
+
+
+async def test_a_worker_slow_to_join_gets_no_peer_message_before_its_join(data, held_join):
+    x, y = data
+    plan = Plan.case2(9, iterations=1)
+    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
+    timeouts = Timeouts(connect=10, upload=30, round=30, control=5)
+    async with mpc_workers(3) as addresses, Cluster(addresses, timeouts=timeouts) as cluster:
+        await cluster.wait_healthy()
+        await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
+    assert np.array_equal(session.weights, simulate(plan, x, y, seed=2).weights)
+
+
+async def test_a_refused_join_leaves_no_job_behind_on_a_worker_still_joining(data, held_join, monkeypatch):
+    x, y = data
+    held_join["until"] = "Leave"
+    join = MpcService.Join
+
+    async def refuse_position_1(self, request, context):
+        if request.position == 1:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "no room for another job")
+        return await join(self, request, context)
+
+    monkeypatch.setattr(MpcService, "Join", refuse_position_1)
+    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), Plan.case2(9, iterations=1), x, y, seed=2)
+    timeouts = Timeouts(connect=10, upload=30, round=30, control=5)
+    async with mpc_workers(3) as addresses:
+        async with Cluster(addresses, timeouts=timeouts) as cluster:
+            await cluster.wait_healthy()
+            with pytest.raises(MpcJobFailed, match="worker 1 .* refused to join the bh08 job: RESOURCE_EXHAUSTED"):
+                await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
+        async with grpc.aio.insecure_channel(addresses[2]) as channel:
+            leave = pb.MpcLeaveRequest(job_id=held_join["job_id"])
+            left = await pb_grpc.MpcStub(channel).Leave(leave, timeout=DEADLINE)
+    assert not left.existed  # the master's Leave came after worker 2's Join, so no orphan job is left there

@@ -24,7 +24,7 @@ import structlog
 
 from cpml import reporting
 from cpml.data import Dataset, load_dataset
-from cpml.master.cluster import Cluster, NotEnoughWorkers
+from cpml.master.cluster import Cluster, NotEnoughWorkers, WorkerHandle
 from cpml.master.local import LocalWorkers
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings
@@ -95,7 +95,7 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
     readers: list[asyncio.Task[None]] = []
     worker_stats: dict[int, dict[str, Any]] = {}
     try:
-        await asyncio.gather(*(_join(stubs[w.index], w.address, job_id, session, cluster, control) for w in workers))
+        await _join_all(stubs, workers, job_id, session, cluster, control)
         for w in workers:
             readers.append(asyncio.create_task(_read_results(stubs[w.index], job_id, session.plan.p, replies)))
         limit = asyncio.Semaphore(_DELIVERIES_IN_FLIGHT)
@@ -144,6 +144,17 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
                                          "bytes_by_kind": dict(reply.bytes_by_kind)}
         structlog.contextvars.unbind_contextvars("job")
     return MpcJobReport(tuple(history), setup, traffic.as_dict(), worker_stats)
+
+
+async def _join_all(stubs: dict[int, pb_grpc.MpcStub], workers: list[WorkerHandle], job_id: str, session: MpcSession,
+                    cluster: Cluster, timeout: float) -> None:
+    # Every Join is settled before a refusal is raised: the Leaves that follow must not overtake a Join
+    # still in flight, or that worker would keep an orphan job (its share buffer) until it expires.
+    outcomes = await asyncio.gather(*(_join(stubs[w.index], w.address, job_id, session, cluster, timeout)
+                                      for w in workers), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def _join(stub: pb_grpc.MpcStub, address: str, job_id: str, session: MpcSession, cluster: Cluster,

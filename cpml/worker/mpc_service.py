@@ -1,8 +1,9 @@
 """The Mpc gRPC servicer: one cpml.mpc party per job, fed by Deliver, talking to its peers directly.
 
-Deliver only checks and queues a message; one task per job feeds the queue to the party (the math
-runs in the compute executor) and routes what it sends: to peers through one sender task each (so a
-handler never waits on a peer that is waiting on it), to the master through the job's Results stream.
+Deliver only checks and queues a message; one task per job starts the party on the first message, feeds
+it the queue (the math runs in the compute executor) and routes what it sends: to peers through one sender
+task each (so a handler never waits on a peer that is waiting on it), to the master through the job's
+Results stream.
 """
 
 from __future__ import annotations
@@ -76,14 +77,14 @@ class MpcService(pb_grpc.MpcServicer):
         if request.job_id in self._jobs:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"MPC job {request.job_id!r} already exists on this worker; Leave it first")
-        party = MpcParty(spec)
+        # From here on nothing awaits: a Join is registered whole or not at all, even if its call is cancelled.
         channels, stubs = [], {}
         for position, address in enumerate(peers):
             if position != spec.position:
                 channel = self._channel(address)
                 channels.append(channel)
                 stubs[spec.first + position] = pb_grpc.MpcStub(channel)
-        job = MpcJob(request.job_id, party, stubs, channels)
+        job = MpcJob(request.job_id, MpcParty(spec), stubs, channels)
         self._jobs[job.job_id] = job
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._expire_idle_jobs())
@@ -91,7 +92,6 @@ class MpcService(pb_grpc.MpcServicer):
             job.to_peer[worker] = asyncio.Queue()
             job.tasks.append(asyncio.create_task(self._send_to_peer(job, worker, stub)))
         job.tasks.append(asyncio.create_task(self._process(job)))
-        self._route(job, await self._run(job, party.start))
         log.info("mpc job joined", job=job.job_id, protocol=spec.protocol, worker=spec.index,
                  group_size=spec.group_size, rows=spec.rows, cols=spec.d)
         return pb.MpcJoinReply(job_id=job.job_id)
@@ -180,16 +180,23 @@ class MpcService(pb_grpc.MpcServicer):
         return out
 
     async def _process(self, job: MpcJob) -> None:
-        while job.failure is None:
-            message = await job.inbox.get()
-            try:
-                out = await self._run(job, job.party.handle, message)
-            except asyncio.CancelledError:
-                raise
-            except (ProtocolError, RuntimeError) as exc:
-                job.fail(str(exc))
-                return
-            self._route(job, out)
+        # The party starts on its first message, not in Join: a message only comes once the master has had
+        # every Join of the group acknowledged, so what start sends (the BH08 offline batch) never reaches
+        # a peer that has not joined yet. One task also means start and handle never run at the same time.
+        message = await job.inbox.get()
+        if await self._step(job, job.party.start):
+            while await self._step(job, job.party.handle, message):
+                message = await job.inbox.get()
+
+    async def _step(self, job: MpcJob, step: Callable[..., list[Message]], *args: Message) -> bool:
+        """Run one party step and route what it sends; False once the job has failed."""
+        try:
+            out = await self._run(job, step, *args)
+        except (ProtocolError, RuntimeError) as exc:
+            job.fail(str(exc))
+            return False
+        self._route(job, out)
+        return job.failure is None
 
     def _route(self, job: MpcJob, messages: list[Message]) -> None:
         for message in messages:
