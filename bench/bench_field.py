@@ -11,11 +11,12 @@ Each exact kernel is timed against a naive numpy int64 implementation (inner dim
 sum passes 2^63, then % p), the galois package (GF(p) arrays and @), and raw float64 BLAS on the same
 shapes (a @ b, no reduction) as the speed reference. Variants are timed interleaved, repeat by repeat,
 so a change in machine load hits all of them alike; the JSON keeps every time, the medians, the ratios
-of the medians and the medians of the per-repeat ratios. The slow baselines may be timed on a fraction
-of the data rows and scaled linearly (the work is linear in the rows); the JSON says where.
+of the medians and the medians of the per-repeat ratios. The slow baselines run at the full shapes too
+(--baseline-fraction times them on a fraction of the rows and scales linearly, which flatters them: at
+the full shapes their fresh multi-GB intermediates cost more per element); the JSON says which.
 Every baseline's result is checked equal to cpml's before anything is written.
 
-    python bench/bench_field.py                         # the full run (a few minutes, ~4 GB RAM)
+    python bench/bench_field.py                         # the full run (about five minutes, ~6 GB RAM)
     python bench/bench_field.py --quick --out /tmp/f.json   # small shapes, to check the script
 """
 
@@ -107,13 +108,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 7, quick 3)")
     parser.add_argument("--baseline-fraction", type=float, default=None,
                         help="fraction of the data rows naive/galois are timed on, scaled linearly "
-                             "(default 0.125, quick 1)")
+                             "(default 1: the full shapes)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark's (public) data")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 7
     if args.baseline_fraction is None:
-        args.baseline_fraction = 1.0 if args.quick else 0.125
+        args.baseline_fraction = 1.0
     if args.repeats < 1:
         parser.error(f"Argument 'repeats' must be at least 1, not {args.repeats}.")
     if not 0 < args.baseline_fraction <= 1:
@@ -129,9 +130,11 @@ def baseline_repeats(args: argparse.Namespace) -> int:
 # --- timing -----------------------------------------------------------------------------------------
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Wall seconds of each variant, repeat by repeat, after one untimed warm-up call each."""
-    for fn in variants.values():
+def interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: int, warm_up: bool = True
+) -> dict[str, list[float]]:
+    """Wall seconds of each variant, repeat by repeat, after one untimed warm-up call each (unless warm)."""
+    for fn in variants.values() if warm_up else ():
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
@@ -208,7 +211,8 @@ def bench_encoding(
     print(f"  encoding ({N_WORKERS} x {K + T}) @ ({K + T} x {cols})", flush=True)
     encoder = scheme.encoder
     data = field.centred(rng.integers(0, p, (K + T, cols), dtype=np.uint32))
-    fast = interleaved({"exact": lambda: matmul_mod_centred(field, encoder, data),
+    data32 = data.astype(np.int32)  # the form CodingScheme.encode stacks the data and masks in
+    fast = interleaved({"exact": lambda: matmul_mod_centred(field, encoder, data32),
                         "raw_float64": lambda: encoder @ data}, args.repeats)
     sub_rows = subset_rows(rows, args.baseline_fraction)
     sub_cols = sub_rows * d
@@ -216,16 +220,19 @@ def bench_encoding(
     enc_int = np.where(encoder < 0, encoder + p, encoder).astype(np.int64)
     data_int = np.where(data[:, :sub_cols] < 0, data[:, :sub_cols] + p, data[:, :sub_cols]).astype(np.int64)
     enc_gf, data_gf = gf(enc_int), gf(data_int)
-    exact_sub = matmul_mod_centred(field, encoder, np.ascontiguousarray(data[:, :sub_cols]))
+    exact_sub = matmul_mod_centred(field, encoder, np.ascontiguousarray(data32[:, :sub_cols]))
     check_equal("encoding naive int64", naive_matmul_mod(enc_int, data_int, p), exact_sub)
     check_equal("encoding galois", np.asarray(enc_gf @ data_gf), exact_sub)
-    check_equal("encoding exact (full) vs its first columns", matmul_mod_centred(field, encoder, data)[:, :sub_cols],
-                exact_sub)
+    check_equal("encoding exact (full, float64 operand) vs its first columns",
+                matmul_mod_centred(field, encoder, data)[:, :sub_cols], exact_sub)
     slow = interleaved({"naive_int64": lambda: naive_matmul_mod(enc_int, data_int, p),
-                        "galois": lambda: enc_gf @ data_gf}, baseline_repeats(args))
+                        "galois": lambda: enc_gf @ data_gf}, baseline_repeats(args), warm_up=False)
     return kernel_entry(
         shapes={"a": [N_WORKERS, K + T], "b": [K + T, cols], "out": [N_WORKERS, cols]},
         fast=fast, slow=slow, scale=scale, fraction=sub_rows / rows, with_targets=True,
+        note="exact = matmul_mod_centred on the data as centred int32 (how CodingScheme.encode stacks it); "
+             "raw_float64 = encoder @ data on a float64 copy, no reduction; naive_int64 and galois keep "
+             "their own int64 / GF(p) copies, made once",
     )
 
 
@@ -266,7 +273,7 @@ def bench_worker(
     exact_sub = worker_compute(field, xs, w, coefficients)
     check_equal("worker naive int64", naive(), exact_sub)
     check_equal("worker galois", np.asarray(galois_step()), exact_sub)
-    slow = interleaved({"naive_int64": naive, "galois": galois_step}, baseline_repeats(args))
+    slow = interleaved({"naive_int64": naive, "galois": galois_step}, baseline_repeats(args), warm_up=False)
     return kernel_entry(
         shapes={"x_share": [rows, d], "w_share": [d, 1], "out": [d]},
         fast=fast, slow=slow, scale=rows / sub_rows, fraction=sub_rows / rows, with_targets=False,
@@ -325,8 +332,8 @@ def bench_encode_full(
     """CodingScheme.encode end to end (masks, centring, stacking, exact GEMM) against the raw GEMM alone."""
     cols = rows * d
     print(f"  CodingScheme.encode ({K} x {cols})", flush=True)
-    secrets = field.centred(rng.integers(0, field.p, (K, cols), dtype=np.uint32))
-    stacked = np.concatenate([secrets, field.centred(uniform(field, (T, cols)))])
+    secrets = field.centred(rng.integers(0, field.p, (K, cols), dtype=np.uint32), np.int32)  # as the trainer has it
+    stacked = np.concatenate([secrets.astype(np.float64), field.centred(uniform(field, (T, cols)))])
     encoder = scheme.encoder
     times = interleaved({"encode": lambda: scheme.encode(secrets), "raw_float64": lambda: encoder @ stacked},
                         repeats)
@@ -346,10 +353,11 @@ def bench_large_prime_encoding(m: int, d: int, rng: np.random.Generator, repeats
     print(f"  encoding at p = 2^31 - 1 ({N_WORKERS} x {K + T}) @ ({K + T} x {cols})", flush=True)
     encoder = scheme.encoder
     data = field.centred(rng.integers(0, field.p, (K + T, cols), dtype=np.uint32))
+    data32 = data.astype(np.int32)
     probe = slice(0, min(cols, 257))
-    check_equal("large-prime encoding vs Python ints", matmul_mod_centred(field, encoder, data[:, probe]),
+    check_equal("large-prime encoding vs Python ints", matmul_mod_centred(field, encoder, data32[:, probe]),
                 python_reference(encoder, data[:, probe], field.p))
-    times = interleaved({"exact": lambda: matmul_mod_centred(field, encoder, data),
+    times = interleaved({"exact": lambda: matmul_mod_centred(field, encoder, data32),
                          "raw_float64": lambda: encoder @ data}, repeats)
     return {
         "p": field.p,

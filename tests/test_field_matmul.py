@@ -38,17 +38,25 @@ def adversarial(p: int, kind: str, shape: tuple[int, int], rng: np.random.Genera
     return rng.integers(0, p, shape, dtype=np.uint64).astype(np.uint32)
 
 
+def product(field: PrimeField, a: np.ndarray, b: np.ndarray, right: str) -> np.ndarray:
+    """The kernel on field elements, with the right operand centred as float64 or as int32."""
+    if right == "float64":
+        return matmul_mod(field, a, b)
+    return matmul_mod_centred(field, field.centred(a), field.centred(b, np.int32))
+
+
+@pytest.mark.parametrize("right", ["float64", "int32"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
 @pytest.mark.parametrize("p", PRIMES)
 @pytest.mark.parametrize("kind", ["random", "p-2", "near-half", "extremes", "all-p-1"])
-def test_matches_python_ints_for_every_prime_size(monkeypatch, p, kind, compiled):
+def test_matches_python_ints_for_every_prime_size(monkeypatch, p, kind, compiled, right):
     monkeypatch.setattr(kernel, "_COMPILED_PRODUCTS", 1 if compiled else 2**62)
     rng = np.random.default_rng(p)
     field = PrimeField(p)
     for n, k, m in SHAPES:
         a = adversarial(p, kind, (n, k), rng)
         b = adversarial(p, kind, (k, m), rng)
-        assert np.array_equal(matmul_mod(field, a, b), reference(a, b, p)), (n, k, m)
+        assert np.array_equal(product(field, a, b, right), reference(a, b, p)), (n, k, m)
 
 
 @pytest.mark.parametrize("p", [2**25 - 39, 2**31 - 1])
@@ -74,9 +82,10 @@ def test_the_adversarial_inputs_catch_a_kernel_without_limbs(p):
     ],
     ids=["tiles", "threads", "gemm-pieces", "inner-chunks", "everything"],
 )
+@pytest.mark.parametrize("right", ["float64", "int32"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
 @pytest.mark.parametrize("p", [3, 65521, 2**25 - 39, 2**31 - 1])
-def test_every_cut_of_the_product_is_exact(monkeypatch, knobs, p, compiled):
+def test_every_cut_of_the_product_is_exact(monkeypatch, knobs, p, compiled, right):
     monkeypatch.setattr(kernel, "_COMPILED_PRODUCTS", 1 if compiled else 2**62)
     for name, value in knobs.items():
         monkeypatch.setattr(kernel, name, value)
@@ -85,7 +94,7 @@ def test_every_cut_of_the_product_is_exact(monkeypatch, knobs, p, compiled):
     for n, k, m in [(17, 40, 23), (6, 17, 200), (40, 9, 3)]:
         for kind in ["random", "extremes"]:
             a, b = adversarial(p, kind, (n, k), rng), adversarial(p, kind, (k, m), rng)
-            assert np.array_equal(matmul_mod(field, a, b), reference(a, b, p)), (n, k, m, kind)
+            assert np.array_equal(product(field, a, b, right), reference(a, b, p)), (n, k, m, kind)
 
 
 @pytest.mark.parametrize("p", [2**25 - 39, 2**31 - 1])
@@ -160,6 +169,22 @@ def test_mismatched_shapes_are_refused_naming_the_argument():
     field = PrimeField()
     with pytest.raises(ValueError, match=r"^Argument 'b' must have 3 rows to match 'a', not \(4, 2\)\.$"):
         matmul_mod(field, np.zeros((2, 3), np.uint32), np.zeros((4, 2), np.uint32))
+
+
+def test_operands_of_other_dtypes_are_refused_naming_the_argument():
+    field = PrimeField()
+    with pytest.raises(ValueError, match=r"^Argument 'b' must hold centred representatives as float64 or int32, "
+                                         r"not 'int64'\.$"):
+        matmul_mod_centred(field, np.zeros((2, 3)), np.zeros((3, 2), np.int64))
+
+
+def test_centred_int32_holds_the_same_values_as_float64():
+    field = PrimeField(2**31 - 1)
+    x = np.array([0, 1, field.p // 2, field.p // 2 + 1, field.p - 1], dtype=np.uint32)
+    assert field.centred(x, np.int32).dtype == np.int32
+    assert field.centred(x, np.int32).tolist() == field.centred(x).tolist() == [0, 1, 2**30 - 1, -(2**30 - 1), -1]
+    with pytest.raises(ValueError, match=r"^Argument 'dtype' must be numpy.float64 or numpy.int32"):
+        field.centred(x, np.int64)
 
 
 def test_values_outside_the_field_are_refused():

@@ -8,7 +8,8 @@ every intermediate is an exact float64 integer. Inner dimensions beyond 2^20 are
 results are summed the same way.
 
 The output is computed tile by tile on one thread per core: each tile's GEMM result (under a MiB)
-is reduced mod p while it is still in cache, and each BLAS call is small enough that OpenBLAS runs it
+is reduced mod p while it is still in cache, and an int32 right operand (half the bytes of float64 to
+read from memory) is widened to float64 one tile at a time, and each BLAS call is small enough that OpenBLAS runs it
 on the calling thread, so our threads never contend with BLAS's own pool. The reduction is a handful of
 numpy ufuncs; for large products (the dataset encoding) it is one fused loop compiled by numba, which
 halves the encoding's CPU time; it is compiled on first use and cached on disk.
@@ -40,6 +41,7 @@ _MAX_THREADS = 8
 _COMPILED_PRODUCTS = 1 << 22  # from this many outputs on, the compiled reduction's one-off JIT pays off
 
 Tile = tuple[int, int, int, int]  # row_lo, row_hi, col_lo, col_hi
+Centred = np.float64 | np.int32
 
 
 def matmul_mod(field: PrimeField, a: npt.ArrayLike, b: npt.ArrayLike) -> Elements:
@@ -49,10 +51,11 @@ def matmul_mod(field: PrimeField, a: npt.ArrayLike, b: npt.ArrayLike) -> Element
     return matmul_mod_centred(field, field.centred(a_el), field.centred(b_el))
 
 
-def matmul_mod_centred(
-    field: PrimeField, a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
-) -> Elements:
-    """Return (a @ b) mod p for float64 operands holding integers with |v| <= (p-1)/2."""
+def matmul_mod_centred(field: PrimeField, a: npt.NDArray[Centred], b: npt.NDArray[Centred]) -> Elements:
+    """Return (a @ b) mod p for float64 or int32 operands holding integers with |v| <= (p-1)/2."""
+    for name, operand in (("a", a), ("b", b)):
+        if operand.dtype not in (np.float64, np.int32):
+            raise argument_error(name, "hold centred representatives as float64 or int32", str(operand.dtype))
     vector = b.ndim == 1
     b2 = b[:, None] if vector else b
     if a.ndim != 2 or a.shape[1] != b2.shape[0]:
@@ -61,7 +64,7 @@ def matmul_mod_centred(
     m = b2.shape[1]
     if n and m and k:  # every tile writes its part: no need to zero (page-faulting) memory first
         out = np.empty((n, m), dtype=np.uint32)
-        _Product.plan(field.p, np.asarray(a, np.float64), np.asarray(b2, np.float64)).run(out)
+        _Product.plan(field.p, np.asarray(a, np.float64), b2).run(out)
     else:
         out = np.zeros((n, m), dtype=np.uint32)
     return out[:, 0] if vector else out
@@ -73,7 +76,7 @@ class _Product:
 
     p: int
     a: npt.NDArray[np.float64]  # (n, k), or its limbs (L, n, k) when split == "a"
-    b: npt.NDArray[np.float64]  # (k, m), or its limbs as a (k, L, m) view when split == "b"
+    b: npt.NDArray[Centred]  # (k, m), widened tile by tile if int32, or its limbs as a (k, L, m) view
     split: str  # "a", "b" or "" (no split)
     shape: tuple[int, int, int]  # n, k, m
     shift: float  # the limb base 2^s
@@ -84,7 +87,7 @@ class _Product:
     compiled: bool  # reduce contiguous tiles with the numba kernel (large products only)
 
     @staticmethod
-    def plan(p: int, a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> _Product:
+    def plan(p: int, a: npt.NDArray[np.float64], b: npt.NDArray[Centred]) -> _Product:
         """Pick chunks, limbs and tiles so that every float64 intermediate is an exact integer."""
         (n, k), m = a.shape, b.shape[1]
         half = (p - 1) // 2
@@ -107,7 +110,7 @@ class _Product:
         return _Product(
             p=p,
             a=_split(a, s, limbs) if split == "a" else a,
-            b=_split(b.T, s, limbs).transpose(2, 0, 1) if split == "b" else b,
+            b=_split(np.asarray(b.T, np.float64), s, limbs).transpose(2, 0, 1) if split == "b" else b,
             split=split,
             shape=(n, k, m),
             shift=float(2**s),
@@ -140,6 +143,7 @@ class _Product:
         size = self.tile_rows * self.tile_cols
         product = np.empty(size * self.limbs)
         total, scratch = np.empty(size), np.empty(size)
+        widened = np.empty(self.chunk * self.tile_cols if self.b.dtype != np.float64 else 0)
         k = self.shape[1]
         while True:
             tile = queue.take(worker)
@@ -152,7 +156,7 @@ class _Product:
             acc = total[:count].reshape(shape)
             for lo in range(0, k, self.chunk):
                 hi = min(lo + self.chunk, k)
-                digits = self._limb_products(product[: count * self.limbs], tile, lo, hi)
+                digits = self._limb_products(product[: count * self.limbs], widened, tile, lo, hi)
                 h = digits[-1]
                 for digit in reversed(digits[:-1]):  # Horner, most significant limb first
                     _centred_residue(h, y, self.p)
@@ -171,22 +175,33 @@ class _Product:
                 _reduce_into(result, scratch[:count], out[r0:r1, c0:c1], self.p)
 
     def _limb_products(
-        self, buffer: npt.NDArray[np.float64], tile: Tile, lo: int, hi: int
+        self, buffer: npt.NDArray[np.float64], widened: npt.NDArray[np.float64], tile: Tile, lo: int, hi: int
     ) -> list[npt.NDArray[np.float64]]:
         """One GEMM for a tile and inner chunk; returns the L limb products, least significant first."""
         r0, r1, c0, c1 = tile
         tr, tc, limbs = r1 - r0, c1 - c0, self.limbs
         if self.split == "a":  # (L*n, kc) @ (kc, tc), tiles span all rows
             product = buffer.reshape(limbs * tr, tc)
-            _gemm(self.a[:, :, lo:hi].reshape(limbs * tr, hi - lo), self.b[lo:hi, c0:c1], product)
+            _gemm(self.a[:, :, lo:hi].reshape(limbs * tr, hi - lo), self._right(widened, lo, hi, c0, c1), product)
             return [product[i * tr : (i + 1) * tr] for i in range(limbs)]
         if self.split == "b":  # (tr, kc) @ (kc, L*m), tiles span all columns
             product = buffer.reshape(tr, limbs * tc)
             _gemm(self.a[r0:r1, lo:hi], self.b[lo:hi].reshape(hi - lo, limbs * tc), product)
             return [product[:, i * tc : (i + 1) * tc] for i in range(limbs)]
         product = buffer.reshape(tr, tc)
-        _gemm(self.a[r0:r1, lo:hi], self.b[lo:hi, c0:c1], product)
+        _gemm(self.a[r0:r1, lo:hi], self._right(widened, lo, hi, c0, c1), product)
         return [product]
+
+    def _right(
+        self, widened: npt.NDArray[np.float64], lo: int, hi: int, c0: int, c1: int
+    ) -> npt.NDArray[np.float64]:
+        """The unsplit right operand's block for a tile, an int32 block widened into this thread's scratch."""
+        block = self.b[lo:hi, c0:c1]
+        if block.dtype == np.float64:
+            return block
+        staged = widened[: block.size].reshape(block.shape)
+        np.copyto(staged, block)
+        return staged
 
 
 class _TileQueue:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -70,11 +71,13 @@ class PrimeField:
         a = self.check_elements(x).astype(np.int64)
         return np.where(a >= (self.p - 1) // 2, a - self.p, a)
 
-    def centred(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """Return the representatives in [-(p-1)/2, (p-1)/2] as float64 (exact: |value| < 2^30)."""
+    def centred(self, x: npt.ArrayLike, dtype: npt.DTypeLike = np.float64) -> npt.NDArray[Any]:
+        """Return the representatives in [-(p-1)/2, (p-1)/2] as float64 or int32 (exact: |value| < 2^30)."""
+        if dtype not in (np.float64, np.int32):
+            raise argument_error("dtype", "be numpy.float64 or numpy.int32", dtype)
         a = np.asarray(x).astype(np.int32)  # elements are below 2^31; int32 keeps this pass cheap
         a -= np.int32(self.p) * (a > (self.p - 1) // 2)
-        return a.astype(np.float64)
+        return a if np.dtype(dtype) == np.int32 else a.astype(np.float64)
 
     # --- validation -------------------------------------------------------------------------
     def check_elements(self, x: npt.ArrayLike, name: str = "x") -> Elements:

@@ -160,7 +160,7 @@ class CodedTrainer:
         k, rows, d = self.partitions.shape
         for lo in range(0, rows, rows_per_chunk):
             hi = min(lo + rows_per_chunk, rows)
-            secrets = self.partitions[:, lo:hi, :].reshape(k, -1).astype(np.float64)
+            secrets = self.partitions[:, lo:hi, :].reshape(k, -1).astype(np.int32, copy=False)
             shares = self.scheme.encode(secrets, self.mask_source)
             yield ShareChunk(lo, shares.reshape(self.plan.n_workers, hi - lo, d))
 
@@ -179,7 +179,7 @@ class CodedTrainer:
         wbar = self.quantized_weights()
         guard_round(self.plan, self.profile, self.coefficients, wbar, self.round)
         d, r = wbar.shape
-        secrets = np.broadcast_to(wbar.reshape(1, d * r).astype(np.float64), (self.plan.k, d * r))
+        secrets = np.broadcast_to(wbar.reshape(1, d * r).astype(np.int32), (self.plan.k, d * r))
         shares = self.scheme.encode(np.ascontiguousarray(secrets), self.mask_source)
         self._issued = self.round
         return shares.reshape(self.plan.n_workers, d, r)
