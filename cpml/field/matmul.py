@@ -18,6 +18,7 @@ halves the encoding's CPU time; it is compiled on first use and cached on disk.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
 from collections.abc import Callable
@@ -215,7 +216,7 @@ class _TileQueue:
     def __init__(self, tiles: list[Tile], workers: int) -> None:
         self._tiles = tiles
         bounds = [len(tiles) * w // workers for w in range(workers + 1)]
-        self._runs = [[lo, hi] for lo, hi in zip(bounds, bounds[1:])]  # [next, end) of each thread's run
+        self._runs = [[lo, hi] for lo, hi in itertools.pairwise(bounds)]  # [next, end) of each thread's run
         self._lock = threading.Lock()
 
     def take(self, worker: int) -> Tile | None:

@@ -22,16 +22,13 @@ from cpml.mpc.plan import MpcPlan, PartySpec
 from cpml.mpc.shamir import party_points, reconstruct, share
 from cpml.protocol import models
 from cpml.protocol.coding import MaskSource
-from cpml.protocol.overflow import DataProfile, check_plan
+from cpml.protocol.overflow import DataProfile
 from cpml.protocol.plan import Plan
-from cpml.protocol.quantize import quantize_data
-from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients
 from cpml.protocol.trainer import (
     RoundStats,
-    check_training_inputs,
     gradient_from_blocks,
     guard_round,
-    partition_rows,
+    prepare_data,
     round_stats,
     round_weights,
 )
@@ -76,34 +73,23 @@ class MpcSession:
         mask_source: MaskSource = uniform,
     ) -> MpcSession:
         """Quantize the data into G row blocks with CPML's quantization and check the overflow guard."""
-        plan, xa, ya, xt, yt = check_training_inputs(plan, x, y, seed, x_test, y_test)
         if mpc.n_workers + 1 >= plan.p:
             raise argument_error("p", f"exceed N + 1 = {mpc.n_workers + 1}", plan.p)
-        profile = DataProfile.of(xa, mpc.groups)
-        check_plan(plan, profile)  # the bound depends on the row blocks, not on how they are shared
-        quantized = quantize_data(xa, plan.lx)
-        plan.field.phi(quantized, name="x")
-        w0 = np.zeros(xa.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w0.shape != (xa.shape[1],) or not np.all(np.isfinite(w0)):
-            raise argument_error("weights", f"be a finite vector of length {xa.shape[1]}", w0.shape)
-        if not 0 <= start_round <= plan.iterations:
-            raise argument_error("start_round", f"be between 0 and {plan.iterations}", start_round)
+        data = prepare_data(plan, x, y, seed, x_test, y_test, mpc.groups, weights, start_round)
         return cls(
             mpc=mpc,
-            plan=plan,
+            plan=data.plan,
             seed=int(seed),
-            x=xa,
-            y=ya,
-            x_test=xt,
-            y_test=yt,
-            weights=models.project_to_ball(w0, plan.weight_bound),
+            x=data.x,
+            y=data.y,
+            x_test=data.x_test,
+            y_test=data.y_test,
+            weights=data.weights,
             round=start_round,
-            profile=profile,
-            partitions=partition_rows(quantized, mpc.groups, profile.rows),
-            xty=quantized.astype(np.float64).T @ ya,
-            coefficients=scaled_coefficients(
-                model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
-            ),
+            profile=data.profile,
+            partitions=data.partitions,
+            xty=data.xty,
+            coefficients=data.coefficients,
             mask_source=mask_source,
         )
 

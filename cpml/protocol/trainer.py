@@ -99,36 +99,22 @@ class CodedTrainer:
         mask_source: MaskSource = uniform,
     ) -> CodedTrainer:
         """Quantize and partition the data, resolve the learning rate, and check the overflow guard."""
-        plan, xa, ya, xt, yt = check_training_inputs(plan, x, y, seed, x_test, y_test)
-        d = xa.shape[1]
-        profile = DataProfile.of(xa, plan.k)
-        rows = profile.rows
-        check_plan(plan, profile)
-        quantized = quantize_data(xa, plan.lx)
-        plan.field.phi(quantized, name="x")  # refuses data that would wrap on its own
-        partitions = partition_rows(quantized, plan.k, rows)
-        w0 = np.zeros(d) if weights is None else np.asarray(weights, dtype=np.float64)
-        if w0.shape != (d,) or not np.all(np.isfinite(w0)):
-            raise argument_error("weights", f"be a finite vector of length {d}", w0.shape)
-        if not 0 <= start_round <= plan.iterations:
-            raise argument_error("start_round", f"be between 0 and {plan.iterations}", start_round)
-        coefficients = scaled_coefficients(
-            model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
-        )
+        data = prepare_data(plan, x, y, seed, x_test, y_test, plan.k, weights, start_round)
+        plan = data.plan
         return cls(
             plan=plan,
             seed=int(seed),
-            x=xa,
-            y=ya,
-            x_test=xt,
-            y_test=yt,
-            weights=models.project_to_ball(w0, plan.weight_bound),
+            x=data.x,
+            y=data.y,
+            x_test=data.x_test,
+            y_test=data.y_test,
+            weights=data.weights,
             round=start_round,
             scheme=CodingScheme(plan.field, plan.n_workers, plan.k, plan.t),
-            profile=profile,
-            partitions=partitions,
-            xty=quantized.astype(np.float64).T @ ya,
-            coefficients=coefficients,
+            profile=data.profile,
+            partitions=data.partitions,
+            xty=data.xty,
+            coefficients=data.coefficients,
             mask_source=mask_source,
         )
 
@@ -225,15 +211,34 @@ def plan_from_checkpoint(state: Mapping[str, object]) -> Plan:
 
 
 # --- shared with the MPC baselines (cpml.mpc), which partition the rows into groups instead of K ---
-def check_training_inputs(
+@dataclass(frozen=True)
+class PreparedData:
+    """Checked, quantized and partitioned training data with the starting weights: where every trainer begins."""
+
+    plan: Plan  # with the learning rate resolved
+    x: Array
+    y: Array
+    x_test: Array | None
+    y_test: Array | None
+    profile: DataProfile
+    partitions: npt.NDArray[np.int32]  # (parts, rows, d) quantized, zero-padded
+    xty: Array  # X̄ᵀy, which the master keeps
+    coefficients: npt.NDArray[np.int64]  # the sigmoid fit, scaled to the quantization
+    weights: Array  # the starting weights, projected onto the weight ball
+
+
+def prepare_data(
     plan: Plan,
     x: npt.ArrayLike,
     y: npt.ArrayLike,
     seed: int,
     x_test: npt.ArrayLike | None,
     y_test: npt.ArrayLike | None,
-) -> tuple[Plan, Array, Array, Array | None, Array | None]:
-    """Validate the seed and the data, and resolve an automatic learning rate: (plan, x, y, x_test, y_test)."""
+    parts: int,
+    weights: npt.ArrayLike | None,
+    start_round: int,
+) -> PreparedData:
+    """Check the inputs and the overflow guard, then quantize the rows into `parts` zero-padded blocks."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise argument_error("seed", "be a non-negative integer", seed)
     xa, ya = models.check_dataset(x, y, plan.model)
@@ -244,7 +249,30 @@ def check_training_inputs(
             raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
     if plan.learning_rate is None:
         plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, plan.model))
-    return plan, xa, ya, xt, yt
+    d = xa.shape[1]
+    profile = DataProfile.of(xa, parts)
+    check_plan(plan, profile)  # the bound depends on the row blocks, not on how they are shared
+    quantized = quantize_data(xa, plan.lx)
+    plan.field.phi(quantized, name="x")  # refuses data that would wrap on its own
+    w0 = np.zeros(d) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w0.shape != (d,) or not np.all(np.isfinite(w0)):
+        raise argument_error("weights", f"be a finite vector of length {d}", w0.shape)
+    if not 0 <= start_round <= plan.iterations:
+        raise argument_error("start_round", f"be between 0 and {plan.iterations}", start_round)
+    return PreparedData(
+        plan=plan,
+        x=xa,
+        y=ya,
+        x_test=xt,
+        y_test=yt,
+        profile=profile,
+        partitions=partition_rows(quantized, parts, profile.rows),
+        xty=quantized.astype(np.float64).T @ ya,
+        coefficients=scaled_coefficients(
+            model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
+        ),
+        weights=models.project_to_ball(w0, plan.weight_bound),
+    )
 
 
 def partition_rows(quantized: npt.NDArray[np.int64], parts: int, rows: int) -> npt.NDArray[np.int32]:
