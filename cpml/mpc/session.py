@@ -76,22 +76,7 @@ class MpcSession:
         if mpc.n_workers + 1 >= plan.p:
             raise argument_error("p", f"exceed N + 1 = {mpc.n_workers + 1}", plan.p)
         data = prepare_data(plan, x, y, seed, x_test, y_test, mpc.groups, weights, start_round)
-        return cls(
-            mpc=mpc,
-            plan=data.plan,
-            seed=int(seed),
-            x=data.x,
-            y=data.y,
-            x_test=data.x_test,
-            y_test=data.y_test,
-            weights=data.weights,
-            round=start_round,
-            profile=data.profile,
-            partitions=data.partitions,
-            xty=data.xty,
-            coefficients=data.coefficients,
-            mask_source=mask_source,
-        )
+        return cls(mpc=mpc, seed=int(seed), round=start_round, mask_source=mask_source, **data.by_name())
 
     @property
     def field(self) -> PrimeField:

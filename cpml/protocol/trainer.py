@@ -11,7 +11,8 @@ of the weights is seeded by (seed, round), so the weights are the same in every 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -100,23 +101,8 @@ class CodedTrainer:
     ) -> CodedTrainer:
         """Quantize and partition the data, resolve the learning rate, and check the overflow guard."""
         data = prepare_data(plan, x, y, seed, x_test, y_test, plan.k, weights, start_round)
-        plan = data.plan
-        return cls(
-            plan=plan,
-            seed=int(seed),
-            x=data.x,
-            y=data.y,
-            x_test=data.x_test,
-            y_test=data.y_test,
-            weights=data.weights,
-            round=start_round,
-            scheme=CodingScheme(plan.field, plan.n_workers, plan.k, plan.t),
-            profile=data.profile,
-            partitions=data.partitions,
-            xty=data.xty,
-            coefficients=data.coefficients,
-            mask_source=mask_source,
-        )
+        scheme = CodingScheme(data.plan.field, data.plan.n_workers, data.plan.k, data.plan.t)
+        return cls(seed=int(seed), round=start_round, scheme=scheme, mask_source=mask_source, **data.by_name())
 
     @property
     def field(self) -> PrimeField:
@@ -225,6 +211,10 @@ class PreparedData:
     xty: Array  # X̄ᵀy, which the master keeps
     coefficients: npt.NDArray[np.int64]  # the sigmoid fit, scaled to the quantization
     weights: Array  # the starting weights, projected onto the weight ball
+
+    def by_name(self) -> dict[str, Any]:
+        """Every field by name, arrays shared rather than copied: the keyword arguments of a trainer."""
+        return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
 
 
 def prepare_data(
