@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -18,11 +19,13 @@ import structlog
 
 from cpml import reporting
 from cpml.data import Dataset, load_dataset
+from cpml.field import uniform
 from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
 from cpml.master.local import LocalWorkers
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
 from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_quantization, plan_from_checkpoint
+from cpml.protocol.coding import MaskSource
 from cpml.wire import serde
 from cpml.wire.tls import channel_credentials
 
@@ -33,6 +36,10 @@ ROUNDS_LOG = "rounds.jsonl"
 PLAINTEXT_WARNING = ("plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
                      "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
                      "mutual TLS)")
+DATA_DEPENDENT_QUANTIZATION = ("automatic quantization without min-max scaling picks (l_x, l_w, l_c) from the "
+                               "data's norms, and workers see that choice in the sigmoid coefficients: a few bits "
+                               "about the data's scale; pass --lx/--lw/--lc (or use --scaling minmax) to keep "
+                               "everything workers receive independent of the data")
 LOOPBACK_WARNING = ("embedded workers speak plaintext gRPC on 127.0.0.1: safe while every process stays on this "
                     "machine, but across a network an eavesdropper on every link would see all N shares and "
                     "defeat T-privacy, so remote workers need TLS")
@@ -90,7 +97,21 @@ def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> P
     fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
     if fixed:
         return plan.with_(**fixed)
+    # Workers see (l_x, l_w, l_c) in the sigmoid coefficients of the job spec, so a level picked from the
+    # data's norms would tell them something about the data. Min-max scaling bounds every entry by 1, a
+    # public fact: plan for the worst case it allows and the choice depends on the shape alone.
+    if settings.scaling == "minmax":
+        return auto_quantization(plan, unit_range_profile(*x_train.shape, plan.k))
+    log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
     return auto_quantization(plan, DataProfile.of(x_train, plan.k))
+
+
+def unit_range_profile(m: int, d: int, k: int) -> DataProfile:
+    """The DataProfile of an m x d matrix of ones: the worst case for data in [0, 1], known without the data."""
+    rows = -(-m // k)
+    sizes = [min(rows, m - i * rows) for i in range(k) if m > i * rows]
+    return DataProfile(rows=rows, d=d, max_column_norm=tuple(math.sqrt(s) for s in sizes),
+                       frobenius=tuple(math.sqrt(s * d) for s in sizes), max_row_norm=(math.sqrt(d),) * len(sizes))
 
 
 def data_fingerprint(data: Dataset) -> str:
@@ -141,12 +162,14 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     return state
 
 
-def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[CodedTrainer, list[RoundRecord]]:
+def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
+             mask_source: MaskSource) -> tuple[CodedTrainer, list[RoundRecord]]:
     ckpt_path = settings.out / "checkpoint.json"
     if not settings.resume:
         (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
         plan = make_plan(settings, settings.n_workers, data.x_train)
-        return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test), []
+        return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
+                                   mask_source=mask_source), []
     state = load_checkpoint(ckpt_path, fingerprint)
     saved = state["trainer"]
     # N may change between runs (a dead worker is gone): the decoded gradient does not depend on N,
@@ -154,7 +177,7 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[
     plan = plan_from_checkpoint(saved).with_(n_workers=settings.n_workers, iterations=settings.iterations)
     trainer = CodedTrainer.create(plan, data.x_train, data.y_train, int(saved["seed"]), data.x_test, data.y_test,
                                   weights=np.array(saved["weights"], dtype=np.float64),
-                                  start_round=int(saved["round"]))
+                                  start_round=int(saved["round"]), mask_source=mask_source)
     rounds_log = settings.out / ROUNDS_LOG
     history = read_rounds(rounds_log, trainer.round)
     rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
@@ -162,8 +185,10 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str) -> tuple[
     return trainer, history
 
 
-async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
+async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None, *,
+                mask_source: MaskSource = uniform) -> TrainReport:
     """Run one training job end to end on remote or embedded workers; write the outputs into settings.out."""
+    # mask_source exists for tests only (never a flag): a test swaps in zero masks to show its leak check fires.
     if settings.protocol != "cpml":
         from cpml.master.mpc_train import train_baseline  # the MPC baselines (cpml.mpc)
 
@@ -174,7 +199,7 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
         log.info("data", note=note)
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
-    trainer, history = _trainer(settings, data, fingerprint)
+    trainer, history = _trainer(settings, data, fingerprint, mask_source)
     plan = trainer.plan
     if trainer.done:
         log.info("nothing to do: the checkpoint already finished every iteration", round=trainer.round)
