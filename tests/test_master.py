@@ -19,8 +19,9 @@ from cpml.master import cli
 from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
+from cpml.master.mpc_train import make_mpc_plans
 from cpml.master.train import PLAINTEXT_WARNING, ResumeError, make_plan, train
-from cpml.protocol import simulate
+from cpml.protocol import DataProfile, auto_quantization, simulate
 
 DATASET = "digits-4v9"
 
@@ -162,6 +163,17 @@ def test_plans_follow_the_case_presets_and_overrides():
     assert (case2.k, case2.t) == (3, 2)
     fixed = make_plan(TrainSettings(dataset=DATASET, t=2, lx=1, lw=3, lc=4), 12, x)
     assert (fixed.t, fixed.lx, fixed.lw, fixed.lc) == (2, 1, 3, 4)
+
+
+def test_baseline_plans_quantize_by_the_shape_alone_under_min_max_scaling():
+    # The MPC parties are sent the sigmoid coefficients too, which carry (l_x, l_w, l_c).
+    x = load_dataset(DATASET).x_train
+    settings = TrainSettings(dataset=DATASET, protocol="bh08", iterations=4)
+    _, plan = make_mpc_plans(settings, "bh08", x)
+    for other in (np.zeros_like(x), np.random.default_rng(1).random(x.shape) ** 4):
+        assert make_mpc_plans(settings, "bh08", other)[1] == plan
+    levels = {(q.lx, q.lw, q.lc) for q in (auto_quantization(plan, DataProfile.of(v, 3)) for v in (x, x / 8))}
+    assert len(levels) > 1  # planned from the data's own norms, the levels would tell the data apart
 
 
 def test_aggregate_is_dispatched_lazily(monkeypatch):

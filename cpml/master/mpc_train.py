@@ -29,6 +29,7 @@ from cpml.master.local import LocalWorkers
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings
 from cpml.master.train import (
+    DATA_DEPENDENT_QUANTIZATION,
     LOOPBACK_WARNING,
     PLAINTEXT_WARNING,
     ROUNDS_LOG,
@@ -39,6 +40,7 @@ from cpml.master.train import (
     load_checkpoint,
     read_rounds,
     save_checkpoint,
+    unit_range_profile,
 )
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import DataProfile, Plan, auto_quantization
@@ -76,6 +78,10 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
     fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
     if fixed:
         return mpc, plan.with_(**fixed)
+    # Parties see the levels in the coefficients they are sent: as in make_plan, keep them data-independent.
+    if settings.scaling == "minmax":
+        return mpc, auto_quantization(plan, unit_range_profile(*x_train.shape, mpc.groups))
+    log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
     return mpc, auto_quantization(plan, DataProfile.of(x_train, mpc.groups))
 
 
