@@ -5,6 +5,7 @@ import contextlib
 import datetime
 import ipaddress
 import re
+import time
 from pathlib import Path
 
 import grpc
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 from helpers_cluster import running_worker
 from sklearn.datasets import load_breast_cancer
+from structlog.testing import capture_logs
 
 from cpml.master.cluster import Cluster, Timeouts
 from cpml.master.mpc_train import MpcJobFailed, run_mpc_job
-from cpml.mpc import MASTER, Kind, Message, MpcPlan, MpcSession
+from cpml.mpc import Kind, MpcParty, MpcPlan, MpcSession
 from cpml.protocol import Plan, simulate
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
@@ -67,39 +69,40 @@ async def test_networked_baseline_trains_bit_identically_to_codedprivateml(data,
     assert report.setup["messages"] >= session.mpc.active_workers
 
 
-async def test_bad_messages_get_status_codes_and_the_worker_keeps_serving(data):
+async def test_an_unexpected_failure_in_a_party_reaches_the_master_at_once(data, monkeypatch):
+    # A bug inside the protocol code (here a KeyError quoting a share value) used to end the worker's task
+    # silently: the master only learnt of it from its round timeout. Now the job fails at once, the status
+    # names the exception's type and place but not its text, and the daemon serves the next job.
     x, y = data
-    session = MpcSession.create(MpcPlan("bgw", 9, 1), Plan.case2(9, iterations=1), x, y, seed=1)
-    async with mpc_workers(3) as addresses:
-        async with grpc.aio.insecure_channel(addresses[0]) as channel:
-            stub = pb_grpc.MpcStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Deliver(mpc_serde.envelope_to_proto("nope", Message(
-                    MASTER, 0, Kind.WEIGHTS, 0, 0, np.zeros((30, 1), dtype=np.uint32))), timeout=DEADLINE)
-            assert err.value.code() is grpc.StatusCode.NOT_FOUND and "Join it first" in err.value.details()
-            await stub.Join(mpc_serde.join_to_proto("job", session.party_spec(0), addresses), timeout=DEADLINE)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Join(mpc_serde.join_to_proto("job", session.party_spec(0), addresses), timeout=DEADLINE)
-            assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
-            good = Message(MASTER, 0, Kind.WEIGHTS, 0, 0, np.zeros((30, 1), dtype=np.uint32))
-            corrupt = mpc_serde.envelope_to_proto("job", good)
-            corrupt.crc32 ^= 1
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Deliver(corrupt, timeout=DEADLINE)
-            assert err.value.code() is grpc.StatusCode.DATA_LOSS
-            foreign = Message(7, 0, Kind.RESHARE, 0, 0, np.zeros((50, 1), dtype=np.uint32))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Deliver(mpc_serde.envelope_to_proto("job", foreign), timeout=DEADLINE)
-            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert "does not accept reshare from sender 7" in err.value.details()
-            big = Message(MASTER, 0, Kind.WEIGHTS, 0, 0, np.full((30, 1), 2**31, dtype=np.uint32))
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.Deliver(mpc_serde.envelope_to_proto("job", big), timeout=DEADLINE)
-            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "not field elements" in err.value.details()
-            await stub.Deliver(mpc_serde.envelope_to_proto("job", good), timeout=DEADLINE)  # still serving
-            left = await stub.Leave(pb.MpcLeaveRequest(job_id="job"), timeout=DEADLINE)
-            assert left.existed
-            assert not (await stub.Leave(pb.MpcLeaveRequest(job_id="job"), timeout=DEADLINE)).existed
+    secret = 31337123
+    broken = {"on": True}
+    handle = MpcParty.handle
+
+    def failing_handle(self, message):
+        if broken["on"] and message.kind is Kind.WEIGHTS:
+            raise KeyError(f"share value {secret}")
+        return handle(self, message)
+
+    monkeypatch.setattr(MpcParty, "handle", failing_handle)
+    plan = Plan.case2(9, iterations=1)
+    timeouts = Timeouts(connect=10, upload=30, round=30, control=5)
+    with capture_logs() as logs:
+        async with mpc_workers(3) as addresses, Cluster(addresses, timeouts=timeouts) as cluster:
+            await cluster.wait_healthy()
+            session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
+            began = time.monotonic()
+            with pytest.raises(MpcJobFailed) as err:
+                await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
+            assert time.monotonic() - began < 10  # the failure, not the 30 s round timeout
+            broken["on"] = False
+            good = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
+            await run_mpc_job(good, cluster, chunk_bytes=4096, round_timeout=30.0)
+    assert np.array_equal(good.weights, simulate(plan, x, y, seed=2).weights)
+    assert re.search(r"ABORTED: .*failed processing weights of round 0: KeyError at test_mpc_network.py:\d+",
+                     str(err.value))
+    assert str(secret) not in str(err.value)
+    assert any(e.get("error") == "KeyError" and e["event"] == "mpc step failed" for e in logs)
+    assert not [e for e in logs if str(secret) in repr(e)]
 
 
 async def test_an_unreachable_peer_fails_the_job_and_the_master_is_told(data):

@@ -17,13 +17,31 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cpml.dp import serde
-from cpml.dp.session import AggregationSession, Phase, RoundResult, RunError, UnknownParty
+from cpml.dp.session import (
+    AggregationSession,
+    InvalidUpdate,
+    Phase,
+    RoundResult,
+    RunError,
+    UnknownParty,
+)
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
+from cpml.wire.guard import add_guarded, failure_site
+from cpml.wire.serde import MAX_ID_LENGTH, shown
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = "cpml.v1.Aggregation"
+MAX_MESSAGE_BYTES = 4 << 20
+# A model travels whole in one message (packed float64), so its size is bounded before anything is allocated.
+MAX_DIMENSION = (MAX_MESSAGE_BYTES - 4096) // 8
+# n and every n_k/n stay exact in float64 (and n fits int64) when the run's records total at most 2^53.
+MAX_TOTAL_RECORDS = 2**53
+
+
+class CoordinatorFailed(RuntimeError):
+    """The round driver hit an unexpected error; the run was stopped and the parties told."""
 
 
 class JoinTimeout(RuntimeError):
@@ -64,7 +82,21 @@ class Coordinator:
             self.changed.notify_all()
 
     async def run(self) -> None:
-        """Wait for the parties, then run rounds until the plan or the budget ends."""
+        """Wait for the parties, then run rounds until the plan or the budget ends; a failure ends the run."""
+        try:
+            await self._drive()
+        except (JoinTimeout, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- parties must hear the run ended, not wait for ever
+            error, site = type(exc).__name__, failure_site(exc)
+            log.error("round driver failed", error=error, site=site)
+            reason = f"the aggregation server failed ({error} at {site}); see its log"
+            if self.session.phase is not Phase.FINISHED:
+                self.session.stop(reason)
+            await self.notify()
+            raise CoordinatorFailed(reason) from None
+
+    async def _drive(self) -> None:
         s = self.session
         async with self.changed:
             try:
@@ -120,8 +152,10 @@ class AggregationService(pb_grpc.AggregationServicer):
                    ) -> pb.JoinReply:
         await self._check_run(request.run_id, context)
         try:
+            self._check_join(request)
             party = self.session.register(request.name, request.records, request.dimension)
         except RunError as exc:
+            log.warning("join_refused", reason=str(exc))
             await _abort(context, exc)
         await self.coordinator.notify()
         s = self.session.settings
@@ -136,6 +170,11 @@ class AggregationService(pb_grpc.AggregationServicer):
             party = s.party(request.party_id)
         except UnknownParty as exc:
             await _abort(context, exc)
+        if request.after_round > s.round:
+            await context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"NextTask asks for a round after {request.after_round}, but run {s.settings.run_id!r} is at round"
+                f" {s.round}; pass the last round this party finished (0 before the first).")
         changed = self.coordinator.changed
         async with changed:
             await changed.wait_for(
@@ -170,12 +209,28 @@ class AggregationService(pb_grpc.AggregationServicer):
         await self.coordinator.notify()
         return pb.UpdateReply(round=s.round, waiting_for=len(s.waiting_for()))
 
+    def _check_join(self, request: pb.JoinRequest) -> None:
+        """Refuse, before the session sees them, names, sizes and counts no run can hold."""
+        name = request.name
+        if len(name) > MAX_ID_LENGTH or not name.isprintable():
+            raise InvalidUpdate(f"Party name {shown(name)} must be 1 to {MAX_ID_LENGTH} printable characters.")
+        if not 1 <= request.dimension <= MAX_DIMENSION:
+            raise InvalidUpdate(
+                f"Party {name!r} has {request.dimension} features (with bias); a model has at least 1 and"
+                f" travels in one {MAX_MESSAGE_BYTES}-byte message, so at most {MAX_DIMENSION}.")
+        registered = sum(p.records for p in self.session.parties if p.name != name)  # a rejoin is not new
+        if request.records > MAX_TOTAL_RECORDS - registered:
+            raise InvalidUpdate(
+                f"Party {name!r} reports {request.records} records, but a run's parties may hold at most"
+                f" 2^53 = {MAX_TOTAL_RECORDS} records in all (so that n_k/n is exact) and {registered} are"
+                " registered already.")
+
     async def _check_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
         served = self.session.settings.run_id
         if run_id != served:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"Run {run_id!r} is not served here; this server runs {served!r} (--run-id).",
+                f"Run {shown(run_id)} is not served here; this server runs {served!r} (--run-id).",
             )
 
 
@@ -197,8 +252,10 @@ class AggregationServer:
 
     async def start(self) -> str:
         """Bind and serve; return the bound host:port."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_AggregationServicer_to_server(AggregationService(self.coordinator), server)
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                          ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        add_guarded(pb_grpc.add_AggregationServicer_to_server, AggregationService(self.coordinator), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.credentials is not None:
             port = server.add_secure_port(self.listen, self.credentials)

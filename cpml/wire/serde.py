@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cpml.protocol import JobSpec
+from cpml.protocol.plan import MODELS
 from cpml.wire.generated.v1 import worker_pb2 as pb
 
 ELEMENT_BYTES = 4
@@ -22,6 +23,12 @@ ELEMENT_DTYPE = np.dtype("<u4")
 DEFAULT_CHUNK_BYTES = 1 << 20
 # The largest modulus whose elements fit the uint32 wire format.
 MAX_WIRE_MODULUS = 1 << 32
+# The sigmoid polynomial's degree r: every coefficient c_i is scaled by 2^((r-i)(l_x+l_w)) and must stay
+# below p < 2^31, so no useful plan goes past r = 30; the bound keeps a hostile spec from making the
+# worker build rows x r working arrays of any size.
+MAX_DEGREE = 32
+# Job and run ids are short names (the master uses 32 hex digits); they are echoed in logs and statuses.
+MAX_ID_LENGTH = 128
 
 
 class WireError(ValueError):
@@ -34,6 +41,24 @@ class MalformedMessage(WireError):
 
 class CorruptData(WireError):
     """A checksum mismatch or a stream that ended early: the bytes were damaged in transit."""
+
+
+def shown(text: str, limit: int = 48) -> str:
+    """repr(text), cut to `limit` characters, for echoing an untrusted string in a log line or a status."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_id(value: str, what: str = "job_id") -> str:
+    """Refuse an id that is empty, longer than MAX_ID_LENGTH or holds unprintable characters; return it."""
+    if not value:
+        raise MalformedMessage(f"the request has an empty {what}; name the job in every message")
+    if len(value) > MAX_ID_LENGTH or not value.isprintable():
+        raise MalformedMessage(
+            f"{what} {shown(value)} must be 1 to {MAX_ID_LENGTH} printable characters (the master uses 32 hex "
+            f"digits)")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +120,9 @@ def pack_elements(values: np.ndarray) -> bytes:
 
 def unpack_elements(data: bytes, shape: tuple[int, ...], modulus: int, what: str) -> np.ndarray:
     """Read packed little-endian elements of the given shape, refusing wrong sizes and values >= modulus."""
-    expected = int(np.prod(shape, dtype=np.int64)) * ELEMENT_BYTES
+    expected = ELEMENT_BYTES
+    for extent in shape:  # Python ints: a hostile shape cannot overflow into a small or negative size
+        expected *= int(extent)
     if len(data) != expected:
         raise MalformedMessage(
             f"{what} has {len(data)} bytes but shape {'x'.join(map(str, shape))} needs {expected} "
@@ -142,6 +169,11 @@ def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
     if msg.rows == 0 or msg.cols == 0:
         raise MalformedMessage(f"job spec declares an empty share ({msg.rows}x{msg.cols}); "
                                f"the share needs at least one row and one column")
+    if not 1 <= msg.degree <= MAX_DEGREE:
+        raise MalformedMessage(f"job spec declares sigmoid degree {msg.degree}; the degree r must be between 1 and "
+                               f"{MAX_DEGREE}")
+    if msg.model not in MODELS:
+        raise MalformedMessage(f"job spec declares model {shown(msg.model)}; use one of {', '.join(MODELS)}")
     coefficients = block_from_proto(msg.coefficients, (1, msg.degree + 1), msg.modulus,
                                     "the sigmoid coefficients")[0]
     return WireJobSpec(modulus=msg.modulus, degree=msg.degree, rows=msg.rows, cols=msg.cols,

@@ -3,7 +3,12 @@
 Deliver only checks and queues a message; one task per job starts the party on the first message, feeds
 it the queue (the math runs in the compute executor) and routes what it sends: to peers through one sender
 task each (so a handler never waits on a peer that is waiting on it), to the master through the job's
-Results stream.
+Results stream. Whatever stops a job (a refusing peer, a message that breaks the protocol, a bug) fails it
+at once: Results ends with ABORTED and every later Deliver gets FAILED_PRECONDITION, both with the reason.
+
+What a job can hold is bounded before it is created: a Join's party (its share, products and BH08 pool) is
+counted against --share-bytes-cap, and Deliver refuses what the party would otherwise buffer without end
+(a message it already has, or one for a round more than one ahead); late messages are dropped unqueued.
 """
 
 from __future__ import annotations
@@ -11,28 +16,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
+import numpy as np
 import structlog
 
-from cpml.mpc import MASTER, Message, MpcParty, ProtocolError, Traffic
+import cpml.mpc
+from cpml.field import field_for
+from cpml.field.prime_field import MAX_PRIME_BITS
+from cpml.mpc import MASTER, Kind, Message, MpcParty, PartySpec, ProtocolError, Traffic
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
-from cpml.wire.serde import CorruptData, MalformedMessage
+from cpml.wire.guard import failure_site
+from cpml.wire.serde import MAX_DEGREE, CorruptData, MalformedMessage, check_id, shown
 from cpml.wire.tls import channel_credentials
 from cpml.worker.settings import WorkerSettings
+from cpml.worker.store import JobExists, ShareStore, ShareStoreFull
 
 log = structlog.get_logger(__name__)
 
 PEER_TIMEOUT = 60.0  # seconds one Deliver to a peer may take before the job is failed
+MAX_GROUP_SIZE = 255  # 2T+1 parties; the paper's largest runs use N = 50 workers in all
+MAX_WORKER_INDEX = 2**31 - 1  # worker indices travel as sint32
+MAX_ADDRESS_LENGTH = 255
+_MPC_PACKAGE = str(Path(cpml.mpc.__file__).parent)
 
 
 class JobFailed(Exception):
     """The job cannot continue (a peer is unreachable or a message broke the protocol)."""
+
+
+class DuplicateMessage(Exception):
+    """A message the party already has (same kind, round, step and sender, or data rows already sent)."""
+
+
+class RoundTooFarAhead(Exception):
+    """A message for a round the party cannot reach before it has answered the master."""
+
+
+def party_bytes(spec: PartySpec) -> int:
+    """Bytes the party's largest arrays take: its share (uint32, then float64), products, BH08 pool."""
+    data = 12 * spec.rows * spec.d
+    products = 16 * spec.group_size * spec.rows * spec.r  # pieces sent and received, two rounds in flight
+    pool = 32 * spec.group_size * spec.offline_batch if spec.protocol == "bh08" else 0
+    return data + products + pool
 
 
 @dataclass
@@ -51,6 +84,12 @@ class MpcJob:
     compute_seconds: float = 0.0
     failure: str | None = None
     touched: float = field(default_factory=time.monotonic)
+    results_open: bool = False
+    # What Deliver has queued, to refuse duplicates: (kind, round, step, sender) of rounds not yet finished,
+    # and the data rows.
+    seen: set[tuple[Kind, int, int, int]] = field(default_factory=set)
+    seen_from_round: int = 0
+    rows_seen: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def fail(self, reason: str) -> None:
         """Stop the job and tell the master through its Results stream."""
@@ -59,32 +98,81 @@ class MpcJob:
             log.warning("mpc job failed", job=self.job_id, reason=reason)
             self.to_master.put_nowait(JobFailed(reason))
 
+    def admit(self, message: Message) -> bool:
+        """Record a checked message; False for a late one (dropped), raise for one the party must not buffer."""
+        party = self.party
+        if message.kind is Kind.DATA:
+            rows = slice(message.step, message.step + message.payload.shape[0])
+            if self.rows_seen[rows].any():
+                raise DuplicateMessage(
+                    f"rows {rows.start}..{rows.stop - 1} of the data share of MPC job {self.job_id!r} were already "
+                    f"delivered to worker {party.index}; send each row once")
+            self.rows_seen[rows] = True
+            return True
+        current = party.round
+        if message.round < current:
+            return False  # the party drops a late message anyway: it never needs to be queued
+        if message.round > current + 1:
+            raise RoundTooFarAhead(
+                f"{message.kind.value} for round {message.round} reached worker {party.index}, which is on round "
+                f"{current}; peers and the master are never more than one round ahead, so the message is "
+                f"misnumbered")
+        if current > self.seen_from_round:
+            self.seen = {key for key in self.seen if key[1] >= current}
+            self.seen_from_round = current
+        key = (message.kind, message.round, message.step, message.sender)
+        if key in self.seen:
+            raise DuplicateMessage(
+                f"worker {party.index} already has the {message.kind.value} message of round {message.round}, step "
+                f"{message.step} from sender {message.sender}; each message is sent once")
+        self.seen.add(key)
+        return True
+
 
 class MpcService(pb_grpc.MpcServicer):
     """Serves Join, Deliver, Results and Leave for the BGW and BH08 baselines."""
 
-    def __init__(self, settings: WorkerSettings, executor: Executor) -> None:
+    def __init__(self, settings: WorkerSettings, executor: Executor, store: ShareStore | None = None) -> None:
         self._settings = settings
         self._executor = executor
+        self._store = store if store is not None else ShareStore(settings.share_bytes_cap)
         self._jobs: dict[str, MpcJob] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     async def Join(self, request: pb.MpcJoinRequest, context: grpc.aio.ServicerContext) -> pb.MpcJoinReply:
         try:
+            check_id(request.job_id)
+            if not 1 <= request.degree <= MAX_DEGREE:
+                raise MalformedMessage(f"Join request declares sigmoid degree {request.degree}; the degree r must be "
+                                       f"between 1 and {MAX_DEGREE}")
             spec, peers = mpc_serde.join_from_proto(request)
+            _check_party(spec, peers)
         except MalformedMessage as exc:
+            log.warning("mpc join refused", code="INVALID_ARGUMENT", reason=str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if request.job_id in self._jobs:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"MPC job {request.job_id!r} already exists on this worker; Leave it first")
+        try:
+            self._store.reserve_party(request.job_id, party_bytes(spec))
+        except (JobExists, ShareStoreFull) as exc:
+            code = grpc.StatusCode.ALREADY_EXISTS if isinstance(exc, JobExists) else grpc.StatusCode.RESOURCE_EXHAUSTED
+            log.warning("mpc join refused", job=request.job_id, code=code.name, reason=str(exc))
+            await context.abort(code, str(exc))
         # From here on nothing awaits: a Join is registered whole or not at all, even if its call is cancelled.
         channels, stubs = [], {}
-        for position, address in enumerate(peers):
-            if position != spec.position:
-                channel = self._channel(address)
-                channels.append(channel)
-                stubs[spec.first + position] = pb_grpc.MpcStub(channel)
-        job = MpcJob(request.job_id, MpcParty(spec), stubs, channels)
+        try:
+            party = MpcParty(spec)
+            for position, address in enumerate(peers):
+                if position != spec.position:
+                    channel = self._channel(address)
+                    channels.append(channel)
+                    stubs[spec.first + position] = pb_grpc.MpcStub(channel)
+        except BaseException:
+            self._store.release_party(request.job_id)  # the guard reports it; the bytes must not stay reserved
+            raise
+        job = MpcJob(request.job_id, party, stubs, channels, rows_seen=np.zeros(spec.rows, dtype=bool),
+                     seen_from_round=spec.start_round)
         self._jobs[job.job_id] = job
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._expire_idle_jobs())
@@ -101,30 +189,52 @@ class MpcService(pb_grpc.MpcServicer):
         try:
             message = mpc_serde.envelope_from_proto(request, job.party.spec.p)
             job.party.check(message)
+            if message.sender == message.receiver:
+                raise ProtocolError(f"a message from worker {message.sender} to itself arrived over the network; "
+                                    f"a party's own share never leaves it")
         except CorruptData as exc:
             await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
         except (MalformedMessage, ProtocolError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if job.failure is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"MPC job {job.job_id!r} failed: {job.failure}")
+        try:
+            queued = job.admit(message)
+        except DuplicateMessage as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except RoundTooFarAhead as exc:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
         job.touched = time.monotonic()
-        job.inbox.put_nowait(message)
+        if queued:
+            job.inbox.put_nowait(message)
+        else:
+            log.debug("late mpc message dropped", job=job.job_id, kind=message.kind.value, round=message.round)
         return pb.MpcDeliverReply()
 
     async def Results(self, request: pb.MpcResultsRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MpcEnvelope]:
         job = await self._job(request.job_id, context)
-        while True:
-            item = await job.to_master.get()
-            if isinstance(item, JobFailed):
-                await context.abort(grpc.StatusCode.ABORTED, f"MPC job {job.job_id!r} failed: {item}")
-            yield item
+        if job.failure is not None:
+            await context.abort(grpc.StatusCode.ABORTED, f"MPC job {job.job_id!r} failed: {job.failure}")
+        if job.results_open:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"MPC job {job.job_id!r} already has an open Results stream; the master reads one "
+                                f"per job (cancel the other first)")
+        job.results_open = True
+        try:
+            while True:
+                item = await job.to_master.get()
+                if isinstance(item, JobFailed):
+                    await context.abort(grpc.StatusCode.ABORTED, f"MPC job {job.job_id!r} failed: {item}")
+                yield item
+        finally:
+            job.results_open = False
 
     async def Leave(self, request: pb.MpcLeaveRequest, context: grpc.aio.ServicerContext) -> pb.MpcLeaveReply:
         job = self._jobs.pop(request.job_id, None)
         if job is None:
             return pb.MpcLeaveReply(existed=False)
-        await _close(job)
+        await self._close(job)
         messages, sent = job.traffic.messages, job.traffic.bytes
         kinds = [k for k in messages if k not in ("setup", "offline", "online")]
         log.info("mpc job left", job=job.job_id, messages=sum(messages[k] for k in kinds))
@@ -139,7 +249,7 @@ class MpcService(pb_grpc.MpcServicer):
             self._reaper.cancel()
         jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
-            await _close(job)
+            await self._close(job)
 
     # --- plumbing --------------------------------------------------------------------------
     async def _expire_idle_jobs(self) -> None:
@@ -150,14 +260,24 @@ class MpcService(pb_grpc.MpcServicer):
             now = time.monotonic()
             for job_id, job in list(self._jobs.items()):
                 if now - job.touched > idle and self._jobs.pop(job_id, None) is not None:
-                    await _close(job)
+                    await self._close(job)
                     log.info("idle mpc job expired", job=job_id, idle_seconds=idle)
+
+    async def _close(self, job: MpcJob) -> None:
+        for task in job.tasks:
+            task.cancel()
+        for task in job.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for channel in job.channels:
+            await channel.close()
+        self._store.release_party(job.job_id)
 
     async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> MpcJob:
         job = self._jobs.get(job_id)
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no MPC job {job_id!r} on this worker; the master must Join it first")
+                                f"no MPC job {shown(job_id)} on this worker; the master must Join it first")
         return job  # type: ignore[return-value]
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -189,13 +309,20 @@ class MpcService(pb_grpc.MpcServicer):
                 message = await job.inbox.get()
 
     async def _step(self, job: MpcJob, step: Callable[..., list[Message]], *args: Message) -> bool:
-        """Run one party step and route what it sends; False once the job has failed."""
+        """Run one party step and route what it sends; False once the job has failed (the master is told)."""
         try:
-            out = await self._run(job, step, *args)
-        except (ProtocolError, RuntimeError) as exc:
-            job.fail(str(exc))
-            return False
-        self._route(job, out)
+            self._route(job, await self._run(job, step, *args))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- any failure must reach the master, not end the task silently
+            if _party_refusal(exc):  # the party's own words about a message or its state: no values in them
+                job.fail(f"worker {job.party.index} could not go on: {exc}")
+                return False
+            # The exception's text is neither logged nor sent: it could quote a share.
+            what = f"{args[0].kind.value} of round {args[0].round}" if args else "the start of the protocol"
+            log.error("mpc step failed", job=job.job_id, error=type(exc).__name__, site=failure_site(exc))
+            job.fail(f"worker {job.party.index} failed processing {what}: {type(exc).__name__} at "
+                     f"{failure_site(exc)} (a bug or a message that breaks the protocol; see the worker's log)")
         return job.failure is None
 
     def _route(self, job: MpcJob, messages: list[Message]) -> None:
@@ -213,6 +340,8 @@ class MpcService(pb_grpc.MpcServicer):
             envelope = await queue.get()
             try:
                 await stub.Deliver(envelope, timeout=PEER_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
             except grpc.aio.AioRpcError as exc:
                 hint = ""
                 if self._settings.tls and exc.code() is grpc.StatusCode.UNAVAILABLE:
@@ -221,13 +350,33 @@ class MpcService(pb_grpc.MpcServicer):
                 job.fail(f"worker {worker} refused or did not take a message: {exc.code().name}: "
                          f"{exc.details()}{hint}")
                 return
+            except Exception as exc:  # noqa: BLE001 -- e.g. a bad peer address: fail the job, do not vanish
+                log.error("mpc peer send failed", job=job.job_id, peer=worker, error=type(exc).__name__,
+                          site=failure_site(exc))
+                job.fail(f"sending to worker {worker} failed: {type(exc).__name__} at {failure_site(exc)}")
+                return
 
 
-async def _close(job: MpcJob) -> None:
-    for task in job.tasks:
-        task.cancel()
-    for task in job.tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    for channel in job.channels:
-        await channel.close()
+def _party_refusal(exc: Exception) -> bool:
+    """Whether cpml.mpc itself raised this ProtocolError or RuntimeError (its message is then safe to show)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return isinstance(exc, (ProtocolError, RuntimeError)) and bool(frames) and _MPC_PACKAGE in frames[-1].filename
+
+
+def _check_party(spec: PartySpec, peers: list[str]) -> None:
+    """Refuse what the wire format allows but a worker cannot serve: primes, sizes, indices, addresses."""
+    try:
+        field_for(spec.p)
+    except ValueError as exc:
+        raise MalformedMessage(f"modulus {spec.p} is not supported: {exc} This worker computes over primes below "
+                               f"2^{MAX_PRIME_BITS}") from None
+    if spec.group_size > MAX_GROUP_SIZE:
+        raise MalformedMessage(f"Join request names a group of {spec.group_size} workers (T = {spec.t}); groups "
+                               f"have at most {MAX_GROUP_SIZE} members")
+    if spec.first + spec.group_size - 1 > MAX_WORKER_INDEX:
+        raise MalformedMessage(f"Join request puts the group at workers {spec.first}..; worker indices must stay "
+                               f"below 2^31")
+    for address in peers:
+        if not address or len(address) > MAX_ADDRESS_LENGTH or not address.isprintable():
+            raise MalformedMessage(f"Join request names peer {shown(address)}; every peer must be a host:port of "
+                                   f"at most {MAX_ADDRESS_LENGTH} printable characters")

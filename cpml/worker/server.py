@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+from cpml.wire.guard import add_guarded
 from cpml.wire.tls import server_credentials
 from cpml.worker.mpc_service import MpcService
 from cpml.worker.service import WorkerService
@@ -42,7 +43,7 @@ class WorkerServer:
         self.store = ShareStore(settings.share_bytes_cap)
         self.health = health.aio.HealthServicer()
         self._executor = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="compute")
-        self.mpc = MpcService(settings, self._executor)  # the BGW/BH08 baselines (cpml.mpc)
+        self.mpc = MpcService(settings, self._executor, self.store)  # the BGW/BH08 baselines (cpml.mpc)
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
@@ -58,8 +59,8 @@ class WorkerServer:
                                           # masters ping every 30 s to notice a vanished worker
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
-        pb_grpc.add_WorkerServicer_to_server(WorkerService(self.store, s, self._executor), server)
-        mpc_pb2_grpc.add_MpcServicer_to_server(self.mpc, server)
+        add_guarded(pb_grpc.add_WorkerServicer_to_server, WorkerService(self.store, s, self._executor), server)
+        add_guarded(mpc_pb2_grpc.add_MpcServicer_to_server, self.mpc, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.tls:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))

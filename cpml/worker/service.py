@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -20,9 +21,19 @@ from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.worker.settings import WorkerSettings
-from cpml.worker.store import Job, JobExists, ShareStore, ShareStoreFull, UnknownJob, Upload
+from cpml.worker.store import (
+    Job,
+    JobExists,
+    ShareStore,
+    ShareStoreFull,
+    UnknownJob,
+    Upload,
+    UploadUnfinished,
+)
 
 log = structlog.get_logger(__name__)
+
+_Request = TypeVar("_Request")
 
 
 class RoundOutOfOrder(Exception):
@@ -31,6 +42,10 @@ class RoundOutOfOrder(Exception):
 
 class UnsupportedModulus(serde.MalformedMessage):
     """The job's modulus is not a prime this worker can compute with."""
+
+
+class StreamIdle(Exception):
+    """A stream sent nothing for --job-idle-seconds."""
 
 
 # The most specific class first: UnsupportedModulus is a MalformedMessage.
@@ -42,6 +57,8 @@ _STATUS = (
     (JobExists, grpc.StatusCode.ALREADY_EXISTS),
     (ShareStoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (RoundOutOfOrder, grpc.StatusCode.FAILED_PRECONDITION),
+    (UploadUnfinished, grpc.StatusCode.FAILED_PRECONDITION),
+    (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 REFUSALS = tuple(cls for cls, _ in _STATUS)
 
@@ -67,7 +84,8 @@ class _LatestRound:
         self._changed.set()
 
     def finish(self, error: BaseException | None = None) -> None:
-        self._done, self._error = True, error
+        self._done = True
+        self._error = self._error or error  # the first error stands
         self._changed.set()
 
     async def next(self) -> tuple[Job, int, np.ndarray] | None:
@@ -96,13 +114,13 @@ class WorkerService(pb_grpc.WorkerServicer):
                           context: grpc.aio.ServicerContext) -> pb.UploadReply:
         upload: Upload | None = None
         try:
-            async for msg in request_iterator:
+            async for msg in self._within_idle_time(request_iterator, "share upload"):
                 if upload is None:
                     upload = self._begin_upload(msg)
                 elif msg.job_id != upload.job_id:
                     raise serde.MalformedMessage(
-                        f"share chunk names job {msg.job_id!r} inside the upload of job {upload.job_id!r}; "
-                        f"upload each job's share on its own stream")
+                        f"share chunk names job {serde.shown(msg.job_id)} inside the upload of job "
+                        f"{upload.job_id!r}; upload each job's share on its own stream")
                 upload.add(serde.share_chunk_from_proto(msg, upload.spec))
             if upload is None:
                 raise serde.MalformedMessage("the share upload stream was empty; send at least one chunk "
@@ -121,7 +139,23 @@ class WorkerService(pb_grpc.WorkerServicer):
                  bytes=job.spec.share_bytes, used_bytes=self._store.used_bytes)
         return pb.UploadReply(job_id=job.job_id, stored_bytes=job.spec.share_bytes)
 
+    async def _within_idle_time(self, requests: AsyncIterator[_Request], what: str) -> AsyncIterator[_Request]:
+        """The stream's messages; StreamIdle once none came for --job-idle-seconds (a stalled client)."""
+        idle = self._settings.job_idle_seconds
+        stream = aiter(requests)
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    msg = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise StreamIdle(f"the {what} stream sent nothing for {idle:g} s (--job-idle-seconds), so the "
+                                 f"worker closed it and freed what it held; send the messages again") from None
+            yield msg
+
     def _begin_upload(self, first: pb.ShareChunk) -> Upload:
+        serde.check_id(first.job_id)
         if not first.HasField("spec"):
             raise serde.MalformedMessage(
                 f"the first chunk of the upload of job {first.job_id!r} carries no job spec; "
@@ -141,7 +175,6 @@ class WorkerService(pb_grpc.WorkerServicer):
         reader = asyncio.create_task(self._read_rounds(request_iterator, rounds))
         served = 0
         job_id = None
-        prepared = None  # the share as centred float64, converted once per stream (the share never changes)
         loop = asyncio.get_running_loop()
         try:
             while (item := await rounds.next()) is not None:
@@ -149,10 +182,10 @@ class WorkerService(pb_grpc.WorkerServicer):
                 job_id = job.job_id
                 field = field_for(job.spec.modulus)
                 started = time.perf_counter()
-                if prepared is None:
-                    prepared = await loop.run_in_executor(self._executor, prepare_share, field, job.share)
+                prepared = await self._prepared(job)
                 result = await loop.run_in_executor(self._executor, worker_compute, field, prepared, weights,
                                                     job.spec.coefficients)
+                del prepared  # an ended job's float64 share is freed even while this stream waits
                 seconds = time.perf_counter() - started
                 if self._settings.fault_reply_delay:
                     await asyncio.sleep(self._settings.fault_reply_delay)
@@ -173,17 +206,30 @@ class WorkerService(pb_grpc.WorkerServicer):
             reader.cancel()
             log.info("compute stream closed", job=job_id, rounds=served, stale_rounds_skipped=rounds.skipped)
 
+    async def _prepared(self, job: Job) -> np.ndarray:
+        """The job's share as centred float64: converted once per job, however many streams compute on it."""
+        if job.prepared is None or job.prepared.cancelled():
+            job.prepared = asyncio.get_running_loop().run_in_executor(
+                self._executor, prepare_share, field_for(job.spec.modulus), job.share)
+        return await asyncio.shield(job.prepared)  # one stream's cancellation must not cancel it for the others
+
     async def _read_rounds(self, request_iterator: AsyncIterator[pb.RoundRequest], rounds: _LatestRound) -> None:
         job: Job | None = None
         last_round = -1
+
+        def ended() -> None:
+            rounds.finish(UnknownJob(f"job {job.job_id!r} was ended or expired while its compute stream was open; "
+                                     f"upload its share again"))
+
         try:
-            async for msg in request_iterator:
+            async for msg in self._within_idle_time(request_iterator, "compute"):
                 if job is None:
-                    job = self._store.get(msg.job_id)
+                    job = self._store.get(serde.check_id(msg.job_id))
+                    job.watch(ended)
                 elif msg.job_id != job.job_id:
                     raise serde.MalformedMessage(
-                        f"round request names job {msg.job_id!r} on the compute stream of job {job.job_id!r}; "
-                        f"open one stream per job")
+                        f"round request names job {serde.shown(msg.job_id)} on the compute stream of job "
+                        f"{job.job_id!r}; open one stream per job")
                 if msg.round <= last_round:
                     raise RoundOutOfOrder(
                         f"round {msg.round} of job {job.job_id!r} arrived after round {last_round}; rounds on a "
@@ -197,8 +243,15 @@ class WorkerService(pb_grpc.WorkerServicer):
             raise
         except Exception as exc:  # noqa: BLE001 -- handed to the handler, which maps refusals to codes
             rounds.finish(exc)
+        finally:
+            if job is not None:
+                job.unwatch(ended)
 
     async def EndJob(self, request: pb.EndJobRequest, context: grpc.aio.ServicerContext) -> pb.EndJobReply:
+        try:
+            serde.check_id(request.job_id)
+        except serde.MalformedMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         freed = self._store.remove(request.job_id)
         log.info("job ended", job=request.job_id, existed=freed > 0, freed_bytes=freed)
         return pb.EndJobReply(existed=freed > 0, freed_bytes=freed)

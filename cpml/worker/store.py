@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cpml.wire.serde import CorruptData, MalformedMessage, ShareBlock, WireJobSpec
+from cpml.wire.serde import CorruptData, MalformedMessage, ShareBlock, WireJobSpec, shown
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class ShareStoreFull(Exception):
@@ -25,18 +30,45 @@ class JobExists(Exception):
     """A job with this id is already stored or being uploaded."""
 
 
-@dataclass
+class UploadUnfinished(Exception):
+    """The job's share is still being uploaded."""
+
+
+@dataclass(eq=False)
 class Job:
     """A stored share and what the worker knows about its job."""
 
     job_id: str
     spec: WireJobSpec
-    share: np.ndarray
+    share: np.ndarray = field(repr=False)
     last_used: float = field(default_factory=time.monotonic)
+    # The share prepared for computing (centred float64), made once and shared by every compute stream.
+    prepared: asyncio.Future[np.ndarray] | None = field(default=None, repr=False)
+    released: bool = False
+    _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def touch(self) -> None:
         """Mark the job as used now (idle jobs are expired)."""
         self.last_used = time.monotonic()
+
+    def watch(self, on_release: Callable[[], None]) -> None:
+        """Call `on_release` when the job is ended or expired (at once if it already was)."""
+        if self.released:
+            on_release()
+        else:
+            self._watchers.append(on_release)
+
+    def unwatch(self, on_release: Callable[[], None]) -> None:
+        """Stop watching (a compute stream that closed)."""
+        if on_release in self._watchers:
+            self._watchers.remove(on_release)
+
+    def release(self) -> None:
+        """Mark the job gone, drop its prepared share and tell whoever watches it."""
+        self.released, self.prepared = True, None
+        watchers, self._watchers = self._watchers, []
+        for on_release in watchers:
+            on_release()
 
 
 class Upload:
@@ -86,11 +118,12 @@ class ShareStore:
         self.cap_bytes = cap_bytes
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, int] = {}
+        self._parties: dict[str, int] = {}  # MPC baseline jobs (their own id space), by their estimated bytes
 
     @property
     def used_bytes(self) -> int:
-        """Bytes held by stored shares and uploads in progress."""
-        return sum(self._reserved.values())
+        """Bytes held by stored shares, uploads in progress and MPC parties."""
+        return sum(self._reserved.values()) + sum(self._parties.values())
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -100,15 +133,31 @@ class ShareStore:
         if not job_id:
             raise MalformedMessage("the share upload has an empty job_id; name the job in every chunk")
         if job_id in self._reserved:
-            raise JobExists(f"job {job_id!r} is already stored on this worker; end it first or use a new id")
-        free = self.cap_bytes - self.used_bytes
-        if spec.share_bytes > free:
-            raise ShareStoreFull(
-                f"job {job_id!r} needs {spec.share_bytes} bytes for its {spec.rows}x{spec.cols} share but this "
-                f"worker has {free} of its {self.cap_bytes}-byte cap free; end other jobs, use more workers "
-                f"(smaller shares) or raise --share-bytes-cap")
+            state = "stored" if job_id in self._jobs else "being uploaded"
+            raise JobExists(f"job {shown(job_id)} is already {state} on this worker; end it first or use a new id")
+        self._check_room(f"job {shown(job_id)}", spec.share_bytes,
+                         f"its {spec.rows}x{spec.cols} share", "(smaller shares)")
         self._reserved[job_id] = spec.share_bytes
         return Upload(self, job_id, spec)
+
+    def reserve_party(self, job_id: str, nbytes: int) -> None:
+        """Count an MPC party's memory against the cap; refuse a duplicate id or a party over the cap."""
+        if job_id in self._parties:
+            raise JobExists(f"MPC job {shown(job_id)} already exists on this worker; Leave it first")
+        self._check_room(f"MPC job {shown(job_id)}", nbytes, "its party (share, products and BH08 pool)",
+                         "(smaller groups' blocks) or fewer rounds per job")
+        self._parties[job_id] = nbytes
+
+    def release_party(self, job_id: str) -> int:
+        """Give back an MPC party's bytes; return them (0 if it held none)."""
+        return self._parties.pop(job_id, 0)
+
+    def _check_room(self, who: str, nbytes: int, what: str, smaller: str) -> None:
+        free = self.cap_bytes - self.used_bytes
+        if nbytes > free:
+            raise ShareStoreFull(
+                f"{who} needs {nbytes} bytes for {what} but this worker has {free} of its {self.cap_bytes}-byte "
+                f"cap free; end other jobs, use more workers {smaller} or raise --share-bytes-cap")
 
     def _commit(self, upload: Upload) -> Job:
         job = self._jobs[upload.job_id] = Job(upload.job_id, upload.spec, upload._share)
@@ -116,16 +165,20 @@ class ShareStore:
 
     def _release(self, job_id: str) -> None:
         self._reserved.pop(job_id, None)
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            job.release()
 
     def get(self, job_id: str) -> Job:
         """The stored job with this id."""
-        try:
-            job = self._jobs[job_id]
-        except KeyError:
+        job = self._jobs.get(job_id)
+        if job is None:
+            if job_id in self._reserved:
+                raise UploadUnfinished(
+                    f"job {shown(job_id)} is still being uploaded; wait for UploadShare's reply before computing")
             raise UnknownJob(
-                f"job {job_id!r} is not stored on this worker (never uploaded, ended, expired or the worker "
-                f"restarted); upload its share first") from None
+                f"job {shown(job_id)} is not stored on this worker (never uploaded, ended, expired or the worker "
+                f"restarted); upload its share first")
         job.touch()
         return job
 

@@ -1,0 +1,170 @@
+"""Every gRPC method of a cpml daemon behind one guard: bytes that are not the request message get
+INVALID_ARGUMENT, and an exception no handler expected gets INTERNAL (MemoryError: RESOURCE_EXHAUSTED)
+naming only its type and place, logged the same way. Exception texts are never sent or logged: one raised
+deep inside numpy or protobuf could quote a share, a datum or a weight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError
+
+from cpml.wire.serde import MalformedMessage
+
+log = structlog.get_logger(__name__)
+
+
+class Undecodable:
+    """Stands in for a request whose bytes did not parse, so the guard can refuse it with a status."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: object, server: grpc.aio.Server) -> None:
+    """Register `servicer` like the generated `add_XServicer_to_server`, every method behind the guard."""
+    proxy = _Registrar(server)
+    add_to_server(servicer, proxy)
+    if not proxy.registered:
+        raise RuntimeError("the generated code registered no method handlers; regenerate it with "
+                           "scripts/gen_proto.py")
+
+
+class _Registrar:
+    """Stands in for the server while generated code registers its handlers, and guards each one."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.registered = False
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """Ignored: the same handlers arrive (guarded) through add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """Guard every method of `service` and register the result with the real server."""
+        guarded = {name: _guard(handler, f"{service}/{name}") for name, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
+        self._server.add_registered_method_handlers(service, guarded)
+        self.registered = True
+
+
+def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    parse = _tolerant(handler.request_deserializer)
+    if handler.unary_unary is not None:
+        return handler._replace(request_deserializer=parse, unary_unary=_unary(handler.unary_unary, method))
+    if handler.unary_stream is not None:
+        return handler._replace(request_deserializer=parse, unary_stream=_unary_stream(handler.unary_stream, method))
+    if handler.stream_unary is not None:
+        return handler._replace(request_deserializer=parse, stream_unary=_stream(handler.stream_unary, method))
+    return handler._replace(request_deserializer=parse, stream_stream=_stream_stream(handler.stream_stream, method))
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = message_type.full_name if message_type is not None else "request"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return Undecodable(
+                f"the request is not a valid {name} message ({len(data)} bytes that do not parse as protobuf, or "
+                f"a string field that is not UTF-8); client and server must speak the same cpml.v1 contract")
+
+    return parse
+
+
+def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            return await behavior(request, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the last line: turn any surprise into a status
+            await _abort_unexpected(context, method, exc)
+
+    return handle
+
+
+def _unary_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        try:
+            async for reply in behavior(request, context):
+                yield reply
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await _abort_unexpected(context, method, exc)
+
+    return handle
+
+
+def _stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(_parsed(requests), context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except MalformedMessage as exc:  # an undecodable message the handler did not map itself
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # noqa: BLE001
+            await _abort_unexpected(context, method, exc)
+
+    return handle
+
+
+def _stream_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for reply in behavior(_parsed(requests), context):
+                yield reply
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except MalformedMessage as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # noqa: BLE001
+            await _abort_unexpected(context, method, exc)
+
+    return handle
+
+
+async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The request stream, raising MalformedMessage (which handlers map to INVALID_ARGUMENT) at bad bytes."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise MalformedMessage(request.message)
+        yield request
+
+
+def failure_site(exc: BaseException) -> str:
+    """Where an exception was raised, as "file.py:123 in function" (no values, unlike its message)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown place"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    error, site = type(exc).__name__, failure_site(exc)
+    log.error("request failed unexpectedly", method=method, error=error, site=site)
+    if isinstance(exc, MemoryError):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{method} ran out of memory ({error} at {site}); the server keeps serving. Send a "
+                            f"smaller job or give the server more memory")
+    await context.abort(grpc.StatusCode.INTERNAL,
+                        f"{method} failed inside the server ({error} at {site}); the server keeps serving. This is "
+                        f"a bug: please report it with the server's log")
