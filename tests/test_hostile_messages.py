@@ -184,10 +184,14 @@ async def _compute_during_upload(channel: grpc.aio.Channel, worker) -> None:
 
 
 async def _stored_then_compute(channel: grpc.aio.Channel, requests: list[bytes]) -> None:
-    await upload(_stub(channel), small_job("hostile").chunks())
+    job = small_job("hostile")
+    await upload(_stub(channel), job.chunks())
     try:
         await _raw_compute(channel, requests)
-    finally:
+    finally:  # the refused stream left the stored job intact
+        results = await compute(_stub(channel), [serde.round_request_to_proto("hostile", 9, job.weights(9))])
+        expected = worker_compute(field_for(P), job.share, job.weights(9), job.spec.coefficients)
+        np.testing.assert_array_equal(serde.round_result_from_proto(results[0], P, 4), expected)
         await _stub(channel).EndJob(pb.EndJobRequest(job_id="hostile"), timeout=DEADLINE)
 
 
@@ -205,19 +209,12 @@ def _weights(round_number: int, rows: int = 4, cols: int = 1, value: int = SECRE
 async def _end_job_while_computing(channel: grpc.aio.Channel, worker) -> None:
     job = small_job("hostile")
     await upload(_stub(channel), job.chunks())
-    more = asyncio.Event()
-
-    async def one_round_then_wait():
-        yield serde.round_request_to_proto("hostile", 0, job.weights(0))
-        await more.wait()  # the master never sends another round: only the EndJob can end this stream
-
-    call = _stub(channel).Compute(one_round_then_wait(), timeout=DEADLINE)
-    try:
-        async for reply in call:
-            assert reply.round == 0
-            await _stub(channel).EndJob(pb.EndJobRequest(job_id="hostile"), timeout=DEADLINE)
-    finally:
-        more.set()
+    # No second round ever comes: only the EndJob can end this stream.
+    call = _stub(channel).Compute(_hang_after(serde.round_request_to_proto("hostile", 0, job.weights(0))),
+                                  timeout=DEADLINE)
+    async for reply in call:
+        assert reply.round == 0
+        await _stub(channel).EndJob(pb.EndJobRequest(job_id="hostile"), timeout=DEADLINE)
 
 
 async def _silent_compute(channel: grpc.aio.Channel, worker) -> None:
@@ -785,6 +782,8 @@ AGG_CASES = [
         size=3, data=b"\0" * 16))), BAD_ARG, "declares 3 float64 values but carries 16 bytes"),
     AggCase("submit-size-near-2^32", _submit(lambda ids: _update(ids[0], vector=agg_pb.Vector(size=U32))), BAD_ARG,
             f"declares {U32} float64 values but carries 0 bytes"),
+    AggCase("submit-over-the-message-limit", _submit(lambda ids: _update(ids[0], weights=np.full(600_000, 1.0))),
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
     AggCase("submit-records-0", _submit(lambda ids: _update(ids[0], records=0)), BAD_ARG,
             "registered 30 records but reports 0"),
     AggCase("submit-records-2^64-1", _submit(lambda ids: _update(ids[0], records=U64)), BAD_ARG,

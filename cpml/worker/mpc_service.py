@@ -45,6 +45,8 @@ PEER_TIMEOUT = 60.0  # seconds one Deliver to a peer may take before the job is 
 MAX_GROUP_SIZE = 255  # 2T+1 parties; the paper's largest runs use N = 50 workers in all
 MAX_WORKER_INDEX = 2**31 - 1  # worker indices travel as sint32
 MAX_ADDRESS_LENGTH = 255
+# Tasks, queues and a channel per peer: counted so that a flood of tiny Joins is bounded by the cap too.
+PARTY_OVERHEAD_BYTES = 64 << 10
 _MPC_PACKAGE = str(Path(cpml.mpc.__file__).parent)
 
 
@@ -61,11 +63,11 @@ class RoundTooFarAhead(Exception):
 
 
 def party_bytes(spec: PartySpec) -> int:
-    """Bytes the party's largest arrays take: its share (uint32, then float64), products, BH08 pool."""
+    """Bytes a party takes: its share (uint32, then float64), products, BH08 pool and its plumbing."""
     data = 12 * spec.rows * spec.d
     products = 16 * spec.group_size * spec.rows * spec.r  # pieces sent and received, two rounds in flight
     pool = 32 * spec.group_size * spec.offline_batch if spec.protocol == "bh08" else 0
-    return data + products + pool
+    return data + products + pool + PARTY_OVERHEAD_BYTES * spec.group_size
 
 
 @dataclass
