@@ -1,21 +1,35 @@
 """Datasets for training: CSV, NumPy .npz, LIBSVM/svmlight files or a bundled scikit-learn dataset.
 
 Labels become {0, 1}; features are scaled on the training split only (with a note saying how), and
-a stratified held-out test split is kept aside.
+a stratified held-out test split is kept aside. What each reader accepts, and what it does on its
+own (header, separator, compression, index base), is listed in the README ("Your own data").
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import io
+import math
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 BUNDLED = ("digits-4v9", "breast-cancer")
 FORMATS = ("auto", "csv", "npz", "svmlight")
 SCALINGS = ("minmax", "standard", "none")
-_EXTENSIONS = {".csv": "csv", ".npz": "npz", ".svm": "svmlight", ".svmlight": "svmlight",
+NPZ_FEATURE_KEYS = ("x", "X", "features", "data")
+NPZ_LABEL_KEYS = ("y", "Y", "labels", "label", "target", "targets")
+_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".npz": "npz", ".svm": "svmlight", ".svmlight": "svmlight",
                ".libsvm": "svmlight"}
+_COMPRESSION: dict[str, Callable[..., Any]] = {".gz": gzip.open, ".bz2": bz2.open}
+_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+_MAX_SEED = 2**32 - 1  # what the split's RandomState accepts
 
 
 @dataclass(frozen=True)
@@ -35,24 +49,61 @@ class Dataset:
         return self.x_train.shape[1]
 
 
-def load_raw(source: str, fmt: str = "auto", label_column: int = -1) -> tuple[np.ndarray, np.ndarray, str]:
-    """Features (float64), raw labels and a name from a bundled dataset name or a file path."""
+@dataclass(frozen=True)
+class RawData:
+    """Finite float64 features and raw labels as read, a name, and notes on how the source was read."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str
+    notes: tuple[str, ...] = ()
+    label_source: str = ""  # where the labels came from, for error messages
+
+
+def read_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> RawData:
+    """Read a bundled dataset name or a file into features and raw labels, refusing anything malformed."""
     if source in BUNDLED:
-        return (*_bundled(source), source)
+        x, y = _bundled(source)
+        return RawData(np.asarray(x, dtype=np.float64), np.asarray(y), source)
     path = Path(source)
+    if path.is_dir():
+        raise ValueError(f"Argument 'dataset' must be one of {', '.join(BUNDLED)} or a data file, "
+                         f"not the directory {source!r}.")
     if not path.is_file():
         raise ValueError(f"Argument 'dataset' must be one of {', '.join(BUNDLED)} or an existing file, "
                          f"not {source!r}.")
     if fmt not in FORMATS:
         raise ValueError(f"Argument 'format' must be one of {', '.join(FORMATS)}, not {fmt!r}.")
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in _COMPRESSION else None
     if fmt == "auto":
-        fmt = _EXTENSIONS.get(path.suffix.lower(), "")
+        fmt = _EXTENSIONS.get(suffixes[-1] if suffixes else "", "")
         if not fmt:
             raise ValueError(f"Argument 'format' must be given for {path.name!r} (csv, npz or svmlight): "
                              f"its extension does not say, not 'auto'.")
-    loader = {"csv": _csv, "npz": _npz, "svmlight": _svmlight}[fmt]
-    x, y = loader(path, label_column)
-    return np.asarray(x, dtype=np.float64), np.asarray(y), path.stem
+    if fmt == "npz":
+        if compression:
+            raise ValueError(f"Argument 'dataset' must be an uncompressed .npz (it is a zip archive already), "
+                             f"not {path.name!r}.")
+        raw = _npz(path)
+    elif fmt == "svmlight":
+        raw = _svmlight(path)
+    else:
+        raw = _csv(path, _read_text(path, compression), label_column)
+    if compression:
+        raw = RawData(raw.x, raw.y, raw.name, (f"{path.name}: {compression[1:]}-compressed", *raw.notes),
+                      raw.label_source)
+    if raw.x.ndim != 2 or len(raw.x) == 0 or raw.x.shape[1] == 0:
+        raise ValueError(f"Argument 'dataset' must hold at least one row and one feature, "
+                         f"not {path.name!r} with {raw.x.shape[0]} row(s) x {raw.x.shape[-1]} feature(s).")
+    _check_finite(raw.x, path.name)
+    return raw
+
+
+def load_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> tuple[np.ndarray, np.ndarray, str]:
+    """Features (float64), raw labels and a name from a bundled dataset name or a file path."""
+    raw = read_raw(source, fmt, label_column)
+    return raw.x, raw.y, raw.name
 
 
 def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -66,72 +117,275 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
     return cancer.data, cancer.target
 
 
-def _csv(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
-    with path.open() as f:
-        first = f.readline().split(",")
+def _read_text(path: Path, compression: str | None) -> str:
+    opener = _COMPRESSION.get(compression or "", open)
     try:
-        [float(v) for v in first]
-        skip = 0
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"Argument 'dataset' must be a readable file, not {path.name!r} ({exc}).") from None
+    try:
+        return data.decode("utf-8-sig")  # drops a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"Argument 'dataset' must be UTF-8 text to be read as CSV, not {path.name!r} "
+                         f"(byte {exc.start} is {data[exc.start:exc.start + 1]!r}); pass --format npz or "
+                         f"svmlight if it is one of those.") from None
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
     except ValueError:
-        skip = 1  # a header row
-    table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
-    if table.shape[1] < 2:
-        raise ValueError(f"Argument 'dataset' must be a CSV with features and a label column, "
-                         f"not {path.name!r} with {table.shape[1]} column(s).")
-    if not -table.shape[1] <= label_column < table.shape[1]:
-        raise ValueError(f"Argument 'label_column' must index one of the {table.shape[1]} columns, "
-                         f"not {label_column}.")
-    return np.delete(table, label_column, axis=1), table[:, label_column]
+        return False
+    return True
 
 
-def _npz(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path, allow_pickle=False) as archive:
+def _split_line(line: str, separator: str) -> list[str]:
+    return [cell.strip() for cell in next(csv.reader([line], delimiter=separator))]
+
+
+def _csv(path: Path, text: str, label_column: int | str) -> RawData:
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise ValueError(f"Argument 'dataset' must hold rows of numbers, not the empty file {path.name!r}.")
+    first_line = lines[0][1]
+    separator = "," if "," in first_line else ";" if ";" in first_line else "\t" if "\t" in first_line else ","
+    first = _split_line(first_line, separator)
+    width = len(first)
+    if width < 2:
+        raise ValueError(f"Argument 'dataset' must have feature columns and a label column separated by commas, "
+                         f"semicolons or tabs, not {path.name!r} with 1 column on line {lines[0][0]}.")
+    header = not any(_is_number(cell) for cell in first)
+    names = first if header else None
+    rows = lines[1:] if header else lines
+    if not rows:
+        raise ValueError(f"Argument 'dataset' must hold data rows, not {path.name!r} with only a header line.")
+    label = _label_index(label_column, names, width, path.name)
+    features = [i for i in range(width) if i != label]
+
+    def column(i: int) -> str:
+        return f"column {i + 1} ({names[i]!r})" if names else f"column {i + 1}"
+
+    try:
+        table = np.loadtxt(io.StringIO("\n".join(line for _, line in rows)), delimiter=separator, quotechar='"',
+                           ndmin=2, dtype=np.float64)
+    except ValueError:
+        table = None  # text labels, a bad cell or a ragged line: the careful reader below finds out which
+    if table is not None and table.shape[1] == width:
+        x, y = table[:, features], table[:, label]
+    else:
+        x, y = _parse_rows(rows, separator, width, label, features, path.name, column)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        number, line = rows[r]
+        cell = _split_line(line, separator)[features[c]]
+        raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not {cell!r} "
+                         f"on line {number}, {column(features[c])} of {path.name!r} ({int(bad.sum())} such "
+                         f"cell(s); fill or drop them first).")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        number = rows[int(np.flatnonzero(~np.isfinite(y))[0])][0]
+        raise ValueError(f"Argument 'dataset' must have a label on every line, not a missing (NaN/inf) label on "
+                         f"line {number} of {path.name!r}.")
+    layout = (f"{_SEPARATOR_NAMES[separator]}-separated, "
+              + (f"header line ({', '.join(names)})" if names else "no header line")
+              + f", labels from {column(label)}")
+    return RawData(x, y, path.stem, (f"{path.name}: {layout}",), f"{column(label)} of {path.name!r}")
+
+
+def _label_index(label_column: int | str, names: list[str] | None, width: int, file: str) -> int:
+    text = str(label_column).strip()
+    try:
+        index = int(text)
+    except ValueError:
+        if names is None:
+            raise ValueError(f"Argument 'label_column' must be a column number for {file!r} (it has no header "
+                             f"line), not {text!r}.") from None
+        matches = [i for i, name in enumerate(names) if name == text]
+        if len(matches) != 1:
+            raise ValueError(f"Argument 'label_column' must name exactly one column of {file!r} "
+                             f"({', '.join(names)}), not {text!r}.")
+        return matches[0]
+    if not -width <= index < width:
+        raise ValueError(f"Argument 'label_column' must index one of the {width} columns of {file!r} "
+                         f"(0 to {width - 1}, or negative from the end), not {index}.")
+    return index % width
+
+
+def _parse_rows(rows: list[tuple[int, str]], separator: str, width: int, label: int, features: list[int],
+                file: str, column: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray]:
+    x = np.empty((len(rows), len(features)))
+    labels: list[str] = []
+    first_bad, bad_cells = None, 0
+    for r, ((number, _), cells) in enumerate(zip(rows, csv.reader((line for _, line in rows),
+                                                                   delimiter=separator))):
+        if len(cells) != width:
+            raise ValueError(f"Argument 'dataset' must have {width} cells on every line (as on its first), "
+                             f"not {len(cells)} on line {number} of {file!r}.")
+        for c, i in enumerate(features):
+            cell = cells[i].strip()
+            try:
+                x[r, c] = value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                bad_cells += 1
+                first_bad = first_bad or (cell, number, i)
+        labels.append(cells[label].strip())
+        if not labels[-1]:
+            raise ValueError(f"Argument 'dataset' must have a label on every line, not an empty {column(label)} "
+                             f"on line {number} of {file!r}.")
+    if first_bad:
+        cell, number, i = first_bad
+        text = cell and not _is_number(cell)
+        hint = f"; if that column holds the labels, pass --label-column {i}" if text else "; fill or drop them first"
+        raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not {cell!r} on "
+                         f"line {number}, {column(i)} of {file!r} ({bad_cells} such cell(s){hint}).")
+    if all(_is_number(v) for v in labels):
+        return x, np.array([float(v) for v in labels])
+    return x, np.array(labels)
+
+
+def _npz(path: Path) -> RawData:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"Argument 'dataset' must be a NumPy .npz archive (np.savez), not {path.name!r} "
+                         f"({exc}).") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"Argument 'dataset' must be an .npz archive of arrays x and y, not {path.name!r} "  # noqa: TRY004
+                         f"holding a single array.")
+    with archive:
         keys = set(archive.files)
-        xk = next((k for k in ("x", "X", "features", "data") if k in keys), None)
-        yk = next((k for k in ("y", "Y", "labels", "target") if k in keys), None)
+        xk = next((k for k in NPZ_FEATURE_KEYS if k in keys), None)
+        yk = next((k for k in NPZ_LABEL_KEYS if k in keys), None)
         if xk is None or yk is None:
-            raise ValueError(f"Argument 'dataset' must be an .npz with arrays 'x' and 'y', "
-                             f"not {path.name!r} holding {sorted(keys)}.")
-        return archive[xk], archive[yk]
+            raise ValueError(f"Argument 'dataset' must be an .npz with arrays 'x' and 'y' (or features/data and "
+                             f"labels/target), not {path.name!r} holding {sorted(keys)}.")
+        try:
+            x, y = archive[xk], archive[yk]
+        except ValueError as exc:  # object arrays need pickle, which is never allowed
+            raise ValueError(f"Argument 'dataset' must hold numeric arrays saved without pickling, not "
+                             f"{path.name!r} ({exc}).") from None
+    notes = []
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+        notes.append(f"{path.name}: labels of shape {(len(y), 1)} read as a vector")
+    if x.ndim != 2 or y.ndim != 1:
+        raise ValueError(f"Argument 'dataset' must hold a 2-D array {xk!r} (rows x features) and a 1-D array "
+                         f"{yk!r}, not shapes {x.shape} and {y.shape} in {path.name!r}.")
+    if len(x) != len(y):
+        raise ValueError(f"Argument 'dataset' must hold one label per row, not {len(x)} rows in {xk!r} and "
+                         f"{len(y)} labels in {yk!r} of {path.name!r}.")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"Argument 'dataset' must hold numbers in {xk!r}, not dtype {x.dtype} in {path.name!r}.")
+    return RawData(x.astype(np.float64), y, path.stem, tuple(notes), f"array {yk!r} of {path.name!r}")
 
 
-def _svmlight(path: Path, label_column: int) -> tuple[np.ndarray, np.ndarray]:
+def _svmlight(path: Path) -> RawData:
     from sklearn.datasets import load_svmlight_file
 
-    x, y = load_svmlight_file(str(path))
-    return x.toarray(), y
+    try:
+        x, y = load_svmlight_file(str(path), zero_based=True)
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ValueError(f"Argument 'dataset' must be an svmlight/LIBSVM file ('label index:value ...' per line), "
+                         f"not {path.name!r} ({exc}).") from None
+    # As LIBSVM and sklearn's "auto": indices are 1-based unless some line uses index 0.
+    one_based = x.shape[1] > 0 and not (x.indices == 0).any()
+    x = x[:, 1:] if one_based else x
+    note = f"{path.name}: feature indices read as {'1' if one_based else '0'}-based, {x.shape[1]} features"
+    return RawData(x.toarray(), y, path.stem, (note,), f"the first field of each line of {path.name!r}")
 
 
-def binary_labels(y: np.ndarray) -> tuple[np.ndarray, str]:
-    """Map a two-class label vector to {0, 1} (smaller label -> 0); return it with a note."""
+def _check_finite(x: np.ndarray, file: str) -> None:
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"Argument 'dataset' must hold finite numbers, not {x[r, c]} at row {r}, feature {c} "
+                         f"of {file!r} ({int(bad.sum())} NaN/inf value(s)).")
+
+
+def _label_text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def binary_labels(y: np.ndarray, positive_label: str | float | None = None) -> tuple[np.ndarray, str]:
+    """Map a two-class label vector to {0, 1} (the larger, or positive_label, -> 1); return it with a note."""
     classes = np.unique(y)
     if len(classes) != 2:
         raise ValueError(f"Argument 'y' must hold exactly two classes for binary classification, "
-                         f"not {len(classes)} ({', '.join(map(str, classes[:5]))}{'...' if len(classes) > 5 else ''}).")
-    low, high = (f"{c:g}" if isinstance(c, (float, np.floating)) else str(c) for c in classes)
-    return (y == classes[1]).astype(np.float64), f"labels: {low} -> 0, {high} -> 1"
+                         f"not {len(classes)} ({_preview(classes)}).")
+    positive = 1
+    if positive_label is not None:
+        matches = [i for i, c in enumerate(classes) if is_label(np.asarray([c]), positive_label)[0]]
+        if not matches:
+            raise ValueError(f"Argument 'positive_label' must be one of the two labels "
+                             f"({', '.join(map(_label_text, classes))}), not {str(positive_label)!r}.")
+        positive = matches[0]
+    low, high = _label_text(classes[1 - positive]), _label_text(classes[positive])
+    return (y == classes[positive]).astype(np.float64), f"labels: {low} -> 0, {high} -> 1"
+
+
+def _preview(classes: np.ndarray) -> str:
+    return ", ".join(map(_label_text, classes[:5])) + (", ..." if len(classes) > 5 else "")
+
+
+def is_label(y: np.ndarray, label: str | float) -> np.ndarray:
+    """Which entries of y equal label, given as text: compared as a number when y holds numbers."""
+    if y.dtype.kind in "biuf":
+        try:
+            return y == float(label)
+        except ValueError:
+            return np.zeros(len(y), dtype=bool)
+    return y.astype(str) == str(label).strip()
+
+
+def _power_of_two_scale(x: np.ndarray) -> np.ndarray:
+    """Per-column powers of two near the largest magnitude: dividing by them is exact and keeps sums finite."""
+    largest = np.abs(x).max(axis=0)
+    _, exponent = np.frexp(np.where(largest > 0, largest, 1.0))
+    return np.ldexp(1.0, exponent)
 
 
 def scale(x_train: np.ndarray, x_test: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, str]:
     """Scale features with statistics of the training split only; return both splits and a note."""
     if method == "none":
         return x_train, x_test, "features: not scaled"
+    if method not in ("minmax", "standard"):
+        raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {method!r}.")
+    # Statistics of huge values (1e300) would overflow; on columns divided by a power of two they do not,
+    # and for ordinary data the result is bit-identical.
+    s = _power_of_two_scale(x_train)
+    x_train, x_test = x_train / s, x_test / s
     if method == "minmax":
         lo, hi = x_train.min(axis=0), x_train.max(axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
+        span = np.where(hi > lo, hi - lo, 1.0 / s)  # a constant column: test values just shifted
         # Test rows are clipped so every feature stays in [0, 1], the range the quantizer plans for.
         return ((x_train - lo) / span, np.clip((x_test - lo) / span, 0.0, 1.0),
                 "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])")
-    if method == "standard":
-        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-        return ((x_train - mean) / std, (x_test - mean) / std,
-                "features: standardised to mean 0, std 1 on the training split")
-    raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {method!r}.")
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0 / s)
+    return ((x_train - mean) / std, (x_test - mean) / std,
+            "features: standardised to mean 0, std 1 on the training split")
+
+
+def _check_split(y: np.ndarray, test_fraction: float, name: str) -> None:
+    values, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        rare = values[int(np.argmin(counts))]
+        raise ValueError(f"Argument 'dataset' must have at least 2 rows of each label to split off a stratified "
+                         f"test set, not {counts.min()} row labelled {_label_text(rare)} in {name!r}.")
+    n_test = math.ceil(test_fraction * len(y))
+    n_train = len(y) - n_test
+    if min(n_test, n_train) < len(values):
+        raise ValueError(f"Argument 'test_fraction' must leave at least one row of each label on both sides of "
+                         f"the split of {len(y)} rows, not {test_fraction} ({n_train} train, {n_test} test).")
 
 
 def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax", seed: int = 0,
-                 fmt: str = "auto", label_column: int = -1, intercept: bool = False) -> Dataset:
+                 fmt: str = "auto", label_column: int | str = -1, intercept: bool = False,
+                 positive_label: str | None = None) -> Dataset:
     """Load, binarise labels, split (stratified, seeded), scale and optionally add an intercept column."""
     from sklearn.model_selection import train_test_split
 
@@ -139,17 +393,23 @@ def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax
         raise ValueError(f"Argument 'test_fraction' must be in (0, 1), not {test_fraction}.")
     if scaling not in SCALINGS:
         raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {scaling!r}.")
-    x, raw_y, name = load_raw(source, fmt, label_column)
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"Argument 'dataset' must hold finite numbers, not {int((~np.isfinite(x)).sum())} "
-                         f"NaN/inf value(s) in {source!r}.")
-    y, label_note = binary_labels(raw_y)
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"Argument 'seed' must be an integer from 0 to {_MAX_SEED}, not {seed}.")
+    raw = read_raw(source, fmt, label_column)
+    x, name = raw.x, raw.name
+    classes = np.unique(raw.y)
+    if len(classes) != 2 and raw.label_source:
+        hint = "; --label-column picks the label column" if raw.label_source.startswith("column") else ""
+        raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification, "
+                         f"not {len(classes)} ({_preview(classes)}) in {raw.label_source}{hint}.")
+    y, label_note = binary_labels(raw.y, positive_label)
+    _check_split(raw.y, test_fraction, source)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed,
                                                         stratify=y)
     x_train, x_test, scale_note = scale(x_train, x_test, scaling)
     split_note = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
                   f"(stratified, seed {seed})")
-    notes = (split_note, label_note, scale_note)
+    notes = (split_note, *raw.notes, label_note, scale_note)
     if intercept:
         x_train = np.column_stack([x_train, np.ones(len(x_train))])
         x_test = np.column_stack([x_test, np.ones(len(x_test))])
