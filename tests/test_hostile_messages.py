@@ -678,6 +678,23 @@ async def test_mpc_late_and_future_messages_are_not_buffered():
         await stub.Leave(mpc_pb.MpcLeaveRequest(job_id="hostile"), timeout=DEADLINE)
 
 
+async def test_leaving_a_job_ends_its_open_results_stream():
+    async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
+        stub = mpc_pb2_grpc.MpcStub(channel)
+        await stub.Join(_mpc_join(addresses=[worker.address, "127.0.0.1:1", "127.0.0.1:1"]), timeout=DEADLINE)
+        results = stub.Results(mpc_pb.MpcResultsRequest(job_id="hostile"), timeout=DEADLINE)
+        for _ in range(200):
+            if worker.mpc._jobs["hostile"].results_open:
+                break
+            await asyncio.sleep(0.005)
+        assert (await stub.Leave(mpc_pb.MpcLeaveRequest(job_id="hostile"), timeout=DEADLINE)).existed
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await results.read()  # it used to wait for its deadline, holding the party's arrays
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "MPC job 'hostile' was left or expired on this worker" in err.value.details()
+        assert worker.store.used_bytes == 0
+
+
 # --- cpml.v1.Aggregation -------------------------------------------------------------------------------------
 
 SIZES = (30, 90)

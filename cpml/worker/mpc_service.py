@@ -54,6 +54,10 @@ class JobFailed(Exception):
     """The job cannot continue (a peer is unreachable or a message broke the protocol)."""
 
 
+class JobClosed(Exception):
+    """The job was left or expired while its Results stream was open."""
+
+
 class DuplicateMessage(Exception):
     """A message the party already has (same kind, round, step and sender, or data rows already sent)."""
 
@@ -79,7 +83,7 @@ class MpcJob:
     peers: dict[int, pb_grpc.MpcStub]
     channels: list[grpc.aio.Channel]
     inbox: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
-    to_master: asyncio.Queue[pb.MpcEnvelope | JobFailed] = field(default_factory=asyncio.Queue)
+    to_master: asyncio.Queue[pb.MpcEnvelope | JobFailed | JobClosed] = field(default_factory=asyncio.Queue)
     to_peer: dict[int, asyncio.Queue[pb.MpcEnvelope]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     traffic: Traffic = field(default_factory=Traffic)
@@ -228,6 +232,8 @@ class MpcService(pb_grpc.MpcServicer):
                 item = await job.to_master.get()
                 if isinstance(item, JobFailed):
                     await context.abort(grpc.StatusCode.ABORTED, f"MPC job {job.job_id!r} failed: {item}")
+                if isinstance(item, JobClosed):
+                    await context.abort(grpc.StatusCode.NOT_FOUND, str(item))
                 yield item
         finally:
             job.results_open = False
@@ -266,6 +272,8 @@ class MpcService(pb_grpc.MpcServicer):
                     log.info("idle mpc job expired", job=job_id, idle_seconds=idle)
 
     async def _close(self, job: MpcJob) -> None:
+        if job.results_open:  # the stream would otherwise wait for ever, holding the party
+            job.to_master.put_nowait(JobClosed(f"MPC job {job.job_id!r} was left or expired on this worker"))
         for task in job.tasks:
             task.cancel()
         for task in job.tasks:
