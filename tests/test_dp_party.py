@@ -48,7 +48,8 @@ def test_party_data_goes_into_the_unit_ball_with_01_labels(tmp_path):
 def test_party_data_with_other_labels_is_refused(tmp_path):
     path = tmp_path / "d.csv"
     np.savetxt(path, np.array([[1.0, 2.0, 3], [1.0, 2.0, 7]]), delimiter=",")
-    with pytest.raises(ValueError, match=r"Argument 'data' must have labels 0/1 or -1/1, not \[3"):
+    with pytest.raises(ValueError, match=r"Argument 'data' must have labels 0/1 or -1/1 \(or pass "
+                                         r"--positive-label\), not 3, 7 in column 3 of 'd.csv'"):
         load_party_data(str(path), "auto", -1, "none")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import signal
 import sys
 import time
@@ -54,7 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--join-timeout", type=float, default=600.0)
     embedded = parser.add_argument_group("embedded parties (no --listen)")
     embedded.add_argument("--dataset", default="breast-cancer",
-                          help="bundled dataset name or a file (CSV/npz/svmlight)")
+                          help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file")
+    embedded.add_argument("--format", dest="data_format", default="auto",
+                          choices=("auto", "csv", "npz", "svmlight"))
+    embedded.add_argument("--label-column", default="-1",
+                          help="CSV label column: a 0-based index (negative from the end; default -1, the "
+                               "last) or a header name")
+    embedded.add_argument("--positive-label", default=None,
+                          help="the label value that becomes class 1 (default: the larger number, or the "
+                               "later text in sorted order)")
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
     embedded.add_argument("--scaling", default="standard", choices=("minmax", "standard", "none"))
     embedded.add_argument("--test-fraction", type=float, default=0.2)
@@ -80,7 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the aggregation server (and embedded parties); return the exit code."""
     configure_logging(args.log_level, args.log_format)
+    from cpml.master.settings import check_output_dir
+
     try:
+        check_output_dir(args.out)
         settings, shards, evaluation, notes = _prepare(args)
         credentials = _server_credentials(args)
     except ValueError as exc:
@@ -99,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError) as exc:
         print(f"cpml-master aggregate: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        log.debug("failed", exc_info=True)
+        print(f"cpml-master aggregate: failed: {type(exc).__name__}: {exc} (--log-level debug shows the "
+              f"traceback)", file=sys.stderr)
+        return EXIT_FAILED
     report["notes"] = notes
     report["settings"]["scheme"] = args.scheme
     _write_outputs(args.out, report)
@@ -111,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
                                       for d in report["dropped"]))
     if report["history"] and report["history"][-1].get("test_accuracy") is not None:
         print(f"test accuracy: {report['history'][-1]['test_accuracy']:.4f}")
+    labels = next((note for note in notes if note.startswith("labels: ")), None)
+    if labels:
+        print(labels)  # which raw label the model calls 1
     print(f"released model: epsilon {g['release_epsilon']:.4f} at delta {g['delta']:g}"
           f" ({g['release_basis']})")
     print("each party's updates revealed to this server: " + ", ".join(
@@ -133,6 +153,10 @@ def _prepare(args: argparse.Namespace):
                          "not 'centralized' (it needs the pooled data).")
     if args.parties < 1:
         raise ValueError(f"Argument 'parties' must be at least 1, not {args.parties}.")
+    for name in ("round_timeout", "join_timeout"):
+        seconds = getattr(args, name)
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise ValueError(f"Argument '{name}' must be a positive number of seconds, not {seconds}.")
     settings = RunSettings(
         run_id=args.run_id, parties=1 if centralized else args.parties, rounds=args.rounds,
         budget=Budget(args.epsilon, args.delta), local=local,
@@ -147,7 +171,8 @@ def _prepare(args: argparse.Namespace):
                                       " them"]
     from cpml.data import load_dataset
 
-    data = load_dataset(args.dataset, args.test_fraction, args.scaling, args.seed)
+    data = load_dataset(args.dataset, args.test_fraction, args.scaling, args.seed, args.data_format,
+                        args.label_column, positive_label=args.positive_label)
     x = add_bias_and_normalise(data.x_train)
     x_test = add_bias_and_normalise(data.x_test)
     if centralized:
@@ -182,7 +207,11 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
     checkpoint_path = args.out / "checkpoint.json"
     if args.resume:
         checkpoint = _read_checkpoint(checkpoint_path)
-        session = AggregationSession.restore(settings, checkpoint["session"])
+        try:
+            session = AggregationSession.restore(settings, checkpoint["session"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"Argument 'resume' must find an intact checkpoint in --out, not"
+                             f" {str(checkpoint_path)!r} with a damaged session state ({exc!r}).") from None
         history: list[dict[str, Any]] = list(checkpoint["history"])
     else:
         session = AggregationSession(settings, shards[0][0].shape[1] if shards else None)
@@ -245,10 +274,15 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        checkpoint = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"Argument 'resume' must find a readable checkpoint in --out, not"
                          f" {str(path)!r} ({exc}).") from None
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("session"), dict)
+            and isinstance(checkpoint.get("history"), list)):
+        raise ValueError(f"Argument 'resume' must find a checkpoint written by cpml-master aggregate in --out,"  # noqa: TRY004
+                         f" not {str(path)!r}, which lacks its session state and history.")
+    return checkpoint
 
 
 def _write_atomically(path: Path, text: str) -> None:

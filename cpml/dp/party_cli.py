@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, help="aggregation server host:port")
     parser.add_argument("--data", required=True, help="CSV, .npz or svmlight file of this party")
     parser.add_argument("--format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
-    parser.add_argument("--label-column", type=int, default=-1, help="CSV/npz label column")
+    parser.add_argument("--label-column", default="-1",
+                        help="CSV label column: a 0-based index (negative from the end; default -1, the last)"
+                             " or a header name")
+    parser.add_argument("--positive-label", default=None,
+                        help="the label value that becomes class 1 (needed unless labels are 0/1 or -1/1;"
+                             " every party of a run must pass the same)")
     parser.add_argument("--scaling", default="none", choices=("none", "minmax", "standard"),
                         help="feature scaling on this party's data; 'none' keeps the guarantee"
                              " exact (the others use data statistics DP does not cover)")
@@ -60,27 +65,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", default="auto", choices=FORMATS)
 
 
-def load_party_data(path: str, fmt: str, label_column: int, scaling: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
+                    positive_label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features in the unit ball with a bias column, and 0/1 labels, from a local file."""
-    from cpml.data import load_raw, scale
+    from cpml.data import is_label, read_raw, scale
     from cpml.dp.dpgd import add_bias_and_normalise
 
     if not Path(path).is_file():
         raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
-    x, raw_y, _ = load_raw(path, fmt, label_column)
-    if not np.isfinite(x).all():
-        raise ValueError(f"Argument 'data' must hold finite numbers, not NaN/inf in {path!r}.")
-    labels = set(np.unique(raw_y).tolist())
-    if labels <= {0, 1}:
-        y = np.asarray(raw_y, dtype=np.float64)
-    elif labels <= {-1, 1}:
-        y = (np.asarray(raw_y) > 0).astype(np.float64)
+    try:
+        raw = read_raw(path, fmt, label_column)
+    except ValueError as exc:  # the shared reader names the master's --dataset; here the flag is --data
+        raise ValueError(str(exc).replace("Argument 'dataset'", "Argument 'data'", 1)) from None
+    values = np.unique(raw.y)
+    shown = (", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:5].tolist())
+             + (", ..." if len(values) > 5 else ""))
+    where = raw.label_source or repr(path)
+    if positive_label is not None:
+        # Each party maps its own labels, so the mapping must not depend on which labels it happens to hold.
+        y = is_label(raw.y, positive_label)
+        if len(values) > 2:
+            raise ValueError(f"Argument 'data' must have at most two label values, not {len(values)} "
+                             f"({shown}) in {where}.")
+        if len(values) == 2 and not y.any():
+            raise ValueError(f"Argument 'positive_label' must be one of the labels in {where} ({shown}), "
+                             f"not {positive_label!r}.")
+        if not y.any():
+            log.warning("no record of this party has the positive label", positive_label=positive_label)
+        y = y.astype(np.float64)
+    elif set(values.tolist()) <= {0, 1}:
+        y = np.asarray(raw.y, dtype=np.float64)
+    elif set(values.tolist()) <= {-1, 1}:
+        y = (np.asarray(raw.y) > 0).astype(np.float64)
     else:
-        raise ValueError(
-            f"Argument 'data' must have labels 0/1 or -1/1, not {sorted(labels)[:5]} in {path!r}."
-        )
-    x, _, _ = scale(x, x, scaling)
+        raise ValueError(f"Argument 'data' must have labels 0/1 or -1/1 (or pass --positive-label), not "
+                         f"{shown} in {where}.")
+    x, _, _ = scale(raw.x, raw.x, scaling)
     return add_bias_and_normalise(x), y
 
 
@@ -91,12 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
+    from cpml.master.settings import check_output_dir
     from cpml.wire.tls import channel_credentials
 
     try:
-        x, y = load_party_data(args.data, args.format, args.label_column, args.scaling)
+        if args.out is not None:
+            if args.out.is_dir():
+                raise ValueError(f"Argument 'out' must be a file path for the model, not the directory "
+                                 f"{str(args.out)!r}.")
+            check_output_dir(args.out.parent)
+        x, y = load_party_data(args.data, args.format, args.label_column, args.scaling, args.positive_label)
         if args.max_epsilon is not None and not args.max_epsilon > 0:
             raise ValueError(f"Argument 'max_epsilon' must be positive, not {args.max_epsilon}.")
+        if not args.wait_timeout > 0:
+            raise ValueError(f"Argument 'wait_timeout' must be a positive number of seconds, not {args.wait_timeout}.")
         credentials = None
         if not args.insecure:
             credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
@@ -117,6 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return EXIT_UNREACHABLE
         return EXIT_REFUSED
+    except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
+        log.debug("failed", exc_info=True)
+        print(f"cpml-party: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
     if not outcome.finished:
         print(f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
               f" updates revealed epsilon {outcome.party_epsilon:.4f} to the server")

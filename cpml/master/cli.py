@@ -69,11 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable, WorkersUnsuitable
     from cpml.master.rounds import RoundTimeout
-    from cpml.master.settings import train_settings
+    from cpml.master.settings import check_output_dir, train_settings
     from cpml.master.train import train
 
     try:
         settings = train_settings(args)
+        check_output_dir(settings.out)
     except ValueError as exc:
         print(f"cpml-master train: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -97,6 +98,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cpml-master train: interrupted; the last finished round is checkpointed in "
               f"{settings.out / 'checkpoint.json'} (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
+        log.debug("failed", exc_info=True)
+        print(f"cpml-master train: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
     final = report.history[-1] if report.history else None
     plan = report.plan
     accuracy = "n/a" if final is None or final.test_accuracy is None else f"{final.test_accuracy:.4f}"
@@ -105,6 +111,9 @@ def _train(args: argparse.Namespace) -> int:
     print(f"trained {plan.model} regression on {settings.dataset} for {plan.iterations} iterations with "
           f"N={plan.n_workers} workers ({shape})")
     print(f"test accuracy: {accuracy}   loss: {final.loss:.4f}" if final else "no rounds were run")
+    labels = next((note for note in report.notes if note.startswith("labels: ")), None)
+    if labels:
+        print(labels)  # which raw label the model calls 1
     if report.dropped_workers:
         print(f"workers dropped: {len(report.dropped_workers)}")
     print(f"model: {report.out / 'model.json'}   metrics: {report.out / 'metrics.json'}   "

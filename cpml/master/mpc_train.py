@@ -23,7 +23,7 @@ import numpy as np
 import structlog
 
 from cpml import reporting
-from cpml.data import Dataset, load_dataset
+from cpml.data import Dataset
 from cpml.master.cluster import Cluster, NotEnoughWorkers, WorkerHandle
 from cpml.master.local import LocalWorkers
 from cpml.master.rounds import RoundTimeout
@@ -38,6 +38,7 @@ from cpml.master.train import (
     append_round,
     data_fingerprint,
     load_checkpoint,
+    load_training_data,
     read_rounds,
     save_checkpoint,
     unit_range_profile,
@@ -237,8 +238,7 @@ async def train_baseline(settings: TrainSettings,
 async def train_mpc(settings: TrainSettings, protocol: str,
                     on_round: Callable[[RoundRecord], None] | None = None) -> tuple[MpcSession, MpcJobReport]:
     """`cpml-master train --protocol bgw|bh08`: one baseline job end to end, outputs in settings.out."""
-    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
-                        settings.data_format, settings.label_column)
+    data = load_training_data(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     mpc, plan = make_mpc_plans(settings, protocol, data.x_train)

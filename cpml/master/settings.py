@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from cpml.wire.serde import DEFAULT_CHUNK_BYTES
 
 ENV_PREFIX = "CPML_MASTER_"
 TRAIN_PROTOCOLS = ("cpml", *MPC_PROTOCOLS)
+_ADDRESS = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):(\d{1,5})")  # host:port or [v6]:port
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class TrainSettings:
 
     dataset: str
     data_format: str = "auto"
-    label_column: int = -1
+    label_column: int | str = -1  # an index (negative from the end) or a CSV header name
+    positive_label: str | None = None  # the raw label that becomes 1 (default: the larger of the two)
     test_fraction: float = 0.2
     scaling: str = "minmax"
     intercept: bool = False
@@ -82,6 +86,17 @@ class TrainSettings:
             raise ValueError(f"Argument 'local_workers' must be positive, not {self.local_workers}.")
         if self.checkpoint_every < 1:
             raise ValueError(f"Argument 'checkpoint_every' must be positive, not {self.checkpoint_every}.")
+        if self.chunk_bytes < 1:
+            raise ValueError(f"Argument 'chunk_bytes' must be positive, not {self.chunk_bytes}.")
+        for name in ("connect", "upload", "round", "control"):
+            seconds = getattr(self.timeouts, name)
+            if not (seconds > 0 and math.isfinite(seconds)):
+                raise ValueError(f"Argument '{name}_timeout' must be a positive number of seconds, not {seconds}.")
+        for address in self.workers:
+            match = _ADDRESS.fullmatch(address)
+            if match is None or not 0 < int(match.group(2)) < 65536:
+                raise ValueError(f"Argument 'workers' must list host:port addresses (port 1-65535), "
+                                 f"not {address!r}.")
 
     @property
     def n_workers(self) -> int:
@@ -105,7 +120,12 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     data.add_argument("--dataset", default=env("DATASET"), required=env("DATASET") is None,
                       help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file")
     data.add_argument("--format", dest="data_format", choices=FORMATS, default=env("FORMAT", "auto"))
-    data.add_argument("--label-column", type=int, default=env("LABEL_COLUMN", -1), help="CSV label column")
+    data.add_argument("--label-column", default=env("LABEL_COLUMN", "-1"),
+                      help="CSV label column: a 0-based index (negative from the end; default -1, the last) "
+                           "or a header name")
+    data.add_argument("--positive-label", default=env("POSITIVE_LABEL"),
+                      help="the label value that becomes class 1 (default: the larger number, or the later "
+                           "text in sorted order)")
     data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2))
     data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "minmax"))
     data.add_argument("--intercept", action="store_true", default=env("INTERCEPT", "") in ("1", "true"),
@@ -174,7 +194,8 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
 
     workers = tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip())
     return TrainSettings(
-        dataset=args.dataset, data_format=args.data_format, label_column=int(args.label_column),
+        dataset=args.dataset, data_format=args.data_format, label_column=_index_or_name(args.label_column),
+        positive_label=args.positive_label or None,
         test_fraction=float(args.test_fraction), scaling=args.scaling, intercept=bool(args.intercept),
         workers=workers,
         local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
@@ -188,6 +209,26 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         timeouts=Timeouts(connect=float(args.connect_timeout), upload=float(args.upload_timeout),
                           round=float(args.round_timeout)),
         chunk_bytes=int(args.chunk_bytes), progress=args.progress)
+
+
+def _index_or_name(value: object) -> int | str:
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def check_output_dir(path: Path, flag: str = "out") -> None:
+    """Refuse (ValueError) an output directory that is a file or cannot be created or written."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"would be under the file {str(existing)!r}"
+        raise ValueError(f"Argument '{flag}' must be a directory, not {str(path)!r}, which {what}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"Argument '{flag}' must be a directory you can write to, not {str(path)!r} "
+                         f"({str(existing)!r} is not writable).")
 
 
 def parse_train_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:

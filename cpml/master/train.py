@@ -79,6 +79,16 @@ class TrainReport:
     upload: dict[str, Any]
     dropped_workers: dict[int, str]
     out: Path
+    notes: tuple[str, ...] = ()  # how the data was read, labelled, split and scaled
+
+
+def load_training_data(settings: TrainSettings) -> Dataset:
+    """The dataset the settings name, split and scaled as they say; each note on how is logged."""
+    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
+                        settings.data_format, settings.label_column, settings.intercept, settings.positive_label)
+    for note in data.notes:
+        log.info("data", note=note)
+    return data
 
 
 def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
@@ -103,7 +113,9 @@ def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> P
     if settings.scaling == "minmax":
         return auto_quantization(plan, unit_range_profile(*x_train.shape, plan.k))
     log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
-    return auto_quantization(plan, DataProfile.of(x_train, plan.k))
+    with np.errstate(over="ignore", invalid="ignore"):  # norms of huge unscaled values: inf, which the guard refuses
+        profile = DataProfile.of(x_train, plan.k)
+    return auto_quantization(plan, profile)
 
 
 def unit_range_profile(m: int, d: int, k: int) -> DataProfile:
@@ -152,13 +164,22 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     if not path.is_file():
         raise ResumeError(f"Argument 'resume' needs a checkpoint at {path}, not a missing file; "
                           f"run without --resume to start fresh")
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ResumeError(f"Argument 'resume' needs a readable checkpoint at {path}, not a damaged one ({exc}); "
+                          f"run without --resume to start fresh") from None
+    if not isinstance(state, dict) or not isinstance(state.get("trainer"), dict):
+        raise ResumeError(f"Argument 'resume' needs a checkpoint written by cpml-master train at {path}, not "
+                          f"a JSON {type(state).__name__} without its trainer state; run without --resume to "
+                          f"start fresh")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ResumeError(f"checkpoint {path} has format {state.get('format')!r}, this cpml reads "
                           f"{CHECKPOINT_FORMAT}")
     if state.get("data_sha256") != fingerprint:
         raise ResumeError(f"checkpoint {path} was made on different training data (fingerprint mismatch); "
-                          f"use the same --dataset, --test-fraction, --scaling and --seed, or start fresh")
+                          f"use the same data flags (--dataset, --format, --label-column, --positive-label, "
+                          f"--test-fraction, --scaling, --seed, --intercept), or start fresh")
     return state
 
 
@@ -170,16 +191,25 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
         plan = make_plan(settings, settings.n_workers, data.x_train)
         return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
                                    mask_source=mask_source), []
-    state = load_checkpoint(ckpt_path, fingerprint)
-    saved = state["trainer"]
+    saved = load_checkpoint(ckpt_path, fingerprint)["trainer"]
+    try:
+        saved_plan = plan_from_checkpoint(saved)
+        seed, round_, weights = int(saved["seed"]), int(saved["round"]), np.array(saved["weights"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeError(f"Argument 'resume' needs an intact checkpoint at {ckpt_path}, not one with a damaged "
+                          f"trainer state ({type(exc).__name__}: {exc}); run without --resume to start "
+                          f"fresh") from None
     # N may change between runs (a dead worker is gone): the decoded gradient does not depend on N,
     # so the weights continue exactly as they would have.
-    plan = plan_from_checkpoint(saved).with_(n_workers=settings.n_workers, iterations=settings.iterations)
-    trainer = CodedTrainer.create(plan, data.x_train, data.y_train, int(saved["seed"]), data.x_test, data.y_test,
-                                  weights=np.array(saved["weights"], dtype=np.float64),
-                                  start_round=int(saved["round"]), mask_source=mask_source)
+    plan = saved_plan.with_(n_workers=settings.n_workers, iterations=settings.iterations)
+    trainer = CodedTrainer.create(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test,
+                                  weights=weights, start_round=round_, mask_source=mask_source)
     rounds_log = settings.out / ROUNDS_LOG
-    history = read_rounds(rounds_log, trainer.round)
+    try:
+        history = read_rounds(rounds_log, trainer.round)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeError(f"Argument 'resume' needs an intact {rounds_log}, not a damaged one "
+                          f"({type(exc).__name__}: {exc}); run without --resume to start fresh") from None
     rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
     log.info("resuming", round=trainer.round, checkpoint=str(ckpt_path))
     return trainer, history
@@ -193,10 +223,7 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
         from cpml.master.mpc_train import train_baseline  # the MPC baselines (cpml.mpc)
 
         return await train_baseline(settings, on_round)
-    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
-                        settings.data_format, settings.label_column, settings.intercept)
-    for note in data.notes:
-        log.info("data", note=note)
+    data = load_training_data(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     trainer, history = _trainer(settings, data, fingerprint, mask_source)
@@ -320,4 +347,4 @@ def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, histo
         reporting.plot_curves(out / "curves.png", rounds, panels,
                               title=f"{data.name}: N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}")
     return TrainReport(plan=plan, weights=trainer.weights.copy(), history=tuple(history), upload=upload_summary,
-                       dropped_workers=dropped, out=out)
+                       dropped_workers=dropped, out=out, notes=data.notes)
