@@ -210,12 +210,12 @@ def test_npz_other_names_shapes_and_contents(tmp_path):
     np.testing.assert_array_equal(raw.y, Y)
     assert "named.npz: labels of shape (8, 1) read as a vector" in raw.notes
     cases = {
-        "flat.npz": (dict(x=X[:, 0], y=Y), r"a 2-D array 'x' \(rows x features\) and a 1-D array 'y', not shapes "
-                                           r"\(8,\) and \(8,\)"),
-        "short.npz": (dict(x=X, y=Y[:5]), "one label per row, not 8 rows in 'x' and 5 labels in 'y'"),
-        "text.npz": (dict(x=X.astype(str), y=Y), "numbers in 'x', not dtype <U"),
-        "object.npz": (dict(x=np.array([X[0], "a"], dtype=object), y=Y[:2]), "saved without pickling"),
-        "nan.npz": (dict(x=np.where(X > 4, np.nan, X), y=Y), r"finite numbers, not nan at row 5, feature 0"),
+        "flat.npz": ({"x": X[:, 0], "y": Y}, (r"a 2-D array 'x' \(rows x features\) and a 1-D array 'y', not "
+                                              r"shapes \(8,\) and \(8,\)")),
+        "short.npz": ({"x": X, "y": Y[:5]}, "one label per row, not 8 rows in 'x' and 5 labels in 'y'"),
+        "text.npz": ({"x": X.astype(str), "y": Y}, "numbers in 'x', not dtype <U"),
+        "object.npz": ({"x": np.array([X[0], "a"], dtype=object), "y": Y[:2]}, "saved without pickling"),
+        "nan.npz": ({"x": np.where(X > 4, np.nan, X), "y": Y}, r"finite numbers, not nan at row 5, feature 0"),
     }
     for name, (arrays, message) in cases.items():
         np.savez(tmp_path / name, **arrays)
