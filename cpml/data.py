@@ -1,7 +1,9 @@
 """Datasets for training: CSV, NumPy .npz, LIBSVM/svmlight files or a bundled scikit-learn dataset.
 
-Labels become {0, 1}; features are scaled on the training split only (with a note saying how), and
-a stratified held-out test split is kept aside. What each reader accepts, and what it does on its
+For classification, labels become {0, 1} and a stratified held-out test split is kept aside; for linear
+regression, targets stay real-valued, the split is plainly seeded and the targets are standardised on the
+training split (their mean and std are kept to map predictions back). Features are scaled on the training
+split only; every step leaves a note saying how. What each reader accepts, and what it does on its
 own (header, separator, compression, index base), is listed in the README ("Your own data").
 """
 
@@ -20,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-BUNDLED = ("digits-4v9", "breast-cancer")
+BUNDLED = ("digits-4v9", "breast-cancer", "diabetes")
 FORMATS = ("auto", "csv", "npz", "svmlight")
 SCALINGS = ("minmax", "standard", "none")
+MODELS = ("logistic", "linear")  # as cpml.protocol.plan.MODELS (not imported: this module stays light)
 NPZ_FEATURE_KEYS = ("x", "X", "features", "data")
 NPZ_LABEL_KEYS = ("y", "Y", "labels", "label", "target", "targets")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".npz": "npz", ".svm": "svmlight", ".svmlight": "svmlight",
@@ -34,7 +37,7 @@ _MAX_SEED = 2**32 - 1  # what the split's RandomState accepts
 
 @dataclass(frozen=True)
 class Dataset:
-    """A binary classification dataset, split and scaled, with notes on what was done to it."""
+    """A split and scaled dataset (0/1 labels, or standardised real targets), with notes on what was done to it."""
 
     name: str
     x_train: np.ndarray
@@ -42,6 +45,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     notes: tuple[str, ...]
+    target_mean: float = 0.0  # y as read = target_mean + target_std * y_train (linear regression)
+    target_std: float = 1.0
 
     @property
     def features(self) -> int:
@@ -64,7 +69,7 @@ def read_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> Ra
     """Read a bundled dataset name or a file into features and raw labels, refusing anything malformed."""
     if source in BUNDLED:
         x, y = _bundled(source)
-        return RawData(np.asarray(x, dtype=np.float64), np.asarray(y), source)
+        return RawData(np.asarray(x, dtype=np.float64), np.asarray(y), source, label_source=f"bundled {source!r}")
     path = Path(source)
     if path.is_dir():
         raise ValueError(f"Argument 'dataset' must be one of {', '.join(BUNDLED)} or a data file, "
@@ -113,6 +118,9 @@ def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
         digits = datasets.load_digits()
         keep = np.isin(digits.target, (4, 9))
         return digits.data[keep], digits.target[keep]
+    if name == "diabetes":
+        diabetes = datasets.load_diabetes()  # 442 rows x 10 features, real-valued targets (25 to 346)
+        return diabetes.data, diabetes.target
     cancer = datasets.load_breast_cancer()
     return cancer.data, cancer.target
 
@@ -385,33 +393,103 @@ def _check_split(y: np.ndarray, test_fraction: float, name: str) -> None:
 
 def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax", seed: int = 0,
                  fmt: str = "auto", label_column: int | str = -1, intercept: bool = False,
-                 positive_label: str | None = None) -> Dataset:
-    """Load, binarise labels, split (stratified, seeded), scale and optionally add an intercept column."""
+                 positive_label: str | None = None, model: str = "logistic") -> Dataset:
+    """Load, prepare the targets for the model, split (seeded), scale and optionally add an intercept column."""
     from sklearn.model_selection import train_test_split
 
+    _check_options(test_fraction, scaling, seed, model)
+    raw = read_raw(source, fmt, label_column)
+    x, name = raw.x, raw.name
+    if model == "linear":
+        y = real_targets(raw, positive_label)
+        _check_regression_split(len(y), test_fraction, source)
+        stratify, how = None, "shuffled"
+    else:
+        y, target_note = _binary_targets(raw, positive_label, test_fraction, source)
+        stratify, how = y, "stratified"
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed,
+                                                        stratify=stratify)
+    mean, std = 0.0, 1.0
+    if model == "linear":
+        y_train, y_test, mean, std, target_note = standardise_targets(y_train, y_test, source)
+    x_train, x_test, scale_note = scale(x_train, x_test, scaling)
+    split_note = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
+                  f"({how}, seed {seed})")
+    notes = (split_note, *raw.notes, target_note, scale_note)
+    if intercept:
+        x_train = np.column_stack([x_train, np.ones(len(x_train))])
+        x_test = np.column_stack([x_test, np.ones(len(x_test))])
+        notes += ("intercept: a constant-1 column appended as the last feature",)
+    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, notes=notes,
+                   target_mean=mean, target_std=std)
+
+
+def _check_options(test_fraction: float, scaling: str, seed: int, model: str) -> None:
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"Argument 'test_fraction' must be in (0, 1), not {test_fraction}.")
     if scaling not in SCALINGS:
         raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {scaling!r}.")
     if not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"Argument 'seed' must be an integer from 0 to {_MAX_SEED}, not {seed}.")
-    raw = read_raw(source, fmt, label_column)
-    x, name = raw.x, raw.name
+    if model not in MODELS:
+        raise ValueError(f"Argument 'model' must be one of {', '.join(MODELS)}, not {model!r}.")
+
+
+def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: float,
+                    source: str) -> tuple[np.ndarray, str]:
     classes = np.unique(raw.y)
     if len(classes) != 2 and raw.label_source:
         hint = "; --label-column picks the label column" if raw.label_source.startswith("column") else ""
+        if len(classes) > 2 and raw.y.dtype.kind in "biuf":
+            hint += "; real-valued targets need linear regression (cpml-master train --model linear)"
         raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification, "
                          f"not {len(classes)} ({_preview(classes)}) in {raw.label_source}{hint}.")
     y, label_note = binary_labels(raw.y, positive_label)
     _check_split(raw.y, test_fraction, source)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed,
-                                                        stratify=y)
-    x_train, x_test, scale_note = scale(x_train, x_test, scaling)
-    split_note = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
-                  f"(stratified, seed {seed})")
-    notes = (split_note, *raw.notes, label_note, scale_note)
-    if intercept:
-        x_train = np.column_stack([x_train, np.ones(len(x_train))])
-        x_test = np.column_stack([x_test, np.ones(len(x_test))])
-        notes += ("intercept: a constant-1 column appended as the last feature",)
-    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, notes=notes)
+    return y, label_note
+
+
+def real_targets(raw: RawData, positive_label: str | None = None) -> np.ndarray:
+    """The raw labels as float64 targets for linear regression, refusing text, NaN/inf and --positive-label."""
+    if positive_label is not None:
+        raise ValueError(f"Argument 'positive_label' must be omitted for linear regression (its targets are real "
+                         f"values, not classes), not {str(positive_label)!r}.")
+    where = f" in {raw.label_source}" if raw.label_source else ""
+    if raw.y.dtype.kind not in "biuf":
+        text = next((v for v in map(str, raw.y.tolist()) if not _is_number(v)), str(raw.y.flat[0]))
+        raise ValueError(f"Argument 'dataset' must have numeric targets for linear regression, not text such as "
+                         f"{text!r}{where}.")
+    y = raw.y.astype(np.float64)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"Argument 'dataset' must have a finite target on every row for linear regression, not "
+                         f"{y[row]} on row {row}{where} ({int(bad.sum())} NaN/inf target(s)).")
+    return y
+
+
+def _check_regression_split(rows: int, test_fraction: float, source: str) -> None:
+    n_test = math.ceil(test_fraction * rows)  # as train_test_split rounds it
+    if rows - n_test < 2:
+        raise ValueError(f"Argument 'test_fraction' must leave at least 2 training rows to standardise the targets "
+                         f"on, not {test_fraction} ({rows - n_test} train, {n_test} test of the {rows} rows of "
+                         f"{source!r}).")
+
+
+def standardise_targets(y_train: np.ndarray, y_test: np.ndarray,
+                        name: str = "y") -> tuple[np.ndarray, np.ndarray, float, float, str]:
+    """Standardise targets with the training split's mean and std; return both splits, the mean, the std, a note."""
+    s = float(_power_of_two_scale(y_train))  # as in scale(): exact, and keeps huge targets' statistics finite
+    mean, std = float(np.mean(y_train / s)), float(np.std(y_train / s))
+    if std == 0.0:
+        raise ValueError(f"Argument 'dataset' must have targets that vary on the training split to fit linear "
+                         f"regression, not the constant {y_train[0]:g} on all {len(y_train)} training rows of "
+                         f"{name!r}.")
+    train, test = (y_train / s - mean) / std, (y_test / s - mean) / std
+    mean, std = mean * s, std * s
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise ValueError(f"Argument 'dataset' must have targets whose mean and std are finite in float64, not "
+                         f"mean {mean} and std {std} on the training split of {name!r}.")
+    note = (f"targets: standardised to mean 0, std 1 on the training split (mean {mean:.6g}, std {std:.6g}); "
+            f"predictions are mapped back as mean + std * prediction")
+    return train, test, mean, std, note

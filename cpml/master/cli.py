@@ -8,11 +8,14 @@ import importlib
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from cpml.logs import configure_logging
+
+if TYPE_CHECKING:
+    from cpml.master.train import RoundRecord
 
 log = structlog.get_logger(__name__)
 
@@ -105,20 +108,30 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     final = report.history[-1] if report.history else None
     plan = report.plan
-    accuracy = "n/a" if final is None or final.test_accuracy is None else f"{final.test_accuracy:.4f}"
     shape = (f"K={plan.k}, T={plan.t}, r={plan.r}, R={plan.threshold}" if settings.protocol == "cpml"
              else f"{settings.protocol.upper()} in 3 groups of 2T+1, T={plan.t}, r={plan.r}")
     print(f"trained {plan.model} regression on {settings.dataset} for {plan.iterations} iterations with "
           f"N={plan.n_workers} workers ({shape})")
-    print(f"test accuracy: {accuracy}   loss: {final.loss:.4f}" if final else "no rounds were run")
-    labels = next((note for note in report.notes if note.startswith("labels: ")), None)
-    if labels:
-        print(labels)  # which raw label the model calls 1
+    print(_final_metrics(final, plan.model) if final else "no rounds were run")
+    targets = next((note for note in report.notes if note.startswith(("labels: ", "targets: "))), None)
+    if targets:
+        print(targets)  # which raw label the model calls 1, or how predictions map back to the targets
     if report.dropped_workers:
         print(f"workers dropped: {len(report.dropped_workers)}")
     print(f"model: {report.out / 'model.json'}   metrics: {report.out / 'metrics.json'}   "
           f"plot: {report.out / 'curves.png'}")
     return EXIT_OK
+
+
+def _final_metrics(final: RoundRecord, model: str) -> str:
+    """The last round's test metrics: accuracy (logistic) or R² and RMSE in the targets' units (linear)."""
+    def shown(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    if model == "linear":
+        return (f"test R²: {shown(final.test_r2, '.4f')}   "
+                f"RMSE: {shown(final.test_rmse, '.4g')}   loss: {final.loss:.4f}")
+    return f"test accuracy: {shown(final.test_accuracy, '.4f')}   loss: {final.loss:.4f}"
 
 
 async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:

@@ -118,7 +118,8 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
 
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=env("DATASET"), required=env("DATASET") is None,
-                      help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file")
+                      help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), "
+                           "or a .csv/.npz/.svm file")
     data.add_argument("--format", dest="data_format", choices=FORMATS, default=env("FORMAT", "auto"))
     data.add_argument("--label-column", default=env("LABEL_COLUMN", "-1"),
                       help="CSV label column: a 0-based index (negative from the end; default -1, the last) "

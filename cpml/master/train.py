@@ -67,6 +67,8 @@ class RoundRecord:
     bytes_received: int
     late_replies: int
     worker_compute_seconds: float = 0.0  # within wait: the slowest used worker's own compute (0: not reported)
+    test_r2: float | None = None  # linear regression only
+    test_rmse: float | None = None  # linear regression only, in the targets' own units
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class TrainReport:
 def load_training_data(settings: TrainSettings) -> Dataset:
     """The dataset the settings name, split and scaled as they say; each note on how is logged."""
     data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
-                        settings.data_format, settings.label_column, settings.intercept, settings.positive_label)
+                        settings.data_format, settings.label_column, settings.intercept, settings.positive_label,
+                        model=settings.model)
     for note in data.notes:
         log.info("data", note=note)
     return data
@@ -254,13 +257,14 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
         await cluster.wait_healthy()
         spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
         await cluster.check_capacity(plan.p, spec_bytes, settings.chunk_bytes)
-        upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round)
+        upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round, data.target_std)
     dropped = {w.index: w.failure for w in cluster.workers if not w.alive}
     return _finish(settings, trainer, data, history, upload, dropped)
 
 
 async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, history: list[RoundRecord],
-                   fingerprint: str, on_round: Callable[[RoundRecord], None] | None) -> UploadStats:
+                   fingerprint: str, on_round: Callable[[RoundRecord], None] | None,
+                   target_scale: float = 1.0) -> UploadStats:
     plan = trainer.plan
     job_id = uuid.uuid4().hex
     checkpoint = settings.out / "checkpoint.json"
@@ -283,7 +287,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
                                   settings.timeouts.round, stream_deadline) as streams:
             with bar:
                 while not trainer.done:
-                    record = await _one_round(trainer, streams)
+                    record = await _one_round(trainer, streams, target_scale)
                     history.append(record)
                     append_round(settings.out / ROUNDS_LOG, record)
                     if trainer.round % settings.checkpoint_every == 0 or trainer.done:
@@ -291,11 +295,14 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
                     shown = {"loss": record.loss}
                     if record.test_accuracy is not None:
                         shown["accuracy"] = record.test_accuracy
+                    fit = {} if record.test_r2 is None else {"test_r2": record.test_r2, "test_rmse": record.test_rmse}
+                    if fit:
+                        shown |= {"r2": record.test_r2, "rmse": record.test_rmse}
                     bar.update(trainer.round, **shown)
                     # with a progress bar on screen, per-round lines would only break it
                     (log.debug if bar.enabled else log.info)(
                         "round", round=record.round, loss=round(record.loss, 6), test_accuracy=record.test_accuracy,
-                        seconds=round(record.total_seconds, 4), late=record.late_replies)
+                        seconds=round(record.total_seconds, 4), late=record.late_replies, **fit)
                     if on_round is not None:
                         on_round(record)
     except BaseException:
@@ -307,7 +314,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
     return upload
 
 
-async def _one_round(trainer: CodedTrainer, streams: ComputeStreams) -> RoundRecord:
+async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, target_scale: float = 1.0) -> RoundRecord:
     began = time.perf_counter()
     round_number = trainer.round
     weight_shares = trainer.weight_shares()
@@ -322,7 +329,9 @@ async def _one_round(trainer: CodedTrainer, streams: ComputeStreams) -> RoundRec
                        wait_seconds=traffic.wait_seconds, worker_compute_seconds=traffic.worker_compute_seconds,
                        decode_update_seconds=done - received,
                        total_seconds=done - began, bytes_sent=traffic.bytes_sent,
-                       bytes_received=traffic.bytes_received, late_replies=traffic.late_replies)
+                       bytes_received=traffic.bytes_received, late_replies=traffic.late_replies,
+                       test_r2=stats.test_r2,
+                       test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale)
 
 
 def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, history: list[RoundRecord],
@@ -331,7 +340,10 @@ def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, histo
     out = settings.out
     plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
     _write_json(out / "model.json", {"model": plan.model, "weights": trainer.weights.tolist(), "plan": plan_fields,
-                                     "dataset": data.name, "notes": list(data.notes)})
+                                     "dataset": data.name, "notes": list(data.notes),
+                                     # linear regression predicts targets as mean + std * (x @ w)
+                                     **({"targets": {"mean": data.target_mean, "std": data.target_std}}
+                                        if plan.model == "linear" else {})})
     upload_summary = {"seconds": upload.seconds, "encode_seconds": upload.encode_seconds,
                       "bytes_sent": upload.bytes_sent, "chunks": upload.chunks}
     final = history[-1] if history else None
@@ -344,6 +356,8 @@ def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, histo
         panels = {"loss": [r.loss for r in history]}
         if any(r.test_accuracy is not None for r in history):
             panels["test accuracy"] = [r.test_accuracy for r in history]
+        if any(r.test_r2 is not None for r in history):
+            panels["test R²"] = [r.test_r2 for r in history]
         reporting.plot_curves(out / "curves.png", rounds, panels,
                               title=f"{data.name}: N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}")
     return TrainReport(plan=plan, weights=trainer.weights.copy(), history=tuple(history), upload=upload_summary,

@@ -42,6 +42,22 @@ def accuracy(x: Array, y: Array, w: Array, model: str) -> float | None:
     return float(np.mean((x @ w >= 0.0) == (y == 1)))
 
 
+def r_squared(x: Array, y: Array, w: Array, model: str) -> float | None:
+    """Coefficient of determination 1 - SS_res/SS_tot of x @ w (linear); None for logistic, NaN for constant y."""
+    if model != "linear":
+        return None
+    total = float(np.sum((y - np.mean(y)) ** 2))
+    residual = float(np.sum((x @ w - y) ** 2))
+    return 1.0 - residual / total if total > 0 else float("nan")
+
+
+def rmse(x: Array, y: Array, w: Array, model: str, target_scale: float = 1.0) -> float | None:
+    """Root mean squared error of x @ w (linear) in target units: y's units times target_scale; None for logistic."""
+    if model != "linear":
+        return None
+    return float(target_scale * np.sqrt(np.mean((x @ w - y) ** 2)))
+
+
 def gradient(x: Array, y: Array, w: Array, model: str) -> Array:
     """The exact float64 gradient (1/m) Xᵀ(s(Xw) - y), s the true sigmoid or the identity."""
     z = x @ w

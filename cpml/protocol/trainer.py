@@ -63,6 +63,8 @@ class RoundStats:
     test_accuracy: float | None
     workers_used: tuple[int, ...]
     weight_norm: float
+    test_r2: float | None = None  # linear regression with a test set only, as test_rmse
+    test_rmse: float | None = None  # in the units of the y the trainer holds (standardised targets: times their std)
 
 
 @dataclass
@@ -313,12 +315,14 @@ def round_stats(
     test: tuple[Array | None, Array | None],
     used: tuple[int, ...] = (),
 ) -> RoundStats:
-    """Loss and accuracy of the weights on the real training data (and test accuracy if there is a test set)."""
+    """Loss and accuracy of the weights on the real training data (test accuracy, or R² and RMSE, on a test set)."""
     x, y = train
     x_test, y_test = test
-    test_accuracy = None
+    test_accuracy = test_r2 = test_rmse = None
     if x_test is not None and y_test is not None:
         test_accuracy = models.accuracy(x_test, y_test, weights, model)
+        test_r2 = models.r_squared(x_test, y_test, weights, model)
+        test_rmse = models.rmse(x_test, y_test, weights, model)
     return RoundStats(
         round=round_index,
         loss=models.loss(x, y, weights, model),
@@ -326,4 +330,6 @@ def round_stats(
         test_accuracy=test_accuracy,
         workers_used=used,
         weight_norm=float(np.linalg.norm(weights)),
+        test_r2=test_r2,
+        test_rmse=test_rmse,
     )
