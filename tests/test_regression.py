@@ -32,6 +32,14 @@ def _least_squares_r2(ds: data.Dataset) -> float:
     return _r2(ds.y_test, design(ds.x_test) @ w)
 
 
+def _dataset_of(argv: list[str]) -> data.Dataset:
+    """The split and scaled data a `cpml-master train` command line trains on (whatever the defaults are)."""
+    from cpml.master.settings import parse_train_args, train_settings
+    from cpml.master.train import load_training_data
+
+    return load_training_data(train_settings(parse_train_args(argv[1:])))
+
+
 def test_diabetes_for_linear_keeps_442_real_targets_standardised_on_the_training_split():
     ds = data.load_dataset("diabetes", model="linear")
     x, y = load_diabetes(return_X_y=True)
@@ -131,7 +139,7 @@ def test_train_linear_reports_r2_and_rmse_in_target_units(tmp_path, capsys):
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5] and all(r["test_r2"] is not None for r in rounds)
     # R² and RMSE recomputed from model.json on the original targets
     model = json.loads((run / "model.json").read_text())
-    ds = data.load_dataset("diabetes", model="linear")
+    ds = _dataset_of(argv)
     prediction = model["targets"]["mean"] + model["targets"]["std"] * (ds.x_test @ np.array(model["weights"]))
     y_test = ds.target_mean + ds.target_std * ds.y_test
     assert final["test_r2"] == pytest.approx(_r2(y_test, prediction), rel=1e-9)
@@ -140,14 +148,10 @@ def test_train_linear_reports_r2_and_rmse_in_target_units(tmp_path, capsys):
 
 def _linear_on_diabetes(tmp_path, *flags: str) -> tuple[float, float]:
     """Final test R² of `cpml-master train --dataset diabetes --model linear [flags]`, and least squares'."""
-    from cpml.master.settings import parse_train_args, train_settings
-    from cpml.master.train import load_training_data
-
     argv = _train(tmp_path, "--dataset", "diabetes", "--model", "linear", *flags)
     assert cli.main(argv) == cli.EXIT_OK
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
-    ds = load_training_data(train_settings(parse_train_args(argv[1:])))
-    return final["test_r2"], _least_squares_r2(ds)
+    return final["test_r2"], _least_squares_r2(_dataset_of(argv))
 
 
 @pytest.mark.slow
