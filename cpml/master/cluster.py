@@ -186,7 +186,8 @@ class Cluster:
                     if worker.index not in queues or not worker.alive:
                         continue
                     for msg in serde.share_chunks_to_wire(job_id, chunk.row_offset, chunk.shares[worker.index],
-                                                          spec if first else None, max_chunk_bytes):
+                                                          spec if first else None, max_chunk_bytes,
+                                                          chunk.residue):
                         await queues[worker.index].put(msg)
                 first = False
             finished = True

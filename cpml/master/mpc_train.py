@@ -29,7 +29,6 @@ from cpml.master.local import LocalWorkers
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings
 from cpml.master.train import (
-    DATA_DEPENDENT_QUANTIZATION,
     LOOPBACK_WARNING,
     PLAINTEXT_WARNING,
     ROUNDS_LOG,
@@ -41,10 +40,10 @@ from cpml.master.train import (
     load_training_data,
     read_rounds,
     save_checkpoint,
-    unit_range_profile,
+    choose_precision,
 )
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
-from cpml.protocol import DataProfile, Plan, auto_quantization
+from cpml.protocol import Plan
 from cpml.wire import mpc_serde, serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
@@ -76,14 +75,8 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
     plan = Plan.for_privacy(n, mpc.t, settings.r, p=settings.prime, iterations=settings.iterations,
                             model=settings.model, learning_rate=settings.learning_rate,
                             weight_bound=settings.weight_bound, sigmoid_interval=settings.sigmoid_interval)
-    fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
-    if fixed:
-        return mpc, plan.with_(**fixed)
-    # Parties see the levels in the coefficients they are sent: as in make_plan, keep them data-independent.
-    if settings.scaling == "minmax":
-        return mpc, auto_quantization(plan, unit_range_profile(*x_train.shape, mpc.groups))
-    log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
-    return mpc, auto_quantization(plan, DataProfile.of(x_train, mpc.groups))
+    # Parties see the precision in what they are sent: as for CodedPrivateML, it is planned from public facts.
+    return mpc, choose_precision(settings, plan, x_train)
 
 
 async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, round_timeout: float,
@@ -114,7 +107,7 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
                                                       timeout=cluster.timeouts.upload)
 
         began = time.perf_counter()
-        rows = serde.rows_per_chunk(session.profile.d, chunk_bytes)
+        rows = serde.rows_per_chunk(session.partitions.shape[2], chunk_bytes)
         chunks = session.data_messages(rows)
         encode_seconds, sends = 0.0, []
         while True:

@@ -38,11 +38,11 @@ class RoundTraffic:
 class ComputeStreams:
     """Bidirectional Compute streams to the workers for one job; use `async with`, then `run_round`."""
 
-    def __init__(self, workers: list[WorkerHandle], job_id: str, modulus: int, cols: int, threshold: int,
+    def __init__(self, workers: list[WorkerHandle], job_id: str, moduli: tuple[int, ...], cols: int, threshold: int,
                  round_timeout: float, stream_timeout: float) -> None:
         self.workers = [w for w in workers if w.alive]
         self.job_id = job_id
-        self.modulus = modulus
+        self.moduli = moduli
         self.cols = cols
         self.threshold = threshold
         self.round_timeout = round_timeout
@@ -125,7 +125,7 @@ class ComputeStreams:
                 self._late += 1  # a straggler's answer to an earlier round: never mixed into this one
                 continue
             try:
-                replies[worker.index] = serde.round_result_from_proto(reply, self.modulus, self.cols)
+                replies[worker.index] = serde.round_result_from_proto(reply, self.moduli, self.cols)
             except serde.WireError as exc:
                 worker.fail(f"sent a malformed result: {exc}")
             else:

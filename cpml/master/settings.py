@@ -33,8 +33,8 @@ class TrainSettings:
     label_column: int | str = -1  # an index (negative from the end) or a CSV header name
     positive_label: str | None = None  # the raw label that becomes 1 (default: the larger of the two)
     test_fraction: float = 0.2
-    scaling: str = "minmax"
-    intercept: bool = False
+    scaling: str = "standard"
+    intercept: bool = True
     workers: tuple[str, ...] = ()
     local_workers: int = 10
     case: int = 1
@@ -48,6 +48,7 @@ class TrainSettings:
     weight_bound: float = 4.0
     sigmoid_interval: float = 8.0
     prime: int = DEFAULT_PRIME
+    residues: int | None = None  # how many residue primes; None: the fewest that give the data 8+ bits
     learning_rate: float | None = None
     iterations: int = 50
     model: str = "logistic"
@@ -128,9 +129,12 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
                       help="the label value that becomes class 1 (default: the larger number, or the later "
                            "text in sorted order)")
     data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2))
-    data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "minmax"))
-    data.add_argument("--intercept", action="store_true", default=env("INTERCEPT", "") in ("1", "true"),
-                      help="append a constant-1 feature so the model learns a bias")
+    data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "standard"),
+                      help="standard (default: mean 0, std 1), minmax ([0, 1]) or none, on the training split")
+    data.add_argument("--intercept", action=argparse.BooleanOptionalAction,
+                      default=env("INTERCEPT", "true") in ("1", "true"),
+                      help="append a constant-1 feature so the model learns a bias, as scikit-learn does "
+                           "(default; --no-intercept leaves it out)")
 
     cluster = p.add_argument_group("cluster")
     cluster.add_argument("--workers", default=env("WORKERS", ""),
@@ -167,7 +171,11 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
                       help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it")
     plan.add_argument("--sigmoid-interval", type=float, default=env("SIGMOID_INTERVAL", 8.0),
                       help="fit the sigmoid polynomial on [-a, a]")
-    plan.add_argument("--prime", type=int, default=env("PRIME", DEFAULT_PRIME), help="field modulus p")
+    plan.add_argument("--prime", type=int, default=env("PRIME", DEFAULT_PRIME),
+                      help="the largest residue prime; the others are the next primes below it")
+    plan.add_argument("--residues", type=int, default=env("RESIDUES"),
+                      help="how many primes carry every value (default: the fewest that give the data at least "
+                           "8 fractional bits)")
     plan.add_argument("--learning-rate", type=float, default=env("LEARNING_RATE"), help="default: 1/L")
     plan.add_argument("--iterations", type=int, default=env("ITERATIONS", 50))
     plan.add_argument("--model", choices=MODELS, default=env("MODEL", "logistic"))
@@ -201,6 +209,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         workers=workers,
         local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
+        residues=opt_int(args.residues),
         weight_bound=float(args.weight_bound), sigmoid_interval=float(args.sigmoid_interval),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
         iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),

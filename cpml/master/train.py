@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import time
 import uuid
@@ -24,7 +23,7 @@ from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
 from cpml.master.local import LocalWorkers
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
-from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_quantization, plan_from_checkpoint
+from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_precision, plan_from_checkpoint, public_profile
 from cpml.protocol.coding import MaskSource
 from cpml.wire import serde
 from cpml.wire.tls import channel_credentials
@@ -36,10 +35,11 @@ ROUNDS_LOG = "rounds.jsonl"
 PLAINTEXT_WARNING = ("plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
                      "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
                      "mutual TLS)")
-DATA_DEPENDENT_QUANTIZATION = ("automatic quantization without min-max scaling picks (l_x, l_w, l_c) from the "
-                               "data's norms, and workers see that choice in the sigmoid coefficients: a few bits "
-                               "about the data's scale; pass --lx/--lw/--lc (or use --scaling minmax) to keep "
-                               "everything workers receive independent of the data")
+DATA_DEPENDENT_QUANTIZATION = ("automatic precision without scaling picks the residues and (l_x, l_w, l_c) from the "
+                               "data's norms, and workers see that choice in the moduli and the sigmoid "
+                               "coefficients: a few bits about the data's scale; pass --residues and "
+                               "--lx/--lw/--lc (or use --scaling standard or minmax) to keep everything workers "
+                               "receive independent of the data")
 LOOPBACK_WARNING = ("embedded workers speak plaintext gRPC on 127.0.0.1: safe while every process stays on this "
                     "machine, but across a network an eavesdropper on every link would see all N shares and "
                     "defeat T-privacy, so remote workers need TLS")
@@ -107,26 +107,20 @@ def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> P
         plan = Plan.case2(n_workers, settings.r, **kwargs)
     else:
         plan = Plan.case1(n_workers, settings.r, **kwargs)
+    return choose_precision(settings, plan, x_train)
+
+
+def choose_precision(settings: TrainSettings, plan: Plan, x_train: np.ndarray) -> Plan:
+    """The plan with its residues and (l_x, l_w, l_c): automatic unless the settings fix them."""
+    # Workers see the precision (the moduli, and the levels in the sigmoid coefficients), so it is planned
+    # from public facts: the shape and the range the scaling guarantees (cpml.protocol.public_profile).
+    profile = public_profile(settings.scaling, *x_train.shape)
+    if profile is None:
+        log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge unscaled values: inf, which the guard refuses
+            profile = DataProfile.of(x_train, 1)
     fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
-    if fixed:
-        return plan.with_(**fixed)
-    # Workers see (l_x, l_w, l_c) in the sigmoid coefficients of the job spec, so a level picked from the
-    # data's norms would tell them something about the data. Min-max scaling bounds every entry by 1, a
-    # public fact: plan for the worst case it allows and the choice depends on the shape alone.
-    if settings.scaling == "minmax":
-        return auto_quantization(plan, unit_range_profile(*x_train.shape, plan.k))
-    log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
-    with np.errstate(over="ignore", invalid="ignore"):  # norms of huge unscaled values: inf, which the guard refuses
-        profile = DataProfile.of(x_train, plan.k)
-    return auto_quantization(plan, profile)
-
-
-def unit_range_profile(m: int, d: int, k: int) -> DataProfile:
-    """The DataProfile of an m x d matrix of ones: the worst case for data in [0, 1], known without the data."""
-    rows = -(-m // k)
-    sizes = [min(rows, m - i * rows) for i in range(k) if m > i * rows]
-    return DataProfile(rows=rows, d=d, max_column_norm=tuple(math.sqrt(s) for s in sizes),
-                       frobenius=tuple(math.sqrt(s * d) for s in sizes), max_row_norm=(math.sqrt(d),) * len(sizes))
+    return auto_precision(plan, profile, settings.residues, fixed)
 
 
 def data_fingerprint(data: Dataset) -> str:
@@ -198,6 +192,7 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
     try:
         saved_plan = plan_from_checkpoint(saved)
         seed, round_, weights = int(saved["seed"]), int(saved["round"]), np.array(saved["weights"], dtype=np.float64)
+        previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
         raise ResumeError(f"Argument 'resume' needs an intact checkpoint at {ckpt_path}, not one with a damaged "
                           f"trainer state ({type(exc).__name__}: {exc}); run without --resume to start "
@@ -206,7 +201,8 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
     # so the weights continue exactly as they would have.
     plan = saved_plan.with_(n_workers=settings.n_workers, iterations=settings.iterations)
     trainer = CodedTrainer.create(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test,
-                                  weights=weights, start_round=round_, mask_source=mask_source)
+                                  weights=weights, previous=previous, start_round=round_,
+                                  mask_source=mask_source)
     rounds_log = settings.out / ROUNDS_LOG
     try:
         history = read_rounds(rounds_log, trainer.round)
@@ -234,8 +230,9 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
     if trainer.done:
         log.info("nothing to do: the checkpoint already finished every iteration", round=trainer.round)
         return _finish(settings, trainer, data, history, UploadStats(), {})
-    log.info("plan", n=plan.n_workers, k=plan.k, t=plan.t, r=plan.r, threshold=plan.threshold, p=plan.p,
-             lx=plan.lx, lw=plan.lw, lc=plan.lc, learning_rate=plan.learning_rate, iterations=plan.iterations)
+    log.info("plan", n=plan.n_workers, k=plan.k, t=plan.t, r=plan.r, threshold=plan.threshold,
+             moduli=list(plan.moduli), modulus_bits=round(plan.basis.bits, 1), lx=plan.lx, lw=plan.lw, lc=plan.lc,
+             learning_rate=plan.learning_rate, iterations=plan.iterations)
 
     async with contextlib.AsyncExitStack() as stack:
         if settings.embedded:
@@ -256,7 +253,7 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
                     max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
         await cluster.wait_healthy()
         spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
-        await cluster.check_capacity(plan.p, spec_bytes, settings.chunk_bytes)
+        await cluster.check_capacity(max(plan.moduli), spec_bytes, settings.chunk_bytes)
         upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round, data.target_std)
     dropped = {w.index: w.failure for w in cluster.workers if not w.alive}
     return _finish(settings, trainer, data, history, upload, dropped)
@@ -283,7 +280,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
         remaining = plan.iterations - trainer.round
         stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
         bar = reporting.ProgressBar(plan.iterations, "train", enabled=settings.progress, start_step=trainer.round)
-        async with ComputeStreams(cluster.workers, job_id, plan.p, spec.cols, plan.threshold,
+        async with ComputeStreams(cluster.workers, job_id, plan.moduli, spec.cols, plan.threshold,
                                   settings.timeouts.round, stream_deadline) as streams:
             with bar:
                 while not trainer.done:

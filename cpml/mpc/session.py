@@ -20,42 +20,19 @@ from cpml.field.sampling import uniform
 from cpml.mpc.messages import MASTER, Kind, Message
 from cpml.mpc.plan import MpcPlan, PartySpec
 from cpml.mpc.shamir import party_points, reconstruct, share
-from cpml.protocol import models
 from cpml.protocol.coding import MaskSource
-from cpml.protocol.overflow import DataProfile
 from cpml.protocol.plan import Plan
-from cpml.protocol.trainer import (
-    RoundStats,
-    gradient_from_blocks,
-    guard_round,
-    prepare_data,
-    round_stats,
-    round_weights,
-)
+from cpml.protocol.run import RoundStats, TrainingRun, gradient_from_sums, prepare_data, sum_blocks
 
 Array = npt.NDArray[np.float64]
 
 
-@dataclass
-class MpcSession:
+@dataclass(kw_only=True)
+class MpcSession(TrainingRun):
     """One baseline training job on the master (use `create`); `plan` fixes quantization and training."""
 
     mpc: MpcPlan
-    plan: Plan
-    seed: int
-    x: Array
-    y: Array
-    x_test: Array | None
-    y_test: Array | None
-    weights: Array
-    round: int
-    profile: DataProfile
-    partitions: npt.NDArray[np.int32]  # (G, rows, d) quantized, zero-padded
-    xty: Array
-    coefficients: npt.NDArray[np.int64]
-    mask_source: MaskSource = uniform
     _gradients: dict[int, Elements] = dataclass_field(default_factory=dict, repr=False)
-    _issued: int | None = dataclass_field(default=None, repr=False)
 
     @classmethod
     def create(
@@ -69,24 +46,22 @@ class MpcSession:
         y_test: npt.ArrayLike | None = None,
         *,
         weights: npt.ArrayLike | None = None,
+        previous: npt.ArrayLike | None = None,
         start_round: int = 0,
         mask_source: MaskSource = uniform,
     ) -> MpcSession:
         """Quantize the data into G row blocks with CPML's quantization and check the overflow guard."""
         if mpc.n_workers + 1 >= plan.p:
             raise argument_error("p", f"exceed N + 1 = {mpc.n_workers + 1}", plan.p)
-        data = prepare_data(plan, x, y, seed, x_test, y_test, mpc.groups, weights, start_round)
+        if plan.residues != 1:
+            raise argument_error("residues", "be 1 for the MPC baselines", plan.residues)
+        data = prepare_data(plan, x, y, seed, x_test, y_test, mpc.groups, weights, start_round, previous)
         return cls(mpc=mpc, seed=int(seed), round=start_round, mask_source=mask_source, **data.by_name())
 
     @property
     def field(self) -> PrimeField:
         """The job's field."""
         return self.plan.field
-
-    @property
-    def done(self) -> bool:
-        """Whether all planned iterations have run."""
-        return self.round >= self.plan.iterations
 
     def party_spec(self, worker: int) -> PartySpec:
         """The public parameters one active worker receives."""
@@ -98,10 +73,10 @@ class MpcSession:
             group_size=self.mpc.group_size,
             first=self.mpc.members(group).start,
             position=position,
-            rows=self.profile.rows,
-            d=self.profile.d,
+            rows=self.partitions.shape[1],
+            d=self.partitions.shape[2],
             r=self.plan.r,
-            coefficients=tuple(int(v) for v in self.field.phi(self.coefficients, name="coefficients")),
+            coefficients=tuple(int(v) % self.plan.p for v in self.coefficients),
             start_round=self.round,
             rounds=self.plan.iterations - self.round,
         )
@@ -113,22 +88,15 @@ class MpcSession:
         points = party_points(self.mpc.group_size)
         for group in range(self.mpc.groups):
             members = self.mpc.members(group)
-            for lo in range(0, self.profile.rows, rows_per_chunk):
+            for lo in range(0, self.partitions.shape[1], rows_per_chunk):
                 block = self.field.phi(self.partitions[group, lo : lo + rows_per_chunk], name="x")
                 shares = share(self.field, block, self.mpc.t, points, self.mask_source)
                 for position, worker in enumerate(members):
                     yield Message(MASTER, worker, Kind.DATA, self.round, lo, shares[position])
 
-    def quantized_weights(self) -> npt.NDArray[np.int64]:
-        """The r stochastic quantizations of the current weights, seeded by (seed, round) as in CPML."""
-        return round_weights(self.plan, self.weights, self.seed, self.round)
-
     def weight_messages(self) -> list[Message]:
         """Share this round's quantized weights to every group, with fresh coefficients per group."""
-        if self.done:
-            raise RuntimeError(f"training already finished {self.plan.iterations} iterations")
-        wbar = self.quantized_weights()
-        guard_round(self.plan, self.profile, self.coefficients, wbar, self.round)
+        wbar = self.begin_round()
         secret = self.field.phi(wbar, name="weights")
         points = party_points(self.mpc.group_size)
         messages = []
@@ -136,7 +104,7 @@ class MpcSession:
             shares = share(self.field, secret, self.mpc.t, points, self.mask_source)
             for position, worker in enumerate(self.mpc.members(group)):
                 messages.append(Message(MASTER, worker, Kind.WEIGHTS, self.round, 0, shares[position]))
-        self._issued, self._gradients = self.round, {}
+        self._gradients = {}
         return messages
 
     def receive(self, message: Message) -> RoundStats | None:
@@ -148,8 +116,8 @@ class MpcSession:
         self.mpc.locate(message.sender)
         if message.sender in self._gradients:
             raise argument_error("message", "be the first gradient share of its sender", message.sender)
-        if message.payload.shape != (self.profile.d,):
-            raise argument_error("message", f"carry {self.profile.d} gradient values", message.payload.shape)
+        if message.payload.shape != (self.partitions.shape[2],):
+            raise argument_error("message", f"carry {self.partitions.shape[2]} gradient values", message.payload.shape)
         self._gradients[message.sender] = self.field.check_elements(message.payload, "gradient")
         if len(self._gradients) < self.mpc.active_workers:
             return None
@@ -166,29 +134,14 @@ class MpcSession:
 
     def decode_gradient(self, shares: dict[int, Elements]) -> Array:
         """The real gradient, converted from the decoded blocks exactly as CodedTrainer does."""
-        return gradient_from_blocks(self.plan, self.decode_blocks(shares), self.xty, self.x.shape[0])
+        sums = sum_blocks(self.field, self.decode_blocks(shares))[np.newaxis]
+        return gradient_from_sums(self.plan, sums, self.xty, self.x.shape[0])
 
     def finish_round(self, gradient: Array) -> RoundStats:
-        """Take the gradient step, project onto the weight ball, and report the round."""
-        assert self.plan.learning_rate is not None
-        step = self.weights - self.plan.learning_rate * gradient
-        self.weights = models.project_to_ball(step, self.plan.weight_bound)
-        self.round += 1
-        self._issued, self._gradients = None, {}
-        return self.stats(tuple(range(self.mpc.active_workers)))
+        """Take the gradient step from the query point and report the round."""
+        self._gradients = {}
+        return self.finish(gradient, tuple(range(self.mpc.active_workers)))
 
     def checkpoint(self) -> dict[str, object]:
-        """The state a resumed run needs besides the data: protocol, T, round, weights, seed and plan."""
-        return {
-            "protocol": self.mpc.protocol,
-            "t": self.mpc.t,
-            "round": self.round,
-            "weights": self.weights.tolist(),
-            "seed": self.seed,
-            "plan": {k: getattr(self.plan, k) for k in self.plan.__dataclass_fields__},
-        }
-
-    def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
-        """Loss and accuracy of the current weights on the real data."""
-        test = (self.x_test, self.y_test)
-        return round_stats(self.plan.model, self.round, self.weights, (self.x, self.y), test, used)
+        """The state a resumed run needs besides the data: protocol and T, then what every run keeps."""
+        return {"protocol": self.mpc.protocol, "t": self.mpc.t, **super().checkpoint()}

@@ -1,10 +1,11 @@
-"""CodedPrivateML protocol math, free of I/O: plan, quantization, coding, worker function, trainer, simulator."""
+"""CodedPrivateML protocol math, free of I/O: plan, quantization, coding, worker function, run, trainer, simulator."""
 
 from cpml.protocol.coding import CodingScheme
-from cpml.protocol.overflow import DataProfile, auto_quantization, check_plan, decoded_bound
+from cpml.protocol.overflow import DataProfile, auto_precision, check_plan, decoded_bound, public_profile
 from cpml.protocol.plan import Plan, largest_k, recovery_threshold
 from cpml.protocol.simulator import TrainingResult, simulate
-from cpml.protocol.trainer import CodedTrainer, JobSpec, RoundStats, ShareChunk, plan_from_checkpoint
+from cpml.protocol.run import RoundStats, TrainingRun, plan_from_checkpoint
+from cpml.protocol.trainer import CodedTrainer, JobSpec, ShareChunk
 from cpml.protocol.worker_function import prepare_share, worker_compute
 
 __all__ = [
@@ -16,12 +17,14 @@ __all__ = [
     "RoundStats",
     "ShareChunk",
     "TrainingResult",
-    "auto_quantization",
+    "TrainingRun",
+    "auto_precision",
     "check_plan",
     "decoded_bound",
     "largest_k",
     "plan_from_checkpoint",
     "prepare_share",
+    "public_profile",
     "recovery_threshold",
     "simulate",
     "worker_compute",

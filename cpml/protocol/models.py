@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -65,8 +68,14 @@ def gradient(x: Array, y: Array, w: Array, model: str) -> Array:
     return x.T @ (prediction - y) / x.shape[0]
 
 
-def lipschitz_learning_rate(x: Array, model: str) -> float:
-    """1/L with L = ||X||_2^2 / (4m) (logistic, paper Lemma 2) or ||X||_2^2 / m (linear)."""
+def lipschitz_learning_rate(x: Array, slope: float) -> float:
+    """1/L with L = slope * ||X||_2^2 / m: the curvature of the loss whose gradient is Xᵀ(s_hat(Xw) - y)/m.
+
+    slope is the largest derivative of the workers' polynomial s_hat (1 for linear regression, c_1 for the
+    degree-1 sigmoid fit), so this is the step of the loss CodedPrivateML actually minimises.
+    """
+    if not (math.isfinite(slope) and slope > 0):
+        raise argument_error("slope", "be a positive finite number", slope)
     v = np.full(x.shape[1], 1.0 / np.sqrt(x.shape[1]))
     sigma2 = 0.0
     for _ in range(100):  # power iteration on XᵀX, deterministic start; each step is two passes over X
@@ -79,10 +88,14 @@ def lipschitz_learning_rate(x: Array, model: str) -> float:
             break
     if sigma2 == 0.0:
         raise argument_error("x", "have a non-zero entry", "all zeros")
-    # Power iteration approaches sigma^2 from below; 5% headroom keeps 1/L on the safe side, and gradient
-    # descent stays stable for any step below 2/L, so a slower-converging estimate cannot make it diverge.
-    lipschitz = 1.05 * sigma2 / x.shape[0] / (4.0 if model == "logistic" else 1.0)
-    return 1.0 / lipschitz
+    # Power iteration approaches sigma^2 from below; 5% headroom keeps 1/L on the safe side.
+    return 1.0 / (1.05 * sigma2 / x.shape[0] * slope)
+
+
+def lookahead(weights: Array, previous: Array, round_index: int, radius: float) -> Array:
+    """Nesterov's query point w_t + t/(t+3) (w_t - w_{t-1}), kept in the weight ball."""
+    momentum = round_index / (round_index + 3)
+    return project_to_ball(weights + momentum * (weights - previous), radius)
 
 
 def project_to_ball(w: Array, radius: float) -> Array:
@@ -92,12 +105,24 @@ def project_to_ball(w: Array, radius: float) -> Array:
 
 
 def gradient_descent(
-    x: Array, y: Array, learning_rate: float, iterations: int, model: str = "logistic"
+    x: Array,
+    y: Array,
+    learning_rate: float,
+    iterations: int,
+    model: str = "logistic",
+    radius: float = math.inf,
+    prediction: Callable[[Array], Array] | None = None,
 ) -> Array:
-    """Plain float64 gradient descent from zero; returns the (iterations+1) x d weight trajectory."""
-    w = np.zeros(x.shape[1])
+    """Projected Nesterov gradient descent from zero, the update every trainer uses; the weight trajectory.
+
+    `prediction` replaces the true sigmoid (or the identity) by another link, e.g. the workers' polynomial.
+    """
+    link = prediction or (lambda z: z if model == "linear" else sigmoid(z))
+    w = previous = np.zeros(x.shape[1])
     trajectory = [w]
-    for _ in range(iterations):
-        w = w - learning_rate * gradient(x, y, w, model)
+    for t in range(iterations):
+        query = lookahead(w, previous, t, radius)
+        gradient = x.T @ (link(x @ query) - y) / x.shape[0]
+        previous, w = w, project_to_ball(query - learning_rate * gradient, radius)
         trajectory.append(w)
     return np.array(trajectory)

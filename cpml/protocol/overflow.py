@@ -1,14 +1,19 @@
-"""The overflow guard: a rigorous bound on every decoded value, so nothing can wrap around p.
+"""The overflow guard: a rigorous bound on every decoded value, so nothing can wrap around P.
 
-The master decodes g_k = X̄_kᵀ s̄(X̄_k, W̄) for each partition k and needs |g_k| <= (p-3)/2 entrywise.
-With z_j = X̄_k w̄_j, s̄ = sum_i c̄_i prod_{j<=i} z_j, Cauchy-Schwarz gives
+The master decodes g_k = X̄_kᵀ s̄(X̄_k, W̄) for each partition k, adds the K partitions in every residue
+field and lifts the sum g = sum_k g_k by CRT, so it needs |g| <= (P-3)/2 entrywise, P the product of the
+residue moduli. With z_j = X̄_k w̄_j, s̄ = sum_i c̄_i prod_{j<=i} z_j, Cauchy-Schwarz gives for each k
 
     |g_k[c]| <= ||X̄_k[:, c]||_2 * ||s̄||_2,
     ||s̄||_2 <= |c̄_0| sqrt(b) + sum_{i>=1} |c̄_i| ||X̄_k||_F ||w̄_1|| prod_{2<=j<=i} (max_row ||x̄|| ||w̄_j||),
 
 and the norms of X̄ = Round(2^lx X) are bounded from those of X by the triangle inequality (each rounding
 error is at most 1/2). The weights are kept in the ball ||w||_2 <= weight_bound, and stochastic rounding
-moves each coordinate by less than 1, so ||w̄_j|| <= 2^lw * weight_bound + sqrt(d).
+moves each coordinate by less than 1, so ||w̄_j|| <= 2^lw * weight_bound + sqrt(d). The bound on g is the
+sum of the K partitions' bounds.
+
+Workers see the precision (the residue moduli, and the levels through the sigmoid coefficients), so the
+master plans it from public facts only: `public_profile` bounds the data by its shape and its scaling.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cpml.field.rns import MAX_RESIDUES
 from cpml.protocol.plan import Plan
 from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients
 
@@ -60,13 +66,13 @@ def weight_norm_bound(lw: int, weight_bound: float, d: int) -> float:
 
 def decoded_bound(
     profile: DataProfile,
-    coefficients: npt.NDArray[np.int64],
+    coefficients: npt.NDArray[np.object_],
     lx: int,
     quantized_weight_norms: list[float],
 ) -> float:
-    """The largest |value| any decoded partition entry can take for these quantized weight norms."""
+    """The largest |value| any decoded gradient entry (the sum of the K partitions) can take for these weights."""
     b, d = profile.rows, profile.d
-    worst = 0.0
+    total = 0.0
     for col, frob, row in zip(profile.max_column_norm, profile.frobenius, profile.max_row_norm):
         col_q = math.ldexp(col, lx) + 0.5 * math.sqrt(b)
         frob_q = math.ldexp(frob, lx) + 0.5 * math.sqrt(b * d)
@@ -76,51 +82,88 @@ def decoded_bound(
         for i in range(1, len(coefficients)):
             term = term * quantized_weight_norms[i - 1] if i == 1 else term * row_q * quantized_weight_norms[i - 1]
             s_norm += abs(int(coefficients[i])) * term
-        worst = max(worst, col_q * s_norm)
-    return worst
+        total += col_q * s_norm
+    return total
 
 
 def plan_bound(plan: Plan, profile: DataProfile) -> float:
     """The decoded bound for a plan over every weight vector in its ball (inf if a coefficient cannot embed)."""
-    try:
-        coefficients = scaled_coefficients(
-            model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
-        )
-    except OverflowError:
-        return math.inf
-    if int(np.abs(coefficients).max()) > (plan.p - 3) // 2:
-        return math.inf
+    coefficients = scaled_coefficients(
+        model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
+    )
     w_norm = weight_norm_bound(plan.lw, plan.weight_bound, profile.d)
     return decoded_bound(profile, coefficients, plan.lx, [w_norm] * plan.r)
 
 
 def check_plan(plan: Plan, profile: DataProfile) -> float:
-    """Return the plan's decoded bound, or raise OverflowError explaining how to make it fit p."""
+    """Return the plan's decoded bound, or raise OverflowError explaining how to make it fit P."""
     bound = plan_bound(plan, profile)
-    limit = (plan.p - 3) // 2
+    limit = plan.basis.max_signed
     if bound > limit:
         raise OverflowError(
-            f"Decoded values can reach {bound:.3g} but must stay within (p-3)/2 = {limit} for p = {plan.p} "
-            f"(l_x={plan.lx}, l_w={plan.lw}, l_c={plan.lc}, r={plan.r}, K={plan.k}, weight bound "
-            f"{plan.weight_bound}): they would wrap around p. Lower l_x/l_w/l_c (or use quantization 'auto'), "
-            f"raise K, lower the weight bound, or use a larger prime such as 2147483647."
+            f"Decoded values can reach {bound:.3g} (2^{math.log2(bound):.1f}) but must stay within (P-3)/2 = "
+            f"2^{math.log2(limit):.1f} for the {plan.residues} residue prime(s) <= {plan.p} (l_x={plan.lx}, "
+            f"l_w={plan.lw}, l_c={plan.lc}, r={plan.r}, weight bound {plan.weight_bound}): they would wrap. "
+            f"Use automatic precision (leave --lx/--lw/--lc unset), add residues (--residues), lower "
+            f"l_x/l_w/l_c or the weight bound, or scale the features down."
         )
     return bound
 
 
-def auto_quantization(plan: Plan, profile: DataProfile) -> Plan:
-    """Return the plan with the largest safe precision ladder (l_x, l_w, l_c) = (L, L+3, L+4), L >= 0."""
-    # Linear regression's coefficients (0, 1) are exact, so it climbs (L, L+3, 0) instead.
-    coefficient_bits = (lambda level: 0) if plan.model == "linear" else (lambda level: level + 4)
-    ladder = [(level, level + 3, coefficient_bits(level)) for level in range(16, -1, -1)]
-    for lx, lw, lc in ladder:
-        candidate = plan.with_(lx=lx, lw=lw, lc=lc)
-        if plan_bound(candidate, profile) <= (plan.p - 3) // 2:
-            return candidate
-    lx, lw, lc = ladder[-1]
-    coarsest = plan_bound(plan.with_(lx=lx, lw=lw, lc=lc), profile)
+MIN_DATA_BITS = 8  # fractional bits the data gets at least; the weights get two more
+MAX_DATA_BITS = 16  # beyond this the quantization error is far below float64 GD's own noise
+
+
+def precision_ladder(model: str, level: int) -> tuple[int, int, int]:
+    """(l_x, l_w, l_c) at one rung: data L bits, weights L+2, coefficients L (none for linear regression)."""
+    return level, level + 2, 0 if model == "linear" else level
+
+
+def auto_precision(
+    plan: Plan, profile: DataProfile, residues: int | None = None, levels: dict[str, int] | None = None
+) -> Plan:
+    """The fewest residues (or the given number) with at least MIN_DATA_BITS for the data, then the most bits.
+
+    `levels` fixes some of l_x, l_w, l_c (the others climb the ladder); then only the residues are chosen.
+    """
+    fixed = levels or {}
+    rungs = [dict(zip(("lx", "lw", "lc"), precision_ladder(plan.model, level)), **fixed)
+             for level in range(MAX_DATA_BITS, MIN_DATA_BITS - 1, -1)]
+    counts = range(1, MAX_RESIDUES + 1) if residues is None else (residues,)
+    for count in counts:
+        candidate = plan.with_(residues=count)
+        limit = candidate.basis.max_signed
+        for rung in rungs:
+            fitted = candidate.with_(**rung)
+            if plan_bound(fitted, profile) <= limit:
+                return fitted
+    coarsest = plan.with_(residues=counts[-1], **rungs[-1])
+    need = plan_bound(coarsest, profile)
     raise OverflowError(
-        f"Even the coarsest quantization (l_x={lx}, l_w={lw}, l_c={lc}) can wrap around p = {plan.p}: decoded "
-        f"values can reach {coarsest:.3g} > (p-3)/2 = {(plan.p - 3) // 2}. Raise K (more workers), lower the "
-        f"weight bound ({plan.weight_bound}), scale the features down, or use a larger prime such as 2147483647."
+        f"Even l_x={coarsest.lx}, l_w={coarsest.lw}, l_c={coarsest.lc} can wrap around {counts[-1]} residue "
+        f"prime(s) <= {plan.p}: decoded values can reach 2^{math.log2(need):.1f} > "
+        f"2^{math.log2(coarsest.basis.max_signed):.1f}. "
+        + ("Leave --residues unset to let cpml add primes, " if residues is not None else "")
+        + ("leave --lx/--lw/--lc unset, " if fixed else "")
+        + f"use a larger prime such as 2147483647, lower the weight bound ({plan.weight_bound}), or scale the "
+        f"features (--scaling standard or minmax)."
     )
+
+
+def public_profile(scaling: str, m: int, d: int) -> DataProfile | None:
+    """A bound on any m x d training matrix the scaling can produce (None: 'none' scaling has no public bound).
+
+    min-max puts every entry in [0, 1]: the all-ones matrix is the worst case. Standardising makes every
+    column's squared norm m (and an intercept column of ones has the same), so ||X[:, c]|| <= sqrt(m),
+    ||X||_F <= sqrt(m d) and every row norm is at most sqrt(m d). One block of m rows bounds the sum over
+    the K partitions (Cauchy-Schwarz over k), so the profile depends on the shape alone.
+    """
+    if scaling == "minmax":
+        row = math.sqrt(d)
+    elif scaling == "standard":
+        row = math.sqrt(m * d)
+    else:
+        return None
+    slack = 1 + 1e-9  # a standardised column's norm is sqrt(m) up to floating-point rounding
+    return DataProfile(rows=m, d=d, max_column_norm=(slack * math.sqrt(m),), frobenius=(slack * math.sqrt(m * d),),
+                       max_row_norm=(slack * row,))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from cpml.errors import argument_error
 from cpml.field.prime_field import DEFAULT_PRIME, PrimeField
+from cpml.field.rns import MAX_RESIDUES, ResidueBasis, residue_primes
 
 MODELS = ("logistic", "linear")
 
@@ -29,10 +30,11 @@ class Plan:
     k: int
     t: int
     r: int = 1
-    lx: int = 2
-    lw: int = 5
-    lc: int = 6
-    p: int = DEFAULT_PRIME
+    lx: int = 8
+    lw: int = 10
+    lc: int = 8
+    p: int = DEFAULT_PRIME  # the largest of the residue moduli
+    residues: int = 2  # how many primes (the largest ones <= p) carry every value
     learning_rate: float | None = None
     iterations: int = 50
     model: str = "logistic"
@@ -40,7 +42,7 @@ class Plan:
     weight_bound: float = 4.0
 
     def __post_init__(self) -> None:
-        for name in ("n_workers", "k", "t", "r", "iterations"):
+        for name in ("n_workers", "k", "t", "r", "iterations", "residues"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise argument_error(name, "be a positive integer", value)
@@ -61,9 +63,11 @@ class Plan:
         ):
             raise argument_error("learning_rate", "be a positive finite number or None (auto)", self.learning_rate)
         PrimeField(self.p)  # refuses composite or oversized moduli with the standard message
+        if self.residues > MAX_RESIDUES:
+            raise argument_error("residues", f"be an integer from 1 to {MAX_RESIDUES}", self.residues)
         if self.n_workers < self.threshold:
             raise ValueError(self._threshold_message())
-        if self.n_workers + self.k + self.t >= self.p:
+        if self.n_workers + self.k + self.t >= min(self.moduli):
             raise argument_error("p", f"exceed N + K + T = {self.n_workers + self.k + self.t}", self.p)
 
     @property
@@ -73,8 +77,18 @@ class Plan:
 
     @property
     def field(self) -> PrimeField:
-        """The prime field of this plan."""
+        """The field of the first (largest) residue modulus, p."""
         return PrimeField(self.p)
+
+    @property
+    def moduli(self) -> tuple[int, ...]:
+        """The residue moduli: the `residues` largest primes <= p."""
+        return residue_primes(self.p, self.residues)
+
+    @property
+    def basis(self) -> ResidueBasis:
+        """The residue number system every encoded and decoded value lives in."""
+        return ResidueBasis(self.moduli)
 
     @property
     def gradient_scale(self) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+from fractions import Fraction
 
 import numpy as np
 import numpy.typing as npt
@@ -42,17 +44,19 @@ def model_coefficients(model: str, r: int, interval: float) -> tuple[float, ...]
     return fit_sigmoid(r, interval)
 
 
-def scaled_coefficients(coefficients: tuple[float, ...], lx: int, lw: int, lc: int) -> npt.NDArray[np.int64]:
-    """Round c_i * 2^(lc + (r-i)(lx+lw)) so every term of s-bar carries the scale 2^(lc + r(lx+lw))."""
+def scaled_coefficients(coefficients: tuple[float, ...], lx: int, lw: int, lc: int) -> npt.NDArray[np.object_]:
+    """Round c_i * 2^(lc + (r-i)(lx+lw)) (exact Python ints) so every term of s-bar has scale 2^(lc + r(lx+lw))."""
     r = len(coefficients) - 1
-    scaled = [int(np.floor(np.ldexp(c, lc + (r - i) * (lx + lw)) + 0.5)) for i, c in enumerate(coefficients)]
-    if any(abs(v) >= 2**62 for v in scaled):
-        raise OverflowError(
-            f"Sigmoid coefficients scaled by 2^{lc + r * (lx + lw)} do not fit 62 bits; lower l_x, l_w or l_c."
-        )
-    return np.array(scaled, dtype=np.int64)
+    # Fraction.__round__ would round halves to even; floor(v + 1/2) of the exact binary value rounds them up.
+    scaled = [math.floor(Fraction(c) * Fraction(2) ** (lc + (r - i) * (lx + lw)) + Fraction(1, 2))
+              for i, c in enumerate(coefficients)]
+    return np.array(scaled, dtype=object)
 
 
-def polynomial_sigmoid(z: npt.ArrayLike, coefficients: tuple[float, ...]) -> npt.NDArray[np.float64]:
-    """Evaluate s_hat(z) = sum c_i z^i."""
-    return np.polynomial.polynomial.polyval(np.asarray(z, dtype=np.float64), coefficients)
+def polynomial_slope(coefficients: tuple[float, ...], interval: float) -> float:
+    """The largest derivative of s_hat on [-a, a]: the curvature factor of the loss the workers' polynomial defines."""
+    if len(coefficients) <= 2:
+        return abs(coefficients[-1]) if len(coefficients) == 2 else 0.0
+    derivative = np.polynomial.polynomial.polyder(np.asarray(coefficients, dtype=np.float64))
+    grid = np.linspace(-interval, interval, _GRID_POINTS)
+    return float(np.abs(np.polynomial.polynomial.polyval(grid, derivative)).max())

@@ -37,7 +37,7 @@ def simulate(
 ) -> TrainingResult:
     """Run CodedPrivateML in-process; each round a random R of the N workers 'arrive first'."""
     trainer = CodedTrainer.create(plan, x, y, seed, x_test, y_test, mask_source=mask_source)
-    shares = [prepare_share(trainer.field, share) for share in trainer.encode_dataset()]
+    shares = [prepare_share(trainer.basis, share) for share in trainer.encode_dataset()]
     coefficients = trainer.job_spec.coefficient_array()
     order = np.random.default_rng(arrival_seed if arrival_seed is not None else seed + 1)
     trajectory = [trainer.weights.copy()]
@@ -45,7 +45,7 @@ def simulate(
     while not trainer.done:
         w_shares = trainer.weight_shares()
         first = order.permutation(plan.n_workers)[: trainer.plan.threshold]
-        replies = {int(i): worker_compute(trainer.field, shares[i], w_shares[i], coefficients) for i in first}
+        replies = {int(i): worker_compute(trainer.basis, shares[i], w_shares[i], coefficients) for i in first}
         history.append(trainer.finish_round(trainer.round, replies))
         trajectory.append(trainer.weights.copy())
     return TrainingResult(trainer.plan, trainer.weights.copy(), np.array(trajectory), tuple(history))

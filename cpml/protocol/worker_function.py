@@ -1,4 +1,4 @@
-"""The worker's computation f(X̃, W̃) = X̃ᵀ s̄(X̃, W̃) over F_p (paper eqs. 15 and 18)."""
+"""The worker's computation f(X̃, W̃) = X̃ᵀ s̄(X̃, W̃) over F_p (paper eqs. 15 and 18), in every residue field."""
 
 from __future__ import annotations
 
@@ -6,15 +6,34 @@ import numpy as np
 import numpy.typing as npt
 
 from cpml.errors import argument_error
-from cpml.field import Elements, PrimeField, matmul_mod_centred
+from cpml.field import Elements, PrimeField, ResidueBasis, matmul_mod_centred
 
 
-def prepare_share(field: PrimeField, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
-    """Convert a share to centred float64 once, so that rounds skip the conversion (8 bytes per element)."""
-    return field.centred(field.check_elements(x_share, "x_share"))
+def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
+    """Convert a share (residues x rows x d) to centred float64 once, so rounds skip the conversion."""
+    if x_share.ndim != 3 or x_share.shape[0] != len(basis.moduli):
+        raise argument_error("x_share", f"have shape ({len(basis.moduli)}, rows, d)", x_share.shape)
+    return np.stack([f.centred(f.check_elements(x, "x_share")) for f, x in zip(basis.fields, x_share)])
 
 
 def worker_compute(
+    basis: ResidueBasis,
+    x_share: npt.NDArray[np.uint32] | npt.NDArray[np.float64],
+    w_share: npt.NDArray[np.uint32],
+    coefficients: npt.NDArray[np.uint32],
+) -> Elements:
+    """f in every residue field: shares (residues x rows x d), weights (residues x d x r) -> residues x d."""
+    residues = len(basis.moduli)
+    if x_share.ndim != 3 or x_share.shape[0] != residues:
+        raise argument_error("x_share", f"have shape ({residues}, rows, d)", x_share.shape)
+    if w_share.ndim != 3 or w_share.shape[0] != residues:
+        raise argument_error("w_share", f"have shape ({residues}, d, r)", w_share.shape)
+    if coefficients.ndim != 2 or coefficients.shape[0] != residues:
+        raise argument_error("coefficients", f"have shape ({residues}, r+1)", coefficients.shape)
+    return np.stack([field_compute(f, x, w, c) for f, x, w, c in zip(basis.fields, x_share, w_share, coefficients)])
+
+
+def field_compute(
     field: PrimeField,
     x_share: npt.NDArray[np.uint32] | npt.NDArray[np.float64],
     w_share: npt.NDArray[np.uint32],

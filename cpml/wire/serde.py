@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cpml.field.rns import MAX_RESIDUES
 from cpml.protocol import JobSpec
 from cpml.protocol.plan import MODELS
 from cpml.wire.generated.v1 import worker_pb2 as pb
@@ -63,35 +64,40 @@ def check_id(value: str, what: str = "job_id") -> str:
 
 @dataclass(frozen=True, slots=True)
 class WireJobSpec:
-    """What a worker learns about a job: the field, the sigmoid polynomial and its share's shape."""
+    """What a worker learns about a job: the residue fields, the sigmoid polynomial and its share's shape."""
 
-    modulus: int
+    moduli: tuple[int, ...]
     degree: int
     rows: int
     cols: int
-    coefficients: np.ndarray
+    coefficients: np.ndarray  # residues x (r+1)
     model: str
 
     @classmethod
     def of(cls, spec: JobSpec, model: str) -> WireJobSpec:
         """The wire form of the protocol's JobSpec."""
-        return cls(modulus=spec.p, degree=spec.r, rows=spec.rows, cols=spec.d,
+        return cls(moduli=tuple(spec.moduli), degree=spec.r, rows=spec.rows, cols=spec.d,
                    coefficients=spec.coefficient_array(), model=model)
+
+    @property
+    def residues(self) -> int:
+        """How many residue fields every value lives in."""
+        return len(self.moduli)
 
     @property
     def share_bytes(self) -> int:
         """Bytes the worker needs to store this job's share."""
-        return self.rows * self.cols * ELEMENT_BYTES
+        return self.residues * self.rows * self.cols * ELEMENT_BYTES
 
 
 @dataclass(frozen=True, slots=True)
 class ShareBlock:
-    """Rows [row_offset, row_offset + len(block)) of one worker's share."""
+    """Rows [row_offset, row_offset + len(block)) of one worker's share in residue field `residue`."""
 
     job_id: str
+    residue: int
     row_offset: int
     block: np.ndarray
-    spec: WireJobSpec | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,18 @@ def unpack_elements(data: bytes, shape: tuple[int, ...], modulus: int, what: str
     return values
 
 
+def unpack_residues(data: bytes, shape: tuple[int, ...], moduli: tuple[int, ...], what: str) -> np.ndarray:
+    """Read packed elements of shape (residues, ...), refusing sizes and values >= each residue's modulus."""
+    values = unpack_elements(data, shape, max(moduli), what)
+    for residue, modulus in enumerate(moduli):
+        part = values[residue]
+        if part.size and int(part.max()) >= modulus:
+            raise MalformedMessage(
+                f"{what} holds {int(np.count_nonzero(part >= modulus))} value(s) >= the modulus {modulus} of "
+                f"residue {residue}, so they are not field elements; reduce every value mod its prime")
+    return values
+
+
 def block_to_proto(values: np.ndarray) -> pb.FieldBlock:
     """A 1-D or 2-D uint32 array as a FieldBlock (a 1-D array becomes one row)."""
     matrix = values.reshape(1, -1) if values.ndim == 1 else values
@@ -157,15 +175,26 @@ def block_from_proto(msg: pb.FieldBlock, shape: tuple[int, int], modulus: int, w
 
 def job_spec_to_proto(spec: WireJobSpec) -> pb.JobSpec:
     """A job spec as its protobuf message."""
-    return pb.JobSpec(modulus=spec.modulus, degree=spec.degree, rows=spec.rows, cols=spec.cols,
+    return pb.JobSpec(moduli=spec.moduli, degree=spec.degree, rows=spec.rows, cols=spec.cols,
                       coefficients=block_to_proto(spec.coefficients), model=spec.model)
 
 
 def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
     """A JobSpec message as a WireJobSpec, refusing empty shapes and moduli the wire cannot carry."""
-    if not 2 < msg.modulus < MAX_WIRE_MODULUS:
+    if msg.modulus:
         raise MalformedMessage(
-            f"modulus {msg.modulus} cannot travel as uint32 field elements; use a prime in (2, 2^32)")
+            f"job spec names the single modulus {msg.modulus} (the cpml 0.1 format); this worker computes in "
+            f"several residue fields and needs the list `moduli`: upgrade the master to the worker's version")
+    moduli = tuple(int(m) for m in msg.moduli)
+    if not 1 <= len(moduli) <= MAX_RESIDUES:
+        raise MalformedMessage(f"job spec declares {len(moduli)} residue moduli; send 1 to {MAX_RESIDUES}")
+    if len(set(moduli)) != len(moduli):
+        raise MalformedMessage(f"job spec repeats a residue modulus ({', '.join(map(str, moduli))}); the moduli "
+                               f"must be distinct primes")
+    for modulus in moduli:
+        if not 2 < modulus < MAX_WIRE_MODULUS:
+            raise MalformedMessage(
+                f"modulus {modulus} cannot travel as uint32 field elements; use primes in (2, 2^32)")
     if msg.rows == 0 or msg.cols == 0:
         raise MalformedMessage(f"job spec declares an empty share ({msg.rows}x{msg.cols}); "
                                f"the share needs at least one row and one column")
@@ -174,9 +203,13 @@ def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
                                f"{MAX_DEGREE}")
     if msg.model not in MODELS:
         raise MalformedMessage(f"job spec declares model {shown(msg.model)}; use one of {', '.join(MODELS)}")
-    coefficients = block_from_proto(msg.coefficients, (1, msg.degree + 1), msg.modulus,
-                                    "the sigmoid coefficients")[0]
-    return WireJobSpec(modulus=msg.modulus, degree=msg.degree, rows=msg.rows, cols=msg.cols,
+    shape = (len(moduli), msg.degree + 1)
+    if (msg.coefficients.rows, msg.coefficients.cols) != shape:
+        raise MalformedMessage(
+            f"the sigmoid coefficients are {msg.coefficients.rows}x{msg.coefficients.cols} but this job needs "
+            f"{shape[0]}x{shape[1]} (one row per residue modulus, r+1 columns)")
+    coefficients = unpack_residues(msg.coefficients.data, shape, moduli, "the sigmoid coefficients")
+    return WireJobSpec(moduli=moduli, degree=msg.degree, rows=msg.rows, cols=msg.cols,
                        coefficients=coefficients, model=msg.model)
 
 
@@ -188,13 +221,13 @@ def rows_per_chunk(cols: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int
 
 
 def share_chunks_to_proto(job_id: str, row_offset: int, block: np.ndarray, spec: WireJobSpec | None = None,
-                          max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pb.ShareChunk]:
-    """Split rows of a share into checksummed ShareChunk messages; the first carries `spec` if given."""
+                          max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, residue: int = 0) -> Iterator[pb.ShareChunk]:
+    """Split rows of a share (one residue) into checksummed ShareChunk messages; the first carries `spec`."""
     step = rows_per_chunk(block.shape[1], max_chunk_bytes)
     for start in range(0, block.shape[0], step):
         piece = block_to_proto(block[start:start + step])
         msg = pb.ShareChunk(job_id=job_id, row_offset=row_offset + start, block=piece,
-                            crc32=checksum(piece.data))
+                            crc32=checksum(piece.data), residue=residue)
         if spec is not None and start == 0:
             msg.spec.CopyFrom(job_spec_to_proto(spec))
         yield msg
@@ -215,7 +248,8 @@ def _length_delimited(field: int, size: int) -> bytes:
 
 
 def share_chunks_to_wire(job_id: str, row_offset: int, block: np.ndarray, spec: WireJobSpec | None = None,
-                         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
+                         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                         residue: int = 0) -> Iterator[tuple[bytes, int]]:
     """share_chunks_to_proto, already serialized with one copy of the elements: (message, element bytes)."""
     # The upload moves every share byte once; building messages through protobuf objects copies each
     # byte three more times on the master's event loop. This writes the same wire format directly
@@ -242,12 +276,17 @@ def share_chunks_to_wire(job_id: str, row_offset: int, block: np.ndarray, spec: 
             _varint(3 << 3) + _varint(offset) if offset else b"",
             _length_delimited(4, len(inner) + len(data)), inner, data,
             _varint(5 << 3 | 5) + crc.to_bytes(4, "little") if crc else b"",
+            _varint(6 << 3) + _varint(residue) if residue else b"",
         )), len(data)
 
 
 def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
     """A ShareChunk's rows, checked against the job's spec and the chunk's checksum."""
     data = msg.block.data  # read once: every access copies the bytes out of the message
+    if msg.residue >= spec.residues:
+        raise MalformedMessage(
+            f"share chunk at row {msg.row_offset} names residue {msg.residue} but job {msg.job_id!r} declared "
+            f"{spec.residues} moduli (residues 0..{spec.residues - 1})")
     crc = checksum(data)
     if crc != msg.crc32:
         raise CorruptData(
@@ -261,32 +300,43 @@ def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
         raise MalformedMessage(
             f"share chunk covers rows [{msg.row_offset}, {msg.row_offset + msg.block.rows}) but job "
             f"{msg.job_id!r} declared {spec.rows} rows; chunks must be non-empty and inside the share")
-    block = unpack_elements(data, (msg.block.rows, msg.block.cols), spec.modulus,
-                            f"share chunk at row {msg.row_offset}")
-    return ShareBlock(job_id=msg.job_id, row_offset=msg.row_offset, block=block, spec=None)
+    block = unpack_elements(data, (msg.block.rows, msg.block.cols), spec.moduli[msg.residue],
+                            f"share chunk at row {msg.row_offset} of residue {msg.residue}")
+    return ShareBlock(job_id=msg.job_id, residue=msg.residue, row_offset=msg.row_offset, block=block)
 
 
 def round_request_to_proto(job_id: str, round_number: int, weights: np.ndarray) -> pb.RoundRequest:
-    """One round's encoded weights (d x r) for one worker."""
-    return pb.RoundRequest(job_id=job_id, round=round_number, weights=block_to_proto(weights))
+    """One round's encoded weights (residues x d x r) for one worker."""
+    residues, d, r = weights.shape
+    return pb.RoundRequest(job_id=job_id, round=round_number, weights=block_to_proto(weights.reshape(residues * d, r)))
 
 
 def round_request_from_proto(msg: pb.RoundRequest, spec: WireJobSpec) -> np.ndarray:
-    """The encoded weights of a RoundRequest as a uint32[d, r] array, checked against the job."""
-    return block_from_proto(msg.weights, (spec.cols, spec.degree), spec.modulus,
-                            f"round {msg.round} weights")
+    """The encoded weights of a RoundRequest as a uint32[residues, d, r] array, checked against the job."""
+    shape = (spec.residues * spec.cols, spec.degree)
+    what = f"round {msg.round} weights"
+    if (msg.weights.rows, msg.weights.cols) != shape:
+        raise MalformedMessage(
+            f"{what} are {msg.weights.rows}x{msg.weights.cols} but this job needs {shape[0]}x{shape[1]} "
+            f"(residues x d rows, r columns); check that the master and worker agree on the job's dimensions")
+    return unpack_residues(msg.weights.data, (spec.residues, spec.cols, spec.degree), spec.moduli, what)
 
 
 def round_result_to_proto(job_id: str, round_number: int, result: np.ndarray,
                           compute_seconds: float) -> pb.RoundResult:
-    """A worker's f(share, weights) for one round."""
+    """A worker's f(share, weights) for one round: residues x d."""
     return pb.RoundResult(job_id=job_id, round=round_number, result=block_to_proto(result),
                           compute_seconds=compute_seconds)
 
 
-def round_result_from_proto(msg: pb.RoundResult, modulus: int, cols: int) -> np.ndarray:
-    """A RoundResult's values as a uint32[d] array, checked against the job."""
-    return block_from_proto(msg.result, (1, cols), modulus, f"round {msg.round} result")[0]
+def round_result_from_proto(msg: pb.RoundResult, moduli: tuple[int, ...], cols: int) -> np.ndarray:
+    """A RoundResult's values as a uint32[residues, d] array, checked against the job."""
+    what = f"round {msg.round} result"
+    if (msg.result.rows, msg.result.cols) != (len(moduli), cols):
+        raise MalformedMessage(
+            f"{what} is {msg.result.rows}x{msg.result.cols} but this job needs {len(moduli)}x{cols} "
+            f"(one row per residue modulus)")
+    return unpack_residues(msg.result.data, (len(moduli), cols), moduli, what)
 
 
 def status_to_proto(status: WorkerStatus) -> pb.StatusReply:

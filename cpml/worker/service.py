@@ -14,7 +14,7 @@ import numpy as np
 import structlog
 
 import cpml
-from cpml.field import field_for
+from cpml.field import ResidueBasis
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.protocol import prepare_share, worker_compute
 from cpml.wire import serde
@@ -162,11 +162,11 @@ class WorkerService(pb_grpc.WorkerServicer):
                 f"the spec (modulus, degree, share shape, coefficients) must come first")
         spec = serde.job_spec_from_proto(first.spec)
         try:
-            field_for(spec.modulus)
+            ResidueBasis(spec.moduli)
         except ValueError as exc:
             raise UnsupportedModulus(
-                f"modulus {spec.modulus} is not supported: {exc} This worker computes over primes "
-                f"below 2^{MAX_PRIME_BITS}") from None
+                f"moduli {', '.join(map(str, spec.moduli))} are not supported: {exc} This worker computes over "
+                f"distinct primes below 2^{MAX_PRIME_BITS}") from None
         return self._store.begin_upload(first.job_id, spec)
 
     async def Compute(self, request_iterator: AsyncIterator[pb.RoundRequest],
@@ -180,10 +180,10 @@ class WorkerService(pb_grpc.WorkerServicer):
             while (item := await rounds.next()) is not None:
                 job, round_number, weights = item
                 job_id = job.job_id
-                field = field_for(job.spec.modulus)
+                basis = ResidueBasis(job.spec.moduli)
                 started = time.perf_counter()
                 prepared = await self._prepared(job)
-                result = await loop.run_in_executor(self._executor, worker_compute, field, prepared, weights,
+                result = await loop.run_in_executor(self._executor, worker_compute, basis, prepared, weights,
                                                     job.spec.coefficients)
                 del prepared  # an ended job's float64 share is freed even while this stream waits
                 seconds = time.perf_counter() - started
@@ -210,7 +210,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         """The job's share as centred float64: converted once per job, however many streams compute on it."""
         if job.prepared is None or job.prepared.cancelled():
             job.prepared = asyncio.get_running_loop().run_in_executor(
-                self._executor, prepare_share, field_for(job.spec.modulus), job.share)
+                self._executor, prepare_share, ResidueBasis(job.spec.moduli), job.share)
         return await asyncio.shield(job.prepared)  # one stream's cancellation must not cancel it for the others
 
     async def _read_rounds(self, request_iterator: AsyncIterator[pb.RoundRequest], rounds: _LatestRound) -> None:

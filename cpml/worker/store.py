@@ -78,26 +78,26 @@ class Upload:
         self.job_id = job_id
         self.spec = spec
         self._store = store
-        self._share = np.empty((spec.rows, spec.cols), dtype=np.uint32)
-        self._received = np.zeros(spec.rows, dtype=bool)
+        self._share = np.empty((spec.residues, spec.rows, spec.cols), dtype=np.uint32)
+        self._received = np.zeros((spec.residues, spec.rows), dtype=bool)
         self._open = True
 
     def add(self, part: ShareBlock) -> None:
         """Place a checked chunk's rows; refuse rows already received."""
         rows = slice(part.row_offset, part.row_offset + part.block.shape[0])
-        if self._received[rows].any():
+        if self._received[part.residue, rows].any():
             raise MalformedMessage(
-                f"share chunk at row {part.row_offset} overlaps rows already received for job "
-                f"{self.job_id!r}; each row must be sent exactly once")
-        self._share[rows] = part.block
-        self._received[rows] = True
+                f"share chunk at row {part.row_offset} of residue {part.residue} overlaps rows already received "
+                f"for job {self.job_id!r}; each row must be sent exactly once")
+        self._share[part.residue, rows] = part.block
+        self._received[part.residue, rows] = True
 
     def commit(self) -> Job:
         """Store the completed share as a job; refuse a share with rows missing."""
         missing = int(np.count_nonzero(~self._received))
         if missing:
             raise CorruptData(
-                f"the upload of job {self.job_id!r} ended with {missing} of {self.spec.rows} rows missing "
+                f"the upload of job {self.job_id!r} ended with {missing} of {self._received.size} rows missing "
                 f"(truncated stream); upload the whole share again")
         self._open = False
         return self._store._commit(self)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63pml/v1/worker.proto\x12\x07\x63pml.v1\"6\n\nFieldBlock\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x80\x01\n\x07JobSpec\x12\x0f\n\x07modulus\x18\x01 \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\x12)\n\x0c\x63oefficients\x18\x05 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05model\x18\x06 \x01(\t\"\x83\x01\n\nShareChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1e\n\x04spec\x18\x02 \x01(\x0b\x32\x10.cpml.v1.JobSpec\x12\x12\n\nrow_offset\x18\x03 \x01(\r\x12\"\n\x05\x62lock\x18\x04 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05\x63rc32\x18\x05 \x01(\x07\"3\n\x0bUploadReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x04\"S\n\x0cRoundRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12$\n\x07weights\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\"j\n\x0bRoundResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\"\x1f\n\rEndJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0b\x45ndJobReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x0f\n\rStatusRequest\"\x8f\x01\n\x0bStatusReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bmax_modulus\x18\x02 \x01(\x04\x12\x17\n\x0fshare_bytes_cap\x18\x03 \x01(\x04\x12\x18\n\x10share_bytes_used\x18\x04 \x01(\x04\x12\x0c\n\x04jobs\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\r2\xf0\x01\n\x06Worker\x12:\n\x0bUploadShare\x12\x13.cpml.v1.ShareChunk\x1a\x14.cpml.v1.UploadReply(\x01\x12:\n\x07\x43ompute\x12\x15.cpml.v1.RoundRequest\x1a\x14.cpml.v1.RoundResult(\x01\x30\x01\x12\x36\n\x06\x45ndJob\x12\x16.cpml.v1.EndJobRequest\x1a\x14.cpml.v1.EndJobReply\x12\x36\n\x06Status\x12\x16.cpml.v1.StatusRequest\x1a\x14.cpml.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63pml/v1/worker.proto\x12\x07\x63pml.v1\"6\n\nFieldBlock\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x90\x01\n\x07JobSpec\x12\x0f\n\x07modulus\x18\x01 \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\x12)\n\x0c\x63oefficients\x18\x05 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06moduli\x18\x07 \x03(\x04\"\x94\x01\n\nShareChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1e\n\x04spec\x18\x02 \x01(\x0b\x32\x10.cpml.v1.JobSpec\x12\x12\n\nrow_offset\x18\x03 \x01(\r\x12\"\n\x05\x62lock\x18\x04 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05\x63rc32\x18\x05 \x01(\x07\x12\x0f\n\x07residue\x18\x06 \x01(\r\"3\n\x0bUploadReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x04\"S\n\x0cRoundRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12$\n\x07weights\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\"j\n\x0bRoundResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\"\x1f\n\rEndJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0b\x45ndJobReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x0f\n\rStatusRequest\"\x8f\x01\n\x0bStatusReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bmax_modulus\x18\x02 \x01(\x04\x12\x17\n\x0fshare_bytes_cap\x18\x03 \x01(\x04\x12\x18\n\x10share_bytes_used\x18\x04 \x01(\x04\x12\x0c\n\x04jobs\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\r2\xf0\x01\n\x06Worker\x12:\n\x0bUploadShare\x12\x13.cpml.v1.ShareChunk\x1a\x14.cpml.v1.UploadReply(\x01\x12:\n\x07\x43ompute\x12\x15.cpml.v1.RoundRequest\x1a\x14.cpml.v1.RoundResult(\x01\x30\x01\x12\x36\n\x06\x45ndJob\x12\x16.cpml.v1.EndJobRequest\x1a\x14.cpml.v1.EndJobReply\x12\x36\n\x06Status\x12\x16.cpml.v1.StatusRequest\x1a\x14.cpml.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FIELDBLOCK']._serialized_start=33
   _globals['_FIELDBLOCK']._serialized_end=87
   _globals['_JOBSPEC']._serialized_start=90
-  _globals['_JOBSPEC']._serialized_end=218
-  _globals['_SHARECHUNK']._serialized_start=221
-  _globals['_SHARECHUNK']._serialized_end=352
-  _globals['_UPLOADREPLY']._serialized_start=354
-  _globals['_UPLOADREPLY']._serialized_end=405
-  _globals['_ROUNDREQUEST']._serialized_start=407
-  _globals['_ROUNDREQUEST']._serialized_end=490
-  _globals['_ROUNDRESULT']._serialized_start=492
-  _globals['_ROUNDRESULT']._serialized_end=598
-  _globals['_ENDJOBREQUEST']._serialized_start=600
-  _globals['_ENDJOBREQUEST']._serialized_end=631
-  _globals['_ENDJOBREPLY']._serialized_start=633
-  _globals['_ENDJOBREPLY']._serialized_end=684
-  _globals['_STATUSREQUEST']._serialized_start=686
-  _globals['_STATUSREQUEST']._serialized_end=701
-  _globals['_STATUSREPLY']._serialized_start=704
-  _globals['_STATUSREPLY']._serialized_end=847
-  _globals['_WORKER']._serialized_start=850
-  _globals['_WORKER']._serialized_end=1090
+  _globals['_JOBSPEC']._serialized_end=234
+  _globals['_SHARECHUNK']._serialized_start=237
+  _globals['_SHARECHUNK']._serialized_end=385
+  _globals['_UPLOADREPLY']._serialized_start=387
+  _globals['_UPLOADREPLY']._serialized_end=438
+  _globals['_ROUNDREQUEST']._serialized_start=440
+  _globals['_ROUNDREQUEST']._serialized_end=523
+  _globals['_ROUNDRESULT']._serialized_start=525
+  _globals['_ROUNDRESULT']._serialized_end=631
+  _globals['_ENDJOBREQUEST']._serialized_start=633
+  _globals['_ENDJOBREQUEST']._serialized_end=664
+  _globals['_ENDJOBREPLY']._serialized_start=666
+  _globals['_ENDJOBREPLY']._serialized_end=717
+  _globals['_STATUSREQUEST']._serialized_start=719
+  _globals['_STATUSREQUEST']._serialized_end=734
+  _globals['_STATUSREPLY']._serialized_start=737
+  _globals['_STATUSREPLY']._serialized_end=880
+  _globals['_WORKER']._serialized_start=883
+  _globals['_WORKER']._serialized_end=1123
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -16,34 +17,38 @@ class FieldBlock(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("modulus", "degree", "rows", "cols", "coefficients", "model")
+    __slots__ = ("modulus", "degree", "rows", "cols", "coefficients", "model", "moduli")
     MODULUS_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     COLS_FIELD_NUMBER: _ClassVar[int]
     COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODULI_FIELD_NUMBER: _ClassVar[int]
     modulus: int
     degree: int
     rows: int
     cols: int
     coefficients: FieldBlock
     model: str
-    def __init__(self, modulus: _Optional[int] = ..., degree: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., coefficients: _Optional[_Union[FieldBlock, _Mapping]] = ..., model: _Optional[str] = ...) -> None: ...
+    moduli: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, modulus: _Optional[int] = ..., degree: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., coefficients: _Optional[_Union[FieldBlock, _Mapping]] = ..., model: _Optional[str] = ..., moduli: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShareChunk(_message.Message):
-    __slots__ = ("job_id", "spec", "row_offset", "block", "crc32")
+    __slots__ = ("job_id", "spec", "row_offset", "block", "crc32", "residue")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
     BLOCK_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    RESIDUE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     row_offset: int
     block: FieldBlock
     crc32: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., row_offset: _Optional[int] = ..., block: _Optional[_Union[FieldBlock, _Mapping]] = ..., crc32: _Optional[int] = ...) -> None: ...
+    residue: int
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., row_offset: _Optional[int] = ..., block: _Optional[_Union[FieldBlock, _Mapping]] = ..., crc32: _Optional[int] = ..., residue: _Optional[int] = ...) -> None: ...
 
 class UploadReply(_message.Message):
     __slots__ = ("job_id", "stored_bytes")

@@ -1,0 +1,108 @@
+"""A residue number system: one integer carried as its residues modulo several primes, rebuilt by CRT.
+
+CodedPrivateML decodes values that need more bits than one prime below 2^31 holds. Running the same
+computation in several fields F_p1 ... F_pk (independent masks in each) and combining the decoded residues
+by the Chinese remainder theorem recovers every integer of magnitude at most (P-3)/2, P = p1 ... pk, while
+every kernel stays on fast 25-31-bit arithmetic. Shares of T workers stay jointly uniform: the residues of
+independent uniforms are independent and uniform, and CRT is a bijection from their product to Z_P.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cpml.errors import argument_error
+from cpml.field.prime_field import PrimeField, field_for
+from cpml.field.primes import is_prime
+
+MAX_RESIDUES = 8
+
+
+@functools.lru_cache(maxsize=64)
+def residue_primes(top: int, count: int) -> tuple[int, ...]:
+    """The `count` largest primes <= top, largest first."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_RESIDUES:
+        raise argument_error("residues", f"be an integer from 1 to {MAX_RESIDUES}", count)
+    primes: list[int] = []
+    candidate = top
+    while len(primes) < count and candidate >= 3:
+        if is_prime(candidate):
+            primes.append(candidate)
+        candidate -= 1
+    if len(primes) < count:
+        raise argument_error("prime", f"leave {count} primes at or below it", top)
+    return tuple(primes)
+
+
+@dataclass(frozen=True)
+class ResidueBasis:
+    """Distinct primes p_1..p_k below 2^31; an integer v with |v| <= (P-3)/2 travels as (v mod p_j)_j."""
+
+    moduli: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.moduli) <= MAX_RESIDUES:
+            raise argument_error("moduli", f"hold 1 to {MAX_RESIDUES} primes", len(self.moduli))
+        if len(set(self.moduli)) != len(self.moduli):
+            raise argument_error("moduli", "be distinct", self.moduli)
+        for p in self.moduli:
+            field_for(int(p))  # refuses composites and moduli the kernels cannot take
+
+    @functools.cached_property
+    def fields(self) -> tuple[PrimeField, ...]:
+        """One field per residue."""
+        return tuple(field_for(int(p)) for p in self.moduli)
+
+    @property
+    def product(self) -> int:
+        """P, the product of the moduli."""
+        return math.prod(self.moduli)
+
+    @property
+    def max_signed(self) -> int:
+        """The largest magnitude CRT lifts back without ambiguity: (P-3)/2."""
+        return (self.product - 3) // 2
+
+    @property
+    def bits(self) -> float:
+        """log2 P: the bits of modulus the basis gives a decoded value."""
+        return math.log2(self.product)
+
+    def residues(self, values: npt.ArrayLike) -> npt.NDArray[np.uint32]:
+        """The residues of signed int64 integers (or Python ints), shape (k, *values.shape)."""
+        a = np.asarray(values)
+        if a.dtype == object:
+            return np.stack([np.array((a % p).tolist(), dtype=np.uint32) for p in self.moduli])
+        if a.dtype.kind not in "iu":
+            raise argument_error("values", "be an integer array", a.dtype)
+        a = a.astype(np.int64, copy=False)
+        return np.stack([np.mod(a, p).astype(np.uint32) for p in self.moduli])
+
+    @functools.cached_property
+    def _crt_terms(self) -> tuple[tuple[int, int], ...]:
+        """Per modulus: (inverse of P/p_j mod p_j, P/p_j)."""
+        product = self.product
+        return tuple((pow(product // p, -1, p), product // p) for p in self.moduli)
+
+    def combine(self, residues: npt.NDArray[np.uint32]) -> npt.NDArray[np.object_]:
+        """The signed integers (Python ints, |v| <= (P-1)/2) whose residues these are: CRT and lift."""
+        if residues.ndim < 1 or residues.shape[0] != len(self.moduli):
+            raise argument_error("residues", f"have {len(self.moduli)} rows (one per modulus)", residues.shape)
+        total = np.zeros(residues.shape[1:], dtype=object)
+        for (inverse, cofactor), field, values in zip(self._crt_terms, self.fields, residues):
+            digits = field.check_elements(values, "residues").astype(np.uint64) * np.uint64(inverse)
+            total = total + (digits % np.uint64(field.p)).astype(object) * cofactor
+        product = self.product
+        total = total % product
+        return np.where(total > product // 2, total - product, total)
+
+
+def to_float(values: npt.NDArray[np.object_], scale_bits: int) -> npt.NDArray[np.float64]:
+    """2^-scale_bits * v for exact integers, each rounded once to the nearest float64."""
+    flat = [math.ldexp(float(v), -scale_bits) for v in values.ravel().tolist()]
+    return np.array(flat, dtype=np.float64).reshape(values.shape)
