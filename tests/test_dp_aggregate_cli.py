@@ -33,6 +33,11 @@ def test_embedded_run_writes_metrics_model_and_plot(tmp_path, capsys):
     eps = [h["epsilon"] for h in metrics["history"]]
     assert eps == sorted(eps) and eps[-1] <= 1.0  # reported after every round, never past budget
     assert all("test_accuracy" in h for h in metrics["history"])
+    # Embedded mode measures every round against the non-private optimum of the pooled rows.
+    assert all(h["optimality_gap"] > 0 for h in metrics["history"])
+    assert metrics["nonprivate"]["test_accuracy"] > 0.9
+    assert "optimality gap F(w) - F(w*)" in printed
+    assert metrics["settings"]["step_rule"].startswith("public")
     assert (out / "curves.png").stat().st_size > 0
     assert len(json.loads((out / "model.json").read_text())["weights"]) == 31
 
@@ -41,6 +46,8 @@ def test_embedded_run_writes_metrics_model_and_plot(tmp_path, capsys):
     ("flags", "message"),
     [(["--epsilon", "0"], "Argument 'epsilon' must be a positive finite number, not 0.0."),
      (["--rho", "0.5"], "Argument 'rho' must be at least 1, not 0.5."),
+     (["--momentum", "1"], "Argument 'momentum' must lie in [0, 1), not 1.0."),
+     (["--learning-rate", "-2"], "Argument 'learning_rate' must be a positive number"),
      (["--listen", "127.0.0.1:0"], "Argument 'listen' must come with --tls-cert/--tls-key or"),
      (["--sampling-rate", "0.5", "--accountant", "rdp"], "Argument 'accountant' must be 'pld'")],
 )

@@ -117,7 +117,7 @@ def test_optimum_is_stationary(cancer):
 def test_poisson_sampling_uses_the_source():
     x = np.ones((200, 2)) / 2
     y = np.ones(200)
-    settings = LocalSettings(sampling_rate=0.1)
+    settings = LocalSettings(learning_rate=1.0, sampling_rate=0.1)
     a = dp_gradient_steps(np.zeros(2), x, y, 1.0, settings, SeededGaussian(5))
     b = dp_gradient_steps(np.zeros(2), x, y, 1.0, settings, SeededGaussian(5))
     np.testing.assert_array_equal(a, b)

@@ -25,7 +25,9 @@ RUN = "svc"
 
 @pytest.fixture
 async def served():
-    settings = RunSettings(RUN, len(SIZES), 3, Budget(2.0, 1e-5), LocalSettings(l2=0.0))
+    # A fixed step without momentum: the task then carries the aggregate itself.
+    settings = RunSettings(RUN, len(SIZES), 3, Budget(2.0, 1e-5),
+                           LocalSettings(learning_rate=1.0, l2=0.0))
     rounds = []
     coordinator = Coordinator(AggregationSession(settings, 3), round_timeout=1.0,
                               join_timeout=10.0, on_round=rounds.append)

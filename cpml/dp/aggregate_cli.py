@@ -45,7 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--delta", type=float, default=1e-5)
     run.add_argument("--accountant", choices=("rdp", "pld"), default=None,
                      help="default: rdp for full batches, pld with --sampling-rate < 1")
-    run.add_argument("--learning-rate", type=float, default=2.0)
+    run.add_argument("--learning-rate", type=float, default=None,
+                     help="default: from public quantities only, min(1/L, noise-optimal step) with"
+                          " L = 1/4 + l2 (rows lie in the unit ball); see --momentum")
+    run.add_argument("--momentum", type=float, default=None,
+                     help="Nesterov momentum on the server (post-processing, no privacy cost);"
+                          " default: what the automatic step leaves to the noise-optimal step,"
+                          " at most 0.9, or 0 with an explicit --learning-rate")
     run.add_argument("--clip", type=float, default=1.0, help="per-record gradient norm bound G")
     run.add_argument("--l2", type=float, default=1e-3)
     run.add_argument("--local-steps", type=int, default=1)
@@ -126,8 +132,16 @@ def run(args: argparse.Namespace) -> int:
     if report["dropped"]:
         print("dropped: " + ", ".join(f"{d['party']} (round {d['round']})"
                                       for d in report["dropped"]))
-    if report["history"] and report["history"][-1].get("test_accuracy") is not None:
-        print(f"test accuracy: {report['history'][-1]['test_accuracy']:.4f}")
+    local = report["settings"]["local"]
+    if local["learning_rate"] is not None:
+        print(f"step: learning rate {local['learning_rate']:.4g}, momentum"
+              f" {report['settings']['momentum']:.3g} ({report['settings']['step_rule']})")
+    last = report["history"][-1] if report["history"] else {}
+    if last.get("test_accuracy") is not None:
+        reference = report.get("nonprivate", {})
+        print(f"test accuracy: {last['test_accuracy']:.4f}" + (
+            f" (non-private optimum {reference['test_accuracy']:.4f}), optimality gap"
+            f" F(w) - F(w*) {last['optimality_gap']:.4g}" if "optimality_gap" in last else ""))
     labels = next((note for note in notes if note.startswith("labels: ")), None)
     if labels:
         print(labels)  # which raw label the model calls 1
@@ -161,7 +175,7 @@ def _prepare(args: argparse.Namespace):
         run_id=args.run_id, parties=1 if centralized else args.parties, rounds=args.rounds,
         budget=Budget(args.epsilon, args.delta), local=local,
         scheme=Scheme.WEIGHTED if centralized else Scheme(args.scheme),
-        accountant=args.accountant,
+        accountant=args.accountant, momentum=args.momentum,
     )
     if args.listen:
         if not (args.insecure or (args.tls_cert and args.tls_key)):
@@ -217,6 +231,7 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
         session = AggregationSession(settings, shards[0][0].shape[1] if shards else None)
         history = []
     bar = ProgressBar(settings.rounds, label="aggregate", start_step=session.round)
+    reference = _reference(shards, settings.local.l2) if shards else None
 
     def on_round(result) -> None:
         row: dict[str, Any] = {
@@ -228,12 +243,15 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
             x_test, y_test = evaluation
             row["test_accuracy"] = accuracy(session.weights, x_test, y_test)
             row["test_loss"] = objective(session.weights, x_test, y_test, 0.0)
+        if reference is not None:
+            row["optimality_gap"] = reference(session.weights)
         history.append(row)
         _write_atomically(checkpoint_path,
                           json.dumps({"session": session.state(), "history": history}))
         log.info("round_closed", **{k: v for k, v in row.items() if k != "noise_multiplier"})
+        shown = {"acc": row.get("test_accuracy"), "gap": row.get("optimality_gap")}
         bar.update(result.round, eps=result.epsilon,
-                   **({"acc": row["test_accuracy"]} if "test_accuracy" in row else {}))
+                   **{k: v for k, v in shown.items() if v is not None})
 
     coordinator = Coordinator(session, args.round_timeout, args.join_timeout, on_round)
     listen = args.listen or "127.0.0.1:0"
@@ -269,7 +287,27 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
                           json.dumps({"session": session.state(), "history": history}))
     report = _report(session, history, time.monotonic() - started, address)
     report["interrupted"] = bool(coordinator.stopping)
+    if reference is not None:
+        report["nonprivate"] = _reference_summary(reference, evaluation)
     return report
+
+
+def _reference(shards, l2: float):
+    """F(w) - F(w*) on the pooled training rows: an embedded-mode evaluation aid only."""
+    import numpy as np
+
+    from cpml.dp.dpgd import OptimalityGap
+
+    return OptimalityGap.fit(np.concatenate([x for x, _ in shards]),
+                             np.concatenate([y for _, y in shards]), l2)
+
+
+def _reference_summary(reference, evaluation) -> dict[str, Any]:
+    from cpml.dp.dpgd import accuracy
+
+    return {"objective": reference.optimum_objective, "l2": reference.l2,
+            "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
+            "note": "embedded evaluation only: w* is fitted on the pooled training rows"}
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -303,7 +341,10 @@ def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
         "settings": {
             "scheme": s.scheme.value, "parties": s.parties, "rounds": s.rounds,
             "epsilon": s.budget.epsilon, "delta": s.budget.delta,
-            "accountant": s.accounting.value, "local": asdict(s.local),
+            "accountant": s.accounting.value, "local": asdict(session.local),
+            "momentum": session.momentum,
+            "step_rule": "given" if s.local.learning_rate is not None else "public: min(1/L, "
+                         "kappa/(sigma sqrt(d T))) with momentum for the rest",
         },
         "noise_multiplier": session.noise_multiplier,
         "parties": [
@@ -337,6 +378,8 @@ def _write_outputs(out: Path, report: dict[str, Any]) -> None:
         if "test_accuracy" in history[0]:
             panels["test accuracy"] = [h["test_accuracy"] for h in history]
             panels["test loss"] = [h["test_loss"] for h in history]
+        if "optimality_gap" in history[0]:
+            panels["optimality gap F(w) - F(w*)"] = [h["optimality_gap"] for h in history]
         plot_curves(out / "curves.png", [h["round"] for h in history], panels, xlabel="round",
                     title=f"WD-DP {report['settings']['scheme']} ({report['run_id']})")
 

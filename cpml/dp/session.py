@@ -1,9 +1,13 @@
 """The aggregation server's state machine for one WD-DP run, free of I/O.
 
 Lifecycle: parties `register` (record count and model dimension), `start` calibrates the noise
-for the budget, then each round `open_round` (refuses, before any party draws noise, a round
-the budget cannot pay for), parties fetch `task_for` and `submit`, and `close_round` aggregates
-whoever reported, drops the rest (their weight renormalised away), and charges the ledgers.
+for the budget and, unless given, picks the step and momentum from public quantities only
+(`public_step`: n, d, z, rounds), then each round `open_round` (refuses, before any party draws
+noise, a round the budget cannot pay for), parties fetch `task_for` and `submit`, and
+`close_round` aggregates whoever reported, drops the rest (their weight renormalised away), and
+charges the ledgers.
+With momentum beta the parties get Nesterov's look-ahead w + beta (w - w_prev) to step from; the
+released model is the aggregate w itself. Both are functions of released aggregates only.
 Invalid submissions raise `RunError` subclasses carrying a gRPC status name, and leave the
 round exactly as it was.
 """
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -30,7 +34,9 @@ from cpml.dp.dpgd import (
     LocalSettings,
     Scheme,
     aggregate,
+    lookahead,
     party_noise_multiplier,
+    public_step,
     round_noise_multiplier,
 )
 from cpml.errors import argument_error
@@ -87,6 +93,7 @@ class RunSettings:
     local: LocalSettings = field(default_factory=LocalSettings)
     scheme: Scheme = Scheme.WEIGHTED
     accountant: str | None = None
+    momentum: float | None = None  # None: public_step's with an automatic step, else 0
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -95,6 +102,8 @@ class RunSettings:
             raise argument_error("parties", "be at least 1", self.parties)
         if self.rounds < 1:
             raise argument_error("rounds", "be at least 1", self.rounds)
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise argument_error("momentum", "lie in [0, 1)", self.momentum)
         Accounting.for_sampling(self.local.sampling_rate, self.accountant)
 
     @property
@@ -157,6 +166,9 @@ class AggregationSession:
         self.round = 0
         self.round_open = False
         self.weights = np.zeros(dimension or 0)
+        self.previous = self.weights  # the aggregate before the last one (momentum)
+        self.local = settings.local  # with the learning rate resolved at start
+        self.momentum = 0.0
         self.noise_multiplier = math.nan
         self.history: list[RoundResult] = []
         self.stop_reason = ""
@@ -186,7 +198,7 @@ class AggregationSession:
             raise InvalidUpdate(f"A party named {name!r} already joined; pick another --name.")
         if self.dimension is None and dimension >= 1:
             self.dimension = dimension
-            self.weights = np.zeros(dimension)
+            self.weights = self.previous = np.zeros(dimension)
         if dimension != self.dimension:
             raise InvalidUpdate(
                 f"Party {name!r} has {dimension} features (with bias), but run"
@@ -254,6 +266,7 @@ class AggregationSession:
         for p in self.parties:
             enforce = s.local.local_steps > 1
             self._party_ledgers[p.party_id] = PrivacyLedger(s.budget, s.accounting, enforce)
+        self._resolve_step()
         self._active = set(self._parties)
         self.phase = Phase.TRAINING
         log.info(
@@ -263,8 +276,20 @@ class AggregationSession:
             records=sum(self.sizes),
             noise_multiplier=round(self.noise_multiplier, 4),
             accountant=s.accounting.value,
+            learning_rate=round(self.local.learning_rate, 4),
+            momentum=round(self.momentum, 4),
         )
         return self.noise_multiplier
+
+    def _resolve_step(self) -> None:
+        s = self.settings
+        if s.local.learning_rate is not None:
+            self.momentum = s.momentum or 0.0
+            return
+        rate, momentum = public_step(sum(self.sizes), self.dimension, self.noise_multiplier,
+                                     s.rounds * s.local.local_steps, s.local)
+        self.local = replace(s.local, learning_rate=rate)
+        self.momentum = momentum if s.momentum is None else s.momentum
 
     # -- rounds -------------------------------------------------------------------------
     def open_round(self) -> bool:
@@ -298,8 +323,8 @@ class AggregationSession:
                 f"Party {party.name!r} was dropped from run {self.settings.run_id!r} after"
                 " missing a round deadline; it cannot rejoin."
             )
-        return RoundTask(self.round, self.weights.copy(), self.party_noise(party),
-                         self.settings.local)
+        return RoundTask(self.round, lookahead(self.weights, self.previous, self.momentum),
+                         self.party_noise(party), self.local)
 
     def party_noise(self, party: Party) -> float:
         """z_k for this party (the multiplier its gradient sum's noise carries)."""
@@ -376,7 +401,7 @@ class AggregationSession:
             except BudgetExceeded as exc:
                 self._finish(f"round {self.round} discarded: {exc}")
         if released:
-            self.weights = aggregate(
+            self.previous, self.weights = self.weights, aggregate(
                 self.settings.scheme,
                 [self._submitted[p.party_id] for p in survivors],
                 [p.records for p in survivors],
@@ -410,6 +435,9 @@ class AggregationSession:
             "dimension": self.dimension,
             "round": self.round,
             "weights": self.weights.tolist(),
+            "previous_weights": self.previous.tolist(),
+            "learning_rate": self.local.learning_rate,
+            "momentum": self.momentum,
             "noise_multiplier": self.noise_multiplier,
             "parties": [{"name": p.name, "records": p.records,
                          "active": p.party_id in self._active} for p in self.parties],
@@ -443,6 +471,9 @@ class AggregationSession:
         session = cls(settings, state["dimension"])
         session.round = state["round"]
         session.weights = np.asarray(state["weights"], dtype=np.float64)
+        session.previous = np.asarray(state["previous_weights"], dtype=np.float64)
+        session.local = replace(settings.local, learning_rate=float(state["learning_rate"]))
+        session.momentum = float(state["momentum"])
         session.noise_multiplier = float(state["noise_multiplier"])
         session.history = [
             RoundResult(**{**r, "survivors": tuple(r["survivors"]), "dropped": tuple(r["dropped"])})
@@ -571,7 +602,7 @@ class AggregationSession:
         return False
 
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: momentum state and the resolved step
 
 
 def _settings_record(settings: RunSettings) -> dict:
@@ -579,7 +610,7 @@ def _settings_record(settings: RunSettings) -> dict:
         "parties": settings.parties, "rounds": settings.rounds,
         "epsilon": settings.budget.epsilon, "delta": settings.budget.delta,
         "local": asdict(settings.local), "scheme": settings.scheme.value,
-        "accountant": settings.accounting.value,
+        "accountant": settings.accounting.value, "momentum": settings.momentum,
     }
 
 

@@ -6,7 +6,7 @@ this is the reference the benchmark and tests run, and centralized DP-GD is the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -22,6 +22,8 @@ class SimulationResult:
 
     weights: np.ndarray
     noise_multiplier: float
+    learning_rate: float
+    momentum: float
     history: tuple[RoundResult, ...]
     guarantees: Guarantees
     stop_reason: str
@@ -32,6 +34,7 @@ def simulate(
     shards: Sequence[tuple[np.ndarray, np.ndarray]],
     source: NoiseSource,
     drop_at: Mapping[int, int] | None = None,
+    on_round: Callable[[RoundResult, np.ndarray], None] | None = None,
 ) -> SimulationResult:
     """Train with one in-process party per shard; party i goes silent from round drop_at[i]."""
     drop_at = drop_at or {}
@@ -48,10 +51,14 @@ def simulate(
             x, y = shards[i]
             w = dp_gradient_steps(task.weights, x, y, task.noise_multiplier, task.local, source)
             session.submit(party.party_id, task.round, len(y), w)
-        session.close_round()
+        result = session.close_round()
+        if on_round is not None:
+            on_round(result, session.weights)
     return SimulationResult(
         weights=session.weights,
         noise_multiplier=session.noise_multiplier,
+        learning_rate=session.local.learning_rate,
+        momentum=session.momentum,
         history=tuple(session.history),
         guarantees=session.guarantees(),
         stop_reason=session.stop_reason,
@@ -59,8 +66,9 @@ def simulate(
 
 
 def simulate_centralized(
-    settings: RunSettings, x: np.ndarray, y: np.ndarray, source: NoiseSource
+    settings: RunSettings, x: np.ndarray, y: np.ndarray, source: NoiseSource,
+    on_round: Callable[[RoundResult, np.ndarray], None] | None = None,
 ) -> SimulationResult:
     """Centralized DP-GD on pooled data: the one-party run with the same budget."""
     single = replace(settings, parties=1, scheme=Scheme.WEIGHTED)
-    return simulate(single, [(x, y)], source)
+    return simulate(single, [(x, y)], source, on_round=on_round)
