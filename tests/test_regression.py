@@ -155,8 +155,6 @@ def _linear_on_diabetes(tmp_path, *flags: str) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="needs an intercept by default (issue 9 item 3): without one the weight ball "
-                          "||w|| <= 4 caps test R² near 0.27 against 0.333 for least squares", strict=True)
 def test_linear_regression_on_diabetes_with_default_settings_matches_least_squares(tmp_path):
     cpml_r2, ols_r2 = _linear_on_diabetes(tmp_path)
     assert cpml_r2 == pytest.approx(ols_r2, abs=0.01)

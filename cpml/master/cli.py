@@ -16,6 +16,7 @@ from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
     from cpml.master.train import RoundRecord
+    from cpml.protocol import Plan
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,7 @@ def _train(args: argparse.Namespace) -> int:
              else f"{settings.protocol.upper()} in 3 groups of 2T+1, T={plan.t}, r={plan.r}")
     print(f"trained {plan.model} regression on {settings.dataset} for {plan.iterations} iterations with "
           f"N={plan.n_workers} workers ({shape})")
+    print(precision_line(plan))
     print(_final_metrics(final, plan.model) if final else "no rounds were run")
     targets = next((note for note in report.notes if note.startswith(("labels: ", "targets: "))), None)
     if targets:
@@ -121,6 +123,13 @@ def _train(args: argparse.Namespace) -> int:
     print(f"model: {report.out / 'model.json'}   metrics: {report.out / 'metrics.json'}   "
           f"plot: {report.out / 'curves.png'}")
     return EXIT_OK
+
+
+def precision_line(plan: Plan) -> str:
+    """How every value was carried: the residue primes, their bits, and the fractional bits and the step."""
+    primes = "prime" if plan.residues == 1 else "primes"
+    return (f"precision: {plan.residues} residue {primes} <= {plan.p} ({plan.basis.bits:.0f} bits); fractional "
+            f"bits: data {plan.lx}, weights {plan.lw}, coefficients {plan.lc}; step {plan.learning_rate:.4g}")
 
 
 def _final_metrics(final: RoundRecord, model: str) -> str:

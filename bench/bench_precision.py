@@ -1,0 +1,155 @@
+"""What the residue number system costs and buys: one prime against 2, 3, 4 residues at realistic shapes.
+
+For each dataset and residue count the script plans the finest levels that fit (one prime cannot give the
+data 8 fractional bits, so its levels are coarser: that is the comparison a user faces), then times the
+pieces of a CodedPrivateML run in one process with N = 10 workers (Case 1):
+  upload   encoding every worker's share (all residues) and the bytes one worker receives;
+  round    encoding the weights, one worker's f (all residues), decoding the first R replies + CRT;
+and trains 50 iterations (the in-process simulator) for the test accuracy. Float64 projected Nesterov GD
+with the true sigmoid and scikit-learn's LogisticRegression on the same split are the references.
+Writes bench/results/precision.json.
+
+    python bench/bench_precision.py                      # digits 4v9, breast cancer, 50,000 x 100, CIFAR-shaped
+    python bench/bench_precision.py --quick --out /tmp/p.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from cpml.protocol import (
+    CodedTrainer,
+    Plan,
+    auto_precision,
+    models,
+    prepare_share,
+    public_profile,
+    simulate,
+    worker_compute,
+)
+from cpml.protocol.overflow import plan_bound, precision_ladder
+from cpml.reporting import write_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from synthetic import realistic_table  # noqa: E402  (the same generator the accuracy tests use)
+
+
+def datasets(quick: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Name -> (x, y) with 0/1 labels."""
+    digits = load_digits()
+    keep = (digits.target == 4) | (digits.target == 9)
+    cancer = load_breast_cancer()
+    out = {"digits-4v9": (digits.data[keep], (digits.target[keep] == 9).astype(float)),
+           "breast-cancer": (cancer.data, cancer.target.astype(float))}
+    rows = 5_000 if quick else 50_000
+    out[f"realistic-{rows}x100"] = realistic_table(rows, 100, seed=1)
+    if not quick:
+        rng = np.random.default_rng(0)
+        x = rng.random((9019, 3072), dtype=np.float32).astype(np.float64)
+        score = x @ rng.choice([-1.0, 1.0], size=3072) + rng.normal(scale=0.25 * np.sqrt(3072 / 12), size=9019)
+        out["cifar-shaped-9019x3073"] = (x, (score > np.median(score)).astype(float))
+    return out
+
+
+def prepared(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The CLI's defaults: stratified 80/20 split, standard scaling on the training split, intercept column."""
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_test = (np.hstack([scaler.transform(a), np.ones((len(a), 1))]) for a in (x_train, x_test))
+    return x_train, y_train, x_test, y_test
+
+
+def plan_for(residues: int, shape: tuple[int, int]) -> Plan:
+    """auto_precision at this many residues; for one prime, the finest rung that fits even below 8 bits."""
+    profile = public_profile("standard", *shape)
+    try:
+        return auto_precision(Plan.case1(10), profile, residues=residues)
+    except OverflowError:
+        plan = Plan.case1(10, residues=residues)
+        for level in range(7, -1, -1):
+            lx, lw, lc = precision_ladder("logistic", level)
+            if plan_bound(candidate := plan.with_(lx=lx, lw=lw, lc=lc), profile) <= candidate.basis.max_signed:
+                return candidate
+        raise
+
+
+def best_of(repeats: int, fn) -> float:
+    """The fastest of `repeats` timed calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """Upload and per-round costs of one job at this plan, and its test accuracy after 50 iterations."""
+    x_train, y_train, x_test, y_test = split
+    trainer = CodedTrainer.create(plan, x_train, y_train, seed=0)
+    rows_per_chunk = max(1, (1 << 20) // (4 * x_train.shape[1]))
+    upload = best_of(2, lambda: [None for _ in trainer.share_chunks(rows_per_chunk)])
+    shares = trainer.encode_dataset()
+    prepared_shares = [prepare_share(trainer.basis, shares[i]) for i in range(plan.threshold)]
+    coefficients = trainer.job_spec.coefficient_array()
+    w_shares = trainer.weight_shares()
+    encode_weights = best_of(5, trainer.weight_shares)
+    worker = best_of(3, lambda: worker_compute(trainer.basis, prepared_shares[0], w_shares[0], coefficients))
+    replies = {i: worker_compute(trainer.basis, prepared_shares[i], w_shares[i], coefficients)
+               for i in range(plan.threshold)}
+    decode = best_of(5, lambda: trainer.decode_gradient(replies))
+    result = simulate(plan, x_train, y_train, seed=0, x_test=x_test, y_test=y_test)
+    return {"residues": plan.residues, "modulus_bits": round(plan.basis.bits, 1), "lx": plan.lx, "lw": plan.lw,
+            "lc": plan.lc, "upload_encode_seconds": upload, "share_bytes_per_worker": int(shares[0].nbytes),
+            "round_encode_weights_seconds": encode_weights, "round_worker_compute_seconds": worker,
+            "round_decode_seconds": decode, "round_bytes_per_worker": int(w_shares[0].nbytes + 4 * plan.residues
+                                                                          * x_train.shape[1]),
+            "test_accuracy": result.history[-1].test_accuracy}
+
+
+def references(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """Float64 projected Nesterov GD with the true sigmoid (same step) and scikit-learn, on the same split."""
+    x_train, y_train, x_test, y_test = split
+    rate = CodedTrainer.create(plan, x_train, y_train, seed=0).plan.learning_rate
+    true = models.gradient_descent(x_train, y_train, rate, 50, radius=plan.weight_bound)[-1]
+    sklearn = LogisticRegression(max_iter=10_000).fit(x_train[:, :-1], y_train)
+    return {"float64_true_sigmoid": models.accuracy(x_test, y_test, true, "logistic"),
+            "sklearn": float(sklearn.score(x_test[:, :-1], y_test))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every dataset at 1..4 residues and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, to check the script")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "precision.json")
+    args = parser.parse_args(argv)
+    results: dict[str, object] = {}
+    for name, (x, y) in datasets(args.quick).items():
+        split = prepared(x, y)
+        runs = [measure(plan_for(count, split[0].shape), split) for count in (1, 2, 3, 4)]
+        auto = auto_precision(Plan.case1(10), public_profile("standard", *split[0].shape))
+        results[name] = {"shape": list(split[0].shape), "automatic_residues": auto.residues, "runs": runs,
+                         "references": references(auto, split)}
+        print(name, results[name], flush=True)
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "workers": 10,
+            "command": "python bench/bench_precision.py" + (" --quick" if args.quick else "")}
+    write_metrics(args.out, {"meta": meta, "datasets": results})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
