@@ -146,7 +146,6 @@ def test_defaults_reach_near_nonprivate_accuracy_on_a_census_like_table(tmp_path
     assert old["history"][-1]["test_accuracy"] < nonprivate - MARGIN
 
 
-@pytest.mark.slow
 def test_optimality_gap_is_reported_per_round_and_decreases(tmp_path, capsys, census_file):
     # A huge epsilon on 24,000 rows makes the noise negligible: plain gradient descent at the
     # public step 1/L must descend every round.
