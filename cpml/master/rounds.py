@@ -115,7 +115,7 @@ class ComputeStreams:
                     worker, reply, failure = await self._replies.get()
             except TimeoutError:
                 raise RoundTimeout(
-                    f"round {round_number}: only {len(replies)} of the {self.threshold} replies needed arrived "
+                    f"round {round_number + 1}: only {len(replies)} of the {self.threshold} replies needed arrived "
                     f"within {self.round_timeout:g}s; workers may be overloaded (raise --round-timeout)") from None
             if reply is None:
                 worker.fail(failure)
@@ -138,5 +138,5 @@ class ComputeStreams:
     def _shortfall_message(self, round_number: int) -> str:
         dead = [w for w in self.workers if not w.alive]
         reasons = "; ".join(f"worker {w.index} at {w.address}: {w.failure}" for w in dead)
-        return (f"round {round_number}: only {len(self._live())} of {len(self.workers)} workers remain but "
+        return (f"round {round_number + 1}: only {len(self._live())} of {len(self.workers)} workers remain but "
                 f"R = {self.threshold} replies are needed to decode ({reasons})")

@@ -115,11 +115,12 @@ def choose_precision(settings: TrainSettings, plan: Plan, x_train: np.ndarray) -
     # Workers see the precision (the moduli, and the levels in the sigmoid coefficients), so it is planned
     # from public facts: the shape and the range the scaling guarantees (cpml.protocol.public_profile).
     profile = public_profile(settings.scaling, *x_train.shape)
+    fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
     if profile is None:
-        log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
+        if settings.residues is None or len(fixed) < 3:  # something is still chosen from the data
+            log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
         with np.errstate(over="ignore", invalid="ignore"):  # huge unscaled values: inf, which the guard refuses
             profile = DataProfile.of(x_train, 1)
-    fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
     return auto_precision(plan, profile, settings.residues, fixed)
 
 
@@ -149,11 +150,41 @@ def append_round(path: Path, record: RoundRecord) -> None:
 
 
 def read_rounds(path: Path, up_to: int) -> list[RoundRecord]:
-    """The logged rounds 1..up_to (a resumed run drops any logged after its checkpoint)."""
+    """The logged rounds 1..up_to (a resumed run drops any logged after its checkpoint).
+
+    A last line cut short (the master died while appending it) is dropped: its round is not in the
+    checkpoint's past unless the checkpoint says so, and a resumed run logs it again.
+    """
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise
+            log.warning("dropping a truncated last line of the rounds log", path=str(path), line=number)
     return [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in records if r["round"] <= up_to]
+
+
+# The flags a checkpoint's plan fixes: (flag, TrainSettings field, Plan field).
+RESUMED_FLAGS = (("--prime", "prime", "p"), ("--residues", "residues", "residues"), ("--k", "k", "k"),
+                 ("--t", "t", "t"), ("--r", "r", "r"), ("--lx", "lx", "lx"), ("--lw", "lw", "lw"),
+                 ("--lc", "lc", "lc"), ("--learning-rate", "learning_rate", "learning_rate"),
+                 ("--model", "model", "model"), ("--weight-bound", "weight_bound", "weight_bound"),
+                 ("--sigmoid-interval", "sigmoid_interval", "sigmoid_interval"))
+
+
+def plan_changes(settings: TrainSettings, saved: Plan) -> list[str]:
+    """The plan flags this command sets to something else than the checkpoint's plan (unset flags follow it)."""
+    changes = []
+    for flag, setting, field in RESUMED_FLAGS:
+        wanted, had = getattr(settings, setting), getattr(saved, field)
+        if wanted is not None and wanted != had:
+            changes.append(f"{flag} {wanted} (checkpoint: {had})")
+    return changes
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
@@ -197,9 +228,21 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
         raise ResumeError(f"Argument 'resume' needs an intact checkpoint at {ckpt_path}, not one with a damaged "
                           f"trainer state ({type(exc).__name__}: {exc}); run without --resume to start "
                           f"fresh") from None
+    changes = plan_changes(settings, saved_plan)
+    if changes:
+        raise ResumeError(f"Argument 'resume' must continue the checkpoint's plan, not change it: "
+                          f"{', '.join(changes)}; drop these flags to resume, or start fresh without --resume")
+    if settings.iterations < round_:
+        raise ResumeError(f"Argument 'iterations' must be at least the {round_} rounds the checkpoint has "
+                          f"finished, not {settings.iterations}; pass --iterations {round_} or more")
     # N may change between runs (a dead worker is gone): the decoded gradient does not depend on N,
     # so the weights continue exactly as they would have.
-    plan = saved_plan.with_(n_workers=settings.n_workers, iterations=settings.iterations)
+    try:
+        plan = saved_plan.with_(n_workers=settings.n_workers, iterations=settings.iterations)
+    except ValueError as exc:
+        raise ResumeError(f"the checkpoint's plan (K={saved_plan.k}, T={saved_plan.t}, r={saved_plan.r}) needs "
+                          f"at least R = {saved_plan.threshold} workers, not {settings.n_workers} "
+                          f"(--workers or --workers-local): {exc}") from None
     trainer = CodedTrainer.create(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test,
                                   weights=weights, previous=previous, start_round=round_,
                                   mask_source=mask_source)
