@@ -110,7 +110,7 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
         for p in procs:
             p.terminate()
     assert run.returncode == 3, run.stderr[-3000:]
-    assert "stopped: round 2: only 3 of 5 workers remain but R = 4 replies are needed" in run.stderr
+    assert "stopped: round 3: only 3 of 5 workers remain but R = 4 replies are needed" in run.stderr
     assert "rerun with --resume" in run.stderr
     procs, workers = start("second", [()] * 4)
     try:

@@ -110,7 +110,7 @@ async def test_a_round_without_r_replies_in_time_times_out(tmp_path):
     async with _workers(4, fault_reply_delay=2.0) as servers:
         settings = _settings([s.address for s in servers], tmp_path,
                              timeouts=Timeouts(connect=10, upload=30, round=0.5))
-        with pytest.raises(RoundTimeout, match=r"round 0: only 0 of the 4 replies needed arrived within 0.5s"):
+        with pytest.raises(RoundTimeout, match=r"round 1: only 0 of the 4 replies needed arrived within 0.5s"):
             await train(settings)
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["trainer"]["round"] == 0
 
