@@ -3,7 +3,8 @@
 Kernels (Case 2 with N = 50 workers: K = 10, T = 7, r = 1, R = 49; p = 2^25 - 39):
 - encoding: (N x (K+T)) @ ((K+T) x (m/K * d)) mod p, the dataset's Lagrange encoding, for a
   CIFAR-shaped (m = 9019, d = 3073) and a GISETTE-shaped (m = 6000, d = 5000) dataset;
-- worker: worker_compute on one share of (m/K) x d with r = 1, i.e. X (X w) through the sigmoid;
+- worker: worker_compute on one share of (m/K) x d with r = 1, i.e. X (X w) through the sigmoid, in one
+  residue field (a job with k residue moduli runs it once per modulus);
 - decoding: (K x R) @ (R x d);
 - masks: the T mask rows from cpml.field.sampling.uniform (a CSPRNG), beside os.urandom of the same size;
 - encode_full: CodingScheme.encode, i.e. masks + their centring + the stacking + the exact GEMM.
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from cpml.field import PrimeField, interpolation_matrix, matmul_mod_centred
+from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, matmul_mod_centred
 from cpml.field.sampling import uniform
 from cpml.protocol.coding import CodingScheme
 from cpml.protocol.worker_function import prepare_share, worker_compute
@@ -251,9 +252,13 @@ def bench_worker(
     def raw() -> Array:
         return xf.T @ (c0 + c1 * (xf @ wf))
 
-    prepared = prepare_share(field, x)  # what the daemon holds while a job computes
-    fast = interleaved({"exact": lambda: worker_compute(field, prepared, w, coefficients),
-                        "exact_from_uint32": lambda: worker_compute(field, x, w, coefficients),
+    # The daemon's path for a job with this one residue modulus: shares are (residues, rows, d), weights
+    # (residues, d, r) and the coefficients (residues, r+1); the result is (residues, d).
+    basis = ResidueBasis((p,))
+    x3, w3, c2 = x[np.newaxis], w[np.newaxis], coefficients[np.newaxis]
+    prepared = prepare_share(basis, x3)  # what the daemon holds while a job computes
+    fast = interleaved({"exact": lambda: worker_compute(basis, prepared, w3, c2)[0],
+                        "exact_from_uint32": lambda: worker_compute(basis, x3, w3, c2)[0],
                         "raw_float64": raw}, args.repeats)
     sub_rows = subset_rows(rows, args.baseline_fraction)
     xs = np.ascontiguousarray(x[:sub_rows])
@@ -270,15 +275,16 @@ def bench_worker(
     def galois_step() -> Array:
         return (x_gf.T @ (c_gf[0] + c_gf[1] * (x_gf @ w_gf)))[:, 0]
 
-    exact_sub = worker_compute(field, xs, w, coefficients)
+    exact_sub = worker_compute(basis, xs[np.newaxis], w3, c2)[0]
     check_equal("worker naive int64", naive(), exact_sub)
     check_equal("worker galois", np.asarray(galois_step()), exact_sub)
     slow = interleaved({"naive_int64": naive, "galois": galois_step}, baseline_repeats(args), warm_up=False)
     return kernel_entry(
         shapes={"x_share": [rows, d], "w_share": [d, 1], "out": [d]},
         fast=fast, slow=slow, scale=rows / sub_rows, fraction=sub_rows / rows, with_targets=False,
-        note="exact = cpml.protocol.worker_function.worker_compute on the share prepared once as centred "
-             "float64 (prepare_share, as the daemon does per compute stream); exact_from_uint32 converts the "
+        note="exact = cpml.protocol.worker_function.worker_compute for one residue modulus on the share prepared "
+             "once as centred float64 (prepare_share, as the daemon does per compute stream; a job with k "
+             "residues costs k times this); exact_from_uint32 converts the "
              "uint32 share on every call; naive_int64 keeps an int64 copy of the share; galois keeps it as a "
              "GF(p) array; raw_float64 = the same two products on a float64 copy, no reduction",
     )

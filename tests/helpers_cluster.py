@@ -10,6 +10,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from cpml.field import ResidueBasis, residue_primes
+from cpml.protocol import worker_compute
 from cpml.wire import serde
 from cpml.wire.certs import make_cluster_pki
 from cpml.wire.generated.v1 import worker_pb2 as pb
@@ -18,33 +20,51 @@ from cpml.worker.server import WorkerServer
 from cpml.worker.settings import WorkerSettings
 
 P = 33554393
+MODULI = residue_primes(P, 2)  # the default plan's residue primes: P and the next prime below it
 DEADLINE = 10.0
 
 
 @dataclass(frozen=True)
 class SmallJob:
-    """A random share and weights for a worker; no training semantics, just valid field elements."""
+    """A random share and weights for a worker in every residue field; no training semantics, just elements."""
 
     job_id: str
     spec: serde.WireJobSpec
-    share: np.ndarray
+    share: np.ndarray  # residues x rows x cols
+
+    @property
+    def moduli(self) -> tuple[int, ...]:
+        return self.spec.moduli
 
     def weights(self, round_number: int) -> np.ndarray:
+        """This round's encoded weights, residues x cols x degree, each residue below its own modulus."""
         rng = np.random.default_rng(round_number)
-        return rng.integers(0, self.spec.modulus, size=(self.spec.cols, self.spec.degree), dtype=np.uint32)
+        return _elements(rng, self.moduli, (self.spec.cols, self.spec.degree))
+
+    def expected(self, round_number: int) -> np.ndarray:
+        """What the worker must answer for this round: the protocol's worker function, residues x cols."""
+        return worker_compute(ResidueBasis(self.moduli), self.share, self.weights(round_number),
+                              self.spec.coefficients)
 
     def chunks(self, max_chunk_bytes: int = 64) -> list[pb.ShareChunk]:
-        return list(serde.share_chunks_to_proto(self.job_id, 0, self.share, self.spec, max_chunk_bytes))
+        """Every residue's rows as ShareChunks, residue by residue; the first chunk carries the spec."""
+        return [chunk for residue in range(self.spec.residues)
+                for chunk in serde.share_chunks_to_proto(self.job_id, 0, self.share[residue],
+                                                         self.spec if residue == 0 else None, max_chunk_bytes,
+                                                         residue)]
 
 
-def small_job(job_id: str = "job-1", rows: int = 6, cols: int = 4, degree: int = 1, modulus: int = P,
-              seed: int = 0) -> SmallJob:
+def _elements(rng: np.random.Generator, moduli: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform elements of shape (residues, *shape), residue j in [0, moduli[j])."""
+    return np.stack([rng.integers(0, m, size=shape, dtype=np.uint32) for m in moduli])
+
+
+def small_job(job_id: str = "job-1", rows: int = 6, cols: int = 4, degree: int = 1,
+              moduli: tuple[int, ...] = MODULI, seed: int = 0) -> SmallJob:
     rng = np.random.default_rng(seed)
-    spec = serde.WireJobSpec(modulus=modulus, degree=degree, rows=rows, cols=cols,
-                             coefficients=rng.integers(0, min(modulus, P), size=degree + 1, dtype=np.uint32),
-                             model="logistic")
-    share = rng.integers(0, min(modulus, P), size=(rows, cols), dtype=np.uint32)
-    return SmallJob(job_id, spec, share)
+    spec = serde.WireJobSpec(moduli=tuple(moduli), degree=degree, rows=rows, cols=cols,
+                             coefficients=_elements(rng, moduli, (degree + 1,)), model="logistic")
+    return SmallJob(job_id, spec, _elements(rng, moduli, (rows, cols)))
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import pytest
 
 from cpml.dp import party_cli
 from cpml.dp.party_cli import load_party_data
+from cpml.dp.session import CHECKPOINT_VERSION
 from cpml.master import cli
 from cpml.worker import cli as worker_cli
 
@@ -144,7 +145,10 @@ def test_aggregate_reads_a_csv_by_label_name_with_text_labels(tmp_path, capsys):
     (None, ["--round-timeout", "0"], "Argument 'round_timeout' must be a positive number of seconds, not 0.0."),
     (None, ["--join-timeout", "-1"], "Argument 'join_timeout' must be a positive number of seconds"),
     ("[]", ["--resume"], "lacks its session state and history."),
-    ('{"session": {"version": 1}, "history": []}', ["--resume"], "with a damaged session state"),
+    ('{"session": {"version": 1}, "history": []}', ["--resume"],
+     f"Argument 'resume' must be a version {CHECKPOINT_VERSION} checkpoint, not 1."),
+    (f'{{"session": {{"version": {CHECKPOINT_VERSION}}}, "history": []}}', ["--resume"],
+     "with a damaged session state"),
 ])
 def test_aggregate_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys, checkpoint, flags, message):
     (tmp_path / "taken").write_text("")

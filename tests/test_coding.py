@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpml.field import PrimeField, interpolation_matrix, uniform
-from cpml.protocol import CodingScheme, recovery_threshold, worker_compute
+from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, residue_primes, uniform
+from cpml.protocol import CodingScheme, prepare_share, recovery_threshold, worker_compute
+from cpml.protocol.worker_function import field_compute
 
 PRIMES = [65537, 2**25 - 39, 2**31 - 1]
 
@@ -33,7 +34,24 @@ def test_worker_compute_matches_python_ints(p):
     w = rng.integers(0, p, (5, 3)).astype(np.uint32)
     x[0, :] = p - 2
     coefficients = rng.integers(0, p, 4).astype(np.uint32)
-    assert worker_compute(field, x, w, coefficients).tolist() == reference_f(p, x, w, coefficients)
+    assert field_compute(field, x, w, coefficients).tolist() == reference_f(p, x, w, coefficients)
+    assert field_compute(field, field.centred(x), w, coefficients).tolist() == reference_f(p, x, w, coefficients)
+
+
+@pytest.mark.parametrize("moduli", [(65537,), residue_primes(2**25 - 39, 2), residue_primes(2**31 - 1, 3)])
+def test_worker_compute_is_the_field_function_in_every_residue(moduli):
+    basis = ResidueBasis(moduli)
+    rng = np.random.default_rng(2)
+    x = np.stack([rng.integers(0, p, (7, 5)).astype(np.uint32) for p in moduli])
+    w = np.stack([rng.integers(0, p, (5, 2)).astype(np.uint32) for p in moduli])
+    coefficients = np.stack([rng.integers(0, p, 3).astype(np.uint32) for p in moduli])
+    expected = [reference_f(p, x[j], w[j], coefficients[j]) for j, p in enumerate(moduli)]
+    assert worker_compute(basis, x, w, coefficients).tolist() == expected
+    assert worker_compute(basis, prepare_share(basis, x), w, coefficients).tolist() == expected
+    with pytest.raises(ValueError, match=f"Argument 'w_share' must have shape \\({len(moduli)}, d, r\\)"):
+        worker_compute(basis, x, w[0], coefficients)
+    with pytest.raises(ValueError, match=f"Argument 'x_share' must have shape \\({len(moduli)}, rows, d\\)"):
+        prepare_share(basis, x[:, 0])
 
 
 def test_interpolation_reproduces_polynomials():
@@ -76,10 +94,10 @@ def test_decoding_any_r_of_n_results_gives_f_of_the_partitions(p, k, t, r, extra
     w_secret = np.broadcast_to(weights.reshape(1, -1).astype(np.float64), (k, d * r))
     w_shares = scheme.encode(np.ascontiguousarray(w_secret)).reshape(n, d, r)
     chosen = rng.permutation(n)[:threshold]
-    replies = {int(i): worker_compute(field, x_shares[i], w_shares[i], coefficients) for i in chosen}
+    replies = {int(i): field_compute(field, x_shares[i], w_shares[i], coefficients) for i in chosen}
     decoded = scheme.decode(replies, threshold)
     for block in range(k):
-        expected = worker_compute(field, field.phi(partitions[block]), field.phi(weights), coefficients)
+        expected = field_compute(field, field.phi(partitions[block]), field.phi(weights), coefficients)
         assert np.array_equal(decoded[block], expected)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import pytest
-from helpers_cluster import DEADLINE, P, compute, running_worker, small_job, upload
+from helpers_cluster import DEADLINE, MODULI, P, compute, running_worker, small_job, upload
 from sklearn.datasets import load_breast_cancer
 from structlog.testing import capture_logs
 
@@ -25,11 +25,11 @@ from cpml.dp.accountant import Budget
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.server import AggregationServer, Coordinator
 from cpml.dp.session import AggregationSession, RunSettings
-from cpml.field import field_for
 from cpml.master.cluster import Cluster, Timeouts
+from cpml.master.rounds import ComputeStreams
 from cpml.master.mpc_train import run_mpc_job
 from cpml.mpc import MASTER, Kind, Message, MpcPlan, MpcSession, PartySpec
-from cpml.protocol import Plan, simulate, worker_compute
+from cpml.protocol import Plan, simulate
 from cpml.wire import mpc_serde, serde
 from cpml.wire.generated.v1 import aggregation_pb2 as agg_pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as agg_grpc
@@ -38,7 +38,8 @@ from cpml.wire.generated.v1 import mpc_pb2_grpc, worker_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.worker import service
 
-SECRET = 31337123  # a field element (< P) every hostile payload carries; it must never reach a log line
+SECRET = 31337123  # a field element (< every modulus of MODULI) every hostile payload carries; never logged
+Q = MODULI[1]  # residue 1's modulus: below P, so Q itself is an element of residue 0 but not of residue 1
 SECRET_WEIGHT = 0.123456789
 GARBAGE = b"\xff\xff\xff\xff"  # not protobuf: field 31, wire type 7 does not exist
 NOT_UTF8_ID = b"\x0a\x02\xff\xfe"  # field 1 (a string: job_id, run_id) holding bytes that are not UTF-8
@@ -103,18 +104,22 @@ def _params(cases: list[Case]) -> list:
 
 # --- cpml.v1.Worker ------------------------------------------------------------------------------------------
 
-def _spec_chunk(job_id: str = "hostile", modulus: int = P, degree: int = 1, rows: int = 2, cols: int = 4,
-                coefficients: np.ndarray | None = None, model: str = "logistic", data: bytes | None = None,
-                block_rows: int | None = None, row_offset: int = 0) -> pb.ShareChunk:
-    """A first chunk whose every field can be set to anything (the serde functions would refuse to)."""
+def _spec_chunk(job_id: str = "hostile", moduli: list[int] | tuple[int, ...] = MODULI, modulus: int = 0,
+                degree: int = 1, rows: int = 2, cols: int = 4, coefficients: np.ndarray | None = None,
+                model: str = "logistic", data: bytes | None = None, block_rows: int | None = None,
+                row_offset: int = 0, residue: int = 0) -> pb.ShareChunk:
+    """A first chunk whose every field can be set to anything (the serde functions would refuse to).
+
+    `modulus` is the single-field format of cpml 0.1 (field 1), never set by a current master.
+    """
     if coefficients is None:
-        coefficients = np.full((1, degree + 1), 7, dtype=np.uint32)
+        coefficients = np.full((max(len(moduli), 1), degree + 1), 7, dtype=np.uint32)
     block_rows = rows if block_rows is None else block_rows
     if data is None:
         data = np.full((block_rows, cols), SECRET, dtype="<u4").tobytes()
-    chunk = pb.ShareChunk(job_id=job_id, row_offset=row_offset, crc32=serde.checksum(data),
+    chunk = pb.ShareChunk(job_id=job_id, row_offset=row_offset, crc32=serde.checksum(data), residue=residue,
                           block=pb.FieldBlock(rows=block_rows, cols=cols, data=data))
-    chunk.spec.CopyFrom(pb.JobSpec(modulus=modulus, degree=degree, rows=rows, cols=cols, model=model,
+    chunk.spec.CopyFrom(pb.JobSpec(modulus=modulus, moduli=moduli, degree=degree, rows=rows, cols=cols, model=model,
                                    coefficients=pb.FieldBlock(rows=coefficients.shape[0], cols=coefficients.shape[1],
                                                               data=coefficients.astype("<u4").tobytes())))
     return chunk
@@ -125,15 +130,15 @@ def _bad_upload(**fields) -> Callable[..., Awaitable[object]]:
 
 
 def _next_chunk(row_offset: int, rows: int, cols: int = 4, data: bytes | None = None, crc: int | None = None,
-                job_id: str = "hostile") -> pb.ShareChunk:
-    data = np.full((rows, cols), SECRET, dtype="<u4").tobytes() if data is None else data
+                job_id: str = "hostile", residue: int = 0, value: int = SECRET) -> pb.ShareChunk:
+    data = np.full((rows, cols), value, dtype="<u4").tobytes() if data is None else data
     return pb.ShareChunk(job_id=job_id, row_offset=row_offset, block=pb.FieldBlock(rows=rows, cols=cols, data=data),
-                         crc32=serde.checksum(data) if crc is None else crc)
+                         crc32=serde.checksum(data) if crc is None else crc, residue=residue)
 
 
-def _upload_then(*later: pb.ShareChunk, rows: int = 4) -> Callable[..., Awaitable[object]]:
-    """A valid first chunk (rows 0-1 of a `rows`-row share), then the given chunks."""
-    first = _spec_chunk(rows=rows, block_rows=2)
+def _upload_then(*later: pb.ShareChunk, rows: int = 4, first_rows: int = 2) -> Callable[..., Awaitable[object]]:
+    """A valid first chunk (rows 0..first_rows-1 of residue 0 of a `rows`-row share), then the given chunks."""
+    first = _spec_chunk(rows=rows, block_rows=first_rows)
     return lambda channel, worker: _raw_upload(channel, _frames([first, *later]))
 
 
@@ -190,8 +195,7 @@ async def _stored_then_compute(channel: grpc.aio.Channel, requests: list[bytes])
         await _raw_compute(channel, requests)
     finally:  # the refused stream left the stored job intact
         results = await compute(_stub(channel), [serde.round_request_to_proto("hostile", 9, job.weights(9))])
-        expected = worker_compute(field_for(P), job.share, job.weights(9), job.spec.coefficients)
-        np.testing.assert_array_equal(serde.round_result_from_proto(results[0], P, 4), expected)
+        np.testing.assert_array_equal(serde.round_result_from_proto(results[0], MODULI, 4), job.expected(9))
         await _stub(channel).EndJob(pb.EndJobRequest(job_id="hostile"), timeout=DEADLINE)
 
 
@@ -199,8 +203,9 @@ def _compute_on_stored(*requests: pb.RoundRequest) -> Callable[..., Awaitable[ob
     return lambda channel, worker: _stored_then_compute(channel, _frames(list(requests)))
 
 
-def _weights(round_number: int, rows: int = 4, cols: int = 1, value: int = SECRET,
+def _weights(round_number: int, rows: int = 2 * 4, cols: int = 1, value: int = SECRET,
              data: bytes | None = None) -> pb.RoundRequest:
+    """Weights for the stored 4-column job: (residues x d) x r = 8 x 1 unless told otherwise."""
     data = np.full((rows, cols), value, dtype="<u4").tobytes() if data is None else data
     return pb.RoundRequest(job_id="hostile", round=round_number, weights=pb.FieldBlock(rows=rows, cols=cols,
                                                                                         data=data))
@@ -255,44 +260,87 @@ WORKER_CASES = [
          "(100000 characters) must be 1 to 128 printable characters"),
     Case("job-id-control-characters", _bad_upload(job_id="a\nb\x1b[31m"), BAD_ARG, "printable characters"),
     Case("compute-unknown-job", lambda c, w: compute(_stub(c), [serde.round_request_to_proto(
-        "never-uploaded", 0, np.zeros((4, 1), dtype=np.uint32))]), NOT_FOUND, "is not stored on this worker"),
-    # the job spec
-    Case("modulus-0", _bad_upload(modulus=0), BAD_ARG, "modulus 0 cannot travel as uint32"),
-    Case("modulus-1", _bad_upload(modulus=1), BAD_ARG, "modulus 1 cannot travel as uint32"),
-    Case("modulus-composite", _bad_upload(modulus=33554395), BAD_ARG, "Argument 'p' must be prime, not 33554395"),
-    Case("modulus-2^31-or-more", _bad_upload(modulus=2**31 + 11), BAD_ARG, "must be an odd prime below 2^31"),
-    Case("modulus-2^64-1", _bad_upload(modulus=U64), BAD_ARG, f"modulus {U64} cannot travel as uint32"),
+        "never-uploaded", 0, np.zeros((2, 4, 1), dtype=np.uint32))]), NOT_FOUND, "is not stored on this worker"),
+    # the job spec: the residue moduli
+    Case("spec-of-cpml-0.1-single-modulus", _bad_upload(modulus=P, moduli=[]), BAD_ARG,
+         "job spec names the single modulus 33554393 (the cpml 0.1 format); this worker computes in several "
+         "residue fields and needs the list `moduli`: upgrade the master"),
+    Case("spec-with-both-modulus-and-moduli", _bad_upload(modulus=P), BAD_ARG, "names the single modulus 33554393"),
+    Case("moduli-empty", _bad_upload(moduli=[]), BAD_ARG, "job spec declares 0 residue moduli; send 1 to 8"),
+    Case("moduli-duplicate", _bad_upload(moduli=[P, Q, P]), BAD_ARG,
+         f"job spec repeats a residue modulus ({P}, {Q}, {P}); the moduli must be distinct primes"),
+    Case("moduli-9", _bad_upload(moduli=list(range(3, 21, 2))), BAD_ARG, "declares 9 residue moduli; send 1 to 8"),
+    Case("moduli-100000", _bad_upload(moduli=[P] * 100_000), BAD_ARG, "declares 100000 residue moduli; send 1 to 8"),
+    Case("modulus-0", _bad_upload(moduli=[0]), BAD_ARG, "modulus 0 cannot travel as uint32"),
+    Case("modulus-1", _bad_upload(moduli=[1]), BAD_ARG, "modulus 1 cannot travel as uint32"),
+    Case("modulus-composite", _bad_upload(moduli=[33554395]), BAD_ARG, "Argument 'p' must be prime, not 33554395"),
+    Case("second-modulus-composite", _bad_upload(moduli=[P, 33554395]), BAD_ARG,
+         f"moduli {P}, 33554395 are not supported: Argument 'p' must be prime, not 33554395"),
+    Case("modulus-2^31-or-more", _bad_upload(moduli=[2**31 + 11]), BAD_ARG, "must be an odd prime below 2^31"),
+    Case("second-modulus-a-32-bit-prime", _bad_upload(moduli=[P, 2**32 - 5]), BAD_ARG,
+         "must be an odd prime below 2^31, not 4294967291"),
+    Case("modulus-2^64-1", _bad_upload(moduli=[P, U64]), BAD_ARG, f"modulus {U64} cannot travel as uint32"),
     Case("degree-0", _bad_upload(degree=0), BAD_ARG, "degree r must be between 1 and 32"),
-    Case("degree-huge", _bad_upload(degree=U32, coefficients=np.ones((1, 2), dtype=np.uint32)), BAD_ARG,
+    Case("degree-huge", _bad_upload(degree=U32, coefficients=np.ones((2, 2), dtype=np.uint32)), BAD_ARG,
          f"sigmoid degree {U32}; the degree r must be between 1 and 32"),
-    Case("coefficients-wrong-length", _bad_upload(degree=2, coefficients=np.ones((1, 2), dtype=np.uint32)),
-         BAD_ARG, "sigmoid coefficients is 1x2 but this job needs 1x3"),
-    Case("coefficients-not-field-elements", _bad_upload(coefficients=np.array([[1, P]], dtype=np.uint32)),
+    # the job spec: the coefficient block, residues x (r+1)
+    Case("coefficients-wrong-length", _bad_upload(degree=2, coefficients=np.ones((2, 2), dtype=np.uint32)),
+         BAD_ARG, "sigmoid coefficients are 2x2 but this job needs 2x3"),
+    Case("coefficients-one-row-for-two-moduli", _bad_upload(coefficients=np.ones((1, 2), dtype=np.uint32)),
+         BAD_ARG, "sigmoid coefficients are 1x2 but this job needs 2x2 (one row per residue modulus, r+1 columns)"),
+    Case("coefficients-one-row-too-many", _bad_upload(coefficients=np.ones((3, 2), dtype=np.uint32)), BAD_ARG,
+         "sigmoid coefficients are 3x2 but this job needs 2x2"),
+    Case("coefficients-flattened", _bad_upload(coefficients=np.ones((1, 4), dtype=np.uint32)), BAD_ARG,
+         "sigmoid coefficients are 1x4 but this job needs 2x2"),
+    Case("coefficients-bytes-disagree-with-shape", lambda c, w: _raw_upload(c, _frames([_short_coefficients()])),
+         BAD_ARG, "the sigmoid coefficients has 12 bytes but shape 2x2 needs 16"),
+    Case("coefficients-not-field-elements", _bad_upload(coefficients=np.array([[1, P], [1, 1]], dtype=np.uint32)),
          BAD_ARG, "1 value(s) >= the modulus 33554393"),
+    Case("coefficients-not-below-residue-1s-modulus", _bad_upload(
+        coefficients=np.array([[Q, Q], [1, Q]], dtype=np.uint32)), BAD_ARG,
+         f"the sigmoid coefficients holds 1 value(s) >= the modulus {Q} of residue 1"),
     Case("model-unknown", _bad_upload(model=""), BAD_ARG, "model ''; use one of logistic, linear"),
     Case("shape-2^32-allocation-bomb", _bad_upload(rows=U32, cols=U32, data=b""),
-         grpc.StatusCode.RESOURCE_EXHAUSTED, "needs 73786976260478468100 bytes"),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "needs 147573952520956936200 bytes"),  # 2 residues x (2^32-1)^2 x 4
     Case("share-over-the-cap", _bad_upload(rows=100), grpc.StatusCode.RESOURCE_EXHAUSTED,
-         "needs 1600 bytes for its 100x4 share", settings={"share_bytes_cap": 1000}),
+         "needs 3200 bytes for its 100x4 share in 2 residue field(s)", settings={"share_bytes_cap": 1000}),
     # blocks
     Case("block-rows-times-cols-disagree-with-bytes", _bad_upload(data=b"\0" * 28), BAD_ARG,
          "has 28 bytes but shape 2x4 needs 32"),
     Case("block-odd-byte-count", _bad_upload(rows=1, cols=1, data=b"\0" * 5), BAD_ARG,
          "has 5 bytes but shape 1x1 needs 4"),
     Case("block-values-not-below-p", _bad_upload(data=np.full((2, 4), P, dtype="<u4").tobytes()), BAD_ARG,
-         "8 value(s) >= the modulus 33554393"),
+         "share chunk at row 0 of residue 0 holds 8 value(s) >= the modulus 33554393"),
+    Case("block-values-not-below-residue-1s-modulus", _upload_then(_next_chunk(0, 2, residue=1, value=Q)), BAD_ARG,
+         f"share chunk at row 0 of residue 1 holds 8 value(s) >= the modulus {Q}"),
+    Case("first-chunk-of-residue-1-not-below-its-modulus", _bad_upload(residue=1, data=np.full(
+        (2, 4), Q, dtype="<u4").tobytes()), BAD_ARG, f"of residue 1 holds 8 value(s) >= the modulus {Q}"),
+    Case("chunk-residue-2-of-2", _upload_then(_next_chunk(0, 2, residue=2)), BAD_ARG,
+         "share chunk at row 0 names residue 2 but job 'hostile' declared 2 moduli (residues 0..1)"),
+    Case("chunk-residue-near-2^32", _upload_then(_next_chunk(2, 2, residue=U32)), BAD_ARG,
+         f"names residue {U32} but job 'hostile' declared 2 moduli"),
+    Case("first-chunk-residue-out-of-range", _bad_upload(residue=5), BAD_ARG,
+         "names residue 5 but job 'hostile' declared 2 moduli"),
     Case("block-rows-near-2^32", _bad_upload(block_rows=U32, data=b""), BAD_ARG,
          "chunks must be non-empty and inside the share"),
     Case("chunk-row-offset-near-2^32", _upload_then(_next_chunk(U32, 1)), BAD_ARG,
          f"covers rows [{U32}, {U32 + 1}) but job 'hostile' declared 4 rows"),
     Case("chunk-wrong-columns", _upload_then(_next_chunk(2, 2, cols=3)), BAD_ARG,
          "has 3 columns but job 'hostile' declared 4"),
-    Case("chunk-overlapping", _upload_then(_next_chunk(1, 2)), BAD_ARG, "overlaps rows already received"),
+    Case("chunk-overlapping", _upload_then(_next_chunk(1, 2)), BAD_ARG,
+         "share chunk at row 1 of residue 0 overlaps rows already received"),
+    Case("chunk-overlapping-in-residue-1", _upload_then(_next_chunk(0, 4, residue=1), _next_chunk(3, 1, residue=1)),
+         BAD_ARG, "share chunk at row 3 of residue 1 overlaps rows already received"),
     Case("chunk-repeated", _upload_then(_next_chunk(2, 1), _next_chunk(2, 1)), BAD_ARG,
          "overlaps rows already received"),
     Case("chunk-bad-crc32", _upload_then(_next_chunk(2, 2, crc=12345)), grpc.StatusCode.DATA_LOSS,
          "fails its CRC-32 check"),
-    Case("upload-truncated", _upload_then(), grpc.StatusCode.DATA_LOSS, "2 of 4 rows missing (truncated stream)"),
+    Case("upload-truncated", _upload_then(), grpc.StatusCode.DATA_LOSS,
+         "6 of 8 rows missing (truncated stream: residue 0 lacks 2 of its 4 rows, residue 1 lacks 4 of its 4 rows)"),
+    Case("upload-without-residue-1", _upload_then(first_rows=4), grpc.StatusCode.DATA_LOSS,
+         "ended with 4 of 8 rows missing (truncated stream: residue 1 lacks 4 of its 4 rows); upload the whole share"),
+    Case("upload-residue-1-truncated", _upload_then(_next_chunk(2, 2), _next_chunk(0, 3, residue=1)),
+         grpc.StatusCode.DATA_LOSS, "1 of 8 rows missing (truncated stream: residue 1 lacks 1 of its 4 rows)"),
     Case("chunk-of-another-job", _upload_then(_next_chunk(2, 2, job_id="other")), BAD_ARG,
          "upload each job's share on its own stream"),
     # uploads racing each other and the compute stream
@@ -302,9 +350,16 @@ WORKER_CASES = [
          "still being uploaded; wait for UploadShare's reply"),
     # rounds
     Case("weights-shape-near-2^32", _compute_on_stored(_weights(0, rows=U32, cols=U32, data=b"")), BAD_ARG,
-         f"round 0 weights is {U32}x{U32} but this job needs 4x1"),
+         f"round 0 weights are {U32}x{U32} but this job needs 8x1 (residues x d rows, r columns)"),
+    Case("weights-of-one-field-only", _compute_on_stored(_weights(0, rows=4)), BAD_ARG,
+         "round 0 weights are 4x1 but this job needs 8x1"),
+    Case("weights-bytes-disagree-with-shape", _compute_on_stored(_weights(0, data=b"\0" * 28)), BAD_ARG,
+         "round 0 weights has 28 bytes but shape 2x4x1 needs 32"),
     Case("weights-not-field-elements", _compute_on_stored(_weights(0, value=U32)), BAD_ARG,
-         "4 value(s) >= the modulus"),
+         "round 0 weights holds 8 value(s) >= the modulus"),
+    Case("weights-not-below-residue-1s-modulus", _compute_on_stored(_weights(0, data=np.repeat(
+        np.array([SECRET, Q], dtype="<u4"), 4).tobytes())), BAD_ARG,
+         f"round 0 weights holds 4 value(s) >= the modulus {Q} of residue 1"),
     Case("round-repeated", _compute_on_stored(_weights(3), _weights(3)), grpc.StatusCode.FAILED_PRECONDITION,
          "round 3 of job 'hostile' arrived after round 3"),
     Case("round-backwards", _compute_on_stored(_weights(5), _weights(2)), grpc.StatusCode.FAILED_PRECONDITION,
@@ -323,14 +378,19 @@ WORKER_CASES = [
 ]
 
 
+def _short_coefficients() -> pb.ShareChunk:
+    chunk = _spec_chunk()
+    chunk.spec.coefficients.data = chunk.spec.coefficients.data[:12]
+    return chunk
+
+
 async def _good_worker_job(channel: grpc.aio.Channel, worker) -> None:
     """Upload a share, compute a round, check it against the protocol function, end the job."""
     job = small_job("good-job", rows=9, seed=7)
     stub = _stub(channel)
     await upload(stub, job.chunks(max_chunk_bytes=32))
     results = await compute(stub, [serde.round_request_to_proto("good-job", 1, job.weights(1))])
-    expected = worker_compute(field_for(P), job.share, job.weights(1), job.spec.coefficients)
-    np.testing.assert_array_equal(serde.round_result_from_proto(results[0], P, job.spec.cols), expected)
+    np.testing.assert_array_equal(serde.round_result_from_proto(results[0], MODULI, job.spec.cols), job.expected(1))
     assert (await stub.EndJob(pb.EndJobRequest(job_id="good-job"), timeout=DEADLINE)).existed
     assert worker.store.used_bytes == 0 and len(worker.store) == 0  # the refusal left nothing reserved
 
@@ -349,22 +409,86 @@ async def test_worker_refuses_with_a_precise_status_and_keeps_serving(case):
     _assert_nothing_secret_logged(logs, secrets)
 
 
+# --- the master reading a hostile worker's results -------------------------------------------------------
+
+class _LyingWorker(worker_pb2_grpc.WorkerServicer):
+    """A compromised worker: answers every round at once with the same result block, whatever it was sent."""
+
+    def __init__(self, result: pb.FieldBlock) -> None:
+        self.result = result
+
+    async def Compute(self, request_iterator, context):
+        async for request in request_iterator:
+            yield pb.RoundResult(job_id=request.job_id, round=request.round, result=self.result)
+
+
+@contextlib.asynccontextmanager
+async def _lying_worker(result: pb.FieldBlock):
+    server = grpc.aio.server()
+    worker_pb2_grpc.add_WorkerServicer_to_server(_LyingWorker(result), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+def _result_block(rows: int = 2, cols: int = 4, residue_1_value: int = 0, data: bytes | None = None):
+    values = np.zeros((rows, cols), dtype="<u4")
+    values[-1, 0] = residue_1_value
+    return pb.FieldBlock(rows=rows, cols=cols, data=values.tobytes() if data is None else data)
+
+
+@pytest.mark.parametrize(("result", "says"), [
+    pytest.param(_result_block(residue_1_value=Q), f"round 0 result holds 1 value(s) >= the modulus {Q} of residue 1",
+                 id="residue-1-element-not-below-its-modulus"),
+    pytest.param(_result_block(residue_1_value=U32), f"1 value(s) >= the modulus {P}", id="not-a-uint32-element"),
+    pytest.param(_result_block(rows=1), "round 0 result is 1x4 but this job needs 2x4 (one row per residue modulus)",
+                 id="one-field-only"),
+    pytest.param(_result_block(rows=3), "round 0 result is 3x4 but this job needs 2x4", id="a-residue-too-many"),
+    pytest.param(_result_block(data=b"\0" * 28), "round 0 result has 28 bytes but shape 2x4 needs 32",
+                 id="bytes-disagree-with-shape"),
+])
+async def test_the_master_drops_a_worker_whose_result_is_not_the_jobs_residues(result, says):
+    job = small_job("lied-to")
+    async with contextlib.AsyncExitStack() as stack:
+        # the honest workers answer late, so the liar's reply is always read first
+        honest = [await stack.enter_async_context(running_worker(fault_reply_delay=0.3)) for _ in range(3)]
+        liar = await stack.enter_async_context(_lying_worker(result))
+        for server in honest:
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                await upload(_stub(channel), job.chunks())
+        cluster = await stack.enter_async_context(Cluster([liar, *(s.address for s in honest)]))
+        streams = await stack.enter_async_context(ComputeStreams(
+            cluster.workers, job.job_id, job.moduli, job.spec.cols, threshold=3, round_timeout=5, stream_timeout=30))
+        with capture_logs() as logs:
+            replies, _ = await streams.run_round(0, np.stack([job.weights(0)] * 4))
+    assert sorted(replies) == [1, 2, 3]  # decoded from the honest three; nothing of the liar's mixed in
+    for reply in replies.values():
+        np.testing.assert_array_equal(reply, job.expected(0))
+    liar_handle = cluster.workers[0]
+    assert not liar_handle.alive and liar_handle.failure.startswith("sent a malformed result: ")
+    assert says in liar_handle.failure
+    assert [e["worker"] for e in logs if e["event"] == "worker dropped"] == [0]
+
+
 async def test_chunks_out_of_order_are_placed_by_their_offset():
     job = small_job("shuffled", rows=9, seed=3)
     chunks = job.chunks(max_chunk_bytes=16)
     shuffled = [chunks[0], *reversed(chunks[1:])]  # the spec still comes first
+    assert {c.residue for c in shuffled[1:5]} == {1}  # residue 1's rows arrive before most of residue 0's
     async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
         await upload(_stub(channel), shuffled)
         results = await compute(_stub(channel), [serde.round_request_to_proto("shuffled", 0, job.weights(0))])
-    expected = worker_compute(field_for(P), job.share, job.weights(0), job.spec.coefficients)
-    np.testing.assert_array_equal(serde.round_result_from_proto(results[0], P, 4), expected)
+    np.testing.assert_array_equal(serde.round_result_from_proto(results[0], MODULI, 4), job.expected(0))
 
 
 def _chunk_of_exactly(size: int) -> bytes:
     """A serialized ShareChunk (spec included) of exactly `size` bytes: rows of one column, id length tuned."""
     for rows in range(max(1, (size - 200) // 4), size // 4 + 1):
         for id_length in range(1, 9):
-            chunk = _spec_chunk(job_id="x" * id_length, rows=rows, cols=1)
+            chunk = _spec_chunk(job_id="x" * id_length, moduli=(P,), rows=rows, cols=1)  # one chunk: a whole share
             if chunk.ByteSize() == size:
                 return chunk.SerializeToString()
     raise AssertionError(f"no chunk of exactly {size} bytes")
@@ -416,8 +540,7 @@ async def test_concurrent_compute_streams_share_one_prepared_share(monkeypatch):
         streams = [compute(_stub(channel), [serde.round_request_to_proto("shared", k, job.weights(k))])
                    for k in range(6)]
         for k, results in enumerate(await asyncio.gather(*streams)):
-            expected = worker_compute(field_for(P), job.share, job.weights(k), job.spec.coefficients)
-            np.testing.assert_array_equal(serde.round_result_from_proto(results[0], P, 4), expected)
+            np.testing.assert_array_equal(serde.round_result_from_proto(results[0], MODULI, 4), job.expected(k))
     assert len(calls) == 1  # six streams, one float64 copy of the share (not six)
 
 
@@ -472,9 +595,13 @@ def _mpc_data() -> tuple[np.ndarray, np.ndarray]:
     return x[:60], y[:60]
 
 
+def _mpc_plan() -> Plan:
+    return Plan.case2(9, iterations=1)
+
+
 def _mpc_session(protocol: str = "bgw") -> MpcSession:
     x, y = _mpc_data()
-    return MpcSession.create(MpcPlan(protocol, 3, 1, groups=1), Plan.case2(9, iterations=1), x, y, seed=3)
+    return MpcSession.create(MpcPlan(protocol, 3, 1, groups=1), _mpc_plan(), x, y, seed=3)
 
 
 @functools.cache
@@ -486,7 +613,7 @@ def _party_spec() -> PartySpec:
 @pytest.fixture(scope="module")
 def mpc_reference() -> np.ndarray:
     x, y = _mpc_data()
-    return simulate(Plan.case2(9, iterations=1), x, y, seed=3).weights
+    return simulate(_mpc_plan(), x, y, seed=3).weights
 
 
 async def _good_mpc_job(addresses: list[str], reference: np.ndarray) -> None:
@@ -703,7 +830,8 @@ SIZES = (30, 90)
 @contextlib.asynccontextmanager
 async def _aggregation(dimension: int | None = None):
     """A WD-DP run for two parties (the first to join fixes the dimension unless given); yields (stub, rounds)."""
-    settings = RunSettings("svc", len(SIZES), 3, Budget(2.0, 1e-5), LocalSettings(l2=0.0))
+    # no server momentum: the next task's weights are then the weighted average itself
+    settings = RunSettings("svc", len(SIZES), 3, Budget(2.0, 1e-5), LocalSettings(l2=0.0), momentum=0.0)
     rounds: list = []
     coordinator = Coordinator(AggregationSession(settings, dimension), round_timeout=5.0, join_timeout=10.0,
                               on_round=rounds.append)

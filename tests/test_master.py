@@ -20,8 +20,8 @@ from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
 from cpml.master.mpc_train import make_mpc_plans
-from cpml.master.train import PLAINTEXT_WARNING, ResumeError, make_plan, train
-from cpml.protocol import DataProfile, auto_quantization, simulate
+from cpml.master.train import PLAINTEXT_WARNING, ResumeError, load_training_data, make_plan, train
+from cpml.protocol import DataProfile, auto_precision, simulate
 
 DATASET = "digits-4v9"
 
@@ -42,7 +42,8 @@ async def _workers(n, faults=None, **common):
 
 
 def _simulated(plan, seed=0):
-    data = load_dataset(DATASET, seed=seed)
+    """The in-process simulator on the data the master trains on (its default scaling and intercept)."""
+    data = load_training_data(TrainSettings(dataset=DATASET, seed=seed))
     return simulate(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test)
 
 
@@ -165,15 +166,32 @@ def test_plans_follow_the_case_presets_and_overrides():
     assert (fixed.t, fixed.lx, fixed.lw, fixed.lc) == (2, 1, 3, 4)
 
 
-def test_baseline_plans_quantize_by_the_shape_alone_under_min_max_scaling():
-    # The MPC parties are sent the sigmoid coefficients too, which carry (l_x, l_w, l_c).
+def _precision(plan):
+    return plan.residues, plan.moduli, (plan.lx, plan.lw, plan.lc)
+
+
+@pytest.mark.parametrize("scaling", ["standard", "minmax"])
+def test_default_plans_choose_residues_and_levels_by_the_shape_alone(scaling):
+    # Workers see the moduli, and the levels through the sigmoid coefficients: neither may depend on the data.
     x = load_dataset(DATASET).x_train
-    settings = TrainSettings(dataset=DATASET, protocol="bh08", iterations=4)
-    _, plan = make_mpc_plans(settings, "bh08", x)
-    for other in (np.zeros_like(x), np.random.default_rng(1).random(x.shape) ** 4):
-        assert make_mpc_plans(settings, "bh08", other)[1] == plan
-    levels = {(q.lx, q.lw, q.lc) for q in (auto_quantization(plan, DataProfile.of(v, 3)) for v in (x, x / 8))}
-    assert len(levels) > 1  # planned from the data's own norms, the levels would tell the data apart
+    others = (np.zeros_like(x), np.random.default_rng(1).random(x.shape) ** 4, 1000 * x)
+    settings = TrainSettings(dataset=DATASET, scaling=scaling)
+    assert (settings.residues, settings.lx, settings.lw, settings.lc) == (None, None, None, None)  # automatic
+    plan = make_plan(settings, 10, x)
+    assert plan.residues >= 1 and len(plan.moduli) == plan.residues
+    for other in others:
+        assert _precision(make_plan(settings, 10, other)) == _precision(plan)
+    baseline = TrainSettings(dataset=DATASET, scaling=scaling, protocol="bh08", iterations=4)
+    _, mpc_plan = make_mpc_plans(baseline, "bh08", x)
+    for other in others:
+        assert _precision(make_mpc_plans(baseline, "bh08", other)[1]) == _precision(mpc_plan)
+
+
+def test_without_a_public_bound_the_precision_would_tell_the_data_apart():
+    x = load_dataset(DATASET).x_train
+    plan = make_plan(TrainSettings(dataset=DATASET), 10, x)
+    chosen = {_precision(auto_precision(plan, DataProfile.of(v, 1))) for v in (x, 64 * x, 2**12 * x)}
+    assert len(chosen) > 1  # planned from the data's own norms: why 'none' scaling logs a warning
 
 
 def test_aggregate_is_dispatched_lazily(monkeypatch):
@@ -199,10 +217,8 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
 async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
     from helpers_cluster import small_job, stub_for, upload
 
-    from cpml.field import field_for
     from cpml.master.cluster import Cluster
     from cpml.master.rounds import ComputeStreams
-    from cpml.protocol import worker_compute
 
     job = small_job("late-job")
     async with _workers(5, faults={4: {"fault_reply_delay": 0.4}}) as servers:
@@ -210,7 +226,7 @@ async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
             async with stub_for(server.address) as stub:
                 await upload(stub, job.chunks())
         async with Cluster([s.address for s in servers]) as cluster, \
-                ComputeStreams(cluster.workers, job.job_id, job.spec.modulus, job.spec.cols, threshold=4,
+                ComputeStreams(cluster.workers, job.job_id, job.moduli, job.spec.cols, threshold=4,
                                round_timeout=5, stream_timeout=30) as streams:
             weights = {k: np.stack([job.weights(k)] * 5) for k in (0, 1)}
             first, traffic0 = await streams.run_round(0, weights[0])
@@ -218,8 +234,8 @@ async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
             await asyncio.sleep(0.6)  # the straggler's round-0 reply is now waiting in the queue
             second, traffic1 = await streams.run_round(1, weights[1])
     assert traffic1.late_replies == 1
-    expected = worker_compute(field_for(job.spec.modulus), job.share, job.weights(1), job.spec.coefficients)
-    assert len(second) == 4
+    expected = job.expected(1)
+    assert expected.shape == (2, job.spec.cols) and len(second) == 4
     for reply in second.values():
         np.testing.assert_array_equal(reply, expected)
 
@@ -232,7 +248,12 @@ async def test_workers_that_cannot_take_the_job_are_named_before_any_upload(tmp_
             await train(_settings([s.address for s in servers], tmp_path))
         assert all(s.store.used_bytes == 0 for s in servers)
     message = str(err.value)
-    assert f"worker 1 at {servers[1].address} has 1000 bytes free for a 73728-byte share" in message
+    settings = _settings([], tmp_path)
+    x = load_training_data(settings).x_train  # 288 x 65 with the intercept; K = 1 with 4 workers
+    plan = make_plan(settings, 4, x)
+    share_bytes = plan.residues * -(-len(x) // plan.k) * x.shape[1] * 4  # residues x rows x d x 4 bytes
+    assert share_bytes == 2 * 288 * 65 * 4
+    assert f"worker 1 at {servers[1].address} has 1000 bytes free for a {share_bytes}-byte share" in message
     assert f"worker 3 at {servers[3].address} accepts messages up to 4096 bytes; lower --chunk-bytes" in message
 
 

@@ -11,29 +11,29 @@ import numpy as np
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers_cluster import DEADLINE, P, compute, running_worker, small_job, stub_for, upload
+from helpers_cluster import DEADLINE, MODULI, P, compute, running_worker, small_job, stub_for, upload
 
-from cpml.field import field_for
-from cpml.protocol import worker_compute
+from cpml.field import residue_primes
 from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 
 
-def _expected(job, round_number):
-    return worker_compute(field_for(job.spec.modulus), job.share, job.weights(round_number), job.spec.coefficients)
+def _result(reply, job):
+    return serde.round_result_from_proto(reply, job.moduli, job.spec.cols)
 
 
 async def _assert_good_job_works(stub, job_id="good-job"):
     job = small_job(job_id, seed=7)
     reply = await upload(stub, job.chunks())
-    assert reply.stored_bytes == job.share.nbytes
+    assert reply.stored_bytes == job.share.nbytes == job.spec.share_bytes
     results = await compute(stub, [serde.round_request_to_proto(job_id, 0, job.weights(0))])
     assert [r.round for r in results] == [0]
-    np.testing.assert_array_equal(serde.round_result_from_proto(results[0], P, job.spec.cols), _expected(job, 0))
+    np.testing.assert_array_equal(_result(results[0], job), job.expected(0))
 
 
-async def test_upload_then_rounds_match_the_protocol_function():
-    job = small_job(rows=40, cols=5, degree=2)
+@pytest.mark.parametrize("moduli", [(P,), MODULI, residue_primes(2**31 - 1, 3)], ids=["1", "2", "3-largest"])
+async def test_upload_then_rounds_match_the_protocol_function(moduli):
+    job = small_job(rows=40, cols=5, degree=2, moduli=moduli)
     async with running_worker() as worker, stub_for(worker.address) as stub:
         await upload(stub, job.chunks(max_chunk_bytes=64))  # 3 rows per chunk: many chunks
         requests = [serde.round_request_to_proto(job.job_id, k, job.weights(k)) for k in range(3)]
@@ -46,7 +46,8 @@ async def test_upload_then_rounds_match_the_protocol_function():
         results = [r async for r in stub.Compute(paced(), timeout=DEADLINE)]
         assert [r.round for r in results] == [0, 1, 2]
         for r in results:
-            np.testing.assert_array_equal(serde.round_result_from_proto(r, P, 5), _expected(job, r.round))
+            assert (r.result.rows, r.result.cols) == (len(moduli), 5)  # one row per residue
+            np.testing.assert_array_equal(_result(r, job), job.expected(r.round))
             assert r.job_id == job.job_id and r.compute_seconds >= 0
 
 
@@ -82,9 +83,10 @@ async def test_end_job_frees_its_bytes_and_status_reports_load():
     async with running_worker(share_bytes_cap=10_000) as worker, stub_for(worker.address) as stub:
         await upload(stub, job.chunks())
         status = serde.status_from_proto(await stub.Status(pb.StatusRequest(), timeout=DEADLINE))
-        assert (status.jobs, status.share_bytes_used, status.share_bytes_cap) == (1, 96, 10_000)
+        # 6 rows x 4 columns x 4 bytes in each of the 2 residue fields
+        assert (status.jobs, status.share_bytes_used, status.share_bytes_cap) == (1, 192, 10_000)
         reply = await stub.EndJob(pb.EndJobRequest(job_id="ending"), timeout=DEADLINE)
-        assert reply.existed and reply.freed_bytes == 96
+        assert reply.existed and reply.freed_bytes == 192
         assert not (await stub.EndJob(pb.EndJobRequest(job_id="ending"), timeout=DEADLINE)).existed
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await compute(stub, _rounds(job, 0))
@@ -110,7 +112,7 @@ async def test_nothing_logged_carries_share_or_weight_values():
             await upload(stub, job.chunks())
             await compute(stub, _rounds(job, 0, 1))
             bad = small_job("bad-job").chunks()
-            bad[0].block.data = np.full(len(bad[0].block.data) // 4, P, dtype="<u4").tobytes()
+            bad[0].block.data = np.full(len(bad[0].block.data) // 4, MODULI[0], dtype="<u4").tobytes()
             bad[0].crc32 = serde.checksum(bad[0].block.data)
             with pytest.raises(grpc.aio.AioRpcError):
                 await upload(stub, bad)

@@ -150,11 +150,9 @@ def append_round(path: Path, record: RoundRecord) -> None:
 
 
 def read_rounds(path: Path, up_to: int) -> list[RoundRecord]:
-    """The logged rounds 1..up_to (a resumed run drops any logged after its checkpoint).
-
-    A last line cut short (the master died while appending it) is dropped: its round is not in the
-    checkpoint's past unless the checkpoint says so, and a resumed run logs it again.
-    """
+    """The logged rounds 1..up_to (a resumed run drops any logged after its checkpoint)."""
+    # A last line cut short (the master died while appending it) is dropped: its round is not in the
+    # checkpoint's past unless the checkpoint says so, and a resumed run logs it again.
     if not path.is_file():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]

@@ -69,11 +69,9 @@ def gradient(x: Array, y: Array, w: Array, model: str) -> Array:
 
 
 def lipschitz_learning_rate(x: Array, slope: float) -> float:
-    """1/L with L = slope * ||X||_2^2 / m: the curvature of the loss whose gradient is Xᵀ(s_hat(Xw) - y)/m.
-
-    slope is the largest derivative of the workers' polynomial s_hat (1 for linear regression, c_1 for the
-    degree-1 sigmoid fit), so this is the step of the loss CodedPrivateML actually minimises.
-    """
+    """1/L with L = slope * ||X||_2^2 / m: the curvature of the loss whose gradient is Xᵀ(s_hat(Xw) - y)/m."""
+    # slope is the largest derivative of the workers' polynomial s_hat (1 for linear regression, c_1 for the
+    # degree-1 sigmoid fit), so this is the step of the loss CodedPrivateML actually minimises.
     if not (math.isfinite(slope) and slope > 0):
         raise argument_error("slope", "be a positive finite number", slope)
     v = np.full(x.shape[1], 1.0 / np.sqrt(x.shape[1]))
@@ -113,10 +111,8 @@ def gradient_descent(
     radius: float = math.inf,
     prediction: Callable[[Array], Array] | None = None,
 ) -> Array:
-    """Projected Nesterov gradient descent from zero, the update every trainer uses; the weight trajectory.
-
-    `prediction` replaces the true sigmoid (or the identity) by another link, e.g. the workers' polynomial.
-    """
+    """Projected Nesterov gradient descent from zero, the update every trainer uses; the weight trajectory."""
+    # `prediction` replaces the true sigmoid (or the identity) by another link, e.g. the workers' polynomial.
     link = prediction or (lambda z: z if model == "linear" else sigmoid(z))
     w = previous = np.zeros(x.shape[1])
     trajectory = [w]

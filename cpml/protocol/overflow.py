@@ -122,10 +122,8 @@ def precision_ladder(model: str, level: int) -> tuple[int, int, int]:
 def auto_precision(
     plan: Plan, profile: DataProfile, residues: int | None = None, levels: dict[str, int] | None = None
 ) -> Plan:
-    """The fewest residues (or the given number) with at least MIN_DATA_BITS for the data, then the most bits.
-
-    `levels` fixes some of l_x, l_w, l_c (the others climb the ladder); then only the residues are chosen.
-    """
+    """The fewest residues (or the given number) with at least MIN_DATA_BITS for the data, then the most bits."""
+    # `levels` fixes some of l_x, l_w, l_c (the others climb the ladder); then only the residues are chosen.
     fixed = levels or {}
     rungs = [dict(zip(("lx", "lw", "lc"), precision_ladder(plan.model, level)), **fixed)
              for level in range(MAX_DATA_BITS, MIN_DATA_BITS - 1, -1)]
@@ -151,13 +149,11 @@ def auto_precision(
 
 
 def public_profile(scaling: str, m: int, d: int) -> DataProfile | None:
-    """A bound on any m x d training matrix the scaling can produce (None: 'none' scaling has no public bound).
-
-    min-max puts every entry in [0, 1]: the all-ones matrix is the worst case. Standardising makes every
-    column's squared norm m (and an intercept column of ones has the same), so ||X[:, c]|| <= sqrt(m),
-    ||X||_F <= sqrt(m d) and every row norm is at most sqrt(m d). One block of m rows bounds the sum over
-    the K partitions (Cauchy-Schwarz over k), so the profile depends on the shape alone.
-    """
+    """A bound on any m x d training matrix the scaling can produce (None: 'none' scaling has no public bound)."""
+    # min-max puts every entry in [0, 1]: the all-ones matrix is the worst case. Standardising makes every
+    # column's squared norm m (and an intercept column of ones has the same), so ||X[:, c]|| <= sqrt(m),
+    # ||X||_F <= sqrt(m d) and every row norm is at most sqrt(m d). One block of m rows bounds the sum over
+    # the K partitions (Cauchy-Schwarz over k), so the profile depends on the shape alone.
     if scaling == "minmax":
         row = math.sqrt(d)
     elif scaling == "standard":

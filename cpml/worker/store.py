@@ -98,9 +98,14 @@ class Upload:
         if missing:
             raise CorruptData(
                 f"the upload of job {self.job_id!r} ended with {missing} of {self._received.size} rows missing "
-                f"(truncated stream); upload the whole share again")
+                f"(truncated stream: {self._missing_by_residue()}); upload the whole share again")
         self._open = False
         return self._store._commit(self)
+
+    def _missing_by_residue(self) -> str:
+        """Which residues lack rows, e.g. 'residue 1 lacks 6 of its 6 rows'."""
+        return ", ".join(f"residue {residue} lacks {int(n)} of its {self.spec.rows} rows"
+                         for residue, n in enumerate((~self._received).sum(axis=1)) if n)
 
     def abort(self) -> None:
         """Give the reserved bytes back (no-op once committed or aborted)."""
@@ -136,7 +141,7 @@ class ShareStore:
             state = "stored" if job_id in self._jobs else "being uploaded"
             raise JobExists(f"job {shown(job_id)} is already {state} on this worker; end it first or use a new id")
         self._check_room(f"job {shown(job_id)}", spec.share_bytes,
-                         f"its {spec.rows}x{spec.cols} share", "(smaller shares)")
+                         f"its {spec.rows}x{spec.cols} share in {spec.residues} residue field(s)", "(smaller shares)")
         self._reserved[job_id] = spec.share_bytes
         return Upload(self, job_id, spec)
 
