@@ -1,18 +1,20 @@
 """What T colluding workers see on the wire, captured byte for byte during real training runs.
 
 `cpml.master.train` drives N real cpml-worker daemons (subprocesses on 127.0.0.1) with the default plan
-machinery (min-max scaling, automatic quantization, T = 2 so K = 2 on N = 10). A TCP proxy in front of T of
-them records every byte both ways; the capture is parsed back (HTTP/2 frames, HPACK headers, gRPC
-length-prefixed messages, protobuf) and examined:
+machinery (standard scaling with an intercept, automatic precision: several residue primes, T = 2 so K = 2 on
+N = 10). A TCP proxy in front of T of them records every byte both ways; the capture is parsed back (HTTP/2
+frames, HPACK headers, gRPC length-prefixed messages, protobuf) and examined:
 
-(a) the dataset shares the T workers hold are jointly uniform on [0, p) and do not depend on the data
-    (the same job on an all-zero dataset of the same shape is the reference);
+(a) the dataset shares the T workers hold are jointly uniform on [0, p_j) in every residue field, jointly
+    across the residues (pairs of residues of one element, and their CRT lift uniform on Z_P), and do not
+    depend on the data (the same job on an all-zero dataset of the same shape is the reference);
 (b) the same for every round's weight shares, which are also fresh from round to round;
 (c) no run of 8 consecutive quantized data values, labels, X̄ᵀy or (quantized) weights appears in the raw
     bytes, in the reassembled messages, or in what the T workers get by interpolating their shares as if
-    the masks were zero (the attack the masks defeat);
+    the masks were zero (the attack the masks defeat), in any residue field;
 (d) every message and header is of a known kind, and its fields are public parameters: identical for two
-    datasets of the same shape (this is what caught quantization levels chosen from the data's norms);
+    datasets of the same shape under standard and under min-max scaling (this is what caught quantization
+    levels chosen from the data's norms); the moduli and the coefficients in particular;
 (e) the workers' structlog output (debug level) holds none of the field elements they received or sent.
 
 The same examination of a capture made with the masks switched off (train's test-only `mask_source`) must
@@ -39,17 +41,17 @@ import structlog
 from grpc_health.v1 import health_pb2
 from scipy import stats
 
-from cpml.data import load_dataset, load_raw
-from cpml.field import PrimeField, interpolation_matrix
+from cpml.data import load_dataset, load_raw, scale
+from cpml.field import PrimeField, ResidueBasis, interpolation_matrix
 from cpml.master.cluster import Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.train import DATA_DEPENDENT_QUANTIZATION, make_plan, train, unit_range_profile
-from cpml.protocol import CodingScheme, DataProfile, Plan, auto_quantization, simulate
-from cpml.protocol.models import lipschitz_learning_rate
+from cpml.master.train import DATA_DEPENDENT_QUANTIZATION, load_training_data, make_plan, train
+from cpml.protocol import CodingScheme, DataProfile, Plan, auto_precision, public_profile, simulate
+from cpml.protocol.models import lookahead
 from cpml.protocol.quantize import quantize_data
+from cpml.protocol.run import round_weights
 from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients
-from cpml.protocol.trainer import round_weights
 from cpml.wire.generated.v1 import worker_pb2 as pb
 
 N = 10
@@ -57,11 +59,12 @@ T = 2  # Plan.for_privacy(10, 2) takes K = 2: R = 3(K+T-1)+1 = 10
 COLLUDERS = (3, 8)
 DATASET = "digits-4v9"
 ITERATIONS = 10
-CHUNK_BYTES = 8192  # several share chunks per worker, so only the first may carry the spec
+CHUNK_BYTES = 8192  # several share chunks per worker and residue, so only the first may carry the spec
 SEED = 0
 RUN = 8  # consecutive values that make a plaintext run
 UNIFORM = 1e-6  # a masked capture must not be rejected at this level (a handful of tests: ~1e-5 flakes)
 LEAK = 1e-12  # an unmasked capture must be rejected at this level
+SCALINGS = ("standard", "minmax")  # standard is the default; both give every worker a shape-only plan
 
 PATHS = {
     "/cpml.v1.Worker/UploadShare": (pb.ShareChunk, pb.UploadReply),
@@ -238,13 +241,17 @@ class WorkerView:
         return self.chunks[0].spec
 
     @property
+    def moduli(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.spec.moduli)
+
+    @property
     def share(self) -> np.ndarray:
-        """The worker's share (rows x d) assembled from the chunks it received."""
+        """The worker's share (residues x rows x d) assembled from the chunks it received."""
         spec = self.spec
-        share = np.full((spec.rows, spec.cols), -1, dtype=np.int64)
+        share = np.full((len(spec.moduli), spec.rows, spec.cols), -1, dtype=np.int64)
         for chunk in self.chunks:
             block = np.frombuffer(chunk.block.data, dtype="<u4").reshape(chunk.block.rows, chunk.block.cols)
-            share[chunk.row_offset:chunk.row_offset + chunk.block.rows] = block
+            share[chunk.residue, chunk.row_offset:chunk.row_offset + chunk.block.rows] = block
         assert (share >= 0).all(), "the chunks do not cover the share"
         return share.astype(np.uint32)
 
@@ -257,8 +264,9 @@ class WorkerView:
         return [m for c in self.of("/cpml.v1.Worker/Compute") for m in c.parsed()[1]]
 
     def weight_shares(self) -> np.ndarray:
-        """Every round's encoded weights, shape (rounds, d, r)."""
-        return np.stack([np.frombuffer(m.weights.data, dtype="<u4").reshape(m.weights.rows, m.weights.cols)
+        """Every round's encoded weights, shape (rounds, residues, d, r); the wire stacks (residues * d) x r."""
+        residues = len(self.moduli)
+        return np.stack([np.frombuffer(m.weights.data, dtype="<u4").reshape(residues, -1, m.weights.cols)
                          for m in self.rounds])
 
     def elements(self) -> np.ndarray:
@@ -285,7 +293,20 @@ def worker_view(index: int, connections: Iterable[Connection]) -> WorkerView:
     return view
 
 
+
 # --- the runs --------------------------------------------------------------------------------------------
+
+# name: (dataset, scaling, masks). Each masked run has a reference: the same job on zeros of the same shape.
+RUNS = {
+    "data": ("data", "standard", True),
+    "zeros": ("zeros", "standard", True),
+    "data-minmax": ("data", "minmax", True),
+    "zeros-minmax": ("zeros", "minmax", True),
+    "data-unmasked": ("data", "standard", False),
+    "zeros-unmasked": ("zeros", "standard", False),
+}
+PAIRS = {"standard": ("data", "zeros"), "minmax": ("data-minmax", "zeros-minmax")}  # (run, reference)
+
 
 @dataclass
 class Run:
@@ -293,7 +314,7 @@ class Run:
 
     name: str
     plan: Plan
-    x: np.ndarray  # the training split, scaled
+    x: np.ndarray  # the training split, scaled, with the intercept column
     y: np.ndarray
     trajectory: np.ndarray  # weights at the start of every round, then the final weights
     colluders: dict[int, WorkerView]
@@ -303,6 +324,12 @@ class Run:
         ids = {m.job_id for v in self.colluders.values() for m in v.chunks}
         assert len(ids) == 1
         return ids.pop()
+
+    def quantized_weights(self) -> np.ndarray:
+        """The r quantizations of every round's query point (Nesterov's look-ahead), (rounds, d, r)."""
+        plan, w = self.plan, self.trajectory
+        queries = [lookahead(w[t], w[max(t - 1, 0)], t, plan.weight_bound) for t in range(plan.iterations)]
+        return np.stack([round_weights(plan, q, SEED, t) for t, q in enumerate(queries)])
 
 
 @dataclass
@@ -319,17 +346,17 @@ def _reference_dataset(directory: Path) -> Path:
     return path
 
 
-async def _run(name: str, dataset: str, addresses: list[str], taps: dict[int, WireTap], out: Path,
-               learning_rate: float, masks: bool) -> Run:
+async def _run(name: str, dataset: str, scaling: str, addresses: list[str], taps: dict[int, WireTap], out: Path,
+               masks: bool) -> Run:
     seen = {i: len(tap.connections) for i, tap in taps.items()}
-    settings = TrainSettings(dataset=dataset, workers=tuple(addresses), insecure=True, t=T, iterations=ITERATIONS,
-                             learning_rate=learning_rate, seed=SEED, chunk_bytes=CHUNK_BYTES, out=out / name,
+    settings = TrainSettings(dataset=dataset, scaling=scaling, workers=tuple(addresses), insecure=True, t=T,
+                             iterations=ITERATIONS, seed=SEED, chunk_bytes=CHUNK_BYTES, out=out / name,
                              timeouts=Timeouts(connect=60, upload=60, round=60), progress=False)
     extra = {} if masks else {"mask_source": zero_masks}
     report = await train(settings, **extra)
     for tap in taps.values():
         await tap.settle()
-    data = load_dataset(dataset, seed=SEED)
+    data = load_training_data(settings)
     reference = simulate(report.plan, data.x_train, data.y_train, SEED)
     assert report.weights.tobytes() == reference.weights.tobytes()  # so the trajectory is the run's
     views = {i: worker_view(i, tap.connections[seen[i]:]) for i, tap in taps.items()}
@@ -337,17 +364,15 @@ async def _run(name: str, dataset: str, addresses: list[str], taps: dict[int, Wi
 
 
 async def _capture(directory: Path) -> Captures:
-    zeros = str(_reference_dataset(directory))
-    learning_rate = lipschitz_learning_rate(load_dataset(DATASET, seed=SEED).x_train, "logistic")
+    datasets = {"data": DATASET, "zeros": str(_reference_dataset(directory))}
     workdir = directory / "workers"
     async with LocalWorkers(N, workdir, 60.0, ("--log-level", "debug")) as local, \
             contextlib.AsyncExitStack() as stack:
         taps = {i: await stack.enter_async_context(WireTap(local.addresses[i])) for i in COLLUDERS}
         addresses = [taps[i].address if i in taps else a for i, a in enumerate(local.addresses)]
         runs = {}
-        for name, dataset, masks in (("data", DATASET, True), ("zeros", zeros, True),
-                                     ("data-unmasked", DATASET, False), ("zeros-unmasked", zeros, False)):
-            runs[name] = await _run(name, dataset, addresses, taps, directory, learning_rate, masks)
+        for name, (dataset, scaling, masks) in RUNS.items():
+            runs[name] = await _run(name, datasets[dataset], scaling, addresses, taps, directory, masks)
     logs = {i: [json.loads(line) for line in (workdir / f"worker-{i}.log").read_text().splitlines() if line]
             for i in COLLUDERS}
     return Captures(runs, logs)
@@ -360,56 +385,103 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Captures:
 
 # --- the examination -------------------------------------------------------------------------------------
 
-def _bins(values: np.ndarray, p: int, bins: int) -> np.ndarray:
-    return (values.astype(np.int64) * bins) // p
+def _bins(values: np.ndarray, modulus: int, bins: int) -> np.ndarray:
+    """Equal-width bin of each value in [0, modulus); Python ints when value * bins could pass 2^63."""
+    if modulus * bins < 1 << 63:
+        return (np.asarray(values).astype(np.int64) * bins) // modulus
+    return np.array([int(v) * bins // modulus for v in np.asarray(values).ravel().tolist()], dtype=np.int64)
 
 
-def uniform_p(values: np.ndarray, p: int, bins: int) -> float:
-    """Chi-square p-value that the values are uniform on [0, p) (equal-width bins)."""
-    return float(stats.chisquare(np.bincount(_bins(values, p, bins), minlength=bins)).pvalue)
+def uniform_p(values: np.ndarray, modulus: int, bins: int) -> float:
+    """Chi-square p-value that the values are uniform on [0, modulus) (equal-width bins)."""
+    return float(stats.chisquare(np.bincount(_bins(values, modulus, bins), minlength=bins)).pvalue)
 
 
-def joint_p(a: np.ndarray, b: np.ndarray, p: int, bins: int) -> float:
-    """Chi-square p-value that the pairs (a_i, b_i) are uniform on [0, p)^2 (bins x bins cells)."""
-    cells = _bins(a, p, bins) * bins + _bins(b, p, bins)
+def joint_p(a: np.ndarray, b: np.ndarray, moduli: tuple[int, int], bins: int) -> float:
+    """Chi-square p-value that the pairs (a_i, b_i) are uniform on [0, m_a) x [0, m_b) (bins x bins cells)."""
+    cells = _bins(a, moduli[0], bins) * bins + _bins(b, moduli[1], bins)
     return float(stats.chisquare(np.bincount(cells, minlength=bins * bins)).pvalue)
 
 
-def collision_p(values: np.ndarray, p: int) -> float:
-    """Birthday test: p-value of at least this many repeated values among n uniform draws from [0, p)."""
+def collision_p(values: np.ndarray, modulus: int) -> float:
+    """Birthday test: p-value of at least this many repeated values among n uniform draws from [0, modulus)."""
     n = len(values)
     repeats = n - len(np.unique(values))
-    return float(stats.poisson.sf(repeats - 1, n * (n - 1) / (2 * p)))
+    return float(stats.poisson.sf(repeats - 1, n * (n - 1) / (2 * modulus)))
 
 
-def two_sample_p(a: np.ndarray, b: np.ndarray, p: int, bins: int) -> float:
+def two_sample_p(a: np.ndarray, b: np.ndarray, modulus: int, bins: int) -> float:
     """Chi-square p-value that two samples come from the same distribution (binned contingency table)."""
-    table = np.array([np.bincount(_bins(v, p, bins), minlength=bins) for v in (a, b)])
+    table = np.array([np.bincount(_bins(v, modulus, bins), minlength=bins) for v in (a, b)])
     table = table[:, table.sum(axis=0) > 0]
     return 1.0 if table.shape[1] < 2 else float(stats.chi2_contingency(table).pvalue)
 
 
-def share_statistics(run: Run, reference: Run) -> dict[str, float]:
-    """(a): the dataset shares the colluders hold, against uniform and against the reference run's."""
-    p = run.plan.p
-    a, b = (run.colluders[i].share.ravel() for i in COLLUDERS)
-    ref = np.concatenate([reference.colluders[i].share.ravel() for i in COLLUDERS])
+def lift(basis: ResidueBasis, residues: np.ndarray) -> np.ndarray:
+    """The CRT lift of (residues, ...) elements, as values in [0, P) (int64 when P allows, else Python ints)."""
+    values = np.mod(basis.combine(residues.reshape(len(basis.moduli), -1)), basis.product)
+    return values.astype(np.int64) if basis.product < 1 << 63 else values
+
+
+@dataclass(frozen=True)
+class Bins:
+    """How finely each statistic bins: one value, pairs of values, pairs of consecutive rounds."""
+
+    single: int
+    pair: int
+    rounds: int = 0
+
+
+def field_statistics(what: str, a: np.ndarray, b: np.ndarray, reference: np.ndarray, modulus: int,
+                     bins: Bins) -> dict[str, float]:
+    """One field (a residue, or Z_P for the CRT lifts): uniform, the colluders jointly, repeats, vs reference."""
     both = np.concatenate([a, b])
-    return {"uniform": uniform_p(both, p, 64), "joint": joint_p(a, b, p, 16), "collisions": collision_p(both, p),
-            "vs reference": two_sample_p(both, ref, p, 64)}
+    return {f"{what}: uniform": uniform_p(both, modulus, bins.single),
+            f"{what}: colluders jointly": joint_p(a, b, (modulus, modulus), bins.pair),
+            f"{what}: collisions": collision_p(both, modulus),
+            f"{what}: vs reference": two_sample_p(both, reference, modulus, bins.single)}
+
+
+def residue_statistics(basis: ResidueBasis, a: np.ndarray, b: np.ndarray, ref: tuple[np.ndarray, np.ndarray],
+                       bins: Bins) -> dict[str, float]:
+    """Every residue field alone, the CRT lifts on Z_P, and pairs across residues; a, b: (residues, ...) each."""
+    flat = [v.reshape(len(basis.moduli), -1) for v in (a, b, *ref)]
+    a, b, ra, rb = flat
+    out: dict[str, float] = {}
+    for j, p in enumerate(basis.moduli):
+        out |= field_statistics(f"residue {j}", a[j], b[j], np.concatenate([ra[j], rb[j]]), p, bins)
+    lifts = [lift(basis, v) for v in flat]
+    out |= field_statistics("CRT lift", lifts[0], lifts[1], np.concatenate(lifts[2:]), basis.product, bins)
+    for j in range(1, len(basis.moduli)):
+        moduli = (basis.moduli[0], basis.moduli[j])
+        out[f"residues 0,{j} of one element"] = joint_p(np.concatenate([a[0], b[0]]), np.concatenate([a[j], b[j]]),
+                                                        moduli, bins.pair)
+        out[f"residue 0 of one colluder, {j} of the other"] = joint_p(
+            np.concatenate([a[0], b[0]]), np.concatenate([b[j], a[j]]), moduli, bins.pair)
+    return out
+
+
+def share_statistics(run: Run, reference: Run) -> dict[str, float]:
+    """(a): the dataset shares the colluders hold, in every residue and across, against uniform and the reference."""
+    a, b = (run.colluders[i].share for i in COLLUDERS)  # (residues, rows, d)
+    ref = tuple(reference.colluders[i].share for i in COLLUDERS)
+    return residue_statistics(run.plan.basis, a, b, ref, Bins(single=64, pair=16))
 
 
 def weight_statistics(run: Run, reference: Run) -> dict[str, float]:
-    """(b): every round's weight shares, against uniform, across colluders, across rounds, against the reference."""
-    p = run.plan.p
-    wa, wb = (run.colluders[i].weight_shares() for i in COLLUDERS)  # (rounds, d, r)
-    both = np.concatenate([wa.ravel(), wb.ravel()])
-    ref = np.concatenate([reference.colluders[i].weight_shares().ravel() for i in COLLUDERS])
-    now = np.concatenate([wa[:-1].ravel(), wb[:-1].ravel()])
-    then = np.concatenate([wa[1:].ravel(), wb[1:].ravel()])
-    return {"uniform": uniform_p(both, p, 16), "joint": joint_p(wa.ravel(), wb.ravel(), p, 4),
-            "next round": joint_p(now, then, p, 8), "collisions": collision_p(both, p),
-            "vs reference": two_sample_p(both, ref, p, 16)}
+    """(b): every round's weight shares as (a), plus across rounds (fresh masks) in every residue and on Z_P."""
+    basis = run.plan.basis
+    wa, wb = (run.colluders[i].weight_shares().swapaxes(0, 1) for i in COLLUDERS)  # (residues, rounds, d, r)
+    ref = tuple(reference.colluders[i].weight_shares().swapaxes(0, 1) for i in COLLUDERS)
+    out = residue_statistics(basis, wa, wb, ref, Bins(single=16, pair=4))
+    now = np.concatenate([wa[:, :-1].reshape(len(basis.moduli), -1), wb[:, :-1].reshape(len(basis.moduli), -1)],
+                         axis=1)
+    then = np.concatenate([wa[:, 1:].reshape(len(basis.moduli), -1), wb[:, 1:].reshape(len(basis.moduli), -1)],
+                          axis=1)
+    for j, p in enumerate(basis.moduli):
+        out[f"residue {j}: next round"] = joint_p(now[j], then[j], (p, p), 8)
+    out["CRT lift: next round"] = joint_p(lift(basis, now), lift(basis, then), (basis.product,) * 2, 8)
+    return out
 
 
 def _u32_runs(values: np.ndarray, p: int) -> Iterator[bytes]:
@@ -431,20 +503,27 @@ def _runs(rows: np.ndarray) -> Iterator[bytes]:
                 yield window.tobytes()
 
 
-def plaintext_needles(run: Run) -> dict[str, set[bytes]]:
-    """The runs the colluders must not see, by what they would reveal, in every layout the code uses."""
+def plaintext_needles(run: Run, moduli: tuple[int, ...]) -> dict[str, set[bytes]]:
+    """The runs the colluders must not see, by what they would reveal, in every layout the code uses.
+
+    Field elements are searched as their residues modulo each of `moduli`.
+    """
     plan = run.plan
     xbar = quantize_data(run.x, plan.lx)
-    qweights = np.stack([round_weights(plan, run.trajectory[t], SEED, t) for t in range(plan.iterations)])
+    qweights = run.quantized_weights()
     xty = xbar.astype(np.float64).T @ run.y
+
+    def elements(values: np.ndarray) -> set[bytes]:
+        return {run for p in moduli for run in _u32_runs(values, p)}
+
     return {
-        "quantized data (rows)": set(_u32_runs(xbar, plan.p)),
-        "quantized data (columns)": set(_u32_runs(xbar.T, plan.p)),
+        "quantized data (rows)": elements(xbar),
+        "quantized data (columns)": elements(xbar.T),
         "features as float64": set(_f64_runs(run.x)),
-        "labels as field elements": set(_u32_runs(run.y.astype(np.int64)[None, :], plan.p)),
+        "labels as field elements": elements(run.y.astype(np.int64)[None, :]),
         "labels as float64": set(_f64_runs(run.y[None, :])),
-        "X̄ᵀy": set(_f64_runs(xty[None, :])) | set(_u32_runs(np.rint(xty).astype(np.int64)[None, :], plan.p)),
-        "quantized weights": set(_u32_runs(qweights.transpose(0, 2, 1), plan.p)),
+        "X̄ᵀy": set(_f64_runs(xty[None, :])) | elements(np.rint(xty).astype(np.int64)[None, :]),
+        "quantized weights": elements(qweights.transpose(0, 2, 1)),
         "weights as float64": set(_f64_runs(run.trajectory)),
     }
 
@@ -453,37 +532,41 @@ def _grams(haystacks: Iterable[bytes], width: int) -> set[bytes]:
     return {h[i:i + width] for h in haystacks for i in range(len(h) - width + 1)}
 
 
-def zero_mask_decoding(run: Run) -> list[bytes]:
-    """What the colluders compute by interpolating their shares as if the masks were zero (needs T >= K)."""
+def zero_mask_decoding(run: Run) -> dict[int, list[bytes]]:
+    """Per residue field: what the colluders compute by interpolating their shares with the masks taken as 0."""
     plan = run.plan
-    scheme = CodingScheme(PrimeField(plan.p), plan.n_workers, plan.k, plan.t)
-    alphas, betas = scheme.points  # public: every party knows the points
     assert plan.k <= plan.t, "T colluders can only interpolate K + T points when T >= K"
-    known = tuple(alphas[i] for i in COLLUDERS) + betas[plan.k:]  # their shares, and the masks taken as 0
-    decoder = interpolation_matrix(scheme.field, known, betas[:plan.k]).astype(np.int64)
+    views = [run.colluders[i] for i in COLLUDERS]
+    weights = [v.weight_shares() for v in views]  # (rounds, residues, d, r)
+    found = {}
+    for j, field_j in enumerate(plan.basis.fields):
+        alphas, betas = CodingScheme(field_j, plan.n_workers, plan.k, plan.t).points  # public points
+        known = tuple(alphas[i] for i in COLLUDERS) + betas[plan.k:]  # their shares, and the masks taken as 0
+        decoder = interpolation_matrix(field_j, known, betas[:plan.k]).astype(np.int64)[:, :len(COLLUDERS)]
 
-    def decode(shares: list[np.ndarray]) -> list[bytes]:
-        stacked = np.stack([s.ravel().astype(np.int64) for s in shares])
-        parts = (decoder[:, :len(shares)] @ stacked) % plan.p  # p^2 * (K+T) stays below 2^63
-        return [part.astype("<u4").tobytes() for part in parts]
+        def decode(shares: list[np.ndarray]) -> list[bytes]:
+            stacked = np.stack([s.ravel().astype(np.int64) for s in shares])
+            parts = (decoder @ stacked) % field_j.p  # p^2 * T stays below 2^63
+            return [part.astype("<u4").tobytes() for part in parts]
 
-    found = decode([run.colluders[i].share for i in COLLUDERS])
-    weights = [run.colluders[i].weight_shares() for i in COLLUDERS]
-    for t in range(weights[0].shape[0]):
-        found += decode([w[t].T for w in weights])  # d x r on the wire; one quantization per row here
+        found[j] = decode([v.share[j] for v in views])
+        for t in range(weights[0].shape[0]):
+            found[j] += decode([w[t, j].T for w in weights])  # d x r on the wire; one quantization per row here
     return found
 
 
 def plaintext_hits(run: Run) -> dict[str, int]:
-    """(c): how many plaintext runs of each kind occur in the bytes, the messages or the zero-mask decoding."""
+    """(c): how many plaintext runs of each kind occur in the bytes, the messages or the zero-mask decodings."""
     views = run.colluders.values()
     raw = [b for v in views for b in (*v.raw_in, *v.raw_out)]
     messages = [m for v in views for c in v.calls for m in (*c.requests, *c.replies)]
-    decoded = zero_mask_decoding(run)
+    places = [("wire", raw + messages, run.plan.moduli)]
+    places += [(f"zero-mask decoding (residue {j})", decoded, (run.plan.moduli[j],))
+               for j, decoded in zero_mask_decoding(run).items()]
     hits = {}
-    for where, haystacks in (("wire", raw + messages), ("zero-mask decoding", decoded)):
+    for where, haystacks, moduli in places:
         grams = {w: _grams(haystacks, w) for w in (4 * RUN, 8 * RUN)}
-        for what, needles in plaintext_needles(run).items():
+        for what, needles in plaintext_needles(run, moduli).items():
             hits[f"{what} in {where}"] = sum(n in grams[len(n)] for n in needles)
     return hits
 
@@ -494,29 +577,38 @@ def plaintext_hits(run: Run) -> dict[str, int]:
 def test_the_tap_saw_the_whole_job(captures):
     for run in captures.runs.values():
         assert run.plan.threshold == N  # R = N: the master waits for every worker, so none skips a round
+        assert run.plan.residues >= 2  # what these tests are about: shares in several residue fields
         for view in run.colluders.values():
-            assert sum(c.block.rows for c in view.chunks) == view.spec.rows
+            assert view.moduli == run.plan.moduli
+            for j in range(run.plan.residues):
+                assert sum(c.block.rows for c in view.chunks if c.residue == j) == view.spec.rows
             assert [m.round for m in view.rounds] == list(range(ITERATIONS))
             assert [m.round for m in view.results] == list(range(ITERATIONS))
             assert {c.path for c in view.calls} == set(PATHS)
 
 
 @pytest.mark.slow
-def test_the_shares_t_workers_hold_are_uniform_and_independent_of_the_data(captures):
-    statistics = share_statistics(captures.runs["data"], captures.runs["zeros"])
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_shares_t_workers_hold_are_uniform_in_every_residue_and_independent_of_the_data(captures, scaling):
+    run, reference = PAIRS[scaling]
+    statistics = share_statistics(captures.runs[run], captures.runs[reference])
     assert min(statistics.values()) > UNIFORM, statistics
 
 
 @pytest.mark.slow
-def test_the_weight_shares_are_uniform_fresh_every_round_and_independent_of_the_data(captures):
-    statistics = weight_statistics(captures.runs["data"], captures.runs["zeros"])
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_weight_shares_are_uniform_in_every_residue_fresh_every_round_and_independent_of_the_data(
+        captures, scaling):
+    run, reference = PAIRS[scaling]
+    statistics = weight_statistics(captures.runs[run], captures.runs[reference])
     assert min(statistics.values()) > UNIFORM, statistics
 
 
 @pytest.mark.slow
-def test_no_plaintext_run_reaches_the_colluders(captures):
-    run = captures.runs["data"]
-    assert all(needles for needles in plaintext_needles(run).values())  # every search has something to find
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_no_plaintext_run_reaches_the_colluders(captures, scaling):
+    run = captures.runs[PAIRS[scaling][0]]
+    assert all(needles for needles in plaintext_needles(run, run.plan.moduli).values())  # something to find
     hits = plaintext_hits(run)
     assert not any(hits.values()), {k: v for k, v in hits.items() if v}
 
@@ -528,8 +620,9 @@ def test_without_masks_the_same_examination_finds_the_leak(captures):
     assert max(shares.values()) < LEAK, shares
     assert max(weights.values()) < LEAK, weights
     hits = plaintext_hits(run)
-    assert hits["quantized data (rows) in zero-mask decoding"] > 0
-    assert hits["quantized weights in zero-mask decoding"] > 0
+    for j in range(run.plan.residues):  # the data and the weights, in every residue field
+        assert hits[f"quantized data (rows) in zero-mask decoding (residue {j})"] > 0, hits
+        assert hits[f"quantized weights in zero-mask decoding (residue {j})"] > 0, hits
 
 
 # --- (d) metadata: public parameters only -----------------------------------------------------------------
@@ -549,72 +642,107 @@ def test_every_message_round_trips_with_no_hidden_fields(captures):
                     assert msg.SerializeToString(deterministic=True) == raw, call.path
 
 
+def check_public_fields(run: Run, view: WorkerView) -> None:
+    """Every field the worker receives is a public parameter of the plan, the shape or the job id."""
+    plan = run.plan
+    rows = math.ceil(len(run.x) / plan.k)
+    chunks = view.chunks
+    assert [_fields(c.spec) for c in chunks] == [{"moduli", "degree", "rows", "cols", "coefficients",
+                                                  "model"}] + [set()] * (len(chunks) - 1)
+    spec = view.spec
+    assert (view.moduli, spec.degree, spec.rows, spec.cols, spec.model) == (
+        plan.moduli, plan.r, rows, run.x.shape[1], plan.model)
+    expected = scaled_coefficients(model_coefficients(plan.model, plan.r, plan.sigmoid_interval),
+                                   plan.lx, plan.lw, plan.lc)
+    coefficients = np.frombuffer(spec.coefficients.data, dtype="<u4")
+    np.testing.assert_array_equal(coefficients.reshape(spec.coefficients.rows, spec.coefficients.cols),
+                                  plan.basis.residues(expected))
+    for chunk in chunks:
+        assert _fields(chunk) <= {"job_id", "spec", "residue", "row_offset", "block", "crc32"}
+        assert chunk.residue < plan.residues
+        assert chunk.crc32 == zlib.crc32(chunk.block.data)  # a function of the share bytes it guards
+    assert re.fullmatch(r"[0-9a-f]{32}", run.job_id)  # uuid4: random, says nothing about the job
+    for msg in view.rounds:
+        assert _fields(msg) <= {"job_id", "round", "weights"} and msg.job_id == run.job_id
+        assert (msg.weights.rows, msg.weights.cols) == (plan.residues * run.x.shape[1], plan.r)
+    end_requests = [m for c in view.of("/cpml.v1.Worker/EndJob") for m in c.parsed()[0]]
+    assert [(m.job_id, _fields(m)) for m in end_requests] == [(run.job_id, {"job_id"})]
+    for call in (*view.of("/cpml.v1.Worker/Status"), *view.of("/grpc.health.v1.Health/Check")):
+        assert all(_fields(m) <= {"service"} for m in call.parsed()[0])
+        assert {m.service for m in call.parsed()[0] if m.ListFields()} <= {"cpml.v1.Worker"}
+    for call in view.calls:
+        names = {name for name, _ in call.request_headers}
+        assert names <= REQUEST_HEADERS, names - REQUEST_HEADERS
+        assert dict(call.request_headers)["content-type"] == "application/grpc"
+
+
+def public_metadata(view: WorkerView) -> tuple:
+    """Everything the worker receives but the job id, the share bytes' checksums and the deadlines' time left."""
+    headers = [[h for h in c.request_headers if h[0] != "grpc-timeout"] for c in view.calls]
+    return (view.spec.SerializeToString(deterministic=True),
+            [(c.residue, c.row_offset, c.block.rows, c.block.cols) for c in view.chunks],
+            [(m.round, m.weights.rows, m.weights.cols) for m in view.rounds], headers)
+
+
 @pytest.mark.slow
-def test_the_colluders_receive_only_public_parameters(captures):
-    public = {}
-    for name in ("data", "zeros"):
-        run = captures.runs[name]
-        plan = run.plan
-        rows = math.ceil(len(run.x) / plan.k)
-        for view in run.colluders.values():
-            chunks = view.chunks
-            assert [_fields(c.spec) for c in chunks] == [{"modulus", "degree", "rows", "cols", "coefficients",
-                                                          "model"}] + [set()] * (len(chunks) - 1)
-            spec = view.spec
-            assert (spec.modulus, spec.degree, spec.rows, spec.cols, spec.model) == (
-                plan.p, plan.r, rows, run.x.shape[1], plan.model)
-            expected = scaled_coefficients(model_coefficients(plan.model, plan.r, plan.sigmoid_interval),
-                                           plan.lx, plan.lw, plan.lc)
-            coefficients = np.frombuffer(spec.coefficients.data, dtype="<u4")
-            np.testing.assert_array_equal(coefficients, PrimeField(plan.p).phi(expected))
-            for chunk in chunks:
-                assert _fields(chunk) <= {"job_id", "spec", "row_offset", "block", "crc32"}
-                assert chunk.crc32 == zlib.crc32(chunk.block.data)  # a function of the share bytes it guards
-            assert re.fullmatch(r"[0-9a-f]{32}", run.job_id)  # uuid4: random, says nothing about the job
-            for msg in view.rounds:
-                assert _fields(msg) <= {"job_id", "round", "weights"} and msg.job_id == run.job_id
-            end_requests = [m for c in view.of("/cpml.v1.Worker/EndJob") for m in c.parsed()[0]]
-            assert [(m.job_id, _fields(m)) for m in end_requests] == [(run.job_id, {"job_id"})]
-            for call in (*view.of("/cpml.v1.Worker/Status"), *view.of("/grpc.health.v1.Health/Check")):
-                assert all(_fields(m) <= {"service"} for m in call.parsed()[0])
-                assert {m.service for m in call.parsed()[0] if m.ListFields()} <= {"cpml.v1.Worker"}
-            for call in view.calls:
-                names = {name for name, _ in call.request_headers}
-                assert names <= REQUEST_HEADERS, names - REQUEST_HEADERS
-                assert dict(call.request_headers)["content-type"] == "application/grpc"
-            # Everything but the job id, the share bytes' checksum and the deadlines' remaining time.
-            headers = [[h for h in c.request_headers if h[0] != "grpc-timeout"] for c in view.calls]
-            public.setdefault(view.index, []).append(
-                (spec.SerializeToString(deterministic=True), [(c.row_offset, c.block.rows, c.block.cols)
-                                                              for c in chunks],
-                 [(m.round, m.weights.rows, m.weights.cols) for m in view.rounds], headers))
-    # Two datasets of the same shape: the colluders receive the very same metadata.
-    for index, (data, zeros) in public.items():
-        assert data == zeros, f"worker {index}: the job metadata depends on the data"
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_colluders_receive_only_public_parameters(captures, scaling):
+    data, zeros = (captures.runs[name] for name in PAIRS[scaling])
+    for index in COLLUDERS:
+        for run in (data, zeros):
+            check_public_fields(run, run.colluders[index])
+        # Two datasets of the same shape: the same moduli and coefficients (the precision), the same metadata.
+        a, b = data.colluders[index], zeros.colluders[index]
+        assert a.moduli == b.moduli, f"worker {index}: the residue moduli depend on the data"
+        assert a.spec.coefficients == b.spec.coefficients, f"worker {index}: the coefficients depend on the data"
+        assert public_metadata(a) == public_metadata(b), f"worker {index}: the job metadata depends on the data"
 
 
-def test_unit_range_profile_is_the_profile_of_a_matrix_of_ones():
-    for m, d, k in ((288, 64, 2), (7, 3, 3), (2, 5, 3), (10, 1, 10)):
-        assert unit_range_profile(m, d, k) == DataProfile.of(np.ones((m, d)), k)
+def test_public_profile_bounds_every_matrix_the_scaling_can_produce():
+    rng = np.random.default_rng(0)
+    for m, d in ((288, 64), (7, 3), (2, 5), (10, 1)):
+        spike = np.zeros((m, d))
+        spike[0] = 1e6  # one outlying row: after standardising, its entries reach sqrt(m - 1)
+        raws = (rng.normal(size=(m, d)), np.zeros((m, d)), spike, rng.integers(0, 17, (m, d)) ** 3.0)
+        assert public_profile("none", m, d) is None  # no public range: planning would need the data
+        for scaling in SCALINGS:
+            for raw in raws:
+                scaled, _, _ = scale(raw, raw[:1], scaling)
+                for x in (scaled, np.hstack([scaled, np.ones((m, 1))])):  # with and without the intercept
+                    bound, actual = public_profile(scaling, *x.shape), DataProfile.of(x, 1)
+                    assert (bound.rows, bound.d) == x.shape
+                    for name in ("max_column_norm", "frobenius", "max_row_norm"):
+                        assert getattr(actual, name)[0] <= getattr(bound, name)[0], (scaling, name, m, d)
+        # Min-max: the all-ones matrix, the worst case the range allows, attains the bound.
+        ones, bound = DataProfile.of(np.ones((m, d)), 1), public_profile("minmax", m, d)
+        for name in ("max_column_norm", "frobenius", "max_row_norm"):
+            assert getattr(ones, name)[0] == pytest.approx(getattr(bound, name)[0], rel=1e-8)
 
 
-def test_automatic_quantization_depends_on_the_shape_alone():
-    x = load_dataset(DATASET, seed=SEED).x_train
+@pytest.mark.parametrize("scaling", SCALINGS)
+def test_automatic_precision_depends_on_the_shape_alone(scaling):
+    settings = TrainSettings(dataset=DATASET, scaling=scaling, t=T, seed=SEED)
+    x = load_training_data(settings).x_train
     others = (np.zeros_like(x), np.random.default_rng(1).random(x.shape), x[::-1] ** 2)
-    plan = make_plan(TrainSettings(dataset=DATASET, t=T), N, x)
-    assert all(make_plan(TrainSettings(dataset=DATASET, t=T), N, other) == plan for other in others)
-    # Planned from the data's own norms (the protection removed), the levels, and so the coefficients the
-    # workers receive, differ between these datasets of one shape.
-    levels = {(q.lx, q.lw, q.lc) for q in (auto_quantization(plan, DataProfile.of(v, plan.k)) for v in (x, *others))}
-    assert len(levels) > 1
+    plan = make_plan(settings, N, x)
+    assert plan.residues >= 2
+    assert all(make_plan(settings, N, other) == plan for other in others)
+    # Planned from the data's own norms (the protection removed, as --scaling none must), the precision, and
+    # so the moduli and the coefficients the workers receive, differ between these datasets of one shape.
+    chosen = {(q.moduli, q.lx, q.lw, q.lc) for q in (auto_precision(plan, DataProfile.of(v, 1)) for v in (x, *others))}
+    assert len(chosen) > 1
 
 
-def test_data_dependent_quantization_is_announced():
-    x = load_dataset(DATASET, scaling="standard", seed=SEED).x_train
+def test_data_dependent_precision_is_announced():
+    x = load_training_data(TrainSettings(dataset=DATASET, scaling="none", seed=SEED)).x_train
+    levels = {"lx": 4, "lw": 6, "lc": 4}
     with structlog.testing.capture_logs() as logs:
-        make_plan(TrainSettings(dataset=DATASET, scaling="standard", t=T), N, x)
-        make_plan(TrainSettings(dataset=DATASET, scaling="standard", t=T, lx=1, lw=4, lc=5), N, x)
-    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [DATA_DEPENDENT_QUANTIZATION]
+        make_plan(TrainSettings(dataset=DATASET, scaling="none", t=T), N, x)  # everything from the data
+        make_plan(TrainSettings(dataset=DATASET, scaling="none", t=T, **levels), N, x)  # the residues still
+        make_plan(TrainSettings(dataset=DATASET, scaling="none", t=T, residues=3, **levels), N, x)  # nothing
+        for scaling in SCALINGS:  # nothing: the shape and the scaling's range
+            make_plan(TrainSettings(dataset=DATASET, scaling=scaling, t=T), N, x)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [DATA_DEPENDENT_QUANTIZATION] * 2
 
 
 # --- (e) logs ---------------------------------------------------------------------------------------------
