@@ -183,19 +183,19 @@ class Cluster:
                 if chunk is None:
                     break
                 for worker in self.workers:
-                    if worker.index not in queues or not worker.alive:
-                        continue
                     for msg in serde.share_chunks_to_wire(job_id, chunk.row_offset, chunk.shares[worker.index],
                                                           spec if first else None, max_chunk_bytes,
                                                           chunk.residue):
+                        if worker.index not in queues or not worker.alive:
+                            break  # a dropped worker's uploader drained its queue: never wait on it
                         await queues[worker.index].put(msg)
                 first = False
             finished = True
         finally:
-            for queue in queues.values():
-                if finished:
-                    await queue.put(None)  # end of share: every uploader must see it
-                else:  # encoding failed: the task group cancels the uploaders, never block on them
+            for index, queue in queues.items():
+                if finished and self.workers[index].alive:
+                    await queue.put(None)  # end of share: every live uploader must see it
+                else:  # encoding failed, or the uploader is gone: never block on it
                     with contextlib.suppress(asyncio.QueueFull):
                         queue.put_nowait(None)
 
@@ -213,18 +213,23 @@ class Cluster:
             await worker.upload_share()(requests(), timeout=self.timeouts.upload)
         except grpc.aio.AioRpcError as exc:
             worker.fail(f"share upload failed: {_describe(exc)}")
-            while await queue.get() is not None:  # keep the producer from blocking on this worker
-                pass
+            # Free the producer if it waits for room in this queue; it checks `alive` before every put. (Waiting
+            # here for the end-of-share marker could hang: gRPC's request reader may be the one to take it.)
+            while not queue.empty():
+                queue.get_nowait()
 
     async def end_job(self, job_id: str) -> None:
-        """Ask every live worker to forget the job (best effort, short deadline; dead workers are skipped)."""
+        """Ask every worker to forget the job (best effort): a dropped one may still hold its share."""
         async def end(worker: WorkerHandle) -> None:
+            # a dropped worker is often gone for good: give it a short deadline, and do not warn about it
+            timeout = self.timeouts.control if worker.alive else min(2.0, self.timeouts.control)
             try:
-                await worker.stub.EndJob(pb.EndJobRequest(job_id=job_id), timeout=self.timeouts.control)
+                await worker.stub.EndJob(pb.EndJobRequest(job_id=job_id), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
-                log.warning("end job failed", worker=worker.index, reason=_describe(exc))
+                (log.warning if worker.alive else log.debug)("end job failed", worker=worker.index,
+                                                             reason=_describe(exc))
 
-        await asyncio.gather(*(end(w) for w in self.alive))
+        await asyncio.gather(*(end(w) for w in self.workers))
 
     async def check_capacity(self, modulus: int, share_bytes: int, chunk_bytes: int) -> None:
         """Ask every worker's Status and refuse, naming each problem, workers that cannot take the job."""

@@ -347,8 +347,10 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
         save_checkpoint(checkpoint, trainer, fingerprint)  # the last finished round
         raise
     finally:
+        # On every way out (done, below R, a timeout, SIGTERM, a crash in here) the workers free the share at
+        # once, so a --resume on the same workers finds room; a worker that died just fails this call.
+        await cluster.end_job(job_id)
         structlog.contextvars.unbind_contextvars("job")
-    await cluster.end_job(job_id)
     return upload
 
 
