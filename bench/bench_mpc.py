@@ -1,7 +1,9 @@
 """CodedPrivateML against the MPC baselines of the paper (Section V, Figure 3 and Table II).
 
-One invocation runs CPML Case 1, CPML Case 2, BH08 and BGW on the same data, the same quantization
-(chosen once per dataset so that no protocol can wrap around p), the same seed and 50 iterations, for
+One invocation runs CPML Case 1, CPML Case 2, BH08 and BGW on the same data, the same precision
+(residue primes and l_x, l_w, l_c, chosen once per dataset from its shape as `cpml-master train` does, so
+that no protocol can wrap around the product of the primes; every protocol computes in every residue
+field), the same seed and 50 iterations, for
 N = 10, 20, 30, 40, 50 workers: real cpml-worker processes on 127.0.0.1 talking gRPC (the baselines'
 workers also talk to each other), started once per N and shared by the four protocols. Datasets: a
 CIFAR-shaped synthetic set (9019 train x 3073, or --dataset FILE for your own) and a GISETTE-shaped
@@ -14,6 +16,7 @@ names follow the JSON's).
     python bench/bench_mpc.py                         # the full run (hours on 2 cores; ~10 GB RAM at N=50)
     python bench/bench_mpc.py --quick --out /tmp/m.json   # small shapes to check the script
     python bench/bench_mpc.py --in-process            # the sans-I/O simulators instead of gRPC daemons
+    python bench/bench_mpc.py --quick --residues 1 --levels 2,5,6   # fix the precision (e.g. to compare costs)
 """
 
 from __future__ import annotations
@@ -32,15 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from cpml.data import load_dataset
 from cpml.logs import configure_logging
 from cpml.master.cluster import Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.mpc_train import train_mpc
 from cpml.master.settings import TrainSettings
-from cpml.master.train import train
+from cpml.master.train import choose_precision, load_training_data, train
 from cpml.mpc import MpcPlan, simulate_mpc
-from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_quantization, worker_compute
+from cpml.protocol import CodedTrainer, Plan, worker_compute
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,11 +66,15 @@ def synthetic(path: Path, rows: int, cols: int, seed: int) -> Path:
     return path
 
 
-def common_quantization(source: str, test_fraction: float, prime: int, seed: int) -> dict[str, int]:
-    """(l_x, l_w, l_c) safe for the largest row block any protocol uses (G = 3 groups, K >= 3 at N >= 10)."""
-    data = load_dataset(source, test_fraction, SCALING, seed)
-    plan = auto_quantization(Plan.case2(10, p=prime), DataProfile.of(data.x_train, GROUPS))
-    return {"lx": plan.lx, "lw": plan.lw, "lc": plan.lc}
+def common_precision(settings: TrainSettings) -> dict[str, int]:
+    """The residues and (l_x, l_w, l_c) `cpml-master train` chooses for the data (fixed ones kept).
+
+    They depend on the shape and the scaling alone (the overflow guard bounds the sum over all rows), so
+    one choice is safe for every protocol and every N.
+    """
+    data = load_training_data(settings)
+    plan = choose_precision(settings, Plan.case2(10, p=settings.prime), data.x_train)
+    return {"residues": plan.residues, "lx": plan.lx, "lw": plan.lw, "lc": plan.lc}
 
 
 def worker_cpu_seconds(pids: list[int]) -> dict[int, float]:
@@ -87,12 +93,12 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _settings(source: str, test_fraction: float, n: int, iterations: int, quantization: dict[str, int],
+def _settings(source: str, test_fraction: float, n: int, iterations: int, precision: dict[str, int | None],
               prime: int, seed: int, out: Path, workers: tuple[str, ...], case: int = 2) -> TrainSettings:
     return TrainSettings(dataset=source, test_fraction=test_fraction, scaling=SCALING, workers=workers,
                          insecure=True, local_workers=n, case=case, iterations=iterations, prime=prime,
                          seed=seed, out=out, progress=False,
-                         timeouts=Timeouts(connect=600, upload=7200, round=3600), **quantization)
+                         timeouts=Timeouts(connect=600, upload=7200, round=3600), **precision)
 
 
 async def run_networked(protocol: str, settings: TrainSettings, pids: list[int]) -> dict[str, Any]:
@@ -145,12 +151,12 @@ def _sum_kinds(workers: dict[int, dict[str, Any]], key: str) -> dict[str, int]:
 
 def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
     """The same job in one process: CPU seconds by role and the bytes of the arrays that would travel."""
-    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed)
-    n, quantization = settings.n_workers, {k: getattr(settings, k) for k in ("lx", "lw", "lc")}
+    data = load_training_data(settings)
+    n, precision = settings.n_workers, {k: getattr(settings, k) for k in ("residues", "lx", "lw", "lc")}
     began, cpu_began = time.perf_counter(), own_cpu_seconds()
     if protocol.startswith("cpml"):
         maker: Callable[..., Plan] = Plan.case1 if protocol == "cpml-case1" else Plan.case2
-        plan = maker(n, p=settings.prime, iterations=settings.iterations).with_(**quantization)
+        plan = maker(n, p=settings.prime, iterations=settings.iterations).with_(**precision)
         trainer = CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
         encode_began = time.process_time()
         shares = trainer.encode_dataset()
@@ -165,7 +171,7 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
             replies = {}
             for i in range(n):
                 started = time.process_time()
-                replies[i] = worker_compute(trainer.field, shares[i], w_shares[i], coefficients)
+                replies[i] = worker_compute(trainer.basis, shares[i], w_shares[i], coefficients)
                 comp[i] += time.process_time() - started
             sent += w_shares.nbytes
             received += sum(r.nbytes for r in replies.values())
@@ -174,7 +180,7 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
         shape = {"k": plan.k, "t": plan.t, "threshold": plan.threshold}
     else:
         mpc = MpcPlan.paper(protocol, n, GROUPS)
-        plan = Plan.for_privacy(n, mpc.t, p=settings.prime, iterations=settings.iterations).with_(**quantization)
+        plan = Plan.for_privacy(n, mpc.t, p=settings.prime, iterations=settings.iterations).with_(**precision)
         run = simulate_mpc(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
         kinds = run.traffic.bytes
         encode = run.master_seconds.get("setup", 0.0) + run.master_seconds.get("online", 0.0)
@@ -197,12 +203,14 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
 
 
 async def bench_dataset(name: str, source: str, test_fraction: float, ns: list[int], protocols: list[str],
-                        iterations: int, prime: int, seed: int, workdir: Path, in_process: bool) -> dict[str, Any]:
-    """Every protocol at every N on one dataset."""
-    quantization = common_quantization(source, test_fraction, prime, seed)
+                        iterations: int, prime: int, seed: int, workdir: Path, in_process: bool,
+                        fixed: dict[str, int | None]) -> dict[str, Any]:
+    """Every protocol at every N on one dataset, at the precision `fixed` leaves to choose automatically."""
+    probe = _settings(source, test_fraction, ns[0], iterations, fixed, prime, seed, workdir / f"{name}-precision", ())
+    precision = common_precision(probe)
     runs = []
     for n in ns:
-        settings = {p: _settings(source, test_fraction, n, iterations, quantization, prime, seed,
+        settings = {p: _settings(source, test_fraction, n, iterations, precision, prime, seed,
                                  workdir / f"{name}-{n}-{p}", (), case=1 if p == "cpml-case1" else 2)
                     for p in protocols}
         if in_process:
@@ -221,14 +229,9 @@ async def bench_dataset(name: str, source: str, test_fraction: float, ns: list[i
             run["weights_identical_to_" + protocols[0]] = bool(np.array_equal(run.pop("weights"), reference))
             _progress(f"  {run['protocol']}: {run['total_seconds']:.2f}s, {run['bytes']['total'] / 1e6:.2f} MB, "
                       f"test accuracy {run['test_accuracy']}")
-    rows, cols = _shape(source, test_fraction, seed)
-    return {"source": source, "train_rows": rows, "features": cols, "quantization": quantization, "runs": runs,
+    rows, cols = load_training_data(probe).x_train.shape
+    return {"source": source, "train_rows": rows, "features": cols, "precision": precision, "runs": runs,
             "speedups": _speedups(runs, ns)}
-
-
-def _shape(source: str, test_fraction: float, seed: int) -> tuple[int, int]:
-    data = load_dataset(source, test_fraction, SCALING, seed)
-    return data.x_train.shape
 
 
 def _speedups(runs: list[dict[str, Any]], ns: list[int]) -> dict[str, dict[str, float]]:
@@ -325,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=None, help="default 50 (quick: 3)")
     parser.add_argument("--prime", type=int, default=2**25 - 39)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--residues", type=int, default=None, help="residue primes (default: automatic)")
+    parser.add_argument("--levels", default=None, help="l_x,l_w,l_c (default: automatic)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the in-process simulators instead of gRPC daemons (no network costs)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "mpc.json")
@@ -336,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(protocols) - set(PROTOCOLS)
     if unknown:
         parser.error(f"Argument 'protocols' must name only {', '.join(PROTOCOLS)}, not {sorted(unknown)}.")
+    fixed: dict[str, int | None] = {"residues": args.residues, "lx": None, "lw": None, "lc": None}
+    if args.levels:
+        fixed.update(zip(("lx", "lw", "lc"), (int(v) for v in args.levels.split(","))))
     shapes = QUICK_SHAPES if args.quick else SHAPES
     results: dict[str, Any] = {
         "benchmark": "CodedPrivateML vs MPC baselines (paper Section V, Figure 3, Table II)",
@@ -364,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 test_fraction = test_rows / (train_rows + test_rows)
             results["datasets"][name] = asyncio.run(bench_dataset(
                 name, source, test_fraction, ns, protocols, iterations, args.prime, args.seed, workdir,
-                args.in_process))
+                args.in_process, fixed))
             if not (name == "cifar" and args.dataset):
                 results["datasets"][name]["source"] = f"synthetic ({train_rows} train + {test_rows} test) x {cols}"
             args.out.parent.mkdir(parents=True, exist_ok=True)

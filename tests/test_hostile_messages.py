@@ -550,9 +550,9 @@ def _mpc_join(job_id: str = "hostile", addresses: list[str] | None = None, **fie
     spec = _party_spec()
     request = mpc_serde.join_to_proto(job_id, spec, addresses or ["127.0.0.1:1"] * 3)
     for name, value in fields.items():
-        if name == "peers":
-            del request.peers[:]
-            request.peers.extend(value)
+        if name in ("peers", "moduli"):
+            del getattr(request, name)[:]
+            getattr(request, name).extend(value)
         else:
             setattr(request, name, value)
     return request
@@ -626,9 +626,9 @@ async def _good_mpc_job(addresses: list[str], reference: np.ndarray) -> None:
 
 def _envelope(sender: int = MASTER, receiver: int = 0, kind: Kind = Kind.WEIGHTS, round_number: int = 0,
               step: int = 0, payload: np.ndarray | None = None, job_id: str = "hostile") -> mpc_pb.MpcEnvelope:
-    rows = _party_spec().rows
-    if payload is None:
-        payload = np.full((30, 1) if kind is Kind.WEIGHTS else (rows, 1), SECRET, dtype=np.uint32)
+    rows, residues = _party_spec().rows, _party_spec().residues
+    if payload is None:  # every payload has a leading residue axis
+        payload = np.full((residues, 30, 1) if kind is Kind.WEIGHTS else (residues, rows, 1), SECRET, dtype=np.uint32)
     return mpc_serde.envelope_to_proto(job_id, Message(sender, receiver, kind, round_number, step, payload))
 
 
@@ -687,8 +687,8 @@ async def _join_same_job_twice(channel: grpc.aio.Channel, addresses: list[str]) 
 
 
 def _data_rows(first_row: int, rows: int) -> mpc_pb.MpcEnvelope:
-    d = _party_spec().d
-    return _envelope(kind=Kind.DATA, step=first_row, payload=np.full((rows, d), SECRET, dtype=np.uint32))
+    d, residues = _party_spec().d, _party_spec().residues
+    return _envelope(kind=Kind.DATA, step=first_row, payload=np.full((residues, rows, d), SECRET, dtype=np.uint32))
 
 
 _RESHARE = {"sender": 1, "kind": Kind.RESHARE}
@@ -699,11 +699,17 @@ MPC_CASES = [
     Case("join-job-id-not-utf8", lambda c, a: _raw_unary(c, "/cpml.v1.Mpc/Join", NOT_UTF8_ID), BAD_ARG,
          "not UTF-8"),
     Case("join-job-id-too-long", _join(job_id="j" * 5000), BAD_ARG, "(5000 characters) must be 1 to 128"),
-    Case("join-modulus-0", _join(modulus=0), BAD_ARG, "modulus 0 does not fit the uint32 wire format"),
-    Case("join-modulus-1", _join(modulus=1), BAD_ARG, "modulus 1 does not fit the uint32 wire format"),
-    Case("join-modulus-composite", _join(modulus=33554395), BAD_ARG, "Argument 'p' must be prime, not 33554395"),
-    Case("join-modulus-2^31-or-more", _join(modulus=2**31 + 11), BAD_ARG, "must be an odd prime below 2^31"),
-    Case("join-modulus-2^64-1", _join(modulus=U64), BAD_ARG, "does not fit the uint32 wire format"),
+    Case("join-of-cpml-0.1-single-modulus", _join(modulus=P, moduli=[]), BAD_ARG,
+         "names the single modulus 33554393 (the cpml 0.1 format)"),
+    Case("join-no-moduli", _join(moduli=[]), BAD_ARG, "declares 0 residue moduli; send 1 to 8"),
+    Case("join-moduli-duplicate", _join(moduli=[P, P]), BAD_ARG, "repeats a residue modulus"),
+    Case("join-coefficients-for-other-moduli", _join(moduli=[P]), BAD_ARG,
+         "coefficients holds 2 residue slice(s) but the job computes modulo 1 prime(s)"),
+    Case("join-modulus-0", _join(moduli=[P, 0]), BAD_ARG, "modulus 0 does not fit the uint32 wire format"),
+    Case("join-modulus-1", _join(moduli=[P, 1]), BAD_ARG, "modulus 1 does not fit the uint32 wire format"),
+    Case("join-modulus-composite", _join(moduli=[P, 33554395]), BAD_ARG, "Argument 'p' must be prime, not 33554395"),
+    Case("join-modulus-2^31-or-more", _join(moduli=[P, 2**31 + 11]), BAD_ARG, "must be an odd prime below 2^31"),
+    Case("join-modulus-2^64-1", _join(moduli=[P, U64]), BAD_ARG, "does not fit the uint32 wire format"),
     Case("join-degree-0", _join(degree=0), BAD_ARG, "sigmoid degree 0; the degree r must be between 1 and 32"),
     Case("join-degree-huge", _join(degree=U32), BAD_ARG, "the degree r must be between 1 and 32"),
     Case("join-coefficients-wrong-length", _join(degree=2), BAD_ARG, "'coefficients' must hold r+1 = 3 values"),
@@ -729,10 +735,15 @@ MPC_CASES = [
     Case("deliver-shape-near-2^32", _deliver(lambda: _raw_envelope(shape=[U32, U32])), BAD_ARG,
          "needs 73786976260478468100 (4-byte"),
     Case("deliver-rank-4", _deliver(lambda: _raw_envelope(shape=[1, 1, 1, 30])), BAD_ARG, "has rank 4"),
-    Case("deliver-values-not-below-p", _deliver(lambda: _envelope(payload=np.full((30, 1), P, dtype=np.uint32))), BAD_ARG,
+    Case("deliver-values-not-below-p", _deliver(lambda: _envelope(payload=np.full((2, 30, 1), P, dtype=np.uint32))), BAD_ARG,
          "not field elements"),
-    Case("deliver-wrong-shape-for-kind", _deliver(lambda: _envelope(payload=np.zeros((29, 1), dtype=np.uint32))), BAD_ARG,
-         "weights payload must have shape (30, 1)"),
+    Case("deliver-value-of-residue-0-in-residue-1", _deliver(lambda: _envelope(payload=np.stack(
+        [np.full((30, 1), SECRET), np.full((30, 1), Q)]).astype(np.uint32))), BAD_ARG,
+         f"value(s) >= the modulus {Q} of residue 1"),
+    Case("deliver-single-field-payload", _deliver(lambda: _envelope(payload=np.zeros((30, 1), dtype=np.uint32))), BAD_ARG,
+         "weights payload holds 30 residue slice(s) but the job computes modulo 2 prime(s)"),
+    Case("deliver-wrong-shape-for-kind", _deliver(lambda: _envelope(payload=np.zeros((2, 29, 1), dtype=np.uint32))), BAD_ARG,
+         "weights payload must have shape (2, 30, 1)"),
     Case("deliver-sender-out-of-range", _deliver(lambda: _envelope(sender=7, kind=Kind.RESHARE)), BAD_ARG,
          "does not accept reshare from sender 7"),
     Case("deliver-receiver-out-of-range", _deliver(lambda: _envelope(receiver=2**31 - 1)), BAD_ARG,

@@ -1,6 +1,6 @@
 """End to end with real cpml-worker processes on 127.0.0.1 port 0: `cpml-master train --protocol bgw|bh08`
-trains the very model `--protocol cpml` trains, and a baseline run resumes from its checkpoint
-(and refuses to resume as another protocol)."""
+trains the very model `--protocol cpml` trains at the same automatic precision (several residue primes),
+and a baseline run resumes from its checkpoint (and refuses to resume as another protocol)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["--dataset", "breast-cancer", "--workers-local", "9", "--seed", "5", "--lx", "2", "--lw", "5",
-          "--lc", "6", "--log-format", "json", "--log-level", "warning"]
+COMMON = ["--dataset", "breast-cancer", "--workers-local", "9", "--seed", "5", "--log-format", "json",
+          "--log-level", "warning"]  # the default, automatic precision
 
 
 def _train(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -29,11 +29,19 @@ def _weights(out: Path) -> list[float]:
     return json.loads((out / "model.json").read_text())["weights"]
 
 
+def _plan(out: Path) -> dict:
+    return json.loads((out / "model.json").read_text())["plan"]
+
+
 def test_baselines_train_the_same_model_as_cpml_on_real_daemons_and_resume(tmp_path):
     _train(tmp_path / "cpml", "--protocol", "cpml", "--case", "2", "--iterations", "4")
+    precision = {k: _plan(tmp_path / "cpml")[k] for k in ("p", "residues", "lx", "lw", "lc")}
+    assert precision["residues"] >= 2
     for protocol in ("bgw", "bh08"):
         run = _train(tmp_path / protocol, "--protocol", protocol, "--iterations", "4")
         assert f"{protocol.upper()} in 3 groups of 2T+1, T=1" in run.stdout
+        assert f"precision: {precision['residues']} residue primes" in run.stdout
+        assert {k: _plan(tmp_path / protocol)[k] for k in precision} == precision  # the same precision
         assert _weights(tmp_path / protocol) == _weights(tmp_path / "cpml")  # bit-identical floats
         metrics = json.loads((tmp_path / protocol / "metrics.json").read_text())
         worker_to_worker = {"bgw": ("reshare",), "bh08": ("masked", "opened", "double")}[protocol]
@@ -53,3 +61,19 @@ def test_baselines_train_the_same_model_as_cpml_on_real_daemons_and_resume(tmp_p
     assert refused.returncode == 2
     assert "Argument 'protocol' must match the checkpoint's ('bh08') to resume, not 'bgw'." in refused.stderr
 
+
+
+def test_a_baseline_reports_linear_regression_like_cpml(tmp_path):
+    linear = ["--model", "linear", "--dataset", "diabetes", "--iterations", "3"]
+    _train(tmp_path / "cpml", "--protocol", "cpml", "--case", "2", *linear)
+    run = _train(tmp_path / "bgw", "--protocol", "bgw", *linear)
+    assert _weights(tmp_path / "bgw") == _weights(tmp_path / "cpml")
+    cpml, bgw = (json.loads((tmp_path / p / "metrics.json").read_text()) for p in ("cpml", "bgw"))
+    for key in ("test_r2", "test_rmse"):  # R² and RMSE in the targets' units, round by round
+        assert [r[key] for r in bgw["rounds"]] == [r[key] for r in cpml["rounds"]]
+        assert all(r[key] is not None for r in bgw["rounds"])
+    assert bgw["rounds"][-1]["test_rmse"] > 10  # diabetes targets are in the tens to hundreds, not standardised
+    assert bgw["notes"] == cpml["notes"] and any(n.startswith("targets: ") for n in bgw["notes"])
+    model = json.loads((tmp_path / "bgw" / "model.json").read_text())
+    assert model["targets"] == json.loads((tmp_path / "cpml" / "model.json").read_text())["targets"]
+    assert next(n for n in bgw["notes"] if n.startswith("targets: ")) in run.stdout

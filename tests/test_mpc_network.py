@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from cpml.master.cluster import Cluster, Timeouts
 from cpml.master.mpc_train import MpcJobFailed, run_mpc_job
-from cpml.mpc import Kind, MpcParty, MpcPlan, MpcSession
+from cpml.mpc import MASTER, Kind, Message, MpcParty, MpcPlan, MpcSession
 from cpml.protocol import Plan, simulate
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
@@ -47,6 +47,7 @@ def data():
 async def test_networked_baseline_trains_bit_identically_to_codedprivateml(data, protocol):
     x, y = data
     plan = Plan.case2(15, iterations=3)
+    assert plan.residues >= 2  # every share, message and decoding in two prime fields
     reference = simulate(plan, x, y, seed=4)
     session = MpcSession.create(MpcPlan.paper(protocol, 15), plan, x, y, seed=4)
     async with mpc_workers(15) as addresses:
@@ -67,6 +68,34 @@ async def test_networked_baseline_trains_bit_identically_to_codedprivateml(data,
         assert by_kind["double"] == 3 * n * (n - 1)
     assert by_kind["gradient"] == 3 * n * plan.iterations
     assert report.setup["messages"] >= session.mpc.active_workers
+
+
+async def test_single_modulus_joins_and_payloads_are_refused_not_misread(data):
+    # cpml 0.1 masters sent one `modulus` and payloads without the residue axis: a worker refuses both with
+    # INVALID_ARGUMENT and says why, rather than computing in the wrong field or misreading the shapes.
+    x, y = data
+    session = MpcSession.create(MpcPlan("bgw", 3, 1, groups=1), Plan.case2(9, iterations=1), x, y, seed=1)
+    spec = session.party_spec(0)
+    async with mpc_workers(1) as addresses, grpc.aio.insecure_channel(addresses[0]) as channel:
+        stub = pb_grpc.MpcStub(channel)
+        old = mpc_serde.join_to_proto("old", spec, addresses * 3)
+        del old.moduli[:]
+        old.modulus = spec.moduli[0]
+        old.coefficients.CopyFrom(mpc_serde.tensor_to_proto(spec.coefficient_array()[0]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Join(old, timeout=DEADLINE)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "names the single modulus 33554393 (the cpml 0.1 format)" in err.value.details()
+        await stub.Join(mpc_serde.join_to_proto("new", spec, addresses * 3), timeout=DEADLINE)
+        weights = next(m for m in session.weight_messages() if m.receiver == 0)
+        one_field = mpc_serde.envelope_to_proto("new", Message(MASTER, 0, Kind.WEIGHTS, 0, 0, weights.payload[0]))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Deliver(one_field, timeout=DEADLINE)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert ("weights payload holds 30 residue slice(s) but the job computes modulo 2 prime(s) "
+                "(33554393, 33554383)") in err.value.details()
+        await stub.Deliver(mpc_serde.envelope_to_proto("new", weights), timeout=DEADLINE)  # both fields: taken
+        assert (await stub.Leave(pb.MpcLeaveRequest(job_id="new"), timeout=DEADLINE)).existed
 
 
 async def test_an_unexpected_failure_in_a_party_reaches_the_master_at_once(data, monkeypatch):

@@ -3,7 +3,8 @@
 The workers of a group talk to each other through their Mpc service; the master only sends the data
 and weight shares (Deliver) and reads each worker's gradient shares (Results). Quantization, weight
 rounding and the update are CodedPrivateML's (cpml.mpc.MpcSession), so `--protocol bgw|bh08` trains
-the same model as `--protocol cpml` on the same data, seed and quantization.
+the same model as `--protocol cpml` on the same data, seed and precision (the same residue moduli, chosen
+automatically from public facts unless --residues/--lx/--lw/--lc fix them).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class MpcJobReport:
     setup: dict[str, float]  # seconds, encode_seconds, bytes_sent, messages
     master_traffic: dict[str, dict[str, int]]
     workers: dict[int, dict[str, Any]]  # per worker: messages/bytes it sent, compute seconds
+    notes: tuple[str, ...] = ()  # how the data was read, labelled, split and scaled
 
 
 def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) -> tuple[MpcPlan, Plan]:
@@ -80,8 +82,12 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
 
 
 async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, round_timeout: float,
-                      on_round: Callable[[RoundRecord], None] | None = None) -> MpcJobReport:
-    """Run a baseline job on the cluster's first G(2T+1) workers until the session is done."""
+                      on_round: Callable[[RoundRecord], None] | None = None,
+                      target_scale: float = 1.0) -> MpcJobReport:
+    """Run a baseline job on the cluster's first G(2T+1) workers until the session is done.
+
+    target_scale turns the test RMSE of linear regression into the targets' units (their std).
+    """
     mpc, control = session.mpc, cluster.timeouts.control
     if len(cluster.alive) < mpc.active_workers:
         raise NotEnoughWorkers(f"{len(cluster.alive)} workers but {protocol_name(mpc)} needs G(2T+1) = "
@@ -97,7 +103,7 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
     try:
         await _join_all(stubs, workers, job_id, session, cluster, control)
         for w in workers:
-            readers.append(asyncio.create_task(_read_results(stubs[w.index], job_id, session.plan.p, replies)))
+            readers.append(asyncio.create_task(_read_results(stubs[w.index], job_id, session.plan.moduli, replies)))
         limit = asyncio.Semaphore(_DELIVERIES_IN_FLIGHT)
 
         async def deliver(message: Message) -> None:
@@ -107,7 +113,8 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
                                                       timeout=cluster.timeouts.upload)
 
         began = time.perf_counter()
-        rows = serde.rows_per_chunk(session.partitions.shape[2], chunk_bytes)
+        # one data message carries the rows in every residue field: residues x rows x d elements
+        rows = serde.rows_per_chunk(session.partitions.shape[2] * session.plan.residues, chunk_bytes)
         chunks = session.data_messages(rows)
         encode_seconds, sends = 0.0, []
         while True:
@@ -127,7 +134,7 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
                  seconds=round(setup["seconds"], 3))
         history = []
         while not session.done:
-            record = await _one_round(session, deliver, replies, traffic, round_timeout)
+            record = await _one_round(session, deliver, replies, traffic, round_timeout, target_scale)
             history.append(record)
             if on_round is not None:
                 on_round(record)
@@ -175,11 +182,11 @@ def protocol_name(mpc: MpcPlan) -> str:
     return mpc.protocol.upper()
 
 
-async def _read_results(stub: pb_grpc.MpcStub, job_id: str, modulus: int,
+async def _read_results(stub: pb_grpc.MpcStub, job_id: str, moduli: tuple[int, ...],
                         replies: asyncio.Queue[Message | MpcJobFailed]) -> None:
     try:
         async for envelope in stub.Results(pb.MpcResultsRequest(job_id=job_id)):
-            replies.put_nowait(mpc_serde.envelope_from_proto(envelope, modulus))
+            replies.put_nowait(mpc_serde.envelope_from_proto(envelope, moduli))
     except asyncio.CancelledError:
         raise
     except grpc.aio.AioRpcError as exc:
@@ -190,7 +197,7 @@ async def _read_results(stub: pb_grpc.MpcStub, job_id: str, modulus: int,
 
 async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
                      replies: asyncio.Queue[Message | MpcJobFailed], traffic: Traffic,
-                     round_timeout: float) -> RoundRecord:
+                     round_timeout: float, target_scale: float = 1.0) -> RoundRecord:
     began = time.perf_counter()
     round_number = session.round
     messages = session.weight_messages()
@@ -217,7 +224,9 @@ async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
                        test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
                        encode_seconds=encoded - began, send_seconds=sent_at - encoded, wait_seconds=decoded - sent_at,
                        decode_update_seconds=0.0, total_seconds=decoded - began,
-                       bytes_sent=sum(m.nbytes for m in messages), bytes_received=received, late_replies=late)
+                       bytes_sent=sum(m.nbytes for m in messages), bytes_received=received, late_replies=late,
+                       test_r2=stats.test_r2,
+                       test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale)
 
 
 async def train_baseline(settings: TrainSettings,
@@ -225,7 +234,7 @@ async def train_baseline(settings: TrainSettings,
     """`cpml-master train --protocol bgw|bh08`: the baseline run, reported like a CodedPrivateML run."""
     session, report = await train_mpc(settings, settings.protocol, on_round)
     return TrainReport(plan=session.plan, weights=session.weights.copy(), history=report.history,
-                       upload=report.setup, dropped_workers={}, out=settings.out)
+                       upload=report.setup, dropped_workers={}, out=settings.out, notes=report.notes)
 
 
 async def train_mpc(settings: TrainSettings, protocol: str,
@@ -235,7 +244,7 @@ async def train_mpc(settings: TrainSettings, protocol: str,
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     mpc, plan = make_mpc_plans(settings, protocol, data.x_train)
-    weights, start_round, history = None, 0, []
+    weights, previous, start_round, history = None, None, 0, []
     checkpoint, rounds_log = settings.out / "checkpoint.json", settings.out / ROUNDS_LOG
     if settings.resume:
         state = load_checkpoint(checkpoint, fingerprint)
@@ -244,14 +253,17 @@ async def train_mpc(settings: TrainSettings, protocol: str,
             raise ValueError(f"Argument 'protocol' must match the checkpoint's ({saved.get('protocol')!r}) to "
                              f"resume, not {protocol!r}.")
         weights, start_round = np.array(saved["weights"], dtype=np.float64), int(saved["round"])
-        restored = ("lx", "lw", "lc", "p", "learning_rate", "weight_bound", "sigmoid_interval")
+        previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)  # for the momentum
+        restored = ("lx", "lw", "lc", "p", "residues", "learning_rate", "weight_bound", "sigmoid_interval")
         plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in restored})
         history = read_rounds(rounds_log, start_round)
     rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
     session = MpcSession.create(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
-                                weights=weights, start_round=start_round)
+                                weights=weights, previous=previous, start_round=start_round)
+    plan = session.plan
     log.info("plan", protocol=protocol, n=mpc.n_workers, t=mpc.t, groups=mpc.groups, group_size=mpc.group_size,
-             r=plan.r, p=plan.p, lx=plan.lx, lw=plan.lw, lc=plan.lc, iterations=plan.iterations)
+             r=plan.r, moduli=list(plan.moduli), modulus_bits=round(plan.basis.bits, 1), lx=plan.lx, lw=plan.lw,
+             lc=plan.lc, learning_rate=plan.learning_rate, iterations=plan.iterations)
     async with contextlib.AsyncExitStack() as stack:
         if settings.embedded:
             local = await stack.enter_async_context(LocalWorkers(
@@ -278,12 +290,14 @@ async def train_mpc(settings: TrainSettings, protocol: str,
                 on_round(r)
 
         try:
-            report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round, record)
+            report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round, record,
+                                       data.target_std)
         except BaseException:
             save_checkpoint(checkpoint, session, fingerprint)  # type: ignore[arg-type]
             raise
     _write_outputs(settings.out, session, data, history, report)
-    return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers)
+    return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers,
+                                 tuple(data.notes))
 
 
 def _write_outputs(out: Path, session: MpcSession, data: Dataset, history: list[RoundRecord],
@@ -291,17 +305,22 @@ def _write_outputs(out: Path, session: MpcSession, data: Dataset, history: list[
     plan, mpc = session.plan, session.mpc
     plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
     mpc_fields = {k: getattr(mpc, k) for k in mpc.__dataclass_fields__}
+    targets = {"targets": {"mean": data.target_mean, "std": data.target_std}} if plan.model == "linear" else {}
     (out / "model.json").write_text(json.dumps({"model": plan.model, "weights": session.weights.tolist(),
-                                               "plan": plan_fields, "mpc": mpc_fields, "dataset": data.name}, indent=1))
+                                               "plan": plan_fields, "mpc": mpc_fields, "dataset": data.name,
+                                               "notes": list(data.notes), **targets}, indent=1))
     final = history[-1] if history else None
     reporting.write_metrics(out / "metrics.json", {
-        "dataset": data.name, "protocol": mpc.protocol, "mpc": mpc_fields, "plan": plan_fields,
+        "dataset": data.name, "notes": list(data.notes), "protocol": mpc.protocol, "mpc": mpc_fields,
+        "plan": plan_fields, "moduli": list(plan.moduli),
         "final": asdict(final) if final else None, "upload": report.setup, "master_traffic": report.master_traffic,
         "workers": {str(k): v for k, v in report.workers.items()}, "rounds": [asdict(r) for r in history]})
     if history:
         panels = {"loss": [r.loss for r in history]}
         if any(r.test_accuracy is not None for r in history):
             panels["test accuracy"] = [r.test_accuracy for r in history]
+        if any(r.test_r2 is not None for r in history):
+            panels["test R²"] = [r.test_r2 for r in history]
         reporting.plot_curves(out / "curves.png", [r.round for r in history], panels,
                               title=f"{data.name}: {protocol_name(mpc)} N={mpc.n_workers} T={mpc.t} G={mpc.groups}")
 

@@ -7,23 +7,29 @@ its product share to all, O(n^2) messages) or by BH08 / Damgard-Nielsen (mask wi
 [rho]_2T, open to one king, subtract [rho]_T; O(n) messages). Finally it sends its degree-2T share of
 X̄_gᵀs̄ to the master, which reconstructs from all 2T+1 shares of the group.
 
+Every value lives in several residue fields at once (cpml.field.rns), like CodedPrivateML's: each share
+and each message has a leading axis with one slice per modulus, and the party runs the protocol in every
+field side by side, with independent CSPRNG randomness per field. One message carries all residues, so
+the message counts are those of a single field and the bytes grow with the number of residues.
+
 The protocol is written as a generator that yields what it waits for; `handle` buffers messages in any
 order and resumes it, so the transport (in-process queue or gRPC) only moves messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from cpml.field import Elements, field_for, matmul_mod_centred
+from cpml.field import Elements, PrimeField, matmul_mod_centred
 from cpml.field.sampling import uniform
 from cpml.mpc.extraction import extract
 from cpml.mpc.messages import MASTER, Kind, Message
 from cpml.mpc.plan import PartySpec
-from cpml.mpc.shamir import combine, party_points, recombination_vector, share
+from cpml.mpc.shamir import combine, party_points, recombination_vector, share_residues
 from cpml.protocol.coding import MaskSource
 
 
@@ -51,25 +57,26 @@ Reduction = Generator[_Wait, dict[int, Elements], Elements]
 
 
 class DoubleSharingPool:
-    """Precomputed pairs ([rho]_T, [rho]_2T), consumed in order (every party of a group in the same order)."""
+    """Precomputed pairs ([rho]_T, [rho]_2T) along the last axis (a leading axis per residue field),
+    consumed in order (every party of a group in the same order)."""
 
     def __init__(self, rho_t: Elements, rho_2t: Elements) -> None:
         self._t, self._2t, self._used = rho_t, rho_2t, 0
 
     @property
     def remaining(self) -> int:
-        """How many double sharings are left."""
-        return self._t.size - self._used
+        """How many double sharings (per field) are left."""
+        return self._t.shape[-1] - self._used
 
     def take(self, count: int) -> tuple[Elements, Elements]:
         """The next `count` pairs; refuses to run out (the offline phase was sized for the planned rounds)."""
         if count > self.remaining:
             raise RuntimeError(
-                f"BH08 offline phase prepared {self._t.size} double sharings but {self._used + count} are "
+                f"BH08 offline phase prepared {self._t.shape[-1]} double sharings but {self._used + count} are "
                 "needed; start the job again with the number of rounds it will run."
             )
         lo, self._used = self._used, self._used + count
-        return self._t[lo : self._used], self._2t[lo : self._used]
+        return self._t[..., lo : self._used], self._2t[..., lo : self._used]
 
 
 class MpcParty:
@@ -77,11 +84,12 @@ class MpcParty:
 
     def __init__(self, spec: PartySpec, mask_source: MaskSource = uniform) -> None:
         self.spec = spec
-        self.field = field_for(spec.p)
+        self.basis = spec.basis
+        self.fields = self.basis.fields
         self._mask_source = mask_source
         self._points = party_points(spec.group_size)
-        self._recombine_2t = recombination_vector(self.field, self._points)
-        self._x: Elements = np.zeros((spec.rows, spec.d), dtype=np.uint32)
+        self._recombine_2t = np.stack([recombination_vector(field, self._points) for field in self.fields])
+        self._x: Elements = np.zeros((spec.residues, spec.rows, spec.d), dtype=np.uint32)
         self._rows_seen = np.zeros(spec.rows, dtype=bool)
         self._inbox: dict[tuple[Kind, int, int], dict[int, Elements]] = {}
         self._consumed: dict[tuple[Kind, int, int], frozenset[int]] = {}
@@ -131,74 +139,81 @@ class MpcParty:
 
     # --- the protocol ----------------------------------------------------------------------
     def _run(self) -> Program:
-        spec, field = self.spec, self.field
+        spec = self.spec
         if spec.protocol == "bh08":
             self.pool = yield from self._offline()
         yield _Wait(Kind.DATA, 0, 0, (MASTER,))
-        x = field.centred(self._x)  # converted once: the share never changes between rounds
-        self._x = np.empty((0, spec.d), dtype=np.uint32)
-        coefficients = [int(c) for c in spec.coefficients]
+        # converted once per field: the share never changes between rounds
+        x = [field.centred(part) for field, part in zip(self.fields, self._x)]
+        self._x = np.empty((spec.residues, 0, spec.d), dtype=np.uint32)
+        coefficients = spec.coefficient_array()
         while True:
             round_index = self._round
             w = (yield _Wait(Kind.WEIGHTS, round_index, 0, (MASTER,)))[MASTER]
-            z = yield from self._multiply(round_index, 0, matmul_mod_centred(field, x, field.centred(w)))
-            terms = [z[:, 0]]
+            z = yield from self._multiply(round_index, 0, self._each(_matmul, x, w))  # (residues, rows, r)
+            terms = [z[:, :, 0]]
             for step in range(1, spec.r):
-                product = field.mul(terms[-1], z[:, step])
+                product = self._each(PrimeField.mul, terms[-1], z[:, :, step])
                 terms.append((yield from self._multiply(round_index, step, product)))
-            s = np.full(spec.rows, coefficients[0], dtype=np.uint32)
-            for c, term in zip(coefficients[1:], terms):
-                s = field.add(s, field.mul(term, c))
-            gradient = matmul_mod_centred(field, x.T, field.centred(s))  # degree 2T
+            s = self._each(_polynomial, coefficients, np.stack(terms, axis=1))  # (residues, rows)
+            gradient = self._each(_transposed_matmul, x, s)  # degree 2T, (residues, d)
             self._send(MASTER, Kind.GRADIENT, round_index, 0, gradient)
             self._round = round_index + 1
             self._inbox = {key: box for key, box in self._inbox.items() if key[1] >= self._round}
             self._consumed = {key: got for key, got in self._consumed.items() if key[1] >= self._round}
 
+    def _each(self, function: Callable[..., Elements], *arrays: Sequence[npt.NDArray]) -> Elements:
+        """function(field, slice j of every argument) in each residue field, stacked along a leading axis."""
+        return np.stack([function(field, *(a[j] for a in arrays)) for j, field in enumerate(self.fields)])
+
     def _multiply(self, round_index: int, step: int, product: Elements) -> Reduction:
-        """Bring a degree-2T sharing of a product back to degree T."""
+        """Bring a degree-2T sharing of a product (in every field) back to degree T."""
         if self.spec.protocol == "bgw":
             return (yield from self._bgw_reduce(round_index, step, product))
         return (yield from self._bh08_reduce(round_index, step, product))
 
+    def _recombine(self, got: dict[int, Elements]) -> Elements:
+        """P(0) of the degree-2T sharing whose shares the group's members sent, in every field."""
+        stacked = np.stack([got[member] for member in self.spec.members], axis=1)  # (residues, n, ...)
+        return self._each(combine, self._recombine_2t, stacked)
+
     def _bgw_reduce(self, round_index: int, step: int, product: Elements) -> Reduction:
-        pieces = share(self.field, product, self.spec.t, self._points, self._mask_source)
+        pieces = share_residues(self.basis, product, self.spec.t, self._points, self._mask_source)
         for position, member in enumerate(self.spec.members):
             self._send(member, Kind.RESHARE, round_index, step, pieces[position])
         got = yield _Wait(Kind.RESHARE, round_index, step, tuple(self.spec.members))
-        stacked = np.stack([got[member] for member in self.spec.members])
-        return combine(self.field, self._recombine_2t, stacked)
+        return self._recombine(got)
 
     def _bh08_reduce(self, round_index: int, step: int, product: Elements) -> Reduction:
         assert self.pool is not None
-        rho_t, rho_2t = self.pool.take(product.size)
+        rho_t, rho_2t = self.pool.take(product[0].size)
         # Rotate the king over rounds and steps so that no party opens every product.
         king = self.spec.first + (round_index * self.spec.r + step) % self.spec.group_size
-        masked = self.field.add(product, rho_2t.reshape(product.shape))
+        masked = self._each(PrimeField.add, product, rho_2t.reshape(product.shape))
         self._send(king, Kind.MASKED, round_index, step, masked)
         if self.index == king:
             got = yield _Wait(Kind.MASKED, round_index, step, tuple(self.spec.members))
-            stacked = np.stack([got[member] for member in self.spec.members])
-            opened = combine(self.field, self._recombine_2t, stacked)
+            opened = self._recombine(got)
             for member in self.spec.members:
                 if member != self.index:
                     self._send(member, Kind.OPENED, round_index, step, opened)
         else:
             opened = (yield _Wait(Kind.OPENED, round_index, step, (king,)))[king]
-        return self.field.sub(opened, rho_t.reshape(product.shape))
+        return self._each(PrimeField.sub, opened, rho_t.reshape(product.shape))
 
     def _offline(self) -> Generator[_Wait, dict[int, Elements], DoubleSharingPool]:
-        """Each party deals [s]_T and [s]_2T of a random batch; extraction yields n-T double sharings each."""
-        spec, field = self.spec, self.field
-        secret = self._mask_source(field, (spec.offline_batch,))
-        low = share(field, secret, spec.t, self._points, self._mask_source)
-        high = share(field, secret, 2 * spec.t, self._points, self._mask_source)
+        """Each party deals [s]_T and [s]_2T of a random batch per field; extraction yields n-T double sharings each."""
+        spec = self.spec
+        secret = np.stack([self._mask_source(field, (spec.offline_batch,)) for field in self.fields])
+        low = share_residues(self.basis, secret, spec.t, self._points, self._mask_source)
+        high = share_residues(self.basis, secret, 2 * spec.t, self._points, self._mask_source)
         for position, member in enumerate(spec.members):
-            self._send(member, Kind.DOUBLE, spec.start_round, 0, np.stack([low[position], high[position]]))
+            self._send(member, Kind.DOUBLE, spec.start_round, 0, np.stack([low[position], high[position]], axis=1))
         got = yield _Wait(Kind.DOUBLE, spec.start_round, 0, tuple(spec.members))
-        dealt = np.stack([got[member] for member in spec.members])  # (n, 2, batch)
-        extracted = extract(field, spec.t, dealt)  # (n-T, 2, batch)
-        return DoubleSharingPool(extracted[:, 0, :].ravel(), extracted[:, 1, :].ravel())
+        dealt = np.stack([got[member] for member in spec.members], axis=1)  # (residues, n, 2, batch)
+        extracted = self._each(lambda field, part: extract(field, spec.t, part), dealt)  # (residues, n-T, 2, batch)
+        rho_t = extracted[:, :, 0, :].reshape(spec.residues, -1)
+        return DoubleSharingPool(rho_t, extracted[:, :, 1, :].reshape(spec.residues, -1))
 
     # --- plumbing --------------------------------------------------------------------------
     def _send(self, receiver: int, kind: Kind, round_index: int, step: int, payload: Elements) -> None:
@@ -225,10 +240,10 @@ class MpcParty:
         return all(sender in box for sender in wait.senders)
 
     def _store_rows(self, message: Message) -> None:
-        lo, rows = message.step, message.payload.shape[0]
+        lo, rows = message.step, message.payload.shape[1]
         if self._rows_seen[lo : lo + rows].any():
             raise ProtocolError(f"rows {lo}..{lo + rows - 1} of the data share arrived twice")
-        self._x[lo : lo + rows] = message.payload
+        self._x[:, lo : lo + rows] = message.payload
         self._rows_seen[lo : lo + rows] = True
 
     def check(self, message: Message) -> None:
@@ -250,25 +265,45 @@ class MpcParty:
         expected = self._expected_shape(message)
         if payload.shape != expected:
             raise ProtocolError(f"{message.kind.value} payload must have shape {expected}, not {payload.shape}")
-        if payload.size and int(payload.max()) >= self.field.p:
-            raise ProtocolError(f"{message.kind.value} payload holds values outside F_{self.field.p}")
+        for p, part in zip(spec.moduli, payload):
+            if part.size and int(part.max()) >= p:
+                raise ProtocolError(f"{message.kind.value} payload holds values outside F_{p} in that field's slice")
 
     def _expected_shape(self, message: Message) -> tuple[int, ...]:
+        """(residues, ...): every payload holds one slice per residue field."""
         spec = self.spec
         if message.kind is Kind.DATA:
-            rows = message.payload.shape[0] if message.payload.ndim == 2 else 0
+            rows = message.payload.shape[1] if message.payload.ndim == 3 else 0
             if rows < 1 or message.step < 0 or message.step + rows > spec.rows:
                 raise ProtocolError(
                     f"data rows must lie inside 0..{spec.rows - 1}, not {message.step}..{message.step + rows - 1}"
                 )
-            return (rows, spec.d)
+            return (spec.residues, rows, spec.d)
         if message.kind is Kind.WEIGHTS:
-            return (spec.d, spec.r)
+            return (spec.residues, spec.d, spec.r)
         if message.kind is Kind.DOUBLE:
-            return (2, spec.offline_batch)
+            return (spec.residues, 2, spec.offline_batch)
         if not 0 <= message.step < spec.r:
             raise ProtocolError(f"multiplication step must be between 0 and {spec.r - 1}, not {message.step}")
-        return (spec.rows, spec.r) if message.step == 0 else (spec.rows,)
+        return (spec.residues, spec.rows, spec.r) if message.step == 0 else (spec.residues, spec.rows)
+
+
+def _matmul(field: PrimeField, x: npt.NDArray[np.float64], w: Elements) -> Elements:
+    """X̄_g W̄ in one field, from the centred share of X̄_g."""
+    return matmul_mod_centred(field, x, field.centred(w))
+
+
+def _transposed_matmul(field: PrimeField, x: npt.NDArray[np.float64], s: Elements) -> Elements:
+    """X̄_gᵀ s̄ in one field, from the centred share of X̄_g."""
+    return matmul_mod_centred(field, x.T, field.centred(s))
+
+
+def _polynomial(field: PrimeField, coefficients: Elements, terms: Elements) -> Elements:
+    """c_0 + sum_i c_i terms_i in one field (terms: r x rows, the products z_1...z_i)."""
+    s = np.full(terms.shape[1], coefficients[0], dtype=np.uint32)
+    for c, term in zip(coefficients[1:], terms):
+        s = field.add(s, field.mul(term, int(c)))
+    return s
 
 
 _PROTOCOL_OF = {Kind.RESHARE: "bgw", Kind.MASKED: "bh08", Kind.OPENED: "bh08", Kind.DOUBLE: "bh08"}

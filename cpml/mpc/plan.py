@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from cpml.errors import argument_error
+from cpml.field import Elements, ResidueBasis
 
 PROTOCOLS = ("bgw", "bh08")
 
@@ -68,7 +72,7 @@ class PartySpec:
     """What one worker may know about an MPC job: public parameters only, no data, weights or masks."""
 
     protocol: str
-    p: int
+    moduli: tuple[int, ...]  # the residue primes: every share and message holds one slice per modulus
     t: int
     group_size: int
     first: int  # the worker index of the group's first member
@@ -76,7 +80,7 @@ class PartySpec:
     rows: int
     d: int
     r: int
-    coefficients: tuple[int, ...]  # field elements, lowest degree first
+    coefficients: tuple[tuple[int, ...], ...]  # per modulus: r+1 residues of the sigmoid fit, lowest degree first
     start_round: int
     rounds: int  # how many rounds the BH08 offline phase prepares double sharings for
 
@@ -87,13 +91,38 @@ class PartySpec:
             raise argument_error("group_size", f"be 2T+1 = {2 * self.t + 1}", self.group_size)
         if not 0 <= self.position < self.group_size:
             raise argument_error("position", f"be between 0 and {self.group_size - 1}", self.position)
-        if len(self.coefficients) != self.r + 1:
-            raise argument_error("coefficients", f"hold r+1 = {self.r + 1} values", len(self.coefficients))
         for name in ("rows", "d", "r"):
             if getattr(self, name) < 1:
                 raise argument_error(name, "be positive", getattr(self, name))
+        object.__setattr__(self, "moduli", tuple(int(p) for p in self.moduli))
+        basis = ResidueBasis(self.moduli)  # refuses composite, repeated or oversized moduli
+        if 2 * self.group_size >= min(basis.moduli):  # points 1..n and the BH08 extraction's 1..2n
+            raise argument_error("moduli", f"all exceed 2(2T+1) = {2 * self.group_size}", self.moduli)
+        if len(self.coefficients) != len(basis.moduli):
+            raise argument_error("coefficients", f"hold one row per modulus ({len(basis.moduli)})",
+                                 len(self.coefficients))
+        for row, p in zip(self.coefficients, basis.moduli):
+            if len(row) != self.r + 1:
+                raise argument_error("coefficients", f"hold r+1 = {self.r + 1} values", len(row))
+            if any(not 0 <= int(c) < p for c in row):
+                raise argument_error("coefficients", f"hold elements of F_{p} in the row of modulus {p}", row)
+        object.__setattr__(self, "coefficients", tuple(tuple(int(c) for c in row) for row in self.coefficients))
         if self.start_round < 0 or self.rounds < 0:
             raise argument_error("rounds", "be non-negative", (self.start_round, self.rounds))
+
+    @functools.cached_property
+    def basis(self) -> ResidueBasis:
+        """The residue number system the party computes in."""
+        return ResidueBasis(self.moduli)
+
+    @property
+    def residues(self) -> int:
+        """How many residue fields every value lives in."""
+        return len(self.moduli)
+
+    def coefficient_array(self) -> Elements:
+        """The sigmoid coefficients' residues, shape (residues, r+1) uint32."""
+        return np.array(self.coefficients, dtype=np.uint32).reshape(self.residues, self.r + 1)
 
     @property
     def index(self) -> int:
@@ -107,10 +136,10 @@ class PartySpec:
 
     @property
     def offline_batch(self) -> int:
-        """Random values each party deals in the BH08 offline phase; extraction turns them into n-T times as many."""
+        """Random values per field each party deals in the BH08 offline phase; extraction makes n-T times as many."""
         return max(1, -(-self.products_per_round * self.rounds // (self.group_size - self.t)))
 
     @property
     def products_per_round(self) -> int:
-        """Field elements multiplied per round: rows*r for z = X̄W̄, rows per product z_1...z_i (i >= 2)."""
+        """Field elements multiplied per round and field: rows*r for z = X̄W̄, rows per product z_1...z_i (i >= 2)."""
         return self.rows * (2 * self.r - 1)

@@ -3,7 +3,10 @@
 It quantizes, rounds the weights, guards against wrap-around and turns decoded blocks into a real
 gradient with the very helpers CodedTrainer uses, so a baseline trains exactly like CodedPrivateML
 does on the same data, seed and quantization; only the sharing differs (G groups of 2T+1 workers,
-each group holding degree-T Shamir shares of one block of rows).
+each group holding degree-T Shamir shares of one block of rows). Like CodedTrainer it works in every
+residue field of the plan's basis: the data and weights are shared residue by residue with fresh
+coefficients per field, each group's block is reconstructed per residue, the blocks are added per residue
+(`sum_blocks`) and the sums lifted by CRT (`gradient_from_sums`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import numpy as np
 import numpy.typing as npt
 
 from cpml.errors import argument_error
-from cpml.field import Elements, PrimeField
+from cpml.field import Elements
 from cpml.field.sampling import uniform
 from cpml.mpc.messages import MASTER, Kind, Message
 from cpml.mpc.plan import MpcPlan, PartySpec
-from cpml.mpc.shamir import party_points, reconstruct, share
+from cpml.mpc.shamir import check_residues, party_points, reconstruct_residues, share_residues
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.plan import Plan
 from cpml.protocol.run import RoundStats, TrainingRun, gradient_from_sums, prepare_data, sum_blocks
@@ -51,24 +54,17 @@ class MpcSession(TrainingRun):
         mask_source: MaskSource = uniform,
     ) -> MpcSession:
         """Quantize the data into G row blocks with CPML's quantization and check the overflow guard."""
-        if mpc.n_workers + 1 >= plan.p:
-            raise argument_error("p", f"exceed N + 1 = {mpc.n_workers + 1}", plan.p)
-        if plan.residues != 1:
-            raise argument_error("residues", "be 1 for the MPC baselines", plan.residues)
+        if 2 * mpc.group_size >= min(plan.moduli):  # Shamir points 1..n and the BH08 extraction's 1..2n
+            raise argument_error("p", f"leave every residue prime above 2(2T+1) = {2 * mpc.group_size}", plan.p)
         data = prepare_data(plan, x, y, seed, x_test, y_test, mpc.groups, weights, start_round, previous)
         return cls(mpc=mpc, seed=int(seed), round=start_round, mask_source=mask_source, **data.by_name())
-
-    @property
-    def field(self) -> PrimeField:
-        """The job's field."""
-        return self.plan.field
 
     def party_spec(self, worker: int) -> PartySpec:
         """The public parameters one active worker receives."""
         group, position = self.mpc.locate(worker)
         return PartySpec(
             protocol=self.mpc.protocol,
-            p=self.plan.p,
+            moduli=self.plan.moduli,
             t=self.mpc.t,
             group_size=self.mpc.group_size,
             first=self.mpc.members(group).start,
@@ -76,32 +72,35 @@ class MpcSession(TrainingRun):
             rows=self.partitions.shape[1],
             d=self.partitions.shape[2],
             r=self.plan.r,
-            coefficients=tuple(int(v) % self.plan.p for v in self.coefficients),
+            coefficients=tuple(tuple(int(c) for c in row) for row in self.basis.residues(self.coefficients)),
             start_round=self.round,
             rounds=self.plan.iterations - self.round,
         )
 
     def data_messages(self, rows_per_chunk: int) -> Iterator[Message]:
-        """Shamir-share each group's rows with fresh CSPRNG coefficients, chunk by chunk (step = row offset)."""
+        """Shamir-share each group's rows in every residue field with fresh CSPRNG coefficients, chunk by chunk.
+
+        Each message carries rows [step, step + rows) of the party's share in all fields: (residues, rows, d).
+        """
         if rows_per_chunk < 1:
             raise argument_error("rows_per_chunk", "be positive", rows_per_chunk)
         points = party_points(self.mpc.group_size)
         for group in range(self.mpc.groups):
             members = self.mpc.members(group)
             for lo in range(0, self.partitions.shape[1], rows_per_chunk):
-                block = self.field.phi(self.partitions[group, lo : lo + rows_per_chunk], name="x")
-                shares = share(self.field, block, self.mpc.t, points, self.mask_source)
+                block = self.basis.residues(self.partitions[group, lo : lo + rows_per_chunk])
+                shares = share_residues(self.basis, block, self.mpc.t, points, self.mask_source)
                 for position, worker in enumerate(members):
                     yield Message(MASTER, worker, Kind.DATA, self.round, lo, shares[position])
 
     def weight_messages(self) -> list[Message]:
-        """Share this round's quantized weights to every group, with fresh coefficients per group."""
+        """Share this round's quantized weights (residues, d, r) to every group: fresh coefficients per group, field."""
         wbar = self.begin_round()
-        secret = self.field.phi(wbar, name="weights")
+        secret = self.basis.residues(wbar)
         points = party_points(self.mpc.group_size)
         messages = []
         for group in range(self.mpc.groups):
-            shares = share(self.field, secret, self.mpc.t, points, self.mask_source)
+            shares = share_residues(self.basis, secret, self.mpc.t, points, self.mask_source)
             for position, worker in enumerate(self.mpc.members(group)):
                 messages.append(Message(MASTER, worker, Kind.WEIGHTS, self.round, 0, shares[position]))
         self._gradients = {}
@@ -116,26 +115,31 @@ class MpcSession(TrainingRun):
         self.mpc.locate(message.sender)
         if message.sender in self._gradients:
             raise argument_error("message", "be the first gradient share of its sender", message.sender)
-        if message.payload.shape != (self.partitions.shape[2],):
-            raise argument_error("message", f"carry {self.partitions.shape[2]} gradient values", message.payload.shape)
-        self._gradients[message.sender] = self.field.check_elements(message.payload, "gradient")
+        shape = (self.plan.residues, self.partitions.shape[2])
+        if message.payload.shape != shape:
+            raise argument_error("message", f"carry residues x d = {shape} gradient values", message.payload.shape)
+        self._gradients[message.sender] = check_residues(self.basis, message.payload, "gradient")
         if len(self._gradients) < self.mpc.active_workers:
             return None
         return self.finish_round(self.decode_gradient(self._gradients))
 
     def decode_blocks(self, shares: dict[int, Elements]) -> Elements:
-        """Reconstruct X̄_gᵀs̄ of every group from all 2T+1 of its degree-2T shares: (G, d)."""
+        """Reconstruct X̄_gᵀs̄ of every group in every field from all 2T+1 degree-2T shares: (residues, G, d)."""
         blocks = []
         for group in range(self.mpc.groups):
             members = self.mpc.members(group)
             by_point = {position + 1: shares[worker] for position, worker in enumerate(members)}
-            blocks.append(reconstruct(self.field, by_point, 2 * self.mpc.t))
-        return np.stack(blocks)
+            blocks.append(reconstruct_residues(self.basis, by_point, 2 * self.mpc.t))
+        return np.stack(blocks, axis=1)
+
+    def decode_sums(self, shares: dict[int, Elements]) -> Elements:
+        """X̄ᵀs̄ in every residue field (residues x d): the groups' blocks added per field, as CodedTrainer does."""
+        blocks = self.decode_blocks(shares)
+        return np.stack([sum_blocks(field, part) for field, part in zip(self.basis.fields, blocks)])
 
     def decode_gradient(self, shares: dict[int, Elements]) -> Array:
-        """The real gradient, converted from the decoded blocks exactly as CodedTrainer does."""
-        sums = sum_blocks(self.field, self.decode_blocks(shares))[np.newaxis]
-        return gradient_from_sums(self.plan, sums, self.xty, self.x.shape[0])
+        """The real gradient, lifted by CRT from the decoded sums exactly as CodedTrainer does."""
+        return gradient_from_sums(self.plan, self.decode_sums(shares), self.xty, self.x.shape[0])
 
     def finish_round(self, gradient: Array) -> RoundStats:
         """Take the gradient step from the query point and report the round."""

@@ -1,4 +1,9 @@
-"""Shamir secret sharing over F_p: share with a degree-T polynomial, reconstruct from any degree+1 shares."""
+"""Shamir secret sharing over F_p: share with a degree-T polynomial, reconstruct from any degree+1 shares.
+
+The baselines carry every value in several residue fields at once (cpml.field.rns), as CodedPrivateML
+does: an array of residues has a leading axis, one slice per modulus, and the `*_residues` helpers run
+the single-field operation in each field (with independent CSPRNG coefficients per field).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cpml.errors import argument_error
-from cpml.field import Elements, PrimeField, interpolation_matrix, matmul_mod_centred
+from cpml.field import Elements, PrimeField, ResidueBasis, interpolation_matrix, matmul_mod_centred
 from cpml.field.sampling import uniform
 from cpml.protocol.coding import MaskSource
 
@@ -57,6 +62,38 @@ def combine(field: PrimeField, weights: npt.NDArray[np.uint32], stacked: npt.NDA
         raise argument_error("stacked", f"hold {weights.shape[0]} arrays", stacked.shape[0])
     flat = field.centred(stacked.reshape(stacked.shape[0], -1))
     return matmul_mod_centred(field, field.centred(weights)[None, :], flat)[0].reshape(stacked.shape[1:])
+
+
+def check_residues(basis: ResidueBasis, values: npt.NDArray[np.uint32], name: str) -> Elements:
+    """Refuse an array (residues, ...) whose slice j is not made of elements of F_(p_j)."""
+    if values.ndim < 1 or values.shape[0] != len(basis.moduli):
+        raise argument_error(name, f"have a leading axis of {len(basis.moduli)} residues", values.shape)
+    for field, part in zip(basis.fields, values):
+        field.check_elements(part, name)
+    return values
+
+
+def share_residues(
+    basis: ResidueBasis,
+    secret: npt.NDArray[np.uint32],
+    degree: int,
+    points: tuple[int, ...],
+    coefficient_source: MaskSource = uniform,
+) -> Elements:
+    """Shamir-share residues (residues, *shape) in every field, fresh coefficients per field: (n, residues, *shape)."""
+    check_residues(basis, secret, "secret")
+    per_field = [share(field, part, degree, points, coefficient_source) for field, part in zip(basis.fields, secret)]
+    return np.stack(per_field, axis=1)
+
+
+def reconstruct_residues(
+    basis: ResidueBasis, shares: Mapping[int, npt.NDArray[np.uint32]], degree: int
+) -> Elements:
+    """Interpolate P(0) in every field from the first degree+1 shares (point -> (residues, ...)): (residues, ...)."""
+    return np.stack([
+        reconstruct(field, {x: check_residues(basis, s, "share")[j] for x, s in shares.items()}, degree)
+        for j, field in enumerate(basis.fields)
+    ])
 
 
 def _vandermonde(field: PrimeField, points: tuple[int, ...], degree: int) -> npt.NDArray[np.float64]:

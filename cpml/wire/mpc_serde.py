@@ -1,12 +1,26 @@
-"""Paired x_to_proto / x_from_proto for the MPC baselines' wire contract (proto/cpml/v1/mpc.proto)."""
+"""Paired x_to_proto / x_from_proto for the MPC baselines' wire contract (proto/cpml/v1/mpc.proto).
+
+A job computes in several residue fields at once: the Join declares the moduli, and every payload (and
+the coefficients) has a leading axis with one slice per modulus, each checked against its own prime.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from cpml.field import MAX_RESIDUES, field_for
+from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.mpc import Kind, Message, PartySpec
 from cpml.wire.generated.v1 import mpc_pb2 as pb
-from cpml.wire.serde import MAX_WIRE_MODULUS, CorruptData, MalformedMessage, checksum, pack_elements, unpack_elements
+from cpml.wire.serde import (
+    MAX_WIRE_MODULUS,
+    CorruptData,
+    MalformedMessage,
+    checksum,
+    pack_elements,
+    unpack_elements,
+    unpack_residues,
+)
 
 _KIND_TO_WIRE = {kind: getattr(pb, f"MPC_KIND_{kind.name}") for kind in Kind}
 _KIND_FROM_WIRE = {value: kind for kind, value in _KIND_TO_WIRE.items()}
@@ -18,34 +32,65 @@ def tensor_to_proto(values: np.ndarray) -> pb.MpcTensor:
     return pb.MpcTensor(shape=list(values.shape), data=pack_elements(values))
 
 
-def tensor_from_proto(msg: pb.MpcTensor, modulus: int, what: str) -> np.ndarray:
-    """The tensor's elements, refusing wrong sizes and values >= modulus."""
-    if len(msg.shape) > _MAX_RANK:
-        raise MalformedMessage(f"{what} has rank {len(msg.shape)}; MPC payloads have rank at most {_MAX_RANK}")
-    return unpack_elements(msg.data, tuple(int(s) for s in msg.shape), modulus, what)
+def tensor_from_proto(msg: pb.MpcTensor, moduli: tuple[int, ...], what: str) -> np.ndarray:
+    """The tensor's elements (residues, ...), refusing wrong sizes, a wrong residue axis and values >= each modulus."""
+    if not 1 <= len(msg.shape) <= _MAX_RANK:
+        raise MalformedMessage(f"{what} has rank {len(msg.shape)}; MPC payloads have rank 1 to {_MAX_RANK} "
+                               f"(a leading residue axis first)")
+    shape = tuple(int(s) for s in msg.shape)
+    if shape[0] != len(moduli):
+        unpack_elements(msg.data, shape, max(moduli), what)  # bytes that do not fit the shape are reported first
+        raise MalformedMessage(
+            f"{what} holds {shape[0]} residue slice(s) but the job computes modulo {len(moduli)} prime(s) "
+            f"({', '.join(map(str, moduli))}); the sender does not use the job's residue moduli")
+    return unpack_residues(msg.data, shape, moduli, what)
 
 
 def join_to_proto(job_id: str, spec: PartySpec, peers: list[str]) -> pb.MpcJoinRequest:
     """The master's request that a worker take its part in a job."""
     return pb.MpcJoinRequest(
-        job_id=job_id, protocol=spec.protocol, modulus=spec.p, t=spec.t, first=spec.first, position=spec.position,
-        rows=spec.rows, cols=spec.d, degree=spec.r,
-        coefficients=tensor_to_proto(np.array(spec.coefficients, dtype=np.uint32)),
+        job_id=job_id, protocol=spec.protocol, moduli=list(spec.moduli), t=spec.t, first=spec.first,
+        position=spec.position, rows=spec.rows, cols=spec.d, degree=spec.r,
+        coefficients=tensor_to_proto(spec.coefficient_array()),
         start_round=spec.start_round, rounds=spec.rounds, peers=peers)
+
+
+def moduli_from_proto(msg: pb.MpcJoinRequest) -> tuple[int, ...]:
+    """The Join's residue moduli; refuses the single-modulus format and primes a worker cannot compute over."""
+    if msg.modulus:
+        raise MalformedMessage(
+            f"Join request names the single modulus {msg.modulus} (the cpml 0.1 format); this worker computes the "
+            f"baselines in several residue fields and needs the list `moduli`: upgrade the master to the "
+            f"worker's version")
+    moduli = tuple(int(m) for m in msg.moduli)
+    if not 1 <= len(moduli) <= MAX_RESIDUES:
+        raise MalformedMessage(f"Join request declares {len(moduli)} residue moduli; send 1 to {MAX_RESIDUES}")
+    if len(set(moduli)) != len(moduli):
+        raise MalformedMessage(f"Join request repeats a residue modulus ({', '.join(map(str, moduli))}); the "
+                               f"moduli must be distinct primes")
+    for modulus in moduli:
+        if not 3 <= modulus < MAX_WIRE_MODULUS:
+            raise MalformedMessage(f"Join request modulus {modulus} does not fit the uint32 wire format")
+        try:
+            field_for(modulus)
+        except ValueError as exc:
+            raise MalformedMessage(f"modulus {modulus} is not supported: {exc} This worker computes over primes "
+                                   f"below 2^{MAX_PRIME_BITS}") from None
+    return moduli
 
 
 def join_from_proto(msg: pb.MpcJoinRequest) -> tuple[PartySpec, list[str]]:
     """The party's spec and its group's peer addresses; refuses anything inconsistent."""
     if not msg.job_id:
         raise MalformedMessage("Join request has no job_id; name the job")
-    if not 3 <= msg.modulus < MAX_WIRE_MODULUS:
-        raise MalformedMessage(f"Join request modulus {msg.modulus} does not fit the uint32 wire format")
-    coefficients = tensor_from_proto(msg.coefficients, msg.modulus, "coefficients")
+    moduli = moduli_from_proto(msg)
+    coefficients = tensor_from_proto(msg.coefficients, moduli, "coefficients")
     try:
         spec = PartySpec(
-            protocol=msg.protocol, p=int(msg.modulus), t=msg.t, group_size=len(msg.peers), first=msg.first,
+            protocol=msg.protocol, moduli=moduli, t=msg.t, group_size=len(msg.peers), first=msg.first,
             position=msg.position, rows=msg.rows, d=msg.cols, r=msg.degree,
-            coefficients=tuple(int(c) for c in coefficients.ravel()), start_round=msg.start_round, rounds=msg.rounds)
+            coefficients=tuple(tuple(int(c) for c in row) for row in coefficients.reshape(len(moduli), -1)),
+            start_round=msg.start_round, rounds=msg.rounds)
     except ValueError as exc:
         raise MalformedMessage(f"Join request is inconsistent: {exc}") from exc
     return spec, list(msg.peers)
@@ -59,12 +104,12 @@ def envelope_to_proto(job_id: str, message: Message) -> pb.MpcEnvelope:
                           payload=payload, crc32=checksum(payload.data))
 
 
-def envelope_from_proto(msg: pb.MpcEnvelope, modulus: int) -> Message:
-    """The protocol message, after checking its kind, checksum and elements."""
+def envelope_from_proto(msg: pb.MpcEnvelope, moduli: tuple[int, ...]) -> Message:
+    """The protocol message, after checking its kind, checksum, residue axis and elements."""
     kind = _KIND_FROM_WIRE.get(msg.kind)
     if kind is None:
         raise MalformedMessage(f"envelope kind {msg.kind} is not a known MPC message kind")
     if checksum(msg.payload.data) != msg.crc32:
         raise CorruptData(f"{kind.value} payload from {msg.sender} failed its CRC-32 check; resend it")
-    payload = tensor_from_proto(msg.payload, modulus, f"{kind.value} payload")
+    payload = tensor_from_proto(msg.payload, moduli, f"{kind.value} payload")
     return Message(msg.sender, msg.receiver, kind, msg.round, msg.step, payload)

@@ -6,9 +6,13 @@ task each (so a handler never waits on a peer that is waiting on it), to the mas
 Results stream. Whatever stops a job (a refusing peer, a message that breaks the protocol, a bug) fails it
 at once: Results ends with ABORTED and every later Deliver gets FAILED_PRECONDITION, both with the reason.
 
-What a job can hold is bounded before it is created: a Join's party (its share, products and BH08 pool) is
-counted against --share-bytes-cap, and Deliver refuses what the party would otherwise buffer without end
-(a message it already has, or one for a round more than one ahead); late messages are dropped unqueued.
+A job computes in the residue fields its Join declares (every payload holds one slice per modulus); a Join
+in the single-modulus format of cpml 0.1 is refused with INVALID_ARGUMENT rather than misread.
+
+What a job can hold is bounded before it is created: a Join's party (its share, products and BH08 pool, in
+every residue field) is counted against --share-bytes-cap, and Deliver refuses what the party would
+otherwise buffer without end (a message it already has, or one for a round more than one ahead); late
+messages are dropped unqueued.
 """
 
 from __future__ import annotations
@@ -27,8 +31,6 @@ import numpy as np
 import structlog
 
 import cpml.mpc
-from cpml.field import field_for
-from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.mpc import MASTER, Kind, Message, MpcParty, PartySpec, ProtocolError, Traffic
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
@@ -67,11 +69,11 @@ class RoundTooFarAhead(Exception):
 
 
 def party_bytes(spec: PartySpec) -> int:
-    """Bytes a party takes: its share (uint32, then float64), products, BH08 pool and its plumbing."""
+    """Bytes a party takes: its share (uint32, then float64), products, BH08 pool (all per residue), plumbing."""
     data = 12 * spec.rows * spec.d
     products = 16 * spec.group_size * spec.rows * spec.r  # pieces sent and received, two rounds in flight
     pool = 32 * spec.group_size * spec.offline_batch if spec.protocol == "bh08" else 0
-    return data + products + pool + PARTY_OVERHEAD_BYTES * spec.group_size
+    return spec.residues * (data + products + pool) + PARTY_OVERHEAD_BYTES * spec.group_size
 
 
 @dataclass
@@ -108,7 +110,7 @@ class MpcJob:
         """Record a checked message; False for a late one (dropped), raise for one the party must not buffer."""
         party = self.party
         if message.kind is Kind.DATA:
-            rows = slice(message.step, message.step + message.payload.shape[0])
+            rows = slice(message.step, message.step + message.payload.shape[1])  # (residues, rows, d)
             if self.rows_seen[rows].any():
                 raise DuplicateMessage(
                     f"rows {rows.start}..{rows.stop - 1} of the data share of MPC job {self.job_id!r} were already "
@@ -187,13 +189,13 @@ class MpcService(pb_grpc.MpcServicer):
             job.tasks.append(asyncio.create_task(self._send_to_peer(job, worker, stub)))
         job.tasks.append(asyncio.create_task(self._process(job)))
         log.info("mpc job joined", job=job.job_id, protocol=spec.protocol, worker=spec.index,
-                 group_size=spec.group_size, rows=spec.rows, cols=spec.d)
+                 group_size=spec.group_size, rows=spec.rows, cols=spec.d, residues=spec.residues)
         return pb.MpcJoinReply(job_id=job.job_id)
 
     async def Deliver(self, request: pb.MpcEnvelope, context: grpc.aio.ServicerContext) -> pb.MpcDeliverReply:
         job = await self._job(request.job_id, context)
         try:
-            message = mpc_serde.envelope_from_proto(request, job.party.spec.p)
+            message = mpc_serde.envelope_from_proto(request, job.party.spec.moduli)
             job.party.check(message)
             if message.sender == message.receiver:
                 raise ProtocolError(f"a message from worker {message.sender} to itself arrived over the network; "
@@ -374,12 +376,7 @@ def _party_refusal(exc: Exception) -> bool:
 
 
 def _check_party(spec: PartySpec, peers: list[str]) -> None:
-    """Refuse what the wire format allows but a worker cannot serve: primes, sizes, indices, addresses."""
-    try:
-        field_for(spec.p)
-    except ValueError as exc:
-        raise MalformedMessage(f"modulus {spec.p} is not supported: {exc} This worker computes over primes below "
-                               f"2^{MAX_PRIME_BITS}") from None
+    """Refuse what the wire format allows but a worker cannot serve: sizes, indices, addresses (primes: serde)."""
     if spec.group_size > MAX_GROUP_SIZE:
         raise MalformedMessage(f"Join request names a group of {spec.group_size} workers (T = {spec.t}); groups "
                                f"have at most {MAX_GROUP_SIZE} members")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63pml/v1/mpc.proto\x12\x07\x63pml.v1\"(\n\tMpcTensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\xf9\x01\n\x0eMpcJoinRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0f\n\x07modulus\x18\x03 \x01(\x04\x12\t\n\x01t\x18\x04 \x01(\r\x12\r\n\x05\x66irst\x18\x05 \x01(\r\x12\x10\n\x08position\x18\x06 \x01(\r\x12\x0c\n\x04rows\x18\x07 \x01(\r\x12\x0c\n\x04\x63ols\x18\x08 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\t \x01(\r\x12(\n\x0c\x63oefficients\x18\n \x01(\x0b\x32\x12.cpml.v1.MpcTensor\x12\x13\n\x0bstart_round\x18\x0b \x01(\r\x12\x0e\n\x06rounds\x18\x0c \x01(\r\x12\r\n\x05peers\x18\r \x03(\t\"\x1e\n\x0cMpcJoinReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb0\x01\n\x0bMpcEnvelope\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\x11\x12\x10\n\x08receiver\x18\x03 \x01(\x11\x12\x1e\n\x04kind\x18\x04 \x01(\x0e\x32\x10.cpml.v1.MpcKind\x12\r\n\x05round\x18\x05 \x01(\r\x12\x0c\n\x04step\x18\x06 \x01(\r\x12#\n\x07payload\x18\x07 \x01(\x0b\x32\x12.cpml.v1.MpcTensor\x12\r\n\x05\x63rc32\x18\x08 \x01(\x07\"\x11\n\x0fMpcDeliverReply\"#\n\x11MpcResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fMpcLeaveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xd5\x02\n\rMpcLeaveReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x15\n\rmessages_sent\x18\x02 \x01(\x04\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\x44\n\x10messages_by_kind\x18\x05 \x03(\x0b\x32*.cpml.v1.MpcLeaveReply.MessagesByKindEntry\x12>\n\rbytes_by_kind\x18\x06 \x03(\x0b\x32\'.cpml.v1.MpcLeaveReply.BytesByKindEntry\x1a\x35\n\x13MessagesByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10\x42ytesByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xb8\x01\n\x07MpcKind\x12\x18\n\x14MPC_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rMPC_KIND_DATA\x10\x01\x12\x14\n\x10MPC_KIND_WEIGHTS\x10\x02\x12\x13\n\x0fMPC_KIND_DOUBLE\x10\x03\x12\x14\n\x10MPC_KIND_RESHARE\x10\x04\x12\x13\n\x0fMPC_KIND_MASKED\x10\x05\x12\x13\n\x0fMPC_KIND_OPENED\x10\x06\x12\x15\n\x11MPC_KIND_GRADIENT\x10\x07\x32\xf2\x01\n\x03Mpc\x12\x36\n\x04Join\x12\x17.cpml.v1.MpcJoinRequest\x1a\x15.cpml.v1.MpcJoinReply\x12\x39\n\x07\x44\x65liver\x12\x14.cpml.v1.MpcEnvelope\x1a\x18.cpml.v1.MpcDeliverReply\x12=\n\x07Results\x12\x1a.cpml.v1.MpcResultsRequest\x1a\x14.cpml.v1.MpcEnvelope0\x01\x12\x39\n\x05Leave\x12\x18.cpml.v1.MpcLeaveRequest\x1a\x16.cpml.v1.MpcLeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11\x63pml/v1/mpc.proto\x12\x07\x63pml.v1\"(\n\tMpcTensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x89\x02\n\x0eMpcJoinRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\t\x12\x0f\n\x07modulus\x18\x03 \x01(\x04\x12\t\n\x01t\x18\x04 \x01(\r\x12\r\n\x05\x66irst\x18\x05 \x01(\r\x12\x10\n\x08position\x18\x06 \x01(\r\x12\x0c\n\x04rows\x18\x07 \x01(\r\x12\x0c\n\x04\x63ols\x18\x08 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\t \x01(\r\x12(\n\x0c\x63oefficients\x18\n \x01(\x0b\x32\x12.cpml.v1.MpcTensor\x12\x13\n\x0bstart_round\x18\x0b \x01(\r\x12\x0e\n\x06rounds\x18\x0c \x01(\r\x12\r\n\x05peers\x18\r \x03(\t\x12\x0e\n\x06moduli\x18\x0e \x03(\x04\"\x1e\n\x0cMpcJoinReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb0\x01\n\x0bMpcEnvelope\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\x11\x12\x10\n\x08receiver\x18\x03 \x01(\x11\x12\x1e\n\x04kind\x18\x04 \x01(\x0e\x32\x10.cpml.v1.MpcKind\x12\r\n\x05round\x18\x05 \x01(\r\x12\x0c\n\x04step\x18\x06 \x01(\r\x12#\n\x07payload\x18\x07 \x01(\x0b\x32\x12.cpml.v1.MpcTensor\x12\r\n\x05\x63rc32\x18\x08 \x01(\x07\"\x11\n\x0fMpcDeliverReply\"#\n\x11MpcResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fMpcLeaveRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xd5\x02\n\rMpcLeaveReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x15\n\rmessages_sent\x18\x02 \x01(\x04\x12\x12\n\nbytes_sent\x18\x03 \x01(\x04\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\x44\n\x10messages_by_kind\x18\x05 \x03(\x0b\x32*.cpml.v1.MpcLeaveReply.MessagesByKindEntry\x12>\n\rbytes_by_kind\x18\x06 \x03(\x0b\x32\'.cpml.v1.MpcLeaveReply.BytesByKindEntry\x1a\x35\n\x13MessagesByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x32\n\x10\x42ytesByKindEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xb8\x01\n\x07MpcKind\x12\x18\n\x14MPC_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rMPC_KIND_DATA\x10\x01\x12\x14\n\x10MPC_KIND_WEIGHTS\x10\x02\x12\x13\n\x0fMPC_KIND_DOUBLE\x10\x03\x12\x14\n\x10MPC_KIND_RESHARE\x10\x04\x12\x13\n\x0fMPC_KIND_MASKED\x10\x05\x12\x13\n\x0fMPC_KIND_OPENED\x10\x06\x12\x15\n\x11MPC_KIND_GRADIENT\x10\x07\x32\xf2\x01\n\x03Mpc\x12\x36\n\x04Join\x12\x17.cpml.v1.MpcJoinRequest\x1a\x15.cpml.v1.MpcJoinReply\x12\x39\n\x07\x44\x65liver\x12\x14.cpml.v1.MpcEnvelope\x1a\x18.cpml.v1.MpcDeliverReply\x12=\n\x07Results\x12\x1a.cpml.v1.MpcResultsRequest\x1a\x14.cpml.v1.MpcEnvelope0\x01\x12\x39\n\x05Leave\x12\x18.cpml.v1.MpcLeaveRequest\x1a\x16.cpml.v1.MpcLeaveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MPCLEAVEREPLY_MESSAGESBYKINDENTRY']._serialized_options = b'8\001'
   _globals['_MPCLEAVEREPLY_BYTESBYKINDENTRY']._loaded_options = None
   _globals['_MPCLEAVEREPLY_BYTESBYKINDENTRY']._serialized_options = b'8\001'
-  _globals['_MPCKIND']._serialized_start=971
-  _globals['_MPCKIND']._serialized_end=1155
+  _globals['_MPCKIND']._serialized_start=987
+  _globals['_MPCKIND']._serialized_end=1171
   _globals['_MPCTENSOR']._serialized_start=30
   _globals['_MPCTENSOR']._serialized_end=70
   _globals['_MPCJOINREQUEST']._serialized_start=73
-  _globals['_MPCJOINREQUEST']._serialized_end=322
-  _globals['_MPCJOINREPLY']._serialized_start=324
-  _globals['_MPCJOINREPLY']._serialized_end=354
-  _globals['_MPCENVELOPE']._serialized_start=357
-  _globals['_MPCENVELOPE']._serialized_end=533
-  _globals['_MPCDELIVERREPLY']._serialized_start=535
-  _globals['_MPCDELIVERREPLY']._serialized_end=552
-  _globals['_MPCRESULTSREQUEST']._serialized_start=554
-  _globals['_MPCRESULTSREQUEST']._serialized_end=589
-  _globals['_MPCLEAVEREQUEST']._serialized_start=591
-  _globals['_MPCLEAVEREQUEST']._serialized_end=624
-  _globals['_MPCLEAVEREPLY']._serialized_start=627
-  _globals['_MPCLEAVEREPLY']._serialized_end=968
-  _globals['_MPCLEAVEREPLY_MESSAGESBYKINDENTRY']._serialized_start=863
-  _globals['_MPCLEAVEREPLY_MESSAGESBYKINDENTRY']._serialized_end=916
-  _globals['_MPCLEAVEREPLY_BYTESBYKINDENTRY']._serialized_start=918
-  _globals['_MPCLEAVEREPLY_BYTESBYKINDENTRY']._serialized_end=968
-  _globals['_MPC']._serialized_start=1158
-  _globals['_MPC']._serialized_end=1400
+  _globals['_MPCJOINREQUEST']._serialized_end=338
+  _globals['_MPCJOINREPLY']._serialized_start=340
+  _globals['_MPCJOINREPLY']._serialized_end=370
+  _globals['_MPCENVELOPE']._serialized_start=373
+  _globals['_MPCENVELOPE']._serialized_end=549
+  _globals['_MPCDELIVERREPLY']._serialized_start=551
+  _globals['_MPCDELIVERREPLY']._serialized_end=568
+  _globals['_MPCRESULTSREQUEST']._serialized_start=570
+  _globals['_MPCRESULTSREQUEST']._serialized_end=605
+  _globals['_MPCLEAVEREQUEST']._serialized_start=607
+  _globals['_MPCLEAVEREQUEST']._serialized_end=640
+  _globals['_MPCLEAVEREPLY']._serialized_start=643
+  _globals['_MPCLEAVEREPLY']._serialized_end=984
+  _globals['_MPCLEAVEREPLY_MESSAGESBYKINDENTRY']._serialized_start=879
+  _globals['_MPCLEAVEREPLY_MESSAGESBYKINDENTRY']._serialized_end=932
+  _globals['_MPCLEAVEREPLY_BYTESBYKINDENTRY']._serialized_start=934
+  _globals['_MPCLEAVEREPLY_BYTESBYKINDENTRY']._serialized_end=984
+  _globals['_MPC']._serialized_start=1174
+  _globals['_MPC']._serialized_end=1416
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,7 @@ class MpcTensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class MpcJoinRequest(_message.Message):
-    __slots__ = ("job_id", "protocol", "modulus", "t", "first", "position", "rows", "cols", "degree", "coefficients", "start_round", "rounds", "peers")
+    __slots__ = ("job_id", "protocol", "modulus", "t", "first", "position", "rows", "cols", "degree", "coefficients", "start_round", "rounds", "peers", "moduli")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     MODULUS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class MpcJoinRequest(_message.Message):
     START_ROUND_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    MODULI_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     protocol: str
     modulus: int
@@ -62,7 +63,8 @@ class MpcJoinRequest(_message.Message):
     start_round: int
     rounds: int
     peers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., protocol: _Optional[str] = ..., modulus: _Optional[int] = ..., t: _Optional[int] = ..., first: _Optional[int] = ..., position: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., degree: _Optional[int] = ..., coefficients: _Optional[_Union[MpcTensor, _Mapping]] = ..., start_round: _Optional[int] = ..., rounds: _Optional[int] = ..., peers: _Optional[_Iterable[str]] = ...) -> None: ...
+    moduli: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., protocol: _Optional[str] = ..., modulus: _Optional[int] = ..., t: _Optional[int] = ..., first: _Optional[int] = ..., position: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., degree: _Optional[int] = ..., coefficients: _Optional[_Union[MpcTensor, _Mapping]] = ..., start_round: _Optional[int] = ..., rounds: _Optional[int] = ..., peers: _Optional[_Iterable[str]] = ..., moduli: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MpcJoinReply(_message.Message):
     __slots__ = ("job_id",)
