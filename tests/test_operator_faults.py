@@ -1,12 +1,14 @@
 """Faults an operator hits on a CodedPrivateML cluster of real cpml-worker processes on 127.0.0.1."""
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import grpc
 import pytest
 
-from cpml.master.cluster import NotEnoughWorkers
+from cpml.master.cluster import NotEnoughWorkers, Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
@@ -51,3 +53,36 @@ async def test_a_master_stopped_below_r_ends_its_job_on_the_survivors(tmp_path):
         with pytest.raises(NotEnoughWorkers):
             await train(settings(local.addresses, tmp_path / "run", iterations=5, t=1, k=1))
         assert [await jobs_held(a) for a in local.addresses] == [0] * 5
+
+
+@pytest.mark.slow
+async def test_the_job_starts_with_the_workers_that_answer_while_r_do(tmp_path):
+    async with LocalWorkers(5, tmp_path / "w") as local, LocalWorkers(
+            1, tmp_path / "small", extra_args=("--share-bytes-cap", "1000")) as small:
+        dead = "127.0.0.1:1"  # nothing listens there
+        addresses = [*local.addresses, dead, *small.addresses]  # N = 7, K = 1, T = 1: R = 4
+        report = await train(settings(addresses, tmp_path / "run", k=1, t=1, iterations=2,
+                                      timeouts=Timeouts(connect=3.0)))
+        assert len(report.history) == 2
+        assert set(report.dropped_workers) == {5, 6}
+        assert "not healthy" in report.dropped_workers[5] and "bytes free" in report.dropped_workers[6]
+
+
+@pytest.mark.slow
+def test_too_few_healthy_and_too_few_with_room_have_their_own_exit_codes(tmp_path):
+    common = [sys.executable, "-m", "cpml.master.cli", "train", "--dataset", "breast-cancer", "--insecure",
+              "--k", "1", "--t", "1", "--iterations", "1", "--connect-timeout", "2", "--log-level", "error"]
+    unreachable = subprocess.run([*common, "--workers", ",".join(f"127.0.0.1:{port}" for port in (1, 2, 3, 4)), "--out",
+                                  str(tmp_path / "a")], capture_output=True, text=True, timeout=120)
+    assert unreachable.returncode == 4, unreachable.stderr
+    assert "0 answered, R = 4 needed" in unreachable.stderr
+
+    async def full() -> subprocess.CompletedProcess:
+        async with LocalWorkers(4, tmp_path / "w", extra_args=("--share-bytes-cap", "1000")) as local:
+            return await asyncio.to_thread(subprocess.run, [*common, "--workers", ",".join(local.addresses),
+                                                            "--out", str(tmp_path / "b")],
+                                           capture_output=True, text=True, timeout=120)
+
+    unsuitable = asyncio.run(full())
+    assert unsuitable.returncode == 6, unsuitable.stderr
+    assert "workers cannot take the job" in unsuitable.stderr and "0 can take the job, R = 4 needed" in unsuitable.stderr

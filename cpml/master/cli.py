@@ -24,7 +24,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # bad arguments, data or plan: fix the command line
 EXIT_NOT_ENOUGH_WORKERS = 3  # fewer than R workers left; checkpointed, rerun with --resume
-EXIT_UNREACHABLE = 4  # workers unhealthy or unable to take the job (addresses, TLS, capacity)
+EXIT_UNREACHABLE = 4  # fewer than R workers healthy (addresses, TLS, daemons down), or local workers did not start
+EXIT_UNSUITABLE = 6  # fewer than R workers can take the job (free share bytes, message size, modulus)
 EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM; checkpointed
 
@@ -72,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable, WorkersUnsuitable
+    from cpml.master.local import LocalWorkersFailed
     from cpml.master.rounds import RoundTimeout
     from cpml.master.settings import check_output_dir, train_settings
     from cpml.master.train import train
@@ -95,7 +97,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cpml-master train: stopped: {exc}. Checkpoint: {settings.out / 'checkpoint.json'} "
               f"(rerun with --resume).", file=sys.stderr)
         return EXIT_ROUND_TIMEOUT
-    except (WorkersUnreachable, WorkersUnsuitable, RuntimeError) as exc:
+    except WorkersUnsuitable as exc:
+        print(f"cpml-master train: workers cannot take the job: {exc}", file=sys.stderr)
+        return EXIT_UNSUITABLE
+    except (WorkersUnreachable, LocalWorkersFailed) as exc:
         print(f"cpml-master train: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -126,16 +126,23 @@ class Cluster:
         """Workers not dropped so far."""
         return [w for w in self.workers if w.alive]
 
-    async def wait_healthy(self) -> None:
-        """Wait (up to timeouts.connect) until every worker's health service reports SERVING."""
+    async def wait_healthy(self, needed: int | None = None) -> None:
+        """Wait (up to timeouts.connect) for every worker's health service; drop the silent ones if `needed` remain.
+
+        With `needed` None every worker must answer (the MPC baselines need their groups whole).
+        """
         deadline = time.monotonic() + self.timeouts.connect
         results = await asyncio.gather(*(self._wait_one(w, deadline) for w in self.workers))
-        missing = [f"{w.address} ({reason})" for w, reason in zip(self.workers, results, strict=True) if reason]
-        if missing:
+        missing = [(w, reason) for w, reason in zip(self.workers, results, strict=True) if reason]
+        described = "; ".join(f"{w.address} ({reason})" for w, reason in missing)
+        if missing and (needed is None or len(self.workers) - len(missing) < needed):
+            wanted = "" if needed is None else f" ({len(self.workers) - len(missing)} answered, R = {needed} needed)"
             raise WorkersUnreachable(
-                f"{len(missing)} of {len(self.workers)} workers were not healthy within {self.timeouts.connect:g}s: "
-                + "; ".join(missing) + ". Check the addresses, that cpml-worker runs there, and the TLS settings")
-        log.info("workers healthy", workers=len(self.workers))
+                f"{len(missing)} of {len(self.workers)} workers were not healthy within {self.timeouts.connect:g}s"
+                f"{wanted}: {described}. Check the addresses, that cpml-worker runs there, and the TLS settings")
+        for worker, reason in missing:
+            worker.fail(f"not healthy within {self.timeouts.connect:g}s: {reason}")
+        log.info("workers healthy", workers=len(self.alive), dropped=len(missing))
 
     async def _wait_one(self, worker: WorkerHandle, deadline: float) -> str:
         health = health_pb2_grpc.HealthStub(worker.channel)
@@ -231,29 +238,45 @@ class Cluster:
 
         await asyncio.gather(*(end(w) for w in self.workers))
 
-    async def check_capacity(self, modulus: int, share_bytes: int, chunk_bytes: int) -> None:
-        """Ask every worker's Status and refuse, naming each problem, workers that cannot take the job."""
-        try:
-            statuses = await self.status()
-        except grpc.aio.AioRpcError as exc:
-            raise WorkersUnreachable(f"a worker failed its status call: {_describe(exc)}") from None
-        problems = []
-        for index, status in statuses.items():
-            where = f"worker {index} at {self.workers[index].address}"
+    async def check_capacity(self, modulus: int, share_bytes: int, chunk_bytes: int, needed: int | None = None) -> None:
+        """Ask every live worker's Status; drop those that cannot take the job while `needed` remain, else refuse."""
+        statuses = await self.status()
+        problems: dict[int, str] = {}
+        for worker in self.alive:
+            status = statuses.get(worker.index)
+            if status is None:
+                problems[worker.index] = "its status call failed"
+                continue
+            reasons = []
             if modulus >= status.max_modulus:
-                problems.append(f"{where} computes over primes below {status.max_modulus}, not p = {modulus}")
+                reasons.append(f"computes over primes below {status.max_modulus}, not p = {modulus}")
             if chunk_bytes + 1024 > status.max_message_bytes:
-                problems.append(f"{where} accepts messages up to {status.max_message_bytes} bytes; lower "
-                                f"--chunk-bytes below {status.max_message_bytes - 1024}")
+                reasons.append(f"accepts messages up to {status.max_message_bytes} bytes; lower --chunk-bytes "
+                               f"below {status.max_message_bytes - 1024}")
             free = status.share_bytes_cap - status.share_bytes_used
             if share_bytes > free:
-                problems.append(f"{where} has {free} bytes free for a {share_bytes}-byte share; use more workers "
-                                f"(smaller shares), end its other jobs or raise its --share-bytes-cap")
-        if problems:
-            raise WorkersUnsuitable("; ".join(problems))
+                reasons.append(f"has {free} bytes free for a {share_bytes}-byte share; use more workers (smaller "
+                               f"shares), end its other jobs or raise its --share-bytes-cap")
+            if reasons:
+                problems[worker.index] = "; ".join(reasons)
+        described = "; ".join(f"worker {i} at {self.workers[i].address} {why}" for i, why in problems.items())
+        if problems and (needed is None or len(self.alive) - len(problems) < needed):
+            raise WorkersUnsuitable(described + ("" if needed is None else
+                                                 f" ({len(self.alive) - len(problems)} can take the job, R = "
+                                                 f"{needed} needed)"))
+        for index, why in problems.items():
+            self.workers[index].fail(f"cannot take the job: {why}")
 
     async def status(self) -> dict[int, serde.WorkerStatus]:
-        """Each live worker's status."""
+        """Each live worker's status (a worker whose call fails is left out)."""
         replies = await asyncio.gather(*(w.stub.Status(pb.StatusRequest(), timeout=self.timeouts.control)
-                                         for w in self.alive))
-        return {w.index: serde.status_from_proto(r) for w, r in zip(self.alive, replies, strict=True)}
+                                         for w in self.alive), return_exceptions=True)
+        out = {}
+        for worker, reply in zip(self.alive, replies, strict=True):
+            if isinstance(reply, grpc.aio.AioRpcError):
+                log.warning("status call failed", worker=worker.index, reason=_describe(reply))
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                out[worker.index] = serde.status_from_proto(reply)
+        return out

@@ -16,6 +16,10 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
+class LocalWorkersFailed(RuntimeError):
+    """The embedded cpml-worker processes did not start serving."""
+
+
 class LocalWorkers:
     """Start N plaintext loopback workers (logs in workdir/worker-<i>.log); stop them on exit."""
 
@@ -63,10 +67,10 @@ class LocalWorkers:
                 return [p.read_text().strip() for p in port_files]
             for i, proc in enumerate(self.processes):
                 if proc.returncode is not None:
-                    raise RuntimeError(f"local worker {i} exited with code {proc.returncode} before serving; "
+                    raise LocalWorkersFailed(f"local worker {i} exited with code {proc.returncode} before serving; "
                                        f"see {self.workdir / f'worker-{i}.log'}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"local workers did not start within {self.start_timeout:g}s; "
+                raise LocalWorkersFailed(f"local workers did not start within {self.start_timeout:g}s; "
                                    f"see the logs in {self.workdir}")
             await asyncio.sleep(0.05)
 

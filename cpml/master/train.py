@@ -292,9 +292,9 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
         cluster = await stack.enter_async_context(
             Cluster(addresses, credentials, settings.tls_server_name, settings.timeouts,
                     max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
-        await cluster.wait_healthy()
+        await cluster.wait_healthy(plan.threshold)  # start with the workers that answer while R do
         spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
-        await cluster.check_capacity(max(plan.moduli), spec_bytes, settings.chunk_bytes)
+        await cluster.check_capacity(max(plan.moduli), spec_bytes, settings.chunk_bytes, plan.threshold)
         upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round, data.target_std)
     dropped = {w.index: w.failure for w in cluster.workers if not w.alive}
     return _finish(settings, trainer, data, history, upload, dropped)
