@@ -1,6 +1,7 @@
 """Faults an operator hits on a CodedPrivateML cluster of real cpml-worker processes on 127.0.0.1."""
 
 import asyncio
+from dataclasses import replace
 import subprocess
 import sys
 import time
@@ -86,3 +87,43 @@ def test_too_few_healthy_and_too_few_with_room_have_their_own_exit_codes(tmp_pat
     unsuitable = asyncio.run(full())
     assert unsuitable.returncode == 6, unsuitable.stderr
     assert "workers cannot take the job" in unsuitable.stderr and "0 can take the job, R = 4 needed" in unsuitable.stderr
+
+
+async def upload_job(address, job_id="f" * 32):
+    """Store one share of a small job on the worker, and open no compute stream (a master that died)."""
+    import numpy as np
+
+    from cpml.master.cluster import Cluster
+    from cpml.protocol import CodedTrainer, Plan
+    from cpml.wire import serde
+
+    rng = np.random.default_rng(0)
+    trainer = CodedTrainer.create(Plan(n_workers=4, k=1, t=1), rng.standard_normal((40, 5)),
+                                  rng.integers(0, 2, 40).astype(float), seed=0)
+    spec = serde.WireJobSpec.of(trainer.job_spec, "logistic")
+    async with Cluster([address]) as cluster:  # worker 0's share only
+        await cluster.upload(job_id, spec, (replace(c, shares=c.shares[:1]) for c in trainer.share_chunks(8)))
+    return job_id, spec.share_bytes
+
+
+def jobs_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cpml.worker.jobs", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.slow
+async def test_operators_list_and_end_jobs_and_orphans_expire_soon(tmp_path):
+    async with LocalWorkers(1, tmp_path / "w", extra_args=("--orphan-seconds", "2")) as orphans, \
+            LocalWorkers(1, tmp_path / "v") as keeper:
+        job_id, nbytes = await upload_job(keeper.addresses[0])
+        listed = await asyncio.to_thread(jobs_cli, keeper.addresses[0])
+        assert listed.returncode == 0 and job_id in listed.stdout and f" {nbytes} " in listed.stdout
+        ended = await asyncio.to_thread(jobs_cli, keeper.addresses[0], "--end", job_id)
+        assert f"ended {job_id} ({nbytes} bytes freed)" in ended.stdout and ended.stdout.endswith("no jobs\n")
+        bad = await asyncio.to_thread(jobs_cli, keeper.addresses[0], "--end", "")
+        assert bad.returncode == 2 and "empty job_id" in bad.stderr
+
+        await upload_job(orphans.addresses[0])
+        assert await jobs_held(orphans.addresses[0]) == 1
+        await asyncio.sleep(4.5)  # --orphan-seconds 2, checked every second
+        assert await jobs_held(orphans.addresses[0]) == 0

@@ -101,6 +101,19 @@ class ShareBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class JobSummary:
+    """What an operator may know of a stored job: its id, shape, bytes, idleness and open compute streams."""
+
+    job_id: str
+    residues: int
+    rows: int
+    cols: int
+    bytes: int
+    idle_seconds: float
+    compute_streams: int
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerStatus:
     """A worker's capabilities and load, as reported by its Status call."""
 
@@ -351,3 +364,16 @@ def status_from_proto(msg: pb.StatusReply) -> WorkerStatus:
     return WorkerStatus(version=msg.version, max_modulus=msg.max_modulus,
                         share_bytes_cap=msg.share_bytes_cap, share_bytes_used=msg.share_bytes_used,
                         jobs=msg.jobs, max_message_bytes=msg.max_message_bytes)
+
+
+def jobs_to_proto(jobs: list[JobSummary]) -> pb.ListJobsReply:
+    """A worker's stored jobs as its ListJobs reply."""
+    return pb.ListJobsReply(jobs=[pb.JobInfo(job_id=j.job_id, residues=j.residues, rows=j.rows, cols=j.cols,
+                                             bytes=j.bytes, idle_seconds=j.idle_seconds,
+                                             compute_streams=j.compute_streams) for j in jobs])
+
+
+def jobs_from_proto(msg: pb.ListJobsReply) -> list[JobSummary]:
+    """A ListJobs reply as JobSummary values."""
+    return [JobSummary(job_id=j.job_id, residues=j.residues, rows=j.rows, cols=j.cols, bytes=j.bytes,
+                       idle_seconds=j.idle_seconds, compute_streams=j.compute_streams) for j in msg.jobs]

@@ -83,11 +83,13 @@ class WorkerServer:
         return self.address
 
     async def _expire_idle_jobs(self) -> None:
-        period = max(1.0, min(60.0, self.settings.job_idle_seconds / 4))
+        s = self.settings
+        period = max(1.0, min(60.0, s.job_idle_seconds / 4, s.orphan_seconds / 4))
         while True:
             await asyncio.sleep(period)
-            for job_id in self.store.expire(self.settings.job_idle_seconds):
-                log.info("idle job expired", job=job_id, idle_seconds=self.settings.job_idle_seconds)
+            for job_id in self.store.expire(s.job_idle_seconds, orphan_seconds=s.orphan_seconds):
+                log.info("idle job expired", job=job_id, idle_seconds=s.job_idle_seconds,
+                         orphan_seconds=s.orphan_seconds)
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then stop."""

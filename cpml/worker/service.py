@@ -263,6 +263,15 @@ class WorkerService(pb_grpc.WorkerServicer):
             max_message_bytes=self._settings.max_message_bytes))
 
 
+    async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsReply:
+        now = time.monotonic()
+        return serde.jobs_to_proto([
+            serde.JobSummary(job_id=job.job_id, residues=job.spec.residues, rows=job.spec.rows, cols=job.spec.cols,
+                             bytes=self._store.reserved_bytes(job.job_id), idle_seconds=now - job.last_used,
+                             compute_streams=job.streams)
+            for job in self._store.jobs()])
+
+
 async def _stop(task: asyncio.Task[None]) -> None:
     """Cancel a task and wait until it has finished."""
     task.cancel()

@@ -48,6 +48,7 @@ class WorkerSettings:
     port_file: Path | None = None
     drain_seconds: float = 10.0
     job_idle_seconds: float = 3600.0
+    orphan_seconds: float = 300.0  # a job with no open compute stream (its master gone) is forgotten sooner
     compute_threads: int = 2
     stop_with_parent: bool = False
     log_level: str = "info"
@@ -68,7 +69,8 @@ class WorkerSettings:
         for name in ("share_bytes_cap", "max_message_bytes", "compute_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Argument '{name}' must be positive, not {getattr(self, name)}.")
-        for name in ("drain_seconds", "job_idle_seconds", "fault_reply_delay", "fault_fail_after_rounds"):
+        for name in ("drain_seconds", "job_idle_seconds", "orphan_seconds", "fault_reply_delay",
+                     "fault_fail_after_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Argument '{name}' must not be negative, not {getattr(self, name)}.")
         if self.insecure and self.tls_cert is not None:
@@ -109,7 +111,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--drain-seconds", type=float, default=env("DRAIN_SECONDS", d.drain_seconds),
                    help="on SIGTERM, let calls in flight finish for this long")
     p.add_argument("--job-idle-seconds", type=float, default=env("JOB_IDLE_SECONDS", d.job_idle_seconds),
-                   help="forget a job unused for this long")
+                   help="forget a job unused for this long (also the most a compute stream may stay silent)")
+    p.add_argument("--orphan-seconds", type=float, default=env("ORPHAN_SECONDS", d.orphan_seconds),
+                   help="forget a job with no open compute stream after this long (a master that died "
+                        "without ending it); default 300")
     p.add_argument("--compute-threads", type=int, default=env("COMPUTE_THREADS", d.compute_threads),
                    help="threads computing rounds (of different jobs) at once")
     p.add_argument("--stop-with-parent", action="store_true",
@@ -143,7 +148,8 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
             listen=args.listen, share_bytes_cap=args.share_bytes_cap, max_message_bytes=args.max_message_bytes,
             tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key), tls_client_ca=_path(args.tls_client_ca),
             insecure=args.insecure, port_file=_path(args.port_file), drain_seconds=float(args.drain_seconds),
-            job_idle_seconds=float(args.job_idle_seconds), compute_threads=int(args.compute_threads),
+            job_idle_seconds=float(args.job_idle_seconds), orphan_seconds=float(args.orphan_seconds),
+            compute_threads=int(args.compute_threads),
             stop_with_parent=bool(args.stop_with_parent),
             log_level=args.log_level, log_format=args.log_format,
             fault_reply_delay=float(args.fault_reply_delay),

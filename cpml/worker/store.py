@@ -58,6 +58,11 @@ class Job:
         else:
             self._watchers.append(on_release)
 
+    @property
+    def streams(self) -> int:
+        """How many compute streams are open on this job."""
+        return len(self._watchers)
+
     def unwatch(self, on_release: Callable[[], None]) -> None:
         """Stop watching (a compute stream that closed)."""
         if on_release in self._watchers:
@@ -174,6 +179,14 @@ class ShareStore:
         if job is not None:
             job.release()
 
+    def jobs(self) -> list[Job]:
+        """The stored jobs, oldest upload first."""
+        return list(self._jobs.values())
+
+    def reserved_bytes(self, job_id: str) -> int:
+        """The bytes a job holds against the cap."""
+        return self._reserved.get(job_id, 0)
+
     def get(self, job_id: str) -> Job:
         """The stored job with this id."""
         job = self._jobs.get(job_id)
@@ -195,10 +208,12 @@ class ShareStore:
         self._release(job_id)
         return freed
 
-    def expire(self, idle_seconds: float, now: float | None = None) -> list[str]:
-        """Forget jobs unused for more than idle_seconds; return their ids."""
+    def expire(self, idle_seconds: float, now: float | None = None, orphan_seconds: float | None = None) -> list[str]:
+        """Forget jobs unused for more than idle_seconds (orphan_seconds if no compute stream is open); their ids."""
         now = time.monotonic() if now is None else now
-        stale = [j.job_id for j in self._jobs.values() if now - j.last_used > idle_seconds]
+        orphan = idle_seconds if orphan_seconds is None else min(idle_seconds, orphan_seconds)
+        stale = [j.job_id for j in self._jobs.values()
+                 if now - j.last_used > (idle_seconds if j.streams else orphan)]
         for job_id in stale:
             self._release(job_id)
         return stale

@@ -94,6 +94,34 @@ class EndJobReply(_message.Message):
     freed_bytes: int
     def __init__(self, existed: _Optional[bool] = ..., freed_bytes: _Optional[int] = ...) -> None: ...
 
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "residues", "rows", "cols", "bytes", "idle_seconds", "compute_streams")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RESIDUES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    residues: int
+    rows: int
+    cols: int
+    bytes: int
+    idle_seconds: float
+    compute_streams: int
+    def __init__(self, job_id: _Optional[str] = ..., residues: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., bytes: _Optional[int] = ..., idle_seconds: _Optional[float] = ..., compute_streams: _Optional[int] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListJobsReply(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

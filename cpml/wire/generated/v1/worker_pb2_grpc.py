@@ -54,6 +54,11 @@ class WorkerStub:
                 request_serializer=cpml_dot_v1_dot_worker__pb2.StatusRequest.SerializeToString,
                 response_deserializer=cpml_dot_v1_dot_worker__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/cpml.v1.Worker/ListJobs',
+                request_serializer=cpml_dot_v1_dot_worker__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=cpml_dot_v1_dot_worker__pb2.ListJobsReply.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -87,6 +92,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """The jobs this worker holds, for operators (`python -m cpml.worker.jobs`); EndJob ends one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=cpml_dot_v1_dot_worker__pb2.StatusRequest.FromString,
                     response_serializer=cpml_dot_v1_dot_worker__pb2.StatusReply.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=cpml_dot_v1_dot_worker__pb2.ListJobsRequest.FromString,
+                    response_serializer=cpml_dot_v1_dot_worker__pb2.ListJobsReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Worker:
             '/cpml.v1.Worker/Status',
             cpml_dot_v1_dot_worker__pb2.StatusRequest.SerializeToString,
             cpml_dot_v1_dot_worker__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cpml.v1.Worker/ListJobs',
+            cpml_dot_v1_dot_worker__pb2.ListJobsRequest.SerializeToString,
+            cpml_dot_v1_dot_worker__pb2.ListJobsReply.FromString,
             options,
             channel_credentials,
             insecure,
