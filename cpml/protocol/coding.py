@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,16 +37,21 @@ class CodingScheme:
         return self.field.centred(interpolation_matrix(self.field, betas, alphas))
 
     def encode(
-        self, secrets: npt.NDArray[np.float64] | npt.NDArray[np.int32], mask_source: MaskSource = uniform
+        self,
+        secrets: npt.NDArray[np.float64] | npt.NDArray[np.int32],
+        mask_source: MaskSource = uniform,
+        workers: Sequence[int] | None = None,
     ) -> Elements:
-        """Encode K secret blocks (rows of `secrets`, signed ints as float64 or int32) with T masks into N shares."""
+        """Encode K secret blocks (rows of `secrets`, signed ints as float64 or int32) with T masks into N shares
+        (or only the shares of `workers`, in that order)."""
         if secrets.ndim != 2 or secrets.shape[0] != self.k:
             raise argument_error("secrets", f"have {self.k} rows (one per partition)", secrets.shape)
         # int32 holds every centred value exactly and halves the bytes the encoding GEMM reads.
         stacked = np.empty((self.k + self.t, secrets.shape[1]), dtype=np.int32)
         stacked[: self.k] = secrets
         stacked[self.k :] = self.field.centred(mask_source(self.field, (self.t, secrets.shape[1])), np.int32)
-        return matmul_mod_centred(self.field, self.encoder, stacked)
+        encoder = self.encoder if workers is None else self.encoder[list(workers)]
+        return matmul_mod_centred(self.field, encoder, stacked)
 
     def decode(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int) -> Elements:
         """Interpolate h at the K betas from the first `threshold` replies (worker index -> f value)."""

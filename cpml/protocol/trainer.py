@@ -13,15 +13,16 @@ The state and the update rule shared with the MPC baselines live in `cpml.protoc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field as dataclass_field
 
 import numpy as np
 import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field import Elements, ResidueBasis
-from cpml.field.sampling import uniform
+from cpml.field.sampling import keyed_uniform, uniform
 from cpml.protocol.coding import CodingScheme, MaskSource
 from cpml.protocol.plan import Plan
 from cpml.protocol.run import (
@@ -52,11 +53,12 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class ShareChunk:
-    """Rows [row_offset, row_offset + rows) of every worker's share in one residue field: shape (N, rows, d)."""
+    """Rows [row_offset, row_offset + rows) of the workers' shares in one residue field: shares[i] is worker i's
+    (an (N, rows, d) array, or a dict for some workers)."""
 
     residue: int
     row_offset: int
-    shares: Elements
+    shares: Elements | dict[int, Elements]
 
 
 @dataclass(kw_only=True)
@@ -64,6 +66,9 @@ class CodedTrainer(TrainingRun):
     """One CodedPrivateML training job on the master (use `create`): Lagrange coding in every residue field."""
 
     schemes: tuple[CodingScheme, ...]  # one per residue modulus
+    # The data masks come from this key (kept in memory only, never checkpointed), so the share of a worker
+    # that restarts can be rebuilt exactly: it learns nothing it had not held before.
+    share_key: bytes = dataclass_field(default_factory=lambda: os.urandom(32), repr=False)
 
     @classmethod
     def create(
@@ -98,8 +103,11 @@ class CodedTrainer(TrainingRun):
             coefficients=tuple(int(v) for v in self.coefficients),
         )
 
-    def share_chunks(self, rows_per_chunk: int) -> Iterator[ShareChunk]:
-        """Encode the dataset residue by residue, chunk by chunk, with fresh masks; never all N shares at once."""
+    def share_chunks(self, rows_per_chunk: int, workers: Sequence[int] | None = None) -> Iterator[ShareChunk]:
+        """Encode the dataset residue by residue, chunk by chunk; never all N shares at once.
+
+        With `workers`, only their shares, keyed by worker index: the same shares as the first time.
+        """
         if rows_per_chunk < 1:
             raise argument_error("rows_per_chunk", "be positive", rows_per_chunk)
         k, rows, d = self.partitions.shape
@@ -107,8 +115,20 @@ class CodedTrainer(TrainingRun):
             for lo in range(0, rows, rows_per_chunk):
                 hi = min(lo + rows_per_chunk, rows)
                 secrets = residue_of(scheme.field, self.partitions[:, lo:hi, :].reshape(k, -1))
-                shares = scheme.encode(secrets, self.mask_source)
-                yield ShareChunk(residue, lo, shares.reshape(self.plan.n_workers, hi - lo, d))
+                masks = self._data_masks(residue, lo)
+                if workers is None:
+                    shares = scheme.encode(secrets, masks).reshape(self.plan.n_workers, hi - lo, d)
+                    yield ShareChunk(residue, lo, shares)
+                else:
+                    some = scheme.encode(secrets, masks, workers).reshape(len(workers), hi - lo, d)
+                    yield ShareChunk(residue, lo, dict(zip(workers, some)))
+
+    def _data_masks(self, residue: int, row_offset: int) -> MaskSource:
+        """The masks of one chunk of the data: keyed by (residue, row offset), unless a test swapped the source."""
+        if self.mask_source is not uniform:
+            return self.mask_source
+        label = f"data/{residue}/{row_offset}".encode()
+        return lambda field, shape: keyed_uniform(field, shape, self.share_key, label)
 
     def encode_dataset(self) -> Elements:
         """All N shares at once, shape (N, residues, rows, d) — for tests and the in-process simulator."""
