@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpml.data import load_dataset
+from cpml.field import DEFAULT_PRIME, residue_primes
 from cpml.master.cluster import NotEnoughWorkers, Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.train import train
+from cpml.master.train import load_training_data, train
 from cpml.protocol import Plan, simulate
+from cpml.wire import serde
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +29,27 @@ DATASET = "digits-4v9"
 
 
 def _simulated(plan):
-    data = load_dataset(DATASET)
+    """The in-process simulator on the data the master trains on (its default scaling and intercept)."""
+    data = load_training_data(TrainSettings(dataset=DATASET))
     return simulate(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test)
+
+
+async def test_cluster_equals_the_simulator_bit_for_bit_at_the_new_defaults(tmp_path):
+    settings = TrainSettings(dataset=DATASET, insecure=True, iterations=6, residues=3, out=tmp_path / "run",
+                             progress=False, chunk_bytes=4096, timeouts=Timeouts(connect=60, upload=60, round=30))
+    assert (settings.scaling, settings.intercept, settings.lx, settings.lw, settings.lc) == (
+        "standard", True, None, None, None)  # every default but the residues
+    async with LocalWorkers(5, tmp_path / "workers") as local:  # real cpml-worker processes, port 0
+        report = await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)}))
+    plan = report.plan
+    assert plan.residues == 3 and plan.moduli == residue_primes(DEFAULT_PRIME, 3)
+    rows = -(-288 // plan.k)  # the digits training split, one partition per K
+    per_residue = -(-rows // serde.rows_per_chunk(65, 4096))
+    assert report.upload["chunks"] == 5 * 3 * per_residue  # every worker got every residue's rows
+    reference = _simulated(plan)
+    assert report.weights.tobytes() == reference.weights.tobytes()
+    assert [r.loss for r in report.history] == [s.loss for s in reference.history]
+    assert report.history[-1].test_accuracy == reference.history[-1].test_accuracy > 0.9
 
 
 def test_cli_trains_on_an_embedded_local_cluster(tmp_path):

@@ -54,3 +54,18 @@ def test_pyproject_floors_match_the_generator():
     assert floors["grpcio"] == grpc_version
     assert floors["grpcio-health-checking"] == grpc_version
     assert as_tuple(floors["protobuf"]) >= as_tuple(pb_version)
+
+
+def test_the_residue_contract_keeps_its_field_numbers():
+    # Renumbering would make old and new peers misread each other silently; the worker must instead see an
+    # old master's single `modulus` (field 1) and refuse it.
+    from cpml.wire.generated.v1 import worker_pb2 as pb
+
+    spec = pb.JobSpec.DESCRIPTOR.fields_by_name
+    assert (spec["modulus"].number, spec["modulus"].type) == (1, spec["modulus"].TYPE_UINT64)
+    moduli = spec["moduli"]
+    assert (moduli.number, moduli.type, moduli.is_repeated, moduli.is_packed) == (7, moduli.TYPE_UINT64, True, True)
+    residue = pb.ShareChunk.DESCRIPTOR.fields_by_name["residue"]
+    assert (residue.number, residue.type, residue.is_repeated) == (6, residue.TYPE_UINT32, False)
+    old_spec = b"\x08" + bytes([0xD9, 0xFF, 0xFF, 0x0F])  # field 1 varint 33554393, as cpml 0.1 wrote it
+    assert pb.JobSpec.FromString(old_spec).modulus == 33554393 == 2**25 - 39
