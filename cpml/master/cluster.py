@@ -62,18 +62,25 @@ class WorkerHandle:
     stub: pb_grpc.WorkerStub
     alive: bool = True
     failure: str = ""
+    rejoinable: bool = False  # dropped for something that may pass (unreachable, stream lost), not misbehaviour
 
     def upload_share(self) -> grpc.aio.StreamUnaryMultiCallable:
         """UploadShare taking pre-serialized ShareChunk bytes (see serde.share_chunks_to_wire)."""
         return self.channel.stream_unary(UPLOAD_METHOD, request_serializer=None,
                                          response_deserializer=pb.UploadReply.FromString)
 
-    def fail(self, reason: str) -> None:
-        """Mark the worker dead (it is never contacted again in this run)."""
+    def fail(self, reason: str, rejoinable: bool = True) -> None:
+        """Mark the worker dead; only a rejoinable one is ever contacted again in this run (see cpml.master.rejoin)."""
         if self.alive:
             self.alive = False
             self.failure = reason
+            self.rejoinable = rejoinable
             log.warning("worker dropped", worker=self.index, address=self.address, reason=reason)
+
+    def revive(self) -> None:
+        """Count the worker in again: it holds its share and has a new compute stream."""
+        self.alive, self.failure, self.rejoinable = True, "", False
+        log.info("worker rejoined", worker=self.index, address=self.address)
 
 
 @dataclass
@@ -85,6 +92,8 @@ class UploadStats:
     bytes_sent: int = 0
     chunks: int = 0
     per_worker_bytes: dict[int, int] = field(default_factory=dict)
+    stored: set[int] = field(default_factory=set)  # workers whose upload completed
+    failed: set[int] = field(default_factory=set)  # workers whose upload was refused or broke
 
 
 def _describe(exc: grpc.aio.AioRpcError) -> str:
@@ -162,17 +171,19 @@ class Cluster:
         return reason
 
     async def upload(self, job_id: str, spec: serde.WireJobSpec, chunks: Iterator[ShareChunk],
-                     max_chunk_bytes: int = serde.DEFAULT_CHUNK_BYTES) -> UploadStats:
-        """Stream every worker its share concurrently while the chunks are encoded; drop workers that fail."""
+                     max_chunk_bytes: int = serde.DEFAULT_CHUNK_BYTES,
+                     workers: Sequence[WorkerHandle] | None = None) -> UploadStats:
+        """Stream every live worker (or these) its share while the chunks are encoded; drop workers that fail."""
         stats = UploadStats()
         started = time.perf_counter()
-        queues = {w.index: asyncio.Queue[tuple[bytes, int] | None](_CHUNKS_IN_FLIGHT) for w in self.alive}
+        targets = list(self.alive if workers is None else workers)
+        queues = {w.index: asyncio.Queue[tuple[bytes, int] | None](_CHUNKS_IN_FLIGHT) for w in targets}
         async with asyncio.TaskGroup() as group:
-            for worker in self.alive:
+            for worker in targets:
                 group.create_task(self._upload_one(worker, job_id, queues[worker.index], stats))
             group.create_task(self._produce(job_id, spec, chunks, queues, stats, max_chunk_bytes))
         stats.seconds = time.perf_counter() - started
-        log.info("shares distributed", job=job_id, workers=len(self.alive), bytes=stats.bytes_sent,
+        log.info("shares distributed", job=job_id, workers=len(stats.stored), bytes=stats.bytes_sent,
                  seconds=round(stats.seconds, 3), encode_seconds=round(stats.encode_seconds, 3))
         return stats
 
@@ -190,17 +201,19 @@ class Cluster:
                 if chunk is None:
                     break
                 for worker in self.workers:
+                    if worker.index not in queues:
+                        continue
                     for msg in serde.share_chunks_to_wire(job_id, chunk.row_offset, chunk.shares[worker.index],
                                                           spec if first else None, max_chunk_bytes,
                                                           chunk.residue):
-                        if worker.index not in queues or not worker.alive:
-                            break  # a dropped worker's uploader drained its queue: never wait on it
+                        if worker.index in stats.failed:
+                            break  # a refused uploader drained its queue: never wait on it
                         await queues[worker.index].put(msg)
                 first = False
             finished = True
         finally:
             for index, queue in queues.items():
-                if finished and self.workers[index].alive:
+                if finished and index not in stats.failed:
                     await queue.put(None)  # end of share: every live uploader must see it
                 else:  # encoding failed, or the uploader is gone: never block on it
                     with contextlib.suppress(asyncio.QueueFull):
@@ -218,9 +231,14 @@ class Cluster:
 
         try:
             await worker.upload_share()(requests(), timeout=self.timeouts.upload)
+            stats.stored.add(worker.index)
         except grpc.aio.AioRpcError as exc:
-            worker.fail(f"share upload failed: {_describe(exc)}")
-            # Free the producer if it waits for room in this queue; it checks `alive` before every put. (Waiting
+            stats.failed.add(worker.index)
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS and not worker.alive:
+                stats.stored.add(worker.index)  # a returning worker that never lost the share
+            else:
+                worker.fail(f"share upload failed: {_describe(exc)}")
+            # Free the producer if it waits for room in this queue; it checks `failed` before every put. (Waiting
             # here for the end-of-share marker could hang: gRPC's request reader may be the one to take it.)
             while not queue.empty():
                 queue.get_nowait()

@@ -48,17 +48,34 @@ class ComputeStreams:
         self.round_timeout = round_timeout
         self.stream_timeout = stream_timeout
         self._requests: dict[int, asyncio.Queue[pb.RoundRequest | None]] = {}
-        self._replies: asyncio.Queue[tuple[WorkerHandle, pb.RoundResult | None, str]] = asyncio.Queue()
+        # (worker, reply or None on failure, failure, the stream's generation: a rejoined worker's new stream
+        # must not be failed by a message its old one left behind)
+        self._replies: asyncio.Queue[tuple[WorkerHandle, pb.RoundResult | None, str, int]] = asyncio.Queue()
+        self._generation: dict[int, int] = {}
         self._readers: list[asyncio.Task[None]] = []
         self._late = 0
 
     async def __aenter__(self) -> Self:
         for worker in self.workers:
-            queue: asyncio.Queue[pb.RoundRequest | None] = asyncio.Queue()
-            self._requests[worker.index] = queue
-            call = worker.stub.Compute(self._request_stream(queue), timeout=self.stream_timeout)
-            self._readers.append(asyncio.create_task(self._read(worker, call), name=f"replies-{worker.index}"))
+            self._open(worker)
         return self
+
+    def add(self, worker: WorkerHandle) -> None:
+        """Open a compute stream to a worker that rejoined (it takes part from the next round on)."""
+        old = self._requests.get(worker.index)
+        if old is not None:
+            old.put_nowait(None)
+        if worker not in self.workers:
+            self.workers.append(worker)
+        self._open(worker)
+
+    def _open(self, worker: WorkerHandle) -> None:
+        queue: asyncio.Queue[pb.RoundRequest | None] = asyncio.Queue()
+        self._requests[worker.index] = queue
+        generation = self._generation[worker.index] = self._generation.get(worker.index, -1) + 1
+        call = worker.stub.Compute(self._request_stream(queue), timeout=self.stream_timeout)
+        self._readers.append(asyncio.create_task(self._read(worker, call, generation),
+                                                 name=f"replies-{worker.index}-{generation}"))
 
     async def __aexit__(self, *exc: object) -> None:
         for queue in self._requests.values():
@@ -77,17 +94,18 @@ class ComputeStreams:
         while (msg := await queue.get()) is not None:
             yield msg
 
-    async def _read(self, worker: WorkerHandle, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, worker: WorkerHandle, call: grpc.aio.StreamStreamCall, generation: int) -> None:
         try:
             async for reply in call:
-                self._replies.put_nowait((worker, reply, ""))
+                self._replies.put_nowait((worker, reply, "", generation))
         except asyncio.CancelledError:
             call.cancel()
             raise
         except grpc.aio.AioRpcError as exc:
-            self._replies.put_nowait((worker, None, f"compute stream failed: {exc.code().name}: {exc.details()}"))
+            failure = f"compute stream failed: {exc.code().name}: {exc.details()}"
+            self._replies.put_nowait((worker, None, failure, generation))
         else:
-            self._replies.put_nowait((worker, None, "compute stream ended by the worker"))
+            self._replies.put_nowait((worker, None, "compute stream ended by the worker", generation))
 
     def _live(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.alive]
@@ -112,13 +130,14 @@ class ComputeStreams:
                 raise NotEnoughWorkers(self._shortfall_message(round_number))
             try:
                 async with asyncio.timeout_at(deadline):
-                    worker, reply, failure = await self._replies.get()
+                    worker, reply, failure, generation = await self._replies.get()
             except TimeoutError:
                 raise RoundTimeout(
                     f"round {round_number + 1}: only {len(replies)} of the {self.threshold} replies needed arrived "
                     f"within {self.round_timeout:g}s; workers may be overloaded (raise --round-timeout)") from None
             if reply is None:
-                worker.fail(failure)
+                if generation == self._generation[worker.index]:
+                    worker.fail(failure)
                 continue
             received += reply.ByteSize()
             if reply.job_id != self.job_id or reply.round != round_number or worker.index in replies:
@@ -127,7 +146,7 @@ class ComputeStreams:
             try:
                 replies[worker.index] = serde.round_result_from_proto(reply, self.moduli, self.cols)
             except serde.WireError as exc:
-                worker.fail(f"sent a malformed result: {exc}")
+                worker.fail(f"sent a malformed result: {exc}", rejoinable=False)
             else:
                 compute = max(compute, reply.compute_seconds)
         waited = time.perf_counter() - sent_at

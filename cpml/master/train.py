@@ -21,6 +21,7 @@ from cpml.data import Dataset, load_dataset
 from cpml.field import uniform
 from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
 from cpml.master.local import LocalWorkers
+from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
 from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_precision, plan_from_checkpoint, public_profile
@@ -321,10 +322,14 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
         remaining = plan.iterations - trainer.round
         stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
         bar = reporting.ProgressBar(plan.iterations, "train", enabled=settings.progress, start_step=trainer.round)
+        rejoiner = Rejoiner(cluster, trainer, job_id, spec, settings.chunk_bytes)
         async with ComputeStreams(cluster.workers, job_id, plan.moduli, spec.cols, plan.threshold,
-                                  settings.timeouts.round, stream_deadline) as streams:
+                                  settings.timeouts.round, stream_deadline) as streams, contextlib.aclosing(rejoiner):
             with bar:
                 while not trainer.done:
+                    for worker in rejoiner.ready():
+                        worker.revive()
+                        streams.add(worker)
                     record = await _one_round(trainer, streams, target_scale)
                     history.append(record)
                     append_round(settings.out / ROUNDS_LOG, record)
