@@ -120,7 +120,8 @@ async def test_unreachable_workers_are_reported_by_address(tmp_path):
     async with running_worker() as alive:
         settings = _settings([alive.address, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], tmp_path,
                              timeouts=Timeouts(connect=1.0))
-        with pytest.raises(WorkersUnreachable, match="3 of 4 workers were not healthy within 1s: 127.0.0.1:1"):
+        with pytest.raises(WorkersUnreachable, match=r"3 of 4 workers were not healthy within 1s \(1 answered, "
+                                                     r"R = 4 needed\): 127.0.0.1:1"):
             await train(settings)
 
 

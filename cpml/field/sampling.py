@@ -31,8 +31,9 @@ def uniform(field: PrimeField, shape: int | tuple[int, ...]) -> Elements:
 
 
 def keyed_uniform(field: PrimeField, shape: int | tuple[int, ...], key: bytes, label: bytes) -> Elements:
-    """uniform(), but from the ChaCha20 keystream of a secret 256-bit key and a public label: the same again
-    for the same (key, label), so a share can be rebuilt for a worker that restarts without storing masks."""
+    """uniform(), but from the ChaCha20 keystream of a secret 256-bit key and a public label."""
+    # The same again for the same (key, label), so a share can be rebuilt for a worker that restarts
+    # without storing masks.
     if len(key) != 32:
         raise argument_error("key", "be 32 bytes", len(key))
     nonce = hashlib.sha256(label).digest()[:12]

@@ -136,10 +136,8 @@ class Cluster:
         return [w for w in self.workers if w.alive]
 
     async def wait_healthy(self, needed: int | None = None) -> None:
-        """Wait (up to timeouts.connect) for every worker's health service; drop the silent ones if `needed` remain.
-
-        With `needed` None every worker must answer (the MPC baselines need their groups whole).
-        """
+        """Wait (up to timeouts.connect) for every worker's health service; drop the silent ones if `needed` remain."""
+        # With `needed` None every worker must answer (the MPC baselines need their groups whole).
         deadline = time.monotonic() + self.timeouts.connect
         results = await asyncio.gather(*(self._wait_one(w, deadline) for w in self.workers))
         missing = [(w, reason) for w, reason in zip(self.workers, results, strict=True) if reason]

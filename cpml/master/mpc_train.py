@@ -84,10 +84,8 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
 async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, round_timeout: float,
                       on_round: Callable[[RoundRecord], None] | None = None,
                       target_scale: float = 1.0) -> MpcJobReport:
-    """Run a baseline job on the cluster's first G(2T+1) workers until the session is done.
-
-    target_scale turns the test RMSE of linear regression into the targets' units (their std).
-    """
+    """Run a baseline job on the cluster's first G(2T+1) workers until the session is done."""
+    # target_scale turns the test RMSE of linear regression into the targets' units (their std).
     mpc, control = session.mpc, cluster.timeouts.control
     if len(cluster.alive) < mpc.active_workers:
         raise NotEnoughWorkers(f"{len(cluster.alive)} workers but {protocol_name(mpc)} needs G(2T+1) = "

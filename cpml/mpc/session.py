@@ -78,10 +78,8 @@ class MpcSession(TrainingRun):
         )
 
     def data_messages(self, rows_per_chunk: int) -> Iterator[Message]:
-        """Shamir-share each group's rows in every residue field with fresh CSPRNG coefficients, chunk by chunk.
-
-        Each message carries rows [step, step + rows) of the party's share in all fields: (residues, rows, d).
-        """
+        """Shamir-share each group's rows in every residue field with fresh CSPRNG coefficients, chunk by chunk."""
+        # Each message carries rows [step, step + rows) of the party's share in all fields: (residues, rows, d).
         if rows_per_chunk < 1:
             raise argument_error("rows_per_chunk", "be positive", rows_per_chunk)
         points = party_points(self.mpc.group_size)

@@ -42,8 +42,8 @@ class CodingScheme:
         mask_source: MaskSource = uniform,
         workers: Sequence[int] | None = None,
     ) -> Elements:
-        """Encode K secret blocks (rows of `secrets`, signed ints as float64 or int32) with T masks into N shares
-        (or only the shares of `workers`, in that order)."""
+        """Encode K secret blocks (rows of `secrets`, signed ints as float64 or int32) with T masks into N shares."""
+        # With `workers`, only those workers' shares, in that order.
         if secrets.ndim != 2 or secrets.shape[0] != self.k:
             raise argument_error("secrets", f"have {self.k} rows (one per partition)", secrets.shape)
         # int32 holds every centred value exactly and halves the bytes the encoding GEMM reads.

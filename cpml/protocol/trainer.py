@@ -104,10 +104,8 @@ class CodedTrainer(TrainingRun):
         )
 
     def share_chunks(self, rows_per_chunk: int, workers: Sequence[int] | None = None) -> Iterator[ShareChunk]:
-        """Encode the dataset residue by residue, chunk by chunk; never all N shares at once.
-
-        With `workers`, only their shares, keyed by worker index: the same shares as the first time.
-        """
+        """Encode the dataset residue by residue, chunk by chunk; never all N shares at once."""
+        # With `workers`, only their shares, keyed by worker index: the same shares as the first time.
         if rows_per_chunk < 1:
             raise argument_error("rows_per_chunk", "be positive", rows_per_chunk)
         k, rows, d = self.partitions.shape
