@@ -130,11 +130,11 @@ class CodedTrainer(TrainingRun):
 
     def encode_dataset(self) -> Elements:
         """All N shares at once, shape (N, residues, rows, d) — for tests and the in-process simulator."""
-        return np.stack(
-            [np.concatenate([c.shares for c in self.share_chunks(self.partitions.shape[1]) if c.residue == j], axis=1)
-             for j in range(len(self.schemes))],
-            axis=1,
-        )
+        k, rows, d = self.partitions.shape
+        out = np.empty((self.plan.n_workers, len(self.schemes), rows, d), dtype=np.uint32)
+        for chunk in self.share_chunks(rows):
+            out[:, chunk.residue] = chunk.shares
+        return out
 
     def weight_shares(self) -> Elements:
         """Encode this round's quantized weights: shape (N, residues, d, r); checks the overflow guard first."""
