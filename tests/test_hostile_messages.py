@@ -469,6 +469,7 @@ async def test_the_master_drops_a_worker_whose_result_is_not_the_jobs_residues(r
         np.testing.assert_array_equal(reply, job.expected(0))
     liar_handle = cluster.workers[0]
     assert not liar_handle.alive and liar_handle.failure.startswith("sent a malformed result: ")
+    assert not liar_handle.rejoinable  # a worker that misbehaved is never taken back
     assert says in liar_handle.failure
     assert [e["worker"] for e in logs if e["event"] == "worker dropped"] == [0]
 

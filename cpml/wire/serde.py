@@ -1,8 +1,9 @@
 """Paired x_to_proto / x_from_proto functions: the only place generated message types are built or read.
 
-Field elements travel as packed little-endian uint32 bytes, row-major. Every `*_from_proto` checks
-sizes, that every element lies in [0, p), and checksums, raising MalformedMessage or CorruptData with
-a message a person can act on; the servicer maps those to gRPC status codes.
+Field elements travel as packed little-endian uint32 bytes, row-major, one slice per residue modulus.
+Every `*_from_proto` checks sizes, that every element lies in [0, p_j) for its residue's modulus p_j, and
+checksums, raising MalformedMessage or CorruptData with a message a person can act on; the servicer maps
+those to gRPC status codes.
 """
 
 from __future__ import annotations

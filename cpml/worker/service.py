@@ -159,7 +159,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         if not first.HasField("spec"):
             raise serde.MalformedMessage(
                 f"the first chunk of the upload of job {first.job_id!r} carries no job spec; "
-                f"the spec (modulus, degree, share shape, coefficients) must come first")
+                f"the spec (residue moduli, degree, share shape, coefficients) must come first")
         spec = serde.job_spec_from_proto(first.spec)
         try:
             ResidueBasis(spec.moduli)
