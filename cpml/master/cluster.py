@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -21,6 +21,7 @@ from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = "cpml.v1.Worker"
+_DIAGNOSE_AFTER = 1.5  # seconds without an answer before the master runs the handshake itself
 _CHUNKS_IN_FLIGHT = 2  # per worker: bounds the master's memory to N x 2 chunks during upload
 # UploadShare takes chunks that serde.share_chunks_to_wire has already serialized
 UPLOAD_METHOD = "/cpml.v1.Worker/UploadShare"
@@ -105,12 +106,13 @@ class Cluster:
 
     def __init__(self, addresses: Sequence[str], credentials: grpc.ChannelCredentials | None = None,
                  server_name: str | None = None, timeouts: Timeouts = Timeouts(),
-                 max_message_bytes: int = 8 << 20) -> None:
+                 max_message_bytes: int = 8 << 20, diagnose: Callable[[str], str | None] | None = None) -> None:
         if not addresses:
             raise ValueError("Argument 'addresses' must name at least one worker, not [].")
         self.addresses = tuple(addresses)
         self.timeouts = timeouts
         self._credentials = credentials
+        self._diagnose = diagnose  # address -> the TLS mistake that keeps it silent, if any
         self._options = [("grpc.max_send_message_length", max_message_bytes),
                          ("grpc.max_receive_message_length", max_message_bytes),
                          ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
@@ -152,6 +154,20 @@ class Cluster:
         log.info("workers healthy", workers=len(self.alive), dropped=len(missing))
 
     async def _wait_one(self, worker: WorkerHandle, deadline: float) -> str:
+        """'' once the worker is healthy, else why not; a TLS mistake is named within seconds, not at the deadline."""
+        health = asyncio.create_task(self._health_loop(worker, deadline))
+        try:
+            done, _ = await asyncio.wait({health}, timeout=_DIAGNOSE_AFTER)
+            if done or self._diagnose is None:
+                return await health
+            cause = await asyncio.to_thread(self._diagnose, worker.address)
+            if cause is not None and not health.done():
+                return cause
+            return await health
+        finally:
+            health.cancel()
+
+    async def _health_loop(self, worker: WorkerHandle, deadline: float) -> str:
         health = health_pb2_grpc.HealthStub(worker.channel)
         reason = "no answer"
         while (left := deadline - time.monotonic()) > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_precision, plan_
 from cpml.protocol.coding import MaskSource
 from cpml.wire import serde
 from cpml.wire.tls import channel_credentials
+from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
 log = structlog.get_logger(__name__)
 
@@ -281,18 +283,20 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
             local = await stack.enter_async_context(
                 LocalWorkers(settings.n_workers, settings.out / "workers", settings.timeouts.connect,
                              settings.local_worker_args))
-            addresses, credentials = local.addresses, None
+            addresses, credentials, diagnosis = local.addresses, None, None
             log.warning(LOOPBACK_WARNING)
         else:
             addresses = list(settings.workers)
             if settings.insecure:
-                credentials = None
+                credentials, tls = None, None
                 log.warning(PLAINTEXT_WARNING)
             else:
                 credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+                tls = TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.tls_server_name)
+            diagnosis = functools.partial(diagnose, tls=tls)
         cluster = await stack.enter_async_context(
             Cluster(addresses, credentials, settings.tls_server_name, settings.timeouts,
-                    max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
+                    max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes), diagnose=diagnosis))
         await cluster.wait_healthy(plan.threshold)  # start with the workers that answer while R do
         spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
         await cluster.check_capacity(max(plan.moduli), spec_bytes, settings.chunk_bytes, plan.threshold)

@@ -1,0 +1,67 @@
+"""A master whose TLS settings do not match the workers' is told why within seconds, not at its deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import pytest
+from helpers_cluster import make_pki, running_worker
+
+from cpml.master.cluster import Cluster, Timeouts, WorkersUnreachable
+from cpml.wire.tls import channel_credentials
+from cpml.wire.tls_diagnosis import TlsSettings, diagnose
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("stranger"), name="stranger")
+
+
+def tls_worker(pki, mutual=False):
+    return running_worker(insecure=False, tls_cert=pki.server_cert, tls_key=pki.server_key,
+                          tls_client_ca=pki.ca if mutual else None)
+
+
+CASES = {
+    "plaintext master, TLS worker": (False, lambda p, s: None, "serves TLS but the master connects in plaintext"),
+    "TLS master, plaintext worker": (None, lambda p, s: TlsSettings(p.ca), "speaks plaintext but the master uses TLS"),
+    "unknown CA": (False, lambda p, s: TlsSettings(s.ca), "is not signed by the CA in --tls-ca"),
+    "wrong host name": (False, lambda p, s: TlsSettings(p.ca, server_name="elsewhere.example"),
+                        "is not issued for 'elsewhere.example'"),
+    "no client certificate": (True, lambda p, s: TlsSettings(p.ca), "demands a client certificate"),
+    "foreign client certificate": (True, lambda p, s: TlsSettings(p.ca, s.client_cert, s.client_key),
+                                   "refused the master's client certificate"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_each_tls_mistake_is_named(pki, stranger, case):
+    mutual, settings, expected = CASES[case]
+    worker = running_worker() if mutual is None else tls_worker(pki, mutual)
+    async with worker as w:
+        cause = await asyncio.to_thread(diagnose, w.address, settings(pki, stranger))
+    assert cause is not None and expected in cause, cause
+
+
+async def test_matching_settings_have_nothing_to_report(pki):
+    async with tls_worker(pki, mutual=True) as w:
+        cause = await asyncio.to_thread(diagnose, w.address, TlsSettings(pki.ca, pki.client_cert, pki.client_key))
+    assert cause is None
+
+
+async def test_the_master_names_the_cause_long_before_its_connect_timeout(pki):
+    async with tls_worker(pki, mutual=True) as w:
+        tls = TlsSettings(pki.ca)  # no client certificate for a mutual-TLS worker
+        started = time.monotonic()
+        async with Cluster([w.address], channel_credentials(pki.ca), timeouts=Timeouts(connect=60.0),
+                           diagnose=functools.partial(diagnose, tls=tls)) as cluster:
+            with pytest.raises(WorkersUnreachable, match="demands a client certificate"):
+                await cluster.wait_healthy()
+        assert time.monotonic() - started < 15
