@@ -57,3 +57,16 @@ def test_resume_refuses_a_changed_plan_and_repairs_a_torn_log(tmp_path):
     resumed = cli(tmp_path, "--iterations", "5", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert [json.loads(line)["round"] for line in rounds.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prime", "33554395"], "Argument '--prime' must be prime, not 33554395."),
+    (["--learning-rate", "0"], "Argument '--learning-rate' must be a positive finite number (leave it out for 1/L)"),
+    (["--workers-local", "3"], "Argument '--workers-local (or --workers)' must be at least 4"),
+    (["--weight-bound", "-1"], "Argument '--weight-bound' must be a positive finite number, not -1.0."),
+])
+def test_plan_refusals_name_the_flag_the_user_typed(tmp_path, flags, message):
+    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET, "--out",
+                          str(tmp_path / "run"), "--log-level", "error", *flags], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and message in run.stderr, run.stderr

@@ -42,6 +42,7 @@ from cpml.master.train import (
     read_rounds,
     save_checkpoint,
     choose_precision,
+    in_flag_terms,
 )
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import Plan
@@ -74,11 +75,14 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
     """The baseline's groups (T from --t, else the paper's floor((N-3)/6)) and the quantization plan."""
     n = settings.n_workers
     mpc = MpcPlan(protocol, n, settings.t) if settings.t is not None else MpcPlan.paper(protocol, n)
-    plan = Plan.for_privacy(n, mpc.t, settings.r, p=settings.prime, iterations=settings.iterations,
-                            model=settings.model, learning_rate=settings.learning_rate,
-                            weight_bound=settings.weight_bound, sigmoid_interval=settings.sigmoid_interval)
-    # Parties see the precision in what they are sent: as for CodedPrivateML, it is planned from public facts.
-    return mpc, choose_precision(settings, plan, x_train)
+    try:
+        plan = Plan.for_privacy(n, mpc.t, settings.r, p=settings.prime, iterations=settings.iterations,
+                                model=settings.model, learning_rate=settings.learning_rate,
+                                weight_bound=settings.weight_bound, sigmoid_interval=settings.sigmoid_interval)
+        # Parties see the precision in what they are sent: as for CodedPrivateML, planned from public facts.
+        return mpc, choose_precision(settings, plan, x_train)
+    except ValueError as exc:
+        raise ValueError(in_flag_terms(str(exc))) from None
 
 
 async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, round_timeout: float,

@@ -97,8 +97,29 @@ def load_training_data(settings: TrainSettings) -> Dataset:
     return data
 
 
+# Plan fields as the flags that set them, so a refusal names what the user typed.
+PLAN_FLAGS = {"p": "--prime", "n_workers": "--workers-local (or --workers)", "learning_rate": "--learning-rate",
+              "r": "--r", "k": "--k", "t": "--t", "lx": "--lx", "lw": "--lw", "lc": "--lc", "residues": "--residues",
+              "iterations": "--iterations", "weight_bound": "--weight-bound",
+              "sigmoid_interval": "--sigmoid-interval", "model": "--model"}
+
+
+def in_flag_terms(message: str) -> str:
+    """A Plan refusal rewritten with the command-line flag in place of the field name."""
+    for field, flag in PLAN_FLAGS.items():
+        message = message.replace(f"Argument '{field}' ", f"Argument '{flag}' ")
+    return message.replace(" or None (auto)", " (leave it out for 1/L)")
+
+
 def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
-    """The plan for N workers from the settings: Case 1/2 or explicit K/T; quantization auto unless given."""
+    """The plan for N workers from the settings: Case 1/2 or explicit K/T; precision automatic unless given."""
+    try:
+        return _make_plan(settings, n_workers, x_train)
+    except ValueError as exc:
+        raise ValueError(in_flag_terms(str(exc))) from None
+
+
+def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
     kwargs: dict[str, Any] = {"p": settings.prime, "iterations": settings.iterations, "model": settings.model,
                               "learning_rate": settings.learning_rate, "weight_bound": settings.weight_bound,
                               "sigmoid_interval": settings.sigmoid_interval}
