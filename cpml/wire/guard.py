@@ -160,6 +160,9 @@ def failure_site(exc: BaseException) -> str:
 
 async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     error, site = type(exc).__name__, failure_site(exc)
+    if context.cancelled() or context.done():  # the client went away mid-call (e.g. while being refused): no bug
+        log.debug("request ended by the client", method=method, error=error, site=site)
+        return
     log.error("request failed unexpectedly", method=method, error=error, site=site)
     if isinstance(exc, MemoryError):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -155,6 +156,10 @@ class MpcService(pb_grpc.MpcServicer):
                                        f"between 1 and {MAX_DEGREE}")
             spec, peers = mpc_serde.join_from_proto(request)
             _check_party(spec, peers)
+            check_peers_allowed(peers, self._settings.mpc_peer_hosts)
+        except PeerNotAllowed as exc:
+            log.warning("mpc join refused", code="PERMISSION_DENIED", reason=str(exc))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except MalformedMessage as exc:
             log.warning("mpc join refused", code="INVALID_ARGUMENT", reason=str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -241,6 +246,7 @@ class MpcService(pb_grpc.MpcServicer):
             job.results_open = False
 
     async def Leave(self, request: pb.MpcLeaveRequest, context: grpc.aio.ServicerContext) -> pb.MpcLeaveReply:
+        await _check_job_id(request.job_id, context)
         job = self._jobs.pop(request.job_id, None)
         if job is None:
             return pb.MpcLeaveReply(existed=False)
@@ -286,6 +292,7 @@ class MpcService(pb_grpc.MpcServicer):
         self._store.release_party(job.job_id)
 
     async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> MpcJob:
+        await _check_job_id(job_id, context)
         job = self._jobs.get(job_id)
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
@@ -375,6 +382,22 @@ def _party_refusal(exc: Exception) -> bool:
     return isinstance(exc, (ProtocolError, RuntimeError)) and bool(frames) and _MPC_PACKAGE in frames[-1].filename
 
 
+async def _check_job_id(job_id: str, context: grpc.aio.ServicerContext) -> None:
+    """INVALID_ARGUMENT for an empty, over-long or unprintable job id, as on every other RPC."""
+    try:
+        check_id(job_id)
+    except MalformedMessage as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+class PeerNotAllowed(Exception):
+    """A Join names a peer outside the worker's --mpc-peer-hosts."""
+
+
+# host:port with a DNS name, an IPv4 address or a bracketed IPv6 address: never unix:, dns:/// or other targets
+_PEER_ADDRESS = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}")
+
+
 def _check_party(spec: PartySpec, peers: list[str]) -> None:
     """Refuse what the wire format allows but a worker cannot serve: sizes, indices, addresses (primes: serde)."""
     if spec.group_size > MAX_GROUP_SIZE:
@@ -384,6 +407,17 @@ def _check_party(spec: PartySpec, peers: list[str]) -> None:
         raise MalformedMessage(f"Join request puts the group at workers {spec.first}..; worker indices must stay "
                                f"below 2^31")
     for address in peers:
-        if not address or len(address) > MAX_ADDRESS_LENGTH or not address.isprintable():
-            raise MalformedMessage(f"Join request names peer {shown(address)}; every peer must be a host:port of "
-                                   f"at most {MAX_ADDRESS_LENGTH} printable characters")
+        if not address or len(address) > MAX_ADDRESS_LENGTH or not _PEER_ADDRESS.fullmatch(address) or not (
+                0 < int(address.rpartition(":")[2]) < 65536):
+            raise MalformedMessage(f"Join request names peer {shown(address)}; every peer must be a host:port (a host "
+                                   f"name, an IPv4 address or a [bracketed] IPv6 address, a port from 1 to 65535) of "
+                                   f"at most {MAX_ADDRESS_LENGTH} characters, never a unix: or other gRPC target")
+
+
+def check_peers_allowed(peers: list[str], allowed: tuple[str, ...]) -> None:
+    """Refuse peers whose host is not in --mpc-peer-hosts (when set): a client cannot aim a worker elsewhere."""
+    for address in peers:
+        host = address.rpartition(":")[0].strip("[]").lower()
+        if allowed and host not in allowed:
+            raise PeerNotAllowed(f"Join request names peer {shown(address)}, whose host is not among this worker's "
+                                 f"--mpc-peer-hosts ({', '.join(allowed)}); the worker connects only to those")

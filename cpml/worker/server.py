@@ -61,7 +61,7 @@ class WorkerServer:
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
         add_guarded(pb_grpc.add_WorkerServicer_to_server, WorkerService(self.store, s, self._executor), server)
         add_guarded(mpc_pb2_grpc.add_MpcServicer_to_server, self.mpc, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)  # bad bytes: INVALID_ARGUMENT
         if s.tls:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:

@@ -49,6 +49,7 @@ class WorkerSettings:
     drain_seconds: float = 10.0
     job_idle_seconds: float = 3600.0
     orphan_seconds: float = 300.0  # a job with no open compute stream (its master gone) is forgotten sooner
+    mpc_peer_hosts: tuple[str, ...] = ()  # hosts an MPC Join may name as peers (empty: any host:port)
     compute_threads: int = 2
     stop_with_parent: bool = False
     log_level: str = "info"
@@ -112,6 +113,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="on SIGTERM, let calls in flight finish for this long")
     p.add_argument("--job-idle-seconds", type=float, default=env("JOB_IDLE_SECONDS", d.job_idle_seconds),
                    help="forget a job unused for this long (also the most a compute stream may stay silent)")
+    p.add_argument("--mpc-peer-hosts", default=env("MPC_PEER_HOSTS", ""),
+                   help="comma-separated hosts an MPC baseline job may make this worker connect to (default: any "
+                        "host:port; set it on networks where that matters)")
     p.add_argument("--orphan-seconds", type=float, default=env("ORPHAN_SECONDS", d.orphan_seconds),
                    help="forget a job with no open compute stream after this long (a master that died "
                         "without ending it); default 300")
@@ -149,6 +153,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
             tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key), tls_client_ca=_path(args.tls_client_ca),
             insecure=args.insecure, port_file=_path(args.port_file), drain_seconds=float(args.drain_seconds),
             job_idle_seconds=float(args.job_idle_seconds), orphan_seconds=float(args.orphan_seconds),
+            mpc_peer_hosts=tuple(h.strip().lower() for h in str(args.mpc_peer_hosts or "").split(",") if h.strip()),
             compute_threads=int(args.compute_threads),
             stop_with_parent=bool(args.stop_with_parent),
             log_level=args.log_level, log_format=args.log_format,
