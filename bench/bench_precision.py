@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                          "references": references(auto, split)}
         print(name, results[name], flush=True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_average_after": [round(v, 2) for v in os.getloadavg()],
             "python": platform.python_version(), "numpy": np.__version__, "workers": 10,
             "command": "python bench/bench_precision.py" + (" --quick" if args.quick else "")}
     write_metrics(args.out, {"meta": meta, "datasets": results})
