@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "step": "as given" if args.learning_rate else "public rule (cpml.dp.dpgd.public_step),"
                 " resolved per run; learning_rate and momentum recorded per point",
         "noise_source": "SecureGaussian (os.urandom, Box-Muller)",
-        "accountant": "dp_accounting RDP, replace-one, full batch",
+        "accountant": "dp_accounting PLD (REPLACE_ONE), full batch",
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
         "datasets": {},
     }

@@ -1,5 +1,6 @@
-"""End to end: `cpml-master aggregate --listen` and three `cpml-party` processes on 127.0.0.1:0;
-one party leaves mid-run (its own --max-epsilon) and the server drops and renormalises it."""
+"""End to end: `cpml-master aggregate --listen` and three `cpml-party` processes on 127.0.0.1:0,
+joining with the tokens the server generated; one party leaves mid-run (its own --max-epsilon)
+and the server drops and renormalises it."""
 
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def write_party_files(tmp: Path) -> list[Path]:
 
 def leave_after_three_rounds() -> float:
     """A --max-epsilon the smallest party crosses in its 4th round (the server's calibration)."""
-    z = calibrate_noise_multiplier(Budget(EPSILON, 1e-5), ROUNDS, 1.0, Accounting.RDP)
+    z = calibrate_noise_multiplier(Budget(EPSILON, 1e-5), ROUNDS, 1.0, Accounting.for_sampling(1.0))
     z_small = z * math.sqrt(SIZES[0] / sum(SIZES))
-    three, four = (epsilon_spent({Step(z_small): r}, 1e-5, Accounting.RDP) for r in (3, 4))
+    three, four = (epsilon_spent({Step(z_small): r}, 1e-5, Accounting.for_sampling(1.0)) for r in (3, 4))
     return (three + four) / 2
 
 
@@ -53,7 +54,8 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
         [sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0",
          "--insecure", "--port-file", str(port_file), "--parties", "3", "--rounds", str(ROUNDS),
          "--epsilon", str(EPSILON), "--round-timeout", "3", "--join-timeout", "60",
-         "--run-id", "e2e", "--out", str(out), "--log-format", "json"],
+         "--run-id", "e2e", "--party-names", "party0,party1,party2", "--out", str(out),
+         "--log-format", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -69,7 +71,8 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
             extra = ["--max-epsilon", f"{leave_after_three_rounds():.6f}"] if k == 0 else []
             parties.append(subprocess.Popen(
                 [sys.executable, "-m", "cpml.dp.party_cli", "--server", address, "--data",
-                 str(path), "--insecure", "--run-id", "e2e", "--name", f"party{k}",
+                 str(path), "--insecure", "--run-id", "e2e",
+                 "--token-file", str(out / "join-tokens" / f"party{k}"),
                  "--out", str(tmp_path / f"model{k}.json"), "--log-format", "json", *extra],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         results = [p.communicate(timeout=90) for p in parties]

@@ -3,6 +3,11 @@
 Embedded (default): split a dataset into --parties parties with unevenness --rho and run them
 as local clients over gRPC on 127.0.0.1. With --listen, wait for --parties remote `cpml-party`
 processes instead. Writes metrics.json, model.json and curves.png to --out, like `train`.
+
+Parties prove who they are: with --tls-client-ca (mutual TLS) a party's name is its certificate's
+identity; otherwise each party holds a secret join token, from --party-tokens (name:token lines) or
+generated into --out/party-tokens and --out/join-tokens/<name> (mode 0600). A listening server
+serves the run named by --run-id, or a random one it prints.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `aggregate` subcommand's flags."""
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
     run = parser.add_argument_group("run")
-    run.add_argument("--run-id", default="wddp")
-    run.add_argument("--parties", type=int, default=6, help="number of parties P")
+    run.add_argument("--run-id", default=None,
+                     help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)")
+    run.add_argument("--parties", type=int, default=None,
+                     help="number of parties P (default: the number of --party-names or --party-tokens"
+                          " names, else 6)")
     run.add_argument("--scheme", default="weighted",
                      choices=("weighted", "unweighted", "centralized"),
                      help="WD-DP, the unweighted baseline, or centralized DP-GD (embedded only)")
@@ -44,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--epsilon", type=float, default=1.0, help="budget of the released model")
     run.add_argument("--delta", type=float, default=1e-5)
     run.add_argument("--accountant", choices=("rdp", "pld"), default=None,
-                     help="default: rdp for full batches, pld with --sampling-rate < 1")
+                     help="default: pld, the tighter upper bound for replace-one neighbours (rdp only"
+                          " for full batches)")
     run.add_argument("--learning-rate", type=float, default=None,
                      help="default: from public quantities only, min(1/L, noise-optimal step) with"
                           " L = 1/4 + l2 (rows lie in the unit ball); see --momentum")
@@ -71,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="the label value that becomes class 1 (default: the larger number, or the "
                                "later text in sorted order)")
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
-    embedded.add_argument("--scaling", default="standard", choices=("minmax", "standard", "none"))
+    embedded.add_argument("--scaling", default=None, choices=("minmax", "standard", "none"),
+                          help="default: standard, or none with --feature-bounds")
     embedded.add_argument("--test-fraction", type=float, default=0.2)
     embedded.add_argument("--seed", type=int, default=0, help="seeds the train/test split and the"
                           " party split (never the noise)")
@@ -83,6 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     remote.add_argument("--tls-key", type=Path, default=None)
     remote.add_argument("--tls-client-ca", type=Path, default=None)
     remote.add_argument("--insecure", action="store_true", help="serve plaintext gRPC")
+    remote.add_argument("--party-tokens", type=Path, default=None,
+                        help="the parties' join tokens, one name:token line each (without it, tokens"
+                             " are generated into --out, or reused from there; not with --tls-client-ca)")
+    remote.add_argument("--party-names", default=None,
+                        help="comma-separated party names: those tokens are generated for (default"
+                             " party-1 ... party-P), or with --tls-client-ca the certificate names that"
+                             " may join (default: any the client CA signed)")
+    remote.add_argument("--feature-bounds", type=Path, default=None,
+                        help="public JSON schema of feature bounds every party must scale with (they pass"
+                             " the same file; checked at Join); embedded, it scales the dataset")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("runs/aggregate"))
     out.add_argument("--resume", action="store_true",
@@ -101,13 +121,17 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(args.out)
         settings, shards, evaluation, notes = _prepare(args)
         credentials = _server_credentials(args)
+        access = _access(args, settings, shards)
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from cpml.dp.server import JoinTimeout
 
+    notes.append(access.note)
+    for line in access.printed:
+        print(line, flush=True)
     try:
-        report = _run_loop(_serve(args, settings, shards, evaluation, credentials))
+        report = _run_loop(_serve(args, settings, shards, evaluation, credentials, access))
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -165,6 +189,14 @@ def _prepare(args: argparse.Namespace):
     if centralized and args.listen:
         raise ValueError("Argument 'scheme' must be weighted or unweighted with --listen, "
                          "not 'centralized' (it needs the pooled data).")
+    bounds = None
+    if args.feature_bounds is not None:
+        from cpml.dp.features import read_feature_bounds
+
+        bounds = read_feature_bounds(args.feature_bounds)
+    args.parties = _party_count(args)
+    args.run_id_given = args.run_id is not None
+    args.run_id = _run_id(args)
     if args.parties < 1:
         raise ValueError(f"Argument 'parties' must be at least 1, not {args.parties}.")
     for name in ("round_timeout", "join_timeout"):
@@ -176,19 +208,32 @@ def _prepare(args: argparse.Namespace):
         budget=Budget(args.epsilon, args.delta), local=local,
         scheme=Scheme.WEIGHTED if centralized else Scheme(args.scheme),
         accountant=args.accountant, momentum=args.momentum,
+        feature_schema=bounds.digest if bounds is not None else "",
     )
     if args.listen:
         if not (args.insecure or (args.tls_cert and args.tls_key)):
             raise ValueError("Argument 'listen' must come with --tls-cert/--tls-key or --insecure,"
                              f" not {args.listen!r} alone.")
-        return settings, None, None, ["remote parties: their data and preprocessing stay with"
-                                      " them"]
+        notes = ["remote parties: their data and preprocessing stay with them"]
+        if bounds is not None:
+            notes.append(f"every party scales with the public feature bounds {str(args.feature_bounds)!r}"
+                         f" (sha256 {bounds.digest[:12]}), checked at Join")
+        return settings, None, None, notes
     from cpml.data import load_dataset
+    from cpml.dp.features import warn_if_dominated
 
-    data = load_dataset(args.dataset, args.test_fraction, args.scaling, args.seed, args.data_format,
+    scaling = args.scaling or ("none" if bounds is not None else "standard")
+    if bounds is not None and scaling != "none":
+        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not"
+                         f" {scaling!r}.")
+    data = load_dataset(args.dataset, args.test_fraction, scaling, args.seed, args.data_format,
                         args.label_column, positive_label=args.positive_label)
-    x = add_bias_and_normalise(data.x_train)
-    x_test = add_bias_and_normalise(data.x_test)
+    x_train, x_test = data.x_train, data.x_test
+    if bounds is not None:
+        x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
+    warn_if_dominated(x_train, "pass public feature bounds with --feature-bounds FILE, or --scaling standard")
+    x = add_bias_and_normalise(x_train)
+    x_test = add_bias_and_normalise(x_test)
     if centralized:
         shards = [(x, data.y_train)]
     else:
@@ -198,9 +243,114 @@ def _prepare(args: argparse.Namespace):
         shards = [(x[i], data.y_train[i]) for i in parts]
     notes = [*data.notes, "rows: bias column appended, then scaled into the unit ball (G = 1)",
              "feature scaling used training-split statistics, which the DP guarantee does not"
-             " cover (as in the paper's setup)" if args.scaling != "none" else
+             " cover (as in the paper's setup)" if scaling != "none" else
+             "features clipped and mapped to [-1, 1] by the public bounds: the guarantee covers all use"
+             " of the data" if bounds is not None else
              "no feature scaling: the guarantee covers all use of the data"]
     return settings, shards, (x_test, data.y_test), notes
+
+
+def _party_count(args: argparse.Namespace) -> int:
+    """--parties, else the number of named parties (--party-names or a token file), else 6."""
+    if args.parties is not None:
+        return args.parties
+    if not args.listen:
+        return 6
+    names = _listed_names(args)
+    return len(names) if names else 6
+
+
+def _listed_names(args: argparse.Namespace) -> tuple[str, ...] | None:
+    from cpml.dp.auth import TOKEN_FILE, read_token_file
+
+    if args.party_names is not None:
+        return tuple(n.strip() for n in args.party_names.split(",") if n.strip())
+    if args.tls_client_ca is not None:
+        return None
+    existing = args.out / TOKEN_FILE
+    path = args.party_tokens or (existing if existing.is_file() else None)
+    return tuple(read_token_file(path)) if path is not None else None
+
+
+def _run_id(args: argparse.Namespace) -> str:
+    """--run-id; embedded 'wddp'; listening, the checkpoint's when resuming, else a random one."""
+    if args.run_id is not None:
+        if not args.run_id or len(args.run_id) > 128 or not args.run_id.isprintable():
+            raise ValueError(f"Argument 'run_id' must be 1 to 128 printable characters, not {args.run_id!r}.")
+        return args.run_id
+    if not args.listen:
+        return "wddp"
+    if args.resume:
+        run_id = _read_checkpoint(args.out / "checkpoint.json")["session"].get("run_id")
+        if isinstance(run_id, str) and run_id:
+            return run_id
+    import secrets
+
+    return f"wddp-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class _Access:
+    """Who may join and how: the server's admission, the embedded parties' tokens, what to print."""
+
+    admission: Any  # cpml.dp.auth.TokenAdmission or CertificateAdmission
+    tokens: dict[str, str] = field(repr=False)  # the embedded parties' own (never printed or logged)
+    note: str
+    printed: list[str]
+
+
+def _access(args: argparse.Namespace, settings, shards) -> _Access:
+    """The admission of this server: embedded tokens, certificates (mTLS) or join tokens."""
+    from cpml.dp.auth import CertificateAdmission, TokenAdmission, check_names, generate_tokens
+
+    if not args.listen:
+        names = ["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))]
+        tokens = generate_tokens(names)
+        return _Access(TokenAdmission(tokens), tokens, "embedded parties join with in-memory tokens", [])
+    printed = [] if args.run_id_given else [
+        f"run id: {settings.run_id} (each party passes --run-id {settings.run_id})"]
+    if args.tls_client_ca is not None:
+        if args.party_tokens is not None:
+            raise ValueError("Argument 'party_tokens' must not come with --tls-client-ca (a party's client"
+                             f" certificate names it), not {str(args.party_tokens)!r}.")
+        roster = _listed_names(args)
+        note = "parties authenticated by client certificate (mutual TLS): name = certificate CN/SAN"
+        return _Access(CertificateAdmission(roster), {}, note, printed)
+    tokens, where = _token_source(args, settings.parties)
+    if len(tokens) < settings.parties:
+        raise ValueError(f"Argument 'party_tokens' must name at least --parties ({settings.parties}) parties,"
+                         f" not {len(tokens)} in {where}.")
+    check_names(tokens, "party_tokens")
+    printed.append(f"join tokens: {where}")
+    if args.insecure:
+        log.warning("plaintext gRPC (--insecure): join tokens travel unencrypted; use --tls-cert/--tls-key")
+    note = f"parties authenticated by join tokens ({len(tokens)} names)"
+    return _Access(TokenAdmission(tokens), {}, note, printed)
+
+
+def _token_source(args: argparse.Namespace, parties: int) -> tuple[dict[str, str], str]:
+    """The tokens of --party-tokens, or of --out/party-tokens (reused or newly generated)."""
+    from cpml.dp.auth import TOKEN_DIR, TOKEN_FILE, generate_tokens, read_token_file, write_tokens
+
+    if args.party_tokens is not None:
+        if args.party_names is not None:
+            raise ValueError("Argument 'party_names' must not come with --party-tokens (the file names the"
+                             f" parties), not {args.party_names!r}.")
+        return read_token_file(args.party_tokens), f"{args.party_tokens} (--party-tokens)"
+    existing = args.out / TOKEN_FILE
+    names = _listed_names(args) if args.party_names is not None else None
+    if existing.is_file():
+        tokens = read_token_file(existing)
+        if names is not None and set(names) != set(tokens):
+            raise ValueError(f"Argument 'party_names' must match the parties of {str(existing)!r}, which"
+                             f" this server reuses ({', '.join(tokens)}), not {args.party_names!r}; delete"
+                             " that file to issue new tokens.")
+        return tokens, (f"{existing} (reused; each party keeps its file from {args.out / TOKEN_DIR}/,"
+                        " passed with cpml-party --token-file)")
+    tokens = generate_tokens(names or [f"party-{k}" for k in range(1, parties + 1)])
+    path, folder = write_tokens(args.out, tokens)
+    return tokens, (f"{path} (generated, mode 0600); hand each party its own file from {folder}/,"
+                    " passed with cpml-party --token-file")
 
 
 def _server_credentials(args: argparse.Namespace):
@@ -211,7 +361,7 @@ def _server_credentials(args: argparse.Namespace):
     return None
 
 
-async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, Any]:
+async def _serve(args, settings, shards, evaluation, credentials, access: _Access) -> dict[str, Any]:
     from cpml.dp.dpgd import accuracy, objective
     from cpml.dp.party import PartyConfig, run_party
     from cpml.dp.server import AggregationServer, Coordinator
@@ -253,9 +403,10 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
         bar.update(result.round, eps=result.epsilon,
                    **{k: v for k, v in shown.items() if v is not None})
 
-    coordinator = Coordinator(session, args.round_timeout, args.join_timeout, on_round)
+    coordinator = Coordinator(session, args.round_timeout, args.join_timeout, on_round,
+                              roster=access.admission.roster)
     listen = args.listen or "127.0.0.1:0"
-    server = AggregationServer(coordinator, listen, credentials)
+    server = AggregationServer(coordinator, listen, credentials, access.admission)
     address = await server.start()
     if args.port_file is not None:
         _write_atomically(args.port_file, address)
@@ -269,8 +420,9 @@ async def _serve(args, settings, shards, evaluation, credentials) -> dict[str, A
             driver = group.create_task(coordinator.run())
             for k, (x, y) in enumerate(shards or []):
                 name = "pooled" if len(shards) == 1 else f"party-{k}"
-                parties.append(group.create_task(
-                    run_party(PartyConfig(address, settings.run_id, name), x, y)))
+                config = PartyConfig(address, settings.run_id, name, token=access.tokens[name],
+                                     feature_schema=settings.feature_schema)
+                parties.append(group.create_task(run_party(config, x, y)))
             await driver
             await coordinator.wait_until_told(grace=10.0)
     except* Exception as group_error:

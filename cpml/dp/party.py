@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -41,6 +41,8 @@ class PartyConfig:
     max_epsilon: float | None = None
     wait_timeout: float = 600.0
     call_timeout: float = 30.0
+    token: str = field(default="", repr=False)  # the secret join token (none with a client certificate)
+    feature_schema: str = ""  # digest of the public feature bounds the data was scaled with
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ async def run_party(
         stub = pb_grpc.AggregationStub(channel)
         joined = await stub.Join(
             pb.JoinRequest(run_id=config.run_id, name=config.name, records=len(y),
-                           dimension=x.shape[1]),
+                           dimension=x.shape[1], token=config.token,
+                           feature_schema=config.feature_schema),
             timeout=config.call_timeout,
         )
         log_.info("joined", rounds=joined.rounds, scheme=joined.scheme, epsilon=joined.epsilon,

@@ -1,9 +1,12 @@
 """`cpml-party`: join a WD-DP run with local data and train with differentially private GD.
 
-    cpml-party --server host:port --data records.csv [--run-id wddp] [--name hospital-a]
+    cpml-party --server host:port --run-id RUN --data records.csv --token-file hospital-a.token
+               [--feature-bounds schema.json] [--tls-ca ca.pem]
 
 The data never leaves the process; only noisy models do. Rows are put in the unit ball (with a
 bias column) so the per-record loss is 1-Lipschitz, and per-record gradients are clipped too.
+The party proves its name with the join token its operator handed out (--token-file, one line
+`name:token`), or with its client certificate when the server demands one (--tls-cert/--tls-key).
 """
 
 from __future__ import annotations
@@ -11,17 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 import structlog
 
 from cpml.logs import FORMATS, LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from cpml.dp.features import FeatureBounds
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scaling", default="none", choices=("none", "minmax", "standard"),
                         help="feature scaling on this party's data; 'none' keeps the guarantee"
                              " exact (the others use data statistics DP does not cover)")
-    parser.add_argument("--run-id", default="wddp")
-    parser.add_argument("--name", default=f"{socket.gethostname()}-{os.getpid()}",
-                        help="public name of this party in the run")
+    parser.add_argument("--feature-bounds", type=Path, default=None,
+                        help="the run's public schema of feature bounds (JSON; the same file as the"
+                             " server's): clips and maps each feature to [-1, 1], inside the guarantee")
+    parser.add_argument("--run-id", default=None, help="the run to join (the id the server printed)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="this party's join token from the server's operator (one line: name:token"
+                             " or token); not needed with a client certificate")
+    parser.add_argument("--name", default=None,
+                        help="public name of this party in the run (default: the name in --token-file,"
+                             " or the client certificate's CN)")
     parser.add_argument("--max-epsilon", type=float, default=None,
                         help="leave the run before this party's updates reveal more than this"
                              " epsilon to the server")
@@ -66,11 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
-                    positive_label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    positive_label: str | None = None,
+                    bounds: FeatureBounds | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Features in the unit ball with a bias column, and 0/1 labels, from a local file."""
     from cpml.data import is_label, read_raw, scale
     from cpml.dp.dpgd import add_bias_and_normalise
+    from cpml.dp.features import warn_if_dominated
 
+    if bounds is not None and scaling != "none":
+        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not"
+                         f" {scaling!r}.")
     if not Path(path).is_file():
         raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
     try:
@@ -100,7 +117,14 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
     else:
         raise ValueError(f"Argument 'data' must have labels 0/1 or -1/1 (or pass --positive-label), not "
                          f"{shown} in {where}.")
-    x, _, _ = scale(raw.x, raw.x, scaling)
+    if bounds is not None:
+        x = bounds.apply(raw.x)
+        hint = "check the bounds in --feature-bounds"
+    else:
+        x, _, _ = scale(raw.x, raw.x, scaling)
+        hint = ("pass the run's public schema of feature bounds with --feature-bounds FILE (the same file"
+                " for every party and the server; the guarantee stays exact)")
+    warn_if_dominated(x, hint)
     return add_bias_and_normalise(x), y
 
 
@@ -120,7 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"Argument 'out' must be a file path for the model, not the directory "
                                  f"{str(args.out)!r}.")
             check_output_dir(args.out.parent)
-        x, y = load_party_data(args.data, args.format, args.label_column, args.scaling, args.positive_label)
+        bounds = None
+        if args.feature_bounds is not None:
+            from cpml.dp.features import read_feature_bounds
+
+            bounds = read_feature_bounds(args.feature_bounds)
+        x, y = load_party_data(args.data, args.format, args.label_column, args.scaling, args.positive_label,
+                               bounds)
         if args.max_epsilon is not None and not args.max_epsilon > 0:
             raise ValueError(f"Argument 'max_epsilon' must be positive, not {args.max_epsilon}.")
         if not args.wait_timeout > 0:
@@ -128,13 +158,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials = None
         if not args.insecure:
             credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        if not args.run_id:
+            raise ValueError("Argument 'run_id' must name the run to join (the id cpml-master aggregate"
+                             f" printed), not {args.run_id!r}.")
+        name, token = _identity(args)
     except ValueError as exc:
         print(f"cpml-party: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.insecure:
-        log.warning("plaintext gRPC (--insecure): noisy models travel unencrypted")
-    config = PartyConfig(server=args.server, run_id=args.run_id, name=args.name,
-                         max_epsilon=args.max_epsilon, wait_timeout=args.wait_timeout)
+        log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
+    config = PartyConfig(server=args.server, run_id=args.run_id, name=name,
+                         max_epsilon=args.max_epsilon, wait_timeout=args.wait_timeout, token=token,
+                         feature_schema=bounds.digest if bounds is not None else "")
     try:
         outcome = asyncio.run(run_party(config, x, y, credentials))
     except NoiseTooLow as exc:
@@ -164,6 +199,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "party_epsilon": outcome.party_epsilon}, indent=2))
         print(f"model: {args.out}")
     return EXIT_OK
+
+
+def _identity(args: argparse.Namespace) -> tuple[str, str]:
+    """This party's name and join token, from --name, --token-file and the client certificate."""
+    from cpml.dp.auth import certificate_name, read_party_token
+
+    certificate = args.tls_cert is not None and not args.insecure
+    if args.token_file is None and not certificate:
+        raise ValueError("Argument 'token_file' must give this party's join token (from the server's"
+                         " operator) unless it presents a client certificate (--tls-cert/--tls-key), not"
+                         " neither.")
+    token_name, token = read_party_token(args.token_file) if args.token_file else (None, "")
+    if args.name and token_name and args.name != token_name:
+        raise ValueError(f"Argument 'name' must be the name its token was issued to ({token_name!r}),"
+                         f" not {args.name!r}.")
+    name = args.name or token_name or (certificate_name(args.tls_cert) if certificate else None)
+    if not name:
+        raise ValueError("Argument 'name' must be given when --token-file holds a bare token, not"
+                         " missing.")
+    return name, token
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """The aggregation server: a thin gRPC servicer over `AggregationSession`, and the round driver.
 
-The driver waits for the run's parties to join, then opens each round, waits until every
-active party has submitted or the round deadline passes, and closes the round (parties that
+The driver waits for the run's parties to join (saying who has joined and who is awaited when the
+wait begins, at every join and every `status_interval` seconds), then opens each round, waits until
+every active party has submitted or the round deadline passes, and closes the round (parties that
 missed it are dropped and their weight renormalised away). Servicer and driver share one event
-loop, so the session needs no locks; an asyncio.Condition wakes waiting calls.
+loop, so the session needs no locks; an asyncio.Condition wakes waiting calls. A Join is admitted
+by the server's `Admission` (join tokens or client certificates, see cpml.dp.auth) before anything
+else is looked at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import grpc
 import structlog
@@ -23,7 +28,6 @@ from cpml.dp.session import (
     Phase,
     RoundResult,
     RunError,
-    UnknownParty,
 )
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
@@ -38,6 +42,20 @@ MAX_MESSAGE_BYTES = 4 << 20
 MAX_DIMENSION = (MAX_MESSAGE_BYTES - 4096) // 8
 # n and every n_k/n stay exact in float64 (and n fits int64) when the run's records total at most 2^53.
 MAX_TOTAL_RECORDS = 2**53
+
+
+class Admission(Protocol):
+    """Decides who may join: cpml.dp.auth.TokenAdmission or CertificateAdmission."""
+
+    @property
+    def roster(self) -> Sequence[str] | None:
+        """The names that may join, if known."""
+
+    def admit(self, name: str, token: str, context: grpc.aio.ServicerContext | None) -> str:
+        """The admitted party's name, or raise a RunError (UNAUTHENTICATED, PERMISSION_DENIED)."""
+
+    def check_caller(self, name: str, context: grpc.aio.ServicerContext | None) -> None:
+        """Raise a RunError if this call may not speak for party `name`."""
 
 
 class CoordinatorFailed(RuntimeError):
@@ -57,11 +75,15 @@ class Coordinator:
         round_timeout: float,
         join_timeout: float,
         on_round: Callable[[RoundResult], None] = lambda result: None,
+        roster: Sequence[str] | None = None,
+        status_interval: float = 30.0,
     ) -> None:
         self.session = session
         self.round_timeout = round_timeout
         self.join_timeout = join_timeout
         self.on_round = on_round
+        self.roster = tuple(roster) if roster else None  # names that may join, when known
+        self.status_interval = status_interval
         self.changed = asyncio.Condition()
         self.told_finished: set[str] = set()
         self.stopping = ""
@@ -96,19 +118,46 @@ class Coordinator:
             await self.notify()
             raise CoordinatorFailed(reason) from None
 
+    def join_status(self) -> str:
+        """Who has joined and who is awaited, e.g. "joined 1 of 3 (a); awaiting b, c"."""
+        s = self.session
+        joined = s.joined_names()
+        awaited = s.awaited_names() or [n for n in self.roster or () if n not in joined]
+        missing = s.missing()
+        text = f"joined {len(joined)} of {s.settings.parties}" + (f" ({', '.join(joined)})" if joined else "")
+        if missing == 0:
+            return text
+        if awaited and len(awaited) == missing:
+            return f"{text}; awaiting {', '.join(awaited)}"
+        if awaited:
+            return f"{text}; awaiting {missing} of {', '.join(awaited)}"
+        return f"{text}; awaiting {missing} more part{'y' if missing == 1 else 'ies'}"
+
+    async def _wait_for_parties(self) -> None:
+        """Wait (holding `changed`) until every party joined, saying who is awaited as time passes."""
+        s = self.session
+        deadline = time.monotonic() + self.join_timeout
+        log.info("waiting_for_parties", status=self.join_status(), join_timeout=self.join_timeout)
+        while not (s.ready() or self.stopping):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                s.stop(f"{s.missing()} of {s.settings.parties} parties did not join within"
+                       f" {self.join_timeout:g} s ({self.join_status()})")
+                self.changed.notify_all()
+                raise JoinTimeout(s.stop_reason)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)),
+                    min(left, self.status_interval),
+                )
+            if not (s.ready() or self.stopping):
+                log.info("waiting_for_parties", status=self.join_status(),
+                         seconds_left=round(max(deadline - time.monotonic(), 0.0)))
+
     async def _drive(self) -> None:
         s = self.session
         async with self.changed:
-            try:
-                await asyncio.wait_for(
-                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)),
-                    self.join_timeout,
-                )
-            except TimeoutError:
-                s.stop(f"{s.missing()} of {s.settings.parties} parties did not join"
-                       f" within {self.join_timeout:g} s")
-                self.changed.notify_all()
-                raise JoinTimeout(s.stop_reason) from None
+            await self._wait_for_parties()
             if self.stopping:
                 s.stop(self.stopping)
                 self.changed.notify_all()
@@ -144,19 +193,28 @@ class Coordinator:
 class AggregationService(pb_grpc.AggregationServicer):
     """Decode, call the session, encode; RunError becomes its gRPC status."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, admission: Admission | None = None) -> None:
         self.coordinator = coordinator
         self.session = coordinator.session
+        self.admission = admission  # None: anyone may join (in-process tests only; the CLI always sets one)
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
                    ) -> pb.JoinReply:
+        name = request.name
+        if self.admission is not None:  # first: an unauthenticated caller learns nothing about the run
+            try:
+                name = self.admission.admit(request.name, request.token, context)
+            except RunError as exc:
+                log.warning("join_refused", party=shown(request.name), peer=context.peer(), reason=str(exc))
+                await _abort(context, exc)
         await self._check_run(request.run_id, context)
         try:
-            self._check_join(request)
-            party = self.session.register(request.name, request.records, request.dimension)
+            self._check_join(request, name)
+            party = self.session.register(name, request.records, request.dimension, request.feature_schema)
         except RunError as exc:
-            log.warning("join_refused", reason=str(exc))
+            log.warning("join_refused", party=shown(name), reason=str(exc))
             await _abort(context, exc)
+        log.info("party_joined", party=name, status=self.coordinator.join_status())
         await self.coordinator.notify()
         s = self.session.settings
         return pb.JoinReply(party_id=party.party_id, rounds=s.rounds, scheme=s.scheme.value,
@@ -168,7 +226,8 @@ class AggregationService(pb_grpc.AggregationServicer):
         s = self.session
         try:
             party = s.party(request.party_id)
-        except UnknownParty as exc:
+            self._check_caller(party.name, context)
+        except RunError as exc:
             await _abort(context, exc)
         if request.after_round > s.round:
             await context.abort(
@@ -201,6 +260,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         await self._check_run(request.run_id, context)
         s = self.session
         try:
+            self._check_caller(s.party(request.party_id).name, context)
             weights = serde.vector_from_proto(request.weights, "update")
             s.submit(request.party_id, request.round, request.records, weights)
         except RunError as exc:
@@ -209,9 +269,12 @@ class AggregationService(pb_grpc.AggregationServicer):
         await self.coordinator.notify()
         return pb.UpdateReply(round=s.round, waiting_for=len(s.waiting_for()))
 
-    def _check_join(self, request: pb.JoinRequest) -> None:
+    def _check_caller(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        if self.admission is not None:
+            self.admission.check_caller(name, context)
+
+    def _check_join(self, request: pb.JoinRequest, name: str) -> None:
         """Refuse, before the session sees them, names, sizes and counts no run can hold."""
-        name = request.name
         if len(name) > MAX_ID_LENGTH or not name.isprintable():
             raise InvalidUpdate(f"Party name {shown(name)} must be 1 to {MAX_ID_LENGTH} printable characters.")
         if not 1 <= request.dimension <= MAX_DIMENSION:
@@ -242,10 +305,12 @@ class AggregationServer:
     """A running gRPC server for one coordinator: start() binds, stop() drains."""
 
     def __init__(self, coordinator: Coordinator, listen: str,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None,
+                 admission: Admission | None = None) -> None:
         self.coordinator = coordinator
         self.listen = listen
         self.credentials = credentials
+        self.admission = admission
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.address = ""
@@ -255,7 +320,8 @@ class AggregationServer:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-        add_guarded(pb_grpc.add_AggregationServicer_to_server, AggregationService(self.coordinator), server)
+        add_guarded(pb_grpc.add_AggregationServicer_to_server,
+                    AggregationService(self.coordinator, self.admission), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.credentials is not None:
             port = server.add_secure_port(self.listen, self.credentials)
@@ -267,7 +333,8 @@ class AggregationServer:
         self._server = server
         host = self.listen.rpartition(":")[0]
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '::') else host}:{port}"
-        log.info("aggregation_serving", address=self.address, tls=self.credentials is not None)
+        log.info("aggregation_serving", address=self.address, tls=self.credentials is not None,
+                 admission=type(self.admission).__name__ if self.admission else "open")
         return self.address
 
     async def stop(self, grace: float = 2.0) -> None:

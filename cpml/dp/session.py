@@ -68,6 +68,12 @@ class StaleRound(RunError):
     status = "FAILED_PRECONDITION"
 
 
+class SchemaMismatch(RunError):
+    """A party that scales its features with another schema of bounds than the run's."""
+
+    status = "FAILED_PRECONDITION"
+
+
 class RunFull(RunError):
     """A registration the run cannot take: it has started, or has all its parties."""
 
@@ -94,6 +100,7 @@ class RunSettings:
     scheme: Scheme = Scheme.WEIGHTED
     accountant: str | None = None
     momentum: float | None = None  # None: public_step's with an automatic step, else 0
+    feature_schema: str = ""  # digest of the public feature bounds every party scales with ("": none)
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -180,10 +187,11 @@ class AggregationSession:
         self._awaiting: set[str] | None = None  # resumed run: active parties yet to rejoin
 
     # -- registration -------------------------------------------------------------------
-    def register(self, name: str, records: int, dimension: int) -> Party:
+    def register(self, name: str, records: int, dimension: int, feature_schema: str = "") -> Party:
         """Admit a party with its public record count; return it with its secret id."""
         if self.phase is not Phase.REGISTERING:
             raise RunFull(f"Run {self.settings.run_id!r} has started; no more parties can join.")
+        self._check_schema(name, feature_schema)
         if self._awaiting is not None:
             return self._rejoin(name, records, dimension)
         if len(self._parties) >= self.settings.parties:
@@ -209,6 +217,29 @@ class AggregationSession:
         self._parties[party.party_id] = party
         log.info("party_registered", party=name, records=party.records)
         return party
+
+    def _check_schema(self, name: str, digest: str) -> None:
+        expected = self.settings.feature_schema
+        if digest == expected:
+            return
+        if not expected:
+            raise SchemaMismatch(f"Party {name!r} scales its features with a schema of bounds"
+                                 f" ({digest[:12]}), but run {self.settings.run_id!r} has none; start the"
+                                 " server with the same --feature-bounds file, or drop it on the party.")
+        theirs = f"another schema ({digest[:12]})" if digest else "no schema"
+        raise SchemaMismatch(f"Party {name!r} scales its features with {theirs}, but run"
+                             f" {self.settings.run_id!r} uses the bounds {expected[:12]}; every party must"
+                             " pass the server's --feature-bounds file.")
+
+    def joined_names(self) -> list[str]:
+        """Names of the parties that have joined (or, resuming, rejoined), in joining order."""
+        awaiting = self._awaiting or set()
+        return [p.name for p in self.parties if p.party_id not in awaiting]
+
+    def awaited_names(self) -> list[str]:
+        """Resuming: names of the checkpointed parties yet to rejoin (else empty: names are not known)."""
+        awaiting = self._awaiting or set()
+        return [p.name for p in self.parties if p.party_id in awaiting]
 
     @property
     def parties(self) -> list[Party]:
@@ -461,7 +492,8 @@ class AggregationSession:
                                  settings.run_id)
         expected = _settings_record(settings)
         if state["settings"] != expected:
-            changed = sorted(k for k in expected if state["settings"].get(k) != expected[k])
+            changed = sorted(k for k in expected.keys() | state["settings"].keys()
+                             if state["settings"].get(k) != expected.get(k))
             raise argument_error(
                 "resume", f"use the checkpointed run's settings (differs in {', '.join(changed)})",
                 str(settings.run_id))
@@ -611,7 +643,7 @@ def _settings_record(settings: RunSettings) -> dict:
         "epsilon": settings.budget.epsilon, "delta": settings.budget.delta,
         "local": asdict(settings.local), "scheme": settings.scheme.value,
         "accountant": settings.accounting.value, "momentum": settings.momentum,
-    }
+    } | ({"feature_schema": settings.feature_schema} if settings.feature_schema else {})
 
 
 def _steps_record(ledger: PrivacyLedger) -> list[list[float]]:

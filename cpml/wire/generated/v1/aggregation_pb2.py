@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63pml/v1/aggregation.proto\x12\x07\x63pml.v1\"$\n\x06Vector\x12\x0c\n\x04size\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"O\n\x0bJoinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x04\x12\x11\n\tdimension\x18\x04 \x01(\r\"]\n\tJoinReply\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\"D\n\x0bTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x03 \x01(\r\"\xcf\x02\n\tPartyTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12 \n\x07weights\x18\x04 \x01(\x0b\x32\x0f.cpml.v1.Vector\x12\x18\n\x10noise_multiplier\x18\x05 \x01(\x01\x12\x1c\n\x14run_noise_multiplier\x18\x06 \x01(\x01\x12\x15\n\rtotal_records\x18\x07 \x01(\x04\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x0c\n\x04\x63lip\x18\t \x01(\x01\x12\n\n\x02l2\x18\n \x01(\x01\x12\x13\n\x0blocal_steps\x18\x0b \x01(\r\x12\x15\n\rsampling_rate\x18\x0c \x01(\x01\x12\x13\n\x0bstop_reason\x18\r \x01(\t\x12\x17\n\x0frelease_epsilon\x18\x0e \x01(\x01\x12\x15\n\rparty_epsilon\x18\x0f \x01(\x01\"s\n\rUpdateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07records\x18\x04 \x01(\x04\x12 \n\x07weights\x18\x05 \x01(\x0b\x32\x0f.cpml.v1.Vector\"1\n\x0bUpdateReply\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bwaiting_for\x18\x02 \x01(\r2\xb3\x01\n\x0b\x41ggregation\x12\x30\n\x04Join\x12\x14.cpml.v1.JoinRequest\x1a\x12.cpml.v1.JoinReply\x12\x34\n\x08NextTask\x12\x14.cpml.v1.TaskRequest\x1a\x12.cpml.v1.PartyTask\x12<\n\x0cSubmitUpdate\x12\x16.cpml.v1.UpdateRequest\x1a\x14.cpml.v1.UpdateReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63pml/v1/aggregation.proto\x12\x07\x63pml.v1\"$\n\x06Vector\x12\x0c\n\x04size\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"v\n\x0bJoinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x04\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\r\n\x05token\x18\x05 \x01(\t\x12\x16\n\x0e\x66\x65\x61ture_schema\x18\x06 \x01(\t\"]\n\tJoinReply\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12\x0e\n\x06rounds\x18\x02 \x01(\r\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\"D\n\x0bTaskRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x66ter_round\x18\x03 \x01(\r\"\xcf\x02\n\tPartyTask\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12 \n\x07weights\x18\x04 \x01(\x0b\x32\x0f.cpml.v1.Vector\x12\x18\n\x10noise_multiplier\x18\x05 \x01(\x01\x12\x1c\n\x14run_noise_multiplier\x18\x06 \x01(\x01\x12\x15\n\rtotal_records\x18\x07 \x01(\x04\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x0c\n\x04\x63lip\x18\t \x01(\x01\x12\n\n\x02l2\x18\n \x01(\x01\x12\x13\n\x0blocal_steps\x18\x0b \x01(\r\x12\x15\n\rsampling_rate\x18\x0c \x01(\x01\x12\x13\n\x0bstop_reason\x18\r \x01(\t\x12\x17\n\x0frelease_epsilon\x18\x0e \x01(\x01\x12\x15\n\rparty_epsilon\x18\x0f \x01(\x01\"s\n\rUpdateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0f\n\x07records\x18\x04 \x01(\x04\x12 \n\x07weights\x18\x05 \x01(\x0b\x32\x0f.cpml.v1.Vector\"1\n\x0bUpdateReply\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0bwaiting_for\x18\x02 \x01(\r2\xb3\x01\n\x0b\x41ggregation\x12\x30\n\x04Join\x12\x14.cpml.v1.JoinRequest\x1a\x12.cpml.v1.JoinReply\x12\x34\n\x08NextTask\x12\x14.cpml.v1.TaskRequest\x1a\x12.cpml.v1.PartyTask\x12<\n\x0cSubmitUpdate\x12\x16.cpml.v1.UpdateRequest\x1a\x14.cpml.v1.UpdateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTOR']._serialized_start=38
   _globals['_VECTOR']._serialized_end=74
   _globals['_JOINREQUEST']._serialized_start=76
-  _globals['_JOINREQUEST']._serialized_end=155
-  _globals['_JOINREPLY']._serialized_start=157
-  _globals['_JOINREPLY']._serialized_end=250
-  _globals['_TASKREQUEST']._serialized_start=252
-  _globals['_TASKREQUEST']._serialized_end=320
-  _globals['_PARTYTASK']._serialized_start=323
-  _globals['_PARTYTASK']._serialized_end=658
-  _globals['_UPDATEREQUEST']._serialized_start=660
-  _globals['_UPDATEREQUEST']._serialized_end=775
-  _globals['_UPDATEREPLY']._serialized_start=777
-  _globals['_UPDATEREPLY']._serialized_end=826
-  _globals['_AGGREGATION']._serialized_start=829
-  _globals['_AGGREGATION']._serialized_end=1008
+  _globals['_JOINREQUEST']._serialized_end=194
+  _globals['_JOINREPLY']._serialized_start=196
+  _globals['_JOINREPLY']._serialized_end=289
+  _globals['_TASKREQUEST']._serialized_start=291
+  _globals['_TASKREQUEST']._serialized_end=359
+  _globals['_PARTYTASK']._serialized_start=362
+  _globals['_PARTYTASK']._serialized_end=697
+  _globals['_UPDATEREQUEST']._serialized_start=699
+  _globals['_UPDATEREQUEST']._serialized_end=814
+  _globals['_UPDATEREPLY']._serialized_start=816
+  _globals['_UPDATEREPLY']._serialized_end=865
+  _globals['_AGGREGATION']._serialized_start=868
+  _globals['_AGGREGATION']._serialized_end=1047
 # @@protoc_insertion_point(module_scope)

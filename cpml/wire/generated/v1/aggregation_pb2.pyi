@@ -14,16 +14,20 @@ class Vector(_message.Message):
     def __init__(self, size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "name", "records", "dimension")
+    __slots__ = ("run_id", "name", "records", "dimension", "token", "feature_schema")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     name: str
     records: int
     dimension: int
-    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., records: _Optional[int] = ..., dimension: _Optional[int] = ...) -> None: ...
+    token: str
+    feature_schema: str
+    def __init__(self, run_id: _Optional[str] = ..., name: _Optional[str] = ..., records: _Optional[int] = ..., dimension: _Optional[int] = ..., token: _Optional[str] = ..., feature_schema: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("party_id", "rounds", "scheme", "epsilon", "delta")

@@ -55,7 +55,8 @@ class AggregationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Join(self, request, context):
-        """Register for a run; refused once the run has all its parties or has started.
+        """Register for a run; refused unauthenticated, under another name than the certificate's, with
+        another feature schema than the run's, or once the run has all its parties or has started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
