@@ -7,21 +7,11 @@ import functools
 import time
 
 import pytest
-from helpers_cluster import make_pki, running_worker
+from helpers_cluster import running_worker
 
 from cpml.master.cluster import Cluster, Timeouts, WorkersUnreachable
 from cpml.wire.tls import channel_credentials
 from cpml.wire.tls_diagnosis import TlsSettings, diagnose
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def stranger(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("stranger"), name="stranger")
 
 
 def tls_worker(pki, mutual=False):

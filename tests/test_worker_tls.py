@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from helpers_cluster import DEADLINE, make_pki, running_worker, stub_for
+from helpers_cluster import DEADLINE, running_worker, stub_for
 
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.tls import channel_credentials
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def stranger(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("stranger"), name="stranger")
 
 
 async def _status(address, credentials):

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from cpml.field import MAX_RESIDUES, field_for
+from cpml.field import field_for
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.mpc import Kind, Message, PartySpec
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.serde import (
-    MAX_WIRE_MODULUS,
     CorruptData,
     MalformedMessage,
+    check_moduli,
     checksum,
     pack_elements,
     unpack_elements,
@@ -57,20 +57,8 @@ def join_to_proto(job_id: str, spec: PartySpec, peers: list[str]) -> pb.MpcJoinR
 
 def moduli_from_proto(msg: pb.MpcJoinRequest) -> tuple[int, ...]:
     """The Join's residue moduli; refuses the single-modulus format and primes a worker cannot compute over."""
-    if msg.modulus:
-        raise MalformedMessage(
-            f"Join request names the single modulus {msg.modulus} (the cpml 0.1 format); this worker computes the "
-            f"baselines in several residue fields and needs the list `moduli`: upgrade the master to the "
-            f"worker's version")
-    moduli = tuple(int(m) for m in msg.moduli)
-    if not 1 <= len(moduli) <= MAX_RESIDUES:
-        raise MalformedMessage(f"Join request declares {len(moduli)} residue moduli; send 1 to {MAX_RESIDUES}")
-    if len(set(moduli)) != len(moduli):
-        raise MalformedMessage(f"Join request repeats a residue modulus ({', '.join(map(str, moduli))}); the "
-                               f"moduli must be distinct primes")
+    moduli = check_moduli(msg.modulus, msg.moduli, "Join request")
     for modulus in moduli:
-        if not 3 <= modulus < MAX_WIRE_MODULUS:
-            raise MalformedMessage(f"Join request modulus {modulus} does not fit the uint32 wire format")
         try:
             field_for(modulus)
         except ValueError as exc:

@@ -9,7 +9,7 @@ those to gRPC status codes.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,22 +193,28 @@ def job_spec_to_proto(spec: WireJobSpec) -> pb.JobSpec:
                       coefficients=block_to_proto(spec.coefficients), model=spec.model)
 
 
-def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
-    """A JobSpec message as a WireJobSpec, refusing empty shapes and moduli the wire cannot carry."""
-    if msg.modulus:
+def check_moduli(single: int, moduli: Sequence[int], what: str) -> tuple[int, ...]:
+    """The residue moduli a message declares; refuses the single-modulus format and lists the wire cannot carry."""
+    if single:
         raise MalformedMessage(
-            f"job spec names the single modulus {msg.modulus} (the cpml 0.1 format); this worker computes in "
-            f"several residue fields and needs the list `moduli`: upgrade the master to the worker's version")
-    moduli = tuple(int(m) for m in msg.moduli)
+            f"{what} names the single modulus {single} (the cpml 0.1 format); this worker computes in several "
+            f"residue fields and needs the list `moduli`: upgrade the master to the worker's version")
     if not 1 <= len(moduli) <= MAX_RESIDUES:
-        raise MalformedMessage(f"job spec declares {len(moduli)} residue moduli; send 1 to {MAX_RESIDUES}")
-    if len(set(moduli)) != len(moduli):
-        raise MalformedMessage(f"job spec repeats a residue modulus ({', '.join(map(str, moduli))}); the moduli "
+        raise MalformedMessage(f"{what} declares {len(moduli)} residue moduli; send 1 to {MAX_RESIDUES}")
+    checked = tuple(int(m) for m in moduli)
+    if len(set(checked)) != len(checked):
+        raise MalformedMessage(f"{what} repeats a residue modulus ({', '.join(map(str, checked))}); the moduli "
                                f"must be distinct primes")
-    for modulus in moduli:
+    for modulus in checked:
         if not 2 < modulus < MAX_WIRE_MODULUS:
             raise MalformedMessage(
                 f"modulus {modulus} cannot travel as uint32 field elements; use primes in (2, 2^32)")
+    return checked
+
+
+def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
+    """A JobSpec message as a WireJobSpec, refusing empty shapes and moduli the wire cannot carry."""
+    moduli = check_moduli(msg.modulus, msg.moduli, "job spec")
     if msg.rows == 0 or msg.cols == 0:
         raise MalformedMessage(f"job spec declares an empty share ({msg.rows}x{msg.cols}); "
                                f"the share needs at least one row and one column")

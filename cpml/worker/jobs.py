@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
 
 from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
-from cpml.wire.tls import channel_credentials
+from cpml.wire.tls import add_client_tls_arguments, client_channel
 
 
 def list_jobs(stub: pb_grpc.WorkerStub, timeout: float) -> list[serde.JobSummary]:
@@ -48,14 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--end", action="append", default=[], metavar="JOB_ID", help="end this job (repeatable)")
     parser.add_argument("--end-all", action="store_true", help="end every job the worker holds")
     parser.add_argument("--timeout", type=float, default=5.0)
-    parser.add_argument("--tls-ca", type=Path)
-    parser.add_argument("--tls-cert", type=Path)
-    parser.add_argument("--tls-key", type=Path)
+    add_client_tls_arguments(parser)
     args = parser.parse_args(argv)
-    credentials = None if args.tls_ca is None else channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    channel = (grpc.insecure_channel(args.address) if credentials is None
-               else grpc.secure_channel(args.address, credentials))
-    with channel:
+    with client_channel(args.address, args) as channel:
         stub = pb_grpc.WorkerStub(channel)
         try:
             ids = [j.job_id for j in list_jobs(stub, args.timeout)] if args.end_all else args.end

@@ -6,18 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cpml.wire.tls import channel_credentials
+from cpml.wire.tls import add_client_tls_arguments, client_channel
 
 
-def probe(address: str, timeout: float = 3.0, credentials: grpc.ChannelCredentials | None = None) -> str:
+def probe(channel: grpc.Channel, timeout: float = 3.0) -> str:
     """The worker's serving status name (SERVING, NOT_SERVING, ...) or the gRPC error code name."""
-    channel = (grpc.insecure_channel(address) if credentials is None
-               else grpc.secure_channel(address, credentials))
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -32,12 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpml.worker.probe", description=__doc__)
     parser.add_argument("address", help="host:port of a cpml-worker")
     parser.add_argument("--timeout", type=float, default=3.0)
-    parser.add_argument("--tls-ca", type=Path)
-    parser.add_argument("--tls-cert", type=Path)
-    parser.add_argument("--tls-key", type=Path)
+    add_client_tls_arguments(parser)
     args = parser.parse_args(argv)
-    credentials = None if args.tls_ca is None else channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-    status = probe(args.address, args.timeout, credentials)
+    status = probe(client_channel(args.address, args), args.timeout)
     print(status)
     return 0 if status == "SERVING" else 1
 
