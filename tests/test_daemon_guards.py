@@ -72,3 +72,24 @@ async def test_mpc_peer_hosts_bound_where_a_worker_connects():
                             timeout=DEADLINE)
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and "--mpc-peer-hosts" in err.value.details()
         await stub.Join(mpc_serde.join_to_proto("ok", spec, [worker.address] * 3), timeout=DEADLINE)
+
+
+async def test_the_aggregation_server_health_is_guarded_too():
+    from cpml.dp.accountant import Budget
+    from cpml.dp.dpgd import LocalSettings
+    from cpml.dp.server import AggregationServer, Coordinator
+    from cpml.dp.session import AggregationSession, RunSettings
+
+    settings = RunSettings("guarded", 2, 3, Budget(2.0, 1e-5), LocalSettings(learning_rate=1.0, l2=0.0))
+    server = AggregationServer(Coordinator(AggregationSession(settings, 3), round_timeout=1.0, join_timeout=5.0),
+                               "127.0.0.1:0")
+    address = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
+                                        response_deserializer=None)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await check(b"\xff\xff\xff", timeout=DEADLINE)
+            assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await server.stop(0)

@@ -322,7 +322,7 @@ class AggregationServer:
                                           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         add_guarded(pb_grpc.add_AggregationServicer_to_server,
                     AggregationService(self.coordinator, self.admission), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)  # bad bytes: INVALID_ARGUMENT
         if self.credentials is not None:
             port = server.add_secure_port(self.listen, self.credentials)
         else:
