@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import subprocess
+import sys
 import time
+
+import numpy as np
 
 import pytest
 from helpers_cluster import running_worker
+from sklearn.datasets import load_breast_cancer
 
 from cpml.master.cluster import Cluster, Timeouts, WorkersUnreachable
 from cpml.wire.tls import channel_credentials
@@ -55,3 +60,28 @@ async def test_the_master_names_the_cause_long_before_its_connect_timeout(pki):
             with pytest.raises(WorkersUnreachable, match="demands a client certificate"):
                 await cluster.wait_healthy()
         assert time.monotonic() - started < 15
+
+
+def test_a_party_is_told_why_the_server_refuses_its_tls(pki, tmp_path):
+    x, y = load_breast_cancer(return_X_y=True)
+    data = tmp_path / "party.npz"
+    np.savez(data, x=x[:100], y=y[:100])
+    (tmp_path / "token").write_text("a:not-checked-before-the-handshake\n")
+    port_file = tmp_path / "port"
+    server = subprocess.Popen([sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0",
+                               "--port-file", str(port_file), "--tls-cert", str(pki.server_cert), "--tls-key",
+                               str(pki.server_key), "--tls-client-ca", str(pki.ca), "--parties", "2", "--run-id", "r",
+                               "--out", str(tmp_path / "srv")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        party = subprocess.run([sys.executable, "-m", "cpml.dp.party_cli", "--server", port_file.read_text().strip(),
+                                "--data", str(data), "--tls-ca", str(pki.ca), "--run-id", "r", "--token-file",
+                                str(tmp_path / "token")], capture_output=True, text=True, timeout=120)
+        assert party.returncode != 0
+        assert "demands a client certificate" in party.stderr, party.stderr
+    finally:
+        server.kill()
+        server.wait()

@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
     from cpml.master.settings import check_output_dir
     from cpml.wire.tls import channel_credentials
+    from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
     try:
         if args.out is not None:
@@ -176,9 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cpml-party: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except grpc.aio.AioRpcError as exc:
-        print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            tls = None if args.insecure else TlsSettings(args.tls_ca, args.tls_cert, args.tls_key)
+            cause = diagnose(args.server, tls)  # a TLS mistake, named instead of "Socket closed"
+            print(f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
+                  file=sys.stderr)
             return EXIT_UNREACHABLE
+        print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
         return EXIT_REFUSED
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
         log.debug("failed", exc_info=True)
