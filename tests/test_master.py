@@ -254,7 +254,7 @@ async def test_workers_that_cannot_take_the_job_are_named_before_any_upload(tmp_
     plan = make_plan(settings, 4, x)
     share_bytes = plan.residues * -(-len(x) // plan.k) * x.shape[1] * 4  # residues x rows x d x 4 bytes
     assert share_bytes == 2 * 288 * 65 * 4
-    assert f"worker 1 at {servers[1].address} has 1000 bytes free for a {share_bytes}-byte share" in message
+    assert f"worker 1 at {servers[1].address} holds at most 1000 bytes of shares, less than this {share_bytes}-byte share" in message
     assert f"worker 3 at {servers[3].address} accepts messages up to 4096 bytes; lower --chunk-bytes" in message
 
 

@@ -32,7 +32,7 @@ async def jobs_held(address):
 
 
 @pytest.mark.slow
-async def test_two_masters_racing_for_one_share_of_room_both_end_and_leave_no_job(tmp_path):
+async def test_two_masters_racing_for_one_share_of_room_both_finish_and_leave_no_job(tmp_path):
     async with LocalWorkers(12, tmp_path / "w", extra_args=("--share-bytes-cap", ONE_SHARE_CAP)) as local:
         for attempt in range(3):  # the race goes differently each time; none may hang
             started = time.monotonic()
@@ -40,10 +40,8 @@ async def test_two_masters_racing_for_one_share_of_room_both_end_and_leave_no_jo
                 train(settings(local.addresses, tmp_path / f"a{attempt}")),
                 train(settings(local.addresses, tmp_path / f"b{attempt}")), return_exceptions=True), 60)
             assert time.monotonic() - started < 60
-            kinds = sorted(type(o).__name__ for o in outcomes)
-            assert kinds in (["NotEnoughWorkers", "TrainReport"], ["NotEnoughWorkers", "NotEnoughWorkers"],
-                             ["TrainReport", "TrainReport"]), outcomes
-            assert all(not isinstance(o, BaseException) or isinstance(o, NotEnoughWorkers) for o in outcomes)
+            # the one that found too few workers with room released them, backed off and got its turn
+            assert [type(o).__name__ for o in outcomes] == ["TrainReport", "TrainReport"], outcomes
             # every exit path ended its job: the workers hold nothing and the next attempt has room
             assert [await jobs_held(a) for a in local.addresses] == [0] * 12
 
@@ -66,7 +64,7 @@ async def test_the_job_starts_with_the_workers_that_answer_while_r_do(tmp_path):
                                       timeouts=Timeouts(connect=3.0)))
         assert len(report.history) == 2
         assert set(report.dropped_workers) == {5, 6}
-        assert "not healthy" in report.dropped_workers[5] and "bytes free" in report.dropped_workers[6]
+        assert "not healthy" in report.dropped_workers[5] and "holds at most 1000 bytes" in report.dropped_workers[6]
 
 
 @pytest.mark.slow

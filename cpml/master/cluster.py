@@ -285,10 +285,14 @@ class Cluster:
             if chunk_bytes + 1024 > status.max_message_bytes:
                 reasons.append(f"accepts messages up to {status.max_message_bytes} bytes; lower --chunk-bytes "
                                f"below {status.max_message_bytes - 1024}")
-            free = status.share_bytes_cap - status.share_bytes_used
-            if share_bytes > free:
-                reasons.append(f"has {free} bytes free for a {share_bytes}-byte share; use more workers (smaller "
-                               f"shares), end its other jobs or raise its --share-bytes-cap")
+            if share_bytes > status.share_bytes_cap:
+                reasons.append(f"holds at most {status.share_bytes_cap} bytes of shares, less than this "
+                               f"{share_bytes}-byte share; use more workers (smaller shares) or raise its "
+                               f"--share-bytes-cap")
+            elif share_bytes > status.share_bytes_cap - status.share_bytes_used:
+                # room that other jobs hold now: the upload is tried, and retried while they end
+                log.info("worker busy", worker=worker.index, free=status.share_bytes_cap - status.share_bytes_used,
+                         needed=share_bytes)
             if reasons:
                 problems[worker.index] = "; ".join(reasons)
         described = "; ".join(f"worker {i} at {self.workers[i].address} {why}" for i, why in problems.items())

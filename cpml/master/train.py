@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import json
 import os
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from cpml.master.local import LocalWorkers
 from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
+from cpml.model import model_of_run
 from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_precision, plan_from_checkpoint, public_profile
 from cpml.protocol.coding import MaskSource
 from cpml.wire import serde
@@ -89,9 +92,9 @@ class TrainReport:
 
 def load_training_data(settings: TrainSettings) -> Dataset:
     """The dataset the settings name, split and scaled as they say; each note on how is logged."""
-    data = load_dataset(settings.dataset, settings.test_fraction, settings.scaling, settings.seed,
+    data = load_dataset(settings.dataset, settings.test_fraction or None, settings.scaling, settings.seed,
                         settings.data_format, settings.label_column, settings.intercept, settings.positive_label,
-                        model=settings.model)
+                        model=settings.model, test_source=settings.test_data)
     for note in data.notes:
         log.info("data", note=note)
     return data
@@ -337,13 +340,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
     try:
         if len(cluster.alive) < plan.threshold:
             raise NotEnoughWorkers(f"{len(cluster.alive)} workers but R = {plan.threshold} are needed")
-        upload = await cluster.upload(job_id, spec, trainer.share_chunks(serde.rows_per_chunk(spec.cols,
-                                                                                              settings.chunk_bytes)),
-                                      settings.chunk_bytes)
-        if len(cluster.alive) < plan.threshold:
-            raise NotEnoughWorkers(
-                f"only {len(cluster.alive)} workers stored their share but R = {plan.threshold} are needed: "
-                + "; ".join(f"{w.address}: {w.failure}" for w in cluster.workers if not w.alive))
+        upload = await _distribute(settings, trainer, cluster, job_id, spec)
         remaining = plan.iterations - trainer.round
         stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
         bar = reporting.ProgressBar(plan.iterations, "train", enabled=settings.progress, start_step=trainer.round)
@@ -384,6 +381,32 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
     return upload
 
 
+async def _distribute(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, job_id: str,
+                      spec: serde.WireJobSpec) -> UploadStats:
+    """Upload the shares; when fewer than R workers had room (another job got there first), back off and retry."""
+    threshold = trainer.plan.threshold
+    deadline = time.monotonic() + settings.timeouts.upload
+    rows = serde.rows_per_chunk(spec.cols, settings.chunk_bytes)
+    jitter = random.Random()  # back-off only: nothing secret depends on it
+    while True:
+        upload = await cluster.upload(job_id, spec, trainer.share_chunks(rows), settings.chunk_bytes)
+        if len(cluster.alive) >= threshold:
+            return upload
+        full = [w for w in cluster.workers if not w.alive and "RESOURCE_EXHAUSTED" in w.failure]
+        if not full or time.monotonic() > deadline:
+            raise NotEnoughWorkers(
+                f"only {len(cluster.alive)} workers stored their share but R = {threshold} are needed: "
+                + "; ".join(f"{w.address}: {w.failure}" for w in cluster.workers if not w.alive))
+        # Holding a partial set of workers while another master does the same would deadlock both: release
+        # the shares stored, wait a random moment, and try all of them again (the same shares: keyed masks).
+        log.warning("fewer than R workers had room for the share; releasing and retrying", stored=len(cluster.alive),
+                    needed=threshold, full=len(full))
+        await cluster.end_job(job_id)
+        for worker in full:
+            worker.revive()
+        await asyncio.sleep(jitter.uniform(0.2, 2.0))
+
+
 async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, target_scale: float = 1.0) -> RoundRecord:
     began = time.perf_counter()
     round_number = trainer.round
@@ -409,14 +432,11 @@ def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, histo
     plan = trainer.plan
     out = settings.out
     plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
-    _write_json(out / "model.json", {"model": plan.model, "weights": trainer.weights.tolist(), "plan": plan_fields,
-                                     "dataset": data.name, "notes": list(data.notes),
-                                     # linear regression predicts targets as mean + std * (x @ w)
-                                     **({"targets": {"mean": data.target_mean, "std": data.target_std}}
-                                        if plan.model == "linear" else {})})
+    final = history[-1] if history else None
+    # the versioned artifact (cpml.model): weights, preprocessing, label mapping, plan, privacy, final metrics
+    model_of_run(plan, trainer.weights, data, settings.transport, final).save(out / "model.json")
     upload_summary = {"seconds": upload.seconds, "encode_seconds": upload.encode_seconds,
                       "bytes_sent": upload.bytes_sent, "chunks": upload.chunks}
-    final = history[-1] if history else None
     reporting.write_metrics(out / "metrics.json", {
         "dataset": data.name, "notes": list(data.notes), "plan": plan_fields, "threshold": plan.threshold,
         "final": asdict(final) if final else None, "upload": upload_summary,
