@@ -125,3 +125,24 @@ async def test_operators_list_and_end_jobs_and_orphans_expire_soon(tmp_path):
         assert await jobs_held(orphans.addresses[0]) == 1
         await asyncio.sleep(4.5)  # --orphan-seconds 2, checked every second
         assert await jobs_held(orphans.addresses[0]) == 0
+
+
+@pytest.mark.slow
+async def test_sigterm_checkpoints_and_ends_the_job_on_every_worker(tmp_path):
+    import signal
+
+    async with LocalWorkers(4, tmp_path / "w", extra_args=("--fault-reply-delay", "0.2")) as local:
+        master = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cpml.master.cli", "train", "--dataset", "breast-cancer", "--insecure", "--k", "1",
+            "--t", "1", "--iterations", "200", "--workers", ",".join(local.addresses), "--out", str(tmp_path / "run"),
+            "--log-level", "error", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while sum([await jobs_held(a) for a in local.addresses]) < 4:  # training has started
+            assert time.monotonic() < deadline and master.returncode is None
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        master.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(master.communicate(), 60)
+        assert master.returncode == 130, stderr
+        assert (tmp_path / "run" / "checkpoint.json").exists()
+        assert [await jobs_held(a) for a in local.addresses] == [0] * 4
