@@ -93,3 +93,31 @@ async def test_the_aggregation_server_health_is_guarded_too():
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await server.stop(0)
+
+
+async def test_a_failure_after_the_client_went_away_is_not_logged_as_a_bug(monkeypatch):
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from cpml.worker.service import WorkerService
+
+    async def slow_then_broken(self, request, context):
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:  # a handler caught up in its own clean-up when the client left
+            pass
+        raise RuntimeError("while refusing a client that is gone")
+
+    monkeypatch.setattr(WorkerService, "Status", slow_then_broken)
+    from cpml.wire.generated.v1 import worker_pb2 as wpb
+    from cpml.wire.generated.v1 import worker_pb2_grpc as wpb_grpc
+
+    with capture_logs() as logs:
+        async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
+            call = wpb_grpc.WorkerStub(channel).Status(wpb.StatusRequest(), timeout=DEADLINE)
+            await asyncio.sleep(0.1)
+            call.cancel()
+            await asyncio.sleep(0.8)
+    assert not [e for e in logs if e["event"] == "request failed unexpectedly"], logs
+    assert [e for e in logs if e["event"] == "request ended by the client"]

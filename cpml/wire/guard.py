@@ -160,9 +160,10 @@ def failure_site(exc: BaseException) -> str:
 
 async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
     error, site = type(exc).__name__, failure_site(exc)
-    if context.cancelled() or context.done():  # the client went away mid-call (e.g. while being refused): no bug
+    task = asyncio.current_task()
+    if context.cancelled() or (task is not None and task.cancelling()):  # the client went away mid-call: no bug
         log.debug("request ended by the client", method=method, error=error, site=site)
-        return
+        raise asyncio.CancelledError  # the call is over: finish it as cancelled, as gRPC expects
     log.error("request failed unexpectedly", method=method, error=error, site=site)
     if isinstance(exc, MemoryError):
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
