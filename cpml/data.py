@@ -16,16 +16,26 @@ import io
 import math
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale, standardise_targets: this API)
+    MODELS,
+    SCALINGS,
+    Preprocessing,
+    binary_labels,
+    is_label,
+    scale,
+    standardise_targets,
+)
+from cpml.preprocessing import label_text as _label_text
+from cpml.preprocessing import preview as _preview
+
 BUNDLED = ("digits-4v9", "breast-cancer", "diabetes")
 FORMATS = ("auto", "csv", "npz", "svmlight")
-SCALINGS = ("minmax", "standard", "none")
-MODELS = ("logistic", "linear")  # as cpml.protocol.plan.MODELS (not imported: this module stays light)
 NPZ_FEATURE_KEYS = ("x", "X", "features", "data")
 NPZ_LABEL_KEYS = ("y", "Y", "labels", "label", "target", "targets")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".npz": "npz", ".svm": "svmlight", ".svmlight": "svmlight",
@@ -42,11 +52,12 @@ class Dataset:
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: np.ndarray | None  # None: no test rows (test_fraction None, the whole source trains)
+    y_test: np.ndarray | None
     notes: tuple[str, ...]
     target_mean: float = 0.0  # y as read = target_mean + target_std * y_train (linear regression)
     target_std: float = 1.0
+    preprocessing: Preprocessing | None = None  # what turned raw rows into x_train and x_test
 
     @property
     def features(self) -> int:
@@ -59,14 +70,18 @@ class RawData:
     """Finite float64 features and raw labels as read, a name, and notes on how the source was read."""
 
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None  # None: a file read for predictions that has no label column
     name: str
     notes: tuple[str, ...] = ()
     label_source: str = ""  # where the labels came from, for error messages
+    features: tuple[str, ...] | None = None  # the feature columns' names, when a CSV header gives them
+    label_name: str | None = None  # the label column's header name (CSV)
+    label_index: int | None = None  # the label column's number, 0-based (CSV)
 
 
-def read_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> RawData:
+def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1) -> RawData:
     """Read a bundled dataset name or a file into features and raw labels, refusing anything malformed."""
+    # label_column None (files read for predictions): a CSV has no label column, an .npz's labels are optional
     if source in BUNDLED:
         x, y = _bundled(source)
         return RawData(np.asarray(x, dtype=np.float64), np.asarray(y), source, label_source=f"bundled {source!r}")
@@ -77,27 +92,18 @@ def read_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> Ra
     if not path.is_file():
         raise ValueError(f"Argument 'dataset' must be one of {', '.join(BUNDLED)} or an existing file, "
                          f"not {source!r}.")
-    if fmt not in FORMATS:
-        raise ValueError(f"Argument 'format' must be one of {', '.join(FORMATS)}, not {fmt!r}.")
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = suffixes.pop() if suffixes and suffixes[-1] in _COMPRESSION else None
-    if fmt == "auto":
-        fmt = _EXTENSIONS.get(suffixes[-1] if suffixes else "", "")
-        if not fmt:
-            raise ValueError(f"Argument 'format' must be given for {path.name!r} (csv, npz or svmlight): "
-                             f"its extension does not say, not 'auto'.")
+    fmt, compression = resolve_format(path, fmt)
     if fmt == "npz":
         if compression:
             raise ValueError(f"Argument 'dataset' must be an uncompressed .npz (it is a zip archive already), "
                              f"not {path.name!r}.")
-        raw = _npz(path)
+        raw = _npz(path, labels_required=label_column is not None)
     elif fmt == "svmlight":
         raw = _svmlight(path)
     else:
         raw = _csv(path, _read_text(path, compression), label_column)
     if compression:
-        raw = RawData(raw.x, raw.y, raw.name, (f"{path.name}: {compression[1:]}-compressed", *raw.notes),
-                      raw.label_source)
+        raw = replace(raw, notes=(f"{path.name}: {compression[1:]}-compressed", *raw.notes))
     if raw.x.ndim != 2 or len(raw.x) == 0 or raw.x.shape[1] == 0:
         raise ValueError(f"Argument 'dataset' must hold at least one row and one feature, "
                          f"not {path.name!r} with {raw.x.shape[0]} row(s) x {raw.x.shape[-1]} feature(s).")
@@ -152,24 +158,45 @@ def _split_line(line: str, separator: str) -> list[str]:
     return [cell.strip() for cell in next(csv.reader([line], delimiter=separator))]
 
 
-def _csv(path: Path, text: str, label_column: int | str) -> RawData:
+@dataclass(frozen=True)
+class CsvLayout:
+    """What the first line of a CSV text says: its lines, separator, first line's cells, and header or not."""
+
+    lines: list[tuple[int, str]]  # (line number, line) of every non-blank, non-comment line
+    separator: str
+    first: list[str]
+    header: bool
+
+    @property
+    def width(self) -> int:
+        """Cells per line, as on the first."""
+        return len(self.first)
+
+
+def csv_layout(text: str, file: str) -> CsvLayout:
+    """Find a CSV text's separator and whether its first line is a header (none of its cells is a number)."""
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
-        raise ValueError(f"Argument 'dataset' must hold rows of numbers, not the empty file {path.name!r}.")
+        raise ValueError(f"Argument 'dataset' must hold rows of numbers, not the empty file {file!r}.")
     first_line = lines[0][1]
     separator = "," if "," in first_line else ";" if ";" in first_line else "\t" if "\t" in first_line else ","
     first = _split_line(first_line, separator)
-    width = len(first)
-    if width < 2:
+    return CsvLayout(lines, separator, first, not any(_is_number(cell) for cell in first))
+
+
+def _csv(path: Path, text: str, label_column: int | str | None) -> RawData:
+    # label_column None: a file read for predictions, every column a feature and no labels
+    layout = csv_layout(text, path.name)
+    lines, separator, width = layout.lines, layout.separator, layout.width
+    if width < 2 and label_column is not None:
         raise ValueError(f"Argument 'dataset' must have feature columns and a label column separated by commas, "
                          f"semicolons or tabs, not {path.name!r} with 1 column on line {lines[0][0]}.")
-    header = not any(_is_number(cell) for cell in first)
-    names = first if header else None
-    rows = lines[1:] if header else lines
+    names = layout.first if layout.header else None
+    rows = lines[1:] if layout.header else lines
     if not rows:
         raise ValueError(f"Argument 'dataset' must hold data rows, not {path.name!r} with only a header line.")
-    label = _label_index(label_column, names, width, path.name)
+    label = None if label_column is None else _label_index(label_column, names, width, path.name)
     features = [i for i in range(width) if i != label]
 
     def column(i: int) -> str:
@@ -181,7 +208,7 @@ def _csv(path: Path, text: str, label_column: int | str) -> RawData:
     except ValueError:
         table = None  # text labels, a bad cell or a ragged line: the careful reader below finds out which
     if table is not None and table.shape[1] == width:
-        x, y = table[:, features], table[:, label]
+        x, y = table[:, features], None if label is None else table[:, label]
     else:
         x, y = _parse_rows(rows, separator, width, label, features, path.name, column)
     bad = ~np.isfinite(x)
@@ -192,14 +219,17 @@ def _csv(path: Path, text: str, label_column: int | str) -> RawData:
         raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not {cell!r} "
                          f"on line {number}, {column(features[c])} of {path.name!r} ({int(bad.sum())} such "
                          f"cell(s); fill or drop them first).")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
+    if y is not None and y.dtype.kind == "f" and not np.isfinite(y).all():
         number = rows[int(np.flatnonzero(~np.isfinite(y))[0])][0]
         raise ValueError(f"Argument 'dataset' must have a label on every line, not a missing (NaN/inf) label on "
                          f"line {number} of {path.name!r}.")
-    layout = (f"{_SEPARATOR_NAMES[separator]}-separated, "
-              + (f"header line ({', '.join(names)})" if names else "no header line")
-              + f", labels from {column(label)}")
-    return RawData(x, y, path.stem, (f"{path.name}: {layout}",), f"{column(label)} of {path.name!r}")
+    how = (f"{_SEPARATOR_NAMES[separator]}-separated, "
+           + (f"header line ({', '.join(names)})" if names else "no header line")
+           + (f", labels from {column(label)}" if label is not None else ", no label column"))
+    return RawData(x, y, path.stem, (f"{path.name}: {how}",),
+                   f"{column(label)} of {path.name!r}" if label is not None else "",
+                   features=tuple(names[i] for i in features) if names else None,
+                   label_name=names[label] if names and label is not None else None, label_index=label)
 
 
 def _label_index(label_column: int | str, names: list[str] | None, width: int, file: str) -> int:
@@ -221,8 +251,8 @@ def _label_index(label_column: int | str, names: list[str] | None, width: int, f
     return index % width
 
 
-def _parse_rows(rows: list[tuple[int, str]], separator: str, width: int, label: int, features: list[int],
-                file: str, column: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray]:
+def _parse_rows(rows: list[tuple[int, str]], separator: str, width: int, label: int | None, features: list[int],
+                file: str, column: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray | None]:
     x = np.empty((len(rows), len(features)))
     labels: list[str] = []
     first_bad, bad_cells = None, 0
@@ -240,6 +270,8 @@ def _parse_rows(rows: list[tuple[int, str]], separator: str, width: int, label: 
             if not math.isfinite(value):
                 bad_cells += 1
                 first_bad = first_bad or (cell, number, i)
+        if label is None:
+            continue
         labels.append(cells[label].strip())
         if not labels[-1]:
             raise ValueError(f"Argument 'dataset' must have a label on every line, not an empty {column(label)} "
@@ -250,12 +282,14 @@ def _parse_rows(rows: list[tuple[int, str]], separator: str, width: int, label: 
         hint = f"; if that column holds the labels, pass --label-column {i}" if text else "; fill or drop them first"
         raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not {cell!r} on "
                          f"line {number}, {column(i)} of {file!r} ({bad_cells} such cell(s){hint}).")
+    if label is None:
+        return x, None
     if all(_is_number(v) for v in labels):
         return x, np.array([float(v) for v in labels])
     return x, np.array(labels)
 
 
-def _npz(path: Path) -> RawData:
+def _npz(path: Path, labels_required: bool = True) -> RawData:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -268,14 +302,19 @@ def _npz(path: Path) -> RawData:
         keys = set(archive.files)
         xk = next((k for k in NPZ_FEATURE_KEYS if k in keys), None)
         yk = next((k for k in NPZ_LABEL_KEYS if k in keys), None)
-        if xk is None or yk is None:
+        if xk is None or (yk is None and labels_required):
             raise ValueError(f"Argument 'dataset' must be an .npz with arrays 'x' and 'y' (or features/data and "
                              f"labels/target), not {path.name!r} holding {sorted(keys)}.")
         try:
-            x, y = archive[xk], archive[yk]
+            x, y = archive[xk], None if yk is None else archive[yk]
         except ValueError as exc:  # object arrays need pickle, which is never allowed
             raise ValueError(f"Argument 'dataset' must hold numeric arrays saved without pickling, not "
                              f"{path.name!r} ({exc}).") from None
+    if y is None:
+        if x.ndim != 2 or x.dtype.kind not in "biuf":
+            raise ValueError(f"Argument 'dataset' must hold a 2-D array of numbers {xk!r} (rows x features), not "
+                             f"shape {x.shape} of dtype {x.dtype} in {path.name!r}.")
+        return RawData(x.astype(np.float64), None, path.stem, (f"{path.name}: no labels",))
     notes = []
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -314,70 +353,6 @@ def _check_finite(x: np.ndarray, file: str) -> None:
                          f"of {file!r} ({int(bad.sum())} NaN/inf value(s)).")
 
 
-def _label_text(value: object) -> str:
-    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
-
-
-def binary_labels(y: np.ndarray, positive_label: str | float | None = None) -> tuple[np.ndarray, str]:
-    """Map a two-class label vector to {0, 1} (the larger, or positive_label, -> 1); return it with a note."""
-    classes = np.unique(y)
-    if len(classes) != 2:
-        raise ValueError(f"Argument 'y' must hold exactly two classes for binary classification, "
-                         f"not {len(classes)} ({_preview(classes)}).")
-    positive = 1
-    if positive_label is not None:
-        matches = [i for i, c in enumerate(classes) if is_label(np.asarray([c]), positive_label)[0]]
-        if not matches:
-            raise ValueError(f"Argument 'positive_label' must be one of the two labels "
-                             f"({', '.join(map(_label_text, classes))}), not {str(positive_label)!r}.")
-        positive = matches[0]
-    low, high = _label_text(classes[1 - positive]), _label_text(classes[positive])
-    return (y == classes[positive]).astype(np.float64), f"labels: {low} -> 0, {high} -> 1"
-
-
-def _preview(classes: np.ndarray) -> str:
-    return ", ".join(map(_label_text, classes[:5])) + (", ..." if len(classes) > 5 else "")
-
-
-def is_label(y: np.ndarray, label: str | float) -> np.ndarray:
-    """Which entries of y equal label, given as text: compared as a number when y holds numbers."""
-    if y.dtype.kind in "biuf":
-        try:
-            return y == float(label)
-        except ValueError:
-            return np.zeros(len(y), dtype=bool)
-    return y.astype(str) == str(label).strip()
-
-
-def _power_of_two_scale(x: np.ndarray) -> np.ndarray:
-    """Per-column powers of two near the largest magnitude: dividing by them is exact and keeps sums finite."""
-    largest = np.abs(x).max(axis=0)
-    _, exponent = np.frexp(np.where(largest > 0, largest, 1.0))
-    return np.ldexp(1.0, exponent)
-
-
-def scale(x_train: np.ndarray, x_test: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Scale features with statistics of the training split only; return both splits and a note."""
-    if method == "none":
-        return x_train, x_test, "features: not scaled"
-    if method not in ("minmax", "standard"):
-        raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {method!r}.")
-    # Statistics of huge values (1e300) would overflow; on columns divided by a power of two they do not,
-    # and for ordinary data the result is bit-identical.
-    s = _power_of_two_scale(x_train)
-    x_train, x_test = x_train / s, x_test / s
-    if method == "minmax":
-        lo, hi = x_train.min(axis=0), x_train.max(axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0 / s)  # a constant column: test values just shifted
-        # Test rows are clipped so every feature stays in [0, 1], the range the quantizer plans for.
-        return ((x_train - lo) / span, np.clip((x_test - lo) / span, 0.0, 1.0),
-                "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])")
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    std = np.where(std > 0, std, 1.0 / s)
-    return ((x_train - mean) / std, (x_test - mean) / std,
-            "features: standardised to mean 0, std 1 on the training split")
-
-
 def _check_split(y: np.ndarray, test_fraction: float, name: str) -> None:
     values, counts = np.unique(y, return_counts=True)
     if counts.min() < 2:
@@ -391,41 +366,134 @@ def _check_split(y: np.ndarray, test_fraction: float, name: str) -> None:
                          f"the split of {len(y)} rows, not {test_fraction} ({n_train} train, {n_test} test).")
 
 
-def load_dataset(source: str, test_fraction: float = 0.2, scaling: str = "minmax", seed: int = 0,
+def load_dataset(source: str, test_fraction: float | None = 0.2, scaling: str = "minmax", seed: int = 0,
                  fmt: str = "auto", label_column: int | str = -1, intercept: bool = False,
-                 positive_label: str | None = None, model: str = "logistic") -> Dataset:
-    """Load, prepare the targets for the model, split (seeded), scale and optionally add an intercept column."""
-    from sklearn.model_selection import train_test_split
-
+                 positive_label: str | None = None, model: str = "logistic",
+                 test_source: str | None = None) -> Dataset:
+    """Load, prepare the targets, split (seeded) unless test rows come from test_source (or test_fraction is None), scale."""
     _check_options(test_fraction, scaling, seed, model)
     raw = read_raw(source, fmt, label_column)
-    x, name = raw.x, raw.name
+    split = test_fraction is not None and test_source is None
     if model == "linear":
         y = real_targets(raw, positive_label)
-        _check_regression_split(len(y), test_fraction, source)
+        if split:
+            _check_regression_split(len(y), test_fraction, source)
         stratify, how = None, "shuffled"
     else:
-        y, target_note = _binary_targets(raw, positive_label, test_fraction, source)
-        stratify, how = y, "stratified"
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed,
-                                                        stratify=stratify)
-    mean, std = 0.0, 1.0
-    if model == "linear":
-        y_train, y_test, mean, std, target_note = standardise_targets(y_train, y_test, source)
-    x_train, x_test, scale_note = scale(x_train, x_test, scaling)
-    split_note = (f"{name}: {len(x)} rows x {x.shape[1]} features; {len(x_train)} train, {len(x_test)} test "
-                  f"({how}, seed {seed})")
-    notes = (split_note, *raw.notes, target_note, scale_note)
-    if intercept:
-        x_train = np.column_stack([x_train, np.ones(len(x_train))])
-        x_test = np.column_stack([x_test, np.ones(len(x_test))])
-        notes += ("intercept: a constant-1 column appended as the last feature",)
-    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, notes=notes,
-                   target_mean=mean, target_std=std)
+        y, stratify, how = raw.y, _binary_targets(raw, positive_label, test_fraction if split else None, source), \
+            "stratified"
+    if split:
+        from sklearn.model_selection import train_test_split
+
+        x_train, x_test, y_train, y_test = train_test_split(raw.x, y, test_size=test_fraction, random_state=seed,
+                                                            stratify=stratify)
+        split_note = (f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features; {len(x_train)} train, "
+                      f"{len(x_test)} test ({how}, seed {seed})")
+    else:
+        x_train, y_train, x_test, y_test = raw.x, y, None, None
+        split_note = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features, all for training"
+    prep = Preprocessing.fit(x_train, y_train, model=model, scaling=scaling, intercept=intercept,
+                             positive_label=positive_label, features=raw.features, label_name=raw.label_name,
+                             label_index=raw.label_index, name=source)
+    if test_source is not None:
+        test = read_matching(test_source, prep, fmt, flag="test_data", require_labels=True)
+        x_test = test.x
+        y_test = prep.encode(real_targets(test) if model == "linear" else test.y, test.label_source, "test_data")
+        split_note += f"; {len(x_test)} test rows from {test_source}"
+    else:
+        y_test = None if y_test is None else prep.encode(y_test)
+        split_note += "" if split else " (no test split)"
+    notes = (split_note, *raw.notes, *prep.notes())
+    return Dataset(name=raw.name, x_train=prep.transform(x_train), y_train=prep.encode(y_train),
+                   x_test=None if x_test is None else prep.transform(x_test), y_test=y_test,
+                   notes=notes, target_mean=prep.target_mean, target_std=prep.target_std, preprocessing=prep)
 
 
-def _check_options(test_fraction: float, scaling: str, seed: int, model: str) -> None:
-    if not 0.0 < test_fraction < 1.0:
+def resolve_format(path: Path, fmt: str) -> tuple[str, str | None]:
+    """The reader a file needs (csv, npz, svmlight) from --format or its extension, and its compression suffix."""
+    if fmt not in FORMATS:
+        raise ValueError(f"Argument 'format' must be one of {', '.join(FORMATS)}, not {fmt!r}.")
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in _COMPRESSION else None
+    if fmt == "auto":
+        fmt = _EXTENSIONS.get(suffixes[-1] if suffixes else "", "")
+        if not fmt:
+            raise ValueError(f"Argument 'format' must be given for {path.name!r} (csv, npz or svmlight): "
+                             f"its extension does not say, not 'auto'.")
+    return fmt, compression
+
+
+def read_matching(source: str, prep: Preprocessing, fmt: str = "auto", flag: str = "data",
+                  require_labels: bool = False) -> RawData:
+    """Rows for a fitted model: its feature columns (by header name when both have names, else by count), labels if any."""
+    try:
+        raw = _read_matching(source, prep, fmt, flag)
+    except ValueError as exc:  # the shared readers name the master's --dataset
+        raise ValueError(str(exc).replace("Argument 'dataset'", f"Argument '{flag}'", 1)) from None
+    if require_labels and raw.y is None:
+        raise ValueError(f"Argument '{flag}' must hold labels to test the model on, not {source!r} without "
+                         f"{'its label column ' + repr(prep.label_name) if prep.label_name else 'a label column'}.")
+    return raw
+
+
+def _read_matching(source: str, prep: Preprocessing, fmt: str, flag: str) -> RawData:
+    n = prep.n_features
+    path = Path(source)
+    kind = "bundled" if source in BUNDLED or not path.is_file() else resolve_format(path, fmt)[0]
+    if kind != "csv":
+        raw = read_raw(source, fmt, None)
+        return _matching_width(raw, n, flag, path.name, sparse=kind == "svmlight")
+    layout = csv_layout(_read_text(path, resolve_format(path, fmt)[1]), path.name)
+    names = layout.first if layout.header else None
+    if names is not None and prep.features is not None:
+        label = prep.label_name if prep.label_name in names else None
+        _check_names(names, prep, label, flag, path.name)
+        raw = read_raw(source, fmt, label)
+        assert raw.features is not None
+        order = [raw.features.index(name) for name in prep.features]
+        return replace(raw, x=raw.x[:, order], features=prep.features)
+    if layout.width == n:
+        label_column: int | str | None = None
+    elif layout.width == n + 1:
+        label_column = (prep.label_name if names and prep.label_name in names
+                        else prep.label_index if prep.label_index is not None and prep.label_index <= n else -1)
+    else:
+        raise ValueError(f"Argument '{flag}' must have the model's {n} feature columns ({n + 1} with the label), "
+                         f"not {layout.width} columns on line {layout.lines[0][0]} of {path.name!r}.")
+    return read_raw(source, fmt, label_column)
+
+
+def _check_names(names: list[str], prep: Preprocessing, label: str | None, flag: str, file: str) -> None:
+    assert prep.features is not None
+    missing = [name for name in prep.features if name not in names]
+    extra = [name for name in names if name not in prep.features and name != label]
+    unknown = f"; {len(extra)} column(s) the model does not read, such as {extra[0]!r}" if extra else ""
+    if missing:
+        raise ValueError(f"Argument '{flag}' must have the model's feature column {missing[0]!r}, not {file!r} "
+                         f"without it ({len(missing)} of the model's {prep.n_features} feature columns missing"
+                         f"{unknown}).")
+    if extra:
+        with_label = f" and its label column {prep.label_name!r}" if prep.label_name else ""
+        raise ValueError(f"Argument '{flag}' must have only the model's feature columns{with_label}, not the column "
+                         f"{extra[0]!r} of {file!r} ({len(extra)} column(s) the model does not read).")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"Argument '{flag}' must name each column once, not {repeated[0]!r} twice in {file!r}.")
+
+
+def _matching_width(raw: RawData, n: int, flag: str, file: str, sparse: bool) -> RawData:
+    width = raw.x.shape[1]
+    if sparse and width < n:  # svmlight leaves out zeros, so a file may end before the model's last feature
+        x = np.zeros((len(raw.x), n))
+        x[:, :width] = raw.x
+        return replace(raw, x=x, notes=(*raw.notes, f"{file}: features {width + 1} to {n} are zero (absent)"))
+    if width != n:
+        raise ValueError(f"Argument '{flag}' must have the model's {n} features, not {width} in {file!r}.")
+    return raw
+
+
+def _check_options(test_fraction: float | None, scaling: str, seed: int, model: str) -> None:
+    if test_fraction is not None and not 0.0 < test_fraction < 1.0:
         raise ValueError(f"Argument 'test_fraction' must be in (0, 1), not {test_fraction}.")
     if scaling not in SCALINGS:
         raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {scaling!r}.")
@@ -435,8 +503,8 @@ def _check_options(test_fraction: float, scaling: str, seed: int, model: str) ->
         raise ValueError(f"Argument 'model' must be one of {', '.join(MODELS)}, not {model!r}.")
 
 
-def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: float,
-                    source: str) -> tuple[np.ndarray, str]:
+def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: float | None,
+                    source: str) -> np.ndarray:
     classes = np.unique(raw.y)
     if len(classes) != 2 and raw.label_source:
         hint = "; --label-column picks the label column" if raw.label_source.startswith("column") else ""
@@ -444,9 +512,10 @@ def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: flo
             hint += "; real-valued targets need linear regression (cpml-master train --model linear)"
         raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification, "
                          f"not {len(classes)} ({_preview(classes)}) in {raw.label_source}{hint}.")
-    y, label_note = binary_labels(raw.y, positive_label)
-    _check_split(raw.y, test_fraction, source)
-    return y, label_note
+    y, _ = binary_labels(raw.y, positive_label)
+    if test_fraction is not None:
+        _check_split(raw.y, test_fraction, source)
+    return y
 
 
 def real_targets(raw: RawData, positive_label: str | None = None) -> np.ndarray:
@@ -474,22 +543,3 @@ def _check_regression_split(rows: int, test_fraction: float, source: str) -> Non
         raise ValueError(f"Argument 'test_fraction' must leave at least 2 training rows to standardise the targets "
                          f"on, not {test_fraction} ({rows - n_test} train, {n_test} test of the {rows} rows of "
                          f"{source!r}).")
-
-
-def standardise_targets(y_train: np.ndarray, y_test: np.ndarray,
-                        name: str = "y") -> tuple[np.ndarray, np.ndarray, float, float, str]:
-    """Standardise targets with the training split's mean and std; return both splits, the mean, the std, a note."""
-    s = float(_power_of_two_scale(y_train))  # as in scale(): exact, and keeps huge targets' statistics finite
-    mean, std = float(np.mean(y_train / s)), float(np.std(y_train / s))
-    if std == 0.0:
-        raise ValueError(f"Argument 'dataset' must have targets that vary on the training split to fit linear "
-                         f"regression, not the constant {y_train[0]:g} on all {len(y_train)} training rows of "
-                         f"{name!r}.")
-    train, test = (y_train / s - mean) / std, (y_test / s - mean) / std
-    mean, std = mean * s, std * s
-    if not (math.isfinite(mean) and math.isfinite(std)):
-        raise ValueError(f"Argument 'dataset' must have targets whose mean and std are finite in float64, not "
-                         f"mean {mean} and std {std} on the training split of {name!r}.")
-    note = (f"targets: standardised to mean 0, std 1 on the training split (mean {mean:.6g}, std {std:.6g}); "
-            f"predictions are mapped back as mean + std * prediction")
-    return train, test, mean, std, note

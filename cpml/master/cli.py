@@ -1,4 +1,5 @@
-"""`cpml-master`: `train` runs a CodedPrivateML job; `aggregate` serves WD-DP aggregation (cpml.dp)."""
+"""`cpml-master`: `train` runs a CodedPrivateML job; `predict` and `export` use its model.json; `aggregate` serves
+WD-DP aggregation (cpml.dp)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,26 @@ T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with the `train` subcommand (`aggregate` is parsed by its own module)."""
+    """The top-level parser with `train`, `predict` and `export` (`aggregate` is parsed by its own module)."""
+    from cpml.master.predict import add_export_arguments, add_predict_arguments
     from cpml.master.settings import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="cpml-master",
                                      description="Run private training jobs on cpml-worker daemons.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,aggregate}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,predict,export,aggregate}")
     add_train_arguments(sub.add_parser(
         "train", help="train a model with CodedPrivateML on local or remote workers",
         description="Train logistic/linear regression with CodedPrivateML. Without --workers, starts "
                     "--workers-local cpml-worker processes on 127.0.0.1 (plaintext loopback)."))
+    add_predict_arguments(sub.add_parser(
+        "predict", help="predict raw rows with a trained model.json (and score them when they have labels)",
+        description="Apply a model.json to the rows of a file: its preprocessing, then the weights. Writes one "
+                    "CSV row per input row; prints accuracy and log-loss (or R² and RMSE) when the file has "
+                    "labels. Columns that do not match the model's are refused by name."))
+    add_export_arguments(sub.add_parser(
+        "export", help="export a model.json as a scikit-learn Pipeline (skops format, no pickle)",
+        description="Write the model as a fitted scikit-learn Pipeline (the scaling, then LogisticRegression or "
+                    "LinearRegression with coef_ and intercept_) in skops' format."))
     sub.add_parser("aggregate", add_help=False,
                    help="serve as the WD-DP aggregation server (see `cpml-master aggregate --help`)")
     return parser
@@ -67,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["aggregate"]:
         return _aggregate(argv[1:])  # imported only when asked for
     args = build_parser().parse_args(argv)
+    if args.command in ("predict", "export"):
+        from cpml.master.predict import export_command, predict_command
+
+        return predict_command(args) if args.command == "predict" else export_command(args)
     configure_logging(args.log_level, args.log_format)
     return _train(args)
 

@@ -32,7 +32,8 @@ class TrainSettings:
     data_format: str = "auto"
     label_column: int | str = -1  # an index (negative from the end) or a CSV header name
     positive_label: str | None = None  # the raw label that becomes 1 (default: the larger of the two)
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # 0: no test split (every row trains)
+    test_data: str | None = None  # a file of test rows; then every row of dataset trains
     scaling: str = "standard"
     intercept: bool = True
     workers: tuple[str, ...] = ()
@@ -109,6 +110,16 @@ class TrainSettings:
         """Whether the master starts its own loopback workers."""
         return not self.workers
 
+    @property
+    def transport(self) -> str:
+        """How shares travel to the workers, as the model artifact's privacy section states it."""
+        if self.embedded:
+            return "embedded cpml-worker processes on 127.0.0.1: plaintext loopback, nothing leaves this machine"
+        if self.insecure:
+            return ("plaintext gRPC (--insecure): an eavesdropper on every master-worker link would see all N "
+                    "shares and defeat T-privacy")
+        return "mutual TLS (client certificate)" if self.tls_cert is not None else "TLS (server certificates)"
+
 
 def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """Add the `train` flags to a parser; defaults come from CPML_MASTER_<FLAG> variables in environ."""
@@ -128,7 +139,11 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     data.add_argument("--positive-label", default=env("POSITIVE_LABEL"),
                       help="the label value that becomes class 1 (default: the larger number, or the later "
                            "text in sorted order)")
-    data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2))
+    data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2),
+                      help="held-out share of --dataset (default 0.2, stratified); 0 trains on every row")
+    data.add_argument("--test-data", default=env("TEST_DATA"),
+                      help="a file of test rows with the training file's columns; every --dataset row then trains "
+                           "(--test-fraction is not used)")
     data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "standard"),
                       help="standard (default: mean 0, std 1), minmax ([0, 1]) or none, on the training split")
     data.add_argument("--intercept", action=argparse.BooleanOptionalAction,
@@ -205,7 +220,8 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         dataset=args.dataset, data_format=args.data_format, label_column=_index_or_name(args.label_column),
         positive_label=args.positive_label or None,
-        test_fraction=float(args.test_fraction), scaling=args.scaling, intercept=bool(args.intercept),
+        test_fraction=float(args.test_fraction), test_data=getattr(args, "test_data", None) or None,
+        scaling=args.scaling, intercept=bool(args.intercept),
         workers=workers,
         local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),

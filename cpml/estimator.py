@@ -1,0 +1,261 @@
+"""scikit-learn estimators that train with CodedPrivateML: `cpml-master train` behind fit, predict and score.
+
+`fit(X, y)` takes raw features, writes them with the labels to a private .npz in a temporary directory and runs
+exactly what `cpml-master train --dataset that.npz --test-fraction 0` runs (`cpml.master.train.train` with a
+`TrainSettings`): the same preprocessing (`cpml.preprocessing.Preprocessing`: standard scaling on the training
+rows, an intercept column, the larger label -> 1), the same plan and the same rounds, so the weights are
+bit-identical to the command line's for the same seed. Where it runs:
+
+- `workers=None` (default): `n_workers` embedded `cpml-worker` processes on 127.0.0.1, as the CLI starts them;
+- `workers=["host:port", ...]`: running daemons, over TLS (`tls_ca`, and `tls_cert`/`tls_key` for mutual TLS)
+  unless `insecure=True`;
+- `workers="in-process"`: the same trainer with N virtual workers in this process (`cpml.protocol.simulate`,
+  bit-identical to a cluster, no processes or sockets: the fast choice for cross-validation and tests).
+
+After fit, `model_` is the run's artifact (`cpml.model.Model`, what model.json holds): `model_.save(path)`
+writes a model.json for `cpml-master predict`, `model_.to_sklearn()` gives a plain scikit-learn Pipeline.
+`coef_` and `intercept_` act on the preprocessed features (standardised; for linear regression they predict
+standardised targets), as those of a LogisticRegression placed after a StandardScaler would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import structlog
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from cpml.field import DEFAULT_PRIME
+from cpml.model import Model, load_model, model_of_run
+from cpml.preprocessing import label_classes, label_note
+
+IN_PROCESS = "in-process"
+IN_PROCESS_TRANSPORT = "in process (cpml.protocol.simulate): N virtual workers, no network"
+T = TypeVar("T")
+
+
+def run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from synchronous code, also where an event loop already runs (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1) as pool:  # a notebook's loop is running in this thread: use a fresh one
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+@contextlib.contextmanager
+def _logging(verbose: bool) -> Iterator[None]:
+    """The run's log lines at info level when verbose, else errors only; the caller's configuration comes back."""
+    from cpml.logs import configure_logging
+
+    saved = structlog.get_config()
+    configure_logging("info" if verbose else "error")
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+def _store(estimator: BaseEstimator, parameters: dict[str, Any]) -> None:
+    """Keep every __init__ parameter as given, and nothing else (scikit-learn's convention)."""
+    for name, value in parameters.items():
+        if name != "self":
+            setattr(estimator, name, value)
+
+
+class _CodedEstimator(BaseEstimator):
+    """Parameters, fit and the fitted attributes shared by the CodedPrivateML estimators."""
+
+    _model = "logistic"
+
+    def train_settings(self, dataset: str, out: Path) -> Any:
+        """The TrainSettings `cpml-master train --dataset DATASET --test-fraction 0` would build from these parameters."""
+        from cpml.master.settings import TrainSettings
+
+        seed = self.random_state
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"Argument 'random_state' must be an integer (the --seed of cpml-master train), "
+                             f"not {seed!r}.")
+        remote = self._remote_workers()
+        path = (lambda v: None if v is None else Path(v))
+        return TrainSettings(
+            dataset=dataset, test_fraction=0.0, scaling=self.scaling, intercept=bool(self.fit_intercept),
+            workers=remote, local_workers=int(self.n_workers), case=self.case, r=getattr(self, "r", 1), k=self.k,
+            t=self.t, lx=self.lx, lw=self.lw, lc=getattr(self, "lc", None), weight_bound=float(self.weight_bound),
+            sigmoid_interval=float(getattr(self, "sigmoid_interval", 8.0)), prime=int(self.prime),
+            residues=self.residues,
+            learning_rate=self.learning_rate, iterations=int(self.iterations), model=self._model, seed=int(seed),
+            out=out, insecure=bool(self.insecure), tls_ca=path(self.tls_ca), tls_cert=path(self.tls_cert),
+            tls_key=path(self.tls_key), tls_server_name=self.tls_server_name, progress=False)
+
+    def _remote_workers(self) -> tuple[str, ...]:
+        if self.workers is None or (isinstance(self.workers, str) and self.workers == IN_PROCESS):
+            return ()
+        if isinstance(self.workers, (list, tuple)) and self.workers and all(isinstance(w, str) for w in self.workers):
+            return tuple(self.workers)
+        raise ValueError(f"Argument 'workers' must be None (embedded local workers), {IN_PROCESS!r} or a list of "
+                         f"host:port addresses of cpml-worker daemons, not {self.workers!r}.")
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> Model:
+        """Train on (x, y) as cpml-master train would and return the run's artifact."""
+        with tempfile.TemporaryDirectory(prefix="cpml-fit-") as tmp:
+            dataset = Path(tmp) / "fit.npz"
+            np.savez(dataset, x=x, y=y)
+            out = Path(self.out) if self.out is not None else Path(tmp) / "run"
+            settings = self.train_settings(str(dataset), out)
+            with _logging(bool(self.verbose)):
+                if isinstance(self.workers, str) and self.workers == IN_PROCESS:
+                    return _fit_in_process(settings)
+                return _fit_on_workers(settings)
+
+    def _fitted(self, model: Model) -> None:
+        self.model_ = model
+        self.weights_ = model.weights.copy()
+        self.plan_ = dict(model.plan)
+        self.privacy_ = dict(model.privacy)
+        self.n_iter_ = int(model.plan.get("iterations", 0))
+
+    def _decision(self, X: Any) -> np.ndarray:
+        """x' @ w on raw rows, after checking the estimator is fitted and X has its features."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return self.model_.decision_function(X)
+
+
+def _fit_on_workers(settings: Any) -> Model:
+    """train(settings) on embedded or remote workers, then the model.json it wrote."""
+    from cpml.master.train import train
+
+    run_coroutine(lambda: train(settings))
+    return load_model(settings.out / "model.json")
+
+
+def _fit_in_process(settings: Any) -> Model:
+    """The same data loading, plan and trainer as train(settings), with N virtual workers in this process."""
+    from cpml.master.train import load_training_data, make_plan
+    from cpml.protocol import simulate
+
+    data = load_training_data(settings)
+    plan = make_plan(settings, settings.n_workers, data.x_train)
+    result = simulate(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+    return model_of_run(result.plan, result.weights, data, IN_PROCESS_TRANSPORT,
+                        result.history[-1] if result.history else None)
+
+
+class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
+    """Binary logistic regression trained with CodedPrivateML on workers that may collude (see cpml.estimator)."""
+
+    _model = "logistic"
+
+    def __init__(self, *, n_workers: int = 10, workers: Any = None, case: int = 1, t: int | None = None,
+                 k: int | None = None, r: int = 1, iterations: int = 50, learning_rate: float | None = None,
+                 prime: int = DEFAULT_PRIME, residues: int | None = None, lx: int | None = None,
+                 lw: int | None = None, lc: int | None = None, weight_bound: float = 4.0,
+                 sigmoid_interval: float = 8.0, scaling: str = "standard", fit_intercept: bool = True,
+                 random_state: int = 0, insecure: bool = False, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, tls_server_name: str | None = None,
+                 out: str | None = None, verbose: bool = False) -> None:
+        _store(self, locals())
+
+    def __sklearn_tags__(self) -> Any:
+        """Binary classification only."""
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def fit(self, X: Any, y: Any) -> CodedLogisticRegression:
+        """Train on raw features X and two-class labels y (classes_[1], the larger, is the positive class)."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        kind = type_of_target(y, input_name="y")
+        if kind != "binary":
+            raise ValueError(f"Only binary classification is supported: Argument 'y' must hold two classes, not a "
+                             f"{kind} target.")
+        classes = np.unique(y)
+        if len(classes) != 2:
+            raise ValueError(f"Argument 'y' must hold exactly 2 classes ({type(self).__name__} is a binary "
+                             f"classifier), not {len(classes)} class(es): {classes[:5].tolist()}.")
+        negative, positive = label_classes(y)  # the rule of cpml-master train: the larger label -> 1
+        model = self._fit(X, (y == positive).astype(np.int64))
+        self.classes_ = classes
+        self._fitted(_with_labels(model, (negative, positive), getattr(self, "feature_names_in_", None)))
+        self.coef_ = self.weights_[: self.n_features_in_].reshape(1, -1)
+        self.intercept_ = np.array([self.model_.intercept])
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """x' @ w on raw rows: the log-odds of classes_[1]."""
+        return self._decision(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities of classes_[0] and classes_[1], from the sigmoid of the decision function."""
+        from scipy.special import expit
+
+        p = expit(self.decision_function(X))
+        return np.column_stack([1.0 - p, p])
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log of predict_proba."""
+        z = self.decision_function(X)
+        return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """classes_[1] where the decision function is >= 0 (as the run's test accuracy counts), else classes_[0]."""
+        positive = self._decision(X) >= 0.0
+        return self.classes_[positive.astype(int)]
+
+
+class CodedLinearRegression(RegressorMixin, _CodedEstimator):
+    """Linear regression (least squares) trained with CodedPrivateML on workers that may collude."""
+
+    _model = "linear"
+
+    def __init__(self, *, n_workers: int = 10, workers: Any = None, case: int = 1, t: int | None = None,
+                 k: int | None = None, iterations: int = 50, learning_rate: float | None = None,
+                 prime: int = DEFAULT_PRIME, residues: int | None = None, lx: int | None = None,
+                 lw: int | None = None, weight_bound: float = 4.0, scaling: str = "standard",
+                 fit_intercept: bool = True, random_state: int = 0, insecure: bool = False,
+                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_server_name: str | None = None, out: str | None = None, verbose: bool = False) -> None:
+        _store(self, locals())
+
+    def fit(self, X: Any, y: Any) -> CodedLinearRegression:
+        """Train on raw features X and real targets y (standardised on y's mean and std for training)."""
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2)
+        if np.ptp(y) == 0:
+            raise ValueError(f"Argument 'y' must vary to fit linear regression (the targets are standardised), not "
+                             f"the constant {y[0]:g} on all {len(y)} rows.")
+        self._fitted(_with_labels(self._fit(X, y), None, getattr(self, "feature_names_in_", None)))
+        self.coef_ = self.weights_[: self.n_features_in_].copy()
+        self.intercept_ = self.model_.intercept
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted targets in y's units: mean + std * (x' @ w)."""
+        z = self._decision(X)
+        return self.model_.preprocessing.targets(z)
+
+
+def _with_labels(model: Model, classes: tuple[Any, Any] | None, names: Any) -> Model:
+    """The artifact with the caller's own labels and feature names (fit wrote 0/1 labels and unnamed columns)."""
+    prep = model.preprocessing
+    notes = model.notes
+    if classes is not None:
+        plain = tuple(c.item() if isinstance(c, np.generic) else c for c in classes)
+        plain = tuple(c if isinstance(c, (str, int, float, bool)) else str(c) for c in plain)
+        prep = dataclasses.replace(prep, classes=plain)
+        notes = tuple(label_note(plain) if note.startswith("labels: ") else note for note in notes)
+    if names is not None:
+        prep = dataclasses.replace(prep, features=tuple(str(n) for n in names))
+    return dataclasses.replace(model, preprocessing=prep, notes=notes)

@@ -1,0 +1,313 @@
+"""The preprocessing a model applies to raw rows, in one place: feature scaling, intercept, label mapping.
+
+`cpml-master train` (through cpml.data), `cpml-master predict`, the model artifact and the scikit-learn
+estimators all use `Preprocessing`: fitted on the training split, it turns raw features into what the
+trainer sees (x' = (x / prescale - center) / spread, clipped to [0, 1] for min-max, then a constant-1
+column), raw labels into 0/1 (or real targets into standardised ones) and back. `prescale` holds exact
+powers of two near each column's largest magnitude, so the statistics of huge values stay finite and,
+for ordinary data, every result is bit-identical to scaling without it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cpml.errors import argument_error
+
+SCALINGS = ("minmax", "standard", "none")
+MODELS = ("logistic", "linear")
+Label = str | int | float | bool
+_SCALE_NOTES = {"none": "features: not scaled",
+                "minmax": "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])",
+                "standard": "features: standardised to mean 0, std 1 on the training split"}
+INTERCEPT_NOTE = "intercept: a constant-1 column appended as the last feature"
+
+
+def label_text(value: object) -> str:
+    """A raw label as people write it: 1.0 -> '1', 'yes' -> 'yes'."""
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def preview(classes: np.ndarray) -> str:
+    """The first few distinct labels, for messages."""
+    return ", ".join(map(label_text, classes[:5])) + (", ..." if len(classes) > 5 else "")
+
+
+def is_label(y: np.ndarray, label: str | float) -> np.ndarray:
+    """Which entries of y equal label, given as text: compared as a number when y holds numbers."""
+    if y.dtype.kind in "biuf":
+        try:
+            return y == float(label)
+        except ValueError:
+            return np.zeros(len(y), dtype=bool)
+    return y.astype(str) == str(label).strip()
+
+
+def _matches(y: np.ndarray, label: Label) -> np.ndarray:
+    """Entries of y equal to a class as the model keeps it (same kind: exact; else as is_label compares)."""
+    numeric_label = isinstance(label, (int, float, np.number)) and not isinstance(label, (bool, np.bool_))
+    if (y.dtype.kind in "iuf" and numeric_label) or (y.dtype.kind == "b" and isinstance(label, (bool, np.bool_))):
+        return np.asarray(y == label)
+    if y.dtype.kind in "USO" and isinstance(label, str):
+        return y.astype(str) == label
+    return is_label(y, label if isinstance(label, str) else label_text(label))
+
+
+def label_classes(y: np.ndarray, positive_label: str | float | None = None) -> tuple[Label, Label]:
+    """The two classes of y as (the one mapped to 0, the one mapped to 1): the larger, or positive_label, is 1."""
+    classes = np.unique(y)
+    if len(classes) != 2:
+        raise ValueError(f"Argument 'y' must hold exactly two classes for binary classification, "
+                         f"not {len(classes)} ({preview(classes)}).")
+    positive = 1
+    if positive_label is not None:
+        matches = [i for i, c in enumerate(classes) if is_label(np.asarray([c]), positive_label)[0]]
+        if not matches:
+            raise ValueError(f"Argument 'positive_label' must be one of the two labels "
+                             f"({', '.join(map(label_text, classes))}), not {str(positive_label)!r}.")
+        positive = matches[0]
+    return _plain(classes[1 - positive]), _plain(classes[positive])
+
+
+def _plain(value: object) -> Label:
+    """A numpy scalar as the Python value JSON can hold."""
+    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
+
+
+def label_note(classes: tuple[Label, Label]) -> str:
+    """How labels map: 'labels: no -> 0, yes -> 1'."""
+    return f"labels: {label_text(classes[0])} -> 0, {label_text(classes[1])} -> 1"
+
+
+def binary_labels(y: np.ndarray, positive_label: str | float | None = None) -> tuple[np.ndarray, str]:
+    """Map a two-class label vector to {0, 1} (the larger, or positive_label, -> 1); return it with a note."""
+    classes = label_classes(y, positive_label)
+    return _matches(y, classes[1]).astype(np.float64), label_note(classes)
+
+
+def power_of_two_scale(x: np.ndarray) -> np.ndarray:
+    """Per-column powers of two near the largest magnitude: dividing by them is exact and keeps sums finite."""
+    largest = np.abs(x).max(axis=0)
+    _, exponent = np.frexp(np.where(largest > 0, largest, 1.0))
+    return np.ldexp(1.0, exponent)
+
+
+def feature_statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prescale, center, spread) of the training features for a scaling method."""
+    if method not in SCALINGS:
+        raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {method!r}.")
+    d = x_train.shape[1]
+    if method == "none":
+        return np.ones(d), np.zeros(d), np.ones(d)
+    # Statistics of huge values (1e300) would overflow; on columns divided by a power of two they do not,
+    # and for ordinary data the result is bit-identical.
+    s = power_of_two_scale(x_train)
+    prescaled = x_train / s
+    if method == "minmax":
+        lo, hi = prescaled.min(axis=0), prescaled.max(axis=0)
+        return s, lo, np.where(hi > lo, hi - lo, 1.0 / s)  # a constant column: test values just shifted
+    mean, std = prescaled.mean(axis=0), prescaled.std(axis=0)
+    return s, mean, np.where(std > 0, std, 1.0 / s)
+
+
+def apply_scaling(x: np.ndarray, method: str, prescale: np.ndarray, center: np.ndarray,
+                  spread: np.ndarray) -> np.ndarray:
+    """x scaled as fitted: (x / prescale - center) / spread, clipped to [0, 1] for min-max; unchanged for none."""
+    if method == "none":
+        return x
+    scaled = (x / prescale - center) / spread
+    # Rows outside the training range are clipped so every feature stays in [0, 1], the range the quantizer
+    # plans for; on the training rows themselves the clip changes nothing.
+    return np.clip(scaled, 0.0, 1.0) if method == "minmax" else scaled
+
+
+def scale(x_train: np.ndarray, x_test: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Scale features with statistics of the training split only; return both splits and a note."""
+    stats = feature_statistics(x_train, method)
+    return apply_scaling(x_train, method, *stats), apply_scaling(x_test, method, *stats), _SCALE_NOTES[method]
+
+
+def target_statistics(y_train: np.ndarray, name: str = "y") -> tuple[float, float, float]:
+    """(prescale, center, spread) standardising real targets on the training split; refuses constant targets."""
+    s = float(power_of_two_scale(y_train))  # as for features: exact, and keeps huge targets' statistics finite
+    center, spread = float(np.mean(y_train / s)), float(np.std(y_train / s))
+    if spread == 0.0:
+        raise ValueError(f"Argument 'dataset' must have targets that vary on the training split to fit linear "
+                         f"regression, not the constant {y_train[0]:g} on all {len(y_train)} training rows of "
+                         f"{name!r}.")
+    mean, std = center * s, spread * s
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise ValueError(f"Argument 'dataset' must have targets whose mean and std are finite in float64, not "
+                         f"mean {mean} and std {std} on the training split of {name!r}.")
+    return s, center, spread
+
+
+def target_note(mean: float, std: float) -> str:
+    """How real targets were standardised and how predictions map back."""
+    return (f"targets: standardised to mean 0, std 1 on the training split (mean {mean:.6g}, std {std:.6g}); "
+            f"predictions are mapped back as mean + std * prediction")
+
+
+def standardise_targets(y_train: np.ndarray, y_test: np.ndarray,
+                        name: str = "y") -> tuple[np.ndarray, np.ndarray, float, float, str]:
+    """Standardise targets with the training split's mean and std; return both splits, the mean, the std, a note."""
+    s, center, spread = target_statistics(y_train, name)
+    mean, std = center * s, spread * s
+    return (y_train / s - center) / spread, (y_test / s - center) / spread, mean, std, target_note(mean, std)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Fitted preprocessing: raw feature schema, scaling, intercept, and the label mapping or target scaling."""
+
+    model: str
+    scaling: str
+    prescale: tuple[float, ...]
+    center: tuple[float, ...]
+    spread: tuple[float, ...]
+    intercept: bool
+    classes: tuple[Label, Label] | None = None  # logistic: the raw labels mapped to 0 and to 1
+    target_prescale: float = 1.0  # linear: y' = (y / target_prescale - target_center) / target_spread
+    target_center: float = 0.0
+    target_spread: float = 1.0
+    features: tuple[str, ...] | None = None  # the raw feature columns' names, when the source named them
+    label_name: str | None = None  # where the labels were read from: a CSV header name
+    label_index: int | None = None  # ... or a CSV column number (0-based)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise argument_error("model", f"be one of {', '.join(MODELS)}", self.model)
+        if self.scaling not in SCALINGS:
+            raise argument_error("scaling", f"be one of {', '.join(SCALINGS)}", self.scaling)
+        if not len(self.prescale) == len(self.center) == len(self.spread) >= 1:
+            raise argument_error("prescale", "have one entry per feature, as center and spread",
+                                 (len(self.prescale), len(self.center), len(self.spread)))
+        if self.features is not None and len(self.features) != len(self.prescale):
+            raise argument_error("features", f"name each of the {len(self.prescale)} features", len(self.features))
+        if (self.model == "logistic") != (self.classes is not None and len(self.classes) == 2):
+            raise argument_error("classes", "be two labels for logistic regression and None for linear",
+                                 self.classes)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, *, model: str = "logistic", scaling: str = "standard",
+            intercept: bool = True, positive_label: str | float | None = None,
+            features: Sequence[str] | None = None, label_name: str | None = None,
+            label_index: int | None = None, name: str = "y") -> Preprocessing:
+        """Fit on the training split: feature statistics, and the label classes or the target statistics."""
+        prescale, center, spread = feature_statistics(np.asarray(x, dtype=np.float64), scaling)
+        targets: dict[str, Any] = {}
+        if model == "linear":
+            if positive_label is not None:
+                raise ValueError(f"Argument 'positive_label' must be omitted for linear regression (its targets "
+                                 f"are real values, not classes), not {str(positive_label)!r}.")
+            s, c, sp = target_statistics(np.asarray(y, dtype=np.float64), name)
+            targets = {"target_prescale": s, "target_center": c, "target_spread": sp}
+        elif model == "logistic":
+            targets = {"classes": label_classes(np.asarray(y), positive_label)}
+        return cls(model=model, scaling=scaling, prescale=_floats(prescale), center=_floats(center),
+                   spread=_floats(spread), intercept=bool(intercept),
+                   features=None if features is None else tuple(map(str, features)),
+                   label_name=label_name, label_index=label_index, **targets)
+
+    @property
+    def n_features(self) -> int:
+        """How many raw feature columns the model reads."""
+        return len(self.prescale)
+
+    @property
+    def width(self) -> int:
+        """How many columns the trainer sees: the features and the intercept column."""
+        return self.n_features + int(self.intercept)
+
+    @property
+    def target_mean(self) -> float:
+        """The training targets' mean (linear): predictions are target_mean + target_std * (x' @ w)."""
+        return self.target_center * self.target_prescale
+
+    @property
+    def target_std(self) -> float:
+        """The training targets' standard deviation (linear)."""
+        return self.target_spread * self.target_prescale
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Raw feature rows (n x n_features) as the trainer saw them: scaled, with the intercept column."""
+        xa = np.asarray(x, dtype=np.float64)
+        if xa.ndim != 2 or xa.shape[1] != self.n_features:
+            raise argument_error("x", f"have the model's {self.n_features} feature columns", xa.shape)
+        scaled = apply_scaling(xa, self.scaling, np.asarray(self.prescale), np.asarray(self.center),
+                               np.asarray(self.spread))
+        return np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
+
+    def encode(self, y: np.ndarray, source: str = "", name: str = "y") -> np.ndarray:
+        """Raw labels as 0/1 (logistic) or real targets standardised (linear); refuses labels the model lacks."""
+        ya = np.asarray(y)
+        if self.classes is None:
+            return (ya.astype(np.float64) / self.target_prescale - self.target_center) / self.target_spread
+        negative, positive = (_matches(ya, c) for c in self.classes)
+        unknown = ~(negative | positive)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            where = f" in {source}, row {row + 1}" if source else f" on row {row + 1}"
+            raise ValueError(f"Argument {name!r} must hold only the model's labels ({label_text(self.classes[0])}, "
+                             f"{label_text(self.classes[1])}), not {label_text(_plain(ya[row]))!r}{where} "
+                             f"({int(unknown.sum())} such row(s)).")
+        return positive.astype(np.float64)
+
+    def labels(self, positive: np.ndarray) -> np.ndarray:
+        """The raw label of each prediction (True: the class mapped to 1)."""
+        assert self.classes is not None, "labels() is for logistic regression"
+        return np.where(np.asarray(positive, dtype=bool), np.asarray(self.classes[1], dtype=object),
+                        np.asarray(self.classes[0], dtype=object))
+
+    def targets(self, z: np.ndarray) -> np.ndarray:
+        """Predictions on the standardised scale mapped back to the targets' units (linear)."""
+        return self.target_mean + self.target_std * np.asarray(z, dtype=np.float64)
+
+    def notes(self) -> tuple[str, ...]:
+        """What was done to labels and features, as the training notes say it."""
+        first = (label_note(self.classes) if self.classes is not None
+                 else target_note(self.target_mean, self.target_std))
+        return (first, _SCALE_NOTES[self.scaling], *((INTERCEPT_NOTE,) if self.intercept else ()))
+
+    def to_json(self) -> dict[str, Any]:
+        """The preprocessing as JSON values (floats round-trip exactly)."""
+        out: dict[str, Any] = {
+            "features": {"count": self.n_features, "names": None if self.features is None else list(self.features)},
+            "scaling": {"method": self.scaling, "formula": "(x / prescale - center) / spread"
+                        + (", clipped to [0, 1]" if self.scaling == "minmax" else ""),
+                        "prescale": list(self.prescale), "center": list(self.center), "spread": list(self.spread)},
+            "intercept": self.intercept,
+            "label_column": {"name": self.label_name, "index": self.label_index},
+        }
+        if self.classes is not None:
+            out["labels"] = {"0": self.classes[0], "1": self.classes[1]}
+        else:
+            out["targets"] = {"prescale": self.target_prescale, "center": self.target_center,
+                              "spread": self.target_spread, "mean": self.target_mean, "std": self.target_std}
+        return out
+
+    @classmethod
+    def from_json(cls, model: str, state: Mapping[str, Any]) -> Preprocessing:
+        """Rebuild from to_json's output (raises KeyError/TypeError/ValueError on a damaged one)."""
+        scaling, features, label = state["scaling"], state["features"], state["label_column"]
+        names = features.get("names")
+        kwargs: dict[str, Any] = {}
+        if model == "logistic":
+            kwargs["classes"] = (state["labels"]["0"], state["labels"]["1"])
+        else:
+            targets = state["targets"]
+            kwargs |= {"target_prescale": float(targets["prescale"]), "target_center": float(targets["center"]),
+                       "target_spread": float(targets["spread"])}
+        return cls(model=model, scaling=str(scaling["method"]), prescale=_floats(scaling["prescale"]),
+                   center=_floats(scaling["center"]), spread=_floats(scaling["spread"]),
+                   intercept=bool(state["intercept"]), features=None if names is None else tuple(map(str, names)),
+                   label_name=label.get("name"), label_index=label.get("index"), **kwargs)
+
+
+def _floats(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in np.asarray(values, dtype=np.float64).tolist())
