@@ -27,6 +27,7 @@ EXIT_USAGE = 2  # bad arguments, data or plan: fix the command line
 EXIT_NOT_ENOUGH_WORKERS = 3  # fewer than R workers left; checkpointed, rerun with --resume
 EXIT_UNREACHABLE = 4  # fewer than R workers healthy (addresses, TLS, daemons down), or local workers did not start
 EXIT_UNSUITABLE = 6  # fewer than R workers can take the job (free share bytes, message size, modulus)
+EXIT_WRONG_RESULTS = 7  # workers sent wrong results the redundancy could not correct; checkpointed
 EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
 EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM; checkpointed
 
@@ -91,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     from cpml.master.local import LocalWorkersFailed
     from cpml.master.rounds import RoundTimeout
     from cpml.master.settings import check_output_dir, train_settings
-    from cpml.master.train import train
+    from cpml.master.train import WrongResults, train
 
     try:
         settings = train_settings(args)
@@ -112,6 +113,9 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cpml-master train: stopped: {exc}. Checkpoint: {settings.out / 'checkpoint.json'} "
               f"(rerun with --resume).", file=sys.stderr)
         return EXIT_ROUND_TIMEOUT
+    except WrongResults as exc:
+        print(f"cpml-master train: stopped: {exc}", file=sys.stderr)
+        return EXIT_WRONG_RESULTS
     except WorkersUnsuitable as exc:
         print(f"cpml-master train: workers cannot take the job: {exc}", file=sys.stderr)
         return EXIT_UNSUITABLE

@@ -110,8 +110,10 @@ class ComputeStreams:
     def _live(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.alive]
 
-    async def run_round(self, round_number: int, weight_shares: np.ndarray) -> tuple[dict[int, np.ndarray], RoundTraffic]:
-        """Send this round's weight shares to every live worker; return the first R replies (arrival order)."""
+    async def run_round(self, round_number: int, weight_shares: np.ndarray,
+                        needed: int | None = None) -> tuple[dict[int, np.ndarray], RoundTraffic]:
+        """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order."""
+        needed = self.threshold if needed is None else needed
         started = time.perf_counter()
         sent = 0
         for worker in self._live():
@@ -124,16 +126,16 @@ class ComputeStreams:
         replies: dict[int, np.ndarray] = {}
         compute = 0.0
         deadline = asyncio.get_running_loop().time() + self.round_timeout
-        while len(replies) < self.threshold:
+        while len(replies) < needed:
             possible = len(replies) + sum(1 for w in self._live() if w.index not in replies)
-            if possible < self.threshold:
-                raise NotEnoughWorkers(self._shortfall_message(round_number))
+            if possible < needed:
+                raise NotEnoughWorkers(self._shortfall_message(round_number, needed))
             try:
                 async with asyncio.timeout_at(deadline):
                     worker, reply, failure, generation = await self._replies.get()
             except TimeoutError:
                 raise RoundTimeout(
-                    f"round {round_number + 1}: only {len(replies)} of the {self.threshold} replies needed arrived "
+                    f"round {round_number + 1}: only {len(replies)} of the {needed} replies needed arrived "
                     f"within {self.round_timeout:g}s; workers may be overloaded (raise --round-timeout)") from None
             if reply is None:
                 if generation == self._generation[worker.index]:
@@ -154,8 +156,20 @@ class ComputeStreams:
                                      bytes_received=received, late_replies=self._late - late_before,
                                      worker_compute_seconds=compute)
 
-    def _shortfall_message(self, round_number: int) -> str:
+    def drop(self, index: int, reason: str) -> None:
+        """Drop a worker whose result was wrong: it is never sent anything again in this run."""
+        for worker in self.workers:
+            if worker.index == index:
+                worker.fail(reason, rejoinable=False)
+                queue = self._requests.get(index)
+                if queue is not None:
+                    queue.put_nowait(None)
+
+    def _shortfall_message(self, round_number: int, needed: int) -> str:
         dead = [w for w in self.workers if not w.alive]
         reasons = "; ".join(f"worker {w.index} at {w.address}: {w.failure}" for w in dead)
+        wanted = (f"R = {needed} replies are needed to decode" if needed == self.threshold else
+                  f"{needed} replies are needed (R = {self.threshold}, plus {needed - self.threshold} to check for "
+                  f"wrong results)")
         return (f"round {round_number + 1}: only {len(self._live())} of {len(self.workers)} workers remain but "
-                f"R = {self.threshold} replies are needed to decode ({reasons})")
+                f"{wanted} ({reasons})")

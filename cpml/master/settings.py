@@ -50,6 +50,8 @@ class TrainSettings:
     sigmoid_interval: float = 8.0
     prime: int = DEFAULT_PRIME
     residues: int | None = None  # how many residue primes; None: the fewest that give the data 8+ bits
+    byzantine: int = 0  # wrong results to correct per round (waits for R + 2A replies)
+    detect: bool = False  # wait for R + 1 replies and refuse a round whose results disagree
     learning_rate: float | None = None
     iterations: int = 50
     model: str = "logistic"
@@ -188,6 +190,12 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
                       help="fit the sigmoid polynomial on [-a, a]")
     plan.add_argument("--prime", type=int, default=env("PRIME", DEFAULT_PRIME),
                       help="the largest residue prime; the others are the next primes below it")
+    plan.add_argument("--byzantine", type=int, default=env("BYZANTINE", 0), metavar="A",
+                      help="correct up to A workers that return wrong results each round (waits for R + 2A "
+                           "replies; the culprits are named and dropped); needs N >= R + 2A")
+    plan.add_argument("--detect", action=argparse.BooleanOptionalAction,
+                      default=env("DETECT", "") in ("1", "true"),
+                      help="wait for R + 1 replies and stop, without updating, when results disagree")
     plan.add_argument("--residues", type=int, default=env("RESIDUES"),
                       help="how many primes carry every value (default: the fewest that give the data at least "
                            "8 fractional bits)")
@@ -225,7 +233,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         workers=workers,
         local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
-        residues=opt_int(args.residues),
+        residues=opt_int(args.residues), byzantine=int(args.byzantine), detect=bool(args.detect),
         weight_bound=float(args.weight_bound), sigmoid_interval=float(args.sigmoid_interval),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
         iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),

@@ -25,6 +25,7 @@ from cpml.field import uniform
 from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
 from cpml.master.local import LocalWorkers
 from cpml.master.rejoin import Rejoiner
+from cpml.field.errors import TooManyErrors
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
 from cpml.model import model_of_run
@@ -55,6 +56,10 @@ class ResumeError(ValueError):
     """The checkpoint cannot be resumed with these settings."""
 
 
+class WrongResults(Exception):
+    """Some workers sent wrong results that the redundancy could not correct; the round was not applied."""
+
+
 @dataclass(frozen=True)
 class RoundRecord:
     """What the master measured in one round."""
@@ -75,6 +80,7 @@ class RoundRecord:
     worker_compute_seconds: float = 0.0  # within wait: the slowest used worker's own compute (0: not reported)
     test_r2: float | None = None  # linear regression only
     test_rmse: float | None = None  # linear regression only, in the targets' own units
+    wrong_workers: tuple[int, ...] = ()  # whose results were wrong this round (corrected, then dropped)
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ def load_training_data(settings: TrainSettings) -> Dataset:
 PLAN_FLAGS = {"p": "--prime", "n_workers": "--workers-local (or --workers)", "learning_rate": "--learning-rate",
               "r": "--r", "k": "--k", "t": "--t", "lx": "--lx", "lw": "--lw", "lc": "--lc", "residues": "--residues",
               "iterations": "--iterations", "weight_bound": "--weight-bound",
-              "sigmoid_interval": "--sigmoid-interval", "model": "--model"}
+              "sigmoid_interval": "--sigmoid-interval", "model": "--model", "byzantine": "--byzantine"}
 
 
 def in_flag_terms(message: str) -> str:
@@ -125,7 +131,8 @@ def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> P
 def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
     kwargs: dict[str, Any] = {"p": settings.prime, "iterations": settings.iterations, "model": settings.model,
                               "learning_rate": settings.learning_rate, "weight_bound": settings.weight_bound,
-                              "sigmoid_interval": settings.sigmoid_interval}
+                              "sigmoid_interval": settings.sigmoid_interval, "byzantine": settings.byzantine,
+                              "detect": settings.detect}
     if settings.k is not None and settings.t is not None:
         plan = Plan(n_workers=n_workers, k=settings.k, t=settings.t, r=settings.r, **kwargs)
     elif settings.t is not None:
@@ -191,7 +198,8 @@ def read_rounds(path: Path, up_to: int) -> list[RoundRecord]:
             if number < len(lines):
                 raise
             log.warning("dropping a truncated last line of the rounds log", path=str(path), line=number)
-    return [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"])}) for r in records if r["round"] <= up_to]
+    return [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"]),
+                           "wrong_workers": tuple(r.get("wrong_workers", ()))}) for r in records if r["round"] <= up_to]
 
 
 # The flags a checkpoint's plan fixes: (flag, TrainSettings field, Plan field).
@@ -412,9 +420,16 @@ async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, target_scal
     round_number = trainer.round
     weight_shares = trainer.weight_shares()
     encoded = time.perf_counter()
-    replies, traffic = await streams.run_round(round_number, weight_shares)
+    replies, traffic = await streams.run_round(round_number, weight_shares, trainer.replies_needed)
     received = time.perf_counter()
-    stats = trainer.finish_round(round_number, replies)
+    try:
+        stats = trainer.finish_round(round_number, replies)
+    except TooManyErrors as exc:
+        raise WrongResults(f"{exc}; the round was not applied (the checkpoint holds the last good one). Rerun with "
+                           f"--resume and --byzantine A (N >= R + 2A) to correct them, or without the workers named "
+                           f"in the log") from None
+    for index in stats.wrong_workers:
+        streams.drop(index, f"sent a wrong result in round {round_number + 1} (corrected)")
     done = time.perf_counter()
     return RoundRecord(round=stats.round, loss=stats.loss, train_accuracy=stats.train_accuracy,
                        test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
@@ -424,7 +439,8 @@ async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, target_scal
                        total_seconds=done - began, bytes_sent=traffic.bytes_sent,
                        bytes_received=traffic.bytes_received, late_replies=traffic.late_replies,
                        test_r2=stats.test_r2,
-                       test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale)
+                       test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale,
+                       wrong_workers=stats.wrong_workers)
 
 
 def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, history: list[RoundRecord],

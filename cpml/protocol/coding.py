@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field import Elements, PrimeField, evaluation_points, interpolation_matrix, matmul_mod_centred
+from cpml.field.errors import locate_errors
 from cpml.field.sampling import uniform
 
 MaskSource = Callable[[PrimeField, tuple[int, ...]], Elements]
@@ -52,6 +53,17 @@ class CodingScheme:
         stacked[self.k :] = self.field.centred(mask_source(self.field, (self.t, secrets.shape[1])), np.int32)
         encoder = self.encoder if workers is None else self.encoder[list(workers)]
         return matmul_mod_centred(self.field, encoder, stacked)
+
+    def wrong_replies(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int, errors: int) -> list[int]:
+        """Workers among the first `threshold + 2 errors` replies (or threshold + 1 to detect, errors 0) whose values
+        are not evaluations of the round's polynomial; raises TooManyErrors when that cannot be decided."""
+        count = threshold + max(2 * errors, 1)
+        chosen = tuple(list(replies)[:count])
+        alphas, _ = self.points
+        stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen])
+        wrong = locate_errors(self.field, [alphas[i] for i in chosen], stacked.reshape(len(chosen), -1),
+                              threshold - 1, errors)
+        return [chosen[i] for i in wrong]
 
     def decode(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int) -> Elements:
         """Interpolate h at the K betas from the first `threshold` replies (worker index -> f value)."""

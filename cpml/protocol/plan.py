@@ -40,6 +40,8 @@ class Plan:
     model: str = "logistic"
     sigmoid_interval: float = 8.0
     weight_bound: float = 4.0
+    byzantine: int = 0  # wrong results to correct each round: wait for R + 2A replies
+    detect: bool = False  # with no correction, wait for R + 1 replies and refuse a round that disagrees
 
     def __post_init__(self) -> None:
         for name in ("n_workers", "k", "t", "r", "iterations", "residues"):
@@ -62,11 +64,18 @@ class Plan:
             math.isfinite(self.learning_rate) and self.learning_rate > 0
         ):
             raise argument_error("learning_rate", "be a positive finite number or None (auto)", self.learning_rate)
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or self.byzantine < 0:
+            raise argument_error("byzantine", "be a non-negative integer", self.byzantine)
         PrimeField(self.p)  # refuses composite or oversized moduli with the standard message
         if self.residues > MAX_RESIDUES:
             raise argument_error("residues", f"be an integer from 1 to {MAX_RESIDUES}", self.residues)
         if self.n_workers < self.threshold:
             raise ValueError(self._threshold_message())
+        if self.n_workers < self.replies_needed:
+            raise argument_error(
+                "n_workers", f"be at least R + 2A{' + 1' if self.detect and not self.byzantine else ''} = "
+                f"{self.replies_needed} to correct A = {self.byzantine} wrong results (R = {self.threshold}); add "
+                f"workers, lower --byzantine, or lower K", self.n_workers)
         if self.n_workers + self.k + self.t >= min(self.moduli):
             raise argument_error("p", f"exceed N + K + T = {self.n_workers + self.k + self.t}", self.p)
 
@@ -74,6 +83,11 @@ class Plan:
     def threshold(self) -> int:
         """R, the number of worker replies needed to decode a round."""
         return recovery_threshold(self.k, self.t, self.r)
+
+    @property
+    def replies_needed(self) -> int:
+        """How many replies a round waits for: R, plus 2A to correct A wrong ones (or 1 to detect one)."""
+        return self.threshold + 2 * self.byzantine + (1 if self.detect and not self.byzantine else 0)
 
     @property
     def field(self) -> PrimeField:

@@ -10,7 +10,7 @@ are the two protocols: they differ only in how the data and weights are shared a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields
+from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields, replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +43,7 @@ class RoundStats:
     weight_norm: float
     test_r2: float | None = None  # linear regression with a test set only, as test_rmse
     test_rmse: float | None = None  # in the units of the y the trainer holds (standardised targets: times their std)
-
+    wrong_workers: tuple[int, ...] = ()  # whose results were wrong and corrected (--byzantine)
 
 
 @dataclass(kw_only=True)
@@ -100,7 +100,7 @@ class TrainingRun:
         if self._issued != self.round or round_index != self.round or self._query is None:
             raise argument_error("round_index", f"be the round whose weights were sent ({self._issued})", round_index)
 
-    def finish(self, gradient: Array, used: tuple[int, ...]) -> RoundStats:
+    def finish(self, gradient: Array, used: tuple[int, ...], wrong: tuple[int, ...] = ()) -> RoundStats:
         """Step from the query point along the decoded gradient, project onto the weight ball, report."""
         self.check_round(self.round)
         assert self.plan.learning_rate is not None and self._query is not None
@@ -108,7 +108,7 @@ class TrainingRun:
         self.previous, self.weights = self.weights, step
         self.round += 1
         self._issued = self._query = None
-        return self.stats(used)
+        return replace(self.stats(used), wrong_workers=wrong)
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""

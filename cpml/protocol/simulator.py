@@ -44,7 +44,7 @@ def simulate(
     history = []
     while not trainer.done:
         w_shares = trainer.weight_shares()
-        first = order.permutation(plan.n_workers)[: trainer.plan.threshold]
+        first = order.permutation(plan.n_workers)[: trainer.replies_needed]
         replies = {int(i): worker_compute(trainer.basis, shares[i], w_shares[i], coefficients) for i in first}
         history.append(trainer.finish_round(trainer.round, replies))
         trajectory.append(trainer.weights.copy())

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field import Elements, ResidueBasis
+from cpml.field.errors import TooManyErrors
 from cpml.field.sampling import keyed_uniform, uniform
 from cpml.protocol.coding import CodingScheme, MaskSource
 from cpml.protocol.plan import Plan
@@ -66,6 +67,7 @@ class CodedTrainer(TrainingRun):
     """One CodedPrivateML training job on the master (use `create`): Lagrange coding in every residue field."""
 
     schemes: tuple[CodingScheme, ...]  # one per residue modulus
+    caught: set[int] = dataclass_field(default_factory=set)  # workers whose results were wrong (--byzantine)
     # The data masks come from this key (kept in memory only, never checkpointed), so the share of a worker
     # that restarts can be rebuilt exactly: it learns nothing it had not held before.
     share_key: bytes = dataclass_field(default_factory=lambda: os.urandom(32), repr=False)
@@ -146,19 +148,52 @@ class CodedTrainer(TrainingRun):
             per_residue.append(scheme.encode(np.ascontiguousarray(secrets), self.mask_source))
         return np.stack(per_residue, axis=1).reshape(self.plan.n_workers, len(self.schemes), d, r)
 
-    def decode_sums(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> Elements:
-        """X̄ᵀs̄ in every residue field (residues x d) from the first R replies: decode, add the K partitions."""
+    @property
+    def errors_left(self) -> int:
+        """How many wrong workers may still be among those answering: A less the ones already caught."""
+        return max(0, self.plan.byzantine - len(self.caught))
+
+    @property
+    def replies_needed(self) -> int:
+        """Replies this round waits for: R + 2 x errors_left, or R + 1 to detect (--detect, or all A caught)."""
+        checking = self.plan.detect or self.plan.byzantine > 0
+        return self.plan.threshold + (2 * self.errors_left if self.errors_left else int(checking))
+
+    def wrong_workers(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> list[int]:
+        """Workers whose reply is wrong in any residue field (with --byzantine or --detect; else none checked)."""
+        if self.replies_needed == self.plan.threshold or len(replies) < self.replies_needed:
+            return []
+        wrong: set[int] = set()
+        for j, scheme in enumerate(self.schemes):
+            try:
+                wrong |= set(scheme.wrong_replies({i: reply[j] for i, reply in replies.items()}, self.plan.threshold,
+                                                  self.errors_left))
+            except TooManyErrors as exc:
+                raise TooManyErrors(f"round {self.round + 1}: {exc}") from None
+        if len(wrong) > self.errors_left:
+            raise TooManyErrors(f"round {self.round + 1}: {len(wrong)} workers sent wrong results {sorted(wrong)}, "
+                                f"more than the {self.errors_left} the redundancy corrects")
+        self.caught |= wrong
+        return sorted(wrong)
+
+    def decode_sums(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Elements:
+        """X̄ᵀs̄ in every residue field (residues x d) from the first R right replies: decode, add the K partitions."""
+        good = {i: reply for i, reply in replies.items() if i not in wrong}
         return np.stack([
-            sum_blocks(scheme.field, scheme.decode({i: reply[j] for i, reply in replies.items()}, self.plan.threshold))
+            sum_blocks(scheme.field, scheme.decode({i: reply[j] for i, reply in good.items()}, self.plan.threshold))
             for j, scheme in enumerate(self.schemes)
         ])
 
-    def decode_gradient(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> Array:
-        """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the first R replies (each residues x d)."""
-        return gradient_from_sums(self.plan, self.decode_sums(replies), self.xty, self.x.shape[0])
+    def decode_gradient(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Array:
+        """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the first R right replies (each residues x d)."""
+        return gradient_from_sums(self.plan, self.decode_sums(replies, wrong), self.xty, self.x.shape[0])
 
     def finish_round(self, round_index: int, replies: Mapping[int, npt.NDArray[np.uint32]]) -> RoundStats:
-        """Decode the round's gradient from the first R replies (in arrival order) and update the weights."""
+        """Decode the round's gradient from the first replies (in arrival order), correcting wrong ones, and step.
+
+        A round whose wrong replies cannot be corrected raises TooManyErrors and leaves the weights as they were.
+        """
         self.check_round(round_index)
-        used = tuple(list(replies)[: self.plan.threshold])
-        return self.finish(self.decode_gradient(replies), used)
+        wrong = self.wrong_workers(replies)
+        used = tuple([i for i in replies if i not in wrong][: self.plan.threshold])
+        return self.finish(self.decode_gradient(replies, wrong), used, tuple(wrong))

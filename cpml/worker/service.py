@@ -186,6 +186,8 @@ class WorkerService(pb_grpc.WorkerServicer):
                 result = await loop.run_in_executor(self._executor, worker_compute, basis, prepared, weights,
                                                     job.spec.coefficients)
                 del prepared  # an ended job's float64 share is freed even while this stream waits
+                if self._settings.fault_wrong_results and round_number % self._settings.fault_wrong_every == 0:
+                    result = _falsified(result, basis, round_number, self._settings)
                 seconds = time.perf_counter() - started
                 if self._settings.fault_reply_delay:
                     await asyncio.sleep(self._settings.fault_reply_delay)
@@ -270,6 +272,20 @@ class WorkerService(pb_grpc.WorkerServicer):
                              bytes=self._store.reserved_bytes(job.job_id), idle_seconds=now - job.last_used,
                              compute_streams=job.streams)
             for job in self._store.jobs()])
+
+
+def _falsified(result: np.ndarray, basis: ResidueBasis, round_number: int, settings: WorkerSettings) -> np.ndarray:
+    """Fault injection (tests only): the same entries of every residue made wrong, by +1 or at random."""
+    rng = np.random.default_rng(round_number)
+    cols = result.shape[1]
+    chosen = rng.choice(cols, size=max(1, int(settings.fault_wrong_fraction * cols)), replace=False)
+    out = result.copy()
+    for j, p in enumerate(basis.moduli):
+        if settings.fault_wrong_results == "offset":
+            out[j, chosen] = (out[j, chosen].astype(np.uint64) + 1) % p
+        else:
+            out[j, chosen] = rng.integers(0, p, size=chosen.size, dtype=np.uint32)
+    return out
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

@@ -56,6 +56,9 @@ class WorkerSettings:
     log_format: str = "auto"
     fault_reply_delay: float = 0.0
     fault_fail_after_rounds: int = 0
+    fault_wrong_results: str = ""  # "offset" or "random": return wrong but well-formed results
+    fault_wrong_every: int = 1  # only in rounds whose number is a multiple of this
+    fault_wrong_fraction: float = 0.1  # of the result's entries (at least one)
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -131,6 +134,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                         help="sleep this many seconds before every round reply")
     faults.add_argument("--fault-fail-after-rounds", type=int, default=env("FAULT_FAIL_AFTER_ROUNDS", 0),
                         help="abort compute streams with UNAVAILABLE after this many rounds (0: never)")
+    faults.add_argument("--fault-wrong-results", choices=("", "offset", "random"),
+                        default=env("FAULT_WRONG_RESULTS", ""),
+                        help="return wrong but well-formed results: add 1 to, or randomize, some entries")
+    faults.add_argument("--fault-wrong-every", type=int, default=env("FAULT_WRONG_EVERY", 1),
+                        help="lie only in rounds whose number is a multiple of this (default every round)")
+    faults.add_argument("--fault-wrong-fraction", type=float, default=env("FAULT_WRONG_FRACTION", 0.1),
+                        help="fraction of the result's entries that are wrong (at least one)")
     return p
 
 
@@ -158,7 +168,9 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
             stop_with_parent=bool(args.stop_with_parent),
             log_level=args.log_level, log_format=args.log_format,
             fault_reply_delay=float(args.fault_reply_delay),
-            fault_fail_after_rounds=int(args.fault_fail_after_rounds))
+            fault_fail_after_rounds=int(args.fault_fail_after_rounds),
+            fault_wrong_results=str(args.fault_wrong_results or ""), fault_wrong_every=int(args.fault_wrong_every),
+            fault_wrong_fraction=float(args.fault_wrong_fraction))
     except ValueError as exc:
         parser.error(str(exc))
 
