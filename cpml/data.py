@@ -84,7 +84,8 @@ def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1
     # label_column None (files read for predictions): a CSV has no label column, an .npz's labels are optional
     if source in BUNDLED:
         x, y = _bundled(source)
-        return RawData(np.asarray(x, dtype=np.float64), np.asarray(y), source, label_source=f"bundled {source!r}")
+        return RawData(np.ascontiguousarray(x, dtype=np.float64), np.asarray(y), source,
+                       label_source=f"bundled {source!r}")
     path = Path(source)
     if path.is_dir():
         raise ValueError(f"Argument 'dataset' must be one of {', '.join(BUNDLED)} or a data file, "
@@ -108,7 +109,9 @@ def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1
         raise ValueError(f"Argument 'dataset' must hold at least one row and one feature, "
                          f"not {path.name!r} with {raw.x.shape[0]} row(s) x {raw.x.shape[-1]} feature(s).")
     _check_finite(raw.x, path.name)
-    return raw
+    # One memory layout whatever the reader (a CSV's feature columns come out column-major): the column
+    # statistics, and so every bit of the scaled data, are then the same for the same numbers in any format.
+    return replace(raw, x=np.ascontiguousarray(raw.x))
 
 
 def load_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> tuple[np.ndarray, np.ndarray, str]:

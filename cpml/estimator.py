@@ -202,8 +202,8 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
         """Probabilities of classes_[0] and classes_[1], from the sigmoid of the decision function."""
         from scipy.special import expit
 
-        p = expit(self.decision_function(X))
-        return np.column_stack([1.0 - p, p])
+        z = self.decision_function(X)
+        return np.column_stack([expit(-z), expit(z)])
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of predict_proba."""

@@ -101,6 +101,7 @@ def feature_statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np
     """(prescale, center, spread) of the training features for a scaling method."""
     if method not in SCALINGS:
         raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {method!r}.")
+    x_train = np.ascontiguousarray(x_train)  # column sums depend on the memory layout; fix it to row-major
     d = x_train.shape[1]
     if method == "none":
         return np.ones(d), np.zeros(d), np.ones(d)
