@@ -3,8 +3,8 @@
 The workers' replies of one round are evaluations y_i = h(alpha_i) of one polynomial h of known degree D (a
 vector of them, one per coordinate). With n = D + 1 + 2A replies, up to A wrong ones can be located: every
 wrong worker is wrong in some coordinate, so the locator is found once on a random linear combination of the
-coordinates (a wrong coordinate survives it unless the combination's coefficient vanishes, probability 1/p
-per trial, so a second trial with fresh coefficients must agree) and then checked against every coordinate.
+coordinates (a wrong worker's error survives it unless it is orthogonal to the random weights, probability
+1/p). The caller checks consistency cheaply first and runs this only when some reply disagrees.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from cpml.field.matmul import matmul_mod
 from cpml.field.prime_field import PrimeField
 
 
@@ -31,12 +32,12 @@ def locate_errors(
         raise ValueError(f"Argument 'points' must hold at least D + 1 + 2A = {degree + 1 + 2 * max_errors} "
                          f"replies, not {n}.")
     p = field.p
-    rows = [[int(v) for v in row] for row in np.asarray(values, dtype=np.uint64)]
+    elements = field.check_elements(np.asarray(values).reshape(n, -1), "values")
     suspects: set[int] = set()
-    for _ in range(2):  # two independent combinations: a wrong worker hides from one with probability 1/p
-        weights = [secrets.randbelow(p - 1) + 1 for _ in range(len(rows[0]) if rows else 0)]
-        combined = [sum(w * v for w, v in zip(weights, row)) % p for row in rows]
-        suspects |= set(_berlekamp_welch(points, combined, degree, max_errors, p))
+    # A wrong worker hides in the combination only if its error is orthogonal to the random weights: 1/p.
+    weights = np.array([secrets.randbelow(p - 1) + 1 for _ in range(elements.shape[1])], dtype=np.uint32)
+    combined = [int(v) for v in matmul_mod(field, elements, weights)]
+    suspects |= set(_berlekamp_welch(points, combined, degree, max_errors, p))
     if max_errors == 0 and suspects:
         raise TooManyErrors("the replies are not evaluations of one polynomial of the expected degree: some worker "
                             "returned a wrong result")
@@ -89,30 +90,29 @@ def _lagrange_at(xs: list[int], ys: list[int], at: int, p: int) -> int:
 
 
 def _solve(matrix: list[list[int]], rhs: list[int], p: int) -> list[int] | None:
-    """One solution of matrix @ x = rhs mod p (free variables 0), or None if there is none."""
-    rows, cols = len(matrix), len(matrix[0])
-    a = [row[:] + [b] for row, b in zip(matrix, rhs)]
+    """One solution of matrix @ x = rhs mod p (free variables 0), or None if there is none (p < 2^31: int64 rows)."""
+    a = np.array([row + [b] for row, b in zip(matrix, rhs)], dtype=np.int64) % p
+    rows, cols = a.shape[0], a.shape[1] - 1
     pivots, r = [], 0
     for c in range(cols):
-        pivot = next((i for i in range(r, rows) if a[i][c]), None)
-        if pivot is None:
+        nonzero = np.flatnonzero(a[r:, c])
+        if nonzero.size == 0:
             continue
-        a[r], a[pivot] = a[pivot], a[r]
-        inverse = pow(a[r][c], -1, p)
-        a[r] = [v * inverse % p for v in a[r]]
-        for i in range(rows):
-            if i != r and a[i][c]:
-                factor = a[i][c]
-                a[i] = [(v - factor * w) % p for v, w in zip(a[i], a[r])]
+        pivot = r + int(nonzero[0])
+        a[[r, pivot]] = a[[pivot, r]]
+        a[r] = a[r] * pow(int(a[r, c]), -1, p) % p
+        factors = a[:, c].copy()
+        factors[r] = 0
+        a = (a - np.outer(factors, a[r]) % p) % p  # each product < 2^62: exact in int64
         pivots.append(c)
         r += 1
         if r == rows:
             break
-    if any(a[i][cols] for i in range(r, rows)):
+    if a[r:, cols].any():
         return None
     x = [0] * cols
     for i, c in enumerate(pivots):
-        x[c] = a[i][cols]
+        x[c] = int(a[i, cols])
     return x
 
 

@@ -55,24 +55,32 @@ class CodingScheme:
         return matmul_mod_centred(self.field, encoder, stacked)
 
     def wrong_replies(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int, errors: int) -> list[int]:
-        """Workers among the first `threshold + 2 errors` replies (or threshold + 1 to detect, errors 0) whose values
-        are not evaluations of the round's polynomial; raises TooManyErrors when that cannot be decided."""
-        count = threshold + max(2 * errors, 1)
-        chosen = tuple(list(replies)[:count])
+        """Workers among the first `threshold + 2 errors` replies (threshold + 1 with errors 0) whose values are
+        not evaluations of the round's polynomial; raises TooManyErrors when that cannot be decided."""
+        chosen = tuple(list(replies)[: threshold + max(2 * errors, 1)])
         alphas, _ = self.points
-        stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen])
-        wrong = locate_errors(self.field, [alphas[i] for i in chosen], stacked.reshape(len(chosen), -1),
-                              threshold - 1, errors)
+        stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen]).reshape(len(chosen), -1)
+        wrong = locate_errors(self.field, [alphas[i] for i in chosen], stacked, threshold - 1, errors)
         return [chosen[i] for i in wrong]
 
     def decode(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int) -> Elements:
         """Interpolate h at the K betas from the first `threshold` replies (worker index -> f value)."""
-        if len(replies) < threshold:
-            raise argument_error("replies", f"hold at least R = {threshold} results", len(replies))
-        chosen = tuple(list(replies)[:threshold])
+        return self.decode_checked(replies, threshold, 0)[0]
+
+    def decode_checked(
+        self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int, extra: int
+    ) -> tuple[Elements, bool]:
+        """decode(), and whether the next `extra` replies lie on the same polynomial (one product for both)."""
+        if len(replies) < threshold + extra:
+            needed = f"R = {threshold}" if not extra else f"R + {extra} = {threshold + extra}"
+            raise argument_error("replies", f"hold at least {needed} results", len(replies))
+        chosen = tuple(list(replies)[: threshold + extra])
         if any(not 0 <= i < self.n for i in chosen):
             raise argument_error("replies", f"come from workers 0..{self.n - 1}", chosen)
         alphas, betas = self.points
-        decoder = interpolation_matrix(self.field, tuple(alphas[i] for i in chosen), betas[: self.k])
+        first = tuple(alphas[i] for i in chosen[:threshold])
+        targets = betas[: self.k] + tuple(alphas[i] for i in chosen[threshold:])
+        decoder = interpolation_matrix(self.field, first, targets)
         stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen])
-        return matmul_mod_centred(self.field, self.field.centred(decoder), self.field.centred(stacked))
+        values = matmul_mod_centred(self.field, self.field.centred(decoder), self.field.centred(stacked[:threshold]))
+        return values[: self.k], bool(np.array_equal(values[self.k:], stacked[threshold:]))

@@ -161,8 +161,19 @@ class CodedTrainer(TrainingRun):
 
     def wrong_workers(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> list[int]:
         """Workers whose reply is wrong in any residue field (with --byzantine or --detect; else none checked)."""
-        if self.replies_needed == self.plan.threshold or len(replies) < self.replies_needed:
-            return []
+        return self.decode_round(replies)[1]
+
+    def decode_round(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[Elements, list[int]]:
+        """X̄ᵀs̄'s residues from the first R right replies, and the workers whose replies were wrong.
+
+        Every reply past the first R is checked against the polynomial they determine (one product with the
+        decode); only when one disagrees are the wrong ones located (Berlekamp-Welch) and decoding redone.
+        """
+        extra = self.replies_needed - self.plan.threshold
+        decoded = [scheme.decode_checked({i: reply[j] for i, reply in replies.items()}, self.plan.threshold, extra)
+                   for j, scheme in enumerate(self.schemes)]
+        if all(consistent for _, consistent in decoded):
+            return np.stack([sum_blocks(s.field, blocks) for s, (blocks, _) in zip(self.schemes, decoded)]), []
         wrong: set[int] = set()
         for j, scheme in enumerate(self.schemes):
             try:
@@ -170,11 +181,11 @@ class CodedTrainer(TrainingRun):
                                                   self.errors_left))
             except TooManyErrors as exc:
                 raise TooManyErrors(f"round {self.round + 1}: {exc}") from None
-        if len(wrong) > self.errors_left:
-            raise TooManyErrors(f"round {self.round + 1}: {len(wrong)} workers sent wrong results {sorted(wrong)}, "
-                                f"more than the {self.errors_left} the redundancy corrects")
+        if not wrong or len(wrong) > self.errors_left:
+            raise TooManyErrors(f"round {self.round + 1}: the replies disagree and {len(wrong)} workers sent wrong "
+                                f"results {sorted(wrong)}, more than the {self.errors_left} the redundancy corrects")
         self.caught |= wrong
-        return sorted(wrong)
+        return self.decode_sums(replies, sorted(wrong)), sorted(wrong)
 
     def decode_sums(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Elements:
         """X̄ᵀs̄ in every residue field (residues x d) from the first R right replies: decode, add the K partitions."""
@@ -194,6 +205,7 @@ class CodedTrainer(TrainingRun):
         A round whose wrong replies cannot be corrected raises TooManyErrors and leaves the weights as they were.
         """
         self.check_round(round_index)
-        wrong = self.wrong_workers(replies)
+        sums, wrong = self.decode_round(replies)
         used = tuple([i for i in replies if i not in wrong][: self.plan.threshold])
-        return self.finish(self.decode_gradient(replies, wrong), used, tuple(wrong))
+        gradient = gradient_from_sums(self.plan, sums, self.xty, self.x.shape[0])
+        return self.finish(gradient, used, tuple(wrong))
