@@ -376,40 +376,50 @@ def load_dataset(source: str, test_fraction: float | None = 0.2, scaling: str = 
     """Load, prepare the targets, split (seeded) unless test rows come from test_source (or test_fraction is None), scale."""
     _check_options(test_fraction, scaling, seed, model)
     raw = read_raw(source, fmt, label_column)
-    split = test_fraction is not None and test_source is None
-    if model == "linear":
-        y = real_targets(raw, positive_label)
-        if split:
-            _check_regression_split(len(y), test_fraction, source)
-        stratify, how = None, "shuffled"
-    else:
-        y, stratify, how = raw.y, _binary_targets(raw, positive_label, test_fraction if split else None, source), \
-            "stratified"
-    if split:
-        from sklearn.model_selection import train_test_split
-
-        x_train, x_test, y_train, y_test = train_test_split(raw.x, y, test_size=test_fraction, random_state=seed,
-                                                            stratify=stratify)
-        split_note = (f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features; {len(x_train)} train, "
-                      f"{len(x_test)} test ({how}, seed {seed})")
-    else:
-        x_train, y_train, x_test, y_test = raw.x, y, None, None
-        split_note = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features, all for training"
+    fraction = test_fraction if test_source is None else None  # None: every row of source trains
+    x_train, y_train, x_test, y_test, split_note = _split(raw, model, positive_label, fraction, seed, source)
     prep = Preprocessing.fit(x_train, y_train, model=model, scaling=scaling, intercept=intercept,
                              positive_label=positive_label, features=raw.features, label_name=raw.label_name,
                              label_index=raw.label_index, name=source)
     if test_source is not None:
-        test = read_matching(test_source, prep, fmt, flag="test_data", require_labels=True)
-        x_test = test.x
-        y_test = prep.encode(real_targets(test) if model == "linear" else test.y, test.label_source, "test_data")
+        x_test, y_test = _test_rows(test_source, prep, fmt)
         split_note += f"; {len(x_test)} test rows from {test_source}"
+    elif y_test is not None:
+        y_test = prep.encode(y_test)
     else:
-        y_test = None if y_test is None else prep.encode(y_test)
-        split_note += "" if split else " (no test split)"
-    notes = (split_note, *raw.notes, *prep.notes())
+        split_note += " (no test split)"
     return Dataset(name=raw.name, x_train=prep.transform(x_train), y_train=prep.encode(y_train),
                    x_test=None if x_test is None else prep.transform(x_test), y_test=y_test,
-                   notes=notes, target_mean=prep.target_mean, target_std=prep.target_std, preprocessing=prep)
+                   notes=(split_note, *raw.notes, *prep.notes()), target_mean=prep.target_mean,
+                   target_std=prep.target_std, preprocessing=prep)
+
+
+def _split(raw: RawData, model: str, positive_label: str | None, test_fraction: float | None, seed: int,
+           source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str]:
+    """Raw training and test rows with their raw targets (stratified by the 0/1 labels), and a note."""
+    if model == "linear":
+        y = real_targets(raw, positive_label)
+        if test_fraction is not None:
+            _check_regression_split(len(y), test_fraction, source)
+        stratify, how = None, "shuffled"
+    else:
+        y, how = raw.y, "stratified"
+        stratify = _binary_targets(raw, positive_label, test_fraction, source)
+    shape = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features"
+    if test_fraction is None:
+        return raw.x, y, None, None, f"{shape}, all for training"
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(raw.x, y, test_size=test_fraction, random_state=seed,
+                                                        stratify=stratify)
+    return x_train, y_train, x_test, y_test, f"{shape}; {len(x_train)} train, {len(x_test)} test ({how}, seed {seed})"
+
+
+def _test_rows(test_source: str, prep: Preprocessing, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    """The raw rows of a test file matching the training schema, and their targets as the trainer sees them."""
+    test = read_matching(test_source, prep, fmt, flag="test_data", require_labels=True)
+    y = real_targets(test) if prep.model == "linear" else test.y
+    return test.x, prep.encode(y, test.label_source, "test_data")
 
 
 def resolve_format(path: Path, fmt: str) -> tuple[str, str | None]:
