@@ -169,3 +169,74 @@ def test_train_refuses_test_rows_labelled_with_a_class_it_does_not_know(tmp_path
     assert done.stderr.strip() == (
         "cpml-master train: Argument 'test_data' must hold only the model's labels (benign, malignant), not 'unsure' "
         "in column 31 ('diagnosis') of 'test.csv', row 4 (1 such row(s)).")
+
+
+@pytest.mark.slow
+def test_aggregate_scores_an_embedded_run_on_a_held_out_file(tmp_path):
+    train = _write(tmp_path / "train.csv", CANCER.data[TRAIN], LABELS[TRAIN])
+    test = _write(tmp_path / "test.csv", CANCER.data[TEST], LABELS[TEST])
+    done = _cli("aggregate", "--dataset", train, "--test-data", test, "--parties", "3", "--rounds", "6",
+                "--out", str(tmp_path / "run"), "--log-level", "error")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["notes"][0] == f"train: {len(TRAIN)} rows x 30 features, all for training; {len(TEST)} test rows from {test}"
+    assert f"test accuracy: {metrics['history'][-1]['test_accuracy']:.4f}" in done.stdout
+    assert metrics["history"][-1]["test_accuracy"] > 0.85
+
+
+def _wait_for(path, process, seconds=30.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+    return path.read_text()
+
+
+@pytest.mark.slow
+def test_a_remote_aggregation_reports_accuracy_on_a_server_side_test_file(tmp_path):
+    # The parties' rows are scaled by a public map (here: fixed constants); cpml-party does not scale them further,
+    # and the server reads its test file the same way, so what it scores is what the parties trained on.
+    x = (CANCER.data - CANCER.data.mean(axis=0)) / CANCER.data.std(axis=0)
+    y = CANCER.target
+    halves = np.array_split(TRAIN, 2)
+    files = [_write(tmp_path / f"party{k}.csv", x[rows], y[rows], names=None) for k, rows in enumerate(halves)]
+    test = _write(tmp_path / "test.csv", x[TEST], y[TEST], names=None)
+    port_file, out = tmp_path / "port", tmp_path / "run"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0", "--insecure",
+         "--port-file", str(port_file), "--parties", "2", "--rounds", "5", "--run-id", "held-out",
+         "--party-names", "a,b", "--test-data", test, "--out", str(out), "--log-level", "error"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parties = []
+    try:
+        address = _wait_for(port_file, server)
+        parties = [subprocess.Popen(
+            [sys.executable, "-m", "cpml.dp.party_cli", "--server", address, "--data", path, "--insecure",
+             "--run-id", "held-out", "--token-file", str(out / "join-tokens" / name),
+             "--out", str(tmp_path / f"model-{name}.json"), "--log-level", "error"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, path in zip("ab", files)]
+        results = [p.communicate(timeout=120) for p in parties]
+        stdout, stderr = server.communicate(timeout=60)
+    finally:
+        for process in [server, *parties]:
+            if process.poll() is None:
+                process.kill()
+    assert server.returncode == 0 and [p.returncode for p in parties] == [0, 0], (stderr, results)
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = metrics["history"][-1]["test_accuracy"]
+    assert f"test accuracy: {final:.4f}" in stdout and final > 0.85
+    assert f"test rows: {len(TEST)} from {test}, read on this server as the parties read theirs" in metrics["notes"]
+
+
+def test_a_remote_aggregation_refuses_a_test_file_it_cannot_scale_as_the_parties_do(tmp_path):
+    test = _write(tmp_path / "test.csv", CANCER.data[TEST], CANCER.target[TEST], names=None)
+    done = _cli("aggregate", "--listen", "127.0.0.1:0", "--insecure", "--parties", "2", "--scaling", "standard",
+                "--test-data", test, "--out", str(tmp_path / "run"), "--log-level", "error")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "cpml-master aggregate: Argument 'test_data' with --listen needs the parties' public scaling, "
+        "--feature-bounds FILE or none, not --scaling standard: each party would scale with its own statistics, "
+        "which this server cannot repeat.")

@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--round-timeout", type=float, default=60.0,
                      help="seconds a round waits for parties before dropping the silent ones")
     run.add_argument("--join-timeout", type=float, default=600.0)
+    run.add_argument("--test-data", default=None,
+                     help="a file of test rows scored every round (accuracy, loss): embedded, every --dataset"
+                          " row then trains; with --listen, read on the server as cpml-party reads its data"
+                          " (--feature-bounds, or unscaled), so a remote run reports accuracy too")
     embedded = parser.add_argument_group("embedded parties (no --listen)")
     embedded.add_argument("--dataset", default="breast-cancer",
                           help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file")
@@ -218,7 +222,11 @@ def _prepare(args: argparse.Namespace):
         if bounds is not None:
             notes.append(f"every party scales with the public feature bounds {str(args.feature_bounds)!r}"
                          f" (sha256 {bounds.digest[:12]}), checked at Join")
-        return settings, None, None, notes
+        evaluation = _server_test_rows(args, bounds) if args.test_data else None
+        if evaluation is not None:
+            notes.append(f"test rows: {len(evaluation[1])} from {args.test_data}, read on this server as the"
+                         " parties read theirs")
+        return settings, None, evaluation, notes
     from cpml.data import load_dataset
     from cpml.dp.features import warn_if_dominated
 
@@ -227,7 +235,7 @@ def _prepare(args: argparse.Namespace):
         raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not"
                          f" {scaling!r}.")
     data = load_dataset(args.dataset, args.test_fraction, scaling, args.seed, args.data_format,
-                        args.label_column, positive_label=args.positive_label)
+                        args.label_column, positive_label=args.positive_label, test_source=args.test_data)
     x_train, x_test = data.x_train, data.x_test
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
@@ -248,6 +256,22 @@ def _prepare(args: argparse.Namespace):
              " of the data" if bounds is not None else
              "no feature scaling: the guarantee covers all use of the data"]
     return settings, shards, (x_test, data.y_test), notes
+
+
+def _server_test_rows(args: argparse.Namespace, bounds):
+    """A remote run's test rows, scaled and labelled as cpml-party does (public bounds, or unscaled)."""
+    from cpml.dp.party_cli import load_party_data
+
+    scaling = args.scaling or "none"
+    if bounds is None and scaling != "none":
+        raise ValueError(f"Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds"
+                         f" FILE or none, not --scaling {scaling}: each party would scale with its own"
+                         f" statistics, which this server cannot repeat.")
+    try:
+        return load_party_data(args.test_data, args.data_format, args.label_column, "none",
+                               args.positive_label, bounds)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("Argument 'data'", "Argument 'test_data'", 1)) from None
 
 
 def _party_count(args: argparse.Namespace) -> int:
@@ -389,10 +413,13 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
             "survivors": len(result.survivors), "dropped": list(result.dropped),
             "noise_multiplier": result.noise_multiplier,
         }
-        if evaluation is not None:
+        if evaluation is not None and evaluation[0].shape[1] == len(session.weights):
             x_test, y_test = evaluation
             row["test_accuracy"] = accuracy(session.weights, x_test, y_test)
             row["test_loss"] = objective(session.weights, x_test, y_test, 0.0)
+        elif evaluation is not None:  # a --test-data file of another width than the parties' rows
+            log.warning("test rows not scored: their width differs from the model's", test_columns=
+                        evaluation[0].shape[1], model_columns=len(session.weights))
         if reference is not None:
             row["optimality_gap"] = reference(session.weights)
         history.append(row)
