@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-ESTIMATORS = ("CodedLogisticRegression", "CodedLinearRegression")  # scikit-learn estimators, in cpml.estimator
+ESTIMATORS = ("CodedLogisticRegression", "CodedLinearRegression", "WDDPLogisticRegression")  # in cpml.estimator
 __all__ = [*ESTIMATORS, "__version__"]
 
 

@@ -259,3 +259,109 @@ def _with_labels(model: Model, classes: tuple[Any, Any] | None, names: Any) -> M
     if names is not None:
         prep = dataclasses.replace(prep, features=tuple(str(n) for n in names))
     return dataclasses.replace(model, preprocessing=prep, notes=notes)
+
+
+class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
+    """Logistic regression by weighted distributed DP over parties (cpml.dp): fit(X, y, groups=party of each row)."""
+
+    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-5, rounds: int = 50, scheme: str = "weighted",
+                 parties: int = 6, rho: float = 4.0, clip: float = 1.0, l2: float = 1e-3, local_steps: int = 1,
+                 sampling_rate: float = 1.0, learning_rate: float | None = None, momentum: float | None = None,
+                 accountant: str | None = None, scaling: str = "standard", random_state: int | None = None,
+                 verbose: bool = False) -> None:
+        _store(self, locals())
+
+    def __sklearn_tags__(self) -> Any:
+        """Binary classification only; DP noise may cost accuracy on the tiny sets of the estimator checks."""
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.poor_score = True
+        return tags
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> WDDPLogisticRegression:
+        """Train with one party per distinct value of groups (else `parties` uneven parties, as aggregate does)."""
+        from cpml.dp.dpgd import add_bias_and_normalise
+        from cpml.dp.simulate import simulate
+        from cpml.preprocessing import Preprocessing
+
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        kind = type_of_target(y, input_name="y")
+        if kind != "binary" or len(np.unique(y)) != 2:
+            raise ValueError(f"Only binary classification is supported: Argument 'y' must hold two classes, not a "
+                             f"{kind} target with {len(np.unique(y))} class(es).")
+        # the preprocessing of `cpml-master aggregate`: scaled on the training rows, bias, rows in the unit ball
+        self.preprocessing_ = Preprocessing.fit(X, y, scaling=self.scaling, intercept=False)
+        x = add_bias_and_normalise(self.preprocessing_.transform(X))
+        shards = self._shards(x, self.preprocessing_.encode(y), groups)
+        with _logging(bool(self.verbose)):
+            result = simulate(self._run_settings(len(shards)), shards, self._noise())
+        self.classes_ = np.unique(y)
+        self.weights_ = result.weights.copy()
+        self.coef_, self.intercept_ = self.weights_[:-1].reshape(1, -1), self.weights_[-1:].copy()
+        self.guarantees_ = dataclasses.asdict(result.guarantees)
+        self.party_sizes_ = [len(part_y) for _, part_y in shards]
+        self.n_iter_ = len(result.history)
+        return self
+
+    def _shards(self, x: np.ndarray, y: np.ndarray, groups: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One (rows, labels) shard per party: by groups, or split unevenly (n_max/n_min = rho) as aggregate does."""
+        from cpml.dp.dpgd import split_uneven
+
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (len(y),):
+                raise ValueError(f"Argument 'groups' must name the party of each of the {len(y)} rows, not shape "
+                                 f"{groups.shape}.")
+            return [(x[groups == g], y[groups == g]) for g in np.unique(groups)]
+        if self.parties < 2 or self.scheme == "centralized":
+            return [(x, y)]
+        parts = split_uneven(len(y), int(self.parties), float(self.rho), self._seed())
+        return [(x[rows], y[rows]) for rows in parts]
+
+    def _run_settings(self, parties: int) -> Any:
+        """The RunSettings `cpml-master aggregate` builds from the same flags."""
+        from cpml.dp.accountant import Budget
+        from cpml.dp.dpgd import LocalSettings, Scheme
+        from cpml.dp.session import RunSettings
+
+        if self.scheme not in ("weighted", "unweighted", "centralized"):
+            raise ValueError(f"Argument 'scheme' must be weighted, unweighted or centralized, not {self.scheme!r}.")
+        local = LocalSettings(learning_rate=self.learning_rate, clip=self.clip, l2=self.l2,
+                              local_steps=self.local_steps, sampling_rate=self.sampling_rate)
+        scheme = Scheme.WEIGHTED if self.scheme == "centralized" else Scheme(self.scheme)
+        return RunSettings(run_id="estimator", parties=parties, rounds=int(self.rounds),
+                           budget=Budget(float(self.epsilon), float(self.delta)), local=local, scheme=scheme,
+                           accountant=self.accountant, momentum=self.momentum)
+
+    def _seed(self) -> int:
+        seed = 0 if self.random_state is None else self.random_state
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"Argument 'random_state' must be an integer or None, not {seed!r}.")
+        return int(seed)
+
+    def _noise(self) -> Any:
+        """The OS CSPRNG (random_state None), or a seeded generator: reproducible, for tests only, not private."""
+        from cpml.dp.noise import SecureGaussian, SeededGaussian
+
+        return SecureGaussian() if self.random_state is None else SeededGaussian(self._seed())
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """w · (the row scaled, with its bias, in the unit ball), as the parties computed it."""
+        from cpml.dp.dpgd import add_bias_and_normalise
+
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return add_bias_and_normalise(self.preprocessing_.transform(X)) @ self.weights_
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Probabilities of classes_[0] and classes_[1]."""
+        from scipy.special import expit
+
+        z = self.decision_function(X)
+        return np.column_stack([expit(-z), expit(z)])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """classes_[1] where the decision function is > 0 (as aggregate's test accuracy counts), else classes_[0]."""
+        positive = self.decision_function(X) > 0.0
+        return self.classes_[positive.astype(int)]

@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import cpml
-from cpml.estimator import CodedLinearRegression, CodedLogisticRegression
+from cpml.estimator import CodedLinearRegression, CodedLogisticRegression, WDDPLogisticRegression
 from cpml.master import cli
 from cpml.master.local import LocalWorkers
 from cpml.model import load_model
@@ -28,7 +28,8 @@ X, Y = load_breast_cancer(return_X_y=True)
 TEXT = np.where(Y == 1, "benign", "malignant")
 
 
-@parametrize_with_checks([CodedLogisticRegression(workers="in-process"), CodedLinearRegression(workers="in-process")])
+@parametrize_with_checks([CodedLogisticRegression(workers="in-process"), CodedLinearRegression(workers="in-process"),
+                          WDDPLogisticRegression()])
 def test_scikit_learn_estimator_checks(estimator, check):
     # In process: the same trainer as on workers (bit-identical weights), ~100 fits in seconds. Checks that do
     # not apply are skipped by scikit-learn itself and listed in the README.
@@ -140,3 +141,39 @@ async def test_remote_daemons_over_mutual_tls_from_inside_a_running_event_loop(t
     assert remote.weights_.tobytes() == reference.weights_.tobytes()
     assert remote.privacy_["transport"] == "mutual TLS (client certificate)"
     assert remote.privacy_["workers"] == 4 and remote.score(X, Y) > 0.9
+
+
+def test_wddp_trains_one_party_per_group_within_the_budget():
+    groups = np.arange(len(Y)) % 4
+    est = cpml.WDDPLogisticRegression(epsilon=2.0, rounds=20, random_state=1).fit(X, TEXT, groups=groups)
+    assert est.party_sizes_ == [143, 142, 142, 142] and est.n_iter_ == 20
+    assert est.guarantees_["release_epsilon"] <= 2.0 and set(est.guarantees_["party_epsilons"]) == {
+        "party-0", "party-1", "party-2", "party-3"}
+    assert list(est.classes_) == ["benign", "malignant"] and est.score(X, TEXT) > 0.85
+    again = cpml.WDDPLogisticRegression(epsilon=2.0, rounds=20, random_state=1).fit(X, TEXT, groups=groups)
+    assert again.weights_.tobytes() == est.weights_.tobytes()  # seeded noise: tests only, not private
+    secure = [cpml.WDDPLogisticRegression(epsilon=2.0, rounds=20).fit(X, TEXT, groups=groups) for _ in range(2)]
+    assert secure[0].weights_.tobytes() != secure[1].weights_.tobytes()  # default: noise from the OS CSPRNG
+    scores = cross_val_score(make_pipeline(cpml.WDDPLogisticRegression(rounds=20)), X, TEXT, cv=3,
+                             params={"wddplogisticregression__groups": groups})  # one party per group
+    assert scores.min() > 0.8
+    with pytest.raises(ValueError, match=r"Argument 'groups' must name the party of each of the 569 rows, not "
+                                         r"shape \(3,\)\."):
+        cpml.WDDPLogisticRegression().fit(X, Y, groups=[0, 1, 2])
+
+
+@pytest.mark.slow
+def test_wddp_plans_the_run_as_cpml_master_aggregate_does(tmp_path):
+    path = tmp_path / "rows.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([*map(repr, map(float, row)), label] for row, label in zip(X, TEXT))
+    done = subprocess.run([sys.executable, "-m", "cpml.master.cli", "aggregate", "--dataset", str(path),
+                           "--test-data", str(path), "--parties", "3", "--rounds", "10", "--epsilon", "2",
+                           "--seed", "5", "--out", str(tmp_path / "run"), "--log-level", "error"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    est = cpml.WDDPLogisticRegression(parties=3, rounds=10, epsilon=2.0, random_state=5).fit(X, TEXT)
+    assert est.guarantees_ == metrics["guarantees"]  # the same parties, sizes, noise multiplier and accounting
+    assert est.party_sizes_ == sorted(est.party_sizes_) and sum(est.party_sizes_) == len(Y)
+    assert abs(est.score(X, TEXT) - metrics["history"][-1]["test_accuracy"]) < 0.05  # the noise differs
