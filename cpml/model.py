@@ -139,6 +139,10 @@ class Model:
             raise ValueError(f"Argument 'model' must be a model.json written by cpml-master train, not {where} "
                              f"holding a JSON {type(state).__name__}{_kind(state)}.")
         version = state.get("format")
+        if version is None and "guarantees" in state:
+            raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT}, not {where}, a WD-DP model "
+                             f"of cpml-master aggregate or cpml-party, which stores no preprocessing yet "
+                             f"(cpml.WDDPLogisticRegression trains one that predicts in Python).")
         if version is None:
             raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT}, not {where} without a "
                              f"format (written by an older cpml, or by --protocol bgw/bh08, which does not store "

@@ -91,6 +91,8 @@ def _model(tmp_path, scaling="standard", model="logistic") -> Model:
 @pytest.mark.parametrize(("change", "message"), [
     (lambda s: s.pop("format"), r"must be a cpml model of format 2, not '.*model.json' without a format \(written by "
                                 r"an older cpml, or by --protocol bgw/bh08"),
+    (lambda s: s.update(format=None, guarantees={}), r"must be a cpml model of format 2, not '.*model.json', a "
+                                                      r"WD-DP model of cpml-master aggregate or cpml-party"),
     (lambda s: s.update(format=3), r"must be a cpml model of format 2 \(what this cpml reads\), not format 3 in "
                                    r"'.*model.json'; upgrade cpml to read it\."),
     (lambda s: s.update(format="2"), r"must be a cpml model of format 2 .*, not format '2' in .*; retrain it\."),
