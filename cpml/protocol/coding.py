@@ -55,8 +55,7 @@ class CodingScheme:
         return matmul_mod_centred(self.field, encoder, stacked)
 
     def wrong_replies(self, replies: Mapping[int, npt.NDArray[np.uint32]], threshold: int, errors: int) -> list[int]:
-        """Workers among the first `threshold + 2 errors` replies (threshold + 1 with errors 0) whose values are
-        not evaluations of the round's polynomial; raises TooManyErrors when that cannot be decided."""
+        """Workers among the first R + 2A replies (R + 1 if A = 0) that are off the round's polynomial."""
         chosen = tuple(list(replies)[: threshold + max(2 * errors, 1)])
         alphas, _ = self.points
         stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen]).reshape(len(chosen), -1)

@@ -164,11 +164,9 @@ class CodedTrainer(TrainingRun):
         return self.decode_round(replies)[1]
 
     def decode_round(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[Elements, list[int]]:
-        """X̄ᵀs̄'s residues from the first R right replies, and the workers whose replies were wrong.
-
-        Every reply past the first R is checked against the polynomial they determine (one product with the
-        decode); only when one disagrees are the wrong ones located (Berlekamp-Welch) and decoding redone.
-        """
+        """X̄ᵀs̄'s residues from the first R right replies, and the workers whose replies were wrong."""
+        # Every reply past the first R is checked against the polynomial they determine (one product with the
+        # decode); only when one disagrees are the wrong ones located (Berlekamp-Welch) and decoding redone.
         extra = self.replies_needed - self.plan.threshold
         decoded = [scheme.decode_checked({i: reply[j] for i, reply in replies.items()}, self.plan.threshold, extra)
                    for j, scheme in enumerate(self.schemes)]
@@ -200,10 +198,7 @@ class CodedTrainer(TrainingRun):
         return gradient_from_sums(self.plan, self.decode_sums(replies, wrong), self.xty, self.x.shape[0])
 
     def finish_round(self, round_index: int, replies: Mapping[int, npt.NDArray[np.uint32]]) -> RoundStats:
-        """Decode the round's gradient from the first replies (in arrival order), correcting wrong ones, and step.
-
-        A round whose wrong replies cannot be corrected raises TooManyErrors and leaves the weights as they were.
-        """
+        """Decode the round's gradient from the first replies, correcting wrong ones, and step."""
         self.check_round(round_index)
         sums, wrong = self.decode_round(replies)
         used = tuple([i for i in replies if i not in wrong][: self.plan.threshold])
