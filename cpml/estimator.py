@@ -94,7 +94,7 @@ class _CodedEstimator(BaseEstimator):
             workers=remote, local_workers=int(self.n_workers), case=self.case, r=getattr(self, "r", 1), k=self.k,
             t=self.t, lx=self.lx, lw=self.lw, lc=getattr(self, "lc", None), weight_bound=float(self.weight_bound),
             sigmoid_interval=float(getattr(self, "sigmoid_interval", 8.0)), prime=int(self.prime),
-            residues=self.residues,
+            residues=self.residues, byzantine=int(self.byzantine),
             learning_rate=self.learning_rate, iterations=int(self.iterations), model=self._model, seed=int(seed),
             out=out, insecure=bool(self.insecure), tls_ca=path(self.tls_ca), tls_cert=path(self.tls_cert),
             tls_key=path(self.tls_key), tls_server_name=self.tls_server_name, progress=False)
@@ -163,7 +163,7 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
                  prime: int = DEFAULT_PRIME, residues: int | None = None, lx: int | None = None,
                  lw: int | None = None, lc: int | None = None, weight_bound: float = 4.0,
                  sigmoid_interval: float = 8.0, scaling: str = "standard", fit_intercept: bool = True,
-                 random_state: int = 0, insecure: bool = False, tls_ca: str | None = None,
+                 random_state: int = 0, byzantine: int = 0, insecure: bool = False, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, tls_server_name: str | None = None,
                  out: str | None = None, verbose: bool = False) -> None:
         _store(self, locals())
@@ -225,7 +225,7 @@ class CodedLinearRegression(RegressorMixin, _CodedEstimator):
                  k: int | None = None, iterations: int = 50, learning_rate: float | None = None,
                  prime: int = DEFAULT_PRIME, residues: int | None = None, lx: int | None = None,
                  lw: int | None = None, weight_bound: float = 4.0, scaling: str = "standard",
-                 fit_intercept: bool = True, random_state: int = 0, insecure: bool = False,
+                 fit_intercept: bool = True, random_state: int = 0, byzantine: int = 0, insecure: bool = False,
                  tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_server_name: str | None = None, out: str | None = None, verbose: bool = False) -> None:
         _store(self, locals())

@@ -100,3 +100,16 @@ def test_more_wrong_workers_than_a_are_refused_not_miscorrected():
         replies[liar] = ((replies[liar].astype(np.uint64) + 1) % moduli).astype(np.uint32)
     with pytest.raises(TooManyErrors, match="round 1"):
         trainer.wrong_workers(replies)
+
+
+def test_the_estimator_takes_the_same_setting():
+    from sklearn.datasets import load_breast_cancer
+
+    from cpml import CodedLogisticRegression
+
+    x, y = load_breast_cancer(return_X_y=True)
+    plain = CodedLogisticRegression(n_workers=12, workers="in-process", iterations=5).fit(x, y)
+    guarded = CodedLogisticRegression(n_workers=12, workers="in-process", iterations=5, byzantine=1).fit(x, y)
+    np.testing.assert_array_equal(plain.coef_, guarded.coef_)  # honest workers: the same weights
+    with pytest.raises(ValueError, match=r"R \+ 2A"):
+        CodedLogisticRegression(n_workers=10, workers="in-process", iterations=5, byzantine=1).fit(x, y)
