@@ -77,3 +77,21 @@ def test_a_baseline_reports_linear_regression_like_cpml(tmp_path):
     model = json.loads((tmp_path / "bgw" / "model.json").read_text())
     assert model["targets"] == json.loads((tmp_path / "cpml" / "model.json").read_text())["targets"]
     assert next(n for n in bgw["notes"] if n.startswith("targets: ")) in run.stdout
+
+
+@pytest.mark.slow
+def test_a_baseline_writes_the_model_artifact_predict_reads(tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    np.savez(tmp_path / "rows.npz", x=x, y=y)
+    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", "breast-cancer", "--protocol",
+                          "bgw", "--workers-local", "9", "--iterations", "3", "--out", str(tmp_path / "bgw"),
+                          "--log-level", "error"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    scored = subprocess.run([sys.executable, "-m", "cpml.master.cli", "predict", "--model",
+                             str(tmp_path / "bgw" / "model.json"), "--data", str(tmp_path / "rows.npz")],
+                            capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 0 and "accuracy:" in scored.stdout, scored.stderr
+    assert json.loads((tmp_path / "bgw" / "model.json").read_text())["format"] == 2

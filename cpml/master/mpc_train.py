@@ -44,6 +44,7 @@ from cpml.master.train import (
     choose_precision,
     in_flag_terms,
 )
+from cpml.model import model_of_run
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import Plan
 from cpml.wire import mpc_serde, serde
@@ -297,21 +298,18 @@ async def train_mpc(settings: TrainSettings, protocol: str,
         except BaseException:
             save_checkpoint(checkpoint, session, fingerprint)  # type: ignore[arg-type]
             raise
-    _write_outputs(settings.out, session, data, history, report)
+    _write_outputs(settings.out, session, data, history, report, settings.transport)
     return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers,
                                  tuple(data.notes))
 
 
 def _write_outputs(out: Path, session: MpcSession, data: Dataset, history: list[RoundRecord],
-                   report: MpcJobReport) -> None:
+                   report: MpcJobReport, transport: str) -> None:
     plan, mpc = session.plan, session.mpc
     plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
     mpc_fields = {k: getattr(mpc, k) for k in mpc.__dataclass_fields__}
-    targets = {"targets": {"mean": data.target_mean, "std": data.target_std}} if plan.model == "linear" else {}
-    (out / "model.json").write_text(json.dumps({"model": plan.model, "weights": session.weights.tolist(),
-                                               "plan": plan_fields, "mpc": mpc_fields, "dataset": data.name,
-                                               "notes": list(data.notes), **targets}, indent=1))
     final = history[-1] if history else None
+    model_of_run(plan, session.weights, data, transport, final, protocol=mpc.protocol).save(out / "model.json")
     reporting.write_metrics(out / "metrics.json", {
         "dataset": data.name, "notes": list(data.notes), "protocol": mpc.protocol, "mpc": mpc_fields,
         "plan": plan_fields, "moduli": list(plan.moduli),
