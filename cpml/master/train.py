@@ -400,7 +400,10 @@ async def _distribute(settings: TrainSettings, trainer: CodedTrainer, cluster: C
         upload = await cluster.upload(job_id, spec, trainer.share_chunks(rows), settings.chunk_bytes)
         if len(cluster.alive) >= threshold:
             return upload
-        full = [w for w in cluster.workers if not w.alive and "RESOURCE_EXHAUSTED" in w.failure]
+        # RESOURCE_EXHAUSTED: no room now. gRPC can also report a refusal that arrives while the chunks are still
+        # streaming as "INTERNAL: Internal error from Core"; both are worth another try once the others are gone.
+        full = [w for w in cluster.workers if not w.alive and ("RESOURCE_EXHAUSTED" in w.failure
+                                                               or "INTERNAL" in w.failure)]
         if not full or time.monotonic() > deadline:
             raise NotEnoughWorkers(
                 f"only {len(cluster.alive)} workers stored their share but R = {threshold} are needed: "
