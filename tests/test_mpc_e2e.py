@@ -91,7 +91,8 @@ def test_a_baseline_writes_the_model_artifact_predict_reads(tmp_path):
                           "--log-level", "error"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     scored = subprocess.run([sys.executable, "-m", "cpml.master.cli", "predict", "--model",
-                             str(tmp_path / "bgw" / "model.json"), "--data", str(tmp_path / "rows.npz")],
+                             str(tmp_path / "bgw" / "model.json"), "--data", str(tmp_path / "rows.npz"), "--out",
+                             str(tmp_path / "predictions.csv")],
                             capture_output=True, text=True, timeout=120)
     assert scored.returncode == 0 and "accuracy:" in scored.stdout, scored.stderr
     assert json.loads((tmp_path / "bgw" / "model.json").read_text())["format"] == 2
