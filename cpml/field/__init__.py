@@ -4,7 +4,7 @@ from cpml.field.lagrange import encoding_matrix, evaluation_points, interpolatio
 from cpml.field.matmul import matmul_mod, matmul_mod_centred
 from cpml.field.prime_field import DEFAULT_PRIME, Elements, PrimeField, field_for
 from cpml.field.primes import is_prime, largest_prime_below
-from cpml.field.rns import MAX_RESIDUES, ResidueBasis, residue_primes
+from cpml.field.rns import MAX_RESIDUES, ResidueBasis, basis_for, residue_primes
 from cpml.field.sampling import uniform
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Elements",
     "PrimeField",
     "ResidueBasis",
+    "basis_for",
     "encoding_matrix",
     "evaluation_points",
     "field_for",

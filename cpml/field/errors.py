@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from cpml.field.lagrange import interpolation_matrix
 from cpml.field.matmul import matmul_mod
-from cpml.field.prime_field import PrimeField
+from cpml.field.prime_field import PrimeField, field_for
 
 
 class TooManyErrors(Exception):
@@ -70,23 +71,9 @@ def _berlekamp_welch(points: Sequence[int], ys: list[int], degree: int, errors: 
 
 def _fits(points: Sequence[int], ys: list[int], degree: int, p: int) -> bool:
     """Whether the points beyond the first D+1 agree with the polynomial through those D+1."""
-    base = list(points[: degree + 1])
-    for a, y in zip(points[degree + 1:], ys[degree + 1:]):
-        if _lagrange_at(base, ys[: degree + 1], a, p) != y:
-            return False
-    return True
-
-
-def _lagrange_at(xs: list[int], ys: list[int], at: int, p: int) -> int:
-    total = 0
-    for j, (xj, yj) in enumerate(zip(xs, ys)):
-        num = den = 1
-        for m, xm in enumerate(xs):
-            if m != j:
-                num = num * (at - xm) % p
-                den = den * (xj - xm) % p
-        total = (total + yj * num * pow(den, -1, p)) % p
-    return total
+    extend = interpolation_matrix(field_for(p), tuple(points[: degree + 1]), tuple(points[degree + 1:]))
+    predicted = [sum(int(c) * y for c, y in zip(row, ys[: degree + 1])) % p for row in extend]
+    return predicted == list(ys[degree + 1:])
 
 
 def _solve(matrix: list[list[int]], rhs: list[int], p: int) -> list[int] | None:

@@ -102,6 +102,12 @@ class ResidueBasis:
         return np.where(total > product // 2, total - product, total)
 
 
+@functools.lru_cache(maxsize=64)
+def basis_for(moduli: tuple[int, ...]) -> ResidueBasis:
+    """The (cached) basis of these moduli: its fields and CRT terms are computed once, not every round."""
+    return ResidueBasis(tuple(int(m) for m in moduli))
+
+
 def to_float(values: npt.NDArray[np.object_], scale_bits: int) -> npt.NDArray[np.float64]:
     """2^-scale_bits * v for exact integers, each rounded once to the nearest float64."""
     flat = [math.ldexp(float(v), -scale_bits) for v in values.ravel().tolist()]

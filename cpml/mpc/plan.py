@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cpml.errors import argument_error
-from cpml.field import Elements, ResidueBasis
+from cpml.field import Elements, ResidueBasis, basis_for
 
 PROTOCOLS = ("bgw", "bh08")
 
@@ -113,7 +113,7 @@ class PartySpec:
     @functools.cached_property
     def basis(self) -> ResidueBasis:
         """The residue number system the party computes in."""
-        return ResidueBasis(self.moduli)
+        return basis_for(self.moduli)
 
     @property
     def residues(self) -> int:

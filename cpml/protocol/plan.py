@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from cpml.errors import argument_error
 from cpml.field.prime_field import DEFAULT_PRIME, PrimeField
-from cpml.field.rns import MAX_RESIDUES, ResidueBasis, residue_primes
+from cpml.field.rns import MAX_RESIDUES, ResidueBasis, basis_for, residue_primes
 
 MODELS = ("logistic", "linear")
 
@@ -87,7 +87,12 @@ class Plan:
     @property
     def replies_needed(self) -> int:
         """How many replies a round waits for: R, plus 2A to correct A wrong ones (or 1 to detect one)."""
-        return self.threshold + 2 * self.byzantine + (1 if self.detect and not self.byzantine else 0)
+        return self.replies_for(self.byzantine)
+
+    def replies_for(self, errors: int) -> int:
+        """R + 2 x errors while wrong workers may remain, else R + 1 when results are checked (else R)."""
+        checking = self.detect or self.byzantine > 0
+        return self.threshold + (2 * errors if errors else int(checking))
 
     @property
     def field(self) -> PrimeField:
@@ -102,7 +107,7 @@ class Plan:
     @property
     def basis(self) -> ResidueBasis:
         """The residue number system every encoded and decoded value lives in."""
-        return ResidueBasis(self.moduli)
+        return basis_for(self.moduli)
 
     @property
     def gradient_scale(self) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cpml.errors import argument_error
-from cpml.field import Elements, ResidueBasis
+from cpml.field import Elements, basis_for
 from cpml.field.errors import TooManyErrors
 from cpml.field.sampling import keyed_uniform, uniform
 from cpml.protocol.coding import CodingScheme, MaskSource
@@ -49,7 +49,7 @@ class JobSpec:
 
     def coefficient_array(self) -> Elements:
         """The coefficients' residues, shape (residues, r+1) uint32."""
-        return ResidueBasis(self.moduli).residues(np.array(self.coefficients, dtype=object))
+        return basis_for(self.moduli).residues(np.array(self.coefficients, dtype=object))
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ class CodedTrainer(TrainingRun):
     @property
     def replies_needed(self) -> int:
         """Replies this round waits for: R + 2 x errors_left, or R + 1 to detect (--detect, or all A caught)."""
-        checking = self.plan.detect or self.plan.byzantine > 0
-        return self.plan.threshold + (2 * self.errors_left if self.errors_left else int(checking))
+        return self.plan.replies_for(self.errors_left)
 
     def wrong_workers(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> list[int]:
         """Workers whose reply is wrong in any residue field (with --byzantine or --detect; else none checked)."""

@@ -14,7 +14,7 @@ import numpy as np
 import structlog
 
 import cpml
-from cpml.field import ResidueBasis
+from cpml.field import ResidueBasis, basis_for
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.protocol import prepare_share, worker_compute
 from cpml.wire import serde
@@ -180,7 +180,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             while (item := await rounds.next()) is not None:
                 job, round_number, weights = item
                 job_id = job.job_id
-                basis = ResidueBasis(job.spec.moduli)
+                basis = basis_for(job.spec.moduli)
                 started = time.perf_counter()
                 prepared = await self._prepared(job)
                 result = await loop.run_in_executor(self._executor, worker_compute, basis, prepared, weights,
@@ -212,7 +212,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         """The job's share as centred float64: converted once per job, however many streams compute on it."""
         if job.prepared is None or job.prepared.cancelled():
             job.prepared = asyncio.get_running_loop().run_in_executor(
-                self._executor, prepare_share, ResidueBasis(job.spec.moduli), job.share)
+                self._executor, prepare_share, basis_for(job.spec.moduli), job.share)
         return await asyncio.shield(job.prepared)  # one stream's cancellation must not cancel it for the others
 
     async def _read_rounds(self, request_iterator: AsyncIterator[pb.RoundRequest], rounds: _LatestRound) -> None:
