@@ -197,9 +197,12 @@ class WorkerService(pb_grpc.WorkerServicer):
                 if 0 < self._settings.fault_fail_after_rounds <= served:
                     log.warning("fault injection: failing compute stream", job=job.job_id, rounds=served)
                     await _stop(reader)  # a reader still inside the request stream can turn the abort INTERNAL
-                    await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                        f"fault injection: --fault-fail-after-rounds "
+                    # End the stream with its status rather than abort: a client writing its next round at this
+                    # moment then still reads UNAVAILABLE, not gRPC core's "INTERNAL: Internal error from Core".
+                    context.set_code(grpc.StatusCode.UNAVAILABLE)
+                    context.set_details(f"fault injection: --fault-fail-after-rounds "
                                         f"{self._settings.fault_fail_after_rounds} reached")
+                    return
         except REFUSALS as exc:
             log.warning("compute refused", code=status_for(exc).name, reason=str(exc))
             await _stop(reader)
