@@ -20,6 +20,7 @@ from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
 from cpml.master.mpc_train import make_mpc_plans
+from cpml.master.rejoin import Rejoiner
 from cpml.master.train import PLAINTEXT_WARNING, ResumeError, load_training_data, make_plan, train
 from cpml.protocol import DataProfile, auto_precision, simulate
 
@@ -76,6 +77,23 @@ async def test_a_failing_worker_is_dropped_and_training_continues(tmp_path):
     assert list(report.dropped_workers) == [0]
     assert "UNAVAILABLE" in report.dropped_workers[0]
     assert all(0 not in r.workers_used for r in report.history[2:])
+    assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
+
+
+async def test_a_round_short_of_r_waits_for_a_share_being_sent_again(tmp_path, monkeypatch):
+    # worker 0 drops after round 2 and its share is re-sent slowly (a fault-injected worker reports NOT_SERVING
+    # for good, so the health check is replaced by a slow yes); worker 1 drops in round 5, leaving 3 < R = 4 live:
+    # the round waits for worker 0's share instead of failing, and worker 0 answers that same round
+    async def slowly(self, worker):
+        await asyncio.sleep(0.5)
+        return True
+
+    monkeypatch.setattr(Rejoiner, "_serving", slowly)
+    faults = {0: {"fault_fail_after_rounds": 2}, 1: {"fault_fail_after_rounds": 4}}
+    async with _workers(5, faults=faults) as servers:
+        report = await train(_settings([s.address for s in servers], tmp_path, iterations=6))
+    assert 0 not in report.history[3].workers_used and 0 in report.history[4].workers_used
+    assert 1 not in report.history[5].workers_used
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
 
 

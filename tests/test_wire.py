@@ -253,7 +253,7 @@ def test_wire_chunks_match_protobuf_for_any_shape_offset_and_residue(rows, cols,
 
 
 def test_the_raw_upload_path_names_the_generated_method():
-    from cpml.master.cluster import UPLOAD_METHOD
+    from cpml.wire.names import WORKER_SERVICE, method_path
 
     method = pb.DESCRIPTOR.services_by_name["Worker"].methods_by_name["UploadShare"]
-    assert UPLOAD_METHOD == "/" + method.full_name.replace(".UploadShare", "/UploadShare")
+    assert method_path(WORKER_SERVICE, "UploadShare") == "/" + method.full_name.replace(".UploadShare", "/UploadShare")

@@ -31,12 +31,12 @@ from cpml.dp.session import (
 )
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
+from cpml.wire import names
 from cpml.wire.guard import add_guarded, failure_site
 from cpml.wire.serde import MAX_ID_LENGTH, shown
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = "cpml.v1.Aggregation"
 MAX_MESSAGE_BYTES = 4 << 20
 # A model travels whole in one message (packed float64), so its size is bounded before anything is allocated.
 MAX_DIMENSION = (MAX_MESSAGE_BYTES - 4096) // 8
@@ -328,7 +328,7 @@ class AggregationServer:
         else:
             port = server.add_insecure_port(self.listen)
         await server.start()
-        for name in ("", SERVICE_NAME):
+        for name in ("", names.AGGREGATION_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         host = self.listen.rpartition(":")[0]

@@ -14,17 +14,15 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cpml.protocol import ShareChunk
-from cpml.wire import serde
+from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = "cpml.v1.Worker"
 _DIAGNOSE_AFTER = 1.5  # seconds without an answer before the master runs the handshake itself
 _CHUNKS_IN_FLIGHT = 2  # per worker: bounds the master's memory to N x 2 chunks during upload
 # UploadShare takes chunks that serde.share_chunks_to_wire has already serialized
-UPLOAD_METHOD = "/cpml.v1.Worker/UploadShare"
 
 
 class ClusterError(Exception):
@@ -67,7 +65,7 @@ class WorkerHandle:
 
     def upload_share(self) -> grpc.aio.StreamUnaryMultiCallable:
         """UploadShare taking pre-serialized ShareChunk bytes (see serde.share_chunks_to_wire)."""
-        return self.channel.stream_unary(UPLOAD_METHOD, request_serializer=None,
+        return self.channel.stream_unary(names.method_path(names.WORKER_SERVICE, "UploadShare"), request_serializer=None,
                                          response_deserializer=pb.UploadReply.FromString)
 
     def fail(self, reason: str, rejoinable: bool = True) -> None:
@@ -172,7 +170,7 @@ class Cluster:
         reason = "no answer"
         while (left := deadline - time.monotonic()) > 0:
             try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE),
                                            timeout=min(left, self.timeouts.control), wait_for_ready=True)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return ""

@@ -17,9 +17,9 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cpml.master.cluster import SERVICE_NAME, Cluster, WorkerHandle
+from cpml.master.cluster import Cluster, WorkerHandle
 from cpml.protocol import CodedTrainer
-from cpml.wire import serde
+from cpml.wire import names, serde
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,14 @@ class Rejoiner:
             self._task = asyncio.create_task(self._bring_back(waiting), name="rejoin")
         return back
 
+    async def in_flight(self, timeout: float) -> list[WorkerHandle]:
+        """Wait (up to `timeout`) for a check already under way; the workers it brought back, else none."""
+        if self._task is None:
+            return []
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        return self.ready() if self._task.done() else []
+
     async def _bring_back(self, waiting: list[WorkerHandle]) -> list[WorkerHandle]:
         answering = [w for w, ok in zip(waiting, await asyncio.gather(*(self._serving(w) for w in waiting)),
                                         strict=True) if ok]
@@ -64,7 +72,7 @@ class Rejoiner:
     async def _serving(self, worker: WorkerHandle) -> bool:
         try:
             reply = await health_pb2_grpc.HealthStub(worker.channel).Check(
-                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1.0)
+                health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE), timeout=1.0)
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

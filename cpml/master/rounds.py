@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Self
 
@@ -110,16 +110,25 @@ class ComputeStreams:
     def _live(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.alive]
 
-    async def run_round(self, round_number: int, weight_shares: np.ndarray,
-                        needed: int | None = None) -> tuple[dict[int, np.ndarray], RoundTraffic]:
-        """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order."""
+    async def run_round(self, round_number: int, weight_shares: np.ndarray, needed: int | None = None,
+                        rejoining: Callable[[float], Awaitable[list[WorkerHandle]]] | None = None,
+                        ) -> tuple[dict[int, np.ndarray], RoundTraffic]:
+        """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order.
+
+        When too few workers remain, `rejoining(seconds)` may hand back workers whose share was being re-sent;
+        they join this very round (every worker's weight share is encoded) before a shortfall is declared.
+        """
         needed = self.threshold if needed is None else needed
         started = time.perf_counter()
         sent = 0
-        for worker in self._live():
+
+        def send(worker: WorkerHandle) -> int:
             msg = serde.round_request_to_proto(self.job_id, round_number, weight_shares[worker.index])
-            sent += msg.ByteSize()
             self._requests[worker.index].put_nowait(msg)
+            return msg.ByteSize()
+
+        for worker in self._live():
+            sent += send(worker)
         sent_at = time.perf_counter()
         received = 0
         late_before = self._late
@@ -129,7 +138,15 @@ class ComputeStreams:
         while len(replies) < needed:
             possible = len(replies) + sum(1 for w in self._live() if w.index not in replies)
             if possible < needed:
-                raise NotEnoughWorkers(self._shortfall_message(round_number, needed))
+                left = deadline - asyncio.get_running_loop().time()
+                back = await rejoining(max(left, 0.0)) if rejoining is not None and left > 0 else []
+                if not back:
+                    raise NotEnoughWorkers(self._shortfall_message(round_number, needed))
+                for worker in back:
+                    worker.revive()
+                    self.add(worker)
+                    sent += send(worker)
+                continue
             try:
                 async with asyncio.timeout_at(deadline):
                     worker, reply, failure, generation = await self._replies.get()

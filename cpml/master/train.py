@@ -360,7 +360,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
                     for worker in rejoiner.ready():
                         worker.revive()
                         streams.add(worker)
-                    record = await _one_round(trainer, streams, target_scale)
+                    record = await _one_round(trainer, streams, rejoiner, target_scale)
                     history.append(record)
                     append_round(settings.out / ROUNDS_LOG, record)
                     if trainer.round % settings.checkpoint_every == 0 or trainer.done:
@@ -418,12 +418,14 @@ async def _distribute(settings: TrainSettings, trainer: CodedTrainer, cluster: C
         await asyncio.sleep(jitter.uniform(0.2, 2.0))
 
 
-async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, target_scale: float = 1.0) -> RoundRecord:
+async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, rejoiner: Rejoiner,
+                     target_scale: float = 1.0) -> RoundRecord:
     began = time.perf_counter()
     round_number = trainer.round
     weight_shares = trainer.weight_shares()
     encoded = time.perf_counter()
-    replies, traffic = await streams.run_round(round_number, weight_shares, trainer.replies_needed)
+    replies, traffic = await streams.run_round(round_number, weight_shares, trainer.replies_needed,
+                                               rejoining=rejoiner.in_flight)
     received = time.perf_counter()
     try:
         stats = trainer.finish_round(round_number, replies)

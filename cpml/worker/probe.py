@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cpml.wire import names
 from cpml.wire.tls import add_client_tls_arguments, client_channel
 
 
@@ -18,7 +19,7 @@ def probe(channel: grpc.Channel, timeout: float = 3.0) -> str:
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service="cpml.v1.Worker"), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE), timeout=timeout)
         except grpc.RpcError as exc:
             return exc.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+from cpml.wire import names
 from cpml.wire.guard import add_guarded
 from cpml.wire.tls import server_credentials
 from cpml.worker.mpc_service import MpcService
@@ -24,7 +25,6 @@ from cpml.worker.store import ShareStore
 
 log = structlog.get_logger(__name__)
 
-SERVICE_NAME = "cpml.v1.Worker"
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -59,7 +59,7 @@ class WorkerServer:
                                           # masters ping every 30 s to notice a vanished worker
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
-        add_guarded(pb_grpc.add_WorkerServicer_to_server, WorkerService(self.store, s, self._executor), server)
+        add_guarded(pb_grpc.add_WorkerServicer_to_server, WorkerService(self.store, s, self._executor, self.health), server)
         add_guarded(mpc_pb2_grpc.add_MpcServicer_to_server, self.mpc, server)
         add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)  # bad bytes: INVALID_ARGUMENT
         if s.tls:
@@ -71,7 +71,7 @@ class WorkerServer:
             structlog.contextvars.bind_contextvars(worker=self.address)
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
+        for name in ("", names.WORKER_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self._expire_idle_jobs())
         log.info("worker serving", listen=s.listen, port=port, tls=s.tls, mutual_tls=s.tls_client_ca is not None,

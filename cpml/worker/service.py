@@ -12,12 +12,13 @@ from typing import TypeVar
 import grpc
 import numpy as np
 import structlog
+from grpc_health.v1 import health, health_pb2
 
 import cpml
 from cpml.field import ResidueBasis, basis_for
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.protocol import prepare_share, worker_compute
-from cpml.wire import serde
+from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.worker.settings import WorkerSettings
@@ -105,10 +106,12 @@ class _LatestRound:
 class WorkerService(pb_grpc.WorkerServicer):
     """Serves share uploads, compute streams, job teardown and status from one ShareStore."""
 
-    def __init__(self, store: ShareStore, settings: WorkerSettings, executor: Executor) -> None:
+    def __init__(self, store: ShareStore, settings: WorkerSettings, executor: Executor,
+                 health_servicer: health.aio.HealthServicer | None = None) -> None:
         self._store = store
         self._settings = settings
         self._executor = executor
+        self._health = health_servicer
 
     async def UploadShare(self, request_iterator: AsyncIterator[pb.ShareChunk],
                           context: grpc.aio.ServicerContext) -> pb.UploadReply:
@@ -197,6 +200,9 @@ class WorkerService(pb_grpc.WorkerServicer):
                 if 0 < self._settings.fault_fail_after_rounds <= served:
                     log.warning("fault injection: failing compute stream", job=job.job_id, rounds=served)
                     await _stop(reader)  # a reader still inside the request stream can turn the abort INTERNAL
+                    if self._health is not None:  # broken for good: a master must not take it back
+                        for name in ("", names.WORKER_SERVICE):
+                            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
                     # End the stream with its status rather than abort: a client writing its next round at this
                     # moment then still reads UNAVAILABLE, not gRPC core's "INTERNAL: Internal error from Core".
                     context.set_code(grpc.StatusCode.UNAVAILABLE)
