@@ -28,7 +28,8 @@ from cpml.logs import configure_logging
 from cpml.master.cluster import Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.train import load_training_data, make_plan, train
+from cpml.master.job import load_training_data
+from cpml.master.train import make_plan, train
 from cpml.protocol import CodedTrainer, simulate
 from cpml.protocol.models import lipschitz_learning_rate
 from cpml.protocol.sigmoid import model_coefficients, polynomial_slope

@@ -143,7 +143,8 @@ def _fit_on_workers(settings: Any) -> Model:
 
 def _fit_in_process(settings: Any) -> Model:
     """The same data loading, plan and trainer as train(settings), with N virtual workers in this process."""
-    from cpml.master.train import load_training_data, make_plan
+    from cpml.master.job import load_training_data
+    from cpml.master.train import make_plan
     from cpml.protocol import simulate
 
     data = load_training_data(settings)

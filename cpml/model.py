@@ -261,7 +261,6 @@ def save_sklearn(model: Model, path: Path | str) -> None:
 def load_sklearn(path: Path | str) -> Pipeline:
     """Load a pipeline written by save_sklearn, trusting only the scikit-learn types it writes."""
     import skops.io
-
     from sklearn.pipeline import Pipeline
 
     untrusted = skops.io.get_untrusted_types(file=str(path))

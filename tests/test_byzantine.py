@@ -7,7 +7,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from cpml.field.errors import TooManyErrors
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.train import WrongResults, load_training_data, train
+from cpml.master.job import load_training_data
+from cpml.master.train import WrongResults, train
 from cpml.protocol import CodedTrainer, Plan, prepare_share, simulate, worker_compute
 
 

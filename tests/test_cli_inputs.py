@@ -53,7 +53,7 @@ def _checkpoint(tmp_path, text: str) -> None:
 
 def _intact_fingerprint_but_no_plan(tmp_path) -> None:
     from cpml.master.settings import parse_train_args, train_settings
-    from cpml.master.train import CHECKPOINT_FORMAT, data_fingerprint, load_training_data
+    from cpml.master.job import CHECKPOINT_FORMAT, data_fingerprint, load_training_data
 
     settings = train_settings(parse_train_args(_train(tmp_path, "--dataset", "digits-4v9")[1:]))
     fingerprint = data_fingerprint(load_training_data(settings))

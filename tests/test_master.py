@@ -21,7 +21,8 @@ from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
 from cpml.master.mpc_train import make_mpc_plans
 from cpml.master.rejoin import Rejoiner
-from cpml.master.train import PLAINTEXT_WARNING, ResumeError, load_training_data, make_plan, train
+from cpml.master.job import PLAINTEXT_WARNING, ResumeError, load_training_data
+from cpml.master.train import make_plan, train
 from cpml.protocol import DataProfile, auto_precision, simulate
 
 DATASET = "digits-4v9"

@@ -35,7 +35,7 @@ def _least_squares_r2(ds: data.Dataset) -> float:
 def _dataset_of(argv: list[str]) -> data.Dataset:
     """The split and scaled data a `cpml-master train` command line trains on (whatever the defaults are)."""
     from cpml.master.settings import parse_train_args, train_settings
-    from cpml.master.train import load_training_data
+    from cpml.master.job import load_training_data
 
     return load_training_data(train_settings(parse_train_args(argv[1:])))
 

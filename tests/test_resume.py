@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cpml.master.settings import TrainSettings
-from cpml.master.train import plan_changes, read_rounds
+from cpml.master.job import plan_changes, read_rounds
 from cpml.protocol import Plan
 
 DATASET = "breast-cancer"

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from cpml.master.settings import TrainSettings
-from cpml.master.train import load_training_data, train
+from cpml.master.job import load_training_data
+from cpml.master.train import train
 from cpml.protocol import simulate
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc

@@ -46,7 +46,8 @@ from cpml.field import PrimeField, ResidueBasis, interpolation_matrix
 from cpml.master.cluster import Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.train import DATA_DEPENDENT_QUANTIZATION, load_training_data, make_plan, train
+from cpml.master.job import DATA_DEPENDENT_QUANTIZATION, load_training_data
+from cpml.master.train import make_plan, train
 from cpml.protocol import CodingScheme, DataProfile, Plan, auto_precision, public_profile, simulate
 from cpml.protocol.models import lookahead
 from cpml.protocol.quantize import quantize_data

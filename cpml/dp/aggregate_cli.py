@@ -119,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the aggregation server (and embedded parties); return the exit code."""
     configure_logging(args.log_level, args.log_format)
-    from cpml.master.settings import check_output_dir
+    from cpml.errors import check_output_dir
 
     try:
         check_output_dir(args.out)

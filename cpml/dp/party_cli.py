@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
-    from cpml.master.settings import check_output_dir
+    from cpml.errors import check_output_dir
     from cpml.wire.tls import channel_credentials
     from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 

@@ -29,9 +29,9 @@ from cpml.dp.session import (
     RoundResult,
     RunError,
 )
+from cpml.wire import names
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
-from cpml.wire import names
 from cpml.wire.guard import add_guarded, failure_site
 from cpml.wire.serde import MAX_ID_LENGTH, shown
 

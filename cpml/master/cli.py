@@ -16,7 +16,7 @@ import structlog
 from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
-    from cpml.master.train import RoundRecord
+    from cpml.master.job import RoundRecord
     from cpml.protocol import Plan
 
 log = structlog.get_logger(__name__)
@@ -88,10 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from cpml.errors import check_output_dir
     from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable, WorkersUnsuitable
     from cpml.master.local import LocalWorkersFailed
     from cpml.master.rounds import RoundTimeout
-    from cpml.master.settings import check_output_dir, train_settings
+    from cpml.master.settings import train_settings
     from cpml.master.train import WrongResults, train
 
     try:

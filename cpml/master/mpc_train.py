@@ -11,46 +11,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 import structlog
 
-from cpml import reporting
-from cpml.data import Dataset
 from cpml.master.cluster import Cluster, NotEnoughWorkers, WorkerHandle
-from cpml.master.local import LocalWorkers
-from cpml.master.rounds import RoundTimeout
-from cpml.master.settings import TrainSettings
-from cpml.master.train import (
-    LOOPBACK_WARNING,
-    PLAINTEXT_WARNING,
+from cpml.master.job import (
     ROUNDS_LOG,
     RoundRecord,
+    RoundsLog,
     TrainReport,
-    append_round,
+    choose_precision,
     data_fingerprint,
+    in_flag_terms,
     load_checkpoint,
     load_training_data,
+    open_cluster,
     read_rounds,
-    save_checkpoint,
-    choose_precision,
-    in_flag_terms,
+    rewrite_rounds,
+    write_outputs,
 )
-from cpml.model import model_of_run
+from cpml.master.rounds import RoundTimeout
+from cpml.master.settings import TrainSettings
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import Plan
 from cpml.wire import mpc_serde, serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
-from cpml.wire.tls import channel_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -260,67 +253,28 @@ async def train_mpc(settings: TrainSettings, protocol: str,
         restored = ("lx", "lw", "lc", "p", "residues", "learning_rate", "weight_bound", "sigmoid_interval")
         plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in restored})
         history = read_rounds(rounds_log, start_round)
-    rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
+    rewrite_rounds(rounds_log, history)
     session = MpcSession.create(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
                                 weights=weights, previous=previous, start_round=start_round)
     plan = session.plan
     log.info("plan", protocol=protocol, n=mpc.n_workers, t=mpc.t, groups=mpc.groups, group_size=mpc.group_size,
              r=plan.r, moduli=list(plan.moduli), modulus_bits=round(plan.basis.bits, 1), lx=plan.lx, lw=plan.lw,
              lc=plan.lc, learning_rate=plan.learning_rate, iterations=plan.iterations)
+    rounds = RoundsLog(settings, session, fingerprint, history, on_round)
     async with contextlib.AsyncExitStack() as stack:
-        if settings.embedded:
-            local = await stack.enter_async_context(LocalWorkers(
-                settings.n_workers, settings.out / "workers", settings.timeouts.connect, settings.local_worker_args))
-            addresses, credentials = local.addresses, None
-            log.warning(LOOPBACK_WARNING)
-        else:
-            addresses = list(settings.workers)
-            credentials = None if settings.insecure else channel_credentials(
-                settings.tls_ca, settings.tls_cert, settings.tls_key)
-            if settings.insecure:
-                log.warning(PLAINTEXT_WARNING)
-        cluster = await stack.enter_async_context(Cluster(
-            addresses, credentials, settings.tls_server_name, settings.timeouts,
-            max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes)))
+        cluster = await open_cluster(settings, stack)
         await cluster.wait_healthy()
-
-        def record(r: RoundRecord) -> None:
-            history.append(r)
-            append_round(rounds_log, r)
-            if session.round % settings.checkpoint_every == 0 or session.done:
-                save_checkpoint(checkpoint, session, fingerprint)  # type: ignore[arg-type]
-            if on_round is not None:
-                on_round(r)
-
         try:
-            report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round, record,
-                                       data.target_std)
+            with rounds:
+                report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round,
+                                           rounds.record, data.target_std)
         except BaseException:
-            save_checkpoint(checkpoint, session, fingerprint)  # type: ignore[arg-type]
+            rounds.save()
             raise
-    _write_outputs(settings.out, session, data, history, report, settings.transport)
+    write_outputs(settings, session, data, history,
+                  {"protocol": mpc.protocol, "mpc": {k: getattr(mpc, k) for k in mpc.__dataclass_fields__},
+                   "moduli": list(plan.moduli), "upload": report.setup, "master_traffic": report.master_traffic,
+                   "workers": {str(k): v for k, v in report.workers.items()}},
+                  title=f"{protocol_name(mpc)} N={mpc.n_workers} T={mpc.t} G={mpc.groups}", protocol=mpc.protocol)
     return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers,
                                  tuple(data.notes))
-
-
-def _write_outputs(out: Path, session: MpcSession, data: Dataset, history: list[RoundRecord],
-                   report: MpcJobReport, transport: str) -> None:
-    plan, mpc = session.plan, session.mpc
-    plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
-    mpc_fields = {k: getattr(mpc, k) for k in mpc.__dataclass_fields__}
-    final = history[-1] if history else None
-    model_of_run(plan, session.weights, data, transport, final, protocol=mpc.protocol).save(out / "model.json")
-    reporting.write_metrics(out / "metrics.json", {
-        "dataset": data.name, "notes": list(data.notes), "protocol": mpc.protocol, "mpc": mpc_fields,
-        "plan": plan_fields, "moduli": list(plan.moduli),
-        "final": asdict(final) if final else None, "upload": report.setup, "master_traffic": report.master_traffic,
-        "workers": {str(k): v for k, v in report.workers.items()}, "rounds": [asdict(r) for r in history]})
-    if history:
-        panels = {"loss": [r.loss for r in history]}
-        if any(r.test_accuracy is not None for r in history):
-            panels["test accuracy"] = [r.test_accuracy for r in history]
-        if any(r.test_r2 is not None for r in history):
-            panels["test R²"] = [r.test_r2 for r in history]
-        reporting.plot_curves(out / "curves.png", [r.round for r in history], panels,
-                              title=f"{data.name}: {protocol_name(mpc)} N={mpc.n_workers} T={mpc.t} G={mpc.groups}")
-

@@ -113,11 +113,9 @@ class ComputeStreams:
     async def run_round(self, round_number: int, weight_shares: np.ndarray, needed: int | None = None,
                         rejoining: Callable[[float], Awaitable[list[WorkerHandle]]] | None = None,
                         ) -> tuple[dict[int, np.ndarray], RoundTraffic]:
-        """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order.
-
-        When too few workers remain, `rejoining(seconds)` may hand back workers whose share was being re-sent;
-        they join this very round (every worker's weight share is encoded) before a shortfall is declared.
-        """
+        """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order."""
+        # When too few workers remain, `rejoining(seconds)` may hand back workers whose share was being re-sent:
+        # they join this very round (every worker's weight share is encoded) before a shortfall is declared.
         needed = self.threshold if needed is None else needed
         started = time.perf_counter()
         sent = 0

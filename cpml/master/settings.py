@@ -253,18 +253,6 @@ def _index_or_name(value: object) -> int | str:
         return text
 
 
-def check_output_dir(path: Path, flag: str = "out") -> None:
-    """Refuse (ValueError) an output directory that is a file or cannot be created or written."""
-    path = Path(path)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        what = "is a file" if existing == path else f"would be under the file {str(existing)!r}"
-        raise ValueError(f"Argument '{flag}' must be a directory, not {str(path)!r}, which {what}.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"Argument '{flag}' must be a directory you can write to, not {str(path)!r} "
-                         f"({str(existing)!r} is not writable).")
-
-
 def parse_train_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
     """Parse `train` flags alone (for tests and tools)."""
     parser = argparse.ArgumentParser(prog="cpml-master train")

@@ -1,123 +1,51 @@
-"""The training loop: load data, plan, distribute shares, drive the rounds, checkpoint, report."""
+"""A CodedPrivateML run: plan, distribute shares, drive the rounds (the job around it: cpml.master.job)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
-import json
-import os
 import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
 
-from cpml import reporting
-from cpml.data import Dataset, load_dataset
+from cpml.data import Dataset
 from cpml.field import uniform
-from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
-from cpml.master.local import LocalWorkers
-from cpml.master.rejoin import Rejoiner
 from cpml.field.errors import TooManyErrors
+from cpml.master.cluster import Cluster, NotEnoughWorkers, UploadStats
+from cpml.master.job import (
+    ROUNDS_LOG,
+    ResumeError,
+    RoundRecord,
+    RoundsLog,
+    TrainReport,
+    choose_precision,
+    data_fingerprint,
+    in_flag_terms,
+    load_checkpoint,
+    load_training_data,
+    open_cluster,
+    plan_changes,
+    read_rounds,
+    rewrite_rounds,
+    write_outputs,
+)
+from cpml.master.mpc_train import train_baseline
+from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
-from cpml.model import model_of_run
-from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_precision, plan_from_checkpoint, public_profile
+from cpml.protocol import CodedTrainer, Plan, plan_from_checkpoint
 from cpml.protocol.coding import MaskSource
 from cpml.wire import serde
-from cpml.wire.tls import channel_credentials
-from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
 log = structlog.get_logger(__name__)
 
-CHECKPOINT_FORMAT = 1
-ROUNDS_LOG = "rounds.jsonl"
-PLAINTEXT_WARNING = ("plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
-                     "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
-                     "mutual TLS)")
-DATA_DEPENDENT_QUANTIZATION = ("automatic precision without scaling picks the residues and (l_x, l_w, l_c) from the "
-                               "data's norms, and workers see that choice in the moduli and the sigmoid "
-                               "coefficients: a few bits about the data's scale; pass --residues and "
-                               "--lx/--lw/--lc (or use --scaling standard or minmax) to keep everything workers "
-                               "receive independent of the data")
-LOOPBACK_WARNING = ("embedded workers speak plaintext gRPC on 127.0.0.1: safe while every process stays on this "
-                    "machine, but across a network an eavesdropper on every link would see all N shares and "
-                    "defeat T-privacy, so remote workers need TLS")
-
-
-class ResumeError(ValueError):
-    """The checkpoint cannot be resumed with these settings."""
-
-
 class WrongResults(Exception):
     """Some workers sent wrong results that the redundancy could not correct; the round was not applied."""
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """What the master measured in one round."""
-
-    round: int
-    loss: float
-    train_accuracy: float | None
-    test_accuracy: float | None
-    workers_used: tuple[int, ...]
-    encode_seconds: float
-    send_seconds: float
-    wait_seconds: float
-    decode_update_seconds: float
-    total_seconds: float
-    bytes_sent: int
-    bytes_received: int
-    late_replies: int
-    worker_compute_seconds: float = 0.0  # within wait: the slowest used worker's own compute (0: not reported)
-    test_r2: float | None = None  # linear regression only
-    test_rmse: float | None = None  # linear regression only, in the targets' own units
-    wrong_workers: tuple[int, ...] = ()  # whose results were wrong this round (corrected, then dropped)
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    """The outcome of a run: final weights, plan, every round, and where the outputs went."""
-
-    plan: Plan
-    weights: np.ndarray
-    history: tuple[RoundRecord, ...]
-    upload: dict[str, Any]
-    dropped_workers: dict[int, str]
-    out: Path
-    notes: tuple[str, ...] = ()  # how the data was read, labelled, split and scaled
-
-
-def load_training_data(settings: TrainSettings) -> Dataset:
-    """The dataset the settings name, split and scaled as they say; each note on how is logged."""
-    data = load_dataset(settings.dataset, settings.test_fraction or None, settings.scaling, settings.seed,
-                        settings.data_format, settings.label_column, settings.intercept, settings.positive_label,
-                        model=settings.model, test_source=settings.test_data)
-    for note in data.notes:
-        log.info("data", note=note)
-    return data
-
-
-# Plan fields as the flags that set them, so a refusal names what the user typed.
-PLAN_FLAGS = {"p": "--prime", "n_workers": "--workers-local (or --workers)", "learning_rate": "--learning-rate",
-              "r": "--r", "k": "--k", "t": "--t", "lx": "--lx", "lw": "--lw", "lc": "--lc", "residues": "--residues",
-              "iterations": "--iterations", "weight_bound": "--weight-bound",
-              "sigmoid_interval": "--sigmoid-interval", "model": "--model", "byzantine": "--byzantine"}
-
-
-def in_flag_terms(message: str) -> str:
-    """A Plan refusal rewritten with the command-line flag in place of the field name."""
-    for field, flag in PLAN_FLAGS.items():
-        message = message.replace(f"Argument '{field}' ", f"Argument '{flag}' ")
-    return message.replace(" or None (auto)", " (leave it out for 1/L)")
 
 
 def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
@@ -142,106 +70,6 @@ def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> 
     else:
         plan = Plan.case1(n_workers, settings.r, **kwargs)
     return choose_precision(settings, plan, x_train)
-
-
-def choose_precision(settings: TrainSettings, plan: Plan, x_train: np.ndarray) -> Plan:
-    """The plan with its residues and (l_x, l_w, l_c): automatic unless the settings fix them."""
-    # Workers see the precision (the moduli, and the levels in the sigmoid coefficients), so it is planned
-    # from public facts: the shape and the range the scaling guarantees (cpml.protocol.public_profile).
-    profile = public_profile(settings.scaling, *x_train.shape)
-    fixed = {name: getattr(settings, name) for name in ("lx", "lw", "lc") if getattr(settings, name) is not None}
-    if profile is None:
-        if settings.residues is None or len(fixed) < 3:  # something is still chosen from the data
-            log.warning(DATA_DEPENDENT_QUANTIZATION, scaling=settings.scaling)
-        with np.errstate(over="ignore", invalid="ignore"):  # huge unscaled values: inf, which the guard refuses
-            profile = DataProfile.of(x_train, 1)
-    return auto_precision(plan, profile, settings.residues, fixed)
-
-
-def data_fingerprint(data: Dataset) -> str:
-    """SHA-256 of the training split, so a resume cannot silently continue on other data."""
-    digest = hashlib.sha256()
-    for array in (data.x_train, data.y_train):
-        digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
-    return digest.hexdigest()
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
-def save_checkpoint(path: Path, trainer: CodedTrainer, fingerprint: str) -> None:
-    """Atomically write what --resume needs: the trainer's state and the data fingerprint."""
-    _write_json(path, {"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(), "data_sha256": fingerprint})
-
-
-def append_round(path: Path, record: RoundRecord) -> None:
-    """Append one round's record to the JSON-lines log (constant work per round, however long the run)."""
-    with path.open("a") as f:
-        f.write(json.dumps(asdict(record)) + "\n")
-
-
-def read_rounds(path: Path, up_to: int) -> list[RoundRecord]:
-    """The logged rounds 1..up_to (a resumed run drops any logged after its checkpoint)."""
-    # A last line cut short (the master died while appending it) is dropped: its round is not in the
-    # checkpoint's past unless the checkpoint says so, and a resumed run logs it again.
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if number < len(lines):
-                raise
-            log.warning("dropping a truncated last line of the rounds log", path=str(path), line=number)
-    return [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"]),
-                           "wrong_workers": tuple(r.get("wrong_workers", ()))}) for r in records if r["round"] <= up_to]
-
-
-# The flags a checkpoint's plan fixes: (flag, TrainSettings field, Plan field).
-RESUMED_FLAGS = (("--prime", "prime", "p"), ("--residues", "residues", "residues"), ("--k", "k", "k"),
-                 ("--t", "t", "t"), ("--r", "r", "r"), ("--lx", "lx", "lx"), ("--lw", "lw", "lw"),
-                 ("--lc", "lc", "lc"), ("--learning-rate", "learning_rate", "learning_rate"),
-                 ("--model", "model", "model"), ("--weight-bound", "weight_bound", "weight_bound"),
-                 ("--sigmoid-interval", "sigmoid_interval", "sigmoid_interval"))
-
-
-def plan_changes(settings: TrainSettings, saved: Plan) -> list[str]:
-    """The plan flags this command sets to something else than the checkpoint's plan (unset flags follow it)."""
-    changes = []
-    for flag, setting, field in RESUMED_FLAGS:
-        wanted, had = getattr(settings, setting), getattr(saved, field)
-        if wanted is not None and wanted != had:
-            changes.append(f"{flag} {wanted} (checkpoint: {had})")
-    return changes
-
-
-def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
-    """Read a checkpoint, refusing one made for different data or by another format."""
-    if not path.is_file():
-        raise ResumeError(f"Argument 'resume' needs a checkpoint at {path}, not a missing file; "
-                          f"run without --resume to start fresh")
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ResumeError(f"Argument 'resume' needs a readable checkpoint at {path}, not a damaged one ({exc}); "
-                          f"run without --resume to start fresh") from None
-    if not isinstance(state, dict) or not isinstance(state.get("trainer"), dict):
-        raise ResumeError(f"Argument 'resume' needs a checkpoint written by cpml-master train at {path}, not "
-                          f"a JSON {type(state).__name__} without its trainer state; run without --resume to "
-                          f"start fresh")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeError(f"checkpoint {path} has format {state.get('format')!r}, this cpml reads "
-                          f"{CHECKPOINT_FORMAT}")
-    if state.get("data_sha256") != fingerprint:
-        raise ResumeError(f"checkpoint {path} was made on different training data (fingerprint mismatch); "
-                          f"use the same data flags (--dataset, --format, --label-column, --positive-label, "
-                          f"--test-fraction, --scaling, --seed, --intercept), or start fresh")
-    return state
 
 
 def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
@@ -285,7 +113,7 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
     except (KeyError, TypeError, ValueError) as exc:
         raise ResumeError(f"Argument 'resume' needs an intact {rounds_log}, not a damaged one "
                           f"({type(exc).__name__}: {exc}); run without --resume to start fresh") from None
-    rounds_log.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
+    rewrite_rounds(rounds_log, history)
     log.info("resuming", round=trainer.round, checkpoint=str(ckpt_path))
     return trainer, history
 
@@ -295,9 +123,7 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
     """Run one training job end to end on remote or embedded workers; write the outputs into settings.out."""
     # mask_source exists for tests only (never a flag): a test swaps in zero masks to show its leak check fires.
     if settings.protocol != "cpml":
-        from cpml.master.mpc_train import train_baseline  # the MPC baselines (cpml.mpc)
-
-        return await train_baseline(settings, on_round)
+        return await train_baseline(settings, on_round)  # the MPC baselines (cpml.mpc)
     data = load_training_data(settings)
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
@@ -311,38 +137,20 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
              learning_rate=plan.learning_rate, iterations=plan.iterations)
 
     async with contextlib.AsyncExitStack() as stack:
-        if settings.embedded:
-            local = await stack.enter_async_context(
-                LocalWorkers(settings.n_workers, settings.out / "workers", settings.timeouts.connect,
-                             settings.local_worker_args))
-            addresses, credentials, diagnosis = local.addresses, None, None
-            log.warning(LOOPBACK_WARNING)
-        else:
-            addresses = list(settings.workers)
-            if settings.insecure:
-                credentials, tls = None, None
-                log.warning(PLAINTEXT_WARNING)
-            else:
-                credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-                tls = TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.tls_server_name)
-            diagnosis = functools.partial(diagnose, tls=tls)
-        cluster = await stack.enter_async_context(
-            Cluster(addresses, credentials, settings.tls_server_name, settings.timeouts,
-                    max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes), diagnose=diagnosis))
+        cluster = await open_cluster(settings, stack)
         await cluster.wait_healthy(plan.threshold)  # start with the workers that answer while R do
         spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
         await cluster.check_capacity(max(plan.moduli), spec_bytes, settings.chunk_bytes, plan.threshold)
-        upload = await _run_job(settings, trainer, cluster, history, fingerprint, on_round, data.target_std)
+        rounds = RoundsLog(settings, trainer, fingerprint, history, on_round)
+        upload = await _run_job(settings, trainer, cluster, rounds, data.target_std)
     dropped = {w.index: w.failure for w in cluster.workers if not w.alive}
     return _finish(settings, trainer, data, history, upload, dropped)
 
 
-async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, history: list[RoundRecord],
-                   fingerprint: str, on_round: Callable[[RoundRecord], None] | None,
+async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, rounds: RoundsLog,
                    target_scale: float = 1.0) -> UploadStats:
     plan = trainer.plan
     job_id = uuid.uuid4().hex
-    checkpoint = settings.out / "checkpoint.json"
     structlog.contextvars.bind_contextvars(job=job_id)
     spec = serde.WireJobSpec.of(trainer.job_spec, plan.model)
     try:
@@ -351,35 +159,17 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
         upload = await _distribute(settings, trainer, cluster, job_id, spec)
         remaining = plan.iterations - trainer.round
         stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
-        bar = reporting.ProgressBar(plan.iterations, "train", enabled=settings.progress, start_step=trainer.round)
         rejoiner = Rejoiner(cluster, trainer, job_id, spec, settings.chunk_bytes)
         async with ComputeStreams(cluster.workers, job_id, plan.moduli, spec.cols, plan.threshold,
                                   settings.timeouts.round, stream_deadline) as streams, contextlib.aclosing(rejoiner):
-            with bar:
+            with rounds:
                 while not trainer.done:
                     for worker in rejoiner.ready():
                         worker.revive()
                         streams.add(worker)
-                    record = await _one_round(trainer, streams, rejoiner, target_scale)
-                    history.append(record)
-                    append_round(settings.out / ROUNDS_LOG, record)
-                    if trainer.round % settings.checkpoint_every == 0 or trainer.done:
-                        save_checkpoint(checkpoint, trainer, fingerprint)
-                    shown = {"loss": record.loss}
-                    if record.test_accuracy is not None:
-                        shown["accuracy"] = record.test_accuracy
-                    fit = {} if record.test_r2 is None else {"test_r2": record.test_r2, "test_rmse": record.test_rmse}
-                    if fit:
-                        shown |= {"r2": record.test_r2, "rmse": record.test_rmse}
-                    bar.update(trainer.round, **shown)
-                    # with a progress bar on screen, per-round lines would only break it
-                    (log.debug if bar.enabled else log.info)(
-                        "round", round=record.round, loss=round(record.loss, 6), test_accuracy=record.test_accuracy,
-                        seconds=round(record.total_seconds, 4), late=record.late_replies, **fit)
-                    if on_round is not None:
-                        on_round(record)
+                    rounds.record(await _one_round(trainer, streams, rejoiner, target_scale))
     except BaseException:
-        save_checkpoint(checkpoint, trainer, fingerprint)  # the last finished round
+        rounds.save()  # the last finished round
         raise
     finally:
         # On every way out (done, below R, a timeout, SIGTERM, a crash in here) the workers free the share at
@@ -451,25 +241,11 @@ async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, rejoiner: R
 def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, history: list[RoundRecord],
             upload: UploadStats, dropped: dict[int, str]) -> TrainReport:
     plan = trainer.plan
-    out = settings.out
-    plan_fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
-    final = history[-1] if history else None
-    # the versioned artifact (cpml.model): weights, preprocessing, label mapping, plan, privacy, final metrics
-    model_of_run(plan, trainer.weights, data, settings.transport, final).save(out / "model.json")
     upload_summary = {"seconds": upload.seconds, "encode_seconds": upload.encode_seconds,
                       "bytes_sent": upload.bytes_sent, "chunks": upload.chunks}
-    reporting.write_metrics(out / "metrics.json", {
-        "dataset": data.name, "notes": list(data.notes), "plan": plan_fields, "threshold": plan.threshold,
-        "final": asdict(final) if final else None, "upload": upload_summary,
-        "dropped_workers": {str(k): v for k, v in dropped.items()}, "rounds": [asdict(r) for r in history]})
-    if history:
-        rounds = [r.round for r in history]
-        panels = {"loss": [r.loss for r in history]}
-        if any(r.test_accuracy is not None for r in history):
-            panels["test accuracy"] = [r.test_accuracy for r in history]
-        if any(r.test_r2 is not None for r in history):
-            panels["test R²"] = [r.test_r2 for r in history]
-        reporting.plot_curves(out / "curves.png", rounds, panels,
-                              title=f"{data.name}: N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}")
+    write_outputs(settings, trainer, data, history,
+                  {"threshold": plan.threshold, "upload": upload_summary,
+                   "dropped_workers": {str(k): v for k, v in dropped.items()}},
+                  title=f"N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}")
     return TrainReport(plan=plan, weights=trainer.weights.copy(), history=tuple(history), upload=upload_summary,
-                       dropped_workers=dropped, out=out, notes=data.notes)
+                       dropped_workers=dropped, out=settings.out, notes=data.notes)

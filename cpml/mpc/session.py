@@ -12,7 +12,8 @@ coefficients per field, each group's block is reconstructed per residue, the blo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 import numpy as np
 import numpy.typing as npt

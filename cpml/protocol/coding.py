@@ -10,7 +10,13 @@ import numpy as np
 import numpy.typing as npt
 
 from cpml.errors import argument_error
-from cpml.field import Elements, PrimeField, evaluation_points, interpolation_matrix, matmul_mod_centred
+from cpml.field import (
+    Elements,
+    PrimeField,
+    evaluation_points,
+    interpolation_matrix,
+    matmul_mod_centred,
+)
 from cpml.field.errors import locate_errors
 from cpml.field.sampling import uniform
 

@@ -10,17 +10,19 @@ are the two protocols: they differ only in how the data and weights are shared a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field as dataclass_field, fields as dataclass_fields, replace
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+import cpml.protocol.models as models
 from cpml.errors import argument_error
 from cpml.field import Elements, PrimeField, ResidueBasis
 from cpml.field.rns import to_float
 from cpml.field.sampling import uniform
-from cpml.protocol import models
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.overflow import DataProfile, check_plan, decoded_bound
 from cpml.protocol.plan import Plan

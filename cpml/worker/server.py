@@ -13,9 +13,9 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cpml.wire import names
 from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
-from cpml.wire import names
 from cpml.wire.guard import add_guarded
 from cpml.wire.tls import server_credentials
 from cpml.worker.mpc_service import MpcService
