@@ -14,8 +14,9 @@ import csv
 import gzip
 import io
 import math
+import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale,
     scale,
     standardise_targets,
 )
+from cpml.preprocessing import MISSING, MISSING_CELLS, category_texts
 from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview
 
@@ -77,15 +79,19 @@ class RawData:
     features: tuple[str, ...] | None = None  # the feature columns' names, when a CSV header gives them
     label_name: str | None = None  # the label column's header name (CSV)
     label_index: int | None = None  # the label column's number, 0-based (CSV)
+    categorical: tuple[int, ...] = ()  # feature columns read as categories (x is then an object array of cells)
 
 
-def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1) -> RawData:
+def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1,
+             categorical: Sequence[int | str] = ()) -> RawData:
     """Read a bundled dataset name or a file into features and raw labels, refusing anything malformed."""
-    # label_column None (files read for predictions): a CSV has no label column, an .npz's labels are optional
+    # label_column None (files read for predictions): a CSV has no label column, an .npz's labels are optional.
+    # categorical: columns (as --label-column names them) to read as categories; a CSV's text columns are anyway.
     if source in BUNDLED:
         x, y = _bundled(source)
-        return RawData(np.ascontiguousarray(x, dtype=np.float64), np.asarray(y), source,
-                       label_source=f"bundled {source!r}")
+        raw = RawData(np.ascontiguousarray(x, dtype=np.float64), np.asarray(y), source,
+                      label_source=f"bundled {source!r}")
+        return _as_categories(raw, categorical, source)
     path = Path(source)
     if path.is_dir():
         raise ValueError(f"Argument 'dataset' must be one of {', '.join(BUNDLED)} or a data file, "
@@ -98,20 +104,35 @@ def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1
         if compression:
             raise ValueError(f"Argument 'dataset' must be an uncompressed .npz (it is a zip archive already), "
                              f"not {path.name!r}.")
-        raw = _npz(path, labels_required=label_column is not None)
+        raw = _as_categories(_npz(path, labels_required=label_column is not None), categorical, path.name)
     elif fmt == "svmlight":
-        raw = _svmlight(path)
+        raw = _as_categories(_svmlight(path), categorical, path.name)
     else:
-        raw = _csv(path, _read_text(path, compression), label_column)
+        raw = _csv(path, _read_text(path, compression), label_column, categorical)
     if compression:
         raw = replace(raw, notes=(f"{path.name}: {compression[1:]}-compressed", *raw.notes))
     if raw.x.ndim != 2 or len(raw.x) == 0 or raw.x.shape[1] == 0:
         raise ValueError(f"Argument 'dataset' must hold at least one row and one feature, "
                          f"not {path.name!r} with {raw.x.shape[0]} row(s) x {raw.x.shape[-1]} feature(s).")
-    _check_finite(raw.x, path.name)
+    if not raw.categorical:
+        _check_finite(raw.x, path.name)
     # One memory layout whatever the reader (a CSV's feature columns come out column-major): the column
     # statistics, and so every bit of the scaled data, are then the same for the same numbers in any format.
     return replace(raw, x=np.ascontiguousarray(raw.x))
+
+
+def _as_categories(raw: RawData, categorical: Sequence[int | str], file: str) -> RawData:
+    """A numeric source with some columns read as categories (their numbers as text: 3.0 -> '3')."""
+    if not categorical:
+        return raw
+    width = raw.x.shape[1]
+    columns = sorted({column_index(spec, None, width, file, "categorical") for spec in categorical})
+    x = raw.x.astype(object)
+    for c in columns:
+        x[:, c] = category_texts(raw.x[:, c])
+    return replace(raw, x=x, categorical=tuple(columns),
+                   notes=(*raw.notes, f"{file}: feature column(s) {', '.join(str(c) for c in columns)} read as "
+                                      f"categories"))
 
 
 def load_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> tuple[np.ndarray, np.ndarray, str]:
@@ -178,8 +199,9 @@ class CsvLayout:
 
 def csv_layout(text: str, file: str) -> CsvLayout:
     """Find a CSV text's separator and whether its first line is a header (none of its cells is a number)."""
+    # Lines starting with '#' or '|' (the UCI repository's convention) are comments.
     lines = [(number, line) for number, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
+             if line.strip() and not line.lstrip().startswith(("#", "|"))]
     if not lines:
         raise ValueError(f"Argument 'dataset' must hold rows of numbers, not the empty file {file!r}.")
     first_line = lines[0][1]
@@ -188,7 +210,7 @@ def csv_layout(text: str, file: str) -> CsvLayout:
     return CsvLayout(lines, separator, first, not any(_is_number(cell) for cell in first))
 
 
-def _csv(path: Path, text: str, label_column: int | str | None) -> RawData:
+def _csv(path: Path, text: str, label_column: int | str | None, categorical: Sequence[int | str] = ()) -> RawData:
     # label_column None: a file read for predictions, every column a feature and no labels
     layout = csv_layout(text, path.name)
     lines, separator, width = layout.lines, layout.separator, layout.width
@@ -199,29 +221,30 @@ def _csv(path: Path, text: str, label_column: int | str | None) -> RawData:
     rows = lines[1:] if layout.header else lines
     if not rows:
         raise ValueError(f"Argument 'dataset' must hold data rows, not {path.name!r} with only a header line.")
-    label = None if label_column is None else _label_index(label_column, names, width, path.name)
+    label = None if label_column is None else column_index(label_column, names, width, path.name)
     features = [i for i in range(width) if i != label]
+    forced = {column_index(spec, names, width, path.name, "categorical") for spec in categorical}
+    if label in forced:
+        raise ValueError(f"Argument 'categorical' must name feature columns, not the label column "
+                         f"{label_column!r} of {path.name!r}.")
 
     def column(i: int) -> str:
         return f"column {i + 1} ({names[i]!r})" if names else f"column {i + 1}"
 
-    try:
-        table = np.loadtxt(io.StringIO("\n".join(line for _, line in rows)), delimiter=separator, quotechar='"',
-                           ndmin=2, dtype=np.float64)
-    except ValueError:
-        table = None  # text labels, a bad cell or a ragged line: the careful reader below finds out which
-    if table is not None and table.shape[1] == width:
-        x, y = table[:, features], None if label is None else table[:, label]
+    table = None
+    if not forced:
+        try:
+            table = np.loadtxt(io.StringIO("\n".join(line for _, line in rows)), delimiter=separator,
+                               quotechar='"', ndmin=2, dtype=np.float64)
+        except ValueError:
+            table = None  # text cells or a ragged line: the careful reader below finds out which
+    notes: tuple[str, ...] = ()
+    if table is not None and table.shape[1] == width and np.isfinite(table[:, features]).all():
+        x, y, found = table[:, features], None if label is None else table[:, label], ()
     else:
-        x, y = _parse_rows(rows, separator, width, label, features, path.name, column)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        number, line = rows[r]
-        cell = _split_line(line, separator)[features[c]]
-        raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not {cell!r} "
-                         f"on line {number}, {column(features[c])} of {path.name!r} ({int(bad.sum())} such "
-                         f"cell(s); fill or drop them first).")
+        cells = _cells(rows, separator, width, path.name)
+        x, found, notes = _features(cells, rows, features, forced, path.name, column, names)
+        y = None if label is None else _labels(cells[:, label], rows, path.name, column(label))
     if y is not None and y.dtype.kind == "f" and not np.isfinite(y).all():
         number = rows[int(np.flatnonzero(~np.isfinite(y))[0])][0]
         raise ValueError(f"Argument 'dataset' must have a label on every line, not a missing (NaN/inf) label on "
@@ -229,67 +252,100 @@ def _csv(path: Path, text: str, label_column: int | str | None) -> RawData:
     how = (f"{_SEPARATOR_NAMES[separator]}-separated, "
            + (f"header line ({', '.join(names)})" if names else "no header line")
            + (f", labels from {column(label)}" if label is not None else ", no label column"))
-    return RawData(x, y, path.stem, (f"{path.name}: {how}",),
+    return RawData(x, y, path.stem, (f"{path.name}: {how}", *notes),
                    f"{column(label)} of {path.name!r}" if label is not None else "",
                    features=tuple(names[i] for i in features) if names else None,
-                   label_name=names[label] if names and label is not None else None, label_index=label)
+                   label_name=names[label] if names and label is not None else None, label_index=label,
+                   categorical=found)
 
 
-def _label_index(label_column: int | str, names: list[str] | None, width: int, file: str) -> int:
-    text = str(label_column).strip()
+def column_index(spec: int | str, names: list[str] | None, width: int, file: str,
+                 flag: str = "label_column") -> int:
+    """The 0-based column a flag names: a header name, or an index (negative from the end)."""
+    text = str(spec).strip()
     try:
         index = int(text)
     except ValueError:
         if names is None:
-            raise ValueError(f"Argument 'label_column' must be a column number for {file!r} (it has no header "
+            raise ValueError(f"Argument {flag!r} must be a column number for {file!r} (it has no header "
                              f"line), not {text!r}.") from None
         matches = [i for i, name in enumerate(names) if name == text]
         if len(matches) != 1:
-            raise ValueError(f"Argument 'label_column' must name exactly one column of {file!r} "
+            raise ValueError(f"Argument {flag!r} must name exactly one column of {file!r} "
                              f"({', '.join(names)}), not {text!r}.")
         return matches[0]
     if not -width <= index < width:
-        raise ValueError(f"Argument 'label_column' must index one of the {width} columns of {file!r} "
+        raise ValueError(f"Argument {flag!r} must index one of the {width} columns of {file!r} "
                          f"(0 to {width - 1}, or negative from the end), not {index}.")
     return index % width
 
 
-def _parse_rows(rows: list[tuple[int, str]], separator: str, width: int, label: int | None, features: list[int],
-                file: str, column: Callable[[int], str]) -> tuple[np.ndarray, np.ndarray | None]:
-    x = np.empty((len(rows), len(features)))
-    labels: list[str] = []
-    first_bad, bad_cells = None, 0
-    for r, ((number, _), cells) in enumerate(zip(rows, csv.reader((line for _, line in rows),
-                                                                   delimiter=separator))):
-        if len(cells) != width:
+def _cells(rows: list[tuple[int, str]], separator: str, width: int, file: str) -> np.ndarray:
+    """Every cell of the rows, stripped, as an object array (rows x width); refuses a ragged line."""
+    cells = []
+    for (number, _), line in zip(rows, csv.reader((line for _, line in rows), delimiter=separator)):
+        if len(line) != width:
             raise ValueError(f"Argument 'dataset' must have {width} cells on every line (as on its first), "
-                             f"not {len(cells)} on line {number} of {file!r}.")
-        for c, i in enumerate(features):
-            cell = cells[i].strip()
-            try:
-                x[r, c] = value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                bad_cells += 1
-                first_bad = first_bad or (cell, number, i)
-        if label is None:
-            continue
-        labels.append(cells[label].strip())
-        if not labels[-1]:
-            raise ValueError(f"Argument 'dataset' must have a label on every line, not an empty {column(label)} "
-                             f"on line {number} of {file!r}.")
-    if first_bad:
-        cell, number, i = first_bad
-        text = cell and not _is_number(cell)
-        hint = f"; if that column holds the labels, pass --label-column {i}" if text else "; fill or drop them first"
-        raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not {cell!r} on "
-                         f"line {number}, {column(i)} of {file!r} ({bad_cells} such cell(s){hint}).")
-    if label is None:
-        return x, None
+                             f"not {len(line)} on line {number} of {file!r}.")
+        cells.append([cell.strip() for cell in line])
+    table = np.empty((len(cells), width), dtype=object)
+    table[:] = cells
+    return table
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def _features(cells: np.ndarray, rows: list[tuple[int, str]], features: list[int], forced: set[int], file: str,
+              column: Callable[[int], str], names: list[str] | None
+              ) -> tuple[np.ndarray, tuple[int, ...], tuple[str, ...]]:
+    """Feature columns of numbers as float64, the others (text, or forced) as category cells; notes on missing."""
+    x = np.empty((len(cells), len(features)), dtype=object)
+    categorical, missing = [], {}
+    for c, i in enumerate(features):
+        texts = cells[:, i]
+        values = [_number(cell) for cell in texts.tolist()]
+        absent = np.array([cell in MISSING_CELLS for cell in texts.tolist()], dtype=bool)
+        numbers = sum(v is not None for v in values)
+        if i not in forced and 2 * numbers > int((~absent).sum()):  # mostly numbers: a numeric column
+            bad = [r for r, v in enumerate(values) if v is None or not math.isfinite(v)]
+            if bad:
+                name = names[i] if names else str(i)
+                hint = ("fill or drop them first" if all(values[r] is not None for r in bad)
+                        else f"fill or drop them first, or pass --categorical {name} to read the column as categories")
+                raise ValueError(f"Argument 'dataset' must have a finite number in every feature cell, not "
+                                 f"{texts[bad[0]]!r} on line {rows[bad[0]][0]}, {column(i)} of {file!r} ({len(bad)} "
+                                 f"such cell(s); {hint}).")
+            x[:, c] = values
+        else:
+            categorical.append(c)
+            x[:, c] = texts
+            if absent.any():
+                missing[names[i] if names else f"column {i + 1}"] = int(absent.sum())
+    if not categorical:
+        return x.astype(np.float64), (), ()
+    notes: tuple[str, ...] = ()
+    if missing:
+        counts = ", ".join(f"{name} {count}" for name, count in missing.items())
+        notes = (f"{file}: {sum(missing.values())} missing cell(s) (empty, '?' or 'NA') read as the category "
+                 f"{MISSING!r}: {counts}",)
+    return x, tuple(categorical), notes
+
+
+def _labels(cells: np.ndarray, rows: list[tuple[int, str]], file: str, where: str) -> np.ndarray:
+    """A label column's cells: floats when every one is a number, else text; refuses an empty cell."""
+    labels = cells.tolist()
+    if "" in labels:
+        number = rows[labels.index("")][0]
+        raise ValueError(f"Argument 'dataset' must have a label on every line, not an empty {where} on line "
+                         f"{number} of {file!r}.")
     if all(_is_number(v) for v in labels):
-        return x, np.array([float(v) for v in labels])
-    return x, np.array(labels)
+        return np.array([float(v) for v in labels])
+    return np.array(labels)
 
 
 def _npz(path: Path, labels_required: bool = True) -> RawData:
@@ -372,15 +428,15 @@ def _check_split(y: np.ndarray, test_fraction: float, name: str) -> None:
 def load_dataset(source: str, test_fraction: float | None = 0.2, scaling: str = "minmax", seed: int = 0,
                  fmt: str = "auto", label_column: int | str = -1, intercept: bool = False,
                  positive_label: str | None = None, model: str = "logistic",
-                 test_source: str | None = None) -> Dataset:
+                 test_source: str | None = None, categorical: Sequence[int | str] = ()) -> Dataset:
     """Load, prepare the targets, split (seeded) unless test rows come from test_source (or test_fraction is None), scale."""
     _check_options(test_fraction, scaling, seed, model)
-    raw = read_raw(source, fmt, label_column)
+    raw = read_raw(source, fmt, label_column, categorical)
     fraction = test_fraction if test_source is None else None  # None: every row of source trains
     x_train, y_train, x_test, y_test, split_note = _split(raw, model, positive_label, fraction, seed, source)
     prep = Preprocessing.fit(x_train, y_train, model=model, scaling=scaling, intercept=intercept,
                              positive_label=positive_label, features=raw.features, label_name=raw.label_name,
-                             label_index=raw.label_index, name=source)
+                             label_index=raw.label_index, name=source, categorical=raw.categorical)
     if test_source is not None:
         x_test, y_test = _test_rows(test_source, prep, fmt)
         split_note += f"; {len(x_test)} test rows from {test_source}"
@@ -442,7 +498,8 @@ def read_matching(source: str, prep: Preprocessing, fmt: str = "auto", flag: str
     try:
         raw = _read_matching(source, prep, fmt, flag)
     except ValueError as exc:  # the shared readers name the master's --dataset
-        raise ValueError(str(exc).replace("Argument 'dataset'", f"Argument '{flag}'", 1)) from None
+        message = str(exc).replace("Argument 'dataset'", f"Argument '{flag}'", 1)
+        raise ValueError(re.sub(r", or pass --categorical .* to read the column as categories", "", message)) from None
     if require_labels and raw.y is None:
         raise ValueError(f"Argument '{flag}' must hold labels to test the model on, not {source!r} without "
                          f"{'its label column ' + repr(prep.label_name) if prep.label_name else 'a label column'}.")
@@ -451,20 +508,24 @@ def read_matching(source: str, prep: Preprocessing, fmt: str = "auto", flag: str
 
 def _read_matching(source: str, prep: Preprocessing, fmt: str, flag: str) -> RawData:
     n = prep.n_features
+    categorical = [column for column, _ in prep.categorical]
     path = Path(source)
     kind = "bundled" if source in BUNDLED or not path.is_file() else resolve_format(path, fmt)[0]
     if kind != "csv":
-        raw = read_raw(source, fmt, None)
-        return _matching_width(raw, n, flag, path.name, sparse=kind == "svmlight")
+        raw = _matching_width(read_raw(source, fmt, None), n, flag, path.name, sparse=kind == "svmlight")
+        return _matching_kinds(_as_categories(raw, categorical, path.name), prep, flag, path.name)
     layout = csv_layout(_read_text(path, resolve_format(path, fmt)[1]), path.name)
     names = layout.first if layout.header else None
     if names is not None and prep.features is not None:
         label = prep.label_name if prep.label_name in names else None
         _check_names(names, prep, label, flag, path.name)
-        raw = read_raw(source, fmt, label)
+        raw = read_raw(source, fmt, label, [prep.features[c] for c in categorical])
         assert raw.features is not None
         order = [raw.features.index(name) for name in prep.features]
-        return replace(raw, x=raw.x[:, order], features=prep.features)
+        where = {old: new for new, old in enumerate(order)}
+        raw = replace(raw, x=raw.x[:, order], features=prep.features,
+                      categorical=tuple(sorted(where[c] for c in raw.categorical)))
+        return _matching_kinds(raw, prep, flag, path.name)
     if layout.width == n:
         label_column: int | str | None = None
     elif layout.width == n + 1:
@@ -473,7 +534,21 @@ def _read_matching(source: str, prep: Preprocessing, fmt: str, flag: str) -> Raw
     else:
         raise ValueError(f"Argument '{flag}' must have the model's {n} feature columns ({n + 1} with the label), "
                          f"not {layout.width} columns on line {layout.lines[0][0]} of {path.name!r}.")
-    return read_raw(source, fmt, label_column)
+    label = None if label_column is None else column_index(label_column, names, layout.width, path.name)
+    in_file = [c if label is None or c < label else c + 1 for c in categorical]
+    return _matching_kinds(read_raw(source, fmt, label_column, in_file), prep, flag, path.name)
+
+
+def _matching_kinds(raw: RawData, prep: Preprocessing, flag: str, file: str) -> RawData:
+    """Refuse text in a column the model reads as numbers (the reader took it for categories)."""
+    numeric = set(raw.categorical) - {column for column, _ in prep.categorical}
+    if numeric:
+        c = min(numeric)
+        cells = raw.x[:, c].tolist()
+        text = next(cell for cell in cells if not _is_number(str(cell)))
+        raise ValueError(f"Argument '{flag}' must have numbers in {prep.column_name(c)}, a numeric column of the "
+                         f"model, not text such as {text!r} in {file!r}.")
+    return raw
 
 
 def _check_names(names: list[str], prep: Preprocessing, label: str | None, flag: str, file: str) -> None:
@@ -520,7 +595,7 @@ def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: flo
                     source: str) -> np.ndarray:
     classes = np.unique(raw.y)
     if len(classes) != 2 and raw.label_source:
-        hint = "; --label-column picks the label column" if raw.label_source.startswith("column") else ""
+        hint = _label_hint(raw) if raw.label_source.startswith("column") else ""
         if len(classes) > 2 and raw.y.dtype.kind in "biuf":
             hint += "; real-valued targets need linear regression (cpml-master train --model linear)"
         raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification, "
@@ -529,6 +604,18 @@ def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: flo
     if test_fraction is not None:
         _check_split(raw.y, test_fraction, source)
     return y
+
+
+def _label_hint(raw: RawData) -> str:
+    """Point at the feature columns holding exactly two values, the ones --label-column could mean."""
+    two = [c for c in range(raw.x.shape[1]) if len(set(raw.x[:, c].tolist())) == 2]
+    if not two:
+        return "; --label-column picks the label column"
+    index = raw.label_index or 0
+    flags = [raw.features[c] if raw.features else str(c + int(c >= index)) for c in two[:3]]
+    return (f"; if the labels are in another column, pass --label-column {flags[0]}"
+            + (f" (columns with two values: {', '.join(flags)}{', ...' if len(two) > 3 else ''})"
+               if len(two) > 1 else ""))
 
 
 def real_targets(raw: RawData, positive_label: str | None = None) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpml.preprocessing import Preprocessing
+from cpml.preprocessing import MISSING, MISSING_CELLS, Preprocessing
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -31,6 +31,10 @@ FORMAT = 2  # what this cpml writes and reads; model.json files without "format"
 KIND = "cpml-model"
 SKLEARN_TYPES = (  # what an exported pipeline holds, and all save_sklearn/load_sklearn trust
     "sklearn.pipeline.Pipeline",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "numpy.dtype",  # the dtype of the one-hot encoder's category arrays
     "sklearn.preprocessing._data.StandardScaler",
     "sklearn.preprocessing._data.MinMaxScaler",
     "sklearn.linear_model._logistic.LogisticRegression",
@@ -86,7 +90,7 @@ class Model:
     @property
     def coef(self) -> np.ndarray:
         """The weights of the (scaled) features, without the intercept's."""
-        return self.weights[: self.preprocessing.n_features]
+        return self.weights[: self.preprocessing.n_inputs]
 
     @property
     def intercept(self) -> float:
@@ -173,8 +177,8 @@ class Model:
         from sklearn.linear_model import LinearRegression, LogisticRegression
         from sklearn.pipeline import Pipeline
 
-        steps: list[tuple[str, Any]] = _sklearn_scalers(self.preprocessing)
-        n = self.preprocessing.n_features
+        steps: list[tuple[str, Any]] = [*_sklearn_one_hot(self.preprocessing), *_sklearn_scalers(self.preprocessing)]
+        n = self.preprocessing.n_inputs
         if self.kind == "logistic":
             estimator: Any = LogisticRegression()
             assert self.preprocessing.classes is not None
@@ -221,7 +225,7 @@ def _sklearn_scalers(prep: Preprocessing) -> list[tuple[str, Any]]:
 
     if prep.scaling == "none":
         return []
-    n = prep.n_features
+    n = prep.n_inputs
     prescale = StandardScaler(with_mean=False)  # transform: x /= scale_
     prescale.scale_, prescale.mean_, prescale.var_ = np.array(prep.prescale), None, np.array(prep.prescale) ** 2
     scale = StandardScaler()  # transform: x -= mean_; x /= scale_
@@ -236,6 +240,32 @@ def _sklearn_scalers(prep: Preprocessing) -> list[tuple[str, Any]]:
     for _, step in steps:
         step.n_features_in_, step.n_samples_seen_ = n, 0
     return steps
+
+
+def _sklearn_one_hot(prep: Preprocessing) -> list[tuple[str, Any]]:
+    """A ColumnTransformer: the numeric columns as they are, then each categorical column one-hot (missing cells,
+    however written, as the category 'missing'; unseen categories as all zeros), as Preprocessing encodes them."""
+    if not prep.categorical:
+        return []
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder
+
+    columns = [column for column, _ in prep.categorical]
+    placeholder = np.array([["missing"] * len(columns)], dtype=object)
+    imputers = [(f"missing_{i}", SimpleImputer(missing_values=token, strategy="constant", fill_value=MISSING).fit(
+                 placeholder)) for i, token in enumerate((np.nan, None, *sorted(MISSING_CELLS)))]
+    encoder = OneHotEncoder(categories=[list(categories) for _, categories in prep.categorical],
+                            handle_unknown="ignore", sparse_output=False)
+    encoder.fit(np.array([[categories[0] for _, categories in prep.categorical]], dtype=object))
+    one_hot = Pipeline([*imputers, ("one_hot", encoder)])
+    transformer = ColumnTransformer([("numeric", "passthrough", prep.numeric_columns),
+                                     ("categorical", one_hot, columns)])
+    sample = np.empty((1, prep.n_features), dtype=object)
+    sample[0, :] = 0.0
+    sample[0, columns] = [categories[0] for _, categories in prep.categorical]
+    return [("columns", transformer.fit(sample))]
 
 
 def load_model(path: Path | str) -> Model:

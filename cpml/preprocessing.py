@@ -1,8 +1,9 @@
-"""The preprocessing a model applies to raw rows, in one place: feature scaling, intercept, label mapping.
+"""The preprocessing a model applies to raw rows, in one place: one-hot encoding, feature scaling, intercept, labels.
 
 `cpml-master train` (through cpml.data), `cpml-master predict`, the model artifact and the scikit-learn
 estimators all use `Preprocessing`: fitted on the training split, it turns raw features into what the
-trainer sees (x' = (x / prescale - center) / spread, clipped to [0, 1] for min-max, then a constant-1
+trainer sees (the numeric columns in order, then one 0/1 column per category of each categorical column;
+x' = (x / prescale - center) / spread over those inputs, clipped to [0, 1] for min-max, then a constant-1
 column), raw labels into 0/1 (or real targets into standardised ones) and back. `prescale` holds exact
 powers of two near each column's largest magnitude, so the statistics of huge values stay finite and,
 for ordinary data, every result is bit-identical to scaling without it.
@@ -11,7 +12,7 @@ for ordinary data, every result is bit-identical to scaling without it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +27,26 @@ _SCALE_NOTES = {"none": "features: not scaled",
                 "minmax": "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])",
                 "standard": "features: standardised to mean 0, std 1 on the training split"}
 INTERCEPT_NOTE = "intercept: a constant-1 column appended as the last feature"
+MISSING = "missing"  # the category of an empty, '?' or 'NA' cell in a categorical column
+MISSING_CELLS = frozenset({"", "?", "NA"})
 
 
 def label_text(value: object) -> str:
     """A raw label as people write it: 1.0 -> '1', 'yes' -> 'yes'."""
     return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def category_text(cell: object) -> str:
+    """A categorical cell as the model keeps it: stripped text, a number as label_text, a missing cell as 'missing'."""
+    if cell is None or (isinstance(cell, (float, np.floating)) and math.isnan(cell)):
+        return MISSING
+    text = label_text(cell).strip() if isinstance(cell, (float, np.floating)) else str(cell).strip()
+    return MISSING if text in MISSING_CELLS else text
+
+
+def category_texts(cells: np.ndarray) -> np.ndarray:
+    """category_text of every cell of a column, as an object array."""
+    return np.array([category_text(cell) for cell in cells.tolist()], dtype=object)
 
 
 def preview(classes: np.ndarray) -> str:
@@ -179,6 +195,9 @@ class Preprocessing:
     features: tuple[str, ...] | None = None  # the raw feature columns' names, when the source named them
     label_name: str | None = None  # where the labels were read from: a CSV header name
     label_index: int | None = None  # ... or a CSV column number (0-based)
+    # (raw feature column, its categories in one-hot order) for each categorical column; prescale, center and
+    # spread then cover the encoded inputs: the numeric columns in order, then each column's categories
+    categorical: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -188,8 +207,13 @@ class Preprocessing:
         if not len(self.prescale) == len(self.center) == len(self.spread) >= 1:
             raise argument_error("prescale", "have one entry per feature, as center and spread",
                                  (len(self.prescale), len(self.center), len(self.spread)))
-        if self.features is not None and len(self.features) != len(self.prescale):
-            raise argument_error("features", f"name each of the {len(self.prescale)} features", len(self.features))
+        columns = [column for column, _ in self.categorical]
+        if (columns != sorted(set(columns)) or any(not 0 <= c < self.n_features for c in columns)
+                or any(not categories for _, categories in self.categorical)):
+            raise argument_error("categorical", f"list distinct columns of the {self.n_features} features in order, "
+                                 f"each with its categories", self.categorical)
+        if self.features is not None and len(self.features) != self.n_features:
+            raise argument_error("features", f"name each of the {self.n_features} features", len(self.features))
         if (self.model == "logistic") != (self.classes is not None and len(self.classes) == 2):
             raise argument_error("classes", "be two labels for logistic regression and None for linear",
                                  self.classes)
@@ -198,9 +222,12 @@ class Preprocessing:
     def fit(cls, x: np.ndarray, y: np.ndarray, *, model: str = "logistic", scaling: str = "standard",
             intercept: bool = True, positive_label: str | float | None = None,
             features: Sequence[str] | None = None, label_name: str | None = None,
-            label_index: int | None = None, name: str = "y") -> Preprocessing:
-        """Fit on the training split: feature statistics, and the label classes or the target statistics."""
-        prescale, center, spread = feature_statistics(np.asarray(x, dtype=np.float64), scaling)
+            label_index: int | None = None, name: str = "y", categorical: Sequence[int] = ()) -> Preprocessing:
+        """Fit on the training split: categories, feature statistics, and the label classes or target statistics."""
+        xa = np.asarray(x)
+        found = tuple((int(c), tuple(sorted(set(category_texts(xa[:, c]).tolist())))) for c in sorted(categorical))
+        inputs = _OneHot(xa.shape[1], found).encode(xa)[0] if found else np.asarray(xa, dtype=np.float64)
+        prescale, center, spread = feature_statistics(inputs, scaling)
         targets: dict[str, Any] = {}
         if model == "linear":
             if positive_label is not None:
@@ -213,17 +240,41 @@ class Preprocessing:
         return cls(model=model, scaling=scaling, prescale=_floats(prescale), center=_floats(center),
                    spread=_floats(spread), intercept=bool(intercept),
                    features=None if features is None else tuple(map(str, features)),
-                   label_name=label_name, label_index=label_index, **targets)
+                   label_name=label_name, label_index=label_index, categorical=found, **targets)
+
+    @property
+    def n_inputs(self) -> int:
+        """How many encoded inputs the scaling covers: the numeric columns and one per category."""
+        return len(self.prescale)
 
     @property
     def n_features(self) -> int:
         """How many raw feature columns the model reads."""
-        return len(self.prescale)
+        return self.n_inputs - sum(len(categories) - 1 for _, categories in self.categorical)
 
     @property
     def width(self) -> int:
-        """How many columns the trainer sees: the features and the intercept column."""
-        return self.n_features + int(self.intercept)
+        """How many columns the trainer sees: the encoded inputs and the intercept column."""
+        return self.n_inputs + int(self.intercept)
+
+    @property
+    def numeric_columns(self) -> list[int]:
+        """The raw feature columns read as numbers, in order."""
+        categorical = {column for column, _ in self.categorical}
+        return [c for c in range(self.n_features) if c not in categorical]
+
+    def column_name(self, column: int) -> str:
+        """A raw feature column as messages name it: by header name, or 'column N' (1-based)."""
+        return repr(self.features[column]) if self.features is not None else f"column {column + 1}"
+
+    def encode_features(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+        """Raw rows as the encoded inputs (numeric, then one-hot), and per categorical column its unseen cells."""
+        xa = np.asarray(x)
+        if xa.ndim != 2 or xa.shape[1] != self.n_features:
+            raise argument_error("x", f"have the model's {self.n_features} feature columns", xa.shape)
+        if not self.categorical:
+            return np.asarray(xa, dtype=np.float64), {}
+        return _OneHot(self.n_features, self.categorical, self.column_name).encode(xa)
 
     @property
     def target_mean(self) -> float:
@@ -237,9 +288,7 @@ class Preprocessing:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Raw feature rows (n x n_features) as the trainer saw them: scaled, with the intercept column."""
-        xa = np.asarray(x, dtype=np.float64)
-        if xa.ndim != 2 or xa.shape[1] != self.n_features:
-            raise argument_error("x", f"have the model's {self.n_features} feature columns", xa.shape)
+        xa = self.encode_features(x)[0]
         scaled = apply_scaling(xa, self.scaling, np.asarray(self.prescale), np.asarray(self.center),
                                np.asarray(self.spread))
         return np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
@@ -273,13 +322,23 @@ class Preprocessing:
         """What was done to labels and features, as the training notes say it."""
         first = (label_note(self.classes) if self.classes is not None
                  else target_note(self.target_mean, self.target_std))
-        return (first, _SCALE_NOTES[self.scaling], *((INTERCEPT_NOTE,) if self.intercept else ()))
+        return (first, *self._categorical_notes(), _SCALE_NOTES[self.scaling],
+                *((INTERCEPT_NOTE,) if self.intercept else ()))
+
+    def _categorical_notes(self) -> tuple[str, ...]:
+        if not self.categorical:
+            return ()
+        columns = ", ".join(f"{self.column_name(c)} ({len(categories)})" for c, categories in self.categorical)
+        return (f"categorical: one-hot encoded on the training split, numeric columns first, then the categories of "
+                f"{columns}; unseen categories encode as all zeros",)
 
     def to_json(self) -> dict[str, Any]:
         """The preprocessing as JSON values (floats round-trip exactly)."""
         out: dict[str, Any] = {
             "features": {"count": self.n_features, "names": None if self.features is None else list(self.features)},
-            "scaling": {"method": self.scaling, "formula": "(x / prescale - center) / spread"
+            "categorical": [{"column": c, "categories": list(categories)} for c, categories in self.categorical],
+            "scaling": {"method": self.scaling, "inputs": "the numeric columns in order, then each categorical "
+                        "column's categories as 0/1", "formula": "(x / prescale - center) / spread"
                         + (", clipped to [0, 1]" if self.scaling == "minmax" else ""),
                         "prescale": list(self.prescale), "center": list(self.center), "spread": list(self.spread)},
             "intercept": self.intercept,
@@ -307,8 +366,48 @@ class Preprocessing:
         return cls(model=model, scaling=str(scaling["method"]), prescale=_floats(scaling["prescale"]),
                    center=_floats(scaling["center"]), spread=_floats(scaling["spread"]),
                    intercept=bool(state["intercept"]), features=None if names is None else tuple(map(str, names)),
-                   label_name=label.get("name"), label_index=label.get("index"), **kwargs)
+                   label_name=label.get("name"), label_index=label.get("index"),
+                   categorical=tuple((int(entry["column"]), tuple(map(str, entry["categories"])))
+                                     for entry in state.get("categorical", ())), **kwargs)
 
 
 def _floats(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in np.asarray(values, dtype=np.float64).tolist())
+
+
+@dataclass(frozen=True)
+class _OneHot:
+    """Raw rows to encoded inputs: the numeric columns as float64, then one 0/1 column per category."""
+
+    n_features: int
+    categorical: tuple[tuple[int, tuple[str, ...]], ...]
+    column_name: Callable[[int], str] = lambda column: f"column {column + 1}"
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+        """The encoded inputs and, per categorical column, how many cells held a category not in its list."""
+        categorical = {column for column, _ in self.categorical}
+        numeric = [c for c in range(self.n_features) if c not in categorical]
+        blocks, unseen = [self._numbers(x, numeric)], {}
+        for column, categories in self.categorical:
+            position = {category: i for i, category in enumerate(categories)}
+            codes = np.array([position.get(cell, -1) for cell in category_texts(x[:, column]).tolist()], dtype=np.int64)
+            block = np.zeros((len(x), len(categories)))
+            known = codes >= 0
+            block[np.flatnonzero(known), codes[known]] = 1.0
+            if not known.all():
+                unseen[column] = int((~known).sum())
+            blocks.append(block)
+        return np.column_stack(blocks) if len(x) else np.zeros((0, sum(b.shape[1] for b in blocks))), unseen
+
+    def _numbers(self, x: np.ndarray, numeric: list[int]) -> np.ndarray:
+        try:
+            return np.asarray(x[:, numeric], dtype=np.float64).reshape(len(x), len(numeric))
+        except (TypeError, ValueError):
+            for c in numeric:
+                for r, cell in enumerate(x[:, c].tolist()):
+                    try:
+                        float(cell)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"Argument 'x' must hold numbers in {self.column_name(c)} (a numeric "
+                                         f"column of the model), not {cell!r} on row {r + 1}.") from None
+            raise

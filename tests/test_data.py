@@ -141,7 +141,7 @@ def test_label_column_by_index_or_header_name(tmp_path):
         data.read_raw(plain, label_column=4)
     # the default (last column) holds a feature here: the refusal says where the labels came from
     with pytest.raises(ValueError, match=r"exactly two label values .* not 8 .* in column 4 \('c'\) of 'd.csv'; "
-                                         r"--label-column picks the label column"):
+                                         r"if the labels are in another column, pass --label-column target;"):
         data.load_dataset(path)
 
 
@@ -182,11 +182,22 @@ def test_a_cell_that_is_not_a_finite_number_is_named_by_line_and_column(tmp_path
         data.read_raw(path)
 
 
-def test_a_text_column_suggests_it_may_hold_the_labels(tmp_path):
+def test_a_text_column_is_read_as_categories_and_named_as_the_labels_only_when_it_can_be(tmp_path):
     path = _write_csv(tmp_path / "d.csv", [["MB"[v], *x] for x, v in zip(X, Y)], ["diagnosis", "a", "b", "c"])
-    with pytest.raises(ValueError, match=r"\(8 such cell\(s\); if that column holds the labels, pass "
-                                         r"--label-column 0\)"):
-        data.read_raw(path)
+    raw = data.read_raw(path)
+    assert raw.categorical == (0,) and raw.x[:, 0].tolist() == ["MB"[v] for v in Y]
+    with pytest.raises(ValueError, match=r"not 8 .* in column 4 \('c'\) of 'd.csv'; if the labels are in another "
+                                         r"column, pass --label-column diagnosis;"):
+        data.load_dataset(path)
+    no_header = _write_csv(tmp_path / "n.csv", [[*x, "MB"[v], 2.5 * v + i] for i, (x, v) in enumerate(zip(X, Y))])
+    with pytest.raises(ValueError, match=r"pass --label-column 3;"):  # a 0-based index, as the flag takes
+        data.load_dataset(no_header)
+    several = _write_csv(tmp_path / "s.csv", [[v, "MB"[v], i] for i, v in enumerate(Y)], ["x", "y", "z"])
+    with pytest.raises(ValueError, match=r"pass --label-column x \(columns with two values: x, y\);"):
+        data.load_dataset(several)
+    spread = _write_csv(tmp_path / "r.csv", [[*x, i] for i, x in enumerate(X)], ["a", "b", "c", "z"])
+    with pytest.raises(ValueError, match=r"in column 4 \('z'\) of 'r.csv'; --label-column picks the label column"):
+        data.load_dataset(spread)
 
 
 @pytest.mark.parametrize(("text", "message"), [

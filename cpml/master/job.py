@@ -88,7 +88,7 @@ def load_training_data(settings: TrainSettings) -> Dataset:
     """The dataset the settings name, split and scaled as they say; each note on how is logged."""
     data = load_dataset(settings.dataset, settings.test_fraction or None, settings.scaling, settings.seed,
                         settings.data_format, settings.label_column, settings.intercept, settings.positive_label,
-                        model=settings.model, test_source=settings.test_data)
+                        model=settings.model, test_source=settings.test_data, categorical=settings.categorical)
     for note in data.notes:
         log.info("data", note=note)
     return data

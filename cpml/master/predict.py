@@ -65,6 +65,7 @@ def predict_command(args: argparse.Namespace) -> int:
     try:
         model = load_model(args.model)
         raw = read_matching(args.data, model.preprocessing, args.data_format, flag="data")
+        unseen = model.preprocessing.encode_features(raw.x)[1]
         metrics = None if raw.y is None else model.evaluate(raw.x, raw.y, raw.label_source or repr(args.data))
         if args.out == "-":
             try:
@@ -79,6 +80,10 @@ def predict_command(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"cpml-master predict: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if unseen:
+        counts = ", ".join(f"{model.preprocessing.column_name(c)} {n}" for c, n in unseen.items())
+        print(f"warning: {sum(unseen.values())} cell(s) hold categories the model did not see in training; they "
+              f"encode as all zeros ({counts})", file=sys.stderr)
     report = sys.stderr if args.out == "-" else sys.stdout
     where = "standard output" if args.out == "-" else args.out
     print(f"predicted {len(raw.x)} rows of {args.data} with the {model.kind} model {args.model}: {where}",

@@ -32,6 +32,7 @@ class TrainSettings:
     data_format: str = "auto"
     label_column: int | str = -1  # an index (negative from the end) or a CSV header name
     positive_label: str | None = None  # the raw label that becomes 1 (default: the larger of the two)
+    categorical: tuple[int | str, ...] = ()  # columns to one-hot encode besides a CSV's text columns
     test_fraction: float = 0.2  # 0: no test split (every row trains)
     test_data: str | None = None  # a file of test rows; then every row of dataset trains
     scaling: str = "standard"
@@ -138,6 +139,10 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     data.add_argument("--label-column", default=env("LABEL_COLUMN", "-1"),
                       help="CSV label column: a 0-based index (negative from the end; default -1, the last) "
                            "or a header name")
+    data.add_argument("--categorical", default=env("CATEGORICAL", ""), metavar="COL[,COL]",
+                      help="feature columns to one-hot encode, by 0-based index (negative from the end) or header "
+                           "name as --label-column; a CSV's text columns are encoded anyway (empty, '?' and 'NA' "
+                           "cells as the category 'missing')")
     data.add_argument("--positive-label", default=env("POSITIVE_LABEL"),
                       help="the label value that becomes class 1 (default: the larger number, or the later "
                            "text in sorted order)")
@@ -228,6 +233,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         dataset=args.dataset, data_format=args.data_format, label_column=_index_or_name(args.label_column),
         positive_label=args.positive_label or None,
+        categorical=tuple(_index_or_name(c) for c in str(getattr(args, "categorical", "") or "").split(",") if c.strip()),
         test_fraction=float(args.test_fraction), test_data=getattr(args, "test_data", None) or None,
         scaling=args.scaling, intercept=bool(args.intercept),
         workers=workers,
