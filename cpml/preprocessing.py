@@ -49,6 +49,16 @@ def category_texts(cells: np.ndarray) -> np.ndarray:
     return np.array([category_text(cell) for cell in cells.tolist()], dtype=object)
 
 
+def one_hot(cells: np.ndarray, categories: Sequence[str]) -> tuple[np.ndarray, int]:
+    """One 0/1 column per category for a column of cells (as category_text reads them); how many matched none."""
+    position = {category: i for i, category in enumerate(categories)}
+    codes = np.array([position.get(cell, -1) for cell in category_texts(cells).tolist()], dtype=np.int64)
+    block = np.zeros((len(codes), len(categories)))
+    known = codes >= 0
+    block[np.flatnonzero(known), codes[known]] = 1.0
+    return block, int((~known).sum())
+
+
 def preview(classes: np.ndarray) -> str:
     """The first few distinct labels, for messages."""
     return ", ".join(map(label_text, classes[:5])) + (", ..." if len(classes) > 5 else "")
@@ -389,13 +399,9 @@ class _OneHot:
         numeric = [c for c in range(self.n_features) if c not in categorical]
         blocks, unseen = [self._numbers(x, numeric)], {}
         for column, categories in self.categorical:
-            position = {category: i for i, category in enumerate(categories)}
-            codes = np.array([position.get(cell, -1) for cell in category_texts(x[:, column]).tolist()], dtype=np.int64)
-            block = np.zeros((len(x), len(categories)))
-            known = codes >= 0
-            block[np.flatnonzero(known), codes[known]] = 1.0
-            if not known.all():
-                unseen[column] = int((~known).sum())
+            block, count = one_hot(x[:, column], categories)
+            if count:
+                unseen[column] = count
             blocks.append(block)
         return np.column_stack(blocks) if len(x) else np.zeros((0, sum(b.shape[1] for b in blocks))), unseen
 

@@ -172,3 +172,57 @@ def test_a_table_with_text_columns_trains_predicts_and_exports_on_real_processes
     assert done.returncode == 2
     assert done.stderr.strip() == ("cpml-master predict: Argument 'data' must have numbers in 'mean_radius', a "
                                    "numeric column of the model, not text such as 'wide' in 'x.csv'.")
+
+
+def _schema() -> dict:
+    """The public schema of the table: bounds from public knowledge of the measurements, the listed categories."""
+    features = [{"name": "texture", "categories": ["high", "low", "mid", MISSING]}]
+    features += [{"name": name, "min": 0.0, "max": float(2 * CANCER.data[:, i].max())}
+                 for name, i in zip(NAMES[1:-2], KEEP)]
+    return {"features": [*features, {"name": "size", "categories": ["small", "medium", "large", "huge", MISSING]}]}
+
+
+def test_a_party_maps_its_columns_to_the_public_schema_by_name(tmp_path):
+    from cpml.dp.features import FeatureBounds, read_feature_bounds
+    from cpml.dp.party_cli import load_party_data
+
+    (tmp_path / "schema.json").write_text(json.dumps(_schema()))
+    bounds = read_feature_bounds(tmp_path / "schema.json")
+    order = [8, *range(8), 9]  # the party keeps 'size' first: matched by name
+    path = _write(tmp_path / "p.csv", TABLE[TRAIN][:, order], names=[NAMES[i] for i in order])
+    x, y = load_party_data(path, "auto", "diagnosis", "none", "malignant", bounds)
+    same, _ = load_party_data(_write(tmp_path / "q.csv", TABLE[TRAIN]), "auto", "diagnosis", "none", "malignant",
+                              bounds)
+    np.testing.assert_array_equal(x, same)
+    assert x.shape == (len(TRAIN), 4 + 7 + 5 + 1) and y.tolist() == (LABELS[TRAIN] == "malignant").tolist()
+    renamed = _write(tmp_path / "r.csv", TABLE[TRAIN], names=[n if n != "size" else "sizes" for n in NAMES])
+    with pytest.raises(ValueError, match=r"Argument 'data' must have the schema's feature column 'size' \(1 of its "
+                                         r"9 missing\), not 'r.csv with columns texture, .*sizes'\."):
+        load_party_data(renamed, "auto", "diagnosis", "none", "malignant", bounds)
+    numbers_only = FeatureBounds(bounds.lower, bounds.upper, bounds.names)
+    assert bounds.digest != numbers_only.digest  # the categories are part of what every party must share
+
+
+@pytest.mark.slow
+def test_wddp_parties_with_text_columns_train_on_one_public_schema_and_the_server_scores_them(tmp_path):
+    from test_dp_auth import aggregation_server, finish_parties, start_party
+
+    (tmp_path / "schema.json").write_text(json.dumps(_schema()))
+    halves = np.array_split(TRAIN, 2)
+    files = [_write(tmp_path / f"party{k}.csv", TABLE[rows]) for k, rows in enumerate(halves)]
+    test = _write(tmp_path / "test.csv", TABLE[TEST], comment="server-side held-out rows")
+    misfit = _write(tmp_path / "misfit.csv", TABLE[halves[0]][:, [*range(8), 9]], names=[*NAMES[:8], NAMES[9]])
+    flags = ("--insecure", "--run-id", "t", "--feature-bounds", str(tmp_path / "schema.json"),
+             "--label-column", "diagnosis", "--positive-label", "malignant")
+    with aggregation_server(tmp_path, *flags, "--party-names", "a,b", "--rounds", "10", "--epsilon", "8",
+                            "--test-data", test, "--join-timeout", "60") as server:
+        tokens = server.out / "join-tokens"
+        refused = finish_parties([start_party(server.address, misfit, *flags, "--token-file", str(tokens / "a"))])
+        assert refused[0][0] == 2 and "must have the schema's feature column 'size'" in refused[0][2]
+        parties = [start_party(server.address, path, *flags, "--token-file", str(tokens / name))
+                   for name, path in zip("ab", files)]
+        results = finish_parties(parties)
+        assert [code for code, _, _ in results] == [0, 0], results
+        assert server.finish() == 0, server.log()
+    metrics = json.loads((server.out / "metrics.json").read_text())
+    assert metrics["history"][-1]["test_accuracy"] > 0.85

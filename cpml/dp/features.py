@@ -2,11 +2,16 @@
 
 A schema is a JSON file the operator writes from public knowledge (never from the data), e.g.
 
-    {"features": [{"name": "age", "min": 0, "max": 120}, {"name": "income", "min": 0, "max": 1e6}]}
+    {"features": [{"name": "age", "min": 0, "max": 120}, {"name": "income", "min": 0, "max": 1e6},
+                  {"name": "workclass", "categories": ["Private", "State-gov", "missing"]}]}
 
-one entry per feature column in file order. Each value is clipped to [min, max] and mapped to [-1, 1]:
-a fixed per-record map, so the DP guarantee covers it (unlike scaling with data statistics), and every
-party that uses the same file scales the same way. The server checks that by a digest in Join.
+one entry per feature column. Each number is clipped to [min, max] and mapped to [-1, 1]; each categorical
+cell becomes one 0/1 input per listed category ('?', 'NA' and empty cells are the category 'missing', a
+category not listed is all zeros): a fixed per-record map, so the DP guarantee covers it (unlike scaling with
+data statistics), and every party that uses the same file encodes the same way. When every entry has a name
+and a party's file has a header, its columns are matched to the schema by name (any order), and a party
+whose columns differ is refused naming the column; else they are taken in order. The server checks that
+every party holds the same schema by a digest in Join.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 import structlog
 
 from cpml.errors import argument_error
+from cpml.preprocessing import one_hot
 
 log = structlog.get_logger(__name__)
 
@@ -34,23 +40,44 @@ MAX_SCHEMA_BYTES = 1 << 20
 class FeatureBounds:
     """Public [min, max] bounds of each feature column, and the schema's digest."""
 
-    lower: tuple[float, ...]
-    upper: tuple[float, ...]
+    lower: tuple[float, ...]  # per feature (0 for a categorical one)
+    upper: tuple[float, ...]  # per feature (1 for a categorical one)
     names: tuple[str, ...]
+    categories: tuple[tuple[str, ...] | None, ...] = ()  # per feature: its categories, None for a number
+    named: bool = False  # every entry has a name: files with a header are matched to it by name
 
     @property
     def digest(self) -> str:
-        """SHA-256 of the canonical bounds: equal for every party that read the same schema."""
-        canonical = json.dumps({"lower": [float(v).hex() for v in self.lower],
-                                "upper": [float(v).hex() for v in self.upper]}, sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """SHA-256 of the canonical schema: equal for every party that read the same schema."""
+        schema: dict[str, object] = {"lower": [float(v).hex() for v in self.lower],
+                                     "upper": [float(v).hex() for v in self.upper]}
+        if any(self.categories):  # a numbers-only schema keeps the digest it always had
+            schema |= {"categories": list(self.categories), "names": list(self.names)}
+        return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
+
+    def match(self, x: np.ndarray, names: tuple[str, ...] | None, file: str) -> np.ndarray:
+        """The columns of x in the schema's order: by header name when both name them, else as they are."""
+        if not (self.named and names is not None):
+            return x
+        missing = [name for name in self.names if name not in names]
+        if missing:
+            raise argument_error("data", f"have the schema's feature column {missing[0]!r} ({len(missing)} of its "
+                                 f"{len(self.names)} missing)", f"{file} with columns {', '.join(names)}")
+        extra = [name for name in names if name not in self.names]
+        if extra:
+            raise argument_error("data", f"have only the schema's feature columns ({', '.join(self.names)}) and "
+                                 f"the label", f"{file} with the column {extra[0]!r} the schema does not list")
+        return x[:, [names.index(name) for name in self.names]]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Clip every column to its bounds and map it linearly onto [-1, 1]."""
-        x = np.asarray(x, dtype=np.float64)
+        """Clip every numeric column to its bounds and map it linearly onto [-1, 1]; one-hot the categorical ones."""
+        x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != len(self.lower):
             raise argument_error("feature_bounds", f"list one entry per feature column ({x.shape[-1]} in the"
                                  " data)", f"{len(self.lower)} entries")
+        if any(self.categories):
+            return self._encode(x)
+        x = x.astype(np.float64)
         lower, upper = np.asarray(self.lower), np.asarray(self.upper)
         clipped = np.clip(x, lower, upper)
         outside = int(np.count_nonzero(clipped != x))
@@ -58,6 +85,25 @@ class FeatureBounds:
             log.warning("values outside the feature bounds were clipped", values=outside,
                         rows=x.shape[0])
         return 2.0 * (clipped - lower) / (upper - lower) - 1.0
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        columns, unseen = [], 0
+        for c, categories in enumerate(self.categories):
+            if categories is None:
+                try:
+                    values = x[:, c : c + 1].astype(np.float64)
+                except (TypeError, ValueError):
+                    raise argument_error("data", f"hold numbers in the schema's numeric column {self.names[c]!r}",
+                                         "text") from None
+                columns.append(FeatureBounds((self.lower[c],), (self.upper[c],), (self.names[c],)).apply(values))
+                continue
+            block, count = one_hot(x[:, c], categories)
+            unseen += count
+            columns.append(block)
+        if unseen:
+            log.warning("cells whose category the schema does not list encode as all zeros", cells=unseen,
+                        rows=x.shape[0])
+        return np.column_stack(columns)
 
 
 def read_feature_bounds(path: Path | str) -> FeatureBounds:
@@ -74,13 +120,29 @@ def read_feature_bounds(path: Path | str) -> FeatureBounds:
     entries = schema.get("features") if isinstance(schema, dict) else None
     if not isinstance(entries, list) or not entries:
         raise argument_error("feature_bounds", 'hold {"features": [{"min": ..., "max": ...}, ...]}', str(path))
-    lower, upper, names = [], [], []
+    lower, upper, names, categories = [], [], [], []
     for i, entry in enumerate(entries):
-        lo, hi = _bounds(entry, i, path)
+        if isinstance(entry, dict) and "categories" in entry:
+            lo, hi = 0.0, 1.0
+            categories.append(_categories(entry["categories"], i, path))
+        else:
+            lo, hi = _bounds(entry, i, path)
+            categories.append(None)
         lower.append(lo)
         upper.append(hi)
         names.append(str(entry.get("name", f"column {i}")))
-    return FeatureBounds(tuple(lower), tuple(upper), tuple(names))
+    named = all("name" in entry for entry in entries)
+    if named and len(set(names)) != len(names):
+        raise argument_error("feature_bounds", "name each feature once", f"{path} repeating a name")
+    return FeatureBounds(tuple(lower), tuple(upper), tuple(names), tuple(categories), named)
+
+
+def _categories(values: object, index: int, path: Path) -> tuple[str, ...]:
+    if not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)
+            and len(set(values)) == len(values)):
+        raise argument_error("feature_bounds", f"give feature {index} of {path} distinct categories as a list of "
+                             f"strings", values)
+    return tuple(values)
 
 
 def _bounds(entry: object, index: int, path: Path) -> tuple[float, float]:

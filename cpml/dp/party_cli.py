@@ -118,7 +118,7 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
         raise ValueError(f"Argument 'data' must have labels 0/1 or -1/1 (or pass --positive-label), not "
                          f"{shown} in {where}.")
     if bounds is not None:
-        x = bounds.apply(raw.x)
+        x = bounds.apply(bounds.match(raw.x, raw.features, Path(path).name))
         hint = "check the bounds in --feature-bounds"
     else:
         x, _, _ = scale(raw.x, raw.x, scaling)
