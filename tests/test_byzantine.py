@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from cpml.field.errors import TooManyErrors
+from cpml.master.job import load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.job import load_training_data
 from cpml.master.train import WrongResults, train
 from cpml.protocol import CodedTrainer, Plan, prepare_share, simulate, worker_compute
 

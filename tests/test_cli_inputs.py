@@ -12,6 +12,7 @@ import pytest
 from cpml.dp import party_cli
 from cpml.dp.party_cli import load_party_data
 from cpml.dp.session import CHECKPOINT_VERSION
+from cpml.errors import ExitCode
 from cpml.master import cli
 from cpml.worker import cli as worker_cli
 
@@ -40,7 +41,7 @@ def _one_error_line(capsys, prefix: str) -> str:
 
 def test_train_reports_the_label_mapping_of_text_labels(tmp_path, capsys):
     path = _csv(tmp_path / "d.csv", labels=("no", "yes"))
-    assert cli.main(_train(tmp_path, "--dataset", path)) == cli.EXIT_OK
+    assert cli.main(_train(tmp_path, "--dataset", path)) == ExitCode.OK
     assert "labels: no -> 0, yes -> 1" in capsys.readouterr().out.splitlines()
     notes = json.loads((tmp_path / "run" / "model.json").read_text())["notes"]
     assert "d.csv: comma-separated, header line (a, b, c, label), labels from column 4 ('label')" in notes
@@ -52,8 +53,8 @@ def _checkpoint(tmp_path, text: str) -> None:
 
 
 def _intact_fingerprint_but_no_plan(tmp_path) -> None:
-    from cpml.master.settings import parse_train_args, train_settings
     from cpml.master.job import CHECKPOINT_FORMAT, data_fingerprint, load_training_data
+    from cpml.master.settings import parse_train_args, train_settings
 
     settings = train_settings(parse_train_args(_train(tmp_path, "--dataset", "digits-4v9")[1:]))
     fingerprint = data_fingerprint(load_training_data(settings))
@@ -90,7 +91,7 @@ def test_train_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys, setup
     elif setup:
         _checkpoint(tmp_path, setup)
     argv = _train(tmp_path, *(f.format(tmp=tmp_path) for f in flags))  # a later --out wins
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == ExitCode.USAGE
     assert message.format(tmp=tmp_path) in _one_error_line(capsys, "cpml-master train: ")
 
 
@@ -101,7 +102,7 @@ def test_an_unexpected_failure_is_one_line_with_exit_1(tmp_path, capsys, monkeyp
         raise KeyError("surprise")
 
     monkeypatch.setattr(train, "train", broken)
-    assert cli.main(_train(tmp_path, "--dataset", "digits-4v9")) == cli.EXIT_FAILED
+    assert cli.main(_train(tmp_path, "--dataset", "digits-4v9")) == ExitCode.FAILED
     assert "failed: KeyError: 'surprise' (--log-level debug shows the traceback)" in _one_error_line(
         capsys, "cpml-master train: ")
 
@@ -121,7 +122,7 @@ def test_baselines_train_with_the_intercept_they_are_asked_for(tmp_path, capsys)
     path = _csv(tmp_path / "d.csv")
     argv = _train(tmp_path, "--dataset", path, "--protocol", "bgw", "--intercept")
     argv[argv.index("--workers-local") + 1] = "9"  # 3 groups of 2T+1 with T = 1
-    assert cli.main(argv) == cli.EXIT_OK
+    assert cli.main(argv) == ExitCode.OK
     weights = json.loads((tmp_path / "run" / "model.json").read_text())["weights"]
     assert len(weights) == FEATURES.shape[1] + 1  # --intercept was once dropped for bgw/bh08
 
@@ -184,7 +185,7 @@ def test_party_refuses_bad_input_before_connecting(tmp_path, capsys, flags, mess
     np.savez(tmp_path / "x1d.npz", x=FEATURES[:, 0], y=LABELS)
     argv = ["--server", "127.0.0.1:1", "--data", _csv(tmp_path / "d.csv"), "--insecure", "--log-level", "error",
             *(f.format(tmp=tmp_path) for f in flags)]
-    assert party_cli.main(argv) == party_cli.EXIT_USAGE
+    assert party_cli.main(argv) == ExitCode.USAGE
     assert message.format(tmp=tmp_path) in _one_error_line(capsys, "cpml-party: ")
 
 
@@ -192,5 +193,5 @@ def test_worker_refuses_a_port_file_in_a_missing_directory(tmp_path, capsys):
     # it used to bind, fail writing the file, and print a grpc teardown traceback
     port_file = tmp_path / "missing" / "port"
     code = worker_cli.main(["--listen", "127.0.0.1:0", "--insecure", "--port-file", str(port_file)])
-    assert code == worker_cli.EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert f"must be in an existing directory, not '{port_file}'" in _one_error_line(capsys, "cpml-worker: ")

@@ -37,10 +37,10 @@ from cpml.dp.auth import (
     write_tokens,
 )
 from cpml.dp.dpgd import LocalSettings
-from cpml.dp.party_cli import EXIT_USAGE
 from cpml.dp.party_cli import main as party_main
 from cpml.dp.server import AggregationServer, Coordinator
 from cpml.dp.session import AggregationSession, RunSettings
+from cpml.errors import ExitCode
 from cpml.wire.certs import make_cluster_pki
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
@@ -300,7 +300,7 @@ def test_party_cannot_start_without_proving_who_it_is(tmp_path, capsys, flags, m
     (tmp_path / "alice").write_text("alice:" + "a" * 20 + "\n")
     argv = ["--server", "127.0.0.1:1", "--data", str(data), "--insecure", "--log-level", "error",
             *(f.format(tmp=tmp_path) for f in flags)]
-    assert party_main(argv) == EXIT_USAGE
+    assert party_main(argv) == ExitCode.USAGE
     assert message in capsys.readouterr().err
 
 

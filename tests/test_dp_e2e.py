@@ -17,6 +17,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from cpml.dp.accountant import Accounting, Budget, Step, calibrate_noise_multiplier, epsilon_spent
+from cpml.errors import ExitCode
 
 ROUNDS = 8
 EPSILON = 2.0
@@ -83,7 +84,7 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
             if proc.poll() is None:
                 proc.kill()
     assert server.returncode == 0, server_err
-    assert codes == [5, 0, 0], results
+    assert codes == [ExitCode.LEFT_EARLY, 0, 0], results
     assert "left after 3 rounds" in results[0][0]
     for stdout, _ in results[1:]:
         assert "released model: epsilon" in stdout

@@ -8,10 +8,9 @@ from scipy import stats
 
 from cpml.dp import noise as noise_module
 from cpml.dp.accountant import Budget
-from cpml.dp.dpgd import LocalSettings, Scheme, aggregate
+from cpml.dp.dpgd import LocalSettings, Scheme, aggregate, dp_gradient_steps
 from cpml.dp.noise import SecureGaussian, SeededGaussian, gaussian_noise
 from cpml.dp.session import AggregationSession, RunSettings
-from cpml.dp.dpgd import dp_gradient_steps
 
 
 def test_secure_source_reads_the_os_csprng(monkeypatch):

@@ -10,8 +10,9 @@ import structlog
 
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.party import NoiseTooLow, check_noise
-from cpml.dp.party_cli import EXIT_USAGE, load_party_data, main
+from cpml.dp.party_cli import load_party_data, main
 from cpml.dp.serde import TaskView
+from cpml.errors import ExitCode
 
 
 @pytest.fixture(autouse=True)
@@ -56,5 +57,5 @@ def test_party_data_with_other_labels_is_refused(tmp_path):
 def test_party_cli_reports_a_missing_file(tmp_path, capsys):
     code = main(["--server", "127.0.0.1:1", "--data", str(tmp_path / "nope.csv"), "--insecure",
                  "--log-level", "error"])
-    assert code == EXIT_USAGE
+    assert code == ExitCode.USAGE
     assert "Argument 'data' must be an existing file" in capsys.readouterr().err

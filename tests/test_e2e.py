@@ -17,9 +17,9 @@ import pytest
 
 from cpml.field import DEFAULT_PRIME, residue_primes
 from cpml.master.cluster import NotEnoughWorkers, Timeouts
+from cpml.master.job import load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.job import load_training_data
 from cpml.master.train import train
 from cpml.protocol import Plan, simulate
 from cpml.wire import serde

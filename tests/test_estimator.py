@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers_cluster import make_pki
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_diabetes
 from sklearn.feature_selection import SelectKBest
@@ -18,11 +19,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import cpml
+from cpml.errors import ExitCode
 from cpml.estimator import CodedLinearRegression, CodedLogisticRegression, WDDPLogisticRegression
 from cpml.master import cli
 from cpml.master.local import LocalWorkers
 from cpml.model import load_model
-from helpers_cluster import make_pki
 
 X, Y = load_breast_cancer(return_X_y=True)
 TEXT = np.where(Y == 1, "benign", "malignant")
@@ -76,7 +77,7 @@ def test_labels_come_back_as_given_and_the_artifact_serves_predict(tmp_path, cap
     with (tmp_path / "rows.csv").open("w", newline="") as f:
         csv.writer(f).writerows([*map(repr, map(float, row)), label] for row, label in zip(X, TEXT))
     assert cli.main(["predict", "--model", str(tmp_path / "model.json"), "--data", str(tmp_path / "rows.csv"),
-                     "--out", str(tmp_path / "p.csv")]) == cli.EXIT_OK
+                     "--out", str(tmp_path / "p.csv")]) == ExitCode.OK
     with (tmp_path / "p.csv").open() as f:
         assert [row["label"] for row in csv.DictReader(f)] == est.predict(X).tolist()
     assert f"({round(est.score(X, TEXT) * len(X))} of {len(X)} rows)" in capsys.readouterr().out

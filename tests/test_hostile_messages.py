@@ -26,8 +26,8 @@ from cpml.dp.dpgd import LocalSettings
 from cpml.dp.server import AggregationServer, Coordinator
 from cpml.dp.session import AggregationSession, RunSettings
 from cpml.master.cluster import Cluster, Timeouts
-from cpml.master.rounds import ComputeStreams
 from cpml.master.mpc_train import run_mpc_job
+from cpml.master.rounds import ComputeStreams
 from cpml.mpc import MASTER, Kind, Message, MpcPlan, MpcSession, PartySpec
 from cpml.protocol import Plan, simulate
 from cpml.wire import mpc_serde, serde

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -15,13 +16,14 @@ import structlog
 from helpers_cluster import make_pki, running_worker
 
 from cpml.data import load_dataset
+from cpml.errors import ExitCode
 from cpml.master import cli
 from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
-from cpml.master.rounds import RoundTimeout
-from cpml.master.settings import TrainSettings, parse_train_args, train_settings
+from cpml.master.job import PLAINTEXT_WARNING, ResumeError, load_training_data
 from cpml.master.mpc_train import make_mpc_plans
 from cpml.master.rejoin import Rejoiner
-from cpml.master.job import PLAINTEXT_WARNING, ResumeError, load_training_data
+from cpml.master.rounds import RoundTimeout
+from cpml.master.settings import TrainSettings, parse_train_args, train_settings
 from cpml.master.train import make_plan, train
 from cpml.protocol import DataProfile, auto_precision, simulate
 
@@ -86,7 +88,7 @@ async def test_a_round_short_of_r_waits_for_a_share_being_sent_again(tmp_path, m
     # for good, so the health check is replaced by a slow yes); worker 1 drops in round 5, leaving 3 < R = 4 live:
     # the round waits for worker 0's share instead of failing, and worker 0 answers that same round
     async def slowly(self, worker):
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(2.0)  # longer than rounds 3 and 4 take even on a loaded machine
         return True
 
     monkeypatch.setattr(Rejoiner, "_serving", slowly)
@@ -217,7 +219,13 @@ def test_without_a_public_bound_the_precision_would_tell_the_data_apart():
 def test_aggregate_is_dispatched_lazily(monkeypatch):
     calls = []
     fake = types.ModuleType(cli.AGGREGATE_MODULE)
-    fake.add_arguments = lambda parser: parser.add_argument("--rounds", type=int)
+
+    def build_parser():
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--rounds", type=int)
+        return parser
+
+    fake.build_parser = build_parser
     fake.run = lambda args: calls.append(args.rounds) or 7
     monkeypatch.setitem(sys.modules, cli.AGGREGATE_MODULE, fake)
     assert cli.main(["aggregate", "--rounds", "3"]) == 7
@@ -228,9 +236,9 @@ def test_aggregate_is_dispatched_lazily(monkeypatch):
 
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
-    assert cli.main(["train", "--dataset", "no-such-data", "--out", str(tmp_path)]) == cli.EXIT_USAGE
+    assert cli.main(["train", "--dataset", "no-such-data", "--out", str(tmp_path)]) == ExitCode.USAGE
     assert "Argument 'dataset' must be one of digits-4v9, breast-cancer" in capsys.readouterr().err
-    assert cli.main(["train", "--dataset", DATASET, "--workers", "127.0.0.1:1"]) == cli.EXIT_USAGE
+    assert cli.main(["train", "--dataset", DATASET, "--workers", "127.0.0.1:1"]) == ExitCode.USAGE
     assert "pass --insecure" in capsys.readouterr().err
 
 

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from cpml.mpc import MASTER, Kind, Message, MpcParty, MpcPlan, MpcSession, PartySpec, ProtocolError, simulate_mpc
+from cpml.mpc import (
+    MASTER,
+    Kind,
+    Message,
+    MpcParty,
+    MpcPlan,
+    MpcSession,
+    PartySpec,
+    ProtocolError,
+    simulate_mpc,
+)
 from cpml.mpc.party import DoubleSharingPool
 from cpml.protocol import CodedTrainer, Plan, simulate, worker_compute
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cpml import netlab
 from cpml.master.settings import TrainSettings
 from cpml.master.train import load_training_data
-from cpml import netlab
 from cpml.netlab import NetLab, unavailable_reason
 from cpml.protocol import Plan, simulate
 from cpml.wire.certs import make_cluster_pki

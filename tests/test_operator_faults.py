@@ -1,10 +1,10 @@
 """Faults an operator hits on a CodedPrivateML cluster of real cpml-worker processes on 127.0.0.1."""
 
 import asyncio
-from dataclasses import replace
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import grpc
 import pytest

@@ -7,7 +7,15 @@ from sklearn.preprocessing import StandardScaler
 
 import cpml.protocol.run as run_module
 from cpml.field import MAX_RESIDUES
-from cpml.protocol import CodedTrainer, DataProfile, Plan, auto_precision, check_plan, public_profile, worker_compute
+from cpml.protocol import (
+    CodedTrainer,
+    DataProfile,
+    Plan,
+    auto_precision,
+    check_plan,
+    public_profile,
+    worker_compute,
+)
 from cpml.protocol.overflow import MAX_DATA_BITS, MIN_DATA_BITS, plan_bound
 
 

@@ -11,6 +11,7 @@ from sklearn.metrics import mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
 
 from cpml import data
+from cpml.errors import ExitCode
 from cpml.master import cli
 from cpml.protocol import models
 
@@ -34,8 +35,8 @@ def _least_squares_r2(ds: data.Dataset) -> float:
 
 def _dataset_of(argv: list[str]) -> data.Dataset:
     """The split and scaled data a `cpml-master train` command line trains on (whatever the defaults are)."""
-    from cpml.master.settings import parse_train_args, train_settings
     from cpml.master.job import load_training_data
+    from cpml.master.settings import parse_train_args, train_settings
 
     return load_training_data(train_settings(parse_train_args(argv[1:])))
 
@@ -125,7 +126,7 @@ def test_r_squared_and_rmse_match_scikit_learn_and_scale_to_target_units():
 def test_train_linear_reports_r2_and_rmse_in_target_units(tmp_path, capsys):
     argv = _train(tmp_path, "--dataset", "diabetes", "--model", "linear", "--iterations", "5",
                   "--workers-local", "4", "--progress")
-    assert cli.main(argv) == cli.EXIT_OK
+    assert cli.main(argv) == ExitCode.OK
     captured = capsys.readouterr()
     assert " r2=" in captured.err and " rmse=" in captured.err  # the progress line
     out = captured.out.splitlines()
@@ -149,7 +150,7 @@ def test_train_linear_reports_r2_and_rmse_in_target_units(tmp_path, capsys):
 def _linear_on_diabetes(tmp_path, *flags: str) -> tuple[float, float]:
     """Final test R² of `cpml-master train --dataset diabetes --model linear [flags]`, and least squares'."""
     argv = _train(tmp_path, "--dataset", "diabetes", "--model", "linear", *flags)
-    assert cli.main(argv) == cli.EXIT_OK
+    assert cli.main(argv) == ExitCode.OK
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
     return final["test_r2"], _least_squares_r2(_dataset_of(argv))
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from cpml.master.settings import TrainSettings
 from cpml.master.job import plan_changes, read_rounds
+from cpml.master.settings import TrainSettings
 from cpml.protocol import Plan
 
 DATASET = "breast-cancer"

@@ -13,8 +13,8 @@ import grpc
 import numpy as np
 import pytest
 
-from cpml.master.settings import TrainSettings
 from cpml.master.job import load_training_data
+from cpml.master.settings import TrainSettings
 from cpml.master.train import train
 from cpml.protocol import simulate
 from cpml.wire.generated.v1 import worker_pb2 as pb

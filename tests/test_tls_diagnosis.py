@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-
 import pytest
 from helpers_cluster import running_worker
 from sklearn.datasets import load_breast_cancer

@@ -11,10 +11,10 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
+from synthetic import realistic_table
 
 from cpml.protocol import Plan, auto_precision, models, public_profile, simulate
 from cpml.protocol.sigmoid import model_coefficients
-from synthetic import realistic_table
 
 
 def digits_4_vs_9():

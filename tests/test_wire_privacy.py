@@ -41,12 +41,12 @@ import structlog
 from grpc_health.v1 import health_pb2
 from scipy import stats
 
-from cpml.data import load_dataset, load_raw, scale
+from cpml.data import load_raw, scale
 from cpml.field import PrimeField, ResidueBasis, interpolation_matrix
 from cpml.master.cluster import Timeouts
+from cpml.master.job import DATA_DEPENDENT_QUANTIZATION, load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.job import DATA_DEPENDENT_QUANTIZATION, load_training_data
 from cpml.master.train import make_plan, train
 from cpml.protocol import CodingScheme, DataProfile, Plan, auto_precision, public_profile, simulate
 from cpml.protocol.models import lookahead

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers_cluster import DEADLINE, MODULI, P, compute, running_worker, small_job, stub_for, upload
+from helpers_cluster import (
+    DEADLINE,
+    MODULI,
+    P,
+    compute,
+    running_worker,
+    small_job,
+    stub_for,
+    upload,
+)
 
 from cpml.field import residue_primes
 from cpml.wire import serde

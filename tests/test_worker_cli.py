@@ -89,5 +89,5 @@ def test_daemon_that_cannot_bind_exits_3(listen):
             listen = f"127.0.0.1:{busy.getsockname()[1]}"
         run = subprocess.run([sys.executable, "-m", "cpml.worker.cli", "--listen", listen, "--insecure"],
                              check=False, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 3
+    assert run.returncode == 11
     assert f"cannot serve on {listen}" in run.stderr

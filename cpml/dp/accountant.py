@@ -30,6 +30,7 @@ from dp_accounting.privacy_accountant import NeighboringRelation, PrivacyAccount
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
+from cpml import errors
 from cpml.errors import argument_error
 
 # Order grid: every one of dp_accounting's default orders, plus denser low orders (which matter
@@ -202,7 +203,7 @@ def _rough_guess(budget: Budget, steps: int, sampling_rate: float) -> float:
     )
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(errors.CpmlError, RuntimeError):
     """A step would take the guarantee past its budget; nothing was charged."""
 
 

@@ -25,15 +25,12 @@ from typing import Any
 
 import structlog
 
+from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import FORMATS, LEVELS, configure_logging
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_PARTIES_MISSING = 4  # not every party joined in time
-EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: the open round was closed, outputs written
+EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.PARTIES_MISSING, ExitCode.INTERRUPTED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         access = _access(args, settings, shards)
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     from cpml.dp.server import JoinTimeout
 
     notes.append(access.note)
@@ -138,18 +135,18 @@ def run(args: argparse.Namespace) -> int:
         report = _run_loop(_serve(args, settings, shards, evaluation, credentials, access))
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except JoinTimeout as exc:
         print(f"cpml-master aggregate: stopped: {exc}", file=sys.stderr)
-        return EXIT_PARTIES_MISSING
+        return ExitCode.PARTIES_MISSING
     except (RuntimeError, OSError) as exc:
         print(f"cpml-master aggregate: failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except Exception as exc:  # a bug: one line, the traceback only on request
         log.debug("failed", exc_info=True)
         print(f"cpml-master aggregate: failed: {type(exc).__name__}: {exc} (--log-level debug shows the "
               f"traceback)", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     report["notes"] = notes
     report["settings"]["scheme"] = args.scheme
     _write_outputs(args.out, report)
@@ -179,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         f"{name} {eps:.3f}" for name, eps in sorted(g["party_epsilons"].items())))
     print(f"model: {args.out / 'model.json'}   metrics: {args.out / 'metrics.json'}   "
           f"plot: {args.out / 'curves.png'}")
-    return EXIT_INTERRUPTED if report["interrupted"] else EXIT_OK
+    return ExitCode.INTERRUPTED if report["interrupted"] else ExitCode.OK
 
 
 def _prepare(args: argparse.Namespace):
@@ -571,11 +568,16 @@ def _run_loop(coro):
     return uvloop.run(coro)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The `cpml-master aggregate` parser, its exit codes in the epilog."""
+    parser = argparse.ArgumentParser(prog="cpml-master aggregate", epilog=exit_codes_help(*EXIT_CODES))
+    add_arguments(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (the usual one is `cpml-master aggregate`)."""
-    parser = argparse.ArgumentParser(prog="cpml-master aggregate")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

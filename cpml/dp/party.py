@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import structlog
 
+from cpml import errors
 from cpml.dp import serde
 from cpml.dp.accountant import Accounting, Budget, BudgetExceeded, PrivacyLedger, Step
 from cpml.dp.dpgd import dp_gradient_steps
@@ -27,8 +28,10 @@ from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
 log = structlog.get_logger(__name__)
 
 
-class NoiseTooLow(RuntimeError):
+class NoiseTooLow(errors.CpmlError, RuntimeError):
     """The server asked for less noise than the protocol requires; the party refuses."""
+
+    exit_code = errors.ExitCode.REFUSED
 
 
 @dataclass(frozen=True)

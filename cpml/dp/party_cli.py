@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 import structlog
 
+from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import FORMATS, LEVELS, configure_logging
 
 if TYPE_CHECKING:
@@ -30,12 +31,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2  # bad arguments or data
-EXIT_REFUSED = 3  # the server refused us (status code printed) or asked for too little noise
-EXIT_UNREACHABLE = 4
-EXIT_LEFT = 5  # left the run early to stay within --max-epsilon
+EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE, ExitCode.REFUSED,
+              ExitCode.LEFT_EARLY)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,8 +126,9 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (EXIT_*)."""
-    parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0])
+    """Entry point; returns the exit code (cpml.errors.ExitCode)."""
+    parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0],
+                                     epilog=exit_codes_help(*EXIT_CODES))
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
@@ -165,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name, token = _identity(args)
     except ValueError as exc:
         print(f"cpml-party: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.insecure:
         log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
     config = PartyConfig(server=args.server, run_id=args.run_id, name=name,
@@ -175,25 +173,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = asyncio.run(run_party(config, x, y, credentials))
     except NoiseTooLow as exc:
         print(f"cpml-party: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return ExitCode.REFUSED
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             tls = None if args.insecure else TlsSettings(args.tls_ca, args.tls_cert, args.tls_key)
             cause = diagnose(args.server, tls)  # a TLS mistake, named instead of "Socket closed"
             print(f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
                   file=sys.stderr)
-            return EXIT_UNREACHABLE
+            return ExitCode.UNREACHABLE
         print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return EXIT_REFUSED
+        return ExitCode.REFUSED
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
         log.debug("failed", exc_info=True)
         print(f"cpml-party: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
               file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     if not outcome.finished:
         print(f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
               f" updates revealed epsilon {outcome.party_epsilon:.4f} to the server")
-        return EXIT_LEFT
+        return ExitCode.LEFT_EARLY
     print(f"run finished after {outcome.rounds} rounds from this party ({outcome.reason})")
     print(f"released model: epsilon {outcome.release_epsilon:.4f}; this party's updates revealed"
           f" epsilon {outcome.party_epsilon:.4f} to the server")
@@ -203,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         "release_epsilon": outcome.release_epsilon,
                                         "party_epsilon": outcome.party_epsilon}, indent=2))
         print(f"model: {args.out}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _identity(args: argparse.Namespace) -> tuple[str, str]:

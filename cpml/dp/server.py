@@ -21,6 +21,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cpml import errors
 from cpml.dp import serde
 from cpml.dp.session import (
     AggregationSession,
@@ -32,7 +33,7 @@ from cpml.dp.session import (
 from cpml.wire import names
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
-from cpml.wire.guard import add_guarded, failure_site
+from cpml.wire.guard import add_guarded, failure_site, status_of
 from cpml.wire.serde import MAX_ID_LENGTH, shown
 
 log = structlog.get_logger(__name__)
@@ -58,12 +59,14 @@ class Admission(Protocol):
         """Raise a RunError if this call may not speak for party `name`."""
 
 
-class CoordinatorFailed(RuntimeError):
+class CoordinatorFailed(errors.CpmlError, RuntimeError):
     """The round driver hit an unexpected error; the run was stopped and the parties told."""
 
 
-class JoinTimeout(RuntimeError):
+class JoinTimeout(errors.TimedOut, RuntimeError):
     """Not every expected party joined before the deadline."""
+
+    exit_code = errors.ExitCode.PARTIES_MISSING
 
 
 class Coordinator:
@@ -298,7 +301,7 @@ class AggregationService(pb_grpc.AggregationServicer):
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: RunError) -> None:
-    await context.abort(grpc.StatusCode[exc.status], str(exc))
+    await context.abort(status_of(exc), str(exc))
 
 
 class AggregationServer:

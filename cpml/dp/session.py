@@ -22,6 +22,7 @@ from enum import Enum
 import numpy as np
 import structlog
 
+from cpml import errors
 from cpml.dp.accountant import (
     Accounting,
     Budget,
@@ -44,7 +45,7 @@ from cpml.errors import argument_error
 log = structlog.get_logger(__name__)
 
 
-class RunError(Exception):
+class RunError(errors.CpmlError):
     """A request the run refuses; `status` names the gRPC status code to send back."""
 
     status = "FAILED_PRECONDITION"

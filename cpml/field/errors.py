@@ -15,12 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from cpml.errors import CpmlError
 from cpml.field.lagrange import interpolation_matrix
 from cpml.field.matmul import matmul_mod
 from cpml.field.prime_field import PrimeField, field_for
 
 
-class TooManyErrors(Exception):
+class TooManyErrors(CpmlError):
     """More replies are wrong than the redundancy can correct (or even locate)."""
 
 

@@ -9,10 +9,12 @@ import importlib
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from cpml.errors import CpmlError, ExitCode, exit_codes_help
 from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -21,15 +23,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2  # bad arguments, data or plan: fix the command line
-EXIT_NOT_ENOUGH_WORKERS = 3  # fewer than R workers left; checkpointed, rerun with --resume
-EXIT_UNREACHABLE = 4  # fewer than R workers healthy (addresses, TLS, daemons down), or local workers did not start
-EXIT_UNSUITABLE = 6  # fewer than R workers can take the job (free share bytes, message size, modulus)
-EXIT_WRONG_RESULTS = 7  # workers sent wrong results the redundancy could not correct; checkpointed
-EXIT_ROUND_TIMEOUT = 5  # a round got fewer than R replies in time; checkpointed
-EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM; checkpointed
+TRAIN_EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.NOT_ENOUGH_WORKERS, ExitCode.UNREACHABLE,
+                    ExitCode.ROUND_TIMEOUT, ExitCode.UNSUITABLE, ExitCode.WRONG_RESULTS, ExitCode.INTERRUPTED)
 
 AGGREGATE_MODULE = "cpml.dp.aggregate_cli"
 T = TypeVar("T")
@@ -45,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,predict,export,aggregate}")
     add_train_arguments(sub.add_parser(
         "train", help="train a model with CodedPrivateML on local or remote workers",
+        epilog=exit_codes_help(*TRAIN_EXIT_CODES),
         description="Train logistic/linear regression with CodedPrivateML. Without --workers, starts "
                     "--workers-local cpml-worker processes on 127.0.0.1 (plaintext loopback)."))
     add_predict_arguments(sub.add_parser(
@@ -67,14 +63,12 @@ def _aggregate(argv: Sequence[str]) -> int:
     except ImportError as exc:
         print(f"cpml-master aggregate: unavailable ({exc}); this installation lacks {AGGREGATE_MODULE}",
               file=sys.stderr)
-        return EXIT_FAILED
-    parser = argparse.ArgumentParser(prog="cpml-master aggregate")
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(argv)))
+        return ExitCode.FAILED
+    return int(module.run(module.build_parser().parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (see the EXIT_* constants)."""
+    """Entry point; returns the exit code (cpml.errors.ExitCode)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["aggregate"]:
         return _aggregate(argv[1:])  # imported only when asked for
@@ -89,49 +83,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from cpml.errors import check_output_dir
-    from cpml.master.cluster import NotEnoughWorkers, WorkersUnreachable, WorkersUnsuitable
-    from cpml.master.local import LocalWorkersFailed
-    from cpml.master.rounds import RoundTimeout
     from cpml.master.settings import train_settings
-    from cpml.master.train import WrongResults, train
+    from cpml.master.train import train
 
     try:
         settings = train_settings(args)
         check_output_dir(settings.out)
     except ValueError as exc:
         print(f"cpml-master train: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         report = _run(train(settings))
+    except CpmlError as exc:
+        print(f"cpml-master train: {_stopped(exc, settings.out / 'checkpoint.json')}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, OverflowError) as exc:
         print(f"cpml-master train: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NotEnoughWorkers as exc:
-        print(f"cpml-master train: stopped: {exc}. The last finished round is checkpointed in "
-              f"{settings.out / 'checkpoint.json'}; bring workers back and rerun with --resume.", file=sys.stderr)
-        return EXIT_NOT_ENOUGH_WORKERS
-    except RoundTimeout as exc:
-        print(f"cpml-master train: stopped: {exc}. Checkpoint: {settings.out / 'checkpoint.json'} "
-              f"(rerun with --resume).", file=sys.stderr)
-        return EXIT_ROUND_TIMEOUT
-    except WrongResults as exc:
-        print(f"cpml-master train: stopped: {exc}", file=sys.stderr)
-        return EXIT_WRONG_RESULTS
-    except WorkersUnsuitable as exc:
-        print(f"cpml-master train: workers cannot take the job: {exc}", file=sys.stderr)
-        return EXIT_UNSUITABLE
-    except (WorkersUnreachable, LocalWorkersFailed) as exc:
-        print(f"cpml-master train: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.USAGE
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"cpml-master train: interrupted; the last finished round is checkpointed in "
               f"{settings.out / 'checkpoint.json'} (rerun with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
         log.debug("failed", exc_info=True)
         print(f"cpml-master train: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
               file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     final = report.history[-1] if report.history else None
     plan = report.plan
     shape = (f"K={plan.k}, T={plan.t}, r={plan.r}, R={plan.threshold}" if settings.protocol == "cpml"
@@ -147,7 +124,22 @@ def _train(args: argparse.Namespace) -> int:
         print(f"workers dropped: {len(report.dropped_workers)}")
     print(f"model: {report.out / 'model.json'}   metrics: {report.out / 'metrics.json'}   "
           f"plot: {report.out / 'curves.png'}")
-    return EXIT_OK
+    return ExitCode.OK
+
+
+def _stopped(exc: CpmlError, checkpoint: Path) -> str:
+    """Why a run stopped, with what to do next: the checkpoint to --resume from when there is one."""
+    resumable = {ExitCode.NOT_ENOUGH_WORKERS: "bring workers back and rerun with --resume",
+                 ExitCode.ROUND_TIMEOUT: "rerun with --resume",
+                 ExitCode.INTERRUPTED: "rerun with --resume"}
+    if exc.exit_code in resumable:
+        return (f"stopped: {exc}. The last finished round is checkpointed in {checkpoint}; "
+                f"{resumable[exc.exit_code]}.")
+    if exc.exit_code == ExitCode.WRONG_RESULTS:
+        return f"stopped: {exc}"
+    if exc.exit_code == ExitCode.UNSUITABLE:
+        return f"workers cannot take the job: {exc}"
+    return str(exc)
 
 
 def precision_line(plan: Plan) -> str:

@@ -13,6 +13,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cpml import errors
 from cpml.protocol import ShareChunk
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
@@ -25,20 +26,22 @@ _CHUNKS_IN_FLIGHT = 2  # per worker: bounds the master's memory to N x 2 chunks 
 # UploadShare takes chunks that serde.share_chunks_to_wire has already serialized
 
 
-class ClusterError(Exception):
+class ClusterError(errors.CpmlError):
     """The cluster cannot do what the job needs."""
 
 
-class WorkersUnreachable(ClusterError):
+class WorkersUnreachable(ClusterError, errors.Unavailable):
     """Some workers never became healthy."""
 
 
-class WorkersUnsuitable(ClusterError):
+class WorkersUnsuitable(ClusterError, errors.Exhausted):
     """Some workers cannot take this job (modulus, message size or free share bytes)."""
 
 
-class NotEnoughWorkers(ClusterError):
+class NotEnoughWorkers(ClusterError, errors.Unavailable):
     """Fewer live workers than the recovery threshold R."""
+
+    exit_code = errors.ExitCode.NOT_ENOUGH_WORKERS
 
 
 @dataclass(frozen=True)

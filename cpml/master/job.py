@@ -18,6 +18,7 @@ import numpy as np
 import structlog
 
 import cpml.reporting as reporting
+from cpml import errors
 from cpml.data import Dataset, load_dataset
 from cpml.master.cluster import Cluster
 from cpml.master.local import LocalWorkers
@@ -44,7 +45,7 @@ LOOPBACK_WARNING = ("embedded workers speak plaintext gRPC on 127.0.0.1: safe wh
                     "defeat T-privacy, so remote workers need TLS")
 
 
-class ResumeError(ValueError):
+class ResumeError(errors.InvalidInput):
     """The checkpoint cannot be resumed with these settings."""
 
 

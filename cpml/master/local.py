@@ -13,10 +13,12 @@ from typing import Self
 
 import structlog
 
+from cpml import errors
+
 log = structlog.get_logger(__name__)
 
 
-class LocalWorkersFailed(RuntimeError):
+class LocalWorkersFailed(errors.Unavailable, RuntimeError):
     """The embedded cpml-worker processes did not start serving."""
 
 

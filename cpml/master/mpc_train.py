@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import structlog
 
+from cpml import errors
 from cpml.master.cluster import Cluster, NotEnoughWorkers, WorkerHandle
 from cpml.master.job import (
     ROUNDS_LOG,
@@ -50,7 +51,7 @@ log = structlog.get_logger(__name__)
 _DELIVERIES_IN_FLIGHT = 64
 
 
-class MpcJobFailed(RuntimeError):
+class MpcJobFailed(errors.CpmlError, RuntimeError):
     """A worker reported that the job broke (a peer unreachable, a message refused)."""
 
 

@@ -12,10 +12,9 @@ from typing import TextIO
 import numpy as np
 
 from cpml.data import FORMATS, read_matching
+from cpml.errors import ExitCode
 from cpml.model import Model, load_model, save_sklearn
 from cpml.preprocessing import label_text
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,13 +72,13 @@ def predict_command(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             except BrokenPipeError:  # `| head`: the reader has seen enough
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                return EXIT_OK
+                return ExitCode.OK
         else:
             with Path(args.out).open("w", newline="") as f:
                 write_predictions(model, raw.x, f)
     except (ValueError, OSError) as exc:
         print(f"cpml-master predict: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if unseen:
         counts = ", ".join(f"{model.preprocessing.column_name(c)} {n}" for c, n in unseen.items())
         print(f"warning: {sum(unseen.values())} cell(s) hold categories the model did not see in training; they "
@@ -90,7 +89,7 @@ def predict_command(args: argparse.Namespace) -> int:
           file=report)
     if metrics is not None:
         print(score_line(model, metrics), file=report)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def export_command(args: argparse.Namespace) -> int:
@@ -100,8 +99,8 @@ def export_command(args: argparse.Namespace) -> int:
         save_sklearn(model, args.out)
     except (ValueError, OSError) as exc:
         print(f"cpml-master export: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     steps = " -> ".join(name for name, _ in model.to_sklearn().steps)
     print(f"wrote a scikit-learn Pipeline ({steps}) to {args.out}; load it with "
           f"cpml.model.load_sklearn({str(args.out)!r}) or skops.io.load")
-    return EXIT_OK
+    return ExitCode.OK

@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 import structlog
 
+from cpml import errors
 from cpml.master.cluster import NotEnoughWorkers, WorkerHandle
 from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
@@ -19,8 +20,10 @@ from cpml.wire.generated.v1 import worker_pb2 as pb
 log = structlog.get_logger(__name__)
 
 
-class RoundTimeout(Exception):
+class RoundTimeout(errors.TimedOut):
     """Fewer than R replies of a round arrived before its deadline."""
+
+    exit_code = errors.ExitCode.ROUND_TIMEOUT
 
 
 @dataclass(frozen=True)

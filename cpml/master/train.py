@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from cpml import errors
 from cpml.data import Dataset
 from cpml.field import uniform
 from cpml.field.errors import TooManyErrors
@@ -44,8 +45,10 @@ from cpml.wire import serde
 
 log = structlog.get_logger(__name__)
 
-class WrongResults(Exception):
+class WrongResults(errors.CpmlError):
     """Some workers sent wrong results that the redundancy could not correct; the round was not applied."""
+
+    exit_code = errors.ExitCode.WRONG_RESULTS
 
 
 def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:

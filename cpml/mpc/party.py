@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cpml import errors
 from cpml.field import Elements, PrimeField, matmul_mod_centred
 from cpml.field.sampling import uniform
 from cpml.mpc.extraction import extract
@@ -33,7 +34,7 @@ from cpml.mpc.shamir import combine, party_points, recombination_vector, share_r
 from cpml.protocol.coding import MaskSource
 
 
-class ProtocolError(ValueError):
+class ProtocolError(errors.InvalidInput):
     """A message that does not fit the protocol: wrong sender, shape, duplicate, or values outside F_p."""
 
 

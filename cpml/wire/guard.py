@@ -16,6 +16,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from cpml.errors import CpmlError
 from cpml.wire.serde import MalformedMessage
 
 log = structlog.get_logger(__name__)
@@ -28,6 +29,11 @@ class Undecodable:
 
     def __init__(self, message: str) -> None:
         self.message = message
+
+
+def status_of(exc: CpmlError) -> grpc.StatusCode:
+    """The gRPC status a servicer answers a refused request with: the one its error category names."""
+    return grpc.StatusCode[exc.status]
 
 
 def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: object, server: grpc.aio.Server) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cpml import errors
 from cpml.field.rns import MAX_RESIDUES
 from cpml.protocol import JobSpec
 from cpml.protocol.plan import MODELS
@@ -33,7 +34,7 @@ MAX_DEGREE = 32
 MAX_ID_LENGTH = 128
 
 
-class WireError(ValueError):
+class WireError(errors.InvalidInput):
     """A message that cannot be turned into valid domain values."""
 
 
@@ -43,6 +44,8 @@ class MalformedMessage(WireError):
 
 class CorruptData(WireError):
     """A checksum mismatch or a stream that ended early: the bytes were damaged in transit."""
+
+    status = "DATA_LOSS"
 
 
 def shown(text: str, limit: int = 48) -> str:

@@ -8,14 +8,12 @@ from collections.abc import Sequence
 
 import structlog
 
+from cpml.errors import ExitCode
 from cpml.logs import configure_logging
 from cpml.worker.settings import settings_from_args
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK = 0
-EXIT_USAGE = 2  # as argparse: bad flags
-EXIT_CANNOT_SERVE = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # checked before serving: a server that fails after binding cannot be torn down quietly
         print(f"cpml-worker: Argument 'port_file' must be in an existing directory, not {str(settings.port_file)!r}.",
               file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     configure_logging(settings.log_level, settings.log_format)
     from cpml.worker.server import run  # after logging is configured
 
@@ -40,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, ValueError, OSError) as exc:
         log.error("cannot serve", listen=settings.listen, reason=str(exc))
         print(f"cpml-worker: cannot serve on {settings.listen}: {exc}", file=sys.stderr)
-        return EXIT_CANNOT_SERVE
-    return EXIT_OK
+        return ExitCode.CANNOT_SERVE
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

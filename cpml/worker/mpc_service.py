@@ -32,11 +32,12 @@ import numpy as np
 import structlog
 
 import cpml.mpc
+from cpml import errors
 from cpml.mpc import MASTER, Kind, Message, MpcParty, PartySpec, ProtocolError, Traffic
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
-from cpml.wire.guard import failure_site
+from cpml.wire.guard import failure_site, status_of
 from cpml.wire.serde import MAX_DEGREE, CorruptData, MalformedMessage, check_id, shown
 from cpml.wire.tls import channel_credentials
 from cpml.worker.settings import WorkerSettings
@@ -53,20 +54,24 @@ PARTY_OVERHEAD_BYTES = 64 << 10
 _MPC_PACKAGE = str(Path(cpml.mpc.__file__).parent)
 
 
-class JobFailed(Exception):
+class JobFailed(errors.CpmlError):
     """The job cannot continue (a peer is unreachable or a message broke the protocol)."""
 
+    status = "ABORTED"
 
-class JobClosed(Exception):
+
+class JobClosed(errors.NotFound):
     """The job was left or expired while its Results stream was open."""
 
 
-class DuplicateMessage(Exception):
+class DuplicateMessage(errors.AlreadyExists):
     """A message the party already has (same kind, round, step and sender, or data rows already sent)."""
 
 
-class RoundTooFarAhead(Exception):
+class RoundTooFarAhead(errors.CpmlError):
     """A message for a round the party cannot reach before it has answered the master."""
+
+    status = "OUT_OF_RANGE"
 
 
 def party_bytes(spec: PartySpec) -> int:
@@ -157,21 +162,17 @@ class MpcService(pb_grpc.MpcServicer):
             spec, peers = mpc_serde.join_from_proto(request)
             _check_party(spec, peers)
             check_peers_allowed(peers, self._settings.mpc_peer_hosts)
-        except PeerNotAllowed as exc:
-            log.warning("mpc join refused", code="PERMISSION_DENIED", reason=str(exc))
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except MalformedMessage as exc:
-            log.warning("mpc join refused", code="INVALID_ARGUMENT", reason=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (PeerNotAllowed, MalformedMessage) as exc:
+            log.warning("mpc join refused", code=exc.status, reason=str(exc))
+            await context.abort(status_of(exc), str(exc))
         if request.job_id in self._jobs:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"MPC job {request.job_id!r} already exists on this worker; Leave it first")
         try:
             self._store.reserve_party(request.job_id, party_bytes(spec))
         except (JobExists, ShareStoreFull) as exc:
-            code = grpc.StatusCode.ALREADY_EXISTS if isinstance(exc, JobExists) else grpc.StatusCode.RESOURCE_EXHAUSTED
-            log.warning("mpc join refused", job=request.job_id, code=code.name, reason=str(exc))
-            await context.abort(code, str(exc))
+            log.warning("mpc join refused", job=request.job_id, code=exc.status, reason=str(exc))
+            await context.abort(status_of(exc), str(exc))
         # From here on nothing awaits: a Join is registered whole or not at all, even if its call is cancelled.
         channels, stubs = [], {}
         try:
@@ -205,18 +206,14 @@ class MpcService(pb_grpc.MpcServicer):
             if message.sender == message.receiver:
                 raise ProtocolError(f"a message from worker {message.sender} to itself arrived over the network; "
                                     f"a party's own share never leaves it")
-        except CorruptData as exc:
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
-        except (MalformedMessage, ProtocolError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (CorruptData, MalformedMessage, ProtocolError) as exc:
+            await context.abort(status_of(exc), str(exc))
         if job.failure is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"MPC job {job.job_id!r} failed: {job.failure}")
         try:
             queued = job.admit(message)
-        except DuplicateMessage as exc:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except RoundTooFarAhead as exc:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        except (DuplicateMessage, RoundTooFarAhead) as exc:
+            await context.abort(status_of(exc), str(exc))
         job.touched = time.monotonic()
         if queued:
             job.inbox.put_nowait(message)
@@ -240,7 +237,7 @@ class MpcService(pb_grpc.MpcServicer):
                 if isinstance(item, JobFailed):
                     await context.abort(grpc.StatusCode.ABORTED, f"MPC job {job.job_id!r} failed: {item}")
                 if isinstance(item, JobClosed):
-                    await context.abort(grpc.StatusCode.NOT_FOUND, str(item))
+                    await context.abort(status_of(item), str(item))
                 yield item
         finally:
             job.results_open = False
@@ -387,10 +384,10 @@ async def _check_job_id(job_id: str, context: grpc.aio.ServicerContext) -> None:
     try:
         check_id(job_id)
     except MalformedMessage as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await context.abort(status_of(exc), str(exc))
 
 
-class PeerNotAllowed(Exception):
+class PeerNotAllowed(errors.PermissionDenied):
     """A Join names a peer outside the worker's --mpc-peer-hosts."""
 
 

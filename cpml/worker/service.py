@@ -15,21 +15,20 @@ import structlog
 from grpc_health.v1 import health, health_pb2
 
 import cpml
+from cpml import errors
 from cpml.field import ResidueBasis, basis_for
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.protocol import prepare_share, worker_compute
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+from cpml.wire.guard import status_of
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import (
     Job,
-    JobExists,
     ShareStore,
-    ShareStoreFull,
     UnknownJob,
     Upload,
-    UploadUnfinished,
 )
 
 log = structlog.get_logger(__name__)
@@ -37,7 +36,7 @@ log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request")
 
 
-class RoundOutOfOrder(Exception):
+class RoundOutOfOrder(errors.NotReady):
     """A compute stream sent a round number not above the previous one."""
 
 
@@ -45,28 +44,11 @@ class UnsupportedModulus(serde.MalformedMessage):
     """The job's modulus is not a prime this worker can compute with."""
 
 
-class StreamIdle(Exception):
+class StreamIdle(errors.TimedOut):
     """A stream sent nothing for --job-idle-seconds."""
 
 
-# The most specific class first: UnsupportedModulus is a MalformedMessage.
-_STATUS = (
-    (UnsupportedModulus, grpc.StatusCode.INVALID_ARGUMENT),
-    (serde.MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT),
-    (serde.CorruptData, grpc.StatusCode.DATA_LOSS),
-    (UnknownJob, grpc.StatusCode.NOT_FOUND),
-    (JobExists, grpc.StatusCode.ALREADY_EXISTS),
-    (ShareStoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (RoundOutOfOrder, grpc.StatusCode.FAILED_PRECONDITION),
-    (UploadUnfinished, grpc.StatusCode.FAILED_PRECONDITION),
-    (StreamIdle, grpc.StatusCode.DEADLINE_EXCEEDED),
-)
-REFUSALS = tuple(cls for cls, _ in _STATUS)
-
-
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The gRPC status code for a refused request."""
-    return next(code for cls, code in _STATUS if isinstance(exc, cls))
+REFUSALS = errors.CpmlError  # every refusal carries its status (cpml.errors); anything else is a bug
 
 
 class _LatestRound:
@@ -132,9 +114,9 @@ class WorkerService(pb_grpc.WorkerServicer):
         except REFUSALS as exc:
             if upload is not None:
                 upload.abort()  # before the status goes out: a client may retry at once
-            log.warning("upload refused", job=upload.job_id if upload else None, code=status_for(exc).name,
+            log.warning("upload refused", job=upload.job_id if upload else None, code=status_of(exc).name,
                         reason=str(exc))
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_of(exc), str(exc))
         finally:
             if upload is not None:
                 upload.abort()  # a no-op once committed or refused; frees a cancelled upload
@@ -210,9 +192,9 @@ class WorkerService(pb_grpc.WorkerServicer):
                                         f"{self._settings.fault_fail_after_rounds} reached")
                     return
         except REFUSALS as exc:
-            log.warning("compute refused", code=status_for(exc).name, reason=str(exc))
+            log.warning("compute refused", code=status_of(exc).name, reason=str(exc))
             await _stop(reader)
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_of(exc), str(exc))
         finally:
             reader.cancel()
             log.info("compute stream closed", job=job_id, rounds=served, stale_rounds_skipped=rounds.skipped)

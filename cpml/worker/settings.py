@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
+from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "CPML_WORKER_"
@@ -96,7 +97,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cpml-worker",
         description="CodedPrivateML worker daemon: stores coded shares and computes on them. "
-                    f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).")
+                    f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).",
+        epilog=exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.CANNOT_SERVE))
     p.add_argument("--listen", default=env("LISTEN", d.listen), help="host:port to serve on (port 0: any free port)")
     p.add_argument("--share-bytes-cap", type=parse_bytes, default=env("SHARE_BYTES_CAP", str(d.share_bytes_cap)),
                    help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB). "

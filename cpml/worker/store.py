@@ -9,28 +9,29 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cpml import errors
 from cpml.wire.serde import CorruptData, MalformedMessage, ShareBlock, WireJobSpec, shown
 
 if TYPE_CHECKING:
     import asyncio
 
 
-class ShareStoreFull(Exception):
+class ShareStoreFull(errors.Exhausted):
     """Storing a share would exceed the worker's byte cap."""
 
 
-class UnknownJob(KeyError):
+class UnknownJob(errors.NotFound):
     """No stored job has this id."""
 
     def __str__(self) -> str:
         return str(self.args[0])
 
 
-class JobExists(Exception):
+class JobExists(errors.AlreadyExists):
     """A job with this id is already stored or being uploaded."""
 
 
-class UploadUnfinished(Exception):
+class UploadUnfinished(errors.NotReady):
     """The job's share is still being uploaded."""
 
 
