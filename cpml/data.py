@@ -24,15 +24,17 @@ from typing import Any
 import numpy as np
 
 from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale, standardise_targets: this API)
+    MISSING,
+    MISSING_CELLS,
     MODELS,
     SCALINGS,
     Preprocessing,
     binary_labels,
+    category_texts,
     is_label,
     scale,
     standardise_targets,
 )
-from cpml.preprocessing import MISSING, MISSING_CELLS, category_texts
 from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview
 

@@ -248,8 +248,8 @@ def _sklearn_one_hot(prep: Preprocessing) -> list[tuple[str, Any]]:
     if not prep.categorical:
         return []
     from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
     from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
     columns = [column for column, _ in prep.categorical]

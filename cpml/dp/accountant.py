@@ -30,7 +30,7 @@ from dp_accounting.privacy_accountant import NeighboringRelation, PrivacyAccount
 from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.errors import argument_error
 
 # Order grid: every one of dp_accounting's default orders, plus denser low orders (which matter

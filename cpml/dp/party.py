@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import structlog
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.dp import serde
 from cpml.dp.accountant import Accounting, Budget, BudgetExceeded, PrivacyLedger, Step
 from cpml.dp.dpgd import dp_gradient_steps

@@ -21,7 +21,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.dp import serde
 from cpml.dp.session import (
     AggregationSession,

@@ -22,7 +22,7 @@ from enum import Enum
 import numpy as np
 import structlog
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.dp.accountant import (
     Accounting,
     Budget,

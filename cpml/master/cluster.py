@@ -13,7 +13,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.protocol import ShareChunk
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2 as pb

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import structlog
 
+import cpml.errors as errors
 import cpml.reporting as reporting
-from cpml import errors
 from cpml.data import Dataset, load_dataset
 from cpml.master.cluster import Cluster
 from cpml.master.local import LocalWorkers

@@ -13,7 +13,7 @@ from typing import Self
 
 import structlog
 
-from cpml import errors
+import cpml.errors as errors
 
 log = structlog.get_logger(__name__)
 

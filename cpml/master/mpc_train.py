@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 import structlog
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.master.cluster import Cluster, NotEnoughWorkers, WorkerHandle
 from cpml.master.job import (
     ROUNDS_LOG,

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import structlog
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.master.cluster import NotEnoughWorkers, WorkerHandle
 from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2 as pb

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.data import Dataset
 from cpml.field import uniform
 from cpml.field.errors import TooManyErrors

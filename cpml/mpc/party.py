@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.field import Elements, PrimeField, matmul_mod_centred
 from cpml.field.sampling import uniform
 from cpml.mpc.extraction import extract

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.field.rns import MAX_RESIDUES
 from cpml.protocol import JobSpec
 from cpml.protocol.plan import MODELS

@@ -31,8 +31,8 @@ import grpc
 import numpy as np
 import structlog
 
+import cpml.errors as errors
 import cpml.mpc
-from cpml import errors
 from cpml.mpc import MASTER, Kind, Message, MpcParty, PartySpec, ProtocolError, Traffic
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb

@@ -15,7 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2
 
 import cpml
-from cpml import errors
+import cpml.errors as errors
 from cpml.field import ResidueBasis, basis_for
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.protocol import prepare_share, worker_compute

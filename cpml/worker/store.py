@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cpml import errors
+import cpml.errors as errors
 from cpml.wire.serde import CorruptData, MalformedMessage, ShareBlock, WireJobSpec, shown
 
 if TYPE_CHECKING:
