@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-fast demo bench proto check-proto clean
+.PHONY: setup test test-fast demo cluster-demo bench proto check-proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/cpml-master train --dataset digits-4v9 --workers-local 10 --iterations 50 --out runs/demo --log-level warning
+
+# docker/compose.yaml: docker compose where an engine answers, else podman through scripts/cluster_demo.py
+# (installed here, as root, when missing: Debian's podman, runc and debootstrap)
+cluster-demo: $(STAMP)
+	@docker info >/dev/null 2>&1 || { command -v podman && command -v runc && command -v debootstrap; } >/dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq podman runc debootstrap; }
+	$(BIN)/python scripts/cluster_demo.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_field.py

@@ -41,6 +41,14 @@ def test_schema_validation_would_catch_a_mistake(compose):
         jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
 
 
+def test_workers_run_the_worker_image_and_the_master_the_full_one(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        extras = service["build"]["args"]["EXTRAS"]
+        assert (service["image"], extras) == (("cpml-worker:latest", "") if name.startswith("worker-")
+                                             else ("cpml:latest", "all"))
+
+
 def test_master_uses_every_worker_over_mutual_tls_once_they_are_healthy(compose):
     services = compose["services"]
     workers = sorted(name for name in services if name.startswith("worker-"))
@@ -62,7 +70,8 @@ def test_master_uses_every_worker_over_mutual_tls_once_they_are_healthy(compose)
 
 def test_image_is_slim_and_runs_as_a_non_root_user():
     text = (REPO / "docker" / "Dockerfile").read_text()
-    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE)[-1].endswith("-slim")
+    assert re.findall(r"^FROM (\S+)", text, re.MULTILINE)[-1] == "${BASE}"
+    assert re.search(r"^ARG BASE=(\S+)", text, re.MULTILINE).group(1).endswith("-slim")
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("root", "0")
 
