@@ -1,7 +1,8 @@
 """What correcting wrong results costs the master per round: the decode with --byzantine A against the plain one.
 
 The replies of a round are one Reed-Solomon codeword per residue field (d coordinates, N workers). The script
-builds such codewords for a CIFAR-shaped job (d = 3073) with K = 16, T = 1, r = 1 (R = 49, Case 1 at N = 50) and N = R + 2A in every residue
+builds such codewords for a CIFAR-shaped job (d = 3073) with K = 16, T = 1, r = 1 (R = 49, Case 1 at N = 50) and
+N = R + 2A in every residue
 of the automatic precision, and times, per round and over all residues: the plain decode from R replies; the
 decode with A = 1 and 2 when every reply is right (one consistency product, the common case); and when A
 replies are wrong (Berlekamp-Welch, then the decode from the right ones). Waiting for the 2A extra replies is a

@@ -26,9 +26,9 @@ import numpy as np
 from cpml.field import DEFAULT_PRIME
 from cpml.logs import configure_logging
 from cpml.master.cluster import Timeouts
+from cpml.master.job import load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
-from cpml.master.job import load_training_data
 from cpml.master.train import make_plan, train
 from cpml.protocol import CodedTrainer, simulate
 from cpml.protocol.models import lipschitz_learning_rate

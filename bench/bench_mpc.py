@@ -37,10 +37,10 @@ import numpy as np
 
 from cpml.logs import configure_logging
 from cpml.master.cluster import Timeouts
+from cpml.master.job import choose_precision, load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.mpc_train import train_mpc
 from cpml.master.settings import TrainSettings
-from cpml.master.job import choose_precision, load_training_data
 from cpml.master.train import train
 from cpml.mpc import MpcPlan, simulate_mpc
 from cpml.protocol import CodedTrainer, Plan, worker_compute

@@ -274,7 +274,7 @@ def column_index(spec: int | str, names: list[str] | None, width: int, file: str
         matches = [i for i, name in enumerate(names) if name == text]
         if len(matches) != 1:
             raise ValueError(f"Argument {flag!r} must name exactly one column of {file!r} "
-                             f"({', '.join(names)}), not {text!r}.")
+                             f"({', '.join(names)}), not {text!r}.") from None
         return matches[0]
     if not -width <= index < width:
         raise ValueError(f"Argument {flag!r} must index one of the {width} columns of {file!r} "
@@ -357,7 +357,7 @@ def _npz(path: Path, labels_required: bool = True) -> RawData:
         raise ValueError(f"Argument 'dataset' must be a NumPy .npz archive (np.savez), not {path.name!r} "
                          f"({exc}).") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"Argument 'dataset' must be an .npz archive of arrays x and y, not {path.name!r} "  # noqa: TRY004
+        raise ValueError(f"Argument 'dataset' must be an .npz archive of arrays x and y, not {path.name!r} "
                          f"holding a single array.")
     with archive:
         keys = set(archive.files)
@@ -431,7 +431,7 @@ def load_dataset(source: str, test_fraction: float | None = 0.2, scaling: str = 
                  fmt: str = "auto", label_column: int | str = -1, intercept: bool = False,
                  positive_label: str | None = None, model: str = "logistic",
                  test_source: str | None = None, categorical: Sequence[int | str] = ()) -> Dataset:
-    """Load, prepare the targets, split (seeded) unless test rows come from test_source (or test_fraction is None), scale."""
+    """Load, prepare the targets, split (seeded) unless test rows come from test_source or test_fraction is None."""
     _check_options(test_fraction, scaling, seed, model)
     raw = read_raw(source, fmt, label_column, categorical)
     fraction = test_fraction if test_source is None else None  # None: every row of source trains
@@ -496,7 +496,7 @@ def resolve_format(path: Path, fmt: str) -> tuple[str, str | None]:
 
 def read_matching(source: str, prep: Preprocessing, fmt: str = "auto", flag: str = "data",
                   require_labels: bool = False) -> RawData:
-    """Rows for a fitted model: its feature columns (by header name when both have names, else by count), labels if any."""
+    """Rows for a fitted model: its feature columns (by name when both have names, else by count), labels if any."""
     try:
         raw = _read_matching(source, prep, fmt, flag)
     except ValueError as exc:  # the shared readers name the master's --dataset

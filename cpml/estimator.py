@@ -80,7 +80,7 @@ class _CodedEstimator(BaseEstimator):
     _model = "logistic"
 
     def train_settings(self, dataset: str, out: Path) -> Any:
-        """The TrainSettings `cpml-master train --dataset DATASET --test-fraction 0` would build from these parameters."""
+        """The TrainSettings `cpml-master train --dataset DATASET --test-fraction 0` would build from these."""
         from cpml.master.settings import TrainSettings
 
         seed = self.random_state
@@ -88,7 +88,9 @@ class _CodedEstimator(BaseEstimator):
             raise ValueError(f"Argument 'random_state' must be an integer (the --seed of cpml-master train), "
                              f"not {seed!r}.")
         remote = self._remote_workers()
-        path = (lambda v: None if v is None else Path(v))
+        def path(value: object) -> Path | None:
+            return None if value is None else Path(str(value))
+
         return TrainSettings(
             dataset=dataset, test_fraction=0.0, scaling=self.scaling, intercept=bool(self.fit_intercept),
             workers=remote, local_workers=int(self.n_workers), case=self.case, r=getattr(self, "r", 1), k=self.k,

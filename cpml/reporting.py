@@ -97,7 +97,7 @@ def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     return path
 
 
-def plot_curves(path: str | Path, x: Sequence[float], panels: Mapping[str, Sequence[float]],
+def plot_curves(path: str | Path, x: Sequence[float], panels: Mapping[str, Sequence[float | None]],
                 xlabel: str = "iteration", title: str = "") -> Path:
     """Save a PNG with one panel per named series plotted against x; return the path."""
     from matplotlib.figure import Figure  # imported lazily: only runs that plot pay for it

@@ -163,7 +163,7 @@ def _worker_pki(directory: Path) -> tuple[Path, Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def sign(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
         builder = (x509.CertificateBuilder()

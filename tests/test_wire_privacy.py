@@ -545,7 +545,7 @@ def zero_mask_decoding(run: Run) -> dict[int, list[bytes]]:
 
         def decode(shares: list[np.ndarray]) -> list[bytes]:
             stacked = np.stack([s.ravel().astype(np.int64) for s in shares])
-            parts = (decoder @ stacked) % field_j.p  # p^2 * T stays below 2^63
+            parts = (decoder @ stacked) % field_j.p  # p^2 * T stays below 2^63  # noqa: B023 (used in this iteration)
             return [part.astype("<u4").tobytes() for part in parts]
 
         found[j] = decode([v.share[j] for v in views])

@@ -494,7 +494,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
                          f" {str(path)!r} ({exc}).") from None
     if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("session"), dict)
             and isinstance(checkpoint.get("history"), list)):
-        raise ValueError(f"Argument 'resume' must find a checkpoint written by cpml-master aggregate in --out,"  # noqa: TRY004
+        raise ValueError(f"Argument 'resume' must find a checkpoint written by cpml-master aggregate in --out,"
                          f" not {str(path)!r}, which lacks its session state and history.")
     return checkpoint
 

@@ -112,7 +112,7 @@ class Coordinator:
             await self._drive()
         except (JoinTimeout, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001 -- parties must hear the run ended, not wait for ever
+        except Exception as exc:
             error, site = type(exc).__name__, failure_site(exc)
             log.error("round driver failed", error=error, site=site)
             reason = f"the aggregation server failed ({error} at {site}); see its log"

@@ -40,10 +40,10 @@ def keyed_uniform(field: PrimeField, shape: int | tuple[int, ...], key: bytes, l
     stream = Cipher(algorithms.ChaCha20(key, bytes(4) + nonce), mode=None).encryptor()
 
     def fill(out: npt.NDArray[np.uint32]) -> None:
-        view = out.view(np.uint8)
+        view = out.view(np.uint8).data  # 1-D bytes: the keystream lands in place
         zeros = memoryview(_zeros())
-        for lo in range(0, view.size, _BLOCK_BYTES):
-            hi = min(lo + _BLOCK_BYTES, view.size)
+        for lo in range(0, view.nbytes, _BLOCK_BYTES):
+            hi = min(lo + _BLOCK_BYTES, view.nbytes)
             stream.update_into(zeros[: hi - lo], view[lo:hi])
 
     if math.prod(int(s) for s in ((shape,) if isinstance(shape, (int, np.integer)) else shape)) * 4 > _BYTES_PER_KEY:
@@ -74,12 +74,12 @@ def _rejection_sample(field: PrimeField, shape: int | tuple[int, ...],
 
 def _fill_random(out: npt.NDArray[np.uint32]) -> None:
     """Overwrite a 1-D array with a ChaCha20 keystream under fresh keys from os.urandom."""
-    view = out.view(np.uint8)
+    view = out.view(np.uint8).data  # 1-D bytes: the keystream lands in place
     zeros = memoryview(_zeros())
-    for start in range(0, view.size, _BYTES_PER_KEY):
+    for start in range(0, view.nbytes, _BYTES_PER_KEY):
         nonce = bytes(4) + os.urandom(12)  # a 32-bit block counter from 0, then a 96-bit nonce
         stream = Cipher(algorithms.ChaCha20(os.urandom(32), nonce), mode=None).encryptor()
-        stop = min(start + _BYTES_PER_KEY, view.size)
+        stop = min(start + _BYTES_PER_KEY, view.nbytes)
         for lo in range(start, stop, _BLOCK_BYTES):
             hi = min(lo + _BLOCK_BYTES, stop)
             stream.update_into(zeros[: hi - lo], view[lo:hi])

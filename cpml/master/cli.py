@@ -164,7 +164,9 @@ async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
     """Run coro; SIGTERM cancels it, so the run checkpoints and stops its local workers on the way out."""
     loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+        task = asyncio.current_task()
+        assert task is not None  # called inside a running task
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
     except NotImplementedError:  # Windows: SIGTERM ends the process as usual
         return await coro
     try:

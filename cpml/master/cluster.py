@@ -68,7 +68,8 @@ class WorkerHandle:
 
     def upload_share(self) -> grpc.aio.StreamUnaryMultiCallable:
         """UploadShare taking pre-serialized ShareChunk bytes (see serde.share_chunks_to_wire)."""
-        return self.channel.stream_unary(names.method_path(names.WORKER_SERVICE, "UploadShare"), request_serializer=None,
+        return self.channel.stream_unary(names.method_path(names.WORKER_SERVICE, "UploadShare"),
+                                         request_serializer=None,
                                          response_deserializer=pb.UploadReply.FromString)
 
     def fail(self, reason: str, rejoinable: bool = True) -> None:
@@ -114,7 +115,7 @@ class Cluster:
         self.timeouts = timeouts
         self._credentials = credentials
         self._diagnose = diagnose  # address -> the TLS mistake that keeps it silent, if any
-        self._options = [("grpc.max_send_message_length", max_message_bytes),
+        self._options: list[tuple[str, int | str]] = [("grpc.max_send_message_length", max_message_bytes),
                          ("grpc.max_receive_message_length", max_message_bytes),
                          ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
         if server_name:

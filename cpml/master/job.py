@@ -289,7 +289,7 @@ def write_outputs(settings: TrainSettings, run: TrainingRun, data: Dataset, hist
         "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__},
         "final": asdict(final) if final else None, "rounds": [asdict(r) for r in history]})
     if history:
-        panels = {"loss": [r.loss for r in history]}
+        panels: dict[str, list[float | None]] = {"loss": [r.loss for r in history]}
         if any(r.test_accuracy is not None for r in history):
             panels["test accuracy"] = [r.test_accuracy for r in history]
         if any(r.test_r2 is not None for r in history):

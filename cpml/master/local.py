@@ -52,7 +52,8 @@ class LocalWorkers:
                 with (self.workdir / f"worker-{i}.log").open("wb") as log_file:
                     self.processes.append(await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "cpml.worker.cli", "--listen", "127.0.0.1:0", "--insecure",
-                        "--port-file", str(port_file), "--log-format", "json", "--drain-seconds", "1", "--stop-with-parent",
+                        "--port-file", str(port_file), "--log-format", "json", "--drain-seconds", "1",
+                        "--stop-with-parent",
                         *self.extra_args, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                         env=env))
             self.addresses = await self._wait_for_ports(port_files)

@@ -224,20 +224,22 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
 def train_settings(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from parsed `train` arguments (raises ValueError naming a bad argument)."""
     def opt_int(v: object) -> int | None:
-        return None if v in (None, "") else int(v)
+        return None if v in (None, "") else int(str(v))
 
     def opt_path(v: object) -> Path | None:
-        return None if v in (None, "") else Path(v)
+        return None if v in (None, "") else Path(str(v))
 
     workers = tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip())
     return TrainSettings(
         dataset=args.dataset, data_format=args.data_format, label_column=_index_or_name(args.label_column),
         positive_label=args.positive_label or None,
-        categorical=tuple(_index_or_name(c) for c in str(getattr(args, "categorical", "") or "").split(",") if c.strip()),
+        categorical=tuple(_index_or_name(c) for c in str(getattr(args, "categorical", "") or "").split(",")
+                          if c.strip()),
         test_fraction=float(args.test_fraction), test_data=getattr(args, "test_data", None) or None,
         scaling=args.scaling, intercept=bool(args.intercept),
         workers=workers,
-        local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r), k=opt_int(args.k),
+        local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r),
+        k=opt_int(args.k),
         t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
         residues=opt_int(args.residues), byzantine=int(args.byzantine), detect=bool(args.detect),
         weight_bound=float(args.weight_bound), sigmoid_interval=float(args.sigmoid_interval),

@@ -163,7 +163,7 @@ class MpcParty:
             self._inbox = {key: box for key, box in self._inbox.items() if key[1] >= self._round}
             self._consumed = {key: got for key, got in self._consumed.items() if key[1] >= self._round}
 
-    def _each(self, function: Callable[..., Elements], *arrays: Sequence[npt.NDArray]) -> Elements:
+    def _each(self, function: Callable[..., Elements], *arrays: Sequence[npt.NDArray] | npt.NDArray) -> Elements:
         """function(field, slice j of every argument) in each residue field, stacked along a leading axis."""
         return np.stack([function(field, *(a[j] for a in arrays)) for j, field in enumerate(self.fields)])
 

@@ -13,6 +13,7 @@ from cpml.field.sampling import uniform
 from cpml.mpc.messages import MASTER, Message, Traffic
 from cpml.mpc.party import MpcParty
 from cpml.mpc.plan import MpcPlan
+from cpml.protocol.run import RoundStats
 from cpml.mpc.session import MpcSession
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.plan import Plan
@@ -56,8 +57,8 @@ def simulate_mpc(
             traffic.record(message)
         pending.extend(messages)
 
-    def deliver_all() -> list[object]:
-        finished = []
+    def deliver_all() -> list[RoundStats]:
+        finished: list[RoundStats] = []
         while pending:
             index = int(order.integers(len(pending))) if order is not None else 0
             message = pending.pop(index)

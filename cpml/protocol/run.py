@@ -133,7 +133,7 @@ def plan_from_checkpoint(state: Mapping[str, object]) -> Plan:
     fields = state.get("plan")
     if not isinstance(fields, Mapping):
         raise argument_error("state", "hold a 'plan' mapping", type(fields).__name__)
-    return Plan(**fields)  # type: ignore[arg-type]
+    return Plan(**fields)
 
 
 

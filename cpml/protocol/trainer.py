@@ -136,6 +136,7 @@ class CodedTrainer(TrainingRun):
         k, rows, d = self.partitions.shape
         out = np.empty((self.plan.n_workers, len(self.schemes), rows, d), dtype=np.uint32)
         for chunk in self.share_chunks(rows):
+            assert not isinstance(chunk.shares, dict)  # every worker's rows
             out[:, chunk.residue] = chunk.shares
         return out
 

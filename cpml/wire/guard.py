@@ -63,7 +63,8 @@ class _Registrar:
         self.registered = True
 
 
-def _guard(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _guard(method_handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    handler: Any = method_handler  # grpc's RpcMethodHandler namedtuple; its stubs know neither _replace nor aio
     parse = _tolerant(handler.request_deserializer)
     if handler.unary_unary is not None:
         return handler._replace(request_deserializer=parse, unary_unary=_unary(handler.unary_unary, method))
@@ -97,7 +98,7 @@ def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
             return await behavior(request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001 -- the last line: turn any surprise into a status
+        except Exception as exc:
             await _abort_unexpected(context, method, exc)
 
     return handle
@@ -112,7 +113,7 @@ def _unary_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> C
                 yield reply
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort_unexpected(context, method, exc)
 
     return handle
@@ -126,7 +127,7 @@ def _stream(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
             raise
         except MalformedMessage as exc:  # an undecodable message the handler did not map itself
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort_unexpected(context, method, exc)
 
     return handle
@@ -141,7 +142,7 @@ def _stream_stream(behavior: Callable[..., AsyncIterator[Any]], method: str) -> 
             raise
         except MalformedMessage as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort_unexpected(context, method, exc)
 
     return handle

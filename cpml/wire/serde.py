@@ -129,7 +129,7 @@ class WorkerStatus:
     max_message_bytes: int
 
 
-def checksum(data: bytes) -> int:
+def checksum(data: bytes | memoryview) -> int:
     """CRC-32 (zlib) of a chunk's packed bytes."""
     return zlib.crc32(data) & 0xFFFFFFFF
 
@@ -289,7 +289,7 @@ def share_chunks_to_wire(job_id: str, row_offset: int, block: np.ndarray, spec: 
     step = rows_per_chunk(block.shape[1], max_chunk_bytes)
     for start in range(0, block.shape[0], step):
         piece = np.ascontiguousarray(block[start:start + step], dtype=ELEMENT_DTYPE)
-        data = memoryview(piece).cast("B")
+        data = memoryview(piece.data).cast("B")
         rows, cols = piece.shape
         inner = _varint(1 << 3) + _varint(rows) + _varint(2 << 3) + _varint(cols) + _length_delimited(3, len(data))
         offset = row_offset + start

@@ -14,13 +14,16 @@ def _read(path: Path | None, what: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ValueError(f"Argument '{what}' must be a readable PEM file, not {str(path)!r} ({exc.strerror}).") from None
+        raise ValueError(f"Argument '{what}' must be a readable PEM file, not {str(path)!r} "
+                         f"({exc.strerror}).") from None
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
     """TLS for a server; with client_ca, mutual TLS: clients without a certificate signed by it are refused."""
     ca = _read(client_ca, "tls_client_ca")
-    return grpc.ssl_server_credentials([(_read(key, "tls_key"), _read(cert, "tls_cert"))],
+    pair = (_read(key, "tls_key"), _read(cert, "tls_cert"))
+    assert pair[0] is not None and pair[1] is not None  # both paths are given
+    return grpc.ssl_server_credentials([(pair[0], pair[1])],
                                        root_certificates=ca, require_client_auth=ca is not None)
 
 

@@ -96,7 +96,7 @@ def _handshake(raw: socket.socket, address: str, host: str, tls: TlsSettings) ->
         if "unknown ca" in text or "bad certificate" in text:
             return _client_certificate_problem(address, tls)
         return f"the TLS handshake with {address} failed: {exc.reason or exc}"
-    except (ConnectionResetError, BrokenPipeError, TimeoutError, socket.timeout):
+    except (ConnectionResetError, BrokenPipeError, TimeoutError):
         return _client_certificate_problem(address, tls) if tls.cert is None else None
     except OSError:
         return None

@@ -294,7 +294,7 @@ class MpcService(pb_grpc.MpcServicer):
         if job is None:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"no MPC job {shown(job_id)} on this worker; the master must Join it first")
-        return job  # type: ignore[return-value]
+        return job
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         limit = self._settings.max_message_bytes
@@ -330,7 +330,7 @@ class MpcService(pb_grpc.MpcServicer):
             self._route(job, await self._run(job, step, *args))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- any failure must reach the master, not end the task silently
+        except Exception as exc:
             if _party_refusal(exc):  # the party's own words about a message or its state: no values in them
                 job.fail(f"worker {job.party.index} could not go on: {exc}")
                 return False
@@ -366,7 +366,7 @@ class MpcService(pb_grpc.MpcServicer):
                 job.fail(f"worker {worker} refused or did not take a message: {exc.code().name}: "
                          f"{exc.details()}{hint}")
                 return
-            except Exception as exc:  # noqa: BLE001 -- e.g. a bad peer address: fail the job, do not vanish
+            except Exception as exc:
                 log.error("mpc peer send failed", job=job.job_id, peer=worker, error=type(exc).__name__,
                           site=failure_site(exc))
                 job.fail(f"sending to worker {worker} failed: {type(exc).__name__} at {failure_site(exc)}")

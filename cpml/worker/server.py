@@ -59,10 +59,11 @@ class WorkerServer:
                                           # masters ping every 30 s to notice a vanished worker
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
-        add_guarded(pb_grpc.add_WorkerServicer_to_server, WorkerService(self.store, s, self._executor, self.health), server)
+        worker_service = WorkerService(self.store, s, self._executor, self.health)
+        add_guarded(pb_grpc.add_WorkerServicer_to_server, worker_service, server)
         add_guarded(mpc_pb2_grpc.add_MpcServicer_to_server, self.mpc, server)
         add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)  # bad bytes: INVALID_ARGUMENT
-        if s.tls:
+        if s.tls_cert is not None and s.tls_key is not None:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:
             port = server.add_insecure_port(s.listen)

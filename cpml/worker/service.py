@@ -211,6 +211,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         last_round = -1
 
         def ended() -> None:
+            assert job is not None  # only registered once the job is known
             rounds.finish(UnknownJob(f"job {job.job_id!r} was ended or expired while its compute stream was open; "
                                      f"upload its share again"))
 
@@ -234,7 +235,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             rounds.finish()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- handed to the handler, which maps refusals to codes
+        except Exception as exc:
             rounds.finish(exc)
         finally:
             if job is not None:

@@ -135,7 +135,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     faults.add_argument("--fault-reply-delay", type=float, default=env("FAULT_REPLY_DELAY", 0.0),
                         help="sleep this many seconds before every round reply")
     faults.add_argument("--fault-fail-after-rounds", type=int, default=env("FAULT_FAIL_AFTER_ROUNDS", 0),
-                        help="end compute streams with UNAVAILABLE after this many rounds and report NOT_SERVING from then "
+                        help="end compute streams with UNAVAILABLE after this many rounds and report NOT_SERVING "
+                             "from then "
                              "on: a worker that broke and stays broken (0: never)")
     faults.add_argument("--fault-wrong-results", choices=("", "offset", "random"),
                         default=env("FAULT_WRONG_RESULTS", ""),
@@ -179,4 +180,4 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
 
 
 def _path(value: object) -> Path | None:
-    return None if value in (None, "") else Path(value)
+    return None if value in (None, "") else Path(str(value))
