@@ -13,10 +13,10 @@ from cpml.field.sampling import uniform
 from cpml.mpc.messages import MASTER, Message, Traffic
 from cpml.mpc.party import MpcParty
 from cpml.mpc.plan import MpcPlan
-from cpml.protocol.run import RoundStats
 from cpml.mpc.session import MpcSession
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.plan import Plan
+from cpml.protocol.run import RoundStats
 from cpml.protocol.simulator import TrainingResult
 
 
