@@ -11,7 +11,6 @@ scikit-learn estimators (`cpml.estimator`) and `cpml-master predict` all read an
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpml.files import write_atomically
 from cpml.preprocessing import MISSING, MISSING_CELLS, Preprocessing
 
 if TYPE_CHECKING:
@@ -167,10 +167,7 @@ class Model:
 
     def save(self, path: Path | str) -> None:
         """Write the artifact atomically as indented JSON."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(self.to_json(), indent=1))
 
     def to_sklearn(self) -> Pipeline:
         """A fitted scikit-learn Pipeline (scalers + LogisticRegression/LinearRegression) computing the same model."""

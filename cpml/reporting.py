@@ -18,6 +18,8 @@ from typing import Any, Self, TextIO
 
 import numpy as np
 
+from cpml.files import write_atomically
+
 BAR_WIDTH = 24
 
 
@@ -91,10 +93,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write metrics as indented JSON (numpy values converted, NaN/inf as null); return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=False) + "\n")
-    return path
+    return write_atomically(path, json.dumps(_jsonable(metrics), indent=2, sort_keys=False) + "\n")
 
 
 def plot_curves(path: str | Path, x: Sequence[float], panels: Mapping[str, Sequence[float | None]],

@@ -25,7 +25,9 @@ from typing import Any
 
 import structlog
 
+from cpml import runner
 from cpml.errors import ExitCode, exit_codes_help
+from cpml.files import write_atomically
 from cpml.logs import FORMATS, LEVELS, configure_logging
 
 log = structlog.get_logger(__name__)
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     for line in access.printed:
         print(line, flush=True)
     try:
-        report = _run_loop(_serve(args, settings, shards, evaluation, credentials, access))
+        report = runner.run(_serve(args, settings, shards, evaluation, credentials, access))
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -420,7 +422,7 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
         if reference is not None:
             row["optimality_gap"] = reference(session.weights)
         history.append(row)
-        _write_atomically(checkpoint_path,
+        write_atomically(checkpoint_path,
                           json.dumps({"session": session.state(), "history": history}))
         log.info("round_closed", **{k: v for k, v in row.items() if k != "noise_multiplier"})
         shown = {"acc": row.get("test_accuracy"), "gap": row.get("optimality_gap")}
@@ -433,7 +435,7 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
     server = AggregationServer(coordinator, listen, credentials, access.admission)
     address = await server.start()
     if args.port_file is not None:
-        _write_atomically(args.port_file, address)
+        write_atomically(args.port_file, address)
     started = time.monotonic()
     parties: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
@@ -459,7 +461,7 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
     bar.close()
     await server.stop()
     if session.history:  # the final state: a finished run cannot be resumed into more rounds
-        _write_atomically(checkpoint_path,
+        write_atomically(checkpoint_path,
                           json.dumps({"session": session.state(), "history": history}))
     report = _report(session, history, time.monotonic() - started, address)
     report["interrupted"] = bool(coordinator.stopping)
@@ -497,13 +499,6 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise ValueError(f"Argument 'resume' must find a checkpoint written by cpml-master aggregate in --out,"
                          f" not {str(path)!r}, which lacks its session state and history.")
     return checkpoint
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
@@ -558,14 +553,6 @@ def _write_outputs(out: Path, report: dict[str, Any]) -> None:
             panels["optimality gap F(w) - F(w*)"] = [h["optimality_gap"] for h in history]
         plot_curves(out / "curves.png", [h["round"] for h in history], panels, xlabel="round",
                     title=f"WD-DP {report['settings']['scheme']} ({report['run_id']})")
-
-
-def _run_loop(coro):
-    try:
-        import uvloop
-    except ImportError:  # Windows: plain asyncio
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def build_parser() -> argparse.ArgumentParser:

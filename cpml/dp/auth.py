@@ -13,7 +13,6 @@ Tokens are never logged; the error messages name the party, never the token.
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ import structlog
 
 from cpml.dp.session import RunError
 from cpml.errors import argument_error
+from cpml.files import write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -182,8 +182,8 @@ def write_tokens(out: Path, tokens: dict[str, str]) -> tuple[Path, Path]:
     folder = out / TOKEN_DIR
     folder.mkdir(mode=0o700, exist_ok=True)
     for name, token in tokens.items():
-        _write_private(folder / name, f"{name}:{token}\n")
-    path = _write_private(out / TOKEN_FILE, "".join(f"{n}:{t}\n" for n, t in tokens.items()))
+        write_atomically(folder / name, f"{name}:{token}\n", private=True)
+    path = write_atomically(out / TOKEN_FILE, "".join(f"{n}:{t}\n" for n, t in tokens.items()), private=True)
     return path, folder
 
 
@@ -228,11 +228,3 @@ def _check_token(token: str, where: str, flag: str) -> None:
                              " ASCII characters without spaces or ':'", f"{len(token)} characters")
 
 
-def _write_private(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)  # an existing .tmp keeps its mode through O_CREAT
-    tmp.replace(path)
-    return path

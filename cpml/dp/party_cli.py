@@ -12,7 +12,6 @@ The party proves its name with the join token its operator handed out (--token-f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ import grpc
 import numpy as np
 import structlog
 
+from cpml import runner
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import FORMATS, LEVELS, configure_logging
 
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          max_epsilon=args.max_epsilon, wait_timeout=args.wait_timeout, token=token,
                          feature_schema=bounds.digest if bounds is not None else "")
     try:
-        outcome = asyncio.run(run_party(config, x, y, credentials))
+        outcome = runner.run(run_party(config, x, y, credentials))
     except NoiseTooLow as exc:
         print(f"cpml-party: {exc}", file=sys.stderr)
         return ExitCode.REFUSED

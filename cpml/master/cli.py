@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
+from cpml import runner
 from cpml.errors import CpmlError, ExitCode, exit_codes_help
 from cpml.logs import configure_logging
 
@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cpml-master train: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     try:
-        report = _run(train(settings))
+        report = runner.run(train(settings), cancel_on_sigterm=True)
     except CpmlError as exc:
         print(f"cpml-master train: {_stopped(exc, settings.out / 'checkpoint.json')}", file=sys.stderr)
         return exc.exit_code
@@ -158,29 +158,6 @@ def _final_metrics(final: RoundRecord, model: str) -> str:
         return (f"test R²: {shown(final.test_r2, '.4f')}   "
                 f"RMSE: {shown(final.test_rmse, '.4g')}   loss: {final.loss:.4f}")
     return f"test accuracy: {shown(final.test_accuracy, '.4f')}   loss: {final.loss:.4f}"
-
-
-async def _cancel_on_sigterm(coro: Coroutine[Any, Any, T]) -> T:
-    """Run coro; SIGTERM cancels it, so the run checkpoints and stops its local workers on the way out."""
-    loop = asyncio.get_running_loop()
-    try:
-        task = asyncio.current_task()
-        assert task is not None  # called inside a running task
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    except NotImplementedError:  # Windows: SIGTERM ends the process as usual
-        return await coro
-    try:
-        return await coro
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-    except ImportError:  # Windows: plain asyncio
-        return asyncio.run(_cancel_on_sigterm(coro))
-    return uvloop.run(_cancel_on_sigterm(coro))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import structlog
 import cpml.errors as errors
 import cpml.reporting as reporting
 from cpml.data import Dataset, load_dataset
+from cpml.files import write_atomically
 from cpml.master.cluster import Cluster
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
@@ -131,15 +131,10 @@ def data_fingerprint(data: Dataset) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, trainer: TrainingRun, fingerprint: str) -> None:
     """Atomically write what --resume needs: the trainer's state and the data fingerprint."""
-    _write_json(path, {"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(), "data_sha256": fingerprint})
+    write_atomically(path, json.dumps({"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(),
+                                       "data_sha256": fingerprint}, indent=1))
 
 
 def append_round(path: Path, record: RoundRecord) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Sequence
 
 import structlog
 
+from cpml import runner
 from cpml.errors import ExitCode
 from cpml.logs import configure_logging
 from cpml.worker.settings import settings_from_args
@@ -28,13 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cpml.worker.server import run  # after logging is configured
 
     try:
-        import uvloop
-    except ImportError:  # Windows: plain asyncio
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        runner(run(settings))
+        runner.run(run(settings))
     except (RuntimeError, ValueError, OSError) as exc:
         log.error("cannot serve", listen=settings.listen, reason=str(exc))
         print(f"cpml-worker: cannot serve on {settings.listen}: {exc}", file=sys.stderr)

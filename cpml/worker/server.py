@@ -7,12 +7,12 @@ import contextlib
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from cpml.files import write_atomically
 from cpml.wire import names
 from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
@@ -80,7 +80,7 @@ class WorkerServer:
         if not s.tls:
             log.warning("serving plaintext (--insecure): anyone on the network path can read the shares")
         if s.port_file is not None:
-            _write_atomically(s.port_file, self.address)
+            write_atomically(s.port_file, self.address)
         return self.address
 
     async def _expire_idle_jobs(self) -> None:
@@ -104,12 +104,6 @@ class WorkerServer:
         await self.mpc.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 async def run(settings: WorkerSettings) -> None:
