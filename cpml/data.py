@@ -37,6 +37,7 @@ from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale,
 )
 from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview
+from cpml.split import split_indices, test_rows
 
 BUNDLED = ("digits-4v9", "breast-cancer", "diabetes")
 FORMATS = ("auto", "csv", "npz", "svmlight")
@@ -420,7 +421,7 @@ def _check_split(y: np.ndarray, test_fraction: float, name: str) -> None:
         rare = values[int(np.argmin(counts))]
         raise ValueError(f"Argument 'dataset' must have at least 2 rows of each label to split off a stratified "
                          f"test set, not {counts.min()} row labelled {_label_text(rare)} in {name!r}.")
-    n_test = math.ceil(test_fraction * len(y))
+    n_test = test_rows(len(y), test_fraction)
     n_train = len(y) - n_test
     if min(n_test, n_train) < len(values):
         raise ValueError(f"Argument 'test_fraction' must leave at least one row of each label on both sides of "
@@ -466,10 +467,8 @@ def _split(raw: RawData, model: str, positive_label: str | None, test_fraction: 
     shape = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features"
     if test_fraction is None:
         return raw.x, y, None, None, f"{shape}, all for training"
-    from sklearn.model_selection import train_test_split
-
-    x_train, x_test, y_train, y_test = train_test_split(raw.x, y, test_size=test_fraction, random_state=seed,
-                                                        stratify=stratify)
+    train, test = split_indices(len(y), test_fraction, seed, stratify)
+    x_train, x_test, y_train, y_test = raw.x[train], raw.x[test], y[train], y[test]
     return x_train, y_train, x_test, y_test, f"{shape}; {len(x_train)} train, {len(x_test)} test ({how}, seed {seed})"
 
 
@@ -640,7 +639,7 @@ def real_targets(raw: RawData, positive_label: str | None = None) -> np.ndarray:
 
 
 def _check_regression_split(rows: int, test_fraction: float, source: str) -> None:
-    n_test = math.ceil(test_fraction * rows)  # as train_test_split rounds it
+    n_test = test_rows(rows, test_fraction)
     if rows - n_test < 2:
         raise ValueError(f"Argument 'test_fraction' must leave at least 2 training rows to standardise the targets "
                          f"on, not {test_fraction} ({rows - n_test} train, {n_test} test of the {rows} rows of "

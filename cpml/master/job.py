@@ -133,8 +133,9 @@ def data_fingerprint(data: Dataset) -> str:
 
 def save_checkpoint(path: Path, trainer: TrainingRun, fingerprint: str) -> None:
     """Atomically write what --resume needs: the trainer's state and the data fingerprint."""
+    # compact: json's C encoder (indent= falls back to the Python one, 10-30 ms a round here)
     write_atomically(path, json.dumps({"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(),
-                                       "data_sha256": fingerprint}, indent=1))
+                                       "data_sha256": fingerprint}, separators=(",", ":")))
 
 
 def append_round(path: Path, record: RoundRecord) -> None:

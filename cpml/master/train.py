@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from threadpoolctl import threadpool_limits
 
 import cpml.errors as errors
 from cpml.data import Dataset
@@ -125,6 +126,14 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
                 mask_source: MaskSource = uniform) -> TrainReport:
     """Run one training job end to end on remote or embedded workers; write the outputs into settings.out."""
     # mask_source exists for tests only (never a flag): a test swaps in zero masks to show its leak check fires.
+    # The master's float products (the step size, the metrics) are small: BLAS's own threads only spin against
+    # the workers for a core, up to 100x slower on a busy machine. cpml's kernels run BLAS on their own threads.
+    with threadpool_limits(1, user_api="blas"):
+        return await _train(settings, on_round, mask_source)
+
+
+async def _train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None,
+                 mask_source: MaskSource) -> TrainReport:
     if settings.protocol != "cpml":
         return await train_baseline(settings, on_round)  # the MPC baselines (cpml.mpc)
     data = load_training_data(settings)

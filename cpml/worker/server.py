@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from threadpoolctl import threadpool_limits
 
 from cpml.files import write_atomically
 from cpml.wire import names
@@ -24,7 +25,6 @@ from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import ShareStore
 
 log = structlog.get_logger(__name__)
-
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -108,6 +108,13 @@ class WorkerServer:
 
 async def run(settings: WorkerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain for settings.drain_seconds."""
+    # BLAS on the calling thread only: the compute threads are the parallelism (cpml.field.matmul), and BLAS's
+    # own threads would spin against them, and against the other workers on a shared machine (10x slower rounds).
+    with threadpool_limits(1, user_api="blas"):
+        await _serve(settings)
+
+
+async def _serve(settings: WorkerSettings) -> None:
     server = WorkerServer(settings)
     await server.start(name_logs=True)
     stop = asyncio.Event()
