@@ -37,10 +37,10 @@ from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale,
 )
 from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview
+from cpml.options import DATA_FORMATS as FORMATS
 from cpml.split import split_indices, test_rows
 
 BUNDLED = ("digits-4v9", "breast-cancer", "diabetes")
-FORMATS = ("auto", "csv", "npz", "svmlight")
 NPZ_FEATURE_KEYS = ("x", "X", "features", "data")
 NPZ_LABEL_KEYS = ("y", "Y", "labels", "label", "target", "targets")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".npz": "npz", ".svm": "svmlight", ".svmlight": "svmlight",

@@ -6,11 +6,8 @@ job, round and worker ids through contextvars; no code in cpml logs a share, a d
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import TextIO
-
-import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
@@ -22,6 +19,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         raise ValueError(f"Argument 'level' must be one of {', '.join(LEVELS)}, not {level!r}.")
     if fmt not in FORMATS:
         raise ValueError(f"Argument 'fmt' must be one of {', '.join(FORMATS)}, not {fmt!r}.")
+    import logging  # here, not at import: `--help` and the settings that name LEVELS stay instant
+
+    import structlog
+
     target = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and target.isatty())
     renderer: structlog.typing.Processor = (

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from cpml.errors import argument_error
+from cpml.options import MODELS, SCALINGS
 
-SCALINGS = ("minmax", "standard", "none")
-MODELS = ("logistic", "linear")
 Label = str | int | float | bool
 _SCALE_NOTES = {"none": "features: not scaled",
                 "minmax": "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])",

@@ -4,13 +4,16 @@ Shared by `cpml-master train` and `cpml-master aggregate`. The API is three name
     ProgressBar(total, label)      .update(step, **metrics) / .close(); draws only on a terminal
     write_metrics(path, metrics)   JSON (numpy scalars and arrays allowed)
     plot_curves(path, x, panels)   one panel per named series against x (e.g. loss and accuracy)
+    load_plotting()                start importing matplotlib in the background, for a plot_curves to come
 """
 
 from __future__ import annotations
 
 import json
 import math
+import importlib
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -94,6 +97,13 @@ def _jsonable(value: Any) -> Any:
 def write_metrics(path: str | Path, metrics: Mapping[str, Any]) -> Path:
     """Write metrics as indented JSON (numpy values converted, NaN/inf as null); return the path."""
     return write_atomically(path, json.dumps(_jsonable(metrics), indent=2, sort_keys=False) + "\n")
+
+
+def load_plotting() -> None:
+    """Import matplotlib on a background thread, so a run's closing plot_curves finds it loaded."""
+    # matplotlib's import costs about a second, as long as a short job's training: a run that will plot starts
+    # it while it waits for its workers. A plot_curves that comes sooner waits on Python's import lock.
+    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), name="load-matplotlib").start()
 
 
 def plot_curves(path: str | Path, x: Sequence[float], panels: Mapping[str, Sequence[float | None]],

@@ -11,8 +11,8 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field.primes import is_prime
+from cpml.options import DEFAULT_PRIME
 
-DEFAULT_PRIME = 2**25 - 39  # 33554393, the largest prime below 2^25 (the paper's 2^25-37 is composite)
 MAX_PRIME_BITS = 31
 
 Elements = npt.NDArray[np.uint32]

@@ -14,6 +14,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import cpml.errors as errors
+from cpml.master.settings import Timeouts
 from cpml.protocol import ShareChunk
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2 as pb
@@ -42,16 +43,6 @@ class NotEnoughWorkers(ClusterError, errors.Unavailable):
     """Fewer live workers than the recovery threshold R."""
 
     exit_code = errors.ExitCode.NOT_ENOUGH_WORKERS
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Deadlines (seconds) for every kind of call the master makes."""
-
-    connect: float = 60.0
-    upload: float = 600.0
-    round: float = 120.0
-    control: float = 10.0
 
 
 @dataclass

@@ -7,14 +7,15 @@ import csv
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import numpy as np
-
-from cpml.data import FORMATS, read_matching
 from cpml.errors import ExitCode
-from cpml.model import Model, load_model, save_sklearn
-from cpml.preprocessing import label_text
+from cpml.options import DATA_FORMATS as FORMATS
+
+if TYPE_CHECKING:  # the commands import them when they run: `cpml-master --help` builds these parsers
+    import numpy as np
+
+    from cpml.model import Model
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def write_predictions(model: Model, x: np.ndarray, stream: TextIO) -> int:
     """Write one CSV row per input row; returns how many."""
+    from cpml.preprocessing import label_text
+
     writer = csv.writer(stream, lineterminator="\n")
     if model.kind == "logistic":
         writer.writerow(["label", "probability"])
@@ -61,6 +64,9 @@ def score_line(model: Model, metrics: dict[str, float]) -> str:
 
 def predict_command(args: argparse.Namespace) -> int:
     """Run `cpml-master predict`; returns the exit code."""
+    from cpml.data import read_matching
+    from cpml.model import load_model
+
     try:
         model = load_model(args.model)
         raw = read_matching(args.data, model.preprocessing, args.data_format, flag="data")
@@ -94,6 +100,8 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def export_command(args: argparse.Namespace) -> int:
     """Run `cpml-master export`; returns the exit code."""
+    from cpml.model import load_model, save_sklearn
+
     try:
         model = load_model(args.model)
         save_sklearn(model, args.out)

@@ -9,8 +9,8 @@ import numpy as np
 
 from cpml.errors import argument_error
 from cpml.field import Elements, ResidueBasis, basis_for
+from cpml.options import MPC_PROTOCOLS as PROTOCOLS
 
-PROTOCOLS = ("bgw", "bh08")
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,13 @@ import numpy as np
 
 import cpml.errors as errors
 from cpml.field.rns import MAX_RESIDUES
+from cpml.options import DEFAULT_CHUNK_BYTES
 from cpml.protocol import JobSpec
 from cpml.protocol.plan import MODELS
 from cpml.wire.generated.v1 import worker_pb2 as pb
 
 ELEMENT_BYTES = 4
 ELEMENT_DTYPE = np.dtype("<u4")
-# Share chunks stay far below gRPC's default 4 MiB message limit.
-DEFAULT_CHUNK_BYTES = 1 << 20
 # The largest modulus whose elements fit the uint32 wire format.
 MAX_WIRE_MODULUS = 1 << 32
 # The sigmoid polynomial's degree r: every coefficient c_i is scaled by 2^((r-i)(l_x+l_w)) and must stay
