@@ -243,6 +243,7 @@ class RoundsLog:
                                           start_step=run.round)
 
     def __enter__(self) -> RoundsLog:
+        reporting.load_plotting()  # while the rounds wait on the workers, for the closing plot_curves
         self._bar.__enter__()
         return self
 

@@ -147,7 +147,6 @@ async def _train(settings: TrainSettings, on_round: Callable[[RoundRecord], None
     log.info("plan", n=plan.n_workers, k=plan.k, t=plan.t, r=plan.r, threshold=plan.threshold,
              moduli=list(plan.moduli), modulus_bits=round(plan.basis.bits, 1), lx=plan.lx, lw=plan.lw, lc=plan.lc,
              learning_rate=plan.learning_rate, iterations=plan.iterations)
-    reporting.load_plotting()  # while the shares go out and the workers compute
 
     async with contextlib.AsyncExitStack() as stack:
         cluster = await open_cluster(settings, stack)

@@ -1,0 +1,29 @@
+"""bench/bench_job.py stays runnable: a tiny run of both sides writes a complete result file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_quick_run_times_both_sides_and_scores_them_on_the_same_rows(tmp_path):
+    out = tmp_path / "job.json"
+    run = subprocess.run([sys.executable, "bench/bench_job.py", "--quick", "--out", str(out)], cwd=REPO,
+                         check=False, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["task"] == {"images": 120, "pixels": 64, "train_rows": 96, "features": 65, "test_rows": 24,
+                              "iterations": 3, "labels": "digit >= 5 (scikit-learn digits, upsampled bilinearly)"}
+    cpml, mpyc = result["cpml"], result["mpyc"]
+    assert 0 < cpml["median_to_model_json"] <= cpml["median_to_exit"]
+    assert mpyc["median"] > 0 and mpyc["parties"] == 3
+    # the same update, sigmoid and step: 3 rounds from zero land both far above chance on the same test rows
+    assert cpml["test_accuracy"] > 0.7 and mpyc["test_accuracy"] > 0.7
+    assert result["speedup_to_model_json"] == pytest.approx(mpyc["median"] / cpml["median_to_model_json"])
