@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from cpml.options import DATA_FORMATS as FORMATS
 from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale, standardise_targets: this API)
     MISSING,
     MISSING_CELLS,
@@ -37,7 +38,6 @@ from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale,
 )
 from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview
-from cpml.options import DATA_FORMATS as FORMATS
 from cpml.split import split_indices, test_rows
 
 BUNDLED = ("digits-4v9", "breast-cancer", "diabetes")

@@ -9,9 +9,9 @@ Shared by `cpml-master train` and `cpml-master aggregate`. The API is three name
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import importlib
 import sys
 import threading
 import time

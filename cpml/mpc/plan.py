@@ -12,7 +12,6 @@ from cpml.field import Elements, ResidueBasis, basis_for
 from cpml.options import MPC_PROTOCOLS as PROTOCOLS
 
 
-
 @dataclass(frozen=True)
 class MpcPlan:
     """Which baseline, how many workers, the privacy threshold T and the number of groups G."""

@@ -6,10 +6,9 @@ import math
 from dataclasses import dataclass, replace
 
 from cpml.errors import argument_error
-from cpml.options import MODELS
 from cpml.field.prime_field import DEFAULT_PRIME, PrimeField
 from cpml.field.rns import MAX_RESIDUES, ResidueBasis, basis_for, residue_primes
-
+from cpml.options import MODELS
 
 
 def recovery_threshold(k: int, t: int, r: int) -> int:
