@@ -90,10 +90,6 @@ class PrimeField:
             raise argument_error(name, f"hold field elements in [0, {self.p})", bad)
         return a.astype(np.uint32, copy=False)
 
-    def reduce(self, x: npt.ArrayLike) -> Elements:
-        """Reduce arbitrary signed integers modulo p."""
-        return np.mod(np.asarray(x, dtype=np.int64), self.p).astype(np.uint32)
-
     # --- arithmetic -------------------------------------------------------------------------
     def add(self, a: npt.ArrayLike, b: npt.ArrayLike) -> Elements:
         """Return a + b mod p."""

@@ -42,7 +42,6 @@ class RoundStats:
     train_accuracy: float | None
     test_accuracy: float | None
     workers_used: tuple[int, ...]
-    weight_norm: float
     test_r2: float | None = None  # linear regression with a test set only, as test_rmse
     test_rmse: float | None = None  # in the units of the y the trainer holds (standardised targets: times their std)
     wrong_workers: tuple[int, ...] = ()  # whose results were wrong and corrected (--byzantine)
@@ -286,7 +285,6 @@ def round_stats(
         train_accuracy=models.accuracy(x, y, weights, model),
         test_accuracy=test_accuracy,
         workers_used=used,
-        weight_norm=float(np.linalg.norm(weights)),
         test_r2=test_r2,
         test_rmse=test_rmse,
     )
