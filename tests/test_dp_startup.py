@@ -25,6 +25,7 @@ from cpml.dp.features import dominant_feature, read_feature_bounds
 from cpml.dp.party_cli import load_party_data
 from cpml.dp.server import Coordinator, JoinTimeout
 from cpml.dp.session import AggregationSession, RunSettings
+from cpml.errors import ExitCode
 
 SCHEMA = {"features": [{"name": "sensor", "min": -4e5, "max": 4e5}, {"name": "a", "min": -4, "max": 4},
                        {"name": "b", "min": -4, "max": 4}]}
@@ -62,7 +63,7 @@ def test_a_waiting_server_says_who_joined_and_who_is_awaited(tmp_path):
         server.wait_for_log("joined 1 of 2 (hospital-a); awaiting hospital-b", timeout=60)
         server.wait_for_log("Join as party 'hospital-b' must carry that party's join token", timeout=60)
         b_code, _, b_err = finish_parties(parties[1:])[0]
-        assert b_code == 3 and "UNAUTHENTICATED" in b_err  # b's own output says so too
+        assert b_code == ExitCode.REFUSED and "UNAUTHENTICATED" in b_err  # b's own output says so too
         server.proc.send_signal(signal.SIGTERM)
         assert server.finish() == 130
         finish_parties(parties[:1])
@@ -70,7 +71,7 @@ def test_a_waiting_server_says_who_joined_and_who_is_awaited(tmp_path):
     (tmp_path / "alone").mkdir()
     with aggregation_server(tmp_path / "alone", "--insecure", "--party-tokens", str(tokens), "--run-id", "s",
                             "--join-timeout", "2") as server:
-        assert server.finish() == 4
+        assert server.finish() == ExitCode.PARTIES_MISSING
     assert ("did not join within 2 s (joined 0 of 2; awaiting hospital-a, hospital-b)"
             in server.log().splitlines()[-1])
 
@@ -106,8 +107,8 @@ def test_raw_data_is_flagged_and_the_shared_feature_bounds_make_it_learnable(tmp
         (code, _, err), (misfit_code, _, misfit_err) = finish_parties([unscaled, misfit])
         assert "feature column 0 carries 100.0% of the rows' squared norms" in err
         assert "--feature-bounds FILE" in err
-        assert code == 3 and "FAILED_PRECONDITION" in err and "uses the bounds" in err
-        assert misfit_code == 3 and "with another schema" in misfit_err
+        assert code == ExitCode.REFUSED and "FAILED_PRECONDITION" in err and "uses the bounds" in err
+        assert misfit_code == ExitCode.REFUSED and "with another schema" in misfit_err
         parties = [start_party(server.address, path, "--insecure", "--run-id", "f", "--feature-bounds", str(schema),
                                "--token-file", str(tokens / name), "--out", str(model))
                    for name, path in zip("ab", raw)]

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import structlog
 
 from cpml import runner
+from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.files import write_atomically
 from cpml.logs import FORMATS, LEVELS, configure_logging
@@ -557,8 +559,11 @@ def _write_outputs(out: Path, report: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cpml-master aggregate` parser, its exit codes in the epilog."""
-    parser = argparse.ArgumentParser(prog="cpml-master aggregate", epilog=exit_codes_help(*EXIT_CODES))
+    parser = argparse.ArgumentParser(prog="cpml-master aggregate", epilog=exit_codes_help(*EXIT_CODES),
+                                     description="Serve a WD-DP run as its aggregation server. Every flag also "
+                                                 "reads CPML_AGGREGATE_<FLAG> from the environment.")
     add_arguments(parser)
+    apply_env_defaults(parser, "CPML_AGGREGATE_", os.environ)
     return parser
 
 

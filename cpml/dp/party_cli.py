@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import structlog
 
 from cpml import runner
+from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import FORMATS, LEVELS, configure_logging
 
@@ -127,9 +129,11 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (cpml.errors.ExitCode)."""
-    parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0] + " Every flag also "
+                                     "reads CPML_PARTY_<FLAG> from the environment.",
                                      epilog=exit_codes_help(*EXIT_CODES))
     add_arguments(parser)
+    apply_env_defaults(parser, "CPML_PARTY_", os.environ)
     args = parser.parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party

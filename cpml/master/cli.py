@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cpml.env_defaults import apply_env_defaults
 from cpml.errors import CpmlError, ExitCode, exit_codes_help
 
 if TYPE_CHECKING:
@@ -37,16 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a model with CodedPrivateML on local or remote workers",
         epilog=exit_codes_help(*TRAIN_EXIT_CODES),
         description="Train logistic/linear regression with CodedPrivateML. Without --workers, starts "
-                    "--workers-local cpml-worker processes on 127.0.0.1 (plaintext loopback)."))
-    add_predict_arguments(sub.add_parser(
+                    "--workers-local cpml-worker processes on 127.0.0.1 (plaintext loopback). Every flag also "
+                    "reads CPML_MASTER_<FLAG> from the environment."))
+    predict = sub.add_parser(
         "predict", help="predict raw rows with a trained model.json (and score them when they have labels)",
         description="Apply a model.json to the rows of a file: its preprocessing, then the weights. Writes one "
                     "CSV row per input row; prints accuracy and log-loss (or R² and RMSE) when the file has "
-                    "labels. Columns that do not match the model's are refused by name."))
-    add_export_arguments(sub.add_parser(
+                    "labels. Columns that do not match the model's are refused by name. Every flag also reads "
+                    "CPML_PREDICT_<FLAG> from the environment.")
+    add_predict_arguments(predict)
+    apply_env_defaults(predict, "CPML_PREDICT_", os.environ)
+    export = sub.add_parser(
         "export", help="export a model.json as a scikit-learn Pipeline (skops format, no pickle)",
         description="Write the model as a fitted scikit-learn Pipeline (the scaling, then LogisticRegression or "
-                    "LinearRegression with coef_ and intercept_) in skops' format."))
+                    "LinearRegression with coef_ and intercept_) in skops' format. Every flag also reads "
+                    "CPML_EXPORT_<FLAG> from the environment.")
+    add_export_arguments(export)
+    apply_env_defaults(export, "CPML_EXPORT_", os.environ)
     sub.add_parser("aggregate", add_help=False,
                    help="serve as the WD-DP aggregation server (see `cpml-master aggregate --help`)")
     return parser

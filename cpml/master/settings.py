@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Only modules that import nothing heavy: `cpml-master train --help` parses these flags (0.1 s, not 1 s).
+from cpml.env_defaults import apply_env_defaults
 from cpml.logs import FORMATS as LOG_FORMATS
 from cpml.logs import LEVELS
 from cpml.options import DATA_FORMATS as FORMATS
@@ -133,99 +134,95 @@ class TrainSettings:
 
 def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """Add the `train` flags to a parser; defaults come from CPML_MASTER_<FLAG> variables in environ."""
-    environ = os.environ if environ is None else environ
-
-    def env(name: str, default: object = None) -> object:
-        return environ.get(ENV_PREFIX + name, default)
-
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=env("DATASET"), required=env("DATASET") is None,
+    data.add_argument("--dataset", default=None, required=True,
                       help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), "
                            "or a .csv/.npz/.svm file")
-    data.add_argument("--format", dest="data_format", choices=FORMATS, default=env("FORMAT", "auto"))
-    data.add_argument("--label-column", default=env("LABEL_COLUMN", "-1"),
+    data.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
+    data.add_argument("--label-column", default="-1",
                       help="CSV label column: a 0-based index (negative from the end; default -1, the last) "
                            "or a header name")
-    data.add_argument("--categorical", default=env("CATEGORICAL", ""), metavar="COL[,COL]",
+    data.add_argument("--categorical", default="", metavar="COL[,COL]",
                       help="feature columns to one-hot encode, by 0-based index (negative from the end) or header "
                            "name as --label-column; a CSV's text columns are encoded anyway (empty, '?' and 'NA' "
                            "cells as the category 'missing')")
-    data.add_argument("--positive-label", default=env("POSITIVE_LABEL"),
+    data.add_argument("--positive-label", default=None,
                       help="the label value that becomes class 1 (default: the larger number, or the later "
                            "text in sorted order)")
-    data.add_argument("--test-fraction", type=float, default=env("TEST_FRACTION", 0.2),
+    data.add_argument("--test-fraction", type=float, default=0.2,
                       help="held-out share of --dataset (default 0.2, stratified); 0 trains on every row")
-    data.add_argument("--test-data", default=env("TEST_DATA"),
+    data.add_argument("--test-data", default=None,
                       help="a file of test rows with the training file's columns; every --dataset row then trains "
                            "(--test-fraction is not used)")
-    data.add_argument("--scaling", choices=SCALINGS, default=env("SCALING", "standard"),
+    data.add_argument("--scaling", choices=SCALINGS, default="standard",
                       help="standard (default: mean 0, std 1), minmax ([0, 1]) or none, on the training split")
     data.add_argument("--intercept", action=argparse.BooleanOptionalAction,
-                      default=env("INTERCEPT", "true") in ("1", "true"),
+                      default=True,
                       help="append a constant-1 feature so the model learns a bias, as scikit-learn does "
                            "(default; --no-intercept leaves it out)")
 
     cluster = p.add_argument_group("cluster")
-    cluster.add_argument("--workers", default=env("WORKERS", ""),
+    cluster.add_argument("--workers", default="",
                          help="comma-separated host:port of running cpml-worker daemons; "
                               "omit to start local workers on 127.0.0.1")
-    cluster.add_argument("--workers-local", dest="local_workers", type=int, default=env("WORKERS_LOCAL", 10),
+    cluster.add_argument("--workers-local", dest="local_workers", type=int, default=10,
                          help="how many local workers to start when --workers is omitted (default 10)")
-    cluster.add_argument("--insecure", action="store_true", default=env("INSECURE", "") in ("1", "true"),
+    cluster.add_argument("--insecure", action="store_true", default=False,
                          help="talk plaintext to remote workers (an eavesdropper on all links defeats T-privacy)")
-    cluster.add_argument("--tls-ca", type=Path, default=env("TLS_CA"), help="CA that signed the workers' certs")
-    cluster.add_argument("--tls-cert", type=Path, default=env("TLS_CERT"), help="client cert for mutual TLS")
-    cluster.add_argument("--tls-key", type=Path, default=env("TLS_KEY"), help="client key for mutual TLS")
-    cluster.add_argument("--tls-server-name", default=env("TLS_SERVER_NAME"),
+    cluster.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the workers' certs")
+    cluster.add_argument("--tls-cert", type=Path, default=None, help="client cert for mutual TLS")
+    cluster.add_argument("--tls-key", type=Path, default=None, help="client key for mutual TLS")
+    cluster.add_argument("--tls-server-name", default=None,
                          help="expect this name in every worker's certificate instead of its host")
-    cluster.add_argument("--connect-timeout", type=float, default=env("CONNECT_TIMEOUT", 60.0))
-    cluster.add_argument("--upload-timeout", type=float, default=env("UPLOAD_TIMEOUT", 600.0))
-    cluster.add_argument("--round-timeout", type=float, default=env("ROUND_TIMEOUT", 120.0))
-    cluster.add_argument("--chunk-bytes", type=int, default=env("CHUNK_BYTES", DEFAULT_CHUNK_BYTES),
+    cluster.add_argument("--connect-timeout", type=float, default=60.0)
+    cluster.add_argument("--upload-timeout", type=float, default=600.0)
+    cluster.add_argument("--round-timeout", type=float, default=120.0)
+    cluster.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
                          help="largest share chunk sent in one message")
 
     plan = p.add_argument_group("plan")
-    plan.add_argument("--case", type=int, choices=(1, 2), default=env("CASE", 1),
+    plan.add_argument("--case", type=int, choices=(1, 2), default=1,
                       help="1: T=1, largest K (speed); 2: parallelism about equal to privacy")
-    plan.add_argument("--protocol", choices=TRAIN_PROTOCOLS, default=env("PROTOCOL", "cpml"),
+    plan.add_argument("--protocol", choices=TRAIN_PROTOCOLS, default="cpml",
                       help="cpml (default), or an MPC baseline of the paper: bgw, bh08 (3 groups of 2T+1 "
                            "workers, T = --t or floor((N-3)/6))")
-    plan.add_argument("--r", type=int, default=env("R", 1), help="degree of the sigmoid polynomial")
-    plan.add_argument("--k", type=int, default=env("K"), help="override K (needs --t)")
-    plan.add_argument("--t", type=int, default=env("T"), help="override T, the colluding workers tolerated")
-    plan.add_argument("--lx", type=int, default=env("LX"), help="data quantization bits (default: auto)")
-    plan.add_argument("--lw", type=int, default=env("LW"), help="weight quantization bits (default: auto)")
-    plan.add_argument("--lc", type=int, default=env("LC"), help="coefficient quantization bits (default: auto)")
-    plan.add_argument("--weight-bound", type=float, default=env("WEIGHT_BOUND", 4.0),
+    plan.add_argument("--r", type=int, default=1, help="degree of the sigmoid polynomial")
+    plan.add_argument("--k", type=int, default=None, help="override K (needs --t)")
+    plan.add_argument("--t", type=int, default=None, help="override T, the colluding workers tolerated")
+    plan.add_argument("--lx", type=int, default=None, help="data quantization bits (default: auto)")
+    plan.add_argument("--lw", type=int, default=None, help="weight quantization bits (default: auto)")
+    plan.add_argument("--lc", type=int, default=None, help="coefficient quantization bits (default: auto)")
+    plan.add_argument("--weight-bound", type=float, default=4.0,
                       help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it")
-    plan.add_argument("--sigmoid-interval", type=float, default=env("SIGMOID_INTERVAL", 8.0),
+    plan.add_argument("--sigmoid-interval", type=float, default=8.0,
                       help="fit the sigmoid polynomial on [-a, a]")
-    plan.add_argument("--prime", type=int, default=env("PRIME", DEFAULT_PRIME),
+    plan.add_argument("--prime", type=int, default=DEFAULT_PRIME,
                       help="the largest residue prime; the others are the next primes below it")
-    plan.add_argument("--byzantine", type=int, default=env("BYZANTINE", 0), metavar="A",
+    plan.add_argument("--byzantine", type=int, default=0, metavar="A",
                       help="correct up to A workers that return wrong results each round (waits for R + 2A "
                            "replies; the culprits are named and dropped); needs N >= R + 2A")
     plan.add_argument("--detect", action=argparse.BooleanOptionalAction,
-                      default=env("DETECT", "") in ("1", "true"),
+                      default=False,
                       help="wait for R + 1 replies and stop, without updating, when results disagree")
-    plan.add_argument("--residues", type=int, default=env("RESIDUES"),
+    plan.add_argument("--residues", type=int, default=None,
                       help="how many primes carry every value (default: the fewest that give the data at least "
                            "8 fractional bits)")
-    plan.add_argument("--learning-rate", type=float, default=env("LEARNING_RATE"), help="default: 1/L")
-    plan.add_argument("--iterations", type=int, default=env("ITERATIONS", 50))
-    plan.add_argument("--model", choices=MODELS, default=env("MODEL", "logistic"))
-    plan.add_argument("--seed", type=int, default=env("SEED", 0),
+    plan.add_argument("--learning-rate", type=float, default=None, help="default: 1/L")
+    plan.add_argument("--iterations", type=int, default=50)
+    plan.add_argument("--model", choices=MODELS, default="logistic")
+    plan.add_argument("--seed", type=int, default=0,
                       help="seeds the split and the weight rounding (masks always come from the OS CSPRNG)")
 
     run = p.add_argument_group("output")
-    run.add_argument("--out", type=Path, default=env("OUT", "runs/latest"),
+    run.add_argument("--out", type=Path, default="runs/latest",
                      help="directory for model.json, metrics.json, curves.png and checkpoint.json")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
-    run.add_argument("--checkpoint-every", type=int, default=env("CHECKPOINT_EVERY", 1))
+    run.add_argument("--checkpoint-every", type=int, default=1)
     run.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: on a terminal)")
-    run.add_argument("--log-level", choices=LEVELS, default=env("LOG_LEVEL", "info"))
-    run.add_argument("--log-format", choices=LOG_FORMATS, default=env("LOG_FORMAT", "auto"))
+    run.add_argument("--log-level", choices=LEVELS, default="info")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="auto")
+    apply_env_defaults(p, ENV_PREFIX, os.environ if environ is None else environ)
 
 
 def train_settings(args: argparse.Namespace) -> TrainSettings:

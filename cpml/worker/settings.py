@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
+from cpml.env_defaults import apply_env_defaults, parse_bool
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import FORMATS, LEVELS
 
@@ -25,14 +26,6 @@ def parse_bytes(text: str) -> int:
     if match is None or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"a byte count such as 4096, 512MiB or 4GiB, not {text!r}")
     return int(match.group(1)) * _UNITS[unit]
-
-
-def _flag_bool(text: str) -> bool:
-    if str(text).lower() in ("1", "true", "yes", "on"):
-        return True
-    if str(text).lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"true or false, not {text!r}")
 
 
 @dataclass(frozen=True)
@@ -91,60 +84,57 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """The cpml-worker argument parser, with defaults taken from CPML_WORKER_* variables in environ."""
     d = SimpleNamespace(**{f.name: f.default for f in fields(WorkerSettings)})
 
-    def env(name: str, default: object) -> object:
-        return environ.get(ENV_PREFIX + name, default)
-
     p = argparse.ArgumentParser(
         prog="cpml-worker",
         description="CodedPrivateML worker daemon: stores coded shares and computes on them. "
                     f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).",
         epilog=exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.CANNOT_SERVE))
-    p.add_argument("--listen", default=env("LISTEN", d.listen), help="host:port to serve on (port 0: any free port)")
-    p.add_argument("--share-bytes-cap", type=parse_bytes, default=env("SHARE_BYTES_CAP", str(d.share_bytes_cap)),
+    p.add_argument("--listen", default=d.listen, help="host:port to serve on (port 0: any free port)")
+    p.add_argument("--share-bytes-cap", type=parse_bytes, default=str(d.share_bytes_cap),
                    help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB). "
                         "A job that is computing also holds a float64 copy of its share (twice its bytes)")
     p.add_argument("--max-message-bytes", type=parse_bytes,
-                   default=env("MAX_MESSAGE_BYTES", str(d.max_message_bytes)), help="gRPC message size limit")
-    p.add_argument("--tls-cert", type=Path, default=env("TLS_CERT", None), help="server certificate (PEM)")
-    p.add_argument("--tls-key", type=Path, default=env("TLS_KEY", None), help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", type=Path, default=env("TLS_CLIENT_CA", None),
+                   default=str(d.max_message_bytes), help="gRPC message size limit")
+    p.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, default=None,
                    help="CA (PEM) that must sign client certificates: enables mutual TLS")
-    p.add_argument("--insecure", type=_flag_bool, nargs="?", const=True, default=env("INSECURE", "false"),
+    p.add_argument("--insecure", type=parse_bool, nargs="?", const=True, default="false",
                    metavar="true|false",
                    help="serve plaintext (no TLS); anyone on the network path can read shares")
-    p.add_argument("--port-file", type=Path, default=env("PORT_FILE", None),
+    p.add_argument("--port-file", type=Path, default=None,
                    help="write the bound host:port here once serving (useful with port 0)")
-    p.add_argument("--drain-seconds", type=float, default=env("DRAIN_SECONDS", d.drain_seconds),
+    p.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
                    help="on SIGTERM, let calls in flight finish for this long")
-    p.add_argument("--job-idle-seconds", type=float, default=env("JOB_IDLE_SECONDS", d.job_idle_seconds),
+    p.add_argument("--job-idle-seconds", type=float, default=d.job_idle_seconds,
                    help="forget a job unused for this long (also the most a compute stream may stay silent)")
-    p.add_argument("--mpc-peer-hosts", default=env("MPC_PEER_HOSTS", ""),
+    p.add_argument("--mpc-peer-hosts", default="",
                    help="comma-separated hosts an MPC baseline job may make this worker connect to (default: any "
                         "host:port; set it on networks where that matters)")
-    p.add_argument("--orphan-seconds", type=float, default=env("ORPHAN_SECONDS", d.orphan_seconds),
+    p.add_argument("--orphan-seconds", type=float, default=d.orphan_seconds,
                    help="forget a job with no open compute stream after this long (a master that died "
                         "without ending it); default 300")
-    p.add_argument("--compute-threads", type=int, default=env("COMPUTE_THREADS", d.compute_threads),
+    p.add_argument("--compute-threads", type=int, default=d.compute_threads,
                    help="threads computing rounds (of different jobs) at once")
     p.add_argument("--stop-with-parent", action="store_true",
                    help="exit when the process that started this worker exits (used for embedded workers)")
-    p.add_argument("--log-level", choices=LEVELS, default=env("LOG_LEVEL", d.log_level))
-    p.add_argument("--log-format", choices=FORMATS, default=env("LOG_FORMAT", d.log_format),
+    p.add_argument("--log-level", choices=LEVELS, default=d.log_level)
+    p.add_argument("--log-format", choices=FORMATS, default=d.log_format,
                    help="json, console, or auto (console on a terminal)")
     faults = p.add_argument_group("fault injection (tests only; off by default)")
-    faults.add_argument("--fault-reply-delay", type=float, default=env("FAULT_REPLY_DELAY", 0.0),
+    faults.add_argument("--fault-reply-delay", type=float, default=0.0,
                         help="sleep this many seconds before every round reply")
-    faults.add_argument("--fault-fail-after-rounds", type=int, default=env("FAULT_FAIL_AFTER_ROUNDS", 0),
+    faults.add_argument("--fault-fail-after-rounds", type=int, default=0,
                         help="end compute streams with UNAVAILABLE after this many rounds and report NOT_SERVING "
-                             "from then "
-                             "on: a worker that broke and stays broken (0: never)")
+                             "from then on: a worker that broke and stays broken (0: never)")
     faults.add_argument("--fault-wrong-results", choices=("", "offset", "random"),
-                        default=env("FAULT_WRONG_RESULTS", ""),
+                        default="",
                         help="return wrong but well-formed results: add 1 to, or randomize, some entries")
-    faults.add_argument("--fault-wrong-every", type=int, default=env("FAULT_WRONG_EVERY", 1),
+    faults.add_argument("--fault-wrong-every", type=int, default=1,
                         help="lie only in rounds whose number is a multiple of this (default every round)")
-    faults.add_argument("--fault-wrong-fraction", type=float, default=env("FAULT_WRONG_FRACTION", 0.1),
+    faults.add_argument("--fault-wrong-fraction", type=float, default=0.1,
                         help="fraction of the result's entries that are wrong (at least one)")
+    apply_env_defaults(p, ENV_PREFIX, environ)
     return p
 
 
@@ -152,15 +142,6 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     """Parse flags (falling back to the environment) into WorkerSettings; exit 2 with a message on bad input."""
     parser = build_parser(os.environ if environ is None else environ)
     args = parser.parse_args(argv)
-    for name in ("share_bytes_cap", "max_message_bytes"):  # env defaults arrive as strings
-        value = getattr(args, name)
-        if isinstance(value, str):
-            try:
-                setattr(args, name, parse_bytes(value))
-            except argparse.ArgumentTypeError as exc:
-                parser.error(f"argument --{name.replace('_', '-')}: {exc}")
-    if isinstance(args.insecure, str):
-        args.insecure = _flag_bool(args.insecure)
     try:
         return WorkerSettings(
             listen=args.listen, share_bytes_cap=args.share_bytes_cap, max_message_bytes=args.max_message_bytes,
