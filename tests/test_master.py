@@ -66,6 +66,20 @@ async def test_weights_are_bit_identical_to_the_simulator(tmp_path):
     np.testing.assert_array_equal(model["weights"], report.weights)
 
 
+async def test_eval_every_skips_the_metrics_between_evaluations_and_keeps_the_weights(tmp_path):
+    async with _workers(5) as servers:
+        report = await train(_settings([s.address for s in servers], tmp_path, iterations=5, eval_every=2))
+    assert [r.loss is not None for r in report.history] == [False, True, False, True, True]  # and the last
+    assert [r.test_accuracy is not None for r in report.history] == [False, True, False, True, True]
+    reference = _simulated(report.plan)
+    assert report.weights.tobytes() == reference.weights.tobytes()
+    assert report.history[-1].loss == reference.history[-1].loss
+    rounds = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
+    assert [r["loss"] is None for r in rounds] == [True, False, True, False, False]
+    with pytest.raises(ValueError, match="Argument 'eval_every' must be positive, not 0"):
+        train_settings(parse_train_args(["--dataset", DATASET, "--eval-every", "0"]))
+
+
 async def test_a_straggler_never_delays_a_round(tmp_path):
     async with _workers(5, faults={2: {"fault_reply_delay": 1.5}}) as servers:
         report = await train(_settings([s.address for s in servers], tmp_path))

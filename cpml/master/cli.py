@@ -167,8 +167,8 @@ def _final_metrics(final: RoundRecord, model: str) -> str:
 
     if model == "linear":
         return (f"test R²: {shown(final.test_r2, '.4f')}   "
-                f"RMSE: {shown(final.test_rmse, '.4g')}   loss: {final.loss:.4f}")
-    return f"test accuracy: {shown(final.test_accuracy, '.4f')}   loss: {final.loss:.4f}"
+                f"RMSE: {shown(final.test_rmse, '.4g')}   loss: {shown(final.loss, '.4f')}")
+    return f"test accuracy: {shown(final.test_accuracy, '.4f')}   loss: {shown(final.loss, '.4f')}"
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ class RoundRecord:
     """What the master measured in one round."""
 
     round: int
-    loss: float
+    loss: float | None  # None (as the accuracies): not evaluated this round (--eval-every)
     train_accuracy: float | None
     test_accuracy: float | None
     workers_used: tuple[int, ...]
@@ -256,7 +256,7 @@ class RoundsLog:
         append_round(self._settings.out / ROUNDS_LOG, record)
         if self._run.round % self._settings.checkpoint_every == 0 or self._run.done:
             self.save()
-        shown: dict[str, Any] = {"loss": record.loss}
+        shown: dict[str, Any] = {} if record.loss is None else {"loss": record.loss}
         if record.test_accuracy is not None:
             shown["accuracy"] = record.test_accuracy
         fit = {} if record.test_r2 is None else {"test_r2": record.test_r2, "test_rmse": record.test_rmse}
@@ -264,8 +264,9 @@ class RoundsLog:
             shown |= {"r2": record.test_r2, "rmse": record.test_rmse}
         self._bar.update(self._run.round, **shown)
         # with a progress bar on screen, per-round lines would only break it
+        loss = None if record.loss is None else round(record.loss, 6)
         (log.debug if self._bar.enabled else log.info)(
-            "round", round=record.round, loss=round(record.loss, 6), test_accuracy=record.test_accuracy,
+            "round", round=record.round, loss=loss, test_accuracy=record.test_accuracy,
             seconds=round(record.total_seconds, 4), late=record.late_replies, **fit)
         if self._on_round is not None:
             self._on_round(record)
@@ -285,10 +286,12 @@ def write_outputs(settings: TrainSettings, run: TrainingRun, data: Dataset, hist
         "dataset": data.name, "notes": list(data.notes), **metrics,
         "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__},
         "final": asdict(final) if final else None, "rounds": [asdict(r) for r in history]})
-    if history:
-        panels: dict[str, list[float | None]] = {"loss": [r.loss for r in history]}
-        if any(r.test_accuracy is not None for r in history):
-            panels["test accuracy"] = [r.test_accuracy for r in history]
-        if any(r.test_r2 is not None for r in history):
-            panels["test R²"] = [r.test_r2 for r in history]
-        reporting.plot_curves(out / "curves.png", [r.round for r in history], panels, title=f"{data.name}: {title}")
+    evaluated = [r for r in history if r.loss is not None]  # every --eval-every rounds, and the last
+    if evaluated:
+        panels: dict[str, list[float | None]] = {"loss": [r.loss for r in evaluated]}
+        if any(r.test_accuracy is not None for r in evaluated):
+            panels["test accuracy"] = [r.test_accuracy for r in evaluated]
+        if any(r.test_r2 is not None for r in evaluated):
+            panels["test R²"] = [r.test_r2 for r in evaluated]
+        reporting.plot_curves(out / "curves.png", [r.round for r in evaluated], panels,
+                              title=f"{data.name}: {title}")

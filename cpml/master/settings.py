@@ -68,6 +68,7 @@ class TrainSettings:
     out: Path = Path("runs/latest")
     resume: bool = False
     checkpoint_every: int = 1
+    eval_every: int = 1  # compute the loss and accuracies every this many rounds (and after the last)
     insecure: bool = False
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -99,6 +100,8 @@ class TrainSettings:
             raise ValueError(f"Argument 'local_workers' must be positive, not {self.local_workers}.")
         if self.checkpoint_every < 1:
             raise ValueError(f"Argument 'checkpoint_every' must be positive, not {self.checkpoint_every}.")
+        if self.eval_every < 1:
+            raise ValueError(f"Argument 'eval_every' must be positive, not {self.eval_every}.")
         if self.chunk_bytes < 1:
             raise ValueError(f"Argument 'chunk_bytes' must be positive, not {self.chunk_bytes}.")
         for name in ("connect", "upload", "round", "control"):
@@ -218,6 +221,9 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
                      help="directory for model.json, metrics.json, curves.png and checkpoint.json")
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
     run.add_argument("--checkpoint-every", type=int, default=1)
+    run.add_argument("--eval-every", type=int, default=1, metavar="N",
+                     help="compute the loss and accuracy every N rounds and after the last (default 1): each costs "
+                          "passes over all the training and test rows, as much as a round on a large dataset")
     run.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: on a terminal)")
     run.add_argument("--log-level", choices=LEVELS, default="info")
@@ -249,7 +255,8 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         weight_bound=float(args.weight_bound), sigmoid_interval=float(args.sigmoid_interval),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
         iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),
-        resume=bool(args.resume), checkpoint_every=int(args.checkpoint_every), insecure=bool(args.insecure),
+        resume=bool(args.resume), checkpoint_every=int(args.checkpoint_every),
+        eval_every=int(args.eval_every), insecure=bool(args.insecure),
         tls_ca=opt_path(args.tls_ca), tls_cert=opt_path(args.tls_cert), tls_key=opt_path(args.tls_key),
         tls_server_name=args.tls_server_name or None,
         timeouts=Timeouts(connect=float(args.connect_timeout), upload=float(args.upload_timeout),

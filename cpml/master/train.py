@@ -83,7 +83,7 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
         (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
         plan = make_plan(settings, settings.n_workers, data.x_train)
         return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
-                                   mask_source=mask_source), []
+                                   mask_source=mask_source, eval_every=settings.eval_every), []
     saved = load_checkpoint(ckpt_path, fingerprint)["trainer"]
     try:
         saved_plan = plan_from_checkpoint(saved)
@@ -110,7 +110,7 @@ def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
                           f"(--workers or --workers-local): {exc}") from None
     trainer = CodedTrainer.create(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test,
                                   weights=weights, previous=previous, start_round=round_,
-                                  mask_source=mask_source)
+                                  mask_source=mask_source, eval_every=settings.eval_every)
     rounds_log = settings.out / ROUNDS_LOG
     try:
         history = read_rounds(rounds_log, trainer.round)

@@ -38,7 +38,7 @@ class RoundStats:
     """What one finished round produced."""
 
     round: int
-    loss: float
+    loss: float | None  # None, as the accuracies: a round the metrics skipped (eval_every)
     train_accuracy: float | None
     test_accuracy: float | None
     workers_used: tuple[int, ...]
@@ -65,6 +65,7 @@ class TrainingRun:
     xty: Array  # X̄ᵀy, which the master keeps
     coefficients: npt.NDArray[np.object_]  # the sigmoid fit, scaled to the quantization (Python ints)
     mask_source: MaskSource = uniform
+    eval_every: int = 1  # compute the loss and accuracies every this many rounds, and after the last
     _issued: int | None = dataclass_field(default=None, repr=False)
     _query: Array | None = dataclass_field(default=None, repr=False)
 
@@ -109,6 +110,9 @@ class TrainingRun:
         self.previous, self.weights = self.weights, step
         self.round += 1
         self._issued = self._query = None
+        if self.round % self.eval_every and not self.done:  # the metrics cost passes over all the data
+            return RoundStats(self.round, None, None, None, used, float(np.linalg.norm(self.weights)),
+                              wrong_workers=wrong)
         return replace(self.stats(used), wrong_workers=wrong)
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:

@@ -87,13 +87,17 @@ class CodedTrainer(TrainingRun):
         previous: npt.ArrayLike | None = None,
         start_round: int = 0,
         mask_source: MaskSource = uniform,
+        eval_every: int = 1,
     ) -> CodedTrainer:
         """Quantize and partition the data, resolve the learning rate, and check the overflow guard."""
         data = prepare_data(plan, x, y, seed, x_test, y_test, plan.k, weights, start_round, previous)
         schemes = tuple(
             CodingScheme(field, data.plan.n_workers, data.plan.k, data.plan.t) for field in data.plan.basis.fields
         )
-        return cls(seed=int(seed), round=start_round, schemes=schemes, mask_source=mask_source, **data.by_name())
+        if eval_every < 1:
+            raise argument_error("eval_every", "be a positive number of rounds", eval_every)
+        return cls(seed=int(seed), round=start_round, schemes=schemes, mask_source=mask_source,
+                   eval_every=eval_every, **data.by_name())
 
     @property
     def job_spec(self) -> JobSpec:
