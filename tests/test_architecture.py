@@ -19,11 +19,16 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
-def _imports(name: str, path: Path) -> set[str]:
+def _imports(name: str, path: Path, at_runtime: bool = False) -> set[str]:
     """Every module this one imports, anywhere in it (a package's own submodules named in `from pkg import x`)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    if at_runtime:  # leave out `if TYPE_CHECKING:` blocks: they import for annotations only
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                node.body = []
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -95,3 +100,11 @@ def test_wd_dp_does_not_import_the_coded_master():
     offending = {name: sorted(m for m in GRAPH[name] if m.startswith("cpml.master"))
                  for name in MODULES if name.startswith("cpml.dp")}
     assert {name: found for name, found in offending.items() if found} == {}
+
+
+def test_only_the_wire_layer_touches_generated_messages_at_runtime():
+    offending = {name: sorted(m for m in _imports(name, path, at_runtime=True)
+                              if m.startswith("cpml.wire.generated") and m.endswith("_pb2"))
+                 for name, path in MODULES.items() if not name.startswith("cpml.wire")}
+    assert {name: found for name, found in offending.items() if found} == {}
+

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cpml.dp import serde
+from cpml.wire import aggregation_serde as serde
 from cpml.dp.accountant import Budget
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.server import AggregationServer, Coordinator, CoordinatorFailed

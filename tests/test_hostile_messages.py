@@ -20,7 +20,7 @@ from helpers_cluster import DEADLINE, MODULI, P, compute, running_worker, small_
 from sklearn.datasets import load_breast_cancer
 from structlog.testing import capture_logs
 
-from cpml.dp import serde as dp_serde
+from cpml.wire import aggregation_serde as dp_serde
 from cpml.dp.accountant import Budget
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.server import AggregationServer, Coordinator

@@ -18,11 +18,10 @@ import numpy as np
 import structlog
 
 import cpml.errors as errors
-from cpml.dp import serde
 from cpml.dp.accountant import Accounting, Budget, BudgetExceeded, PrivacyLedger, Step
 from cpml.dp.dpgd import dp_gradient_steps
 from cpml.dp.noise import NoiseSource, SecureGaussian
-from cpml.wire.generated.v1 import aggregation_pb2 as pb
+from cpml.wire import aggregation_serde as serde
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
@@ -77,9 +76,8 @@ async def run_party(
     async with channel:
         stub = pb_grpc.AggregationStub(channel)
         joined = await stub.Join(
-            pb.JoinRequest(run_id=config.run_id, name=config.name, records=len(y),
-                           dimension=x.shape[1], token=config.token,
-                           feature_schema=config.feature_schema),
+            serde.join_request(config.run_id, config.name, len(y), x.shape[1], config.token,
+                               config.feature_schema),
             timeout=config.call_timeout,
         )
         log_.info("joined", rounds=joined.rounds, scheme=joined.scheme, epsilon=joined.epsilon,
@@ -89,7 +87,7 @@ async def run_party(
         after = 0
         while True:
             msg = await stub.NextTask(
-                pb.TaskRequest(run_id=config.run_id, party_id=joined.party_id, after_round=after),
+                serde.task_request(config.run_id, joined.party_id, after),
                 timeout=config.wait_timeout,
             )
             task = serde.task_from_proto(msg)
@@ -117,9 +115,7 @@ async def run_party(
             )
             ledger.charge(step, task.local.local_steps)
             await stub.SubmitUpdate(
-                pb.UpdateRequest(run_id=config.run_id, party_id=joined.party_id,
-                                 round=task.round, records=len(y),
-                                 weights=serde.vector_to_proto(weights)),
+                serde.update_request(config.run_id, joined.party_id, task.round, len(y), weights),
                 timeout=config.call_timeout,
             )
             rounds += 1

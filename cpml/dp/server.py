@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import cpml.errors as errors
-from cpml.dp import serde
 from cpml.dp.session import (
     AggregationSession,
     InvalidUpdate,
@@ -30,11 +29,14 @@ from cpml.dp.session import (
     RoundResult,
     RunError,
 )
+from cpml.wire import aggregation_serde as serde
 from cpml.wire import names
-from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
 from cpml.wire.guard import add_guarded, failure_site, status_of
 from cpml.wire.serde import MAX_ID_LENGTH, shown
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    from cpml.wire.generated.v1 import aggregation_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -220,8 +222,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         log.info("party_joined", party=name, status=self.coordinator.join_status())
         await self.coordinator.notify()
         s = self.session.settings
-        return pb.JoinReply(party_id=party.party_id, rounds=s.rounds, scheme=s.scheme.value,
-                            epsilon=s.budget.epsilon, delta=s.budget.delta)
+        return serde.join_reply(party.party_id, s.rounds, s.scheme.value, s.budget.epsilon, s.budget.delta)
 
     async def NextTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
                        ) -> pb.PartyTask:
@@ -270,7 +271,7 @@ class AggregationService(pb_grpc.AggregationServicer):
             log.warning("update_refused", round=request.round, reason=str(exc))
             await _abort(context, exc)
         await self.coordinator.notify()
-        return pb.UpdateReply(round=s.round, waiting_for=len(s.waiting_for()))
+        return serde.update_reply(s.round, len(s.waiting_for()))
 
     def _check_caller(self, name: str, context: grpc.aio.ServicerContext) -> None:
         if self.admission is not None:

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 import structlog
@@ -17,8 +17,10 @@ import cpml.errors as errors
 from cpml.master.settings import Timeouts
 from cpml.protocol import ShareChunk
 from cpml.wire import names, serde
-from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    pass
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +63,7 @@ class WorkerHandle:
         """UploadShare taking pre-serialized ShareChunk bytes (see serde.share_chunks_to_wire)."""
         return self.channel.stream_unary(names.method_path(names.WORKER_SERVICE, "UploadShare"),
                                          request_serializer=None,
-                                         response_deserializer=pb.UploadReply.FromString)
+                                         response_deserializer=serde.upload_reply_from_wire)
 
     def fail(self, reason: str, rejoinable: bool = True) -> None:
         """Mark the worker dead; only a rejoinable one is ever contacted again in this run (see cpml.master.rejoin)."""
@@ -256,7 +258,7 @@ class Cluster:
             # a dropped worker is often gone for good: give it a short deadline, and do not warn about it
             timeout = self.timeouts.control if worker.alive else min(2.0, self.timeouts.control)
             try:
-                await worker.stub.EndJob(pb.EndJobRequest(job_id=job_id), timeout=timeout)
+                await worker.stub.EndJob(serde.end_job_request(job_id), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 (log.warning if worker.alive else log.debug)("end job failed", worker=worker.index,
                                                              reason=_describe(exc))
@@ -298,7 +300,7 @@ class Cluster:
 
     async def status(self) -> dict[int, serde.WorkerStatus]:
         """Each live worker's status (a worker whose call fails is left out)."""
-        replies = await asyncio.gather(*(w.stub.Status(pb.StatusRequest(), timeout=self.timeouts.control)
+        replies = await asyncio.gather(*(w.stub.Status(serde.status_request(), timeout=self.timeouts.control)
                                          for w in self.alive), return_exceptions=True)
         out = {}
         for worker, reply in zip(self.alive, replies, strict=True):

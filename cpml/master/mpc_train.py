@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -43,8 +43,10 @@ from cpml.master.settings import TrainSettings
 from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import Plan
 from cpml.wire import mpc_serde, serde
-from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    pass
 
 log = structlog.get_logger(__name__)
 
@@ -141,11 +143,8 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
         await asyncio.gather(*readers, return_exceptions=True)
         for w in workers:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stubs[w.index].Leave(pb.MpcLeaveRequest(job_id=job_id), timeout=control)
-                worker_stats[w.index] = {"messages_sent": reply.messages_sent, "bytes_sent": reply.bytes_sent,
-                                         "compute_seconds": reply.compute_seconds,
-                                         "messages_by_kind": dict(reply.messages_by_kind),
-                                         "bytes_by_kind": dict(reply.bytes_by_kind)}
+                reply = await stubs[w.index].Leave(mpc_serde.leave_request(job_id), timeout=control)
+                worker_stats[w.index] = mpc_serde.leave_from_proto(reply)
         structlog.contextvars.unbind_contextvars("job")
     return MpcJobReport(tuple(history), setup, traffic.as_dict(), worker_stats)
 
@@ -182,7 +181,7 @@ def protocol_name(mpc: MpcPlan) -> str:
 async def _read_results(stub: pb_grpc.MpcStub, job_id: str, moduli: tuple[int, ...],
                         replies: asyncio.Queue[Message | MpcJobFailed]) -> None:
     try:
-        async for envelope in stub.Results(pb.MpcResultsRequest(job_id=job_id)):
+        async for envelope in stub.Results(mpc_serde.results_request(job_id)):
             replies.put_nowait(mpc_serde.envelope_from_proto(envelope, moduli))
     except asyncio.CancelledError:
         raise

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import grpc
 import numpy as np
@@ -15,7 +15,9 @@ import structlog
 import cpml.errors as errors
 from cpml.master.cluster import NotEnoughWorkers, WorkerHandle
 from cpml.wire import serde
-from cpml.wire.generated.v1 import worker_pb2 as pb
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    from cpml.wire.generated.v1 import worker_pb2 as pb
 
 log = structlog.get_logger(__name__)
 

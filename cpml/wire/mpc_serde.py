@@ -6,6 +6,8 @@ the coefficients) has a leading axis with one slice per modulus, each checked ag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from cpml.field import field_for
@@ -101,3 +103,40 @@ def envelope_from_proto(msg: pb.MpcEnvelope, moduli: tuple[int, ...]) -> Message
         raise CorruptData(f"{kind.value} payload from {msg.sender} failed its CRC-32 check; resend it")
     payload = tensor_from_proto(msg.payload, moduli, f"{kind.value} payload")
     return Message(msg.sender, msg.receiver, kind, msg.round, msg.step, payload)
+
+
+def join_reply(job_id: str) -> pb.MpcJoinReply:
+    """A worker's acceptance of a Join."""
+    return pb.MpcJoinReply(job_id=job_id)
+
+
+def deliver_reply() -> pb.MpcDeliverReply:
+    """A worker's receipt for a delivered message."""
+    return pb.MpcDeliverReply()
+
+
+def results_request(job_id: str) -> pb.MpcResultsRequest:
+    """The master opening a job's stream of gradient shares."""
+    return pb.MpcResultsRequest(job_id=job_id)
+
+
+def leave_request(job_id: str) -> pb.MpcLeaveRequest:
+    """The master ending a job on one worker."""
+    return pb.MpcLeaveRequest(job_id=job_id)
+
+
+def leave_reply(existed: bool, messages: Mapping[str, int] | None = None, sent: Mapping[str, int] | None = None,
+                compute_seconds: float = 0.0) -> pb.MpcLeaveReply:
+    """A worker's account of a job it left: the protocol messages and bytes it sent by kind, its compute time."""
+    messages, sent = messages or {}, sent or {}
+    return pb.MpcLeaveReply(existed=existed, messages_sent=sum(messages.values()), bytes_sent=sum(sent.values()),
+                            compute_seconds=compute_seconds, messages_by_kind=dict(messages),
+                            bytes_by_kind=dict(sent))
+
+
+def leave_from_proto(reply: pb.MpcLeaveReply) -> dict[str, object]:
+    """What a worker reported when it left a job, as plain values."""
+    return {"messages_sent": reply.messages_sent, "bytes_sent": reply.bytes_sent,
+            "compute_seconds": reply.compute_seconds, "messages_by_kind": dict(reply.messages_by_kind),
+            "bytes_by_kind": dict(reply.bytes_by_kind)}
+

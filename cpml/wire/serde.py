@@ -386,3 +386,34 @@ def jobs_from_proto(msg: pb.ListJobsReply) -> list[JobSummary]:
     """A ListJobs reply as JobSummary values."""
     return [JobSummary(job_id=j.job_id, residues=j.residues, rows=j.rows, cols=j.cols, bytes=j.bytes,
                        idle_seconds=j.idle_seconds, compute_streams=j.compute_streams) for j in msg.jobs]
+
+
+def status_request() -> pb.StatusRequest:
+    """Ask a worker for its load."""
+    return pb.StatusRequest()
+
+
+def list_jobs_request() -> pb.ListJobsRequest:
+    """Ask a worker which jobs it holds."""
+    return pb.ListJobsRequest()
+
+
+def end_job_request(job_id: str) -> pb.EndJobRequest:
+    """Ask a worker to forget a job and free its share."""
+    return pb.EndJobRequest(job_id=check_id(job_id))
+
+
+def end_job_reply(freed_bytes: int) -> pb.EndJobReply:
+    """A worker's answer to EndJob: whether the job existed and the bytes it freed."""
+    return pb.EndJobReply(existed=freed_bytes > 0, freed_bytes=freed_bytes)
+
+
+def upload_reply(job_id: str, stored_bytes: int) -> pb.UploadReply:
+    """A worker's receipt for a stored share."""
+    return pb.UploadReply(job_id=job_id, stored_bytes=stored_bytes)
+
+
+def upload_reply_from_wire(data: bytes) -> pb.UploadReply:
+    """Parse the UploadReply of the raw upload path (whose requests are pre-serialized chunks)."""
+    return pb.UploadReply.FromString(data)
+

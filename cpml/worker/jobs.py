@@ -10,23 +10,26 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 
 from cpml.wire import serde
-from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.tls import add_client_tls_arguments, client_channel
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    pass
 
 
 def list_jobs(stub: pb_grpc.WorkerStub, timeout: float) -> list[serde.JobSummary]:
     """The jobs the worker holds."""
-    return serde.jobs_from_proto(stub.ListJobs(pb.ListJobsRequest(), timeout=timeout))
+    return serde.jobs_from_proto(stub.ListJobs(serde.list_jobs_request(), timeout=timeout))
 
 
 def end_job(stub: pb_grpc.WorkerStub, job_id: str, timeout: float) -> int:
     """End one job; the bytes it freed (0: it was not stored)."""
-    return int(stub.EndJob(pb.EndJobRequest(job_id=serde.check_id(job_id)), timeout=timeout).freed_bytes)
+    return int(stub.EndJob(serde.end_job_request(job_id), timeout=timeout).freed_bytes)
 
 
 def render(jobs: list[serde.JobSummary]) -> str:

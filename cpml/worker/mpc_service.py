@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -35,13 +36,15 @@ import cpml.errors as errors
 import cpml.mpc
 from cpml.mpc import MASTER, Kind, Message, MpcParty, PartySpec, ProtocolError, Traffic
 from cpml.wire import mpc_serde
-from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
 from cpml.wire.guard import failure_site, status_of
 from cpml.wire.serde import MAX_DEGREE, CorruptData, MalformedMessage, check_id, shown
 from cpml.wire.tls import channel_credentials
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import JobExists, ShareStore, ShareStoreFull
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    from cpml.wire.generated.v1 import mpc_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -196,7 +199,7 @@ class MpcService(pb_grpc.MpcServicer):
         job.tasks.append(asyncio.create_task(self._process(job)))
         log.info("mpc job joined", job=job.job_id, protocol=spec.protocol, worker=spec.index,
                  group_size=spec.group_size, rows=spec.rows, cols=spec.d, residues=spec.residues)
-        return pb.MpcJoinReply(job_id=job.job_id)
+        return mpc_serde.join_reply(job.job_id)
 
     async def Deliver(self, request: pb.MpcEnvelope, context: grpc.aio.ServicerContext) -> pb.MpcDeliverReply:
         job = await self._job(request.job_id, context)
@@ -219,7 +222,7 @@ class MpcService(pb_grpc.MpcServicer):
             job.inbox.put_nowait(message)
         else:
             log.debug("late mpc message dropped", job=job.job_id, kind=message.kind.value, round=message.round)
-        return pb.MpcDeliverReply()
+        return mpc_serde.deliver_reply()
 
     async def Results(self, request: pb.MpcResultsRequest,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MpcEnvelope]:
@@ -246,15 +249,13 @@ class MpcService(pb_grpc.MpcServicer):
         await _check_job_id(request.job_id, context)
         job = self._jobs.pop(request.job_id, None)
         if job is None:
-            return pb.MpcLeaveReply(existed=False)
+            return mpc_serde.leave_reply(existed=False)
         await self._close(job)
         messages, sent = job.traffic.messages, job.traffic.bytes
         kinds = [k for k in messages if k not in ("setup", "offline", "online")]
         log.info("mpc job left", job=job.job_id, messages=sum(messages[k] for k in kinds))
-        return pb.MpcLeaveReply(
-            existed=True, messages_sent=sum(messages[k] for k in kinds), bytes_sent=sum(sent[k] for k in kinds),
-            compute_seconds=job.compute_seconds, messages_by_kind={k: messages[k] for k in kinds},
-            bytes_by_kind={k: sent[k] for k in kinds})
+        return mpc_serde.leave_reply(True, {k: messages[k] for k in kinds}, {k: sent[k] for k in kinds},
+                                     job.compute_seconds)
 
     async def close(self) -> None:
         """Drop every job (the daemon is stopping)."""

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
@@ -20,7 +20,6 @@ from cpml.field import ResidueBasis, basis_for
 from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.protocol import prepare_share, worker_compute
 from cpml.wire import names, serde
-from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.guard import status_of
 from cpml.worker.settings import WorkerSettings
@@ -30,6 +29,9 @@ from cpml.worker.store import (
     UnknownJob,
     Upload,
 )
+
+if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
+    from cpml.wire.generated.v1 import worker_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +124,7 @@ class WorkerService(pb_grpc.WorkerServicer):
                 upload.abort()  # a no-op once committed or refused; frees a cancelled upload
         log.info("share stored", job=job.job_id, rows=job.spec.rows, cols=job.spec.cols,
                  bytes=job.spec.share_bytes, used_bytes=self._store.used_bytes)
-        return pb.UploadReply(job_id=job.job_id, stored_bytes=job.spec.share_bytes)
+        return serde.upload_reply(job.job_id, job.spec.share_bytes)
 
     async def _within_idle_time(self, requests: AsyncIterator[_Request], what: str) -> AsyncIterator[_Request]:
         """The stream's messages; StreamIdle once none came for --job-idle-seconds (a stalled client)."""
@@ -248,7 +250,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         freed = self._store.remove(request.job_id)
         log.info("job ended", job=request.job_id, existed=freed > 0, freed_bytes=freed)
-        return pb.EndJobReply(existed=freed > 0, freed_bytes=freed)
+        return serde.end_job_reply(freed)
 
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusReply:
         return serde.status_to_proto(serde.WorkerStatus(

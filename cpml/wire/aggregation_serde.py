@@ -1,7 +1,7 @@
-"""Paired to_proto / from_proto functions for the Aggregation service's messages.
+"""Paired to_proto / from_proto functions for the Aggregation service's messages (WD-DP).
 
-Generated message types stay inside this module and the thin servicer/client; the session and
-the party math only see numpy arrays and frozen dataclasses.
+Generated message types stay inside cpml/wire; the servicer, the party client, the session and the party math
+only see numpy arrays, plain values and frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -83,3 +83,31 @@ def task_from_proto(msg: pb.PartyTask) -> TaskView:
         total_records=msg.total_records, local=local, stop_reason=msg.stop_reason,
         release_epsilon=msg.release_epsilon, party_epsilon=msg.party_epsilon,
     )
+
+
+def join_request(run_id: str, name: str, records: int, dimension: int, token: str,
+                 feature_schema: str) -> pb.JoinRequest:
+    """A party's Join: who it is, how many records it holds, its model size and the schema it scaled with."""
+    return pb.JoinRequest(run_id=run_id, name=name, records=records, dimension=dimension, token=token,
+                          feature_schema=feature_schema)
+
+
+def join_reply(party_id: str, rounds: int, scheme: str, epsilon: float, delta: float) -> pb.JoinReply:
+    """The server's answer to a Join: the party's id and the run's public settings."""
+    return pb.JoinReply(party_id=party_id, rounds=rounds, scheme=scheme, epsilon=epsilon, delta=delta)
+
+
+def task_request(run_id: str, party_id: str, after_round: int) -> pb.TaskRequest:
+    """A party asking for the first task after `after_round`."""
+    return pb.TaskRequest(run_id=run_id, party_id=party_id, after_round=after_round)
+
+
+def update_request(run_id: str, party_id: str, round_: int, records: int, weights: np.ndarray) -> pb.UpdateRequest:
+    """A party's noisy local model for one round."""
+    return pb.UpdateRequest(run_id=run_id, party_id=party_id, round=round_, records=records,
+                            weights=vector_to_proto(weights))
+
+
+def update_reply(round_: int, waiting_for: int) -> pb.UpdateReply:
+    """The server's receipt for an update: the open round and how many parties it still waits for."""
+    return pb.UpdateReply(round=round_, waiting_for=waiting_for)
