@@ -11,8 +11,8 @@ import structlog
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.party import NoiseTooLow, check_noise
 from cpml.dp.party_cli import load_party_data, main
-from cpml.wire.aggregation_serde import TaskView
 from cpml.errors import ExitCode
+from cpml.wire.aggregation_serde import TaskView
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 import pytest
 
-from cpml.wire import aggregation_serde as serde
 from cpml.dp.accountant import Budget
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.server import AggregationServer, Coordinator, CoordinatorFailed
 from cpml.dp.session import AggregationSession, RunSettings
+from cpml.wire import aggregation_serde as serde
 from cpml.wire.generated.v1 import aggregation_pb2 as pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
 

@@ -20,7 +20,6 @@ from helpers_cluster import DEADLINE, MODULI, P, compute, running_worker, small_
 from sklearn.datasets import load_breast_cancer
 from structlog.testing import capture_logs
 
-from cpml.wire import aggregation_serde as dp_serde
 from cpml.dp.accountant import Budget
 from cpml.dp.dpgd import LocalSettings
 from cpml.dp.server import AggregationServer, Coordinator
@@ -30,6 +29,7 @@ from cpml.master.mpc_train import run_mpc_job
 from cpml.master.rounds import ComputeStreams
 from cpml.mpc import MASTER, Kind, Message, MpcPlan, MpcSession, PartySpec
 from cpml.protocol import Plan, simulate
+from cpml.wire import aggregation_serde as dp_serde
 from cpml.wire import mpc_serde, serde
 from cpml.wire.generated.v1 import aggregation_pb2 as agg_pb
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as agg_grpc
