@@ -32,7 +32,7 @@ from cpml.dp.session import (
 from cpml.wire import aggregation_serde as serde
 from cpml.wire import names
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
-from cpml.wire.guard import add_guarded, failure_site, status_of
+from cpml.wire.guard import failure_site, guarded_server, status_of
 from cpml.wire.serde import MAX_ID_LENGTH, shown
 
 if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
@@ -321,12 +321,11 @@ class AggregationServer:
 
     async def start(self) -> str:
         """Bind and serve; return the bound host:port."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+        server = guarded_server(options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                           ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-        add_guarded(pb_grpc.add_AggregationServicer_to_server,
-                    AggregationService(self.coordinator, self.admission), server)
-        add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)  # bad bytes: INVALID_ARGUMENT
+        pb_grpc.add_AggregationServicer_to_server(AggregationService(self.coordinator, self.admission), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # guarded too: bad bytes, INVALID_ARGUMENT
         if self.credentials is not None:
             port = server.add_secure_port(self.listen, self.credentials)
         else:

@@ -1,5 +1,5 @@
-"""Every gRPC method of a cpml daemon behind one guard: bytes that are not the request message get
-INVALID_ARGUMENT, and an exception no handler expected gets INTERNAL (MemoryError: RESOURCE_EXHAUSTED)
+"""Every gRPC method of a cpml daemon behind one guard (a server interceptor): bytes that are not the request
+message get INVALID_ARGUMENT, and an exception no handler expected gets INTERNAL (MemoryError: RESOURCE_EXHAUSTED)
 naming only its type and place, logged the same way. Exception texts are never sent or logged: one raised
 deep inside numpy or protobuf could quote a share, a datum or a weight.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,31 +36,18 @@ def status_of(exc: CpmlError) -> grpc.StatusCode:
     return grpc.StatusCode[exc.status]
 
 
-def add_guarded(add_to_server: Callable[[Any, Any], None], servicer: object, server: grpc.aio.Server) -> None:
-    """Register `servicer` like the generated `add_XServicer_to_server`, every method behind the guard."""
-    proxy = _Registrar(server)
-    add_to_server(servicer, proxy)
-    if not proxy.registered:
-        raise RuntimeError("the generated code registered no method handlers; regenerate it with "
-                           "scripts/gen_proto.py")
+def guarded_server(options: list[tuple[str, Any]]) -> grpc.aio.Server:
+    """A grpc.aio server whose every method, registered with the generated add_*_to_server, is behind the guard."""
+    return grpc.aio.server(options=options, interceptors=[_Guard()])
 
 
-class _Registrar:
-    """Stands in for the server while generated code registers its handlers, and guards each one."""
+class _Guard(grpc.aio.ServerInterceptor):
+    """Wraps the handler gRPC found for each call: tolerant parsing, and no exception left unanswered."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self._server = server
-        self.registered = False
-
-    def add_generic_rpc_handlers(self, handlers: object) -> None:
-        """Ignored: the same handlers arrive (guarded) through add_registered_method_handlers."""
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-        """Guard every method of `service` and register the result with the real server."""
-        guarded = {name: _guard(handler, f"{service}/{name}") for name, handler in handlers.items()}
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
-        self._server.add_registered_method_handlers(service, guarded)
-        self.registered = True
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        return None if handler is None else _guard(handler, details.method.lstrip("/"))
 
 
 def _guard(method_handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

@@ -17,7 +17,7 @@ from cpml.files import write_atomically
 from cpml.wire import names
 from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
-from cpml.wire.guard import add_guarded
+from cpml.wire.guard import guarded_server
 from cpml.wire.tls import server_credentials
 from cpml.worker.mpc_service import MpcService
 from cpml.worker.service import WorkerService
@@ -53,16 +53,16 @@ class WorkerServer:
         s = self.settings
         host, _ = split_host_port(s.listen)
         limit = s.max_message_bytes
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+        server = guarded_server(options=[("grpc.max_receive_message_length", limit),
                                           ("grpc.max_send_message_length", limit),
                                           ("grpc.so_reuseport", 0),
                                           # masters ping every 30 s to notice a vanished worker
                                           ("grpc.keepalive_permit_without_calls", 1),
                                           ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
         worker_service = WorkerService(self.store, s, self._executor, self.health)
-        add_guarded(pb_grpc.add_WorkerServicer_to_server, worker_service, server)
-        add_guarded(mpc_pb2_grpc.add_MpcServicer_to_server, self.mpc, server)
-        add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)  # bad bytes: INVALID_ARGUMENT
+        pb_grpc.add_WorkerServicer_to_server(worker_service, server)
+        mpc_pb2_grpc.add_MpcServicer_to_server(self.mpc, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # guarded too: bad bytes, INVALID_ARGUMENT
         if s.tls_cert is not None and s.tls_key is not None:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
         else:
