@@ -33,6 +33,7 @@ from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale,
     binary_labels,
     category_texts,
     is_label,
+    model_classes,
     scale,
     standardise_targets,
 )
@@ -40,7 +41,8 @@ from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview
 from cpml.split import split_indices, test_rows
 
-BUNDLED = ("digits-4v9", "breast-cancer", "diabetes")
+BUNDLED = ("digits-4v9", "breast-cancer", "diabetes", "digits")
+MAX_CLASSES = 100  # more distinct labels than this are taken for real-valued targets, not classes
 NPZ_FEATURE_KEYS = ("x", "X", "features", "data")
 NPZ_LABEL_KEYS = ("y", "Y", "labels", "label", "target", "targets")
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".npz": "npz", ".svm": "svmlight", ".svmlight": "svmlight",
@@ -147,9 +149,9 @@ def load_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> tu
 def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
     from sklearn import datasets
 
-    if name == "digits-4v9":
-        digits = datasets.load_digits()
-        keep = np.isin(digits.target, (4, 9))
+    if name.startswith("digits"):
+        digits = datasets.load_digits()  # 1797 rows x 64 pixels, ten classes; digits-4v9: the 4s and 9s
+        keep = np.isin(digits.target, (4, 9)) if name == "digits-4v9" else slice(None)
         return digits.data[keep], digits.target[keep]
     if name == "diabetes":
         diabetes = datasets.load_diabetes()  # 442 rows x 10 features, real-valued targets (25 to 346)
@@ -463,7 +465,7 @@ def _split(raw: RawData, model: str, positive_label: str | None, test_fraction: 
         stratify, how = None, "shuffled"
     else:
         y, how = raw.y, "stratified"
-        stratify = _binary_targets(raw, positive_label, test_fraction, source)
+        stratify = _class_targets(raw, positive_label, test_fraction, source)
     shape = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features"
     if test_fraction is None:
         return raw.x, y, None, None, f"{shape}, all for training"
@@ -592,15 +594,23 @@ def _check_options(test_fraction: float | None, scaling: str, seed: int, model: 
         raise ValueError(f"Argument 'model' must be one of {', '.join(MODELS)}, not {model!r}.")
 
 
-def _binary_targets(raw: RawData, positive_label: str | None, test_fraction: float | None,
-                    source: str) -> np.ndarray:
-    classes = np.unique(raw.y)
+def _class_targets(raw: RawData, positive_label: str | None, test_fraction: float | None,
+                   source: str) -> np.ndarray:
+    """Labels to stratify the split by, after refusing a label column that is not two to MAX_CLASSES classes."""
+    classes, counts = np.unique(raw.y, return_counts=True)
+    whole = raw.y.dtype.kind not in "f" or bool(np.all(classes == np.round(classes)))
+    if 2 < len(classes) <= MAX_CLASSES and whole and counts.min() > 1:  # one-vs-rest (not ids, not real targets)
+        model_classes(raw.y, positive_label)
+        if test_fraction is not None:
+            _check_split(raw.y, test_fraction, source)
+        return raw.y
     if len(classes) != 2 and raw.label_source:
         hint = _label_hint(raw) if raw.label_source.startswith("column") else ""
         if len(classes) > 2 and raw.y.dtype.kind in "biuf":
             hint += "; real-valued targets need linear regression (cpml-master train --model linear)"
-        raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification, "
-                         f"not {len(classes)} ({_preview(classes)}) in {raw.label_source}{hint}.")
+        raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification (or 3 "
+                         f"to {MAX_CLASSES} text or whole-number classes of 2+ rows each for one-vs-rest), not {len(classes)} "
+                         f"({_preview(classes)}) in {raw.label_source}{hint}.")
     y, _ = binary_labels(raw.y, positive_label)
     if test_fraction is not None:
         _check_split(raw.y, test_fraction, source)

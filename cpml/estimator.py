@@ -157,7 +157,8 @@ def _fit_in_process(settings: Any) -> Model:
 
 
 class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
-    """Binary logistic regression trained with CodedPrivateML on workers that may collude (see cpml.estimator)."""
+    """Logistic regression trained with CodedPrivateML on workers that may collude (see cpml.estimator); with C > 2
+    classes, one-vs-rest: all C models in one run (coef_ C x n_features), predicting the class scoring highest."""
 
     _model = "logistic"
 
@@ -171,52 +172,54 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
                  out: str | None = None, verbose: bool = False) -> None:
         _store(self, locals())
 
-    def __sklearn_tags__(self) -> Any:
-        """Binary classification only."""
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
-
     def fit(self, X: Any, y: Any) -> CodedLogisticRegression:
-        """Train on raw features X and two-class labels y (classes_[1], the larger, is the positive class)."""
+        """Train on raw features X and labels y: two classes (classes_[1], the larger, is the positive class), or
+        C > 2 classes one-vs-rest in one run."""
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         kind = type_of_target(y, input_name="y")
-        if kind != "binary":
-            raise ValueError(f"Only binary classification is supported: Argument 'y' must hold two classes, not a "
-                             f"{kind} target.")
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"Argument 'y' must hold one class label per row (binary or multiclass), not a {kind} "
+                             f"target.")
         classes = np.unique(y)
-        if len(classes) != 2:
-            raise ValueError(f"Argument 'y' must hold exactly 2 classes ({type(self).__name__} is a binary "
-                             f"classifier), not {len(classes)} class(es): {classes[:5].tolist()}.")
-        negative, positive = label_classes(y)  # the rule of cpml-master train: the larger label -> 1
-        model = self._fit(X, (y == positive).astype(np.int64))
+        if len(classes) < 2:
+            raise ValueError(f"Argument 'y' must hold at least 2 classes, not {len(classes)} class(es): "
+                             f"{classes[:5].tolist()}.")
+        if len(classes) == 2:
+            labels = label_classes(y)  # the rule of cpml-master train: the larger label -> 1
+            model = self._fit(X, (y == labels[1]).astype(np.int64))
+        else:
+            labels = tuple(classes)
+            model = self._fit(X, np.searchsorted(classes, y).astype(np.int64))
         self.classes_ = classes
-        self._fitted(_with_labels(model, (negative, positive), getattr(self, "feature_names_in_", None)))
-        self.coef_ = self.weights_[: self.n_features_in_].reshape(1, -1)
-        self.intercept_ = np.array([self.model_.intercept])
+        self._fitted(_with_labels(model, labels, getattr(self, "feature_names_in_", None)))
+        self.coef_ = self.weights_[: self.n_features_in_].T.reshape(-1, self.n_features_in_).copy()
+        self.intercept_ = np.atleast_1d(np.asarray(self.model_.intercept, dtype=np.float64)).copy()
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """x' @ w on raw rows: the log-odds of classes_[1]."""
+        """x' @ w on raw rows: the log-odds of classes_[1], or one column per class (C > 2)."""
         return self._decision(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Probabilities of classes_[0] and classes_[1], from the sigmoid of the decision function."""
-        from scipy.special import expit
+        """Probabilities of each class: the sigmoid of the decision function (C > 2: normalised over classes)."""
+        from cpml.model import ovr_probabilities
 
         z = self.decision_function(X)
-        return np.column_stack([expit(-z), expit(z)])
+        return ovr_probabilities(z) if z.ndim == 2 else ovr_probabilities(np.column_stack([-z, z]))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of predict_proba."""
         z = self.decision_function(X)
+        if z.ndim == 2:
+            return np.log(self.predict_proba(X))
         return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
 
     def predict(self, X: Any) -> np.ndarray:
-        """classes_[1] where the decision function is >= 0 (as the run's test accuracy counts), else classes_[0]."""
-        positive = self._decision(X) >= 0.0
-        return self.classes_[positive.astype(int)]
+        """classes_[1] where the decision function is >= 0 (as the run's test accuracy counts), else classes_[0];
+        for C > 2 the class whose model scores highest."""
+        z = self._decision(X)
+        return self.classes_[np.argmax(z, axis=1) if z.ndim == 2 else (z >= 0.0).astype(int)]
 
 
 class CodedLinearRegression(RegressorMixin, _CodedEstimator):
@@ -250,7 +253,7 @@ class CodedLinearRegression(RegressorMixin, _CodedEstimator):
         return self.model_.preprocessing.targets(z)
 
 
-def _with_labels(model: Model, classes: tuple[Any, Any] | None, names: Any) -> Model:
+def _with_labels(model: Model, classes: tuple[Any, ...] | None, names: Any) -> Model:
     """The artifact with the caller's own labels and feature names (fit wrote 0/1 labels and unnamed columns)."""
     prep = model.preprocessing
     notes = model.notes

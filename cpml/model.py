@@ -67,7 +67,7 @@ def coded_privacy(plan: Plan, transport: str, protocol: str = "cpml") -> dict[st
 class Model:
     """A trained linear model with its preprocessing, plan, privacy guarantees and provenance."""
 
-    weights: np.ndarray  # over the preprocessed features, the intercept's weight last
+    weights: np.ndarray  # over the preprocessed features, the intercept's weight last; one column per class if C > 2
     preprocessing: Preprocessing
     plan: Mapping[str, Any] = field(default_factory=dict)
     privacy: Mapping[str, Any] = field(default_factory=dict)
@@ -77,9 +77,11 @@ class Model:
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weights, dtype=np.float64)
-        if w.shape != (self.preprocessing.width,) or not np.isfinite(w).all():
-            raise ValueError(f"Argument 'weights' must be {self.preprocessing.width} finite numbers (features and "
-                             f"intercept), not shape {w.shape}.")
+        classes = self.preprocessing.n_classes
+        shape = (self.preprocessing.width,) if classes == 1 else (self.preprocessing.width, classes)
+        if w.shape != shape or not np.isfinite(w).all():
+            raise ValueError(f"Argument 'weights' must be finite numbers of shape {shape} (features and intercept"
+                             f"{', one column per class' if classes > 1 else ''}), not shape {w.shape}.")
         object.__setattr__(self, "weights", w)
 
     @property
@@ -93,29 +95,39 @@ class Model:
         return self.weights[: self.preprocessing.n_inputs]
 
     @property
-    def intercept(self) -> float:
-        """The intercept's weight (0 without an intercept column)."""
-        return float(self.weights[-1]) if self.preprocessing.intercept else 0.0
+    def intercept(self) -> Any:
+        """The intercept's weight (0 without an intercept column); one per class if C > 2."""
+        if not self.preprocessing.intercept:
+            return 0.0 if self.weights.ndim == 1 else np.zeros(self.weights.shape[1])
+        return float(self.weights[-1]) if self.weights.ndim == 1 else self.weights[-1].copy()
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
-        """x' @ w for raw rows x: the log-odds of the class mapped to 1, or the standardised prediction."""
+        """x' @ w for raw rows x: the log-odds of the class mapped to 1 (a column per class if C > 2), or the
+        standardised prediction."""
         return self.preprocessing.transform(x) @ self.weights
 
     def probability(self, x: np.ndarray) -> np.ndarray:
-        """Probability of the class mapped to 1 (logistic): the sigmoid of the decision function."""
-        from scipy.special import expit
-
-        return expit(self.decision_function(x))
+        """Probability of the class mapped to 1 (logistic): the sigmoid of the decision function; for C > 2, of
+        every class: the classes' one-vs-rest sigmoids normalised to sum to 1."""
+        return ovr_probabilities(self.decision_function(x))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw labels (logistic: the class mapped to 1 where x' @ w >= 0) or targets in their own units (linear)."""
+        """Raw labels (logistic: the class mapped to 1 where x' @ w >= 0, or the class scoring highest) or targets
+        in their own units (linear)."""
         z = self.decision_function(x)
-        return self.preprocessing.targets(z) if self.kind == "linear" else self.preprocessing.labels(z >= 0.0)
+        if self.kind == "linear":
+            return self.preprocessing.targets(z)
+        return self.preprocessing.labels(np.argmax(z, axis=1) if z.ndim == 2 else z >= 0.0)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, source: str = "") -> dict[str, float]:
         """Test metrics on raw rows and labels: accuracy and log-loss (logistic), R² and RMSE (linear)."""
         xt, yt = self.preprocessing.transform(x), self.preprocessing.encode(y, source)
         z = xt @ self.weights
+        if z.ndim == 2:  # one-vs-rest: the arg-max class, and the log-loss of the normalised probabilities
+            truth = np.argmax(yt, axis=1)
+            p = ovr_probabilities(z)[np.arange(len(z)), truth]
+            return {"accuracy": float(np.mean(np.argmax(z, axis=1) == truth)),
+                    "log_loss": float(-np.mean(np.log(np.maximum(p, 1e-300)))), "rows": len(yt)}
         if self.kind == "logistic":  # as the training rounds compute them (cpml.protocol.models)
             return {"accuracy": float(np.mean((z >= 0.0) == (yt == 1))),
                     "log_loss": float(np.mean(np.logaddexp(0.0, z) - yt * z)), "rows": len(yt)}
@@ -180,8 +192,9 @@ class Model:
             estimator: Any = LogisticRegression()
             assert self.preprocessing.classes is not None
             estimator.classes_ = np.array(list(self.preprocessing.classes))
-            estimator.coef_ = self.coef.reshape(1, n).copy()
-            estimator.intercept_ = np.array([self.intercept])
+            # C > 2: one row of coef_ per class; predict takes the arg-max of the C scores, as Model.predict does
+            estimator.coef_ = self.coef.T.reshape(-1, n).copy()
+            estimator.intercept_ = np.atleast_1d(np.asarray(self.intercept, dtype=np.float64)).copy()
             estimator.n_iter_ = np.array([int(self.plan.get("iterations", 0))])
         else:
             estimator = LinearRegression()
@@ -191,6 +204,14 @@ class Model:
             estimator.rank_, estimator.singular_ = n, np.ones(n)
         estimator.n_features_in_ = n
         return Pipeline([*steps, ("model", estimator)])
+
+
+def ovr_probabilities(z: np.ndarray) -> np.ndarray:
+    """The sigmoid of binary scores; for a column of scores per class, the sigmoids normalised over the classes."""
+    from scipy.special import expit
+
+    p = expit(z)
+    return p / p.sum(axis=1, keepdims=True) if p.ndim == 2 else p
 
 
 def model_of_run(plan: Plan, weights: np.ndarray, data: Dataset, transport: str, final: Any = None,

@@ -104,9 +104,23 @@ def _plain(value: object) -> Label:
     return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
 
 
-def label_note(classes: tuple[Label, Label]) -> str:
-    """How labels map: 'labels: no -> 0, yes -> 1'."""
+def label_note(classes: tuple[Label, ...]) -> str:
+    """How labels map: 'labels: no -> 0, yes -> 1', or one-vs-rest over C classes."""
+    if len(classes) > 2:
+        return (f"labels: {len(classes)} classes ({preview(np.asarray(classes, dtype=object))}), one-vs-rest: one "
+                f"model per class in one run, the prediction is the class whose model scores highest")
     return f"labels: {label_text(classes[0])} -> 0, {label_text(classes[1])} -> 1"
+
+
+def model_classes(y: np.ndarray, positive_label: str | float | None = None) -> tuple[Label, ...]:
+    """The classes a logistic model of y keeps: two as label_classes orders them, or C > 2 in sorted order."""
+    classes = np.unique(y)
+    if len(classes) <= 2:
+        return label_classes(y, positive_label)
+    if positive_label is not None:
+        raise ValueError(f"Argument 'positive_label' must be omitted for {len(classes)} classes (one-vs-rest trains "
+                         f"a model for each), not {str(positive_label)!r}.")
+    return tuple(_plain(c) for c in classes)
 
 
 def binary_labels(y: np.ndarray, positive_label: str | float | None = None) -> tuple[np.ndarray, str]:
@@ -197,7 +211,7 @@ class Preprocessing:
     center: tuple[float, ...]
     spread: tuple[float, ...]
     intercept: bool
-    classes: tuple[Label, Label] | None = None  # logistic: the raw labels mapped to 0 and to 1
+    classes: tuple[Label, ...] | None = None  # logistic: the raw labels mapped to 0 and to 1, or C > 2 (one-vs-rest)
     target_prescale: float = 1.0  # linear: y' = (y / target_prescale - target_center) / target_spread
     target_center: float = 0.0
     target_spread: float = 1.0
@@ -223,8 +237,8 @@ class Preprocessing:
                                  f"each with its categories", self.categorical)
         if self.features is not None and len(self.features) != self.n_features:
             raise argument_error("features", f"name each of the {self.n_features} features", len(self.features))
-        if (self.model == "logistic") != (self.classes is not None and len(self.classes) == 2):
-            raise argument_error("classes", "be two labels for logistic regression and None for linear",
+        if (self.model == "logistic") != (self.classes is not None and len(self.classes) >= 2):
+            raise argument_error("classes", "be two or more labels for logistic regression and None for linear",
                                  self.classes)
 
     @classmethod
@@ -245,7 +259,7 @@ class Preprocessing:
             s, c, sp = target_statistics(np.asarray(y, dtype=np.float64), name)
             targets = {"target_prescale": s, "target_center": c, "target_spread": sp}
         elif model == "logistic":
-            targets = {"classes": label_classes(np.asarray(y), positive_label)}
+            targets = {"classes": model_classes(np.asarray(y), positive_label)}
         return cls(model=model, scaling=scaling, prescale=_floats(prescale), center=_floats(center),
                    spread=_floats(spread), intercept=bool(intercept),
                    features=None if features is None else tuple(map(str, features)),
@@ -302,26 +316,32 @@ class Preprocessing:
                                np.asarray(self.spread))
         return np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
 
+    @property
+    def n_classes(self) -> int:
+        """Weight columns the model has: 1 (two classes, or linear), or C for C > 2 one-vs-rest classes."""
+        return len(self.classes) if self.classes is not None and len(self.classes) > 2 else 1
+
     def encode(self, y: np.ndarray, source: str = "", name: str = "y") -> np.ndarray:
-        """Raw labels as 0/1 (logistic) or real targets standardised (linear); refuses labels the model lacks."""
+        """Raw labels as 0/1 (logistic; one-hot rows for C > 2) or real targets standardised (linear); refuses
+        labels the model lacks."""
         ya = np.asarray(y)
         if self.classes is None:
             return (ya.astype(np.float64) / self.target_prescale - self.target_center) / self.target_spread
-        negative, positive = (_matches(ya, c) for c in self.classes)
-        unknown = ~(negative | positive)
+        hits = np.column_stack([_matches(ya, c) for c in self.classes]) if len(ya) else np.zeros((0, len(self.classes)), bool)
+        unknown = ~hits.any(axis=1)
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
             where = f" in {source}, row {row + 1}" if source else f" on row {row + 1}"
-            raise ValueError(f"Argument {name!r} must hold only the model's labels ({label_text(self.classes[0])}, "
-                             f"{label_text(self.classes[1])}), not {label_text(_plain(ya[row]))!r}{where} "
-                             f"({int(unknown.sum())} such row(s)).")
-        return positive.astype(np.float64)
+            raise ValueError(f"Argument {name!r} must hold only the model's labels "
+                             f"({preview(np.asarray(self.classes, dtype=object))}), not "
+                             f"{label_text(_plain(ya[row]))!r}{where} ({int(unknown.sum())} such row(s)).")
+        return hits.astype(np.float64) if self.n_classes > 1 else hits[:, 1].astype(np.float64)
 
-    def labels(self, positive: np.ndarray) -> np.ndarray:
-        """The raw label of each prediction (True: the class mapped to 1)."""
+    def labels(self, chosen: np.ndarray) -> np.ndarray:
+        """The raw label of each prediction: True picks the class mapped to 1; for C > 2, a class index."""
         assert self.classes is not None, "labels() is for logistic regression"
-        return np.where(np.asarray(positive, dtype=bool), np.asarray(self.classes[1], dtype=object),
-                        np.asarray(self.classes[0], dtype=object))
+        index = np.asarray(chosen).astype(np.int64)
+        return np.asarray(self.classes, dtype=object)[index]
 
     def targets(self, z: np.ndarray) -> np.ndarray:
         """Predictions on the standardised scale mapped back to the targets' units (linear)."""
@@ -354,7 +374,7 @@ class Preprocessing:
             "label_column": {"name": self.label_name, "index": self.label_index},
         }
         if self.classes is not None:
-            out["labels"] = {"0": self.classes[0], "1": self.classes[1]}
+            out["labels"] = {str(i): c for i, c in enumerate(self.classes)}
         else:
             out["targets"] = {"prescale": self.target_prescale, "center": self.target_center,
                               "spread": self.target_spread, "mean": self.target_mean, "std": self.target_std}
@@ -367,7 +387,8 @@ class Preprocessing:
         names = features.get("names")
         kwargs: dict[str, Any] = {}
         if model == "logistic":
-            kwargs["classes"] = (state["labels"]["0"], state["labels"]["1"])
+            labels = state["labels"]
+            kwargs["classes"] = tuple(labels[str(i)] for i in range(len(labels)))
         else:
             targets = state["targets"]
             kwargs |= {"target_prescale": float(targets["prescale"]), "target_center": float(targets["center"]),

@@ -38,6 +38,23 @@ def test_worker_compute_matches_python_ints(p):
     assert field_compute(field, field.centred(x), w, coefficients).tolist() == reference_f(p, x, w, coefficients)
 
 
+@pytest.mark.parametrize("p", PRIMES)
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_c_classes_in_one_pass_are_the_c_single_class_functions(p, r):
+    field = PrimeField(p)
+    rng = np.random.default_rng(r)
+    classes = 4
+    x = rng.integers(0, p, (9, 6)).astype(np.uint32)
+    w = rng.integers(0, p, (6, classes * r)).astype(np.uint32)
+    x[0, :], w[:, -1] = p - 1, p - 1  # worst cases
+    coefficients = rng.integers(0, p, r + 1).astype(np.uint32)
+    together = field_compute(field, x, w, coefficients).reshape(6, classes)  # d x C, row-major on the wire
+    for c in range(classes):
+        assert together[:, c].tolist() == reference_f(p, x, w[:, c * r : (c + 1) * r], coefficients)
+    with pytest.raises(ValueError, match=r"Argument 'w_share' must have shape \(6, C x r\) with r = "):
+        field_compute(field, x, w[:, :-1], coefficients) if r > 1 else field_compute(field, x, w[:5], coefficients)
+
+
 @pytest.mark.parametrize("moduli", [(65537,), residue_primes(2**25 - 39, 2), residue_primes(2**31 - 1, 3)])
 def test_worker_compute_is_the_field_function_in_every_residue(moduli):
     basis = ResidueBasis(moduli)
@@ -48,7 +65,7 @@ def test_worker_compute_is_the_field_function_in_every_residue(moduli):
     expected = [reference_f(p, x[j], w[j], coefficients[j]) for j, p in enumerate(moduli)]
     assert worker_compute(basis, x, w, coefficients).tolist() == expected
     assert worker_compute(basis, prepare_share(basis, x), w, coefficients).tolist() == expected
-    with pytest.raises(ValueError, match=f"Argument 'w_share' must have shape \\({len(moduli)}, d, r\\)"):
+    with pytest.raises(ValueError, match=f"Argument 'w_share' must have shape \\({len(moduli)}, d, C r\\)"):
         worker_compute(basis, x, w[0], coefficients)
     with pytest.raises(ValueError, match=f"Argument 'x_share' must have shape \\({len(moduli)}, rows, d\\)"):
         prepare_share(basis, x[:, 0])

@@ -48,9 +48,8 @@ def test_the_estimators_are_importable_from_cpml_and_clone_with_their_parameters
 
 
 def test_fit_refuses_what_it_cannot_train_with_the_reason():
-    with pytest.raises(ValueError, match=r"Only binary classification is supported: Argument 'y' must hold two "
-                                         r"classes, not a multiclass target\."):
-        CodedLogisticRegression(workers="in-process").fit(X[:30], np.arange(30) % 3)
+    with pytest.raises(ValueError, match=r"Argument 'y' must hold at least 2 classes, not 1 class\(es\): \[7\]\."):
+        CodedLogisticRegression(workers="in-process").fit(X[:30], np.full(30, 7))
     with pytest.raises(ValueError, match=r"Argument 'workers' must be None \(embedded local workers\), 'in-process' "
                                          r"or a list of host:port addresses of cpml-worker daemons, not 'local'\."):
         CodedLogisticRegression(workers="local").fit(X, Y)

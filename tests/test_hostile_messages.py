@@ -350,7 +350,7 @@ WORKER_CASES = [
          "still being uploaded; wait for UploadShare's reply"),
     # rounds
     Case("weights-shape-near-2^32", _compute_on_stored(_weights(0, rows=U32, cols=U32, data=b"")), BAD_ARG,
-         f"round 0 weights are {U32}x{U32} but this job needs 8x1 (residues x d rows, r columns)"),
+         f"round 0 weights are {U32}x{U32} but this job needs 8x1 (residues x d rows, classes x r columns)"),
     Case("weights-of-one-field-only", _compute_on_stored(_weights(0, rows=4)), BAD_ARG,
          "round 0 weights are 4x1 but this job needs 8x1"),
     Case("weights-bytes-disagree-with-shape", _compute_on_stored(_weights(0, data=b"\0" * 28)), BAD_ARG,

@@ -237,6 +237,10 @@ async def train_mpc(settings: TrainSettings, protocol: str,
                     on_round: Callable[[RoundRecord], None] | None = None) -> tuple[MpcSession, MpcJobReport]:
     """`cpml-master train --protocol bgw|bh08`: one baseline job end to end, outputs in settings.out."""
     data = load_training_data(settings)
+    if data.y_train.ndim == 2:
+        raise ValueError(f"Argument 'protocol' must be cpml for {data.y_train.shape[1]} classes (one-vs-rest runs "
+                         f"in CodedPrivateML only; the {protocol.upper()} baseline trains two-class models), not "
+                         f"{protocol!r}.")
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     mpc, plan = make_mpc_plans(settings, protocol, data.x_train)

@@ -44,7 +44,10 @@ def write_predictions(model: Model, x: np.ndarray, stream: TextIO) -> int:
     writer = csv.writer(stream, lineterminator="\n")
     if model.kind == "logistic":
         writer.writerow(["label", "probability"])
-        for label, p in zip(model.predict(x), model.probability(x)):
+        probability = model.probability(x)
+        if probability.ndim == 2:  # C > 2: the probability of the predicted class
+            probability = probability.max(axis=1)
+        for label, p in zip(model.predict(x), probability):
             writer.writerow([label_text(label), repr(float(p))])
     else:
         writer.writerow(["prediction"])

@@ -139,7 +139,8 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     """Add the `train` flags to a parser; defaults come from CPML_MASTER_<FLAG> variables in environ."""
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=None, required=True,
-                      help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), "
+                      help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), digits "
+                           "(ten classes), "
                            "or a .csv/.npz/.svm file")
     data.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
     data.add_argument("--label-column", default="-1",

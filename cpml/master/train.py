@@ -172,7 +172,7 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
         remaining = plan.iterations - trainer.round
         stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
         rejoiner = Rejoiner(cluster, trainer, job_id, spec, settings.chunk_bytes)
-        async with ComputeStreams(cluster.workers, job_id, plan.moduli, spec.cols, plan.threshold,
+        async with ComputeStreams(cluster.workers, job_id, plan.moduli, spec.result_cols, plan.threshold,
                                   settings.timeouts.round, stream_deadline) as streams, contextlib.aclosing(rejoiner):
             with rounds:
                 while not trainer.done:

@@ -1,4 +1,9 @@
-"""Float64 models: losses, predictions and plain gradient descent (the reference CodedPrivateML must match)."""
+"""Float64 models: losses, predictions and plain gradient descent (the reference CodedPrivateML must match).
+
+Logistic regression over C > 2 classes is one-vs-rest: y is an m x C matrix of 0/1 (one 1 per row), the
+weights a d x C matrix whose column c is the binary model of class c against the rest; every function below
+takes a vector y and w (two classes) or the matrices (C classes), and predicts the arg-max class.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +25,15 @@ def check_dataset(x: npt.ArrayLike, y: npt.ArrayLike, model: str, name: str = "x
     ya = np.asarray(y, dtype=np.float64)
     if xa.ndim != 2 or xa.shape[0] == 0 or xa.shape[1] == 0:
         raise argument_error(name, "be a non-empty 2-D array (rows x features)", xa.shape)
-    if ya.shape != (xa.shape[0],):
-        raise argument_error("y", f"be a vector of {xa.shape[0]} labels", ya.shape)
+    if ya.shape[:1] != (xa.shape[0],) or ya.ndim > 2 or (ya.ndim == 2 and (model != "logistic" or ya.shape[1] < 3)):
+        raise argument_error("y", f"be a vector of {xa.shape[0]} labels (or {xa.shape[0]} x C one-hot rows, C > 2, "
+                             f"for logistic regression)", ya.shape)
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         raise argument_error(name, "hold only finite values", "NaN or infinity")
     if model == "logistic" and not np.all((ya == 0) | (ya == 1)):
         raise argument_error("y", "hold only 0/1 labels for logistic regression", np.unique(ya)[:5].tolist())
+    if ya.ndim == 2 and not np.all(ya.sum(axis=1) == 1):
+        raise argument_error("y", "have exactly one 1 in each one-hot row", "a row without")
     return xa, ya
 
 
@@ -34,7 +42,7 @@ def loss(x: Array, y: Array, w: Array, model: str) -> float:
     z = x @ w
     if model == "linear":
         return float(0.5 * np.mean((z - y) ** 2))
-    # log(1 + e^z) - y z, computed stably
+    # log(1 + e^z) - y z, computed stably (averaged over the classes' binary models too)
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
@@ -42,6 +50,8 @@ def accuracy(x: Array, y: Array, w: Array, model: str) -> float | None:
     """Fraction of correct 0/1 predictions (logistic); None for linear regression."""
     if model == "linear":
         return None
+    if np.ndim(w) == 2:  # one-vs-rest: the class whose model scores highest
+        return float(np.mean(np.argmax(x @ w, axis=1) == np.argmax(y, axis=1)))
     return float(np.mean((x @ w >= 0.0) == (y == 1)))
 
 
@@ -97,7 +107,10 @@ def lookahead(weights: Array, previous: Array, round_index: int, radius: float) 
 
 
 def project_to_ball(w: Array, radius: float) -> Array:
-    """Scale w back onto the L2 ball of the given radius if it lies outside."""
+    """Scale w back onto the L2 ball of the given radius if it lies outside (each column of a d x C matrix)."""
+    if np.ndim(w) == 2:
+        norms = np.linalg.norm(w, axis=0)
+        return w * np.where(norms > radius, radius / np.where(norms > 0, norms, 1.0), 1.0)
     norm = float(np.linalg.norm(w))
     return w * (radius / norm) if norm > radius else w
 
@@ -114,7 +127,7 @@ def gradient_descent(
     """Projected Nesterov gradient descent from zero, the update every trainer uses; the weight trajectory."""
     # `prediction` replaces the true sigmoid (or the identity) by another link, e.g. the workers' polynomial.
     link = prediction or (lambda z: z if model == "linear" else sigmoid(z))
-    w = previous = np.zeros(x.shape[1])
+    w = previous = np.zeros(x.shape[1:2] + y.shape[1:])
     trajectory = [w]
     for t in range(iterations):
         query = lookahead(w, previous, t, radius)

@@ -28,12 +28,14 @@ def stochastic_round(x: npt.NDArray[np.float64], rng: np.random.Generator) -> np
 
 
 def quantize_weights(w: npt.ArrayLike, lw: int, r: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    """Return the d x r matrix of r independent stochastic quantizations Round_stoc(2^lw * w)."""
+    """Return r independent stochastic quantizations Round_stoc(2^lw * w): d x r, or d x (C r) for a d x C matrix
+    (class c's quantizations in columns c r to c r + r - 1)."""
     arr = np.asarray(w, dtype=np.float64)
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-        raise argument_error("w", "be a finite vector", arr.shape)
+    if arr.ndim not in (1, 2) or not np.all(np.isfinite(arr)):
+        raise argument_error("w", "be a finite vector or d x C matrix", arr.shape)
     scaled = np.ldexp(arr, lw)
-    return np.stack([stochastic_round(scaled, rng) for _ in range(r)], axis=1)
+    stacked = np.stack([stochastic_round(scaled, rng) for _ in range(r)], axis=-1)
+    return stacked.reshape(arr.shape[0], -1)
 
 
 def dequantize(values: npt.ArrayLike, scale_bits: int) -> npt.NDArray[np.float64]:

@@ -5,6 +5,8 @@ query point (Nesterov's look-ahead: the master holds w, so the momentum costs no
 checks the overflow guard, and takes the step once a protocol has decoded the gradient there.
 CodedPrivateML (`cpml.protocol.trainer.CodedTrainer`) and the MPC baselines (`cpml.mpc.MpcSession`)
 are the two protocols: they differ only in how the data and weights are shared and the gradient rebuilt.
+With C > 2 classes (y an m x C one-hot matrix) the weights are a d x C matrix, one one-vs-rest model per
+column, and every step below acts on all C columns at once.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ def prepare_data(
         slope = polynomial_slope(polynomial, plan.sigmoid_interval)
         plan = plan.with_(learning_rate=models.lipschitz_learning_rate(xa, slope))
     d = xa.shape[1]
+    shape = (d, *ya.shape[1:])  # d, or d x C for C classes
     # The master lifts the sum of the partitions, so one block of all m rows is what the guard bounds.
     profile = DataProfile.of(xa, 1)
     check_plan(plan, profile)
@@ -195,11 +198,11 @@ def prepare_data(
         raise argument_error(
             "x", f"have |2^l_x x| <= {MAX_QUANTIZED} (l_x = {plan.lx}); scale the features or lower l_x",
             int(np.abs(quantized).max()))
-    w0 = np.zeros(d) if weights is None else np.asarray(weights, dtype=np.float64)
+    w0 = np.zeros(shape) if weights is None else np.asarray(weights, dtype=np.float64)
     w_prev = w0 if previous is None else np.asarray(previous, dtype=np.float64)
     for name, w in (("weights", w0), ("previous", w_prev)):
-        if w.shape != (d,) or not np.all(np.isfinite(w)):
-            raise argument_error(name, f"be a finite vector of length {d}", w.shape)
+        if w.shape != shape or not np.all(np.isfinite(w)):
+            raise argument_error(name, f"be finite, of shape {shape}", w.shape)
     if not 0 <= start_round <= plan.iterations:
         raise argument_error("start_round", f"be between 0 and {plan.iterations}", start_round)
     return PreparedData(
@@ -242,8 +245,10 @@ def guard_round(
     round_index: int,
 ) -> None:
     """Refuse a round whose quantized weights could make a decoded value wrap around P."""
-    norms = [float(np.linalg.norm(wbar[:, j])) for j in range(plan.r)]
-    bound = decoded_bound(profile, coefficients, plan.lx, norms)
+    # Each class's gradient column is decoded from its own r quantizations: the largest of their bounds counts.
+    bound = max(decoded_bound(profile, coefficients, plan.lx,
+                              [float(np.linalg.norm(wbar[:, c + j])) for j in range(plan.r)])
+                for c in range(0, wbar.shape[1], plan.r))
     if bound > plan.basis.max_signed:  # cannot happen inside the weight ball; never decode garbage
         raise OverflowError(
             f"round {round_index + 1}: decoded values could reach {bound:.3g} > (P-3)/2; refusing to send"
@@ -262,9 +267,9 @@ def sum_blocks(field: PrimeField, blocks: Elements) -> Elements:
 
 
 def gradient_from_sums(plan: Plan, sums: Elements, xty: Array, m: int) -> Array:
-    """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from X̄ᵀs̄'s residues (residues x d), lifted by CRT."""
+    """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from X̄ᵀs̄'s residues (residues x d, or x dC), lifted by CRT."""
     total = plan.basis.combine(sums)
-    return (to_float(total, plan.gradient_scale) - np.ldexp(xty, -plan.lx)) / m
+    return (to_float(total, plan.gradient_scale).reshape(xty.shape) - np.ldexp(xty, -plan.lx)) / m
 
 
 def round_stats(

@@ -47,6 +47,7 @@ class JobSpec:
     rows: int
     d: int
     coefficients: tuple[int, ...]  # the scaled sigmoid polynomial as signed integers, lowest degree first
+    classes: int = 1  # weight columns: 1 (two classes, or linear), or C one-vs-rest models
 
     def coefficient_array(self) -> Elements:
         """The coefficients' residues, shape (residues, r+1) uint32."""
@@ -108,7 +109,13 @@ class CodedTrainer(TrainingRun):
             rows=self.partitions.shape[1],
             d=self.partitions.shape[2],
             coefficients=tuple(int(v) for v in self.coefficients),
+            classes=self.classes,
         )
+
+    @property
+    def classes(self) -> int:
+        """How many weight columns each round carries: 1, or C for C one-vs-rest classes."""
+        return 1 if self.weights.ndim == 1 else self.weights.shape[1]
 
     def share_chunks(self, rows_per_chunk: int, workers: Sequence[int] | None = None) -> Iterator[ShareChunk]:
         """Encode the dataset residue by residue, chunk by chunk; never all N shares at once."""
@@ -145,9 +152,9 @@ class CodedTrainer(TrainingRun):
         return out
 
     def weight_shares(self) -> Elements:
-        """Encode this round's quantized weights: shape (N, residues, d, r); checks the overflow guard first."""
+        """Encode this round's quantized weights: shape (N, residues, d, C r); checks the overflow guard first."""
         wbar = self.begin_round()
-        d, r = wbar.shape
+        d, r = wbar.shape  # r columns per class
         per_residue = []
         for scheme in self.schemes:
             secrets = np.broadcast_to(residue_of(scheme.field, wbar.reshape(1, d * r)), (self.plan.k, d * r))
@@ -191,7 +198,7 @@ class CodedTrainer(TrainingRun):
         return self.decode_sums(replies, sorted(wrong)), sorted(wrong)
 
     def decode_sums(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Elements:
-        """X̄ᵀs̄ in every residue field (residues x d) from the first R right replies: decode, add the K partitions."""
+        """X̄ᵀs̄ in every residue field (residues x dC) from the first R right replies: decode, add the K partitions."""
         good = {i: reply for i, reply in replies.items() if i not in wrong}
         return np.stack([
             sum_blocks(scheme.field, scheme.decode({i: reply[j] for i, reply in good.items()}, self.plan.threshold))

@@ -22,12 +22,12 @@ def worker_compute(
     w_share: npt.NDArray[np.uint32],
     coefficients: npt.NDArray[np.uint32],
 ) -> Elements:
-    """f in every residue field: shares (residues x rows x d), weights (residues x d x r) -> residues x d."""
+    """f in every residue field: shares (residues x rows x d), weights (residues x d x Cr) -> residues x dC."""
     residues = len(basis.moduli)
     if x_share.ndim != 3 or x_share.shape[0] != residues:
         raise argument_error("x_share", f"have shape ({residues}, rows, d)", x_share.shape)
     if w_share.ndim != 3 or w_share.shape[0] != residues:
-        raise argument_error("w_share", f"have shape ({residues}, d, r)", w_share.shape)
+        raise argument_error("w_share", f"have shape ({residues}, d, C r)", w_share.shape)
     if coefficients.ndim != 2 or coefficients.shape[0] != residues:
         raise argument_error("coefficients", f"have shape ({residues}, r+1)", coefficients.shape)
     return np.stack([field_compute(f, x, w, c) for f, x, w, c in zip(basis.fields, x_share, w_share, coefficients)])
@@ -39,18 +39,21 @@ def field_compute(
     w_share: npt.NDArray[np.uint32],
     coefficients: npt.NDArray[np.uint32],
 ) -> Elements:
-    """Evaluate f on one worker's shares (uint32, or float64 from prepare_share): degree 2r+1 in them."""
-    if x_share.ndim != 2 or w_share.ndim != 2 or x_share.shape[1] != w_share.shape[0]:
-        raise argument_error("w_share", f"have shape ({x_share.shape[-1]}, r)", w_share.shape)
-    r = w_share.shape[1]
-    if len(coefficients) != r + 1:
-        raise argument_error("coefficients", f"hold r+1 = {r + 1} values", len(coefficients))
+    """Evaluate f on one worker's shares (uint32, or float64 from prepare_share): degree 2r+1 in them.
+
+    The weights hold r quantizations of each of C models (d x C r, class-major); the result is the d x C matrix
+    X̃ᵀ s̄ of all C gradients, flattened row-major (d values for C = 1), from one pass over the share."""
+    r = len(coefficients) - 1
+    if x_share.ndim != 2 or w_share.ndim != 2 or x_share.shape[1] != w_share.shape[0] or r < 1 \
+            or w_share.shape[1] % r:
+        raise argument_error("w_share", f"have shape ({x_share.shape[-1]}, C x r) with r = {r}", w_share.shape)
+    classes = w_share.shape[1] // r
     x = x_share if x_share.dtype == np.float64 else field.centred(x_share)
-    z = matmul_mod_centred(field, x, field.centred(w_share))  # rows x r: each x̃ · w̃_j
+    z = matmul_mod_centred(field, x, field.centred(w_share)).reshape(-1, classes, r)  # each x̃ · w̃_cj
     p = np.uint64(field.p)
-    s = np.full(x_share.shape[0], int(coefficients[0]) % field.p, dtype=np.uint64)
-    running = np.ones(x_share.shape[0], dtype=np.uint64)
+    s = np.full((x_share.shape[0], classes), int(coefficients[0]) % field.p, dtype=np.uint64)
+    running = np.ones((x_share.shape[0], classes), dtype=np.uint64)
     for i in range(1, r + 1):
-        running = running * z[:, i - 1].astype(np.uint64) % p
+        running = running * z[:, :, i - 1].astype(np.uint64) % p
         s = (s + running * np.uint64(int(coefficients[i]) % field.p)) % p
-    return matmul_mod_centred(field, x.T, field.centred(s.astype(np.uint32)))
+    return matmul_mod_centred(field, x.T, field.centred(s.astype(np.uint32))).reshape(-1)

@@ -29,6 +29,7 @@ MAX_WIRE_MODULUS = 1 << 32
 # below p < 2^31, so no useful plan goes past r = 30; the bound keeps a hostile spec from making the
 # worker build rows x r working arrays of any size.
 MAX_DEGREE = 32
+MAX_CLASSES = 1024  # weight columns a job may declare (one-vs-rest classes)
 # Job and run ids are short names (the master uses 32 hex digits); they are echoed in logs and statuses.
 MAX_ID_LENGTH = 128
 
@@ -75,12 +76,18 @@ class WireJobSpec:
     cols: int
     coefficients: np.ndarray  # residues x (r+1)
     model: str
+    classes: int = 1  # C weight columns (one-vs-rest models): weights d x C r, results d x C per residue
 
     @classmethod
     def of(cls, spec: JobSpec, model: str) -> WireJobSpec:
         """The wire form of the protocol's JobSpec."""
         return cls(moduli=tuple(spec.moduli), degree=spec.r, rows=spec.rows, cols=spec.d,
-                   coefficients=spec.coefficient_array(), model=model)
+                   coefficients=spec.coefficient_array(), model=model, classes=spec.classes)
+
+    @property
+    def result_cols(self) -> int:
+        """Values per residue in a round's result: d x C."""
+        return self.cols * self.classes
 
     @property
     def residues(self) -> int:
@@ -192,7 +199,8 @@ def block_from_proto(msg: pb.FieldBlock, shape: tuple[int, int], modulus: int, w
 def job_spec_to_proto(spec: WireJobSpec) -> pb.JobSpec:
     """A job spec as its protobuf message."""
     return pb.JobSpec(moduli=spec.moduli, degree=spec.degree, rows=spec.rows, cols=spec.cols,
-                      coefficients=block_to_proto(spec.coefficients), model=spec.model)
+                      coefficients=block_to_proto(spec.coefficients), model=spec.model,
+                      classes=spec.classes if spec.classes > 1 else 0)
 
 
 def check_moduli(single: int, moduli: Sequence[int], what: str) -> tuple[int, ...]:
@@ -230,9 +238,13 @@ def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
         raise MalformedMessage(
             f"the sigmoid coefficients are {msg.coefficients.rows}x{msg.coefficients.cols} but this job needs "
             f"{shape[0]}x{shape[1]} (one row per residue modulus, r+1 columns)")
+    classes = max(1, msg.classes)
+    if classes > MAX_CLASSES or (classes > 1 and msg.model != "logistic"):
+        raise MalformedMessage(f"job spec declares {msg.classes} classes for model {shown(msg.model)}; one-vs-rest "
+                               f"logistic regression takes 2 to {MAX_CLASSES} weight columns, linear regression one")
     coefficients = unpack_residues(msg.coefficients.data, shape, moduli, "the sigmoid coefficients")
     return WireJobSpec(moduli=moduli, degree=msg.degree, rows=msg.rows, cols=msg.cols,
-                       coefficients=coefficients, model=msg.model)
+                       coefficients=coefficients, model=msg.model, classes=classes)
 
 
 def rows_per_chunk(cols: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -328,31 +340,32 @@ def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
 
 
 def round_request_to_proto(job_id: str, round_number: int, weights: np.ndarray) -> pb.RoundRequest:
-    """One round's encoded weights (residues x d x r) for one worker."""
+    """One round's encoded weights (residues x d x C r) for one worker."""
     residues, d, r = weights.shape
     return pb.RoundRequest(job_id=job_id, round=round_number, weights=block_to_proto(weights.reshape(residues * d, r)))
 
 
 def round_request_from_proto(msg: pb.RoundRequest, spec: WireJobSpec) -> np.ndarray:
-    """The encoded weights of a RoundRequest as a uint32[residues, d, r] array, checked against the job."""
-    shape = (spec.residues * spec.cols, spec.degree)
+    """The encoded weights of a RoundRequest as a uint32[residues, d, C r] array, checked against the job."""
+    shape = (spec.residues * spec.cols, spec.classes * spec.degree)
     what = f"round {msg.round} weights"
     if (msg.weights.rows, msg.weights.cols) != shape:
         raise MalformedMessage(
             f"{what} are {msg.weights.rows}x{msg.weights.cols} but this job needs {shape[0]}x{shape[1]} "
-            f"(residues x d rows, r columns); check that the master and worker agree on the job's dimensions")
-    return unpack_residues(msg.weights.data, (spec.residues, spec.cols, spec.degree), spec.moduli, what)
+            f"(residues x d rows, classes x r columns); check that the master and worker agree on the job's "
+            f"dimensions")
+    return unpack_residues(msg.weights.data, (spec.residues, spec.cols, shape[1]), spec.moduli, what)
 
 
 def round_result_to_proto(job_id: str, round_number: int, result: np.ndarray,
                           compute_seconds: float) -> pb.RoundResult:
-    """A worker's f(share, weights) for one round: residues x d."""
+    """A worker's f(share, weights) for one round: residues x dC."""
     return pb.RoundResult(job_id=job_id, round=round_number, result=block_to_proto(result),
                           compute_seconds=compute_seconds)
 
 
 def round_result_from_proto(msg: pb.RoundResult, moduli: tuple[int, ...], cols: int) -> np.ndarray:
-    """A RoundResult's values as a uint32[residues, d] array, checked against the job."""
+    """A RoundResult's values as a uint32[residues, cols] array (cols = d x C), checked against the job."""
     what = f"round {msg.round} result"
     if (msg.result.rows, msg.result.cols) != (len(moduli), cols):
         raise MalformedMessage(

@@ -17,7 +17,7 @@ class FieldBlock(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("modulus", "degree", "rows", "cols", "coefficients", "model", "moduli")
+    __slots__ = ("modulus", "degree", "rows", "cols", "coefficients", "model", "moduli", "classes")
     MODULUS_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class JobSpec(_message.Message):
     COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODULI_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
     modulus: int
     degree: int
     rows: int
@@ -32,7 +33,8 @@ class JobSpec(_message.Message):
     coefficients: FieldBlock
     model: str
     moduli: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, modulus: _Optional[int] = ..., degree: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., coefficients: _Optional[_Union[FieldBlock, _Mapping]] = ..., model: _Optional[str] = ..., moduli: _Optional[_Iterable[int]] = ...) -> None: ...
+    classes: int
+    def __init__(self, modulus: _Optional[int] = ..., degree: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., coefficients: _Optional[_Union[FieldBlock, _Mapping]] = ..., model: _Optional[str] = ..., moduli: _Optional[_Iterable[int]] = ..., classes: _Optional[int] = ...) -> None: ...
 
 class ShareChunk(_message.Message):
     __slots__ = ("job_id", "spec", "row_offset", "block", "crc32", "residue")

@@ -1,0 +1,185 @@
+"""More than two classes: one-vs-rest with all C models in one CodedPrivateML run (weights d x C)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.preprocessing import StandardScaler
+
+from cpml import data
+from cpml.estimator import CodedLogisticRegression
+from cpml.model import load_model, load_sklearn
+from cpml.protocol import Plan, auto_precision, models, public_profile, simulate
+from cpml.protocol.run import guard_round
+from cpml.protocol.sigmoid import model_coefficients
+from cpml.wire import serde
+
+DIGITS = load_digits()
+ITERATIONS = 50
+
+
+def _digits(seed: int = 0):
+    """Digits, all ten classes, standardised on the training split with an intercept column; one-hot labels."""
+    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25,
+                                                        random_state=seed, stratify=DIGITS.target)
+    scaler = StandardScaler().fit(x_train)
+    ones = np.ones((len(x_train), 1)), np.ones((len(x_test), 1))
+    return (np.hstack([scaler.transform(x_train), ones[0]]), np.eye(10)[y_train],
+            np.hstack([scaler.transform(x_test), ones[1]]), np.eye(10)[y_test], (x_train, y_train, x_test, y_test))
+
+
+@pytest.fixture(scope="module")
+def digits_run():
+    x, y, x_test, y_test, raw = _digits()
+    plan = auto_precision(Plan(n_workers=10, k=3, t=1, iterations=ITERATIONS), public_profile("standard", *x.shape))
+    return simulate(plan, x, y, 0, x_test, y_test), (x, y, x_test, y_test), raw
+
+
+def test_all_ten_classes_train_in_one_run_as_float_gradient_descent_does(digits_run):
+    result, (x, y, x_test, y_test), _ = digits_run
+    assert result.weights.shape == (65, 10) and result.trajectory.shape == (ITERATIONS + 1, 65, 10)
+    coefficients = model_coefficients("logistic", 1, result.plan.sigmoid_interval)
+    reference = models.gradient_descent(x, y, result.plan.learning_rate, ITERATIONS, radius=result.plan.weight_bound,
+                                        prediction=lambda z: np.polynomial.polynomial.polyval(z, coefficients))[-1]
+    # the quantization costs nothing: the same model as float64 with the workers' polynomial
+    assert np.abs(result.weights - reference).max() < 0.02
+    assert abs(result.history[-1].test_accuracy - models.accuracy(x_test, y_test, reference, "logistic")) <= 0.005
+    assert np.all(np.linalg.norm(result.trajectory, axis=1) <= result.plan.weight_bound + 1e-9)  # each column's ball
+
+
+def _scikit_learn_ovr(raw) -> float:
+    x_train, y_train, x_test, y_test = raw
+    scaler = StandardScaler().fit(x_train)
+    ovr = OneVsRestClassifier(LogisticRegression(max_iter=ITERATIONS)).fit(scaler.transform(x_train), y_train)
+    return ovr.score(scaler.transform(x_test), y_test)
+
+
+def test_digits_stays_within_the_measured_gap_to_scikit_learns_one_vs_rest(digits_run):
+    # Measured: 0.9356 against 0.9689 (seed 0). The gap is the degree-1 sigmoid (r = 1, a least-squares fit of
+    # each class): float gradient descent with the true sigmoid reaches 0.9600 at the same 50 iterations.
+    result, _, raw = digits_run
+    assert result.history[-1].test_accuracy >= _scikit_learn_ovr(raw) - 0.04
+
+
+@pytest.mark.xfail(strict=True, reason="r = 1 fits a degree-1 sigmoid, a least-squares classifier per class: on "
+                   "digits one-vs-rest trails scikit-learn's by 3.3 points (0.936 vs 0.969) at any precision; the "
+                   "sigmoid approximation is issue 9's")
+def test_digits_within_one_point_of_scikit_learns_one_vs_rest(digits_run):
+    result, _, raw = digits_run
+    assert result.history[-1].test_accuracy >= _scikit_learn_ovr(raw) - 0.01
+
+
+def test_the_overflow_guard_bounds_every_class_column():
+    x, y, _, _, _ = _digits()
+    plan = auto_precision(Plan(n_workers=10, k=3, t=1), public_profile("standard", *x.shape))
+    from cpml.protocol.run import prepare_data
+
+    prepared = prepare_data(plan, x, y, 0, None, None, plan.k, None, 0)
+    safe = np.zeros((65, 10), dtype=np.int64)
+    guard_round(prepared.plan, prepared.profile, prepared.coefficients, safe, 0)
+    wild = safe.copy()
+    wild[:, 7] = 2**40  # one class's quantized weights far outside the ball: that column alone must trip it
+    with pytest.raises(OverflowError, match=r"round 4: decoded values could reach"):
+        guard_round(prepared.plan, prepared.profile, prepared.coefficients, wild, 3)
+
+
+def test_the_wire_carries_c_weight_columns_and_checks_them():
+    spec = serde.WireJobSpec(moduli=(65537, 65539), degree=2, rows=4, cols=3,
+                             coefficients=np.ones((2, 3), dtype=np.uint32), model="logistic", classes=5)
+    back = serde.job_spec_from_proto(serde.job_spec_to_proto(spec))
+    assert back.classes == 5 and back.result_cols == 15
+    binary = serde.job_spec_from_proto(serde.job_spec_to_proto(
+        serde.WireJobSpec(spec.moduli, 2, 4, 3, spec.coefficients, "logistic")))
+    assert binary.classes == 1 and serde.job_spec_to_proto(binary).classes == 0  # as a binary job always was
+    weights = np.arange(2 * 3 * 10, dtype=np.uint32).reshape(2, 3, 10)
+    request = serde.round_request_to_proto("j", 1, weights)
+    assert (request.weights.rows, request.weights.cols) == (6, 10)
+    np.testing.assert_array_equal(serde.round_request_from_proto(request, back), weights)
+    with pytest.raises(serde.MalformedMessage, match=r"round 1 weights are 6x10 but this job needs 6x2 \(residues "
+                                                     r"x d rows, classes x r columns\)"):
+        serde.round_request_from_proto(request, binary)
+    message = serde.job_spec_to_proto(spec)
+    message.model = "linear"
+    with pytest.raises(serde.MalformedMessage, match=r"declares 5 classes for model 'linear'"):
+        serde.job_spec_from_proto(message)
+
+
+def test_labels_of_more_than_two_classes_load_one_hot_and_refuse_what_is_not_classes(tmp_path):
+    ds = data.load_dataset("digits", test_fraction=0.25, seed=1, intercept=True)
+    assert ds.y_train.shape == (len(ds.x_train), 10) and ds.y_train.sum(axis=1).tolist() == [1.0] * len(ds.x_train)
+    assert ds.preprocessing.classes == tuple(range(10)) and ds.preprocessing.n_classes == 10
+    assert any(note.startswith("labels: 10 classes (0, 1, 2, 3, 4, ...), one-vs-rest") for note in ds.notes)
+    with pytest.raises(ValueError, match=r"Argument 'positive_label' must be omitted for 10 classes"):
+        data.load_dataset("digits", positive_label="3")
+    with pytest.raises(ValueError, match=r"exactly two label values .* \(or 3 to 100 text or whole-number classes"):
+        data.load_dataset("diabetes")  # real-valued targets: not classes
+
+
+def test_the_estimator_fits_ten_classes_and_predicts_the_arg_max():
+    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25, random_state=0,
+                                                        stratify=DIGITS.target)
+    names = np.array([f"digit {d}" for d in range(10)])
+    est = CodedLogisticRegression(workers="in-process", iterations=20).fit(x_train, names[y_train])
+    assert est.coef_.shape == (10, 64) and est.intercept_.shape == (10,) and list(est.classes_) == list(names)
+    z = est.decision_function(x_test)
+    assert z.shape == (len(x_test), 10)
+    np.testing.assert_array_equal(est.predict(x_test), names[np.argmax(z, axis=1)])
+    np.testing.assert_allclose(est.predict_proba(x_test).sum(axis=1), 1.0)
+    assert est.score(x_test, names[y_test]) > 0.9
+    pipeline = est.model_.to_sklearn()
+    assert pipeline[-1].coef_.shape == (10, 64)
+    np.testing.assert_array_equal(pipeline.predict(x_test), est.predict(x_test))
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cpml.master.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.slow
+def test_ten_classes_train_predict_and_export_on_real_processes(tmp_path):
+    names = [f"pixel{i}" for i in range(64)]
+    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25, random_state=2,
+                                                        stratify=DIGITS.target)
+    for path, x, y in ((tmp_path / "train.csv", x_train, y_train), (tmp_path / "test.csv", x_test, y_test)):
+        with path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow([*names, "digit"])
+            out.writerows([*map(repr, map(float, row)), int(label)] for row, label in zip(x, y))
+    done = _cli("train", "--dataset", str(tmp_path / "train.csv"), "--test-data", str(tmp_path / "test.csv"),
+                "--workers-local", "10", "--iterations", "30", "--out", str(tmp_path / "run"), "--log-level", "error",
+                "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
+    assert final["test_accuracy"] > 0.9
+    model = load_model(tmp_path / "run" / "model.json")
+    assert model.weights.shape == (65, 10) and model.preprocessing.classes == tuple(range(10))
+    done = _cli("predict", "--model", str(tmp_path / "run" / "model.json"), "--data", str(tmp_path / "test.csv"),
+                "--out", str(tmp_path / "p.csv"))
+    assert done.returncode == 0, done.stderr
+    right, rows = map(int, re.search(r"accuracy: [\d.]+ \((\d+) of (\d+) rows\)", done.stdout).groups())
+    assert rows == len(y_test) and right / rows == final["test_accuracy"]
+    with open(tmp_path / "p.csv", newline="") as f:
+        ours = list(csv.DictReader(f))
+    assert sum(int(row["label"]) == label for row, label in zip(ours, y_test)) == right
+    done = _cli("export", "--model", str(tmp_path / "run" / "model.json"), "--out", str(tmp_path / "m.skops"))
+    assert done.returncode == 0, done.stderr
+    pipeline = load_sklearn(tmp_path / "m.skops")
+    assert pipeline[-1].coef_.shape == (10, 64)
+    assert pipeline.predict(x_test).tolist() == [int(row["label"]) for row in ours]
+    assert pipeline.score(x_test, y_test) == final["test_accuracy"]
+    refused = _cli("train", "--dataset", "digits", "--protocol", "bgw", "--out", str(tmp_path / "bgw"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("Argument 'protocol' must be cpml for 10 classes (one-vs-rest runs in "
+                                           "CodedPrivateML only; the BGW baseline trains two-class models), not "
+                                           "'bgw'.")
