@@ -244,8 +244,9 @@ def _csv(path: Path, text: str, label_column: int | str | None, categorical: Seq
         except ValueError:
             table = None  # text cells or a ragged line: the careful reader below finds out which
     notes: tuple[str, ...] = ()
+    found: tuple[int, ...] = ()
     if table is not None and table.shape[1] == width and np.isfinite(table[:, features]).all():
-        x, y, found = table[:, features], None if label is None else table[:, label], ()
+        x, y = table[:, features], None if label is None else table[:, label]
     else:
         cells = _cells(rows, separator, width, path.name)
         x, found, notes = _features(cells, rows, features, forced, path.name, column, names)
@@ -609,8 +610,8 @@ def _class_targets(raw: RawData, positive_label: str | None, test_fraction: floa
         if len(classes) > 2 and raw.y.dtype.kind in "biuf":
             hint += "; real-valued targets need linear regression (cpml-master train --model linear)"
         raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification (or 3 "
-                         f"to {MAX_CLASSES} text or whole-number classes of 2+ rows each for one-vs-rest), not {len(classes)} "
-                         f"({_preview(classes)}) in {raw.label_source}{hint}.")
+                         f"to {MAX_CLASSES} text or whole-number classes of 2+ rows each for one-vs-rest), not "
+                         f"{len(classes)} ({_preview(classes)}) in {raw.label_source}{hint}.")
     y, _ = binary_labels(raw.y, positive_label)
     if test_fraction is not None:
         _check_split(raw.y, test_fraction, source)

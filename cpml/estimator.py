@@ -173,8 +173,7 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
         _store(self, locals())
 
     def fit(self, X: Any, y: Any) -> CodedLogisticRegression:
-        """Train on raw features X and labels y: two classes (classes_[1], the larger, is the positive class), or
-        C > 2 classes one-vs-rest in one run."""
+        """Train on raw features X and labels y: two classes (the larger is classes_[1]), or C > 2 one-vs-rest."""
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         kind = type_of_target(y, input_name="y")
@@ -216,8 +215,7 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
         return np.column_stack([-np.logaddexp(0.0, z), -np.logaddexp(0.0, -z)])
 
     def predict(self, X: Any) -> np.ndarray:
-        """classes_[1] where the decision function is >= 0 (as the run's test accuracy counts), else classes_[0];
-        for C > 2 the class whose model scores highest."""
+        """classes_[1] where the decision function is >= 0, else classes_[0]; for C > 2 the highest-scoring class."""
         z = self._decision(X)
         return self.classes_[np.argmax(z, axis=1) if z.ndim == 2 else (z >= 0.0).astype(int)]
 

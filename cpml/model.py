@@ -80,7 +80,8 @@ class Model:
         classes = self.preprocessing.n_classes
         shape = (self.preprocessing.width,) if classes == 1 else (self.preprocessing.width, classes)
         if w.shape != shape or not np.isfinite(w).all():
-            raise ValueError(f"Argument 'weights' must be finite numbers of shape {shape} (features and intercept"
+            size = " x ".join(map(str, shape))
+            raise ValueError(f"Argument 'weights' must be {size} finite numbers (features and intercept"
                              f"{', one column per class' if classes > 1 else ''}), not shape {w.shape}.")
         object.__setattr__(self, "weights", w)
 
@@ -102,18 +103,15 @@ class Model:
         return float(self.weights[-1]) if self.weights.ndim == 1 else self.weights[-1].copy()
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
-        """x' @ w for raw rows x: the log-odds of the class mapped to 1 (a column per class if C > 2), or the
-        standardised prediction."""
+        """x' @ w for raw rows x: log-odds of the class mapped to 1 (one column per class if C > 2), or linear's."""
         return self.preprocessing.transform(x) @ self.weights
 
     def probability(self, x: np.ndarray) -> np.ndarray:
-        """Probability of the class mapped to 1 (logistic): the sigmoid of the decision function; for C > 2, of
-        every class: the classes' one-vs-rest sigmoids normalised to sum to 1."""
+        """Probability of the class mapped to 1 (logistic); for C > 2 of every class (sigmoids normalised to sum 1)."""
         return ovr_probabilities(self.decision_function(x))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw labels (logistic: the class mapped to 1 where x' @ w >= 0, or the class scoring highest) or targets
-        in their own units (linear)."""
+        """Raw labels (the class mapped to 1 where x' @ w >= 0, or the top-scoring one) or targets (linear)."""
         z = self.decision_function(x)
         if self.kind == "linear":
             return self.preprocessing.targets(z)

@@ -322,12 +322,13 @@ class Preprocessing:
         return len(self.classes) if self.classes is not None and len(self.classes) > 2 else 1
 
     def encode(self, y: np.ndarray, source: str = "", name: str = "y") -> np.ndarray:
-        """Raw labels as 0/1 (logistic; one-hot rows for C > 2) or real targets standardised (linear); refuses
-        labels the model lacks."""
+        """Raw labels as 0/1 (one-hot rows for C > 2) or standardised targets (linear); refuses unknown labels."""
         ya = np.asarray(y)
         if self.classes is None:
             return (ya.astype(np.float64) / self.target_prescale - self.target_center) / self.target_spread
-        hits = np.column_stack([_matches(ya, c) for c in self.classes]) if len(ya) else np.zeros((0, len(self.classes)), bool)
+        hits = np.zeros((len(ya), len(self.classes)), dtype=bool)
+        for c, label in enumerate(self.classes):
+            hits[:, c] = _matches(ya, label)
         unknown = ~hits.any(axis=1)
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])

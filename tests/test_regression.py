@@ -91,7 +91,8 @@ def _csv(path, labels) -> str:
                                           "targets are real values, not classes), not '1'."),
     ("diabetes", {"model": "poisson"}, "Argument 'model' must be one of logistic, linear, not 'poisson'."),
     ("diabetes", {"model": "logistic"}, "Argument 'dataset' must have exactly two label values for binary "
-                                        "classification, not 214 (25, 31, 37, 39, 40, ...) in bundled 'diabetes'; "
+                                        "classification (or 3 to 100 text or whole-number classes of 2+ rows each "
+                                        "for one-vs-rest), not 214 (25, 31, 37, 39, 40, ...) in bundled 'diabetes'; "
                                         "real-valued targets need linear regression (cpml-master train --model "
                                         "linear)."),
     ("few", {"test_fraction": 0.5}, "Argument 'test_fraction' must leave at least 2 training rows to standardise "

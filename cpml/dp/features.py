@@ -120,7 +120,8 @@ def read_feature_bounds(path: Path | str) -> FeatureBounds:
     entries = schema.get("features") if isinstance(schema, dict) else None
     if not isinstance(entries, list) or not entries:
         raise argument_error("feature_bounds", 'hold {"features": [{"min": ..., "max": ...}, ...]}', str(path))
-    lower, upper, names, categories = [], [], [], []
+    lower, upper, names = [], [], []
+    categories: list[tuple[str, ...] | None] = []
     for i, entry in enumerate(entries):
         if isinstance(entry, dict) and "categories" in entry:
             lo, hi = 0.0, 1.0

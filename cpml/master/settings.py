@@ -140,8 +140,7 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=None, required=True,
                       help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), digits "
-                           "(ten classes), "
-                           "or a .csv/.npz/.svm file")
+                           "(ten classes), or a .csv/.npz/.svm file")
     data.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
     data.add_argument("--label-column", default="-1",
                       help="CSV label column: a 0-based index (negative from the end; default -1, the last) "

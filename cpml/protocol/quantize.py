@@ -28,8 +28,8 @@ def stochastic_round(x: npt.NDArray[np.float64], rng: np.random.Generator) -> np
 
 
 def quantize_weights(w: npt.ArrayLike, lw: int, r: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    """Return r independent stochastic quantizations Round_stoc(2^lw * w): d x r, or d x (C r) for a d x C matrix
-    (class c's quantizations in columns c r to c r + r - 1)."""
+    """Return r independent stochastic quantizations Round_stoc(2^lw * w): d x r, or d x Cr for a d x C matrix."""
+    # class c's quantizations land in columns c r to c r + r - 1
     arr = np.asarray(w, dtype=np.float64)
     if arr.ndim not in (1, 2) or not np.all(np.isfinite(arr)):
         raise argument_error("w", "be a finite vector or d x C matrix", arr.shape)

@@ -39,10 +39,9 @@ def field_compute(
     w_share: npt.NDArray[np.uint32],
     coefficients: npt.NDArray[np.uint32],
 ) -> Elements:
-    """Evaluate f on one worker's shares (uint32, or float64 from prepare_share): degree 2r+1 in them.
-
-    The weights hold r quantizations of each of C models (d x C r, class-major); the result is the d x C matrix
-    X̃ᵀ s̄ of all C gradients, flattened row-major (d values for C = 1), from one pass over the share."""
+    """Evaluate f on one worker's shares (uint32, or float64 from prepare_share): degree 2r+1 in them."""
+    # The weights hold r quantizations of each of C models (d x Cr, class-major); the result is the d x C matrix
+    # X̃ᵀ s̄ of all C gradients, flattened row-major (d values for C = 1), from one pass over the share.
     r = len(coefficients) - 1
     if x_share.ndim != 2 or w_share.ndim != 2 or x_share.shape[1] != w_share.shape[0] or r < 1 \
             or w_share.shape[1] % r:
