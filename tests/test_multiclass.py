@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
+from test_tables import _cli
 
 from cpml import data
 from cpml.estimator import CodedLogisticRegression
@@ -139,11 +138,6 @@ def test_the_estimator_fits_ten_classes_and_predicts_the_arg_max():
     pipeline = est.model_.to_sklearn()
     assert pipeline[-1].coef_.shape == (10, 64)
     np.testing.assert_array_equal(pipeline.predict(x_test), est.predict(x_test))
-
-
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpml.master.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
 
 
 @pytest.mark.slow
