@@ -2,16 +2,13 @@
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import re
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from helpers_cluster import running_worker
+from helpers_cluster import make_pki, running_worker
 from sklearn.datasets import load_breast_cancer
 from structlog.testing import capture_logs
 
@@ -156,40 +153,10 @@ async def test_an_unreachable_peer_fails_the_job_and_the_master_is_told(data):
             assert re.search(r"worker [12] refused or did not take a message: UNAVAILABLE", err.value.details())
 
 
-def _worker_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA and one certificate for 127.0.0.1 with no usage restriction (server and client authentication)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def sign(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if not ca:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    paths = (directory / "ca.pem", directory / "worker.pem", directory / "worker.key")
-    paths[0].write_bytes(sign("mpc CA", ca_key, "mpc CA", ca_key, True).public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(sign("worker", key, "mpc CA", ca_key, False).public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
 async def test_workers_talk_to_each_other_over_mutual_tls(data, tmp_path):
     x, y = data
-    ca, cert, key = _worker_pki(tmp_path)
+    pki = make_pki(tmp_path, "mpc")  # the worker certificate serves and authenticates as a client
+    ca, cert, key = pki.ca, pki.server_cert, pki.server_key
     plan = Plan.case2(9, iterations=2)
     session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=6)
     tls = dict(insecure=False, tls_cert=cert, tls_key=key, tls_client_ca=ca)

@@ -9,6 +9,7 @@ field is masked by its own randomness.
 
 import numpy as np
 import pytest
+from helpers_privacy import zero_masks
 from scipy import stats
 
 from cpml.field import ResidueBasis, uniform
@@ -18,10 +19,6 @@ from cpml.mpc.shamir import share_residues
 BASIS = ResidueBasis((31, 29))
 MODULI = BASIS.moduli
 TRIALS = 30_000
-
-
-def zero_masks(field, shape):
-    return np.zeros(shape, dtype=np.uint32)
 
 
 def zero_masks_in(p):

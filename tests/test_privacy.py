@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from helpers_privacy import zero_masks
 from scipy import stats
 
 from cpml.data import load_dataset
@@ -30,10 +31,6 @@ P = 31  # a tiny field so the joint distribution of T shares has few cells: 31^2
 TRIALS = 40_000
 UNIFORM = 1e-6  # the multi-residue tests check ~20 statistics each: a masked run must pass them all
 LEAK = 1e-12  # a broken run must be rejected at this level
-
-
-def zero_masks(field, shape):
-    return np.zeros(shape, dtype=np.uint32)
 
 
 def joint_counts(shares: np.ndarray, workers: tuple[int, ...]) -> np.ndarray:

@@ -39,6 +39,7 @@ import numpy as np
 import pytest
 import structlog
 from grpc_health.v1 import health_pb2
+from helpers_privacy import zero_masks
 from scipy import stats
 
 from cpml.data import load_raw, scale
@@ -77,11 +78,6 @@ PATHS = {
 # HTTP/2 request headers a gRPC client sends; each is public (see docs/protocol.md).
 REQUEST_HEADERS = {":method", ":scheme", ":path", ":authority", "te", "content-type", "user-agent",
                    "grpc-accept-encoding", "grpc-timeout"}
-
-
-def zero_masks(field: PrimeField, shape: tuple[int, ...]) -> np.ndarray:
-    """The protection switched off: every mask is 0."""
-    return np.zeros(shape, dtype=np.uint32)
 
 
 # --- the tap: a TCP proxy that records both directions ---------------------------------------------------
