@@ -36,7 +36,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from cpml.field import DEFAULT_PRIME
-from cpml.model import Model, load_model, model_of_run
+from cpml.model import Model, load_model, model_of_run, wddp_privacy
 from cpml.preprocessing import label_classes, label_note
 
 IN_PROCESS = "in-process"
@@ -251,6 +251,10 @@ class CodedLinearRegression(RegressorMixin, _CodedEstimator):
         return self.model_.preprocessing.targets(z)
 
 
+def _names(names: Any) -> tuple[str, ...] | None:
+    return None if names is None else tuple(str(n) for n in names)
+
+
 def _with_labels(model: Model, classes: tuple[Any, ...] | None, names: Any) -> Model:
     """The artifact with the caller's own labels and feature names (fit wrote 0/1 labels and unnamed columns)."""
     prep = model.preprocessing
@@ -261,7 +265,7 @@ def _with_labels(model: Model, classes: tuple[Any, ...] | None, names: Any) -> M
         prep = dataclasses.replace(prep, classes=plain)
         notes = tuple(label_note(plain) if note.startswith("labels: ") else note for note in notes)
     if names is not None:
-        prep = dataclasses.replace(prep, features=tuple(str(n) for n in names))
+        prep = dataclasses.replace(prep, features=_names(names))
     return dataclasses.replace(model, preprocessing=prep, notes=notes)
 
 
@@ -306,6 +310,10 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         self.guarantees_ = dataclasses.asdict(result.guarantees)
         self.party_sizes_ = [len(part_y) for _, part_y in shards]
         self.n_iter_ = len(result.history)
+        prep = dataclasses.replace(self.preprocessing_, intercept=True, unit_rows=True,
+                                   features=_names(getattr(self, "feature_names_in_", None)))
+        self.model_ = Model(weights=self.weights_.copy(), preprocessing=prep, plan={"rounds": self.n_iter_},
+                            privacy=wddp_privacy(self.guarantees_, self.scheme, len(shards)), notes=prep.notes())
         return self
 
     def _shards(self, x: np.ndarray, y: np.ndarray, groups: Any) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -63,6 +63,17 @@ def coded_privacy(plan: Plan, transport: str, protocol: str = "cpml") -> dict[st
     return out
 
 
+def wddp_privacy(guarantees: Mapping[str, Any], scheme: str, parties: int) -> dict[str, Any]:
+    """The privacy guarantees of a WD-DP run: the released model's (epsilon, delta) and each party's."""
+    return {
+        "protocol": f"WD-DP ({scheme} aggregation of {parties} parties' DP gradient descent)",
+        "guarantee": (f"the released weights are ({guarantees['release_epsilon']:.4g}, {guarantees['delta']:g})-"
+                      f"differentially private ({guarantees['release_basis']})"),
+        "released_model": "differentially private: it may be published under the guarantee above",
+        "differential_privacy": dict(guarantees),
+    }
+
+
 @dataclass(frozen=True)
 class Model:
     """A trained linear model with its preprocessing, plan, privacy guarantees and provenance."""
@@ -155,8 +166,9 @@ class Model:
         version = state.get("format")
         if version is None and "guarantees" in state:
             raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT}, not {where}, a WD-DP model "
-                             f"of cpml-master aggregate or cpml-party, which stores no preprocessing yet "
-                             f"(cpml.WDDPLogisticRegression trains one that predicts in Python).")
+                             f"of cpml-master aggregate or cpml-party whose rows were preprocessed by the parties "
+                             f"(an embedded aggregate run without --feature-bounds, and "
+                             f"cpml.WDDPLogisticRegression's model_, write format {FORMAT}).")
         if version is None:
             raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT}, not {where} without a "
                              f"format (written by an older cpml, or by --protocol bgw/bh08, which does not store "

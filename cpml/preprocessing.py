@@ -26,6 +26,7 @@ _SCALE_NOTES = {"none": "features: not scaled",
                 "minmax": "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])",
                 "standard": "features: standardised to mean 0, std 1 on the training split"}
 INTERCEPT_NOTE = "intercept: a constant-1 column appended as the last feature"
+UNIT_ROWS_NOTE = "rows: scaled onto the unit ball when longer, the intercept column included (WD-DP)"
 MISSING = "missing"  # the category of an empty, '?' or 'NA' cell in a categorical column
 MISSING_CELLS = frozenset({"", "?", "NA"})
 
@@ -56,6 +57,12 @@ def one_hot(cells: np.ndarray, categories: Sequence[str]) -> tuple[np.ndarray, i
     known = codes >= 0
     block[np.flatnonzero(known), codes[known]] = 1.0
     return block, int((~known).sum())
+
+
+def clip_rows(a: np.ndarray, bound: float) -> np.ndarray:
+    """Scale each row with L2 norm above `bound` down to norm `bound`."""
+    norms = np.linalg.norm(a, axis=1, keepdims=True)
+    return a * np.minimum(1.0, bound / np.maximum(norms, np.finfo(np.float64).tiny))
 
 
 def preview(classes: np.ndarray) -> str:
@@ -221,6 +228,7 @@ class Preprocessing:
     # (raw feature column, its categories in one-hot order) for each categorical column; prescale, center and
     # spread then cover the encoded inputs: the numeric columns in order, then each column's categories
     categorical: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    unit_rows: bool = False  # WD-DP: each row, intercept included, scaled onto the unit ball if longer (G = 1)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -314,7 +322,8 @@ class Preprocessing:
         xa = self.encode_features(x)[0]
         scaled = apply_scaling(xa, self.scaling, np.asarray(self.prescale), np.asarray(self.center),
                                np.asarray(self.spread))
-        return np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
+        rows = np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
+        return clip_rows(rows, 1.0) if self.unit_rows else rows
 
     @property
     def n_classes(self) -> int:
@@ -353,7 +362,7 @@ class Preprocessing:
         first = (label_note(self.classes) if self.classes is not None
                  else target_note(self.target_mean, self.target_std))
         return (first, *self._categorical_notes(), _SCALE_NOTES[self.scaling],
-                *((INTERCEPT_NOTE,) if self.intercept else ()))
+                *((INTERCEPT_NOTE,) if self.intercept else ()), *((UNIT_ROWS_NOTE,) if self.unit_rows else ()))
 
     def _categorical_notes(self) -> tuple[str, ...]:
         if not self.categorical:
@@ -372,6 +381,7 @@ class Preprocessing:
                         + (", clipped to [0, 1]" if self.scaling == "minmax" else ""),
                         "prescale": list(self.prescale), "center": list(self.center), "spread": list(self.spread)},
             "intercept": self.intercept,
+            "unit_rows": self.unit_rows,
             "label_column": {"name": self.label_name, "index": self.label_index},
         }
         if self.classes is not None:
@@ -398,6 +408,7 @@ class Preprocessing:
                    center=_floats(scaling["center"]), spread=_floats(scaling["spread"]),
                    intercept=bool(state["intercept"]), features=None if names is None else tuple(map(str, names)),
                    label_name=label.get("name"), label_index=label.get("index"),
+                   unit_rows=bool(state.get("unit_rows", False)),
                    categorical=tuple((int(entry["column"]), tuple(map(str, entry["categories"])))
                                      for entry in state.get("categorical", ())), **kwargs)
 

@@ -226,3 +226,40 @@ def test_wddp_parties_with_text_columns_train_on_one_public_schema_and_the_serve
         assert server.finish() == 0, server.log()
     metrics = json.loads((server.out / "metrics.json").read_text())
     assert metrics["history"][-1]["test_accuracy"] > 0.85
+
+
+def test_the_wddp_estimator_keeps_a_model_that_predict_and_export_read(tmp_path):
+    from cpml.estimator import WDDPLogisticRegression
+
+    x, y = CANCER.data[TRAIN], LABELS[TRAIN]
+    est = WDDPLogisticRegression(random_state=0, epsilon=4.0).fit(x, y)
+    model = est.model_
+    assert model.preprocessing.unit_rows and model.privacy["differential_privacy"] == est.guarantees_
+    np.testing.assert_array_equal(model.decision_function(CANCER.data[TEST]), est.decision_function(CANCER.data[TEST]))
+    model.save(tmp_path / "model.json")
+    again = load_model(tmp_path / "model.json")
+    assert again.predict(CANCER.data[TEST]).tolist() == est.predict(CANCER.data[TEST]).tolist()
+    # the unit-ball scaling of each row is positive: the exported pipeline predicts the same labels
+    assert again.to_sklearn().predict(CANCER.data[TEST]).tolist() == est.predict(CANCER.data[TEST]).tolist()
+
+
+@pytest.mark.slow
+def test_an_embedded_wddp_run_on_a_table_with_text_columns_writes_a_model_predict_reproduces(tmp_path):
+    train = _write(tmp_path / "train.csv", TABLE[TRAIN])
+    test = _write(tmp_path / "test.csv", TABLE[TEST], comment="held-out rows")
+    done = _cli("aggregate", "--dataset", train, "--test-data", test, "--label-column", "diagnosis", "--rounds", "10",
+                "--epsilon", "4", "--out", str(tmp_path / "run"), "--log-level", "error")
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][-1]["test_accuracy"]
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert model["format"] == 2 and model["privacy"]["differential_privacy"] == model["guarantees"]
+    done = _cli("predict", "--model", str(tmp_path / "run" / "model.json"), "--data", test, "--out",
+                str(tmp_path / "p.csv"))
+    assert done.returncode == 0, done.stderr
+    right, rows = map(int, re.search(r"accuracy: [\d.]+ \((\d+) of (\d+) rows\)", done.stdout).groups())
+    assert rows == len(TEST) and right / rows == final
+    done = _cli("export", "--model", str(tmp_path / "run" / "model.json"), "--out", str(tmp_path / "m.skops"))
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "p.csv", newline="") as f:
+        ours = [row["label"] for row in csv.DictReader(f)]
+    assert load_sklearn(tmp_path / "m.skops").predict(TABLE[TEST][:, :-1]).tolist() == ours

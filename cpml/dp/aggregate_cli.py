@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     report["notes"] = notes
     report["settings"]["scheme"] = args.scheme
-    _write_outputs(args.out, report)
+    _write_outputs(args.out, report, getattr(args, "preprocessing", None))
     g = report["guarantees"]
     what = "centralized DP-GD" if args.scheme == "centralized" else f"{args.scheme} aggregation"
     print(f"{report['rounds_run']} rounds of {what} over {len(report['parties'])} part"
@@ -240,6 +240,8 @@ def _prepare(args: argparse.Namespace):
     x_train, x_test = data.x_train, data.x_test
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
+    elif data.preprocessing is not None:  # what model.json keeps for predict and export
+        args.preprocessing = replace(data.preprocessing, intercept=True, unit_rows=True)
     warn_if_dominated(x_train, "pass public feature bounds with --feature-bounds FILE, or --scaling standard")
     x = add_bias_and_normalise(x_train)
     x_test = add_bias_and_normalise(x_test)
@@ -536,14 +538,25 @@ def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
     }
 
 
-def _write_outputs(out: Path, report: dict[str, Any]) -> None:
+def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None) -> None:
+    """model.json (the format-2 artifact when the rows' preprocessing is known here), metrics.json, curves.png."""
     from cpml.reporting import plot_curves, write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     weights = report.pop("weights")
-    (out / "model.json").write_text(json.dumps(
-        {"weights": weights, "guarantees": report["guarantees"], "run_id": report["run_id"]},
-        indent=2) + "\n")
+    model: dict[str, Any] = {"weights": weights, "guarantees": report["guarantees"], "run_id": report["run_id"]}
+    if preprocessing is not None and report["rounds_run"]:
+        import numpy as np
+
+        from cpml.model import Model, wddp_privacy
+
+        artifact = Model(weights=np.asarray(weights), preprocessing=preprocessing, plan=report["settings"],
+                         privacy=wddp_privacy(report["guarantees"], report["settings"]["scheme"],
+                                              len(report["parties"])),
+                         dataset=str(report.get("dataset", "")), notes=tuple(report["notes"]),
+                         metrics=report["history"][-1] if report["history"] else {})
+        model |= artifact.to_json()
+    (out / "model.json").write_text(json.dumps(model, indent=2) + "\n")
     write_metrics(out / "metrics.json", report)
     history = report["history"]
     if history:

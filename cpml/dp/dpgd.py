@@ -29,6 +29,7 @@ import numpy as np
 
 from cpml.dp.noise import NoiseSource, gaussian_noise
 from cpml.errors import argument_error
+from cpml.preprocessing import clip_rows
 
 # Curvature of the logistic loss on rows in the unit ball: sigma'(t) <= 1/4 times ||x||^2 <= 1.
 LOGISTIC_CURVATURE = 0.25
@@ -77,12 +78,6 @@ def add_bias_and_normalise(x: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
         raise argument_error("x", "be a 2-D array", x.shape)
     with_bias = np.hstack([x, np.ones((x.shape[0], 1))])
     return clip_rows(with_bias, max_norm)
-
-
-def clip_rows(a: np.ndarray, bound: float) -> np.ndarray:
-    """Scale each row with L2 norm above `bound` down to norm `bound`."""
-    norms = np.linalg.norm(a, axis=1, keepdims=True)
-    return a * np.minimum(1.0, bound / np.maximum(norms, np.finfo(np.float64).tiny))
 
 
 def _sigmoid(t: np.ndarray) -> np.ndarray:
