@@ -6,25 +6,31 @@ between the hosts never leaves the namespaces made here. Needs root, `ip` (iprou
 `shape` and `iptables` for `drop`.
 
     with NetLab(["master", "w1", "w2"]) as lab:
-        worker = lab.popen("w1", ["cpml-worker", "--listen", f"{lab.ip('w1')}:50051", ...])
+        workers = lab.start_workers(["w1", "w2"], workdir, ["--insecure"])   # at 10.213.0.2:50051, ...
         lab.shape("w1", rate_kbit=1000)
+        lab.run("master", ["cpml-master", "train", "--workers", "10.213.0.2:50051,...", ...])
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Self
 
 PREFIX = "cpmlnet"
 SUBNET = "10.213.0"  # /24 inside the lab's namespaces only; the machine never routes to it
+WORKER_PORT = 50051
 _HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,14}")
+_LABS = itertools.count()
 
 
 class NetLabError(RuntimeError):
@@ -74,12 +80,12 @@ def _kill_namespace(name: str) -> None:
 
 
 def remove_stale(prefix: str = PREFIX) -> list[str]:
-    """Delete namespaces `prefix<pid>-*` whose creating process is gone (a crashed earlier run); return them."""
+    """Delete namespaces `prefix<pid>-<n>-*` whose creating process is gone (a crashed earlier run); return them."""
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     stale = []
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = re.fullmatch(re.escape(prefix) + r"(\d+)-.+", name)
+        match = re.fullmatch(re.escape(prefix) + r"(\d+)-\d+-.+", name)
         if match and not _pid_alive(int(match.group(1))):
             _kill_namespace(name)
             stale.append(name)
@@ -89,12 +95,15 @@ def remove_stale(prefix: str = PREFIX) -> list[str]:
 class NetLab:
     """Emulated hosts on a bridge, each in its own namespace at SUBNET.<i+1>; `close` removes everything."""
 
-    def __init__(self, hosts: Sequence[str], prefix: str = PREFIX) -> None:
+    def __init__(self, hosts: Sequence[str], prefix: str = PREFIX, name: str | None = None) -> None:
+        # name: another process's lab.name, to use that lab (say, from inside one of its hosts) without owning it
         bad = [h for h in hosts if not _HOST_NAME.fullmatch(h)]
         if bad or len(set(hosts)) != len(hosts) or not 1 <= len(hosts) <= 250:
             raise ValueError(f"Argument 'hosts' must be 1 to 250 distinct short lowercase names, not {list(hosts)}.")
         self.hosts = tuple(hosts)
-        self.prefix = f"{prefix}{os.getpid()}-"
+        self.builder = name is None  # the builder removes the lab on close
+        self.name = f"{os.getpid()}-{next(_LABS)}" if name is None else name
+        self.prefix = f"{prefix}{self.name}-"
         self._stale_prefix = prefix
         self._processes: list[subprocess.Popen] = []
 
@@ -114,6 +123,8 @@ class NetLab:
         return f"p{self.hosts.index(host)}"  # the host's end of its cable, on the switch's side
 
     def __enter__(self) -> Self:
+        if not self.builder:
+            return self
         remove_stale(self._stale_prefix)
         try:
             self._build()
@@ -180,18 +191,48 @@ class NetLab:
                 _run("tc", flag, ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{rate_kbit}kbit",
                      "burst", str(burst_bytes), "latency", "2s")
 
-    def close(self) -> None:
-        """End every process started here and delete every namespace (and so every link) of the lab."""
-        for proc in self._processes:
+    def start_workers(self, hosts: Sequence[str], workdir: Path, flags: Sequence[str] = (),
+                      timeout: float = 120.0) -> list[subprocess.Popen]:
+        """Start a cpml-worker on each host at <ip>:WORKER_PORT (logs in workdir) and wait until all serve."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "CPML_WORKER_COMPUTE_THREADS": "1"}
+        started, ports = [], []
+        for host in hosts:
+            ports.append(workdir / f"{host}.port")
+            ports[-1].unlink(missing_ok=True)
+            with (workdir / f"{host}.log").open("wb") as log:
+                started.append(self.popen(host, [sys.executable, "-m", "cpml.worker.cli", "--listen",
+                                                 f"{self.ip(host)}:{WORKER_PORT}", "--port-file", str(ports[-1]),
+                                                 "--log-format", "json", "--drain-seconds", "1", *flags],
+                                          stdout=log, stderr=log, env=env))
+        deadline = time.monotonic() + timeout
+        while not all(p.exists() for p in ports):
+            exited = [h for h, proc in zip(hosts, started) if proc.poll() is not None]
+            if exited or time.monotonic() > deadline:
+                self.stop(started)
+                why = f"exited ({', '.join(exited)})" if exited else f"did not serve within {timeout:g}s"
+                raise NetLabError(f"cpml-worker {why}; see the logs in {workdir}")
+            time.sleep(0.05)
+        return started
+
+    def stop(self, processes: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+        """SIGTERM the processes, SIGKILL those still running after `grace` seconds."""
+        for proc in processes:
             if proc.poll() is None:
                 proc.terminate()
-        deadline = time.monotonic() + 10
-        for proc in self._processes:
+        deadline = time.monotonic() + grace
+        for proc in processes:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def close(self) -> None:
+        """End every process started here; the builder also deletes every namespace (and so link) of the lab."""
+        self.stop(self._processes)
+        if not self.builder:
+            return
         for host in self.hosts:
             _kill_namespace(self.ns(host))
         _kill_namespace(self._switch)

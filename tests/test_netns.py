@@ -7,7 +7,6 @@ baselines' workers talk to each other across the namespaces too. Root only; skip
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 DATASET = "digits-4v9"
 WORKERS = 9  # the baselines' three groups of 2T+1 = 3; CodedPrivateML runs use the first CPML_N
 CPML_N = 5  # Case 1: K = 1, T = 1, R = 4, so one worker may be lost or slow
-PORT = 50051
 ITERATIONS = 40
 
 
@@ -44,27 +42,15 @@ def lab(tmp_path_factory):
     with NetLab(hosts) as net:
         ips = [net.ip(h) for h in hosts[1:]]
         pki = make_cluster_pki(directory / "pki", ips, ["master"], days=1, ca_name="netns test CA")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        ports = []
-        for host, ip in zip(hosts[1:], ips):
-            ports.append(directory / f"{host}.port")
-            log = (directory / f"{host}.log").open("wb")
-            net.popen(host, [sys.executable, "-m", "cpml.worker.cli", "--listen", f"{ip}:{PORT}",
-                             "--tls-cert", str(pki.worker_cert), "--tls-key", str(pki.worker_key),
-                             "--tls-client-ca", str(pki.ca), "--mpc-peer-hosts", ",".join(ips),
-                             "--port-file", str(ports[-1]), "--log-format", "json", "--drain-seconds", "1"],
-                      stdout=log, stderr=log, env=env)
-        deadline = time.monotonic() + 120
-        while not all(p.exists() for p in ports):
-            assert time.monotonic() < deadline, f"workers did not serve within 120 s; logs in {directory}"
-            time.sleep(0.1)
+        net.start_workers(hosts[1:], directory, ["--tls-cert", str(pki.worker_cert), "--tls-key", str(pki.worker_key),
+                                                 "--tls-client-ca", str(pki.ca), "--mpc-peer-hosts", ",".join(ips)])
         net.pki, net.worker_ips, net.directory = pki, ips, directory
         yield net
 
 
 def _train(lab, out: Path, n_workers: int, *extra: str):
     cert, key = lab.pki.clients["master"]
-    workers = ",".join(f"{ip}:{PORT}" for ip in lab.worker_ips[:n_workers])
+    workers = ",".join(f"{ip}:{netlab.WORKER_PORT}" for ip in lab.worker_ips[:n_workers])
     argv = [sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET, "--workers", workers,
             "--tls-ca", str(lab.pki.ca), "--tls-cert", str(cert), "--tls-key", str(key), "--out", str(out),
             "--log-format", "json", "--no-progress", *extra]
@@ -166,7 +152,7 @@ def test_a_lab_adds_nothing_to_the_machines_namespace_and_clears_a_crashed_runs_
         pytest.skip(f"netns tests skipped: {reason}")
     before = _root_links()
     dead = 2**22 + 1  # above any pid this machine hands out: the creator of this namespace is gone
-    leftover = f"{netlab.PREFIX}{dead}-w0"
+    leftover = f"{netlab.PREFIX}{dead}-0-w0"
     subprocess.run(["ip", "netns", "add", leftover], check=True)
     with NetLab(["a", "b"]) as net:
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
