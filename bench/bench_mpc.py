@@ -17,19 +17,25 @@ names follow the JSON's).
     python bench/bench_mpc.py --quick --out /tmp/m.json   # small shapes to check the script
     python bench/bench_mpc.py --in-process            # the sans-I/O simulators instead of gRPC daemons
     python bench/bench_mpc.py --quick --residues 1 --levels 2,5,6   # fix the precision (e.g. to compare costs)
+    python bench/bench_mpc.py --network shaped --workers 10,30   # the paper's network, emulated (root)
+
+--network shaped puts the master and every worker on a host of its own (cpml.netlab: a network namespace
+each, on one bridge) whose link is capped at --bandwidth-mbit each way, like the paper's EC2 m3.xlarge
+instances ("High" network performance, about 1 Gbit/s); the results go to mpc_shaped.json by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,7 @@ from cpml.master.mpc_train import train_mpc
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
 from cpml.mpc import MpcPlan, simulate_mpc
+from cpml.netlab import WORKER_PORT, NetLab, unavailable_reason
 from cpml.protocol import CodedTrainer, Plan, worker_compute
 from cpml.reporting import write_metrics
 
@@ -55,6 +62,7 @@ WORKER_TO_WORKER = ("double", "reshare", "masked", "opened")
 # Centred features: with [0, 1] pixels the mean direction dominates ||X||_2, the 1/L step is tiny and 50
 # rounds stay at chance level, which would make "equal accuracy" meaningless.
 SCALING = "standard"
+SHAPED_MBIT = 1000  # an EC2 m3.xlarge ("High" network performance), the paper's instances
 
 
 def synthetic(path: Path, rows: int, cols: int, seed: int) -> Path:
@@ -203,9 +211,24 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
             "weights": np.asarray(weights)}
 
 
+@contextlib.asynccontextmanager
+async def serving(n: int, workdir: Path, lab: NetLab | None) -> AsyncIterator[tuple[list[str], list[int]]]:
+    """N plaintext cpml-workers, on loopback or on the lab's hosts w0..w{N-1}: their addresses and pids."""
+    if lab is None:
+        async with LocalWorkers(n, workdir, start_timeout=600) as local:
+            yield local.addresses, [proc.pid for proc in local.processes]
+        return
+    hosts = [f"w{i}" for i in range(n)]
+    processes = await asyncio.to_thread(lab.start_workers, hosts, workdir, ["--insecure"], 600)
+    try:
+        yield [f"{lab.ip(h)}:{WORKER_PORT}" for h in hosts], [proc.pid for proc in processes]
+    finally:
+        await asyncio.to_thread(lab.stop, processes)
+
+
 async def bench_dataset(name: str, source: str, test_fraction: float, ns: list[int], protocols: list[str],
                         iterations: int, prime: int, seed: int, workdir: Path, in_process: bool,
-                        fixed: dict[str, int | None]) -> dict[str, Any]:
+                        fixed: dict[str, int | None], lab: NetLab | None = None) -> dict[str, Any]:
     """Every protocol at every N on one dataset, at the precision `fixed` leaves to choose automatically."""
     probe = _settings(source, test_fraction, ns[0], iterations, fixed, prime, seed, workdir / f"{name}-precision", ())
     precision = common_precision(probe)
@@ -219,11 +242,10 @@ async def bench_dataset(name: str, source: str, test_fraction: float, ns: list[i
                 _progress(f"{name} N={n} {protocol} (in-process)")
                 runs.append({"n_workers": n, **run_in_process(protocol, settings[protocol])})
         else:
-            async with LocalWorkers(n, workdir / f"workers-{name}-{n}", start_timeout=600) as local:
-                pids = [proc.pid for proc in local.processes]
+            async with serving(n, workdir / f"workers-{name}-{n}", lab) as (addresses, pids):
                 for protocol in protocols:
                     _progress(f"{name} N={n} {protocol}")
-                    remote = TrainSettings(**{**settings[protocol].__dict__, "workers": tuple(local.addresses)})
+                    remote = TrainSettings(**{**settings[protocol].__dict__, "workers": tuple(addresses)})
                     runs.append({"n_workers": n, **await run_networked(protocol, remote, pids)})
         reference = runs[-len(protocols)]["weights"]
         for run in runs[-len(protocols):]:
@@ -333,8 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default=None, help="l_x,l_w,l_c (default: automatic)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the in-process simulators instead of gRPC daemons (no network costs)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "mpc.json")
+    parser.add_argument("--network", choices=("loopback", "shaped"), default="loopback",
+                        help="loopback: every process on 127.0.0.1; shaped: a host per process, links capped")
+    parser.add_argument("--bandwidth-mbit", type=int, default=SHAPED_MBIT,
+                        help=f"shaped: every host's link, each way (default {SHAPED_MBIT})")
+    parser.add_argument("--lab", default=None, help=argparse.SUPPRESS)  # set for the run inside the master host
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/mpc.json (shaped: mpc_shaped.json)")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / ("mpc_shaped.json" if args.network == "shaped" else "mpc.json")
     configure_logging("error", "console")  # the loopback plaintext warning is expected here
     iterations = args.iterations or (3 if args.quick else 50)
     ns = [int(n) for n in (args.workers or ("9,15" if args.quick else "10,20,30,40,50")).split(",")]
@@ -346,13 +375,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.levels:
         fixed.update(zip(("lx", "lw", "lc"), (int(v) for v in args.levels.split(","))))
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    hosts = ["master", *(f"w{i}" for i in range(max(ns)))]
+    if args.network == "shaped" and args.lab is None:
+        if args.in_process:
+            parser.error("Argument 'network' must be loopback with --in-process, not 'shaped'.")
+        if args.bandwidth_mbit < 1:
+            parser.error(f"Argument 'bandwidth_mbit' must be positive, not {args.bandwidth_mbit}.")
+        reason = unavailable_reason()
+        if reason is not None:
+            parser.error(f"Argument 'network' cannot be 'shaped' here: {reason}.")
+        with NetLab(hosts) as lab:
+            for host in hosts:
+                lab.shape(host, args.bandwidth_mbit * 1000)
+            # this script again, inside the master's host: the master's sockets live in its namespace
+            inner = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
+                     "--lab", lab.name, "--out", str(args.out)]
+            return lab.run("master", inner, check=False).returncode
+    lab = None if args.lab is None else NetLab(hosts, name=args.lab)
+    transport = ("gRPC on 127.0.0.1: real cpml-worker processes; BGW/BH08 workers talk to each other directly"
+                 if lab is None else
+                 f"gRPC across emulated hosts: the master and every cpml-worker in a network namespace of its own on "
+                 f"one bridge, every host's link capped at {args.bandwidth_mbit} Mbit/s each way (tc tbf on both "
+                 "ends); BGW/BH08 workers talk to each other directly")
     results: dict[str, Any] = {
         "benchmark": "CodedPrivateML vs MPC baselines (paper Section V, Figure 3, Table II)",
-        "transport": "in-process simulators (no network)" if args.in_process
-        else "gRPC on 127.0.0.1: real cpml-worker processes; BGW/BH08 workers talk to each other directly",
+        "transport": "in-process simulators (no network)" if args.in_process else transport,
+        "network": None if lab is None else {
+            "bandwidth_mbit_per_host_each_way": args.bandwidth_mbit,
+            "why": "the paper's workers and master were EC2 m3.xlarge instances, 'High' network performance "
+                   "(about 1 Gbit/s per instance)",
+            "latency": "not emulated: this kernel has no netem; within one EC2 region a round trip is 0.1-0.5 ms, "
+                       "and a baseline's round has a handful of sequential exchanges, so 50 rounds add tens of "
+                       "milliseconds against totals of tens of seconds"},
         "quick": args.quick, "iterations": iterations, "workers": ns, "protocols": protocols, "prime": args.prime,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform()},
+                    "platform": platform.platform(), "load_average_before": [round(v, 2) for v in os.getloadavg()]},
         "definitions": {
             "total_seconds": "wall time of data sharing plus all rounds (worker start-up excluded)",
             "encode_seconds": "master time encoding/sharing the data and the weights",
@@ -373,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                 test_fraction = test_rows / (train_rows + test_rows)
             results["datasets"][name] = asyncio.run(bench_dataset(
                 name, source, test_fraction, ns, protocols, iterations, args.prime, args.seed, workdir,
-                args.in_process, fixed))
+                args.in_process, fixed, lab))
             if not (name == "cifar" and args.dataset):
                 results["datasets"][name]["source"] = f"synthetic ({train_rows} train + {test_rows} test) x {cols}"
             args.out.parent.mkdir(parents=True, exist_ok=True)
+            results["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
             write_metrics(args.out, results)  # after every dataset: a long run keeps what it finished
     figures = plot(results, args.out)
     _progress(f"wrote {args.out} and {', '.join(str(f) for f in figures)}")

@@ -25,6 +25,7 @@ from cpml.wire.certs import make_cluster_pki
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
+REPO = Path(__file__).resolve().parent.parent
 DATASET = "digits-4v9"
 WORKERS = 9  # the baselines' three groups of 2T+1 = 3; CodedPrivateML runs use the first CPML_N
 CPML_N = 5  # Case 1: K = 1, T = 1, R = 4, so one worker may be lost or slow
@@ -188,3 +189,25 @@ def test_lab_arguments_are_checked():
         NetLab(["Master!"])
     with pytest.raises(ValueError, match="Argument 'hosts'"):
         NetLab(["a", "a"])
+
+
+def test_the_shaped_mpc_benchmark_runs_every_worker_on_its_own_capped_host(tmp_path):
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"netns tests skipped: {reason}")
+    out = tmp_path / "shaped.json"
+    bench = subprocess.Popen([sys.executable, "bench/bench_mpc.py", "--quick", "--network", "shaped", "--datasets",
+                              "cifar", "--workers", "9", "--iterations", "2", "--protocols", "cpml-case1,bgw",
+                              "--bandwidth-mbit", "200", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    _, stderr = bench.communicate(timeout=600)
+    assert bench.returncode == 0, stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results["network"]["bandwidth_mbit_per_host_each_way"] == 200
+    assert "network namespace" in results["transport"]
+    runs = results["datasets"]["cifar"]["runs"]
+    assert [r["protocol"] for r in runs] == ["cpml-case1", "bgw"]
+    assert all(r["weights_identical_to_cpml-case1"] for r in runs)
+    assert runs[1]["bytes"]["worker_to_worker"] > 0  # BGW's resharing crossed the bridge
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"{netlab.PREFIX}{bench.pid}-" not in listing  # the benchmark removed its hosts
