@@ -36,7 +36,7 @@ from cpml.wire.generated.v1 import aggregation_pb2_grpc as agg_grpc
 from cpml.wire.generated.v1 import mpc_pb2 as mpc_pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc, worker_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2 as pb
-from cpml.worker import service
+from cpml.worker import compute as compute_scheduler
 
 SECRET = 31337123  # a field element (< every modulus of MODULI) every hostile payload carries; never logged
 Q = MODULI[1]  # residue 1's modulus: below P, so Q itself is an element of residue 0 but not of residue 1
@@ -533,8 +533,8 @@ async def test_abandoned_streams_leave_no_task_and_no_reservation_behind():
 
 async def test_concurrent_compute_streams_share_one_prepared_share(monkeypatch):
     calls = []
-    prepare = service.prepare_share
-    monkeypatch.setattr(service, "prepare_share", lambda *args: calls.append(1) or prepare(*args))
+    prepare = compute_scheduler.prepare_share
+    monkeypatch.setattr(compute_scheduler, "prepare_share", lambda *args: calls.append(1) or prepare(*args))
     job = small_job("shared", rows=9)
     async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
         await upload(_stub(channel), job.chunks())

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import types
@@ -92,7 +93,9 @@ async def test_a_failing_worker_is_dropped_and_training_continues(tmp_path):
     async with _workers(5, faults={0: {"fault_fail_after_rounds": 2}}) as servers:
         report = await train(_settings([s.address for s in servers], tmp_path))
     assert list(report.dropped_workers) == [0]
-    assert "UNAVAILABLE" in report.dropped_workers[0]
+    # UNAVAILABLE with the fault's message; gRPC core reports INTERNAL instead when the master was writing its
+    # next round at the moment the worker ended the stream (seen under load): a dropped worker either way
+    assert re.search(r"compute stream failed: (UNAVAILABLE: fault injection|INTERNAL)", report.dropped_workers[0])
     assert all(0 not in r.workers_used for r in report.history[2:])
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
 
