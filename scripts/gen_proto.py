@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import shutil
 import sys
@@ -26,7 +27,7 @@ _MODULE_NAME = re.compile(rf"'{re.escape(PROTO_PACKAGE)}\.(\w+_pb2)'")
 
 
 def _protoc(proto_files: list[Path], out_dir: Path) -> None:
-    """Run grpc_tools.protoc on the given files, writing _pb2, _pb2_grpc and .pyi into out_dir."""
+    """Run grpc_tools.protoc on the given files, writing _pb2, _pb2_grpc and their typed .pyi into out_dir."""
     try:
         import grpc_tools
         from grpc_tools import protoc
@@ -38,18 +39,26 @@ def _protoc(proto_files: list[Path], out_dir: Path) -> None:
     if installed != GRPC_TOOLS_VERSION:
         sys.exit(f"grpcio-tools=={GRPC_TOOLS_VERSION} is required (the committed code was generated "
                  f"with it), found {installed}")
+    if shutil.which("protoc-gen-mypy", path=_plugin_path()) is None:
+        sys.exit("mypy-protobuf is required for the typed stubs: pip install 'mypy-protobuf==5.1.0'")
+    os.environ["PATH"] = _plugin_path()  # protoc finds its plugins on PATH: this interpreter's scripts first
     include = Path(grpc_tools.__file__).parent / "_proto"
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
+        f"--mypy_out={out_dir}",  # typed stubs for messages and services (mypy-protobuf's plugins)
+        f"--mypy_grpc_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         *(str(p.relative_to(PROTO_ROOT)) for p in proto_files),
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed; see the messages above")
+
+
+def _plugin_path() -> str:
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 def generate(dest: Path) -> list[Path]:

@@ -54,7 +54,7 @@ class WorkerHandle:
     index: int
     address: str
     channel: grpc.aio.Channel
-    stub: pb_grpc.WorkerStub
+    stub: pb_grpc.WorkerAsyncStub
     alive: bool = True
     failure: str = ""
     rejoinable: bool = False  # dropped for something that may pass (unreachable, stream lost), not misbehaviour

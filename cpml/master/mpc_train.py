@@ -92,7 +92,7 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
         raise NotEnoughWorkers(f"{len(cluster.alive)} workers but {protocol_name(mpc)} needs G(2T+1) = "
                                f"{mpc.active_workers}")
     workers = cluster.workers[: mpc.active_workers]
-    stubs = {w.index: pb_grpc.MpcStub(w.channel) for w in workers}
+    stubs: dict[int, pb_grpc.MpcAsyncStub] = {w.index: pb_grpc.MpcStub(w.channel) for w in workers}
     job_id = uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(job=job_id)
     replies: asyncio.Queue[Message | MpcJobFailed] = asyncio.Queue()
@@ -149,8 +149,8 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
     return MpcJobReport(tuple(history), setup, traffic.as_dict(), worker_stats)
 
 
-async def _join_all(stubs: dict[int, pb_grpc.MpcStub], workers: list[WorkerHandle], job_id: str, session: MpcSession,
-                    cluster: Cluster, timeout: float) -> None:
+async def _join_all(stubs: dict[int, pb_grpc.MpcAsyncStub], workers: list[WorkerHandle], job_id: str,
+                    session: MpcSession, cluster: Cluster, timeout: float) -> None:
     # Every Join is settled before a refusal is raised: the Leaves that follow must not overtake a Join
     # still in flight, or that worker would keep an orphan job (its share buffer) until it expires.
     outcomes = await asyncio.gather(*(_join(stubs[w.index], w.address, job_id, session, cluster, timeout)
@@ -160,7 +160,7 @@ async def _join_all(stubs: dict[int, pb_grpc.MpcStub], workers: list[WorkerHandl
             raise outcome
 
 
-async def _join(stub: pb_grpc.MpcStub, address: str, job_id: str, session: MpcSession, cluster: Cluster,
+async def _join(stub: pb_grpc.MpcAsyncStub, address: str, job_id: str, session: MpcSession, cluster: Cluster,
                 timeout: float) -> None:
     worker = next(w.index for w in cluster.workers if w.address == address)
     peers = [cluster.workers[m].address for m in session.mpc.members(session.mpc.locate(worker)[0])]
@@ -178,7 +178,7 @@ def protocol_name(mpc: MpcPlan) -> str:
     return mpc.protocol.upper()
 
 
-async def _read_results(stub: pb_grpc.MpcStub, job_id: str, moduli: tuple[int, ...],
+async def _read_results(stub: pb_grpc.MpcAsyncStub, job_id: str, moduli: tuple[int, ...],
                         replies: asyncio.Queue[Message | MpcJobFailed]) -> None:
     try:
         async for envelope in stub.Results(mpc_serde.results_request(job_id)):

@@ -52,6 +52,7 @@ class TaskView:
 def task_to_proto(run_id: str, task: RoundTask, run_z: float, total: int) -> pb.PartyTask:
     """A round's task for one party."""
     s = task.local
+    assert s.learning_rate is not None  # the session resolves the step before it builds any task
     return pb.PartyTask(
         run_id=run_id, round=task.round, finished=False, weights=vector_to_proto(task.weights),
         noise_multiplier=task.noise_multiplier, run_noise_multiplier=run_z,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -114,7 +114,7 @@ class ComputeStream:
         self.rounds = LatestRound()
         self.job_id: str | None = None
 
-    async def results(self, requests: AsyncIterator[RoundInput]) -> AsyncIterator[RoundOutput]:
+    async def results(self, requests: AsyncIterator[RoundInput]) -> AsyncGenerator[RoundOutput, None]:
         """Compute the newest round requested until the requests end; refusals raise their CpmlError."""
         reader = asyncio.create_task(self._read(requests))
         loop = asyncio.get_running_loop()

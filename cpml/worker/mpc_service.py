@@ -91,7 +91,7 @@ class MpcJob:
 
     job_id: str
     party: MpcParty
-    peers: dict[int, pb_grpc.MpcStub]
+    peers: dict[int, pb_grpc.MpcAsyncStub]
     channels: list[grpc.aio.Channel]
     inbox: asyncio.Queue[Message] = field(default_factory=asyncio.Queue)
     to_master: asyncio.Queue[pb.MpcEnvelope | JobFailed | JobClosed] = field(default_factory=asyncio.Queue)
@@ -351,7 +351,7 @@ class MpcService(pb_grpc.MpcServicer):
             else:
                 job.to_peer[message.receiver].put_nowait(envelope)
 
-    async def _send_to_peer(self, job: MpcJob, worker: int, stub: pb_grpc.MpcStub) -> None:
+    async def _send_to_peer(self, job: MpcJob, worker: int, stub: pb_grpc.MpcAsyncStub) -> None:
         queue = job.to_peer[worker]
         while job.failure is None:
             envelope = await queue.get()

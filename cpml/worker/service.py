@@ -20,7 +20,7 @@ from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.guard import status_of
-from cpml.worker.compute import ComputeStream, RoundInput, within_idle_time
+from cpml.worker.compute import ComputeStream, RoundInput, RoundOutput, within_idle_time
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import (
     ShareStore,
@@ -119,7 +119,7 @@ class WorkerService(pb_grpc.WorkerServicer):
             log.info("compute stream closed", job=stream.job_id, rounds=served,
                      stale_rounds_skipped=stream.rounds.skipped)
 
-    async def _fail_for_good(self, outputs: AsyncGenerator[object, None], context: grpc.aio.ServicerContext,
+    async def _fail_for_good(self, outputs: AsyncGenerator[RoundOutput, None], context: grpc.aio.ServicerContext,
                              job_id: str, served: int) -> None:
         """Fault injection (--fault-fail-after-rounds): end the stream UNAVAILABLE and report NOT_SERVING."""
         log.warning("fault injection: failing compute stream", job=job_id, rounds=served)
