@@ -34,11 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_field.py
 
 proto: $(STAMP)
-	$(BIN)/python -m pip install --quiet 'grpcio-tools==1.85.1'
+	$(BIN)/python -m pip install --quiet 'grpcio-tools==1.85.1' 'mypy-protobuf==5.1.0'
 	$(BIN)/python scripts/gen_proto.py
 
 check-proto: $(STAMP)
-	$(BIN)/python -m pip install --quiet 'grpcio-tools==1.85.1'
+	$(BIN)/python -m pip install --quiet 'grpcio-tools==1.85.1' 'mypy-protobuf==5.1.0'
 	$(BIN)/python scripts/gen_proto.py --check
 
 clean:
