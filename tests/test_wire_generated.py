@@ -69,3 +69,11 @@ def test_the_residue_contract_keeps_its_field_numbers():
     assert (residue.number, residue.type, residue.is_repeated) == (6, residue.TYPE_UINT32, False)
     old_spec = b"\x08" + bytes([0xD9, 0xFF, 0xFF, 0x0F])  # field 1 varint 33554393, as cpml 0.1 wrote it
     assert pb.JobSpec.FromString(old_spec).modulus == 33554393 == 2**25 - 39
+
+
+def test_the_test_extra_has_the_floor_the_pytest_settings_need():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    test_extra = dict(re.match(r"([\w-]+)>=([\d.]+)", dep).groups()
+                      for dep in pyproject["project"]["optional-dependencies"]["test"] if ">=" in dep)
+    if "asyncio_default_fixture_loop_scope" in pyproject["tool"]["pytest"]["ini_options"]:
+        assert tuple(int(x) for x in test_extra["pytest-asyncio"].split(".")) >= (0, 24)  # the option came in 0.24
