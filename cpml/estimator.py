@@ -280,9 +280,8 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         _store(self, locals())
 
     def __sklearn_tags__(self) -> Any:
-        """Binary classification only; DP noise may cost accuracy on the tiny sets of the estimator checks."""
+        """DP noise may cost accuracy on the tiny sets of the estimator checks."""
         tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
         tags.classifier_tags.poor_score = True
         return tags
 
@@ -295,9 +294,9 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         kind = type_of_target(y, input_name="y")
-        if kind != "binary" or len(np.unique(y)) != 2:
-            raise ValueError(f"Only binary classification is supported: Argument 'y' must hold two classes, not a "
-                             f"{kind} target with {len(np.unique(y))} class(es).")
+        if kind not in ("binary", "multiclass") or len(np.unique(y)) < 2:
+            raise ValueError(f"Argument 'y' must hold two or more classes, one label per row, not a {kind} target "
+                             f"with {len(np.unique(y))} class(es).")
         # the preprocessing of `cpml-master aggregate`: scaled on the training rows, bias, rows in the unit ball
         self.preprocessing_ = Preprocessing.fit(X, y, scaling=self.scaling, intercept=False)
         x = add_bias_and_normalise(self.preprocessing_.transform(X))
@@ -305,8 +304,10 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         with _logging(bool(self.verbose)):
             result = simulate(self._run_settings(len(shards)), shards, self._noise())
         self.classes_ = np.unique(y)
-        self.weights_ = result.weights.copy()
-        self.coef_, self.intercept_ = self.weights_[:-1].reshape(1, -1), self.weights_[-1:].copy()
+        columns = self.preprocessing_.n_classes  # C > 2: the session's flat d x C one-vs-rest models
+        self.weights_ = result.weights.reshape(-1, columns) if columns > 1 else result.weights.copy()
+        self.coef_ = self.weights_[:-1].T.reshape(-1, self.n_features_in_).copy()
+        self.intercept_ = np.atleast_1d(self.weights_[-1]).copy()
         self.guarantees_ = dataclasses.asdict(result.guarantees)
         self.party_sizes_ = [len(part_y) for _, part_y in shards]
         self.n_iter_ = len(result.history)
@@ -359,7 +360,7 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         return SecureGaussian() if self.random_state is None else SeededGaussian(self._seed())
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """w · (the row scaled, with its bias, in the unit ball), as the parties computed it."""
+        """w · (the row scaled, with its bias, in the unit ball), as the parties computed it (a column per class)."""
         from cpml.dp.dpgd import add_bias_and_normalise
 
         check_is_fitted(self)
@@ -367,13 +368,15 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         return add_bias_and_normalise(self.preprocessing_.transform(X)) @ self.weights_
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Probabilities of classes_[0] and classes_[1]."""
+        """Probabilities of each class (C > 2: the one-vs-rest sigmoids normalised over the classes)."""
         from scipy.special import expit
 
+        from cpml.model import ovr_probabilities
+
         z = self.decision_function(X)
-        return np.column_stack([expit(-z), expit(z)])
+        return ovr_probabilities(z) if z.ndim == 2 else np.column_stack([expit(-z), expit(z)])
 
     def predict(self, X: Any) -> np.ndarray:
-        """classes_[1] where the decision function is > 0 (as aggregate's test accuracy counts), else classes_[0]."""
-        positive = self.decision_function(X) > 0.0
-        return self.classes_[positive.astype(int)]
+        """classes_[1] where the decision function is > 0 (as aggregate counts), else classes_[0]; or the top class."""
+        z = self.decision_function(X)
+        return self.classes_[np.argmax(z, axis=1) if z.ndim == 2 else (z > 0.0).astype(int)]

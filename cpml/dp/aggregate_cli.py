@@ -389,7 +389,7 @@ def _server_credentials(args: argparse.Namespace):
 
 
 async def _serve(args, settings, shards, evaluation, credentials, access: _Access) -> dict[str, Any]:
-    from cpml.dp.dpgd import accuracy, objective
+    from cpml.dp.dpgd import accuracy, model_size, objective
     from cpml.dp.party import PartyConfig, run_party
     from cpml.dp.server import AggregationServer, Coordinator
     from cpml.dp.session import AggregationSession
@@ -405,7 +405,7 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
                              f" {str(checkpoint_path)!r} with a damaged session state ({exc!r}).") from None
         history: list[dict[str, Any]] = list(checkpoint["history"])
     else:
-        session = AggregationSession(settings, shards[0][0].shape[1] if shards else None)
+        session = AggregationSession(settings, model_size(*shards[0]) if shards else None)
         history = []
     bar = ProgressBar(settings.rounds, label="aggregate", start_step=session.round)
     reference = _reference(shards, settings.local.l2) if shards else None
@@ -416,7 +416,7 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
             "survivors": len(result.survivors), "dropped": list(result.dropped),
             "noise_multiplier": result.noise_multiplier,
         }
-        if evaluation is not None and evaluation[0].shape[1] == len(session.weights):
+        if evaluation is not None and model_size(*evaluation) == len(session.weights):
             x_test, y_test = evaluation
             row["test_accuracy"] = accuracy(session.weights, x_test, y_test)
             row["test_loss"] = objective(session.weights, x_test, y_test, 0.0)
@@ -550,7 +550,10 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
 
         from cpml.model import Model, wddp_privacy
 
-        artifact = Model(weights=np.asarray(weights), preprocessing=preprocessing, plan=report["settings"],
+        columns = preprocessing.n_classes  # the session's flat d x C one-vs-rest models, as a matrix
+        flat = np.asarray(weights)
+        artifact = Model(weights=flat.reshape(-1, columns) if columns > 1 else flat, preprocessing=preprocessing,
+                         plan=report["settings"],
                          privacy=wddp_privacy(report["guarantees"], report["settings"]["scheme"],
                                               len(report["parties"])),
                          dataset=str(report.get("dataset", "")), notes=tuple(report["notes"]),

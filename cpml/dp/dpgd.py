@@ -1,6 +1,9 @@
 """Differentially private gradient descent for logistic regression, and model aggregation.
 
-Pure functions over numpy arrays; no I/O. Labels are 0/1. Noise scales are expressed as
+Pure functions over numpy arrays; no I/O. Labels are 0/1, or one-hot rows of C > 2 classes: then the
+model is C one-vs-rest columns, a d x C matrix the session and the wire keep flat (d C values,
+`model_size`), and each record's gradient (d x C) is clipped as one vector, so the sensitivity and the
+accounting are unchanged. Noise scales are expressed as
 *noise multipliers* z in dp_accounting's convention: the noise added to the sum of clipped
 per-record gradients has standard deviation z * clip.
 
@@ -84,24 +87,46 @@ def _sigmoid(t: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * t))
 
 
+def model_size(x: np.ndarray, y: np.ndarray) -> int:
+    """How many values the model has: d, or d x C for one-hot labels of C classes."""
+    return x.shape[1] * (y.shape[1] if np.ndim(y) == 2 else 1)
+
+
+def _columns(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The flat model as the d x C matrix of C one-vs-rest columns when y is one-hot (else as it is)."""
+    return np.asarray(w).reshape(x.shape[1], y.shape[1]) if np.ndim(y) == 2 else np.asarray(w)
+
+
 def objective(w: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float) -> float:
-    """F(w): mean logistic loss plus (l2/2)||w||^2."""
+    """F(w): mean logistic loss (summed over the classes' models) plus (l2/2)||w||^2."""
+    w = np.asarray(w)
+    if np.ndim(y) == 2:
+        z = x @ _columns(w, x, y)
+        return float(np.mean(np.sum(np.logaddexp(0.0, z) - y * z, axis=1)) + 0.5 * l2 * (w.ravel() @ w.ravel()))
     margins = (2.0 * y - 1.0) * (x @ w)
     return float(np.mean(np.logaddexp(0.0, -margins)) + 0.5 * l2 * (w @ w))
 
 
 def objective_gradient(w: np.ndarray, x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
-    """Exact (non-private) gradient of F at w."""
-    return x.T @ (_sigmoid(x @ w) - y) / len(y) + l2 * w
+    """Exact (non-private) gradient of F at w (flat, as w)."""
+    columns = _columns(w, x, y)
+    return (x.T @ (_sigmoid(x @ columns) - y) / len(y) + l2 * columns).reshape(np.shape(w))
 
 
 def accuracy(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    """Fraction of rows whose predicted label (x.w > 0) equals y."""
+    """Fraction of rows whose predicted label (x.w > 0, or the top-scoring class) equals y."""
+    if np.ndim(y) == 2:
+        return float(np.mean(np.argmax(x @ _columns(w, x, y), axis=1) == np.argmax(y, axis=1)))
     return float(np.mean((x @ w > 0) == (y > 0.5)))
 
 
 def clipped_gradient_sum(w: np.ndarray, x: np.ndarray, y: np.ndarray, clip: float) -> np.ndarray:
-    """Sum over records of each per-record loss gradient clipped to norm `clip`."""
+    """Sum over records of each per-record loss gradient clipped to norm `clip` (d x C ones as one vector)."""
+    if np.ndim(y) == 2:  # record i's gradient is x_i (s_i - y_i)ᵀ, of Frobenius norm ||x_i|| ||s_i - y_i||
+        residual = _sigmoid(x @ w) - y
+        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(residual, axis=1)
+        scale = np.minimum(1.0, clip / np.maximum(norms, np.finfo(np.float64).tiny))
+        return x.T @ (residual * scale[:, None])
     per_record = (_sigmoid(x @ w) - y)[:, None] * x
     return clip_rows(per_record, clip).sum(axis=0)
 
@@ -122,7 +147,8 @@ def dp_gradient_steps(
         raise argument_error("learning_rate", "be set (the server resolves it at start)", None)
     std = noise_multiplier * settings.clip
     denominator = settings.sampling_rate * n
-    w = np.array(w, dtype=np.float64)
+    shape = np.shape(w)
+    w = np.array(_columns(w, x, y), dtype=np.float64)
     for _ in range(settings.local_steps):
         if settings.sampling_rate < 1.0:
             batch = source.uniform(n) < settings.sampling_rate
@@ -131,7 +157,7 @@ def dp_gradient_steps(
             total = clipped_gradient_sum(w, x, y, settings.clip)
         noisy = (total + gaussian_noise(source, w.shape, std)) / denominator
         w = w - settings.learning_rate * (noisy + settings.l2 * w)
-    return w
+    return w.reshape(shape)
 
 
 def smoothness_bound(l2: float) -> float:
@@ -253,10 +279,10 @@ def optimum(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     from scipy.optimize import minimize
 
     w = minimize(
-        objective, np.zeros(x.shape[1]), args=(x, y, l2), jac=objective_gradient,
+        objective, np.zeros(model_size(x, y)), args=(x, y, l2), jac=objective_gradient,
         method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 10_000},
     ).x
-    for _ in range(20):  # Newton polish: L-BFGS stalls around 1e-6 in the gradient norm
+    for _ in range(0 if np.ndim(y) == 2 else 20):  # Newton polish: L-BFGS stalls around 1e-6 in the gradient norm
         grad = objective_gradient(w, x, y, l2)
         if np.linalg.norm(grad) < 1e-12:
             break

@@ -19,7 +19,7 @@ import structlog
 
 import cpml.errors as errors
 from cpml.dp.accountant import Accounting, Budget, BudgetExceeded, PrivacyLedger, Step
-from cpml.dp.dpgd import dp_gradient_steps
+from cpml.dp.dpgd import dp_gradient_steps, model_size
 from cpml.dp.noise import NoiseSource, SecureGaussian
 from cpml.wire import aggregation_serde as serde
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
@@ -76,7 +76,7 @@ async def run_party(
     async with channel:
         stub = pb_grpc.AggregationStub(channel)
         joined = await stub.Join(
-            serde.join_request(config.run_id, config.name, len(y), x.shape[1], config.token,
+            serde.join_request(config.run_id, config.name, len(y), model_size(x, y), config.token,
                                config.feature_schema),
             timeout=config.call_timeout,
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cpml.dp.dpgd import Scheme, dp_gradient_steps
+from cpml.dp.dpgd import Scheme, dp_gradient_steps, model_size
 from cpml.dp.noise import NoiseSource
 from cpml.dp.session import AggregationSession, Guarantees, RoundResult, RunSettings
 
@@ -38,9 +38,9 @@ def simulate(
 ) -> SimulationResult:
     """Train with one in-process party per shard; party i goes silent from round drop_at[i]."""
     drop_at = drop_at or {}
-    session = AggregationSession(settings, dimension=shards[0][0].shape[1])
+    session = AggregationSession(settings, dimension=model_size(*shards[0]))
     parties = [
-        session.register(f"party-{i}", len(y), x.shape[1]) for i, (x, y) in enumerate(shards)
+        session.register(f"party-{i}", len(y), model_size(x, y)) for i, (x, y) in enumerate(shards)
     ]
     session.start()
     while session.open_round():
