@@ -994,3 +994,17 @@ async def _expect(case: AggCase, stub, ids) -> None:
         await case.send(stub, ids)
     assert err.value.code() == case.code, err.value.details()
     assert case.says in err.value.details()
+
+
+async def test_one_reaper_frees_an_idle_mpc_party_and_an_idle_share():
+    job = small_job("idle-share")
+    async with running_worker(job_idle_seconds=1.0) as worker, grpc.aio.insecure_channel(worker.address) as channel:
+        await upload(_stub(channel), job.chunks())
+        await mpc_pb2_grpc.MpcStub(channel).Join(
+            _mpc_join(addresses=[worker.address, "127.0.0.1:1", "127.0.0.1:1"]), timeout=DEADLINE)
+        assert worker.mpc._jobs and len(worker.store) == 1 and worker.store.used_bytes > job.share.nbytes
+        for _ in range(100):  # the reaper runs every second; both are idle for longer than 1 s after 2 s at most
+            if not worker.mpc._jobs and len(worker.store) == 0 and worker.store.used_bytes == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert not worker.mpc._jobs and len(worker.store) == 0 and worker.store.used_bytes == 0

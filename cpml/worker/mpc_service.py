@@ -154,7 +154,6 @@ class MpcService(pb_grpc.MpcServicer):
         self._executor = executor
         self._store = store if store is not None else ShareStore(settings.share_bytes_cap)
         self._jobs: dict[str, MpcJob] = {}
-        self._reaper: asyncio.Task[None] | None = None
 
     async def Join(self, request: pb.MpcJoinRequest, context: grpc.aio.ServicerContext) -> pb.MpcJoinReply:
         try:
@@ -191,8 +190,6 @@ class MpcService(pb_grpc.MpcServicer):
         job = MpcJob(request.job_id, party, stubs, channels, rows_seen=np.zeros(spec.rows, dtype=bool),
                      seen_from_round=spec.start_round)
         self._jobs[job.job_id] = job
-        if self._reaper is None:
-            self._reaper = asyncio.create_task(self._expire_idle_jobs())
         for worker, stub in stubs.items():
             job.to_peer[worker] = asyncio.Queue()
             job.tasks.append(asyncio.create_task(self._send_to_peer(job, worker, stub)))
@@ -259,23 +256,19 @@ class MpcService(pb_grpc.MpcServicer):
 
     async def close(self) -> None:
         """Drop every job (the daemon is stopping)."""
-        if self._reaper is not None:
-            self._reaper.cancel()
         jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
             await self._close(job)
 
     # --- plumbing --------------------------------------------------------------------------
-    async def _expire_idle_jobs(self) -> None:
-        """Drop jobs no message has touched for job_idle_seconds (a master that died without Leave)."""
-        idle = self._settings.job_idle_seconds
-        while True:
-            await asyncio.sleep(max(1.0, min(60.0, idle / 4)))
-            now = time.monotonic()
-            for job_id, job in list(self._jobs.items()):
-                if now - job.touched > idle and self._jobs.pop(job_id, None) is not None:
-                    await self._close(job)
-                    log.info("idle mpc job expired", job=job_id, idle_seconds=idle)
+    async def expire_idle(self) -> list[str]:
+        """Drop the jobs no message has touched for job_idle_seconds (a master that died without Leave)."""
+        idle, now, expired = self._settings.job_idle_seconds, time.monotonic(), []
+        for job_id, job in list(self._jobs.items()):
+            if now - job.touched > idle and self._jobs.pop(job_id, None) is not None:
+                await self._close(job)
+                expired.append(job_id)
+        return expired
 
     async def _close(self, job: MpcJob) -> None:
         if job.results_open:  # the stream would otherwise wait for ever, holding the party

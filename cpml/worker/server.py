@@ -84,6 +84,7 @@ class WorkerServer:
         return self.address
 
     async def _expire_idle_jobs(self) -> None:
+        """The one reaper: share jobs idle or orphaned, and MPC parties idle, all free their bytes in the store."""
         s = self.settings
         period = max(1.0, min(60.0, s.job_idle_seconds / 4, s.orphan_seconds / 4))
         while True:
@@ -91,6 +92,8 @@ class WorkerServer:
             for job_id in self.store.expire(s.job_idle_seconds, orphan_seconds=s.orphan_seconds):
                 log.info("idle job expired", job=job_id, idle_seconds=s.job_idle_seconds,
                          orphan_seconds=s.orphan_seconds)
+            for job_id in await self.mpc.expire_idle():
+                log.info("idle mpc job expired", job=job_id, idle_seconds=s.job_idle_seconds)
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then stop."""
