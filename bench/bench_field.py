@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -38,8 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import threadpoolctl
 
-from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, matmul_mod_centred
+from cpml.field import (
+    DEFAULT_PRIME,
+    PrimeField,
+    ResidueBasis,
+    interpolation_matrix,
+    matmul_mod_centred,
+    residue_primes,
+)
 from cpml.field.sampling import uniform
 from cpml.protocol.coding import CodingScheme
 from cpml.protocol.worker_function import prepare_share, worker_compute
@@ -53,6 +62,8 @@ QUICK_DATASETS = {"cifar": (300, 64), "gisette": (200, 100)}
 TARGET_EXACT_OVER_RAW = 1.5
 TARGET_BASELINE_OVER_EXACT = 15.0
 LARGE_PRIME = 2**31 - 1
+RESIDUES = (1, 2, 3)
+OUT_OF_CACHE_BYTES = 256 << 20  # the shares each worker variant cycles through: 8x this machine's 32 MiB L3
 
 Array = np.ndarray
 
@@ -197,6 +208,7 @@ def bench_dataset(
     out: dict[str, Any] = {"m": m, "d": d, "rows_per_partition": rows}
     out["encoding"] = bench_encoding(field, scheme, gf, rows, d, rng, args)
     out["worker"] = bench_worker(field, gf, rows, d, rng, args)
+    out["worker_residues"] = bench_worker_residues(rows, d, rng, args)
     out["decoding"] = bench_decoding(field, scheme, gf, d, rng, args)
     out["masks"] = bench_masks(field, rows * d, args.repeats)
     out["encode_full"] = bench_encode_full(field, scheme, rows, d, rng, args.repeats)
@@ -257,7 +269,9 @@ def bench_worker(
     basis = ResidueBasis((p,))
     x3, w3, c2 = x[np.newaxis], w[np.newaxis], coefficients[np.newaxis]
     prepared = prepare_share(basis, x3)  # what the daemon holds while a job computes
+    limbs = xf[np.newaxis]  # the float64 form the BLAS limb kernels compute on (without numba, or p >= 2^27.5)
     fast = interleaved({"exact": lambda: worker_compute(basis, prepared, w3, c2)[0],
+                        "exact_float64_limbs": lambda: worker_compute(basis, limbs, w3, c2)[0],
                         "exact_from_uint32": lambda: worker_compute(basis, x3, w3, c2)[0],
                         "raw_float64": raw}, args.repeats)
     sub_rows = subset_rows(rows, args.baseline_fraction)
@@ -283,11 +297,60 @@ def bench_worker(
         shapes={"x_share": [rows, d], "w_share": [d, 1], "out": [d]},
         fast=fast, slow=slow, scale=rows / sub_rows, fraction=sub_rows / rows, with_targets=False,
         note="exact = cpml.protocol.worker_function.worker_compute for one residue modulus on the share prepared "
-             "once as centred float64 (prepare_share, as the daemon does per compute stream; a job with k "
-             "residues costs k times this); exact_from_uint32 converts the "
+             "once (prepare_share, as the daemon does per job: centred int32 for the fused one-pass step); "
+             "exact_float64_limbs = the same on a centred float64 share (the BLAS limb kernels); a job with k "
+             "residues costs k times this (see worker_residues); exact_from_uint32 converts the "
              "uint32 share on every call; naive_int64 keeps an int64 copy of the share; galois keeps it as a "
              "GF(p) array; raw_float64 = the same two products on a float64 copy, no reduction",
     )
+
+
+def bench_worker_residues(rows: int, d: int, rng: np.random.Generator, args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's whole step at 1, 2 and 3 residues, out of cache, against two raw float64 products."""
+    # Every call reads a share no earlier call left in cache: each variant cycles through enough distinct
+    # copies to fill OUT_OF_CACHE_BYTES (several times the last-level cache).
+    print(f"  worker ({rows} x {d}) at 1-3 residues, out of cache", flush=True)
+    variants: dict[str, Callable[[], Any]] = {}
+    copies_used: dict[str, int] = {}
+    for residues in RESIDUES:
+        basis = ResidueBasis(residue_primes(DEFAULT_PRIME, residues))
+        copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (residues * rows * d * 4)))
+        shares = [prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32)
+                                                 for p in basis.moduli])) for _ in range(copies)]
+        w = np.stack([rng.integers(0, p, (d, 1), dtype=np.uint32) for p in basis.moduli])
+        c = np.stack([rng.integers(0, p, 2, dtype=np.uint32) for p in basis.moduli])
+        turn = itertools.cycle(shares)
+        variants[f"exact_{residues}"] = lambda b=basis, t=turn, w=w, c=c: worker_compute(b, next(t), w, c)
+        copies_used[f"exact_{residues}"] = copies
+        form = str(shares[0].dtype)
+    copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (rows * d * 8)))
+    raws = [rng.standard_normal((rows, d)) for _ in range(copies)]
+    w_raw = rng.standard_normal(d)
+    raw_turn = itertools.cycle(raws)
+
+    def raw() -> Array:
+        x = next(raw_turn)
+        return x.T @ (0.5 + 0.25 * (x @ w_raw))
+
+    def raw_one_thread() -> Array:
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):  # as the worker daemon runs BLAS
+            return raw()
+
+    variants["raw_float64"], copies_used["raw_float64"] = raw, copies
+    variants["raw_float64_one_thread"] = raw_one_thread
+    times = interleaved(variants, args.repeats)
+    seconds = {name: stats_of(v) for name, v in times.items()}
+    # the stricter reference: whichever raw way was faster here (BLAS's threads help on an idle machine only)
+    best = min(("raw_float64", "raw_float64_one_thread"), key=lambda name: seconds[name]["median"])
+    return {
+        "shape": [rows, d], "share_form": form, "copies_cycled": copies_used, "seconds": seconds, "raw_reference": best,
+        "ratios": {f"exact_{k}_over_raw": seconds[f"exact_{k}"]["median"] / seconds[best]["median"] for k in RESIDUES}
+                  | {f"exact_{k}_over_raw_paired": paired_ratio(times[f"exact_{k}"], times[best]) for k in RESIDUES},
+        "note": "exact_k = worker_compute (X^T s(X w), r = 1) on a share of k residues as prepare_share keeps "
+                "it (centred int32 for the fused one-pass step; float64 without numba); raw_float64 = the same "
+                "two products on one float64 share (BLAS, its own threads), no reduction. Each call reads a "
+                "share no recent call touched.",
+    }
 
 
 def bench_decoding(
@@ -410,6 +473,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             "encoding_ratios": {k: round(v, 2) for k, v in r["encoding"]["ratios"].items()},
             "encoding_targets_met": r["encoding"]["targets_met"],
             "worker_ratios": {k: round(v, 2) for k, v in r["worker"]["ratios"].items()},
+            "worker_out_of_cache_over_raw": {k: round(v, 2) for k, v in r["worker_residues"]["ratios"].items()
+                                             if not k.endswith("paired")},
             "decoding_ratios": {k: round(v, 2) for k, v in r["decoding"]["ratios"].items()},
             "masks_seconds": round(r["masks"]["seconds"]["uniform"]["median"], 4),
             "encode_full_over_raw": round(r["encode_full"]["ratios"]["encode_over_raw"], 2),
@@ -470,7 +535,6 @@ def machine_info(load_start: tuple[float, float, float]) -> dict[str, Any]:
 
 def software_info(galois_version: str) -> dict[str, Any]:
     """numpy and its BLAS, galois, the OpenSSL behind the mask sampler, Python."""
-    import threadpoolctl
     from cryptography.hazmat.backends.openssl.backend import backend
 
     return {

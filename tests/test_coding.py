@@ -1,12 +1,15 @@
 """Lagrange coding: decode(any R of the N worker results) equals f on the true partitions, exactly."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, residue_primes, uniform
-from cpml.protocol import CodingScheme, prepare_share, recovery_threshold, worker_compute
+from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, largest_prime_below, residue_primes, uniform
+from cpml.protocol import CodingScheme, fused_step, prepare_share, recovery_threshold, worker_compute
+from cpml.protocol.fused_step import block_terms
 from cpml.protocol.worker_function import field_compute
 
 PRIMES = [65537, 2**25 - 39, 2**31 - 1]
@@ -122,3 +125,70 @@ def test_fewer_than_r_replies_are_refused():
     scheme = CodingScheme(PrimeField(65537), n=7, k=2, t=1)
     with pytest.raises(ValueError, match="Argument 'replies' must hold at least R = 7 results, not 6."):
         scheme.decode({i: np.zeros(3, dtype=np.uint32) for i in range(6)}, 7)
+
+
+def _largest_fused_prime() -> int:
+    """The largest prime the fused worker step takes: its int64 blocks still hold _MIN_BLOCK products."""
+    half = math.isqrt((2**63 - 1 - 2**28) // fused_step._MIN_BLOCK)  # h^2 * MIN_BLOCK + p <= 2^63 - 1
+    p = largest_prime_below(2 * half + 2)
+    assert block_terms(p) >= fused_step._MIN_BLOCK > block_terms(largest_prime_below(2**28))
+    return p
+
+
+FUSED_PRIMES = [65537, 2**25 - 39, _largest_fused_prime()]
+
+
+@pytest.mark.parametrize("p", FUSED_PRIMES)
+@pytest.mark.parametrize("block", [None, 1, 3])
+def test_the_fused_step_matches_python_ints(p, block):
+    # block 1 and 3 make these small shares cross every reduction of the row sums and of the result
+    assert fused_step.fused_available(p)
+    field = PrimeField(p)
+    rng = np.random.default_rng(p % 1000 + (block or 0))
+    for case in range(6):
+        rows, d, r = int(rng.integers(1, 9)), int(rng.integers(1, 12)), int(rng.integers(1, 4))
+        classes = 1 if case < 3 else int(rng.integers(2, 4))
+        x = rng.integers(0, p, (rows, d)).astype(np.uint32)
+        w = rng.integers(0, p, (d, classes * r)).astype(np.uint32)
+        coefficients = rng.integers(0, p, r + 1).astype(np.uint32)
+        if case == 0:  # the largest magnitudes: every centred value +-(p-1)/2, every coefficient p-1
+            x[:] = (p + 1) // 2
+            w[:] = (p - 1) // 2
+            coefficients[:] = p - 1
+        got = fused_step.fused_compute(field, field.centred(x, np.int32), w, coefficients, block)
+        assert got.dtype == np.uint32
+        for c in range(classes):  # d x C, row-major
+            expected = reference_f(p, x, w[:, c * r : (c + 1) * r], coefficients)
+            assert got.reshape(d, classes)[:, c].tolist() == expected, (case, rows, d, r, c)
+
+
+def test_the_fused_step_reduces_long_rows_and_many_rows_exactly():
+    # the real block at the largest fused prime, crossed by a row longer than it and by more rows than it
+    p = _largest_fused_prime()
+    field, block = PrimeField(p), block_terms(p)
+    rng = np.random.default_rng(5)
+    for rows, d in ((3, block + 7), (block + 5, 2)):
+        x = np.full((rows, d), (p + 1) // 2, dtype=np.uint32)  # centred -(p-1)/2: the largest products
+        x[rng.integers(0, rows, 3), rng.integers(0, d, 3)] = rng.integers(0, p, 3)
+        w = np.full((d, 1), (p - 1) // 2, dtype=np.uint32)
+        coefficients = np.array([p - 1, p - 1], dtype=np.uint32)
+        expected = field_compute(field, x, w, coefficients)  # the float64 limb kernels
+        assert fused_step.fused_compute(field, field.centred(x, np.int32), w, coefficients).tolist() == \
+            expected.tolist()
+        # and the float64 kernels against Python ints on one column
+        xi = [[int(v) for v in row] for row in x]
+        z = [sum(a * int(w[j, 0]) for j, a in enumerate(row)) % p for row in xi]
+        s = [(int(coefficients[0]) + int(coefficients[1]) * v) % p for v in z]
+        assert int(expected[0]) == sum(xi[i][0] * s[i] for i in range(rows)) % p
+
+
+@pytest.mark.parametrize("moduli", [residue_primes(2**25 - 39, 2), residue_primes(2**31 - 1, 2)])
+def test_prepare_share_keeps_the_fused_form_where_it_applies(moduli):
+    basis = ResidueBasis(moduli)
+    rng = np.random.default_rng(3)
+    x = np.stack([rng.integers(0, p, (6, 4)).astype(np.uint32) for p in moduli])
+    w = np.stack([rng.integers(0, p, (4, 2)).astype(np.uint32) for p in moduli])
+    coefficients = np.stack([rng.integers(0, p, 3).astype(np.uint32) for p in moduli])
+    prepared = prepare_share(basis, x)
+    assert prepared.dtype == (np.int32 if moduli[0] < 2**28 else np.float64)
+    assert worker_compute(basis, prepared, w, coefficients).tolist() == worker_compute(basis, x, w, coefficients).tolist()

@@ -131,7 +131,9 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
         for p in procs:
             p.terminate()
     assert run.returncode == 3, run.stderr[-3000:]
-    assert "stopped: round 3: only 3 of 5 workers remain but R = 4 replies are needed" in run.stderr
+    # round 3 at the earliest: a failing worker that straggled past a round (R = 4 of 5 did not need it) serves
+    # its second round, and fails, one round later
+    assert re.search(r"stopped: round [3-5]: only 3 of 5 workers remain but R = 4 replies are needed", run.stderr)
     assert "rerun with --resume" in run.stderr
     procs, workers = start("second", [()] * 4)
     try:

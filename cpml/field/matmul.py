@@ -30,6 +30,7 @@ import numpy.typing as npt
 from threadpoolctl import ThreadpoolController
 
 from cpml.errors import argument_error
+from cpml.field.jit import compiled
 from cpml.field.prime_field import Elements, PrimeField
 
 _EXACT = 2.0**53 - 2.0**32  # every float64 intermediate stays below this, and so does q*p when reducing
@@ -301,19 +302,9 @@ def _reduce_rows(
             target[j] = np.uint32(r + (word & (r >> np.int32(31))))  # r < 0: the arithmetic shift selects p
 
 
-@functools.cache
 def _compiled_reduction() -> Callable[..., None] | None:
-    """_reduce_rows compiled by numba, cached on disk when it can be; None if numba is unusable here."""
-    try:
-        import numba
-    except ImportError:  # a platform without numba wheels: the numpy reduction does the same work
-        return None
-    signature = "void(float64[:, ::1], uint32[:, ::1], int64, int64, int64, float64)"
-    options = {"nogil": True, "boundscheck": False, "error_model": "numpy", "fastmath": {"contract"}}
-    try:
-        return numba.njit(signature, cache=True, **options)(_reduce_rows)
-    except RuntimeError:  # no writable cache directory (e.g. a read-only install): compile every process
-        return numba.njit(signature, cache=False, **options)(_reduce_rows)
+    """_reduce_rows compiled by numba; None without numba (the numpy reduction does the same work)."""
+    return compiled(_reduce_rows, "void(float64[:, ::1], uint32[:, ::1], int64, int64, int64, float64)", contract=True)
 
 
 def _limb_bits(half: int, inner: int) -> int:

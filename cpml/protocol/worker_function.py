@@ -7,18 +7,21 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field import Elements, PrimeField, ResidueBasis, matmul_mod_centred
+from cpml.protocol.fused_step import fused_available, fused_compute
 
 
-def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.float64]:
-    """Convert a share (residues x rows x d) to centred float64 once, so rounds skip the conversion."""
+def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.int32 | np.float64]:
+    """Convert a share (residues x rows x d) once to the centred form rounds compute on: int32 for the fused step
+    (the share's own bytes), else float64 for the BLAS kernels."""
     if x_share.ndim != 3 or x_share.shape[0] != len(basis.moduli):
         raise argument_error("x_share", f"have shape ({len(basis.moduli)}, rows, d)", x_share.shape)
-    return np.stack([f.centred(f.check_elements(x, "x_share")) for f, x in zip(basis.fields, x_share)])
+    dtype = np.int32 if all(fused_available(p) for p in basis.moduli) else np.float64
+    return np.stack([f.centred(f.check_elements(x, "x_share"), dtype) for f, x in zip(basis.fields, x_share)])
 
 
 def worker_compute(
     basis: ResidueBasis,
-    x_share: npt.NDArray[np.uint32] | npt.NDArray[np.float64],
+    x_share: npt.NDArray[np.uint32] | npt.NDArray[np.int32] | npt.NDArray[np.float64],
     w_share: npt.NDArray[np.uint32],
     coefficients: npt.NDArray[np.uint32],
 ) -> Elements:
@@ -35,11 +38,11 @@ def worker_compute(
 
 def field_compute(
     field: PrimeField,
-    x_share: npt.NDArray[np.uint32] | npt.NDArray[np.float64],
+    x_share: npt.NDArray[np.uint32] | npt.NDArray[np.int32] | npt.NDArray[np.float64],
     w_share: npt.NDArray[np.uint32],
     coefficients: npt.NDArray[np.uint32],
 ) -> Elements:
-    """Evaluate f on one worker's shares (uint32, or float64 from prepare_share): degree 2r+1 in them."""
+    """Evaluate f on one worker's shares (uint32, or centred int32/float64 from prepare_share): degree 2r+1."""
     # The weights hold r quantizations of each of C models (d x Cr, class-major); the result is the d x C matrix
     # X̃ᵀ s̄ of all C gradients, flattened row-major (d values for C = 1), from one pass over the share.
     r = len(coefficients) - 1
@@ -47,6 +50,8 @@ def field_compute(
             or w_share.shape[1] % r:
         raise argument_error("w_share", f"have shape ({x_share.shape[-1]}, C x r) with r = {r}", w_share.shape)
     classes = w_share.shape[1] // r
+    if x_share.dtype == np.int32 and fused_available(field.p):  # centred: one pass over the share
+        return fused_compute(field, x_share, w_share, coefficients)
     x = x_share if x_share.dtype == np.float64 else field.centred(x_share)
     z = matmul_mod_centred(field, x, field.centred(w_share)).reshape(-1, classes, r)  # each x̃ · w̃_cj
     p = np.uint64(field.p)

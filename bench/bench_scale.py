@@ -1,0 +1,146 @@
+"""How a job grows with its rows: 50k, 200k and 1M rows x 100 features at the default settings.
+
+The table is tests/synthetic.py's realistic_table (mixed scales, heavy tails, one-hot columns), saved as an .npz of
+float64. Ten cpml-worker daemons (the default N = 10: Case 1, K = 3, T = 1) are started first and left up; each
+size is one `cpml-master train` process (default flags, --iterations 10), and the bench reads from the master's
+own JSON logs and metrics.json: data loaded (read, split, scaled), shares uploaded (encoded and sent), the
+per-round phases (medians), and the master's peak resident memory (its ru_maxrss) against the raw table's bytes.
+Writes bench/results/scale.json.
+
+    python bench/bench_scale.py                       # 50k, 200k, 1M rows (minutes; ~8 GB RAM with the workers)
+    python bench/bench_scale.py --rows 2000,8000 --out /tmp/s.json   # small, to check the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from cpml.reporting import write_metrics
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from synthetic import realistic_table  # noqa: E402  (the generator bench_precision and the accuracy tests use)
+
+BIN = Path(sys.executable).parent
+FEATURES = 100
+WORKERS = 10
+PHASES = ("encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds", "decode_update_seconds",
+          "total_seconds")
+
+
+def start_workers(count: int, directory: Path) -> tuple[list[subprocess.Popen], list[str]]:
+    """`count` cpml-worker daemons on 127.0.0.1 and their addresses, once all serve."""
+    processes, files = [], []
+    for i in range(count):
+        port_file = directory / f"worker{i}.port"
+        processes.append(subprocess.Popen([str(BIN / "cpml-worker"), "--listen", "127.0.0.1:0", "--insecure",
+                                           "--port-file", str(port_file), "--log-level", "warning"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        files.append(port_file)
+    deadline = time.monotonic() + 120
+    while not all(f.exists() for f in files):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            raise RuntimeError("the cpml-worker daemons did not start")
+        time.sleep(0.05)
+    return processes, [f.read_text().strip() for f in files]
+
+
+def run_size(rows: int, workers: list[str], iterations: int, directory: Path) -> dict:
+    """One training process on a rows x 100 table: phase seconds and the master's peak memory."""
+    x, y = realistic_table(rows, FEATURES, seed=1)
+    dataset = directory / f"table{rows}.npz"
+    np.savez(dataset, x=x, y=y)
+    raw_bytes = x.nbytes
+    del x, y
+    out = directory / f"run{rows}"
+    began = time.time()
+    run = subprocess.run([str(BIN / "cpml-master"), "train", "--dataset", str(dataset), "--workers", ",".join(workers),
+                          "--insecure", "--iterations", str(iterations), "--out", str(out), "--log-format", "json",
+                          "--log-level", "info"], capture_output=True, text=True, timeout=7200)
+    ended = time.time()
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest waited-for child: this one
+    if run.returncode != 0:
+        raise RuntimeError(f"cpml-master train failed on {rows} rows ({run.returncode}): {run.stderr[-2000:]}")
+    events = {}
+    for line in run.stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        stamp = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+        events.setdefault(event["event"], stamp - began)
+    metrics = json.loads((out / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    dataset.unlink()
+    return {
+        "rows": rows, "features": FEATURES, "raw_bytes": raw_bytes,
+        "master_peak_bytes": peak, "master_peak_over_raw": peak / raw_bytes,
+        "seconds": {"load_split_scale": events["data"], "plan": events["plan"],
+                    "upload": metrics["upload"]["seconds"], "upload_encode": metrics["upload"]["encode_seconds"],
+                    "rounds": sum(r["total_seconds"] for r in rounds), "to_exit": ended - began},
+        "round_median_seconds": {phase: statistics.median(r[phase] for r in rounds) for phase in PHASES},
+        "plan": {k: metrics["plan"][k] for k in ("n_workers", "k", "t", "r", "residues", "lx", "lw")},
+        "test_accuracy": metrics["final"]["test_accuracy"], "iterations": len(rounds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="50000,200000,1000000", help="comma-separated table sizes")
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "scale.json")
+    args = parser.parse_args()
+    sizes = [int(v) for v in args.rows.split(",")]
+    load_start = os.getloadavg()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workers, addresses = start_workers(WORKERS, Path(tmp))
+        try:
+            for rows in sorted(sizes):  # ru_maxrss only grows: smallest first, so each peak is its own
+                results.append(run_size(rows, addresses, args.iterations, Path(tmp)))
+                r = results[-1]
+                seconds, per_round = r["seconds"], r["round_median_seconds"]["total_seconds"]
+                print(f"{rows} rows: peak {r['master_peak_bytes'] / 2**20:.0f} MiB ({r['master_peak_over_raw']:.2f}x "
+                      f"the raw table), load {seconds['load_split_scale']:.2f} s, upload {seconds['upload']:.2f} s, "
+                      f"round {per_round:.3f} s", flush=True)
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(timeout=60)
+    smallest = results[0]
+    for r in results:  # time per row relative to the smallest size: 1.0 means linear
+        scale = r["rows"] / smallest["rows"]
+        r["per_row_vs_smallest"] = {
+            "upload": r["seconds"]["upload"] / (scale * smallest["seconds"]["upload"]),
+            "round": r["round_median_seconds"]["total_seconds"]
+            / (scale * smallest["round_median_seconds"]["total_seconds"]),
+            "load_split_scale": r["seconds"]["load_split_scale"] / (scale * smallest["seconds"]["load_split_scale"]),
+        }
+    write_metrics(args.out, {
+        "benchmark": "a job's time and the master's memory against its rows", "workers": WORKERS,
+        "results": results,
+        "note": ("one cpml-master train process per size against 10 running daemons on this machine (they share "
+                 "its 2 cores); master_peak_bytes is its ru_maxrss; load_split_scale and plan are seconds from the "
+                 "process start to its 'data' and 'plan' log lines; per_row_vs_smallest 1.0 = linear in rows"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
+    })
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
