@@ -38,8 +38,7 @@ def fused_available(p: int) -> bool:
 
 def fused_compute(field: PrimeField, x_share: npt.NDArray[np.int32], w_share: npt.NDArray[np.uint32],
                   coefficients: npt.NDArray[np.uint32], block: int | None = None) -> Elements:
-    """X̃ᵀ s̄(X̃ W̃) mod p from the centred int32 share (rows x d), weights (d x Cr, class-major) and coefficients
-    (r+1): the d x C result flattened row-major, as worker_function.field_compute returns it."""
+    """X̃ᵀ s̄(X̃ W̃) mod p from a centred int32 share, as field_compute returns it (d x C, flattened row-major)."""
     # block exists for tests: a short one makes small arrays cross every reduction
     kernel = _kernel()
     if kernel is None:

@@ -11,8 +11,7 @@ from cpml.protocol.fused_step import fused_available, fused_compute
 
 
 def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.int32 | np.float64]:
-    """Convert a share (residues x rows x d) once to the centred form rounds compute on: int32 for the fused step
-    (the share's own bytes), else float64 for the BLAS kernels."""
+    """Convert a share (residues x rows x d) once to the centred int32 (fused step) or float64 rounds compute on."""
     if x_share.ndim != 3 or x_share.shape[0] != len(basis.moduli):
         raise argument_error("x_share", f"have shape ({len(basis.moduli)}, rows, d)", x_share.shape)
     dtype = np.int32 if all(fused_available(p) for p in basis.moduli) else np.float64
