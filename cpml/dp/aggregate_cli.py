@@ -27,10 +27,11 @@ from typing import Any
 import structlog
 
 from cpml import runner
+from cpml.cli_args import add_log_arguments
 from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.files import write_atomically
-from cpml.logs import FORMATS, LEVELS, configure_logging
+from cpml.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
@@ -113,8 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue the run checkpointed in --out (same settings; its parties"
                           " rejoin by name); the privacy already spent carries over")
-    out.add_argument("--log-level", default="info", choices=LEVELS)
-    out.add_argument("--log-format", default="auto", choices=FORMATS)
+    add_log_arguments(out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,9 +24,10 @@ import numpy as np
 import structlog
 
 from cpml import runner
+from cpml.cli_args import add_client_tls_arguments, add_log_arguments
 from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
-from cpml.logs import FORMATS, LEVELS, configure_logging
+from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
     from cpml.dp.features import FeatureBounds
@@ -67,13 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-timeout", type=float, default=600.0,
                         help="seconds to wait for the next round")
     parser.add_argument("--out", type=Path, default=None, help="write the released model here")
-    parser.add_argument("--tls-ca", type=Path, default=None)
-    parser.add_argument("--tls-cert", type=Path, default=None)
-    parser.add_argument("--tls-key", type=Path, default=None)
+    add_client_tls_arguments(parser, "server")
     parser.add_argument("--insecure", action="store_true",
                         help="plaintext gRPC (models travel unencrypted)")
-    parser.add_argument("--log-level", default="info", choices=LEVELS)
-    parser.add_argument("--log-format", default="auto", choices=FORMATS)
+    add_log_arguments(parser)
 
 
 def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,

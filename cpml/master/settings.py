@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Only modules that import nothing heavy: `cpml-master train --help` parses these flags (0.1 s, not 1 s).
+from cpml.cli_args import add_client_tls_arguments, add_log_arguments
 from cpml.env_defaults import apply_env_defaults
-from cpml.logs import FORMATS as LOG_FORMATS
-from cpml.logs import LEVELS
 from cpml.options import DATA_FORMATS as FORMATS
 from cpml.options import DEFAULT_CHUNK_BYTES, DEFAULT_PRIME, MODELS, MPC_PROTOCOLS, SCALINGS
 
@@ -172,9 +171,7 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
                          help="how many local workers to start when --workers is omitted (default 10)")
     cluster.add_argument("--insecure", action="store_true", default=False,
                          help="talk plaintext to remote workers (an eavesdropper on all links defeats T-privacy)")
-    cluster.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the workers' certs")
-    cluster.add_argument("--tls-cert", type=Path, default=None, help="client cert for mutual TLS")
-    cluster.add_argument("--tls-key", type=Path, default=None, help="client key for mutual TLS")
+    add_client_tls_arguments(cluster, "workers")
     cluster.add_argument("--tls-server-name", default=None,
                          help="expect this name in every worker's certificate instead of its host")
     cluster.add_argument("--connect-timeout", type=float, default=60.0)
@@ -226,8 +223,7 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
                           "passes over all the training and test rows, as much as a round on a large dataset")
     run.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: on a terminal)")
-    run.add_argument("--log-level", choices=LEVELS, default="info")
-    run.add_argument("--log-format", choices=LOG_FORMATS, default="auto")
+    add_log_arguments(run)
     apply_env_defaults(p, ENV_PREFIX, os.environ if environ is None else environ)
 
 

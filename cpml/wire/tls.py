@@ -38,13 +38,6 @@ def channel_credentials(ca: Path | None = None, cert: Path | None = None,
                                         certificate_chain=_read(cert, "tls_cert"))
 
 
-def add_client_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """--tls-ca/--tls-cert/--tls-key for a small client tool (plaintext when --tls-ca is absent)."""
-    parser.add_argument("--tls-ca", type=Path, help="CA that signed the worker's certificate (default: plaintext)")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate, for a worker with mutual TLS")
-    parser.add_argument("--tls-key", type=Path, help="the client certificate's key")
-
-
 def client_channel(address: str, args: argparse.Namespace) -> grpc.Channel:
     """A blocking channel to `address` with the TLS settings of add_client_tls_arguments."""
     if args.tls_ca is None:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from cpml.cli_args import add_client_tls_arguments
 from cpml.wire import serde
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
-from cpml.wire.tls import add_client_tls_arguments, client_channel
+from cpml.wire.tls import client_channel
 
 if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
     pass

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cpml.cli_args import add_client_tls_arguments
 from cpml.wire import names
-from cpml.wire.tls import add_client_tls_arguments, client_channel
+from cpml.wire.tls import client_channel
 
 
 def probe(channel: grpc.Channel, timeout: float = 3.0) -> str:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
+from cpml.cli_args import add_log_arguments
 from cpml.env_defaults import apply_env_defaults, parse_bool
 from cpml.errors import ExitCode, exit_codes_help
-from cpml.logs import FORMATS, LEVELS
 
 ENV_PREFIX = "CPML_WORKER_"
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
@@ -118,9 +118,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="threads computing rounds (of different jobs) at once")
     p.add_argument("--stop-with-parent", action="store_true",
                    help="exit when the process that started this worker exits (used for embedded workers)")
-    p.add_argument("--log-level", choices=LEVELS, default=d.log_level)
-    p.add_argument("--log-format", choices=FORMATS, default=d.log_format,
-                   help="json, console, or auto (console on a terminal)")
+    add_log_arguments(p)
     faults = p.add_argument_group("fault injection (tests only; off by default)")
     faults.add_argument("--fault-reply-delay", type=float, default=0.0,
                         help="sleep this many seconds before every round reply")

@@ -1,0 +1,23 @@
+"""Argument groups every cpml command shares, light to import (`--help` must not load numpy or grpc)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cpml.logs import FORMATS, LEVELS
+
+
+def add_log_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """--log-level and --log-format, the same for every command (a parser or an argument group)."""
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    parser.add_argument("--log-format", choices=FORMATS, default="auto",
+                        help="json, console, or auto (console on a terminal)")
+
+
+def add_client_tls_arguments(parser: argparse.ArgumentParser | Any, peer: str = "worker") -> None:
+    """--tls-ca/--tls-cert/--tls-key for every client of a cpml daemon (a parser or an argument group)."""
+    parser.add_argument("--tls-ca", type=Path, default=None, help=f"CA that signed the {peer}'s certificate")
+    parser.add_argument("--tls-cert", type=Path, default=None, help=f"client certificate, for a {peer} with mutual TLS")
+    parser.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
