@@ -27,7 +27,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
     p.add_argument("--out", default="predictions.csv",
                    help="CSV with one row per input row: label and probability of the class mapped to 1 "
-                        "(logistic), or prediction (linear); '-' writes to standard output")
+                        "(logistic; with more than two classes, of the predicted one), or prediction (linear); "
+                        "'-' writes to standard output")
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
