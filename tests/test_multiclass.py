@@ -217,3 +217,30 @@ def test_an_embedded_wddp_run_trains_ten_classes_and_predict_reproduces_its_accu
     x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.2, random_state=0,
                                                         stratify=DIGITS.target)  # aggregate's split (seed 0)
     assert model.evaluate(x_test, y_test)["accuracy"] == final
+
+
+@pytest.mark.slow
+def test_remote_wddp_parties_train_ten_classes_from_a_public_class_list(tmp_path):
+    from test_dp_auth import aggregation_server, finish_parties, start_party
+
+    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data / 16.0, DIGITS.target, test_size=0.25,
+                                                        random_state=0, stratify=DIGITS.target)
+    files = []
+    for name, (x, y) in {"a": (x_train[::2], y_train[::2]), "b": (x_train[1::2], y_train[1::2]),
+                         "test": (x_test, y_test), "odd": (x_test, np.where(y_test == 3, 11, y_test))}.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        files.append(tmp_path / f"{name}.npz")
+    classes = ",".join(map(str, range(10)))
+    flags = ("--insecure", "--run-id", "c10", "--classes", classes)
+    with aggregation_server(tmp_path, *flags, "--party-names", "a,b", "--rounds", "15", "--epsilon", "8",
+                            "--test-data", str(files[2]), "--join-timeout", "60") as server:
+        tokens = server.out / "join-tokens"
+        refused = finish_parties([start_party(server.address, files[3], *flags, "--token-file", str(tokens / "a"))])
+        assert refused[0][0] == 2 and "must hold only the run's classes (0, 1, 2" in refused[0][2], refused
+        results = finish_parties([start_party(server.address, path, *flags, "--token-file", str(tokens / name))
+                                  for name, path in zip("ab", files)])
+        assert [code for code, _, _ in results] == [0, 0], results
+        assert server.finish() == 0, server.log()
+    history = json.loads((server.out / "metrics.json").read_text())["history"]
+    assert history[-1]["test_accuracy"] > 0.8
+    assert len(json.loads((server.out / "model.json").read_text())["weights"]) == 65 * 10

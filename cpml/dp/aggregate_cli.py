@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     embedded.add_argument("--positive-label", default=None,
                           help="the label value that becomes class 1 (default: the larger number, or the "
                                "later text in sorted order)")
+    embedded.add_argument("--classes", default=None, metavar="LABEL,LABEL,...",
+                          help="with --listen and --test-data, more than two classes: the list the parties pass")
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
     embedded.add_argument("--scaling", default=None, choices=("minmax", "standard", "none"),
                           help="default: standard, or none with --feature-bounds")
@@ -263,7 +265,7 @@ def _prepare(args: argparse.Namespace):
 
 def _server_test_rows(args: argparse.Namespace, bounds):
     """A remote run's test rows, scaled and labelled as cpml-party does (public bounds, or unscaled)."""
-    from cpml.dp.party_cli import load_party_data
+    from cpml.dp.party_cli import load_party_data, parse_classes
 
     scaling = args.scaling or "none"
     if bounds is None and scaling != "none":
@@ -272,7 +274,7 @@ def _server_test_rows(args: argparse.Namespace, bounds):
                          f" statistics, which this server cannot repeat.")
     try:
         return load_party_data(args.test_data, args.data_format, args.label_column, "none",
-                               args.positive_label, bounds)
+                               args.positive_label, bounds, parse_classes(args.classes))
     except ValueError as exc:
         raise ValueError(str(exc).replace("Argument 'data'", "Argument 'test_data'", 1)) from None
 

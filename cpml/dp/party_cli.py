@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positive-label", default=None,
                         help="the label value that becomes class 1 (needed unless labels are 0/1 or -1/1;"
                              " every party of a run must pass the same)")
+    parser.add_argument("--classes", default=None, metavar="LABEL,LABEL,...",
+                        help="more than two classes (one-vs-rest): the run's public list of labels, in the same"
+                             " order for every party and the server")
     parser.add_argument("--scaling", default="none", choices=("none", "minmax", "standard"),
                         help="feature scaling on this party's data; 'none' keeps the guarantee"
                              " exact (the others use data statistics DP does not cover)")
@@ -76,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
                     positive_label: str | None = None,
-                    bounds: FeatureBounds | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Features in the unit ball with a bias column, and 0/1 labels, from a local file."""
+                    bounds: FeatureBounds | None = None,
+                    classes: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Features in the unit ball with a bias column, and 0/1 labels (one-hot rows over `classes`), from a file."""
     from cpml.data import is_label, read_raw, scale
     from cpml.dp.dpgd import add_bias_and_normalise
     from cpml.dp.features import warn_if_dominated
@@ -95,7 +99,9 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
     shown = (", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:5].tolist())
              + (", ..." if len(values) > 5 else ""))
     where = raw.label_source or repr(path)
-    if positive_label is not None:
+    if classes:
+        y = _one_hot(raw.y, classes, positive_label, where)
+    elif positive_label is not None:
         # Each party maps its own labels, so the mapping must not depend on which labels it happens to hold.
         y = is_label(raw.y, positive_label)
         if len(values) > 2:
@@ -125,6 +131,26 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
     return add_bias_and_normalise(x), y
 
 
+def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | None, where: str) -> np.ndarray:
+    """One-hot rows over the run's public classes, refusing a label not among them."""
+    from cpml.data import is_label
+
+    if positive_label is not None or len(classes) < 3 or len(set(classes)) != len(classes):
+        raise ValueError(f"Argument 'classes' must list 3 or more distinct labels without --positive-label, not "
+                         f"{','.join(classes)!r}.")
+    hits = np.column_stack([is_label(labels, c) for c in classes])
+    unknown = ~hits.any(axis=1)
+    if unknown.any():
+        raise ValueError(f"Argument 'data' must hold only the run's classes ({', '.join(classes)}), not "
+                         f"{labels[int(np.flatnonzero(unknown)[0])]!r} in {where} ({int(unknown.sum())} such row(s)).")
+    return hits.astype(np.float64)
+
+
+def parse_classes(text: str | None) -> tuple[str, ...]:
+    """--classes as a tuple of labels (empty when not given)."""
+    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (cpml.errors.ExitCode)."""
     parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0] + " Every flag also "
@@ -151,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             bounds = read_feature_bounds(args.feature_bounds)
         x, y = load_party_data(args.data, args.format, args.label_column, args.scaling, args.positive_label,
-                               bounds)
+                               bounds, parse_classes(args.classes))
         if args.max_epsilon is not None and not args.max_epsilon > 0:
             raise ValueError(f"Argument 'max_epsilon' must be positive, not {args.max_epsilon}.")
         if not args.wait_timeout > 0:
