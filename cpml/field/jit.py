@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
+_LOCK = threading.Lock()  # one compilation per kernel, however many threads ask for it first
 
-@functools.cache
+
 def compiled(function: Callable[..., None], signature: str, contract: bool = False) -> Callable[..., Any] | None:
     """`function` compiled by numba for one signature, without the GIL; None if numba is unusable here."""
+    with _LOCK:
+        return _compile(function, signature, contract)
+
+
+@functools.cache
+def _compile(function: Callable[..., None], signature: str, contract: bool) -> Callable[..., Any] | None:
     try:
         import numba
     except ImportError:  # a platform without numba wheels, or a worker-only install: callers fall back to numpy

@@ -36,6 +36,11 @@ def fused_available(p: int) -> bool:
     return block_terms(p) >= _MIN_BLOCK and _kernel() is not None
 
 
+def warm_up() -> None:
+    """Compile the fused step now (or load it from numba's disk cache), so no round waits for it."""
+    _kernel()
+
+
 def fused_compute(field: PrimeField, x_share: npt.NDArray[np.int32], w_share: npt.NDArray[np.uint32],
                   coefficients: npt.NDArray[np.uint32], block: int | None = None) -> Elements:
     """X̃ᵀ s̄(X̃ W̃) mod p from a centred int32 share, as field_compute returns it (d x C, flattened row-major)."""

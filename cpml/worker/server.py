@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -14,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from threadpoolctl import threadpool_limits
 
 from cpml.files import write_atomically
+from cpml.protocol import fused_step
 from cpml.wire import names
 from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
@@ -118,6 +120,8 @@ async def run(settings: WorkerSettings) -> None:
 
 
 async def _serve(settings: WorkerSettings) -> None:
+    # numba's import and the fused step's compilation take seconds: done while the daemon waits for its first job
+    threading.Thread(target=fused_step.warm_up, name="compile-fused-step", daemon=True).start()
     server = WorkerServer(settings)
     await server.start(name_logs=True)
     stop = asyncio.Event()
