@@ -5,6 +5,8 @@ after a Ctrl-C. Skipped, with the reason, where containers cannot run."""
 
 from __future__ import annotations
 
+import fcntl
+import importlib.util
 import json
 import os
 import re
@@ -52,6 +54,20 @@ def engine():
     return "docker" if _docker_answers() else "podman"
 
 
+def _driver():
+    spec = importlib.util.spec_from_file_location("cluster_demo", DRIVER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _nothing_left(engine: str) -> bool:
+    """No container, network or volume of the compose project, checked while no other demo may run."""
+    with _driver().LOCK.open("w") as lock:  # another session's demo on this machine would look like ours
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _leftovers(engine) == []
+
+
 def _leftovers(engine: str) -> list[str]:
     """Containers, networks and volumes of the compose project still on the machine."""
     found = []
@@ -71,7 +87,7 @@ def test_cluster_demo_trains_across_containers_to_the_weights_of_local_processes
     assert f"outputs: {tmp_path / 'demo'}" in demo.stdout
     accuracy = re.search(r"test accuracy: ([\d.]+)", demo.stdout).group(1)
     assert float(accuracy) > 0.9
-    assert _leftovers(engine) == []  # torn down: no container, network or volume of the project
+    assert _nothing_left(engine)  # torn down: no container, network or volume of the project
 
     master = COMPOSE["services"]["master"]["command"]
     flags = [arg for arg in master[2:] if arg.split("=", 1)[0] not in REMOTE_ONLY]
@@ -102,4 +118,4 @@ def test_ctrl_c_tears_the_cluster_down(engine, tmp_path):
             demo.kill()
     assert demo.returncode == 130, stderr[-3000:]
     assert "interrupted; the cluster is torn down" in stderr
-    assert _leftovers(engine) == []
+    assert _nothing_left(engine)
