@@ -379,7 +379,7 @@ def _npz(path: Path, labels_required: bool = True) -> RawData:
         if x.ndim != 2 or x.dtype.kind not in "biuf":
             raise ValueError(f"Argument 'dataset' must hold a 2-D array of numbers {xk!r} (rows x features), not "
                              f"shape {x.shape} of dtype {x.dtype} in {path.name!r}.")
-        return RawData(x.astype(np.float64), None, path.stem, (f"{path.name}: no labels",))
+        return RawData(x.astype(np.float64, copy=False), None, path.stem, (f"{path.name}: no labels",))
     notes = []
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -392,7 +392,7 @@ def _npz(path: Path, labels_required: bool = True) -> RawData:
                          f"{len(y)} labels in {yk!r} of {path.name!r}.")
     if x.dtype.kind not in "biuf":
         raise ValueError(f"Argument 'dataset' must hold numbers in {xk!r}, not dtype {x.dtype} in {path.name!r}.")
-    return RawData(x.astype(np.float64), y, path.stem, tuple(notes), f"array {yk!r} of {path.name!r}")
+    return RawData(x.astype(np.float64, copy=False), y, path.stem, tuple(notes), f"array {yk!r} of {path.name!r}")
 
 
 def _svmlight(path: Path) -> RawData:
@@ -440,6 +440,7 @@ def load_dataset(source: str, test_fraction: float | None = 0.2, scaling: str = 
     raw = read_raw(source, fmt, label_column, categorical)
     fraction = test_fraction if test_source is None else None  # None: every row of source trains
     x_train, y_train, x_test, y_test, split_note = _split(raw, model, positive_label, fraction, seed, source)
+    raw = replace(raw, x=raw.x[:0])  # the split copied the rows it keeps: the whole table can go (memory)
     prep = Preprocessing.fit(x_train, y_train, model=model, scaling=scaling, intercept=intercept,
                              positive_label=positive_label, features=raw.features, label_name=raw.label_name,
                              label_index=raw.label_index, name=source, categorical=raw.categorical)
@@ -450,8 +451,9 @@ def load_dataset(source: str, test_fraction: float | None = 0.2, scaling: str = 
         y_test = prep.encode(y_test)
     else:
         split_note += " (no test split)"
-    return Dataset(name=raw.name, x_train=prep.transform(x_train), y_train=prep.encode(y_train),
-                   x_test=None if x_test is None else prep.transform(x_test), y_test=y_test,
+    x_train = prep.transform(x_train)  # one raw split at a time gives way to its scaled copy
+    x_test = None if x_test is None else prep.transform(x_test)
+    return Dataset(name=raw.name, x_train=x_train, y_train=prep.encode(y_train), x_test=x_test, y_test=y_test,
                    notes=(split_note, *raw.notes, *prep.notes()), target_mean=prep.target_mean,
                    target_std=prep.target_std, preprocessing=prep)
 
