@@ -7,6 +7,8 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 
+_ROWS_AT_ONCE = 1 << 14
+
 
 def round_half_up(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
     """Round to the nearest integer, halves upward (paper eq. 3)."""
@@ -18,7 +20,10 @@ def quantize_data(x: npt.ArrayLike, lx: int) -> npt.NDArray[np.int64]:
     arr = np.asarray(x, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise argument_error("x", "hold only finite values", "NaN or infinity")
-    return round_half_up(np.ldexp(arr, lx))
+    out = np.empty(arr.shape, dtype=np.int64)
+    for lo in range(0, len(arr), _ROWS_AT_ONCE):  # the float temporaries stay small, whatever the rows
+        out[lo:lo + _ROWS_AT_ONCE] = round_half_up(np.ldexp(arr[lo:lo + _ROWS_AT_ONCE], lx))
+    return out
 
 
 def stochastic_round(x: npt.NDArray[np.float64], rng: np.random.Generator) -> npt.NDArray[np.int64]:
