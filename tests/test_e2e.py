@@ -151,11 +151,12 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
 
 async def test_a_straggling_worker_process_never_slows_a_round(tmp_path):
     async with LocalWorkers(4, tmp_path / "fast") as fast, \
-            LocalWorkers(1, tmp_path / "slow", extra_args=("--fault-reply-delay", "2")) as slow:
+            LocalWorkers(1, tmp_path / "slow", extra_args=("--fault-reply-delay", "6")) as slow:
         settings = TrainSettings(dataset=DATASET, insecure=True, iterations=4, out=tmp_path / "run", progress=False,
                                  workers=(*fast.addresses[:2], *slow.addresses, *fast.addresses[2:]))
         report = await train(settings)
-    assert max(r.wait_seconds for r in report.history) < 1.0  # R = 4 of 5: the 2 s straggler is never awaited
+    # R = 4 of 5: the 6 s straggler is never awaited (rounds take well under a second, a few on a loaded machine)
+    assert max(r.wait_seconds for r in report.history) < 3.0
     assert all(2 not in r.workers_used for r in report.history)
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
 
