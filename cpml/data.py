@@ -86,6 +86,14 @@ class RawData:
     label_index: int | None = None  # the label column's number, 0-based (CSV)
     categorical: tuple[int, ...] = ()  # feature columns read as categories (x is then an object array of cells)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The raw labels, for training; a ValueError naming the source when it has none."""
+        if self.y is None:
+            raise ValueError(f"Argument 'dataset' must have a label column to train on, not {self.name!r}, "
+                             f"which has none.")
+        return self.y
+
 
 def read_raw(source: str, fmt: str = "auto", label_column: int | str | None = -1,
              categorical: Sequence[int | str] = ()) -> RawData:
@@ -143,7 +151,7 @@ def _as_categories(raw: RawData, categorical: Sequence[int | str], file: str) ->
 def load_raw(source: str, fmt: str = "auto", label_column: int | str = -1) -> tuple[np.ndarray, np.ndarray, str]:
     """Features (float64), raw labels and a name from a bundled dataset name or a file path."""
     raw = read_raw(source, fmt, label_column)
-    return raw.x, raw.y, raw.name
+    return raw.x, raw.labels, raw.name
 
 
 def _bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -467,7 +475,7 @@ def _split(raw: RawData, model: str, positive_label: str | None, test_fraction: 
             _check_regression_split(len(y), test_fraction, source)
         stratify, how = None, "shuffled"
     else:
-        y, how = raw.y, "stratified"
+        y, how = raw.labels, "stratified"
         stratify = _class_targets(raw, positive_label, test_fraction, source)
     shape = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features"
     if test_fraction is None:
@@ -480,7 +488,7 @@ def _split(raw: RawData, model: str, positive_label: str | None, test_fraction: 
 def _test_rows(test_source: str, prep: Preprocessing, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     """The raw rows of a test file matching the training schema, and their targets as the trainer sees them."""
     test = read_matching(test_source, prep, fmt, flag="test_data", require_labels=True)
-    y = real_targets(test) if prep.model == "linear" else test.y
+    y = real_targets(test) if prep.model == "linear" else test.labels
     return test.x, prep.encode(y, test.label_source, "test_data")
 
 
@@ -540,8 +548,8 @@ def _read_matching(source: str, prep: Preprocessing, fmt: str, flag: str) -> Raw
     else:
         raise ValueError(f"Argument '{flag}' must have the model's {n} feature columns ({n + 1} with the label), "
                          f"not {layout.width} columns on line {layout.lines[0][0]} of {path.name!r}.")
-    label = None if label_column is None else column_index(label_column, names, layout.width, path.name)
-    in_file = [c if label is None or c < label else c + 1 for c in categorical]
+    label_at = None if label_column is None else column_index(label_column, names, layout.width, path.name)
+    in_file = [c if label_at is None or c < label_at else c + 1 for c in categorical]
     return _matching_kinds(read_raw(source, fmt, label_column, in_file), prep, flag, path.name)
 
 
@@ -600,23 +608,23 @@ def _check_options(test_fraction: float | None, scaling: str, seed: int, model: 
 def _class_targets(raw: RawData, positive_label: str | None, test_fraction: float | None,
                    source: str) -> np.ndarray:
     """Labels to stratify the split by, after refusing a label column that is not two to MAX_CLASSES classes."""
-    classes, counts = np.unique(raw.y, return_counts=True)
-    whole = raw.y.dtype.kind not in "f" or bool(np.all(classes == np.round(classes)))
+    classes, counts = np.unique(raw.labels, return_counts=True)
+    whole = raw.labels.dtype.kind not in "f" or bool(np.all(classes == np.round(classes)))
     if 2 < len(classes) <= MAX_CLASSES and whole and counts.min() > 1:  # one-vs-rest (not ids, not real targets)
-        model_classes(raw.y, positive_label)
+        model_classes(raw.labels, positive_label)
         if test_fraction is not None:
-            _check_split(raw.y, test_fraction, source)
-        return raw.y
+            _check_split(raw.labels, test_fraction, source)
+        return raw.labels
     if len(classes) != 2 and raw.label_source:
         hint = _label_hint(raw) if raw.label_source.startswith("column") else ""
-        if len(classes) > 2 and raw.y.dtype.kind in "biuf":
+        if len(classes) > 2 and raw.labels.dtype.kind in "biuf":
             hint += "; real-valued targets need linear regression (cpml-master train --model linear)"
         raise ValueError(f"Argument 'dataset' must have exactly two label values for binary classification (or 3 "
                          f"to {MAX_CLASSES} text or whole-number classes of 2+ rows each for one-vs-rest), not "
                          f"{len(classes)} ({_preview(classes)}) in {raw.label_source}{hint}.")
-    y, _ = binary_labels(raw.y, positive_label)
+    y, _ = binary_labels(raw.labels, positive_label)
     if test_fraction is not None:
-        _check_split(raw.y, test_fraction, source)
+        _check_split(raw.labels, test_fraction, source)
     return y
 
 
@@ -638,11 +646,11 @@ def real_targets(raw: RawData, positive_label: str | None = None) -> np.ndarray:
         raise ValueError(f"Argument 'positive_label' must be omitted for linear regression (its targets are real "
                          f"values, not classes), not {str(positive_label)!r}.")
     where = f" in {raw.label_source}" if raw.label_source else ""
-    if raw.y.dtype.kind not in "biuf":
-        text = next((v for v in map(str, raw.y.tolist()) if not _is_number(v)), str(raw.y.flat[0]))
+    if raw.labels.dtype.kind not in "biuf":
+        text = next((v for v in map(str, raw.labels.tolist()) if not _is_number(v)), str(raw.labels.flat[0]))
         raise ValueError(f"Argument 'dataset' must have numeric targets for linear regression, not text such as "
                          f"{text!r}{where}.")
-    y = raw.y.astype(np.float64)
+    y = raw.labels.astype(np.float64)
     bad = ~np.isfinite(y)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])

@@ -240,6 +240,9 @@ def _prepare(args: argparse.Namespace):
     data = load_dataset(args.dataset, args.test_fraction, scaling, args.seed, args.data_format,
                         args.label_column, positive_label=args.positive_label, test_source=args.test_data)
     x_train, x_test = data.x_train, data.x_test
+    if x_test is None:
+        raise ValueError(f"Argument 'test_fraction' must leave test rows for the embedded run's evaluation (a "
+                         f"fraction in (0, 1), or --test-data FILE), not {args.test_fraction!r}.")
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
     elif data.preprocessing is not None:  # what model.json keeps for predict and export

@@ -195,24 +195,24 @@ def party_noise_multiplier(
     scheme: Scheme, noise_multiplier: float, sizes: Sequence[int], party: int
 ) -> float:
     """z_k: the multiplier party `party` uses so the aggregate carries multiplier z."""
-    sizes = _checked_sizes(sizes)
-    n_k = sizes[party]
+    counts = _checked_sizes(sizes)
+    n_k = counts[party]
     if scheme is Scheme.WEIGHTED:
-        return noise_multiplier * float(np.sqrt(n_k / sizes.sum()))
-    return noise_multiplier * n_k / (np.sqrt(len(sizes)) * sizes.min())
+        return noise_multiplier * float(np.sqrt(n_k / counts.sum()))
+    return noise_multiplier * n_k / (np.sqrt(len(counts)) * counts.min())
 
 
 def round_noise_multiplier(
     scheme: Scheme, noise_multiplier: float, sizes: Sequence[int], survivors: Sequence[int]
 ) -> float:
     """The multiplier the released aggregate carries when only `survivors` reported."""
-    sizes = _checked_sizes(sizes)
+    counts = _checked_sizes(sizes)
     if len(survivors) == 0:
         raise argument_error("survivors", "name at least one party", list(survivors))
     if scheme is Scheme.WEIGHTED:
-        return noise_multiplier * float(np.sqrt(sizes[list(survivors)].sum() / sizes.sum()))
+        return noise_multiplier * float(np.sqrt(counts[list(survivors)].sum() / counts.sum()))
     # Conservative: the smallest surviving party is no smaller than the smallest party.
-    return noise_multiplier * float(np.sqrt(len(survivors) / len(sizes)))
+    return noise_multiplier * float(np.sqrt(len(survivors) / len(counts)))
 
 
 def aggregate(scheme: Scheme, models: Sequence[np.ndarray], sizes: Sequence[int]) -> np.ndarray:

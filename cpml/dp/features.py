@@ -21,6 +21,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import structlog
@@ -151,11 +152,14 @@ def _bounds(entry: object, index: int, path: Path) -> tuple[float, float]:
     if not isinstance(entry, dict):
         raise argument_error("feature_bounds", f"give {where} as an object with min and max", entry)
     lo, hi = entry.get("min"), entry.get("max")
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi))
-    if not (numbers and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+    if not (_number(lo) and _number(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise argument_error("feature_bounds", f"give {where} finite bounds with min < max",
                              f"min={lo!r}, max={hi!r}")
     return float(lo), float(hi)
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def dominant_feature(x: np.ndarray) -> tuple[int, float] | None:

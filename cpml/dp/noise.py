@@ -23,7 +23,10 @@ _TWO_POW_MINUS_53 = 2.0**-53
 class NoiseSource(Protocol):
     """Where privacy randomness comes from: standard normals and uniforms on [0, 1)."""
 
-    secure: bool
+    @property
+    def secure(self) -> bool:
+        """Whether the draws come from a cryptographically secure source."""
+        ...
 
     def standard_normal(self, size: int) -> np.ndarray:
         """Draw `size` independent N(0, 1) values."""

@@ -67,7 +67,7 @@ async def run_party(
     source: NoiseSource | None = None,
 ) -> PartyOutcome:
     """Take part in one run with data (x with bias column, y in {0,1}); return how it ended."""
-    source = source or SecureGaussian()
+    noise: NoiseSource = source or SecureGaussian()
     log_ = log.bind(party=config.name, run=config.run_id)
     if credentials is None:
         channel = grpc.aio.insecure_channel(config.server)
@@ -111,7 +111,7 @@ async def run_party(
                 log_.warning("leaving_run", round=task.round, reason=str(exc), party_epsilon=spent)
                 return PartyOutcome(rounds, False, f"own budget: {exc}", None, math.nan, spent)
             weights = await asyncio.to_thread(
-                dp_gradient_steps, task.weights, x, y, task.noise_multiplier, task.local, source
+                dp_gradient_steps, task.weights, x, y, task.noise_multiplier, task.local, noise
             )
             ledger.charge(step, task.local.local_steps)
             await stub.SubmitUpdate(

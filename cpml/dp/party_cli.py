@@ -93,17 +93,18 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
         raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
     try:
         raw = read_raw(path, fmt, label_column)
+        labels = raw.labels
     except ValueError as exc:  # the shared reader names the master's --dataset; here the flag is --data
         raise ValueError(str(exc).replace("Argument 'dataset'", "Argument 'data'", 1)) from None
-    values = np.unique(raw.y)
+    values = np.unique(labels)
     shown = (", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:5].tolist())
              + (", ..." if len(values) > 5 else ""))
     where = raw.label_source or repr(path)
     if classes:
-        y = _one_hot(raw.y, classes, positive_label, where)
+        y = _one_hot(labels, classes, positive_label, where)
     elif positive_label is not None:
         # Each party maps its own labels, so the mapping must not depend on which labels it happens to hold.
-        y = is_label(raw.y, positive_label)
+        y = is_label(labels, positive_label)
         if len(values) > 2:
             raise ValueError(f"Argument 'data' must have at most two label values, not {len(values)} "
                              f"({shown}) in {where}.")
@@ -114,9 +115,9 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
             log.warning("no record of this party has the positive label", positive_label=positive_label)
         y = y.astype(np.float64)
     elif set(values.tolist()) <= {0, 1}:
-        y = np.asarray(raw.y, dtype=np.float64)
+        y = np.asarray(labels, dtype=np.float64)
     elif set(values.tolist()) <= {-1, 1}:
-        y = (np.asarray(raw.y) > 0).astype(np.float64)
+        y = (np.asarray(labels) > 0).astype(np.float64)
     else:
         raise ValueError(f"Argument 'data' must have labels 0/1 or -1/1 (or pass --positive-label), not "
                          f"{shown} in {where}.")

@@ -308,16 +308,24 @@ class AggregationSession:
             records=sum(self.sizes),
             noise_multiplier=round(self.noise_multiplier, 4),
             accountant=s.accounting.value,
-            learning_rate=round(self.local.learning_rate, 4),
+            learning_rate=round(self.step, 4),
             momentum=round(self.momentum, 4),
         )
         return self.noise_multiplier
+
+    @property
+    def step(self) -> float:
+        """The local learning rate, once the run has resolved it (an explicit one, or public_step's)."""
+        if self.local.learning_rate is None:
+            raise RuntimeError("the learning rate is resolved when the run starts")
+        return self.local.learning_rate
 
     def _resolve_step(self) -> None:
         s = self.settings
         if s.local.learning_rate is not None:
             self.momentum = s.momentum or 0.0
             return
+        assert self.dimension is not None  # fixed by the first party to join, before the run starts
         rate, momentum = public_step(sum(self.sizes), self.dimension, self.noise_multiplier,
                                      s.rounds * s.local.local_steps, s.local)
         self.local = replace(s.local, learning_rate=rate)

@@ -57,7 +57,7 @@ def simulate(
     return SimulationResult(
         weights=session.weights,
         noise_multiplier=session.noise_multiplier,
-        learning_rate=session.local.learning_rate,
+        learning_rate=session.step,
         momentum=session.momentum,
         history=tuple(session.history),
         guarantees=session.guarantees(),

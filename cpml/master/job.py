@@ -127,7 +127,7 @@ def data_fingerprint(data: Dataset) -> str:
     """SHA-256 of the training split, so a resume cannot silently continue on other data."""
     digest = hashlib.sha256()
     for array in (data.x_train, data.y_train):
-        digest.update(memoryview(np.ascontiguousarray(array, dtype=np.float64)))  # the same bytes, not a copy
+        digest.update(np.ascontiguousarray(array, dtype=np.float64).data)  # the same bytes, not a copy
     return digest.hexdigest()
 
 
