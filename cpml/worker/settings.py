@@ -92,7 +92,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--listen", default=d.listen, help="host:port to serve on (port 0: any free port)")
     p.add_argument("--share-bytes-cap", type=parse_bytes, default=str(d.share_bytes_cap),
                    help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB). "
-                        "A job that is computing also holds a float64 copy of its share (twice its bytes)")
+                        "A job that is computing also holds a centred copy of its share: its bytes again as int32 "
+                        "(with numba installed), twice them as float64 (without)")
     p.add_argument("--max-message-bytes", type=parse_bytes,
                    default=str(d.max_message_bytes), help="gRPC message size limit")
     p.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
