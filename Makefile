@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check cpml tests bench scripts
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bandwidth-mbit", type=int, default=SHAPED_MBIT,
                         help=f"shaped: every host's link, each way (default {SHAPED_MBIT})")
     parser.add_argument("--lab", default=None, help=argparse.SUPPRESS)  # set for the run inside the master host
-    parser.add_argument("--out", type=Path, default=None, help="default bench/results/mpc.json (shaped: mpc_shaped.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/mpc.json (shaped: mpc_shaped.json)")
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = REPO / "bench" / "results" / ("mpc_shaped.json" if args.network == "shaped" else "mpc.json")

@@ -201,8 +201,9 @@ class Podman:
                     for arg in ("--build-arg", f"{k}={'' if v is None else v}")]
             ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
             _say(f"building {image}")
-            self.podman("build", "--network", "host", "--pull=never", "--quiet", "--format", "docker", "-f", str(dockerfile),
-                        *(["--ignorefile", str(ignore)] if ignore.exists() else []), *args, "-t", image,
+            self.podman("build", "--network", "host", "--pull=never", "--quiet", "--format", "docker",
+                        "-f", str(dockerfile), *(["--ignorefile", str(ignore)] if ignore.exists() else []),
+                        *args, "-t", image,
                         str(context), stdout=subprocess.DEVNULL)
             built.add(image)
 

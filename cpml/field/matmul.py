@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -188,7 +189,8 @@ class _Product:
             return [product[i * tr : (i + 1) * tr] for i in range(limbs)]
         if self.split == "b":  # (tr, kc) @ (kc, L*m), tiles span all columns
             product = buffer.reshape(tr, limbs * tc)
-            _gemm(self.a[r0:r1, lo:hi], self.b[lo:hi].reshape(hi - lo, limbs * tc), product)
+            right = cast("npt.NDArray[np.float64]", self.b)  # split "b": the limbs of a float64 operand
+            _gemm(self.a[r0:r1, lo:hi], right[lo:hi].reshape(hi - lo, limbs * tc), product)
             return [product[:, i * tc : (i + 1) * tc] for i in range(limbs)]
         product = buffer.reshape(tr, tc)
         _gemm(self.a[r0:r1, lo:hi], self._right(widened, lo, hi, c0, c1), product)
@@ -200,7 +202,7 @@ class _Product:
         """The unsplit right operand's block for a tile, an int32 block widened into this thread's scratch."""
         block = self.b[lo:hi, c0:c1]
         if block.dtype == np.float64:
-            return block
+            return cast("npt.NDArray[np.float64]", block)
         staged = widened[: block.size].reshape(block.shape)
         np.copyto(staged, block)
         return staged

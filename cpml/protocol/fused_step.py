@@ -73,13 +73,13 @@ def _step_rows(x: Any, w: Any, c: Any, p: int, block: int, out: Any) -> None:
         row = x[i]
         for k in range(classes):
             total = c[0]
-            running = 1
+            running = np.int64(1)
             for j in range(r):
                 column = w[k * r + j]
-                z = 0
+                z = np.int64(0)
                 for lo in range(0, d, block):
                     a, b = row[lo:lo + block], column[lo:lo + block]  # slices: LLVM vectorizes this, not range(lo, hi)
-                    part = 0
+                    part = np.int64(0)
                     for t in range(a.shape[0]):
                         part += np.int64(a[t]) * np.int64(b[t])
                     z = (z + part % p) % p  # numba's % is Python's: a residue in [0, p)

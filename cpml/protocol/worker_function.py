@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import numpy.typing as npt
 
@@ -50,8 +52,9 @@ def field_compute(
         raise argument_error("w_share", f"have shape ({x_share.shape[-1]}, C x r) with r = {r}", w_share.shape)
     classes = w_share.shape[1] // r
     if x_share.dtype == np.int32 and fused_available(field.p):  # centred: one pass over the share
-        return fused_compute(field, x_share, w_share, coefficients)
-    x = x_share if x_share.dtype == np.float64 else field.centred(x_share)
+        return fused_compute(field, cast("npt.NDArray[np.int32]", x_share), w_share, coefficients)
+    x = cast("npt.NDArray[np.float64] | npt.NDArray[np.int32]",
+             x_share if x_share.dtype == np.float64 else field.centred(x_share))
     z = matmul_mod_centred(field, x, field.centred(w_share)).reshape(-1, classes, r)  # each x̃ · w̃_cj
     p = np.uint64(field.p)
     s = np.full((x_share.shape[0], classes), int(coefficients[0]) % field.p, dtype=np.uint64)
