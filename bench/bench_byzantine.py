@@ -32,8 +32,9 @@ def codeword(scheme: CodingScheme, threshold: int, d: int, rng: np.random.Genera
     """Replies of every worker: random values at the first R points, the rest on the same polynomial."""
     alphas, _ = scheme.points
     first = rng.integers(0, scheme.field.p, size=(threshold, d), dtype=np.uint32)
-    rest = matmul_mod(scheme.field, interpolation_matrix(scheme.field, tuple(alphas[:threshold]),
-                                                         tuple(alphas[threshold:])), first)
+    rest = matmul_mod(
+        scheme.field, interpolation_matrix(scheme.field, tuple(alphas[:threshold]), tuple(alphas[threshold:])), first
+    )
     values = np.concatenate([first, rest])
     return {i: values[i] for i in range(scheme.n)}
 
@@ -76,11 +77,22 @@ def main(argv: list[str] | None = None) -> int:
                     scheme.decode({i: v for i, v in r.items() if i not in wrong}, plan.threshold)
 
         liars = [int(i) for i in order[:a]]  # among the first replies: the worst case for the fast check
-        lying = [{i: (v if i not in liars else (v.astype(np.uint64) + 1).astype(np.uint32) % s.field.p)
-                  for i, v in r.items()} for s, r in zip(schemes, ordered)]
-        row = {"n_workers": plan.n_workers, "k": plan.k, "t": plan.t, "threshold": plan.threshold,
-               "residues": plan.residues, "replies_read": plan.replies_needed,
-               "plain_decode_seconds": timed(plain, args.repeats)}
+        lying = [
+            {
+                i: (v if i not in liars else (v.astype(np.uint64) + 1).astype(np.uint32) % s.field.p)
+                for i, v in r.items()
+            }
+            for s, r in zip(schemes, ordered)
+        ]
+        row = {
+            "n_workers": plan.n_workers,
+            "k": plan.k,
+            "t": plan.t,
+            "threshold": plan.threshold,
+            "residues": plan.residues,
+            "replies_read": plan.replies_needed,
+            "plain_decode_seconds": timed(plain, args.repeats),
+        }
         if a:
             row["decode_all_right_seconds"] = timed(lambda: checked(ordered), args.repeats)
             row["decode_with_wrong_seconds"] = timed(lambda: checked(lying), args.repeats)
@@ -88,9 +100,14 @@ def main(argv: list[str] | None = None) -> int:
             row["ratio_with_wrong"] = row["decode_with_wrong_seconds"] / row["plain_decode_seconds"]
         results[f"A={a}"] = row
         print(f"A={a}", row, flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "load_average_after": [round(v, 2) for v in os.getloadavg()], "numpy": np.__version__,
-            "shape": [m, d], "command": "python bench/bench_byzantine.py"}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "numpy": np.__version__,
+        "shape": [m, d],
+        "command": "python bench/bench_byzantine.py",
+    }
     write_metrics(args.out, {"meta": meta, "results": results})
     print(f"wrote {args.out}")
     return 0

@@ -54,12 +54,29 @@ def synthetic(path: Path, rows: int, cols: int, seed: int = 0) -> Path:
     return path
 
 
-def _settings(dataset: str, n: int, iterations: int, out: Path, prime: int = DEFAULT_PRIME,
-              scaling: str = "minmax", learning_rate: float | None = None) -> TrainSettings:
+def _settings(
+    dataset: str,
+    n: int,
+    iterations: int,
+    out: Path,
+    prime: int = DEFAULT_PRIME,
+    scaling: str = "minmax",
+    learning_rate: float | None = None,
+) -> TrainSettings:
     # every job gets a bias column: CIFAR's 3072 pixels + 1 = the 3073 features of the paper's experiments
-    return TrainSettings(dataset=dataset, intercept=True, scaling=scaling, insecure=True, local_workers=n,
-                         iterations=iterations, prime=prime, learning_rate=learning_rate, out=out, progress=False,
-                         timeouts=Timeouts(connect=300, upload=3600, round=600))
+    return TrainSettings(
+        dataset=dataset,
+        intercept=True,
+        scaling=scaling,
+        insecure=True,
+        local_workers=n,
+        iterations=iterations,
+        prime=prime,
+        learning_rate=learning_rate,
+        out=out,
+        progress=False,
+        timeouts=Timeouts(connect=300, upload=3600, round=600),
+    )
 
 
 def resolved_learning_rate(settings: TrainSettings) -> tuple[float, float]:
@@ -84,10 +101,16 @@ def run_simulator(settings: TrainSettings) -> dict:
     enc_began = time.perf_counter()
     trainer.encode_dataset()
     encode = time.perf_counter() - enc_began
-    return {"wall_seconds": done - began, "load_and_plan_seconds": loaded - began,
-            "train_seconds": done - loaded, "encode_dataset_seconds": encode,
-            "rounds_seconds": (done - loaded) - encode, "weights": result.weights,
-            "test_accuracy": result.history[-1].test_accuracy, "plan": plan}
+    return {
+        "wall_seconds": done - began,
+        "load_and_plan_seconds": loaded - began,
+        "train_seconds": done - loaded,
+        "encode_dataset_seconds": encode,
+        "rounds_seconds": (done - loaded) - encode,
+        "weights": result.weights,
+        "test_accuracy": result.history[-1].test_accuracy,
+        "plan": plan,
+    }
 
 
 async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
@@ -100,19 +123,32 @@ async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
         report = await train(remote)
         wall = time.perf_counter() - began
     rounds = report.history
-    phase = {name: float(np.sum([getattr(r, name) for r in rounds]))
-             for name in ("encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds",
-                          "decode_update_seconds",
-                          "total_seconds")}
-    return {"wall_seconds": wall, "worker_startup_seconds": startup,
-            "train_seconds": report.upload["seconds"] + phase["total_seconds"],
-            "upload_seconds": report.upload["seconds"], "upload_encode_seconds": report.upload["encode_seconds"],
-            "upload_bytes": report.upload["bytes_sent"], "rounds_seconds": phase.pop("total_seconds"),
-            "rounds_phase_seconds": phase,
-            "round_bytes_sent": int(sum(r.bytes_sent for r in rounds)),
-            "round_bytes_received": int(sum(r.bytes_received for r in rounds)),
-            "late_replies": int(sum(r.late_replies for r in rounds)),
-            "weights": report.weights, "test_accuracy": rounds[-1].test_accuracy if rounds else None}
+    phase = {
+        name: float(np.sum([getattr(r, name) for r in rounds]))
+        for name in (
+            "encode_seconds",
+            "send_seconds",
+            "wait_seconds",
+            "worker_compute_seconds",
+            "decode_update_seconds",
+            "total_seconds",
+        )
+    }
+    return {
+        "wall_seconds": wall,
+        "worker_startup_seconds": startup,
+        "train_seconds": report.upload["seconds"] + phase["total_seconds"],
+        "upload_seconds": report.upload["seconds"],
+        "upload_encode_seconds": report.upload["encode_seconds"],
+        "upload_bytes": report.upload["bytes_sent"],
+        "rounds_seconds": phase.pop("total_seconds"),
+        "rounds_phase_seconds": phase,
+        "round_bytes_sent": int(sum(r.bytes_sent for r in rounds)),
+        "round_bytes_received": int(sum(r.bytes_received for r in rounds)),
+        "late_replies": int(sum(r.late_replies for r in rounds)),
+        "weights": report.weights,
+        "test_accuracy": rounds[-1].test_accuracy if rounds else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,39 +174,77 @@ def main(argv: list[str] | None = None) -> int:
             sources["cifar-synthetic"] = str(synthetic(tmp_dir / "cifar_synthetic.npz", shape[0], shape[1] - 1))
         for name in args.datasets.split(","):
             for n in ns:
-                settings = _settings(sources[name], n, iterations, tmp_dir / f"{name}-{n}", PRIMES[name],
-                                     SCALINGS[name])
+                settings = _settings(
+                    sources[name], n, iterations, tmp_dir / f"{name}-{n}", PRIMES[name], SCALINGS[name]
+                )
                 rate, rate_seconds = resolved_learning_rate(settings)
-                settings = _settings(sources[name], n, iterations, tmp_dir / f"{name}-{n}", PRIMES[name],
-                                     SCALINGS[name], learning_rate=rate)
+                settings = _settings(
+                    sources[name],
+                    n,
+                    iterations,
+                    tmp_dir / f"{name}-{n}",
+                    PRIMES[name],
+                    SCALINGS[name],
+                    learning_rate=rate,
+                )
                 print(f"{name} N={n}: simulator ...", file=sys.stderr, flush=True)
                 sim = run_simulator(settings)
                 print(f"{name} N={n}: distributed ...", file=sys.stderr, flush=True)
                 dist = asyncio.run(run_distributed(settings, tmp_dir / f"{name}-{n}"))
                 identical = sim.pop("weights").tobytes() == dist.pop("weights").tobytes()
                 plan = sim.pop("plan")
-                results.append({
-                    "dataset": name, "scaling": settings.scaling, "prime": plan.p, "residues": plan.residues,
-                    "moduli": list(plan.moduli), "lx": plan.lx, "lw": plan.lw, "lc": plan.lc,
-                    "shape": list(shape) if name == "cifar-synthetic" else [361, 65],
-                    "n_workers": n, "k": plan.k, "t": plan.t, "r": plan.r, "threshold": plan.threshold,
-                    "iterations": iterations, "learning_rate": rate, "learning_rate_seconds": rate_seconds,
-                    "weights_bit_identical": identical,
-                    "ratio_distributed_to_simulator": dist["wall_seconds"] / sim["wall_seconds"],
-                    "ratio_train_only": dist["train_seconds"] / sim["train_seconds"],
-                    "simulator": sim, "distributed": dist})
-                print(f"  simulator {sim['wall_seconds']:.2f}s, distributed {dist['wall_seconds']:.2f}s "
-                      f"(x{results[-1]['ratio_distributed_to_simulator']:.2f}), identical={identical}",
-                      file=sys.stderr, flush=True)
-    write_metrics(args.out, {
-        "benchmark": "distributed vs in-process simulator", "quick": args.quick,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform()},
-        "note": ("all N workers and the master share this machine. wall_seconds: data load + plan + training "
-             "(+ the distributed run's health checks, checkpoints and plot); train_seconds: share encoding and "
-             "distribution + all rounds. Worker start-up and the 1/L learning rate (power iteration, the same "
-             "for both) are measured separately and excluded."),
-        "results": results})
+                results.append(
+                    {
+                        "dataset": name,
+                        "scaling": settings.scaling,
+                        "prime": plan.p,
+                        "residues": plan.residues,
+                        "moduli": list(plan.moduli),
+                        "lx": plan.lx,
+                        "lw": plan.lw,
+                        "lc": plan.lc,
+                        "shape": list(shape) if name == "cifar-synthetic" else [361, 65],
+                        "n_workers": n,
+                        "k": plan.k,
+                        "t": plan.t,
+                        "r": plan.r,
+                        "threshold": plan.threshold,
+                        "iterations": iterations,
+                        "learning_rate": rate,
+                        "learning_rate_seconds": rate_seconds,
+                        "weights_bit_identical": identical,
+                        "ratio_distributed_to_simulator": dist["wall_seconds"] / sim["wall_seconds"],
+                        "ratio_train_only": dist["train_seconds"] / sim["train_seconds"],
+                        "simulator": sim,
+                        "distributed": dist,
+                    }
+                )
+                print(
+                    f"  simulator {sim['wall_seconds']:.2f}s, distributed {dist['wall_seconds']:.2f}s "
+                    f"(x{results[-1]['ratio_distributed_to_simulator']:.2f}), identical={identical}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    write_metrics(
+        args.out,
+        {
+            "benchmark": "distributed vs in-process simulator",
+            "quick": args.quick,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "platform": platform.platform(),
+            },
+            "note": (
+                "all N workers and the master share this machine. wall_seconds: data load + plan + training "
+                "(+ the distributed run's health checks, checkpoints and plot); train_seconds: share encoding and "
+                "distribution + all rounds. Worker start-up and the 1/L learning rate (power iteration, the same "
+                "for both) are measured separately and excluded."
+            ),
+            "results": results,
+        },
+    )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0 if all(r["weights_bit_identical"] for r in results) else 1
 

@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": git_commit(),
         "wall_seconds": round(time.perf_counter() - began, 1),
         "plan": {"N": N_WORKERS, "K": K, "T": T, "r": R_DEGREE, "R": THRESHOLD, "p": field.p},
-        "targets": {"exact_over_raw_max": TARGET_EXACT_OVER_RAW,
-                    "baseline_over_exact_min": TARGET_BASELINE_OVER_EXACT,
-                    "applies_to": "encoding"},
+        "targets": {
+            "exact_over_raw_max": TARGET_EXACT_OVER_RAW,
+            "baseline_over_exact_min": TARGET_BASELINE_OVER_EXACT,
+            "applies_to": "encoding",
+        },
         "summary": summary(results),
         "datasets": results,
         "machine": machine_info(load_start),
@@ -118,9 +120,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small shapes, to check the script (seconds)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "field.json"), help="JSON path")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 7, quick 3)")
-    parser.add_argument("--baseline-fraction", type=float, default=None,
-                        help="fraction of the data rows naive/galois are timed on, scaled linearly "
-                             "(default 1: the full shapes)")
+    parser.add_argument(
+        "--baseline-fraction",
+        type=float,
+        default=None,
+        help="fraction of the data rows naive/galois are timed on, scaled linearly (default 1: the full shapes)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the benchmark's (public) data")
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -142,9 +147,7 @@ def baseline_repeats(args: argparse.Namespace) -> int:
 # --- timing -----------------------------------------------------------------------------------------
 
 
-def interleaved(
-    variants: dict[str, Callable[[], Any]], repeats: int, warm_up: bool = True
-) -> dict[str, list[float]]:
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int, warm_up: bool = True) -> dict[str, list[float]]:
     """Wall seconds of each variant, repeat by repeat, after one untimed warm-up call each (unless warm)."""
     for fn in variants.values() if warm_up else ():
         fn()
@@ -200,7 +203,12 @@ def subset_rows(rows: int, fraction: float) -> int:
 
 
 def bench_dataset(
-    field: PrimeField, scheme: CodingScheme, gf: Any, m: int, d: int, rng: np.random.Generator,
+    field: PrimeField,
+    scheme: CodingScheme,
+    gf: Any,
+    m: int,
+    d: int,
+    rng: np.random.Generator,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """Every kernel for one dataset shape."""
@@ -216,7 +224,12 @@ def bench_dataset(
 
 
 def bench_encoding(
-    field: PrimeField, scheme: CodingScheme, gf: Any, rows: int, d: int, rng: np.random.Generator,
+    field: PrimeField,
+    scheme: CodingScheme,
+    gf: Any,
+    rows: int,
+    d: int,
+    rng: np.random.Generator,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """The Lagrange encoding GEMM: (N x (K+T)) @ ((K+T) x rows*d) mod p."""
@@ -225,8 +238,10 @@ def bench_encoding(
     encoder = scheme.encoder
     data = field.centred(rng.integers(0, p, (K + T, cols), dtype=np.uint32))
     data32 = data.astype(np.int32)  # the form CodingScheme.encode stacks the data and masks in
-    fast = interleaved({"exact": lambda: matmul_mod_centred(field, encoder, data32),
-                        "raw_float64": lambda: encoder @ data}, args.repeats)
+    fast = interleaved(
+        {"exact": lambda: matmul_mod_centred(field, encoder, data32), "raw_float64": lambda: encoder @ data},
+        args.repeats,
+    )
     sub_rows = subset_rows(rows, args.baseline_fraction)
     sub_cols = sub_rows * d
     scale = cols / sub_cols
@@ -236,16 +251,26 @@ def bench_encoding(
     exact_sub = matmul_mod_centred(field, encoder, np.ascontiguousarray(data32[:, :sub_cols]))
     check_equal("encoding naive int64", naive_matmul_mod(enc_int, data_int, p), exact_sub)
     check_equal("encoding galois", np.asarray(enc_gf @ data_gf), exact_sub)
-    check_equal("encoding exact (full, float64 operand) vs its first columns",
-                matmul_mod_centred(field, encoder, data)[:, :sub_cols], exact_sub)
-    slow = interleaved({"naive_int64": lambda: naive_matmul_mod(enc_int, data_int, p),
-                        "galois": lambda: enc_gf @ data_gf}, baseline_repeats(args), warm_up=False)
+    check_equal(
+        "encoding exact (full, float64 operand) vs its first columns",
+        matmul_mod_centred(field, encoder, data)[:, :sub_cols],
+        exact_sub,
+    )
+    slow = interleaved(
+        {"naive_int64": lambda: naive_matmul_mod(enc_int, data_int, p), "galois": lambda: enc_gf @ data_gf},
+        baseline_repeats(args),
+        warm_up=False,
+    )
     return kernel_entry(
         shapes={"a": [N_WORKERS, K + T], "b": [K + T, cols], "out": [N_WORKERS, cols]},
-        fast=fast, slow=slow, scale=scale, fraction=sub_rows / rows, with_targets=True,
+        fast=fast,
+        slow=slow,
+        scale=scale,
+        fraction=sub_rows / rows,
+        with_targets=True,
         note="exact = matmul_mod_centred on the data as centred int32 (how CodingScheme.encode stacks it); "
-             "raw_float64 = encoder @ data on a float64 copy, no reduction; naive_int64 and galois keep "
-             "their own int64 / GF(p) copies, made once",
+        "raw_float64 = encoder @ data on a float64 copy, no reduction; naive_int64 and galois keep "
+        "their own int64 / GF(p) copies, made once",
     )
 
 
@@ -270,10 +295,15 @@ def bench_worker(
     x3, w3, c2 = x[np.newaxis], w[np.newaxis], coefficients[np.newaxis]
     prepared = prepare_share(basis, x3)  # what the daemon holds while a job computes
     limbs = xf[np.newaxis]  # the float64 form the BLAS limb kernels compute on (without numba, or p >= 2^27.5)
-    fast = interleaved({"exact": lambda: worker_compute(basis, prepared, w3, c2)[0],
-                        "exact_float64_limbs": lambda: worker_compute(basis, limbs, w3, c2)[0],
-                        "exact_from_uint32": lambda: worker_compute(basis, x3, w3, c2)[0],
-                        "raw_float64": raw}, args.repeats)
+    fast = interleaved(
+        {
+            "exact": lambda: worker_compute(basis, prepared, w3, c2)[0],
+            "exact_float64_limbs": lambda: worker_compute(basis, limbs, w3, c2)[0],
+            "exact_from_uint32": lambda: worker_compute(basis, x3, w3, c2)[0],
+            "raw_float64": raw,
+        },
+        args.repeats,
+    )
     sub_rows = subset_rows(rows, args.baseline_fraction)
     xs = np.ascontiguousarray(x[:sub_rows])
     wi, ci = w.astype(np.int64), coefficients.astype(np.int64)
@@ -295,13 +325,17 @@ def bench_worker(
     slow = interleaved({"naive_int64": naive, "galois": galois_step}, baseline_repeats(args), warm_up=False)
     return kernel_entry(
         shapes={"x_share": [rows, d], "w_share": [d, 1], "out": [d]},
-        fast=fast, slow=slow, scale=rows / sub_rows, fraction=sub_rows / rows, with_targets=False,
+        fast=fast,
+        slow=slow,
+        scale=rows / sub_rows,
+        fraction=sub_rows / rows,
+        with_targets=False,
         note="exact = cpml.protocol.worker_function.worker_compute for one residue modulus on the share prepared "
-             "once (prepare_share, as the daemon does per job: centred int32 for the fused one-pass step); "
-             "exact_float64_limbs = the same on a centred float64 share (the BLAS limb kernels); a job with k "
-             "residues costs k times this (see worker_residues); exact_from_uint32 converts the "
-             "uint32 share on every call; naive_int64 keeps an int64 copy of the share; galois keeps it as a "
-             "GF(p) array; raw_float64 = the same two products on a float64 copy, no reduction",
+        "once (prepare_share, as the daemon does per job: centred int32 for the fused one-pass step); "
+        "exact_float64_limbs = the same on a centred float64 share (the BLAS limb kernels); a job with k "
+        "residues costs k times this (see worker_residues); exact_from_uint32 converts the "
+        "uint32 share on every call; naive_int64 keeps an int64 copy of the share; galois keeps it as a "
+        "GF(p) array; raw_float64 = the same two products on a float64 copy, no reduction",
     )
 
 
@@ -315,8 +349,10 @@ def bench_worker_residues(rows: int, d: int, rng: np.random.Generator, args: arg
     for residues in RESIDUES:
         basis = ResidueBasis(residue_primes(DEFAULT_PRIME, residues))
         copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (residues * rows * d * 4)))
-        shares = [prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32)
-                                                 for p in basis.moduli])) for _ in range(copies)]
+        shares = [
+            prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32) for p in basis.moduli]))
+            for _ in range(copies)
+        ]
         w = np.stack([rng.integers(0, p, (d, 1), dtype=np.uint32) for p in basis.moduli])
         c = np.stack([rng.integers(0, p, 2, dtype=np.uint32) for p in basis.moduli])
         turn = itertools.cycle(shares)
@@ -343,13 +379,17 @@ def bench_worker_residues(rows: int, d: int, rng: np.random.Generator, args: arg
     # the stricter reference: whichever raw way was faster here (BLAS's threads help on an idle machine only)
     best = min(("raw_float64", "raw_float64_one_thread"), key=lambda name: seconds[name]["median"])
     return {
-        "shape": [rows, d], "share_form": form, "copies_cycled": copies_used, "seconds": seconds, "raw_reference": best,
+        "shape": [rows, d],
+        "share_form": form,
+        "copies_cycled": copies_used,
+        "seconds": seconds,
+        "raw_reference": best,
         "ratios": {f"exact_{k}_over_raw": seconds[f"exact_{k}"]["median"] / seconds[best]["median"] for k in RESIDUES}
-                  | {f"exact_{k}_over_raw_paired": paired_ratio(times[f"exact_{k}"], times[best]) for k in RESIDUES},
+        | {f"exact_{k}_over_raw_paired": paired_ratio(times[f"exact_{k}"], times[best]) for k in RESIDUES},
         "note": "exact_k = worker_compute (X^T s(X w), r = 1) on a share of k residues as prepare_share keeps "
-                "it (centred int32 for the fused one-pass step; float64 without numba); raw_float64 = the same "
-                "two products on one float64 share (BLAS, its own threads), no reduction. Each call reads a "
-                "share no recent call touched.",
+        "it (centred int32 for the fused one-pass step; float64 without numba); raw_float64 = the same "
+        "two products on one float64 share (BLAS, its own threads), no reduction. Each call reads a "
+        "share no recent call touched.",
     }
 
 
@@ -370,28 +410,45 @@ def bench_decoding(
     check_equal("decoding naive int64", naive_matmul_mod(di, si, p), exact)
     check_equal("decoding galois", np.asarray(d_gf @ s_gf), exact)
     check_equal("CodingScheme.decode", scheme.decode(replies, THRESHOLD), exact)
-    fast = interleaved({"exact": lambda: matmul_mod_centred(field, dc, sc), "raw_float64": lambda: dc @ sc,
-                        "decode_full": lambda: scheme.decode(replies, THRESHOLD)}, args.repeats)
-    slow = interleaved({"naive_int64": lambda: naive_matmul_mod(di, si, p), "galois": lambda: d_gf @ s_gf},
-                       args.repeats)
-    entry = kernel_entry(shapes={"a": [K, THRESHOLD], "b": [THRESHOLD, d], "out": [K, d]},
-                         fast=fast, slow=slow, scale=1.0, fraction=1.0, with_targets=False,
-                         note="decode_full = CodingScheme.decode: reply checks, centring, cached decoder, product")
+    fast = interleaved(
+        {
+            "exact": lambda: matmul_mod_centred(field, dc, sc),
+            "raw_float64": lambda: dc @ sc,
+            "decode_full": lambda: scheme.decode(replies, THRESHOLD),
+        },
+        args.repeats,
+    )
+    slow = interleaved(
+        {"naive_int64": lambda: naive_matmul_mod(di, si, p), "galois": lambda: d_gf @ s_gf}, args.repeats
+    )
+    entry = kernel_entry(
+        shapes={"a": [K, THRESHOLD], "b": [THRESHOLD, d], "out": [K, d]},
+        fast=fast,
+        slow=slow,
+        scale=1.0,
+        fraction=1.0,
+        with_targets=False,
+        note="decode_full = CodingScheme.decode: reply checks, centring, cached decoder, product",
+    )
     return entry
 
 
 def bench_masks(field: PrimeField, cols: int, repeats: int) -> dict[str, Any]:
     """The T mask rows of the dataset encoding, from the CSPRNG sampler; os.urandom of as many bytes beside."""
     print(f"  masks ({T} x {cols})", flush=True)
-    times = interleaved({"uniform": lambda: uniform(field, (T, cols)),
-                         "os_urandom_same_bytes": lambda: os.urandom(4 * T * cols)}, repeats)
+    times = interleaved(
+        {"uniform": lambda: uniform(field, (T, cols)), "os_urandom_same_bytes": lambda: os.urandom(4 * T * cols)},
+        repeats,
+    )
     return {
         "shape": [T, cols],
         "seconds": {name: stats_of(v) for name, v in times.items()},
-        "ratios": {"uniform_over_os_urandom": statistics.median(times["uniform"])
-                   / statistics.median(times["os_urandom_same_bytes"])},
+        "ratios": {
+            "uniform_over_os_urandom": statistics.median(times["uniform"])
+            / statistics.median(times["os_urandom_same_bytes"])
+        },
         "note": "uniform = ChaCha20 keystream (cryptography/OpenSSL) under fresh os.urandom keys, rejection "
-                "of draws >= p; os.urandom of the same byte count is the cost of the kernel's generator alone",
+        "of draws >= p; os.urandom of the same byte count is the cost of the kernel's generator alone",
     }
 
 
@@ -404,13 +461,14 @@ def bench_encode_full(
     secrets = field.centred(rng.integers(0, field.p, (K, cols), dtype=np.uint32), np.int32)  # as the trainer has it
     stacked = np.concatenate([secrets.astype(np.float64), field.centred(uniform(field, (T, cols)))])
     encoder = scheme.encoder
-    times = interleaved({"encode": lambda: scheme.encode(secrets), "raw_float64": lambda: encoder @ stacked},
-                        repeats)
+    times = interleaved({"encode": lambda: scheme.encode(secrets), "raw_float64": lambda: encoder @ stacked}, repeats)
     return {
         "shape": {"secrets": [K, cols], "out": [N_WORKERS, cols]},
         "seconds": {name: stats_of(v) for name, v in times.items()},
-        "ratios": {"encode_over_raw": statistics.median(times["encode"]) / statistics.median(times["raw_float64"]),
-                   "encode_over_raw_paired": paired_ratio(times["encode"], times["raw_float64"])},
+        "ratios": {
+            "encode_over_raw": statistics.median(times["encode"]) / statistics.median(times["raw_float64"]),
+            "encode_over_raw_paired": paired_ratio(times["encode"], times["raw_float64"]),
+        },
     }
 
 
@@ -424,22 +482,33 @@ def bench_large_prime_encoding(m: int, d: int, rng: np.random.Generator, repeats
     data = field.centred(rng.integers(0, field.p, (K + T, cols), dtype=np.uint32))
     data32 = data.astype(np.int32)
     probe = slice(0, min(cols, 257))
-    check_equal("large-prime encoding vs Python ints", matmul_mod_centred(field, encoder, data32[:, probe]),
-                python_reference(encoder, data[:, probe], field.p))
-    times = interleaved({"exact": lambda: matmul_mod_centred(field, encoder, data32),
-                         "raw_float64": lambda: encoder @ data}, repeats)
+    check_equal(
+        "large-prime encoding vs Python ints",
+        matmul_mod_centred(field, encoder, data32[:, probe]),
+        python_reference(encoder, data[:, probe], field.p),
+    )
+    times = interleaved(
+        {"exact": lambda: matmul_mod_centred(field, encoder, data32), "raw_float64": lambda: encoder @ data}, repeats
+    )
     return {
         "p": field.p,
         "shape": {"a": [N_WORKERS, K + T], "b": [K + T, cols]},
         "seconds": {name: stats_of(v) for name, v in times.items()},
-        "ratios": {"exact_over_raw": statistics.median(times["exact"]) / statistics.median(times["raw_float64"]),
-                   "exact_over_raw_paired": paired_ratio(times["exact"], times["raw_float64"])},
+        "ratios": {
+            "exact_over_raw": statistics.median(times["exact"]) / statistics.median(times["raw_float64"]),
+            "exact_over_raw_paired": paired_ratio(times["exact"], times["raw_float64"]),
+        },
     }
 
 
 def kernel_entry(
-    shapes: dict[str, list[int]], fast: dict[str, list[float]], slow: dict[str, list[float]], scale: float,
-    fraction: float, with_targets: bool, note: str | None = None,
+    shapes: dict[str, list[int]],
+    fast: dict[str, list[float]],
+    slow: dict[str, list[float]],
+    scale: float,
+    fraction: float,
+    with_targets: bool,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Seconds, ratios and (for the encoding) whether the targets are met."""
     seconds = {name: stats_of(v) for name, v in fast.items()}
@@ -468,13 +537,16 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, r in results.items():
         out[name] = {
-            "encoding_seconds": {k: round(r["encoding"]["seconds"][k]["median"], 4)
-                                 for k in ("exact", "raw_float64", "naive_int64", "galois")},
+            "encoding_seconds": {
+                k: round(r["encoding"]["seconds"][k]["median"], 4)
+                for k in ("exact", "raw_float64", "naive_int64", "galois")
+            },
             "encoding_ratios": {k: round(v, 2) for k, v in r["encoding"]["ratios"].items()},
             "encoding_targets_met": r["encoding"]["targets_met"],
             "worker_ratios": {k: round(v, 2) for k, v in r["worker"]["ratios"].items()},
-            "worker_out_of_cache_over_raw": {k: round(v, 2) for k, v in r["worker_residues"]["ratios"].items()
-                                             if not k.endswith("paired")},
+            "worker_out_of_cache_over_raw": {
+                k: round(v, 2) for k, v in r["worker_residues"]["ratios"].items() if not k.endswith("paired")
+            },
             "decoding_ratios": {k: round(v, 2) for k, v in r["decoding"]["ratios"].items()},
             "masks_seconds": round(r["masks"]["seconds"]["uniform"]["median"], 4),
             "encode_full_over_raw": round(r["encode_full"]["ratios"]["encode_over_raw"], 2),
@@ -527,9 +599,16 @@ def machine_info(load_start: tuple[float, float, float]) -> dict[str, Any]:
         "platform": platform.platform(),
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
-        "environment": {key: os.environ.get(key) for key in (
-            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS")},
+        "environment": {
+            key: os.environ.get(key)
+            for key in (
+                "OPENBLAS_CORETYPE",
+                "OPENBLAS_L2_SIZE",
+                "OPENBLAS_NUM_THREADS",
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+            )
+        },
     }
 
 
@@ -550,8 +629,9 @@ def software_info(galois_version: str) -> dict[str, Any]:
 def git_commit() -> str | None:
     """The commit the benchmarked code comes from, if this is a git checkout."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 

@@ -61,9 +61,22 @@ def start_workers(count: int, directory: Path) -> tuple[list[subprocess.Popen], 
     processes, files = [], []
     for i in range(count):
         port_file = directory / f"worker{i}.port"
-        processes.append(subprocess.Popen([str(BIN / "cpml-worker"), "--listen", "127.0.0.1:0", "--insecure",
-                                           "--port-file", str(port_file), "--log-level", "warning"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "cpml-worker"),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--insecure",
+                    "--port-file",
+                    str(port_file),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         files.append(port_file)
     deadline = time.monotonic() + 120
     while not all(f.exists() for f in files):
@@ -75,23 +88,44 @@ def start_workers(count: int, directory: Path) -> tuple[list[subprocess.Popen], 
 
 def run_cpml(dataset: Path, workers: list[str], iterations: int, out: Path) -> dict:
     """One `cpml-master train` process: seconds to model.json and to exit, and its model's weights."""
-    command = [str(BIN / "cpml-master"), "train", "--dataset", str(dataset), "--workers", ",".join(workers),
-               "--insecure", "--iterations", str(iterations), "--out", str(out), "--log-level", "error"]
+    command = [
+        str(BIN / "cpml-master"),
+        "train",
+        "--dataset",
+        str(dataset),
+        "--workers",
+        ",".join(workers),
+        "--insecure",
+        "--iterations",
+        str(iterations),
+        "--out",
+        str(out),
+        "--log-level",
+        "error",
+    ]
     began = time.time()
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     ended = time.time()
     if run.returncode != 0:
         raise RuntimeError(f"cpml-master train failed ({run.returncode}): {run.stderr[-2000:]}")
     model = json.loads((out / "model.json").read_text())
-    return {"seconds_to_model": (out / "model.json").stat().st_mtime - began, "seconds_to_exit": ended - began,
-            "weights": model["weights"], "learning_rate": model["plan"]["learning_rate"]}
+    return {
+        "seconds_to_model": (out / "model.json").stat().st_mtime - began,
+        "seconds_to_exit": ended - began,
+        "weights": model["weights"],
+        "learning_rate": model["plan"]["learning_rate"],
+    }
 
 
 def run_mpyc(task: Path, out: Path) -> dict:
     """One three-party MPyC run (`-M3`: party 0 starts the other two): its in-protocol seconds and weights."""
     began = time.time()
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "mpyc_logistic.py"), "-M3", str(task), str(out)],
-                         capture_output=True, text=True, timeout=3600)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "mpyc_logistic.py"), "-M3", str(task), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     ended = time.time()
     if run.returncode != 0:
         raise RuntimeError(f"the MPyC run failed ({run.returncode}): {run.stderr[-2000:]}")
@@ -121,13 +155,20 @@ def main() -> None:
             for repeat in range(repeats):
                 cpml_runs.append(run_cpml(dataset, addresses, iterations, tmp_path / f"cpml{repeat}"))
                 task = tmp_path / "mpyc_task.npz"
-                np.savez(task, x_train=data.x_train, y_train=data.y_train, iterations=iterations,
-                         learning_rate=cpml_runs[0]["learning_rate"],
-                         coefficients=np.array(model_coefficients("logistic", 1, SIGMOID_INTERVAL)))
+                np.savez(
+                    task,
+                    x_train=data.x_train,
+                    y_train=data.y_train,
+                    iterations=iterations,
+                    learning_rate=cpml_runs[0]["learning_rate"],
+                    coefficients=np.array(model_coefficients("logistic", 1, SIGMOID_INTERVAL)),
+                )
                 mpyc_runs.append(run_mpyc(task, tmp_path / f"mpyc{repeat}.json"))
-                print(f"run {repeat + 1}: cpml {cpml_runs[-1]['seconds_to_model']:.2f} s to model.json "
-                      f"({cpml_runs[-1]['seconds_to_exit']:.2f} s to exit), MPyC {mpyc_runs[-1]['seconds']:.2f} s",
-                      flush=True)
+                print(
+                    f"run {repeat + 1}: cpml {cpml_runs[-1]['seconds_to_model']:.2f} s to model.json "
+                    f"({cpml_runs[-1]['seconds_to_exit']:.2f} s to exit), MPyC {mpyc_runs[-1]['seconds']:.2f} s",
+                    flush=True,
+                )
         finally:
             for worker in workers:
                 worker.terminate()
@@ -136,30 +177,58 @@ def main() -> None:
     cpml_median = statistics.median(r["seconds_to_model"] for r in cpml_runs)
     cpml_exit = statistics.median(r["seconds_to_exit"] for r in cpml_runs)
     mpyc_median = statistics.median(r["seconds"] for r in mpyc_runs)
-    scores = {name: accuracy(data.x_test, data.y_test, np.array(runs[-1]["weights"]), "logistic")
-              for name, runs in (("cpml", cpml_runs), ("mpyc", mpyc_runs))}
+    scores = {
+        name: accuracy(data.x_test, data.y_test, np.array(runs[-1]["weights"]), "logistic")
+        for name, runs in (("cpml", cpml_runs), ("mpyc", mpyc_runs))
+    }
     result = {
-        "task": {"images": images, "pixels": side * side, "train_rows": int(data.x_train.shape[0]),
-                 "features": int(data.x_train.shape[1]), "test_rows": int(data.x_test.shape[0]),
-                 "iterations": iterations, "labels": "digit >= 5 (scikit-learn digits, upsampled bilinearly)"},
-        "cpml": {"workers": WORKERS, "seconds_to_model_json": [r["seconds_to_model"] for r in cpml_runs],
-                 "seconds_to_exit": [r["seconds_to_exit"] for r in cpml_runs], "median_to_model_json": cpml_median,
-                 "median_to_exit": cpml_exit, "test_accuracy": scores["cpml"]},
-        "mpyc": {"parties": 3, "fractional_bits": 16, "bits": 32, "seconds": [r["seconds"] for r in mpyc_runs],
-                 "seconds_to_exit": [r["seconds_to_exit"] for r in mpyc_runs], "median": mpyc_median,
-                 "test_accuracy": scores["mpyc"]},
+        "task": {
+            "images": images,
+            "pixels": side * side,
+            "train_rows": int(data.x_train.shape[0]),
+            "features": int(data.x_train.shape[1]),
+            "test_rows": int(data.x_test.shape[0]),
+            "iterations": iterations,
+            "labels": "digit >= 5 (scikit-learn digits, upsampled bilinearly)",
+        },
+        "cpml": {
+            "workers": WORKERS,
+            "seconds_to_model_json": [r["seconds_to_model"] for r in cpml_runs],
+            "seconds_to_exit": [r["seconds_to_exit"] for r in cpml_runs],
+            "median_to_model_json": cpml_median,
+            "median_to_exit": cpml_exit,
+            "test_accuracy": scores["cpml"],
+        },
+        "mpyc": {
+            "parties": 3,
+            "fractional_bits": 16,
+            "bits": 32,
+            "seconds": [r["seconds"] for r in mpyc_runs],
+            "seconds_to_exit": [r["seconds_to_exit"] for r in mpyc_runs],
+            "median": mpyc_median,
+            "test_accuracy": scores["mpyc"],
+        },
         "speedup_to_model_json": mpyc_median / cpml_median,
         "speedup_to_exit": mpyc_median / cpml_exit,
-        "note": ("cpml: process start of `cpml-master train` (daemons already up) to model.json written, and to "
-                 "its exit; MPyC: its parties' connection to the opened weights (start-up left out). Medians of "
-                 "alternating runs; both models scored on the same test rows."),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "note": (
+            "cpml: process start of `cpml-master train` (daemons already up) to model.json written, and to "
+            "its exit; MPyC: its parties' connection to the opened weights (start-up left out). Medians of "
+            "alternating runs; both models scored on the same test rows."
+        ),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+        },
     }
     write_metrics(args.out, result)
-    print(f"cpml {cpml_median:.2f} s to model.json ({cpml_exit:.2f} s to exit), accuracy {scores['cpml']:.4f}; "
-          f"MPyC {mpyc_median:.2f} s, accuracy {scores['mpyc']:.4f}; {result['speedup_to_model_json']:.1f}x "
-          f"({result['speedup_to_exit']:.1f}x to exit). Wrote {args.out}")
+    print(
+        f"cpml {cpml_median:.2f} s to model.json ({cpml_exit:.2f} s to exit), accuracy {scores['cpml']:.4f}; "
+        f"MPyC {mpyc_median:.2f} s, accuracy {scores['mpyc']:.4f}; {result['speedup_to_model_json']:.1f}x "
+        f"({result['speedup_to_exit']:.1f}x to exit). Wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

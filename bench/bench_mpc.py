@@ -102,12 +102,34 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _settings(source: str, test_fraction: float, n: int, iterations: int, precision: dict[str, int | None],
-              prime: int, seed: int, out: Path, workers: tuple[str, ...], case: int = 2) -> TrainSettings:
-    return TrainSettings(dataset=source, test_fraction=test_fraction, scaling=SCALING, workers=workers,
-                         insecure=True, local_workers=n, case=case, iterations=iterations, prime=prime,
-                         seed=seed, out=out, progress=False,
-                         timeouts=Timeouts(connect=600, upload=7200, round=3600), **precision)
+def _settings(
+    source: str,
+    test_fraction: float,
+    n: int,
+    iterations: int,
+    precision: dict[str, int | None],
+    prime: int,
+    seed: int,
+    out: Path,
+    workers: tuple[str, ...],
+    case: int = 2,
+) -> TrainSettings:
+    return TrainSettings(
+        dataset=source,
+        test_fraction=test_fraction,
+        scaling=SCALING,
+        workers=workers,
+        insecure=True,
+        local_workers=n,
+        case=case,
+        iterations=iterations,
+        prime=prime,
+        seed=seed,
+        out=out,
+        progress=False,
+        timeouts=Timeouts(connect=600, upload=7200, round=3600),
+        **precision,
+    )
 
 
 async def run_networked(protocol: str, settings: TrainSettings, pids: list[int]) -> dict[str, Any]:
@@ -129,25 +151,43 @@ async def run_networked(protocol: str, settings: TrainSettings, pids: list[int])
         received = kinds.get("gradient", 0)
         between = sum(w["bytes_by_kind"].get(k, 0) for w in report.workers.values() for k in WORKER_TO_WORKER)
         weights = session.weights
-        shape = {"t": session.mpc.t, "groups": session.mpc.groups, "group_size": session.mpc.group_size,
-                 "active_workers": session.mpc.active_workers,
-                 "worker_messages": _sum_kinds(report.workers, "messages_by_kind"),
-                 "worker_bytes": _sum_kinds(report.workers, "bytes_by_kind")}
+        shape = {
+            "t": session.mpc.t,
+            "groups": session.mpc.groups,
+            "group_size": session.mpc.group_size,
+            "active_workers": session.mpc.active_workers,
+            "worker_messages": _sum_kinds(report.workers, "messages_by_kind"),
+            "worker_bytes": _sum_kinds(report.workers, "bytes_by_kind"),
+        }
     cpu_after, own_after = worker_cpu_seconds(pids), own_cpu_seconds()
     worker_cpu = {pid: cpu_after[pid] - cpu_before[pid] for pid in pids}
     total = setup["seconds"] + sum(r.total_seconds for r in rounds)
     encode = setup["encode_seconds"] + sum(r.encode_seconds for r in rounds)
     comp = max(worker_cpu.values())
     final = rounds[-1]
-    return {"protocol": protocol, **shape, "total_seconds": total, "encode_seconds": encode,
-            "computation_seconds": comp, "communication_and_wait_seconds": max(total - encode - comp, 0.0),
-            "setup_seconds": setup["seconds"], "rounds_seconds": sum(r.total_seconds for r in rounds),
-            "master_cpu_seconds": own_after - own_before, "workers_cpu_seconds": sum(worker_cpu.values()),
-            "max_worker_cpu_seconds": comp,
-            "bytes": {"master_to_workers": int(sent), "workers_to_master": int(received),
-                      "worker_to_worker": int(between), "total": int(sent + received + between)},
-            "train_accuracy": final.train_accuracy, "test_accuracy": final.test_accuracy, "loss": final.loss,
-            "weights": np.asarray(weights)}
+    return {
+        "protocol": protocol,
+        **shape,
+        "total_seconds": total,
+        "encode_seconds": encode,
+        "computation_seconds": comp,
+        "communication_and_wait_seconds": max(total - encode - comp, 0.0),
+        "setup_seconds": setup["seconds"],
+        "rounds_seconds": sum(r.total_seconds for r in rounds),
+        "master_cpu_seconds": own_after - own_before,
+        "workers_cpu_seconds": sum(worker_cpu.values()),
+        "max_worker_cpu_seconds": comp,
+        "bytes": {
+            "master_to_workers": int(sent),
+            "workers_to_master": int(received),
+            "worker_to_worker": int(between),
+            "total": int(sent + received + between),
+        },
+        "train_accuracy": final.train_accuracy,
+        "test_accuracy": final.test_accuracy,
+        "loss": final.loss,
+        "weights": np.asarray(weights),
+    }
 
 
 def _sum_kinds(workers: dict[int, dict[str, Any]], key: str) -> dict[str, int]:
@@ -198,17 +238,35 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
         received = kinds["gradient"]
         between = sum(kinds.get(k, 0) for k in WORKER_TO_WORKER)
         weights, final = run.training.weights, run.training.history[-1]
-        shape = {"t": mpc.t, "groups": mpc.groups, "group_size": mpc.group_size,
-                 "active_workers": mpc.active_workers, "worker_messages": dict(run.traffic.messages)}
+        shape = {
+            "t": mpc.t,
+            "groups": mpc.groups,
+            "group_size": mpc.group_size,
+            "active_workers": mpc.active_workers,
+            "worker_messages": dict(run.traffic.messages),
+        }
     total = time.perf_counter() - began
-    return {"protocol": protocol, **shape, "total_seconds": total, "encode_seconds": encode,
-            "computation_seconds": max(comp.values()), "communication_and_wait_seconds": None,
-            "master_cpu_seconds": own_cpu_seconds() - cpu_began - sum(comp.values()),
-            "workers_cpu_seconds": sum(comp.values()), "max_worker_cpu_seconds": max(comp.values()),
-            "bytes": {"master_to_workers": int(sent), "workers_to_master": int(received),
-                      "worker_to_worker": int(between), "total": int(sent + received + between)},
-            "train_accuracy": final.train_accuracy, "test_accuracy": final.test_accuracy, "loss": final.loss,
-            "weights": np.asarray(weights)}
+    return {
+        "protocol": protocol,
+        **shape,
+        "total_seconds": total,
+        "encode_seconds": encode,
+        "computation_seconds": max(comp.values()),
+        "communication_and_wait_seconds": None,
+        "master_cpu_seconds": own_cpu_seconds() - cpu_began - sum(comp.values()),
+        "workers_cpu_seconds": sum(comp.values()),
+        "max_worker_cpu_seconds": max(comp.values()),
+        "bytes": {
+            "master_to_workers": int(sent),
+            "workers_to_master": int(received),
+            "worker_to_worker": int(between),
+            "total": int(sent + received + between),
+        },
+        "train_accuracy": final.train_accuracy,
+        "test_accuracy": final.test_accuracy,
+        "loss": final.loss,
+        "weights": np.asarray(weights),
+    }
 
 
 @contextlib.asynccontextmanager
@@ -226,17 +284,40 @@ async def serving(n: int, workdir: Path, lab: NetLab | None) -> AsyncIterator[tu
         await asyncio.to_thread(lab.stop, processes)
 
 
-async def bench_dataset(name: str, source: str, test_fraction: float, ns: list[int], protocols: list[str],
-                        iterations: int, prime: int, seed: int, workdir: Path, in_process: bool,
-                        fixed: dict[str, int | None], lab: NetLab | None = None) -> dict[str, Any]:
+async def bench_dataset(
+    name: str,
+    source: str,
+    test_fraction: float,
+    ns: list[int],
+    protocols: list[str],
+    iterations: int,
+    prime: int,
+    seed: int,
+    workdir: Path,
+    in_process: bool,
+    fixed: dict[str, int | None],
+    lab: NetLab | None = None,
+) -> dict[str, Any]:
     """Every protocol at every N on one dataset, at the precision `fixed` leaves to choose automatically."""
     probe = _settings(source, test_fraction, ns[0], iterations, fixed, prime, seed, workdir / f"{name}-precision", ())
     precision = common_precision(probe)
     runs = []
     for n in ns:
-        settings = {p: _settings(source, test_fraction, n, iterations, precision, prime, seed,
-                                 workdir / f"{name}-{n}-{p}", (), case=1 if p == "cpml-case1" else 2)
-                    for p in protocols}
+        settings = {
+            p: _settings(
+                source,
+                test_fraction,
+                n,
+                iterations,
+                precision,
+                prime,
+                seed,
+                workdir / f"{name}-{n}-{p}",
+                (),
+                case=1 if p == "cpml-case1" else 2,
+            )
+            for p in protocols
+        }
         if in_process:
             for protocol in protocols:
                 _progress(f"{name} N={n} {protocol} (in-process)")
@@ -248,13 +329,21 @@ async def bench_dataset(name: str, source: str, test_fraction: float, ns: list[i
                     remote = TrainSettings(**{**settings[protocol].__dict__, "workers": tuple(addresses)})
                     runs.append({"n_workers": n, **await run_networked(protocol, remote, pids)})
         reference = runs[-len(protocols)]["weights"]
-        for run in runs[-len(protocols):]:
+        for run in runs[-len(protocols) :]:
             run["weights_identical_to_" + protocols[0]] = bool(np.array_equal(run.pop("weights"), reference))
-            _progress(f"  {run['protocol']}: {run['total_seconds']:.2f}s, {run['bytes']['total'] / 1e6:.2f} MB, "
-                      f"test accuracy {run['test_accuracy']}")
+            _progress(
+                f"  {run['protocol']}: {run['total_seconds']:.2f}s, {run['bytes']['total'] / 1e6:.2f} MB, "
+                f"test accuracy {run['test_accuracy']}"
+            )
     rows, cols = load_training_data(probe).x_train.shape
-    return {"source": source, "train_rows": rows, "features": cols, "precision": precision, "runs": runs,
-            "speedups": _speedups(runs, ns)}
+    return {
+        "source": source,
+        "train_rows": rows,
+        "features": cols,
+        "precision": precision,
+        "runs": runs,
+        "speedups": _speedups(runs, ns),
+    }
 
 
 def _speedups(runs: list[dict[str, Any]], ns: list[int]) -> dict[str, dict[str, float]]:
@@ -281,13 +370,20 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     datasets = results["datasets"]
-    labels = {"cpml-case1": "CodedPrivateML (Case 1)", "cpml-case2": "CodedPrivateML (Case 2)",
-              "bh08": "MPC [BH08]", "bgw": "MPC [BGW88]"}
+    labels = {
+        "cpml-case1": "CodedPrivateML (Case 1)",
+        "cpml-case2": "CodedPrivateML (Case 2)",
+        "bh08": "MPC [BH08]",
+        "bgw": "MPC [BGW88]",
+    }
     fig, axes = plt.subplots(2, len(datasets), figsize=(6 * len(datasets), 8), squeeze=False)
     for col, (name, ds) in enumerate(datasets.items()):
         for protocol in labels:
-            pts = sorted((r["n_workers"], r["total_seconds"], r["workers_cpu_seconds"] + r["master_cpu_seconds"])
-                         for r in ds["runs"] if r["protocol"] == protocol)
+            pts = sorted(
+                (r["n_workers"], r["total_seconds"], r["workers_cpu_seconds"] + r["master_cpu_seconds"])
+                for r in ds["runs"]
+                if r["protocol"] == protocol
+            )
             if pts:
                 axes[0][col].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[protocol])
                 axes[1][col].plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=labels[protocol])
@@ -314,20 +410,42 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
             if r is None:
                 continue
             comm = r["communication_and_wait_seconds"]
-            table.append([labels[protocol], f"{r['encode_seconds']:.2f}", "n/a" if comm is None else f"{comm:.2f}",
-                          f"{r['computation_seconds']:.2f}", f"{r['total_seconds']:.2f}",
-                          f"{r['workers_cpu_seconds'] + r['master_cpu_seconds']:.1f}",
-                          f"{r['bytes']['total'] / 1e6:.1f}"])
+            table.append(
+                [
+                    labels[protocol],
+                    f"{r['encode_seconds']:.2f}",
+                    "n/a" if comm is None else f"{comm:.2f}",
+                    f"{r['computation_seconds']:.2f}",
+                    f"{r['total_seconds']:.2f}",
+                    f"{r['workers_cpu_seconds'] + r['master_cpu_seconds']:.1f}",
+                    f"{r['bytes']['total'] / 1e6:.1f}",
+                ]
+            )
         ax = axes[row][0]
         ax.axis("off")
         ax.set_title(f"{name}, N = {n}: breakdown of the total run time", fontsize=10)
-        cells = ax.table(cellText=table, loc="center", colWidths=[0.22, 0.1, 0.14, 0.14, 0.1, 0.14, 0.14],
-                         colLabels=["protocol", "encode (s)", "comm. + wait (s)", "comp. (s)", "total (s)",
-                                    "CPU (s, all)", "MB on the wire"])
+        cells = ax.table(
+            cellText=table,
+            loc="center",
+            colWidths=[0.22, 0.1, 0.14, 0.14, 0.1, 0.14, 0.14],
+            colLabels=[
+                "protocol",
+                "encode (s)",
+                "comm. + wait (s)",
+                "comp. (s)",
+                "total (s)",
+                "CPU (s, all)",
+                "MB on the wire",
+            ],
+        )
         cells.auto_set_font_size(False)
         cells.set_fontsize(9)
-    fig.text(0.01, 0.01, "comp. = CPU seconds of the busiest worker; comm. + wait = total - encode - comp.; "
-             "CPU = master + all workers", fontsize=8)
+    fig.text(
+        0.01,
+        0.01,
+        "comp. = CPU seconds of the busiest worker; comm. + wait = total - encode - comp.; CPU = master + all workers",
+        fontsize=8,
+    )
     fig.tight_layout()
     table2 = out.with_name(f"{out.stem}_table2.png")
     fig.savefig(table2, dpi=120)
@@ -343,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run every configuration, write the JSON and the figures; exit 1 if any protocol's weights differ."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small shapes and few iterations, to test the script")
-    parser.add_argument("--dataset", default=None,
-                        help="your own CIFAR-like dataset (.csv/.npz/.svm) instead of the synthetic one")
+    parser.add_argument(
+        "--dataset", default=None, help="your own CIFAR-like dataset (.csv/.npz/.svm) instead of the synthetic one"
+    )
     parser.add_argument("--datasets", default="cifar,gisette", help="which of cifar,gisette to run")
     parser.add_argument("--workers", default=None, help="comma-separated N (default 10,20,30,40,50; quick: 9,15)")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
@@ -353,15 +472,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--residues", type=int, default=None, help="residue primes (default: automatic)")
     parser.add_argument("--levels", default=None, help="l_x,l_w,l_c (default: automatic)")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run the in-process simulators instead of gRPC daemons (no network costs)")
-    parser.add_argument("--network", choices=("loopback", "shaped"), default="loopback",
-                        help="loopback: every process on 127.0.0.1; shaped: a host per process, links capped")
-    parser.add_argument("--bandwidth-mbit", type=int, default=SHAPED_MBIT,
-                        help=f"shaped: every host's link, each way (default {SHAPED_MBIT})")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the in-process simulators instead of gRPC daemons (no network costs)",
+    )
+    parser.add_argument(
+        "--network",
+        choices=("loopback", "shaped"),
+        default="loopback",
+        help="loopback: every process on 127.0.0.1; shaped: a host per process, links capped",
+    )
+    parser.add_argument(
+        "--bandwidth-mbit",
+        type=int,
+        default=SHAPED_MBIT,
+        help=f"shaped: every host's link, each way (default {SHAPED_MBIT})",
+    )
     parser.add_argument("--lab", default=None, help=argparse.SUPPRESS)  # set for the run inside the master host
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default bench/results/mpc.json (shaped: mpc_shaped.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default bench/results/mpc.json (shaped: mpc_shaped.json)"
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = REPO / "bench" / "results" / ("mpc_shaped.json" if args.network == "shaped" else "mpc.json")
@@ -389,37 +520,60 @@ def main(argv: list[str] | None = None) -> int:
             for host in hosts:
                 lab.shape(host, args.bandwidth_mbit * 1000)
             # this script again, inside the master's host: the master's sockets live in its namespace
-            inner = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if argv is None else argv),
-                     "--lab", lab.name, "--out", str(args.out)]
+            inner = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                *(sys.argv[1:] if argv is None else argv),
+                "--lab",
+                lab.name,
+                "--out",
+                str(args.out),
+            ]
             return lab.run("master", inner, check=False).returncode
     lab = None if args.lab is None else NetLab(hosts, name=args.lab)
-    transport = ("gRPC on 127.0.0.1: real cpml-worker processes; BGW/BH08 workers talk to each other directly"
-                 if lab is None else
-                 f"gRPC across emulated hosts: the master and every cpml-worker in a network namespace of its own on "
-                 f"one bridge, every host's link capped at {args.bandwidth_mbit} Mbit/s each way (tc tbf on both "
-                 "ends); BGW/BH08 workers talk to each other directly")
+    transport = (
+        "gRPC on 127.0.0.1: real cpml-worker processes; BGW/BH08 workers talk to each other directly"
+        if lab is None
+        else f"gRPC across emulated hosts: the master and every cpml-worker in a network namespace of its own on "
+        f"one bridge, every host's link capped at {args.bandwidth_mbit} Mbit/s each way (tc tbf on both "
+        "ends); BGW/BH08 workers talk to each other directly"
+    )
     results: dict[str, Any] = {
         "benchmark": "CodedPrivateML vs MPC baselines (paper Section V, Figure 3, Table II)",
         "transport": "in-process simulators (no network)" if args.in_process else transport,
-        "network": None if lab is None else {
+        "network": None
+        if lab is None
+        else {
             "bandwidth_mbit_per_host_each_way": args.bandwidth_mbit,
             "why": "the paper's workers and master were EC2 m3.xlarge instances, 'High' network performance "
-                   "(about 1 Gbit/s per instance)",
+            "(about 1 Gbit/s per instance)",
             "latency": "not emulated: this kernel has no netem; within one EC2 region a round trip is 0.1-0.5 ms, "
-                       "and a baseline's round has a handful of sequential exchanges, so 50 rounds add tens of "
-                       "milliseconds against totals of tens of seconds"},
-        "quick": args.quick, "iterations": iterations, "workers": ns, "protocols": protocols, "prime": args.prime,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "platform": platform.platform(), "load_average_before": [round(v, 2) for v in os.getloadavg()]},
+            "and a baseline's round has a handful of sequential exchanges, so 50 rounds add tens of "
+            "milliseconds against totals of tens of seconds",
+        },
+        "quick": args.quick,
+        "iterations": iterations,
+        "workers": ns,
+        "protocols": protocols,
+        "prime": args.prime,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+            "load_average_before": [round(v, 2) for v in os.getloadavg()],
+        },
         "definitions": {
             "total_seconds": "wall time of data sharing plus all rounds (worker start-up excluded)",
             "encode_seconds": "master time encoding/sharing the data and the weights",
             "computation_seconds": "CPU seconds of the busiest worker",
             "communication_and_wait_seconds": "total - encode - computation: transfers, waiting for other "
-                                              "workers and for a core (all workers share this machine)",
+            "workers and for a core (all workers share this machine)",
             "workers_cpu_seconds": "sum over worker processes of user+system CPU seconds during the job",
-            "speedups": "baseline / CodedPrivateML, for wall time, CPU seconds and total bytes"},
-        "datasets": {}}
+            "speedups": "baseline / CodedPrivateML, for wall time, CPU seconds and total bytes",
+        },
+        "datasets": {},
+    }
     with tempfile.TemporaryDirectory(prefix="cpml-bench-mpc-") as tmp:
         workdir = Path(tmp)
         for name in args.datasets.split(","):
@@ -429,9 +583,22 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 source = str(synthetic(workdir / f"{name}.npz", train_rows + test_rows, cols, args.seed))
                 test_fraction = test_rows / (train_rows + test_rows)
-            results["datasets"][name] = asyncio.run(bench_dataset(
-                name, source, test_fraction, ns, protocols, iterations, args.prime, args.seed, workdir,
-                args.in_process, fixed, lab))
+            results["datasets"][name] = asyncio.run(
+                bench_dataset(
+                    name,
+                    source,
+                    test_fraction,
+                    ns,
+                    protocols,
+                    iterations,
+                    args.prime,
+                    args.seed,
+                    workdir,
+                    args.in_process,
+                    fixed,
+                    lab,
+                )
+            )
             if not (name == "cifar" and args.dataset):
                 results["datasets"][name]["source"] = f"synthetic ({train_rows} train + {test_rows} test) x {cols}"
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -439,8 +606,13 @@ def main(argv: list[str] | None = None) -> int:
             write_metrics(args.out, results)  # after every dataset: a long run keeps what it finished
     figures = plot(results, args.out)
     _progress(f"wrote {args.out} and {', '.join(str(f) for f in figures)}")
-    identical = all(v for ds in results["datasets"].values() for r in ds["runs"]
-                    for k, v in r.items() if k.startswith("weights_identical"))
+    identical = all(
+        v
+        for ds in results["datasets"].values()
+        for r in ds["runs"]
+        for k, v in r.items()
+        if k.startswith("weights_identical")
+    )
     return 0 if identical else 1
 
 

@@ -58,13 +58,17 @@ def phases(x: np.ndarray, target: np.ndarray, classes: int, rounds: int) -> dict
         start = time.perf_counter()
         worker_compute(trainer.basis, prepared[0], w_shares[0], coefficients)
         compute.append(time.perf_counter() - start)
-        replies = {i: worker_compute(trainer.basis, prepared[i], w_shares[i], coefficients)
-                   for i in range(plan.threshold)}
+        replies = {
+            i: worker_compute(trainer.basis, prepared[i], w_shares[i], coefficients) for i in range(plan.threshold)
+        }
         start = time.perf_counter()
         trainer.finish_round(trainer.round, replies)
         decode.append(time.perf_counter() - start)
-    out = {"encode_seconds": statistics.median(encode), "worker_compute_seconds": statistics.median(compute),
-           "decode_update_seconds": statistics.median(decode)}
+    out = {
+        "encode_seconds": statistics.median(encode),
+        "worker_compute_seconds": statistics.median(compute),
+        "decode_update_seconds": statistics.median(decode),
+    }
     out["round_seconds"] = sum(out.values())
     out["weights_bytes_per_worker"] = int(w_shares[0].nbytes)
     out["result_bytes_per_worker"] = int(replies[0].nbytes)
@@ -78,19 +82,40 @@ def end_to_end(classes: int, iterations: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-multiclass-") as tmp:
         data = Path(tmp) / "digits.npz"
         np.savez(data, x=digits.data, y=y)
-        run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", str(data),
-                              "--workers-local", "10", "--iterations", str(iterations), "--out", str(Path(tmp) / "run"),
-                              "--log-level", "error", "--no-progress"], capture_output=True, text=True, check=False)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cpml.master.cli",
+                "train",
+                "--dataset",
+                str(data),
+                "--workers-local",
+                "10",
+                "--iterations",
+                str(iterations),
+                "--out",
+                str(Path(tmp) / "run"),
+                "--log-level",
+                "error",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if run.returncode != 0:
             raise RuntimeError(run.stderr[-2000:])
         records = [json.loads(line) for line in (Path(tmp) / "run" / "rounds.jsonl").read_text().splitlines()]
         final = json.loads((Path(tmp) / "run" / "metrics.json").read_text())["final"]
     rounds = records[1:]  # the first round also warms the workers' caches
-    return {"round_seconds": statistics.median(r["total_seconds"] for r in rounds),
-            "worker_compute_seconds": statistics.median(r["worker_compute_seconds"] for r in rounds),
-            "bytes_sent_per_round": statistics.median(r["bytes_sent"] for r in rounds),
-            "bytes_received_per_round": statistics.median(r["bytes_received"] for r in rounds),
-            "test_accuracy": final["test_accuracy"]}
+    return {
+        "round_seconds": statistics.median(r["total_seconds"] for r in rounds),
+        "worker_compute_seconds": statistics.median(r["worker_compute_seconds"] for r in rounds),
+        "bytes_sent_per_round": statistics.median(r["bytes_sent"] for r in rounds),
+        "bytes_received_per_round": statistics.median(r["bytes_received"] for r in rounds),
+        "test_accuracy": final["test_accuracy"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     spread = digits.data.std(axis=0)
     pixels = (digits.data - digits.data.mean(axis=0)) / np.where(spread > 0, spread, 1.0)  # as --scaling standard
-    jobs = {"digits 1797x65": (np.column_stack([pixels, np.ones(len(pixels))]), digits.target),
-            "mnist-shaped 8000x785": (np.column_stack([rng.normal(size=(8000, 784)), np.ones(8000)]),
-                                      rng.integers(0, CLASSES, 8000))}
+    jobs = {
+        "digits 1797x65": (np.column_stack([pixels, np.ones(len(pixels))]), digits.target),
+        "mnist-shaped 8000x785": (
+            np.column_stack([rng.normal(size=(8000, 784)), np.ones(8000)]),
+            rng.integers(0, CLASSES, 8000),
+        ),
+    }
     results: dict[str, dict[str, object]] = {}
     for name, (x, target) in jobs.items():
         with threadpool_limits(1, user_api="blas"):  # as the master and the worker daemons run BLAS
@@ -119,9 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     e2e["round_ratio"] = e2e[str(CLASSES)]["round_seconds"] / e2e["1"]["round_seconds"]  # type: ignore[index]
     results["cpml-master train digits, 10 worker processes"] = e2e
     print("end to end", json.dumps(e2e), flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "load_average_after": [round(v, 2) for v in os.getloadavg()], "numpy": np.__version__,
-            "classes": CLASSES, "rounds": args.rounds, "command": "python bench/bench_multiclass.py"}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "numpy": np.__version__,
+        "classes": CLASSES,
+        "rounds": args.rounds,
+        "command": "python bench/bench_multiclass.py",
+    }
     write_metrics(args.out, {"meta": meta, "results": results})
     print(f"wrote {args.out}")
     return 0

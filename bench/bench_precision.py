@@ -51,8 +51,10 @@ def datasets(quick: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     digits = load_digits()
     keep = (digits.target == 4) | (digits.target == 9)
     cancer = load_breast_cancer()
-    out = {"digits-4v9": (digits.data[keep], (digits.target[keep] == 9).astype(float)),
-           "breast-cancer": (cancer.data, cancer.target.astype(float))}
+    out = {
+        "digits-4v9": (digits.data[keep], (digits.target[keep] == 9).astype(float)),
+        "breast-cancer": (cancer.data, cancer.target.astype(float)),
+    }
     rows = 5_000 if quick else 50_000
     out[f"realistic-{rows}x100"] = realistic_table(rows, 100, seed=1)
     if not quick:
@@ -107,16 +109,25 @@ def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
     w_shares = trainer.weight_shares()
     encode_weights = best_of(5, trainer.weight_shares)
     worker = best_of(3, lambda: worker_compute(trainer.basis, prepared_shares[0], w_shares[0], coefficients))
-    replies = {i: worker_compute(trainer.basis, prepared_shares[i], w_shares[i], coefficients)
-               for i in range(plan.threshold)}
+    replies = {
+        i: worker_compute(trainer.basis, prepared_shares[i], w_shares[i], coefficients) for i in range(plan.threshold)
+    }
     decode = best_of(5, lambda: trainer.decode_gradient(replies))
     result = simulate(plan, x_train, y_train, seed=0, x_test=x_test, y_test=y_test)
-    return {"residues": plan.residues, "modulus_bits": round(plan.basis.bits, 1), "lx": plan.lx, "lw": plan.lw,
-            "lc": plan.lc, "upload_encode_seconds": upload, "share_bytes_per_worker": int(shares[0].nbytes),
-            "round_encode_weights_seconds": encode_weights, "round_worker_compute_seconds": worker,
-            "round_decode_seconds": decode, "round_bytes_per_worker": int(w_shares[0].nbytes + 4 * plan.residues
-                                                                          * x_train.shape[1]),
-            "test_accuracy": result.history[-1].test_accuracy}
+    return {
+        "residues": plan.residues,
+        "modulus_bits": round(plan.basis.bits, 1),
+        "lx": plan.lx,
+        "lw": plan.lw,
+        "lc": plan.lc,
+        "upload_encode_seconds": upload,
+        "share_bytes_per_worker": int(shares[0].nbytes),
+        "round_encode_weights_seconds": encode_weights,
+        "round_worker_compute_seconds": worker,
+        "round_decode_seconds": decode,
+        "round_bytes_per_worker": int(w_shares[0].nbytes + 4 * plan.residues * x_train.shape[1]),
+        "test_accuracy": result.history[-1].test_accuracy,
+    }
 
 
 def references(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
@@ -125,8 +136,10 @@ def references(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
     rate = CodedTrainer.create(plan, x_train, y_train, seed=0).plan.learning_rate
     true = models.gradient_descent(x_train, y_train, rate, 50, radius=plan.weight_bound)[-1]
     sklearn = LogisticRegression(max_iter=10_000).fit(x_train[:, :-1], y_train)
-    return {"float64_true_sigmoid": models.accuracy(x_test, y_test, true, "logistic"),
-            "sklearn": float(sklearn.score(x_test[:, :-1], y_test))}
+    return {
+        "float64_true_sigmoid": models.accuracy(x_test, y_test, true, "logistic"),
+        "sklearn": float(sklearn.score(x_test[:, :-1], y_test)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,13 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         split = prepared(x, y)
         runs = [measure(plan_for(count, split[0].shape), split) for count in (1, 2, 3, 4)]
         auto = auto_precision(Plan.case1(10), public_profile("standard", *split[0].shape))
-        results[name] = {"shape": list(split[0].shape), "automatic_residues": auto.residues, "runs": runs,
-                         "references": references(auto, split)}
+        results[name] = {
+            "shape": list(split[0].shape),
+            "automatic_residues": auto.residues,
+            "runs": runs,
+            "references": references(auto, split),
+        }
         print(name, results[name], flush=True)
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "load_average_after": [round(v, 2) for v in os.getloadavg()],
-            "python": platform.python_version(), "numpy": np.__version__, "workers": 10,
-            "command": "python bench/bench_precision.py" + (" --quick" if args.quick else "")}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "workers": 10,
+        "command": "python bench/bench_precision.py" + (" --quick" if args.quick else ""),
+    }
     write_metrics(args.out, {"meta": meta, "datasets": results})
     print(f"wrote {args.out}")
     return 0

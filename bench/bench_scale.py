@@ -37,8 +37,14 @@ from synthetic import realistic_table  # noqa: E402  (the generator bench_precis
 BIN = Path(sys.executable).parent
 FEATURES = 100
 WORKERS = 10
-PHASES = ("encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds", "decode_update_seconds",
-          "total_seconds")
+PHASES = (
+    "encode_seconds",
+    "send_seconds",
+    "wait_seconds",
+    "worker_compute_seconds",
+    "decode_update_seconds",
+    "total_seconds",
+)
 
 
 def start_workers(count: int, directory: Path) -> tuple[list[subprocess.Popen], list[str]]:
@@ -46,9 +52,22 @@ def start_workers(count: int, directory: Path) -> tuple[list[subprocess.Popen], 
     processes, files = [], []
     for i in range(count):
         port_file = directory / f"worker{i}.port"
-        processes.append(subprocess.Popen([str(BIN / "cpml-worker"), "--listen", "127.0.0.1:0", "--insecure",
-                                           "--port-file", str(port_file), "--log-level", "warning"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "cpml-worker"),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--insecure",
+                    "--port-file",
+                    str(port_file),
+                    "--log-level",
+                    "warning",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         files.append(port_file)
     deadline = time.monotonic() + 120
     while not all(f.exists() for f in files):
@@ -67,9 +86,28 @@ def run_size(rows: int, workers: list[str], iterations: int, directory: Path) ->
     del x, y
     out = directory / f"run{rows}"
     began = time.time()
-    run = subprocess.run([str(BIN / "cpml-master"), "train", "--dataset", str(dataset), "--workers", ",".join(workers),
-                          "--insecure", "--iterations", str(iterations), "--out", str(out), "--log-format", "json",
-                          "--log-level", "info"], capture_output=True, text=True, timeout=7200)
+    run = subprocess.run(
+        [
+            str(BIN / "cpml-master"),
+            "train",
+            "--dataset",
+            str(dataset),
+            "--workers",
+            ",".join(workers),
+            "--insecure",
+            "--iterations",
+            str(iterations),
+            "--out",
+            str(out),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
     ended = time.time()
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest waited-for child: this one
     if run.returncode != 0:
@@ -86,14 +124,23 @@ def run_size(rows: int, workers: list[str], iterations: int, directory: Path) ->
     rounds = metrics["rounds"]
     dataset.unlink()
     return {
-        "rows": rows, "features": FEATURES, "raw_bytes": raw_bytes,
-        "master_peak_bytes": peak, "master_peak_over_raw": peak / raw_bytes,
-        "seconds": {"load_split_scale": events["data"], "plan": events["plan"],
-                    "upload": metrics["upload"]["seconds"], "upload_encode": metrics["upload"]["encode_seconds"],
-                    "rounds": sum(r["total_seconds"] for r in rounds), "to_exit": ended - began},
+        "rows": rows,
+        "features": FEATURES,
+        "raw_bytes": raw_bytes,
+        "master_peak_bytes": peak,
+        "master_peak_over_raw": peak / raw_bytes,
+        "seconds": {
+            "load_split_scale": events["data"],
+            "plan": events["plan"],
+            "upload": metrics["upload"]["seconds"],
+            "upload_encode": metrics["upload"]["encode_seconds"],
+            "rounds": sum(r["total_seconds"] for r in rounds),
+            "to_exit": ended - began,
+        },
         "round_median_seconds": {phase: statistics.median(r[phase] for r in rounds) for phase in PHASES},
         "plan": {k: metrics["plan"][k] for k in ("n_workers", "k", "t", "r", "residues", "lx", "lw")},
-        "test_accuracy": metrics["final"]["test_accuracy"], "iterations": len(rounds),
+        "test_accuracy": metrics["final"]["test_accuracy"],
+        "iterations": len(rounds),
     }
 
 
@@ -113,9 +160,12 @@ def main() -> None:
                 results.append(run_size(rows, addresses, args.iterations, Path(tmp)))
                 r = results[-1]
                 seconds, per_round = r["seconds"], r["round_median_seconds"]["total_seconds"]
-                print(f"{rows} rows: peak {r['master_peak_bytes'] / 2**20:.0f} MiB ({r['master_peak_over_raw']:.2f}x "
-                      f"the raw table), load {seconds['load_split_scale']:.2f} s, upload {seconds['upload']:.2f} s, "
-                      f"round {per_round:.3f} s", flush=True)
+                print(
+                    f"{rows} rows: peak {r['master_peak_bytes'] / 2**20:.0f} MiB ({r['master_peak_over_raw']:.2f}x "
+                    f"the raw table), load {seconds['load_split_scale']:.2f} s, upload {seconds['upload']:.2f} s, "
+                    f"round {per_round:.3f} s",
+                    flush=True,
+                )
         finally:
             for worker in workers:
                 worker.terminate()
@@ -130,15 +180,26 @@ def main() -> None:
             / (scale * smallest["round_median_seconds"]["total_seconds"]),
             "load_split_scale": r["seconds"]["load_split_scale"] / (scale * smallest["seconds"]["load_split_scale"]),
         }
-    write_metrics(args.out, {
-        "benchmark": "a job's time and the master's memory against its rows", "workers": WORKERS,
-        "results": results,
-        "note": ("one cpml-master train process per size against 10 running daemons on this machine (they share "
-                 "its 2 cores); master_peak_bytes is its ru_maxrss; load_split_scale and plan are seconds from the "
-                 "process start to its 'data' and 'plan' log lines; per_row_vs_smallest 1.0 = linear in rows"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
-    })
+    write_metrics(
+        args.out,
+        {
+            "benchmark": "a job's time and the master's memory against its rows",
+            "workers": WORKERS,
+            "results": results,
+            "note": (
+                "one cpml-master train process per size against 10 running daemons on this machine (they share "
+                "its 2 cores); master_peak_bytes is its ru_maxrss; load_split_scale and plan are seconds from the "
+                "process start to its 'data' and 'plan' log lines; per_row_vs_smallest 1.0 = linear in rows"
+            ),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "load_average_start": load_start,
+                "load_average_end": os.getloadavg(),
+            },
+        },
+    )
     print(f"wrote {args.out}")
 
 

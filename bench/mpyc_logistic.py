@@ -50,8 +50,13 @@ async def main(data_path: str) -> dict:
     weights = await mpc.output(w)
     seconds = time.perf_counter() - began
     await mpc.shutdown()
-    return {"weights": [float(v) for v in weights], "seconds": seconds, "parties": len(mpc.parties),
-            "bits": BITS, "fractional_bits": FRACTIONAL_BITS}
+    return {
+        "weights": [float(v) for v in weights],
+        "seconds": seconds,
+        "parties": len(mpc.parties),
+        "bits": BITS,
+        "fractional_bits": FRACTIONAL_BITS,
+    }
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from cpml.logs import FORMATS, LEVELS
 def add_log_arguments(parser: argparse.ArgumentParser | Any) -> None:
     """--log-level and --log-format, the same for every command (a parser or an argument group)."""
     parser.add_argument("--log-level", choices=LEVELS, default="info")
-    parser.add_argument("--log-format", choices=FORMATS, default="auto",
-                        help="json, console, or auto (console on a terminal)")
+    parser.add_argument(
+        "--log-format", choices=FORMATS, default="auto", help="json, console, or auto (console on a terminal)"
+    )
 
 
 def add_client_tls_arguments(parser: argparse.ArgumentParser | Any, peer: str = "worker") -> None:

@@ -138,5 +138,7 @@ def check_output_dir(path: Path, flag: str = "out") -> None:
         what = "is a file" if existing == path else f"would be under the file {str(existing)!r}"
         raise ValueError(f"Argument '{flag}' must be a directory, not {str(path)!r}, which {what}.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"Argument '{flag}' must be a directory you can write to, not {str(path)!r} "
-                         f"({str(existing)!r} is not writable).")
+        raise ValueError(
+            f"Argument '{flag}' must be a directory you can write to, not {str(path)!r} "
+            f"({str(existing)!r} is not writable)."
+        )

@@ -85,29 +85,55 @@ class _CodedEstimator(BaseEstimator):
 
         seed = self.random_state
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"Argument 'random_state' must be an integer (the --seed of cpml-master train), "
-                             f"not {seed!r}.")
+            raise ValueError(
+                f"Argument 'random_state' must be an integer (the --seed of cpml-master train), not {seed!r}."
+            )
         remote = self._remote_workers()
+
         def path(value: object) -> Path | None:
             return None if value is None else Path(str(value))
 
         return TrainSettings(
-            dataset=dataset, test_fraction=0.0, scaling=self.scaling, intercept=bool(self.fit_intercept),
-            workers=remote, local_workers=int(self.n_workers), case=self.case, r=getattr(self, "r", 1), k=self.k,
-            t=self.t, lx=self.lx, lw=self.lw, lc=getattr(self, "lc", None), weight_bound=float(self.weight_bound),
-            sigmoid_interval=float(getattr(self, "sigmoid_interval", 8.0)), prime=int(self.prime),
-            residues=self.residues, byzantine=int(self.byzantine),
-            learning_rate=self.learning_rate, iterations=int(self.iterations), model=self._model, seed=int(seed),
-            out=out, insecure=bool(self.insecure), tls_ca=path(self.tls_ca), tls_cert=path(self.tls_cert),
-            tls_key=path(self.tls_key), tls_server_name=self.tls_server_name, progress=False)
+            dataset=dataset,
+            test_fraction=0.0,
+            scaling=self.scaling,
+            intercept=bool(self.fit_intercept),
+            workers=remote,
+            local_workers=int(self.n_workers),
+            case=self.case,
+            r=getattr(self, "r", 1),
+            k=self.k,
+            t=self.t,
+            lx=self.lx,
+            lw=self.lw,
+            lc=getattr(self, "lc", None),
+            weight_bound=float(self.weight_bound),
+            sigmoid_interval=float(getattr(self, "sigmoid_interval", 8.0)),
+            prime=int(self.prime),
+            residues=self.residues,
+            byzantine=int(self.byzantine),
+            learning_rate=self.learning_rate,
+            iterations=int(self.iterations),
+            model=self._model,
+            seed=int(seed),
+            out=out,
+            insecure=bool(self.insecure),
+            tls_ca=path(self.tls_ca),
+            tls_cert=path(self.tls_cert),
+            tls_key=path(self.tls_key),
+            tls_server_name=self.tls_server_name,
+            progress=False,
+        )
 
     def _remote_workers(self) -> tuple[str, ...]:
         if self.workers is None or (isinstance(self.workers, str) and self.workers == IN_PROCESS):
             return ()
         if isinstance(self.workers, (list, tuple)) and self.workers and all(isinstance(w, str) for w in self.workers):
             return tuple(self.workers)
-        raise ValueError(f"Argument 'workers' must be None (embedded local workers), {IN_PROCESS!r} or a list of "
-                         f"host:port addresses of cpml-worker daemons, not {self.workers!r}.")
+        raise ValueError(
+            f"Argument 'workers' must be None (embedded local workers), {IN_PROCESS!r} or a list of "
+            f"host:port addresses of cpml-worker daemons, not {self.workers!r}."
+        )
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> Model:
         """Train on (x, y) as cpml-master train would and return the run's artifact."""
@@ -152,8 +178,9 @@ def _fit_in_process(settings: Any) -> Model:
     data = load_training_data(settings)
     plan = make_plan(settings, settings.n_workers, data.x_train)
     result = simulate(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
-    return model_of_run(result.plan, result.weights, data, IN_PROCESS_TRANSPORT,
-                        result.history[-1] if result.history else None)
+    return model_of_run(
+        result.plan, result.weights, data, IN_PROCESS_TRANSPORT, result.history[-1] if result.history else None
+    )
 
 
 class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
@@ -162,14 +189,36 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
 
     _model = "logistic"
 
-    def __init__(self, *, n_workers: int = 10, workers: Any = None, case: int = 1, t: int | None = None,
-                 k: int | None = None, r: int = 1, iterations: int = 50, learning_rate: float | None = None,
-                 prime: int = DEFAULT_PRIME, residues: int | None = None, lx: int | None = None,
-                 lw: int | None = None, lc: int | None = None, weight_bound: float = 4.0,
-                 sigmoid_interval: float = 8.0, scaling: str = "standard", fit_intercept: bool = True,
-                 random_state: int = 0, byzantine: int = 0, insecure: bool = False, tls_ca: str | None = None,
-                 tls_cert: str | None = None, tls_key: str | None = None, tls_server_name: str | None = None,
-                 out: str | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        n_workers: int = 10,
+        workers: Any = None,
+        case: int = 1,
+        t: int | None = None,
+        k: int | None = None,
+        r: int = 1,
+        iterations: int = 50,
+        learning_rate: float | None = None,
+        prime: int = DEFAULT_PRIME,
+        residues: int | None = None,
+        lx: int | None = None,
+        lw: int | None = None,
+        lc: int | None = None,
+        weight_bound: float = 4.0,
+        sigmoid_interval: float = 8.0,
+        scaling: str = "standard",
+        fit_intercept: bool = True,
+        random_state: int = 0,
+        byzantine: int = 0,
+        insecure: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
+        out: str | None = None,
+        verbose: bool = False,
+    ) -> None:
         _store(self, locals())
 
     def fit(self, X: Any, y: Any) -> CodedLogisticRegression:
@@ -178,12 +227,14 @@ class CodedLogisticRegression(ClassifierMixin, _CodedEstimator):
         check_classification_targets(y)
         kind = type_of_target(y, input_name="y")
         if kind not in ("binary", "multiclass"):
-            raise ValueError(f"Argument 'y' must hold one class label per row (binary or multiclass), not a {kind} "
-                             f"target.")
+            raise ValueError(
+                f"Argument 'y' must hold one class label per row (binary or multiclass), not a {kind} target."
+            )
         classes = np.unique(y)
         if len(classes) < 2:
-            raise ValueError(f"Argument 'y' must hold at least 2 classes, not {len(classes)} class(es): "
-                             f"{classes[:5].tolist()}.")
+            raise ValueError(
+                f"Argument 'y' must hold at least 2 classes, not {len(classes)} class(es): {classes[:5].tolist()}."
+            )
         if len(classes) == 2:
             labels = label_classes(y)  # the rule of cpml-master train: the larger label -> 1
             model = self._fit(X, (y == labels[1]).astype(np.int64))
@@ -225,21 +276,43 @@ class CodedLinearRegression(RegressorMixin, _CodedEstimator):
 
     _model = "linear"
 
-    def __init__(self, *, n_workers: int = 10, workers: Any = None, case: int = 1, t: int | None = None,
-                 k: int | None = None, iterations: int = 50, learning_rate: float | None = None,
-                 prime: int = DEFAULT_PRIME, residues: int | None = None, lx: int | None = None,
-                 lw: int | None = None, weight_bound: float = 4.0, scaling: str = "standard",
-                 fit_intercept: bool = True, random_state: int = 0, byzantine: int = 0, insecure: bool = False,
-                 tls_ca: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-                 tls_server_name: str | None = None, out: str | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        n_workers: int = 10,
+        workers: Any = None,
+        case: int = 1,
+        t: int | None = None,
+        k: int | None = None,
+        iterations: int = 50,
+        learning_rate: float | None = None,
+        prime: int = DEFAULT_PRIME,
+        residues: int | None = None,
+        lx: int | None = None,
+        lw: int | None = None,
+        weight_bound: float = 4.0,
+        scaling: str = "standard",
+        fit_intercept: bool = True,
+        random_state: int = 0,
+        byzantine: int = 0,
+        insecure: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
+        out: str | None = None,
+        verbose: bool = False,
+    ) -> None:
         _store(self, locals())
 
     def fit(self, X: Any, y: Any) -> CodedLinearRegression:
         """Train on raw features X and real targets y (standardised on y's mean and std for training)."""
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, ensure_min_samples=2)
         if np.ptp(y) == 0:
-            raise ValueError(f"Argument 'y' must vary to fit linear regression (the targets are standardised), not "
-                             f"the constant {y[0]:g} on all {len(y)} rows.")
+            raise ValueError(
+                f"Argument 'y' must vary to fit linear regression (the targets are standardised), not "
+                f"the constant {y[0]:g} on all {len(y)} rows."
+            )
         self._fitted(_with_labels(self._fit(X, y), None, getattr(self, "feature_names_in_", None)))
         self.coef_ = self.weights_[: self.n_features_in_].copy()
         self.intercept_ = self.model_.intercept
@@ -272,11 +345,26 @@ def _with_labels(model: Model, classes: tuple[Any, ...] | None, names: Any) -> M
 class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression by weighted distributed DP over parties (cpml.dp): fit(X, y, groups=party of each row)."""
 
-    def __init__(self, *, epsilon: float = 1.0, delta: float = 1e-5, rounds: int = 50, scheme: str = "weighted",
-                 parties: int = 6, rho: float = 4.0, clip: float = 1.0, l2: float = 1e-3, local_steps: int = 1,
-                 sampling_rate: float = 1.0, learning_rate: float | None = None, momentum: float | None = None,
-                 accountant: str | None = None, scaling: str = "standard", random_state: int | None = None,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        epsilon: float = 1.0,
+        delta: float = 1e-5,
+        rounds: int = 50,
+        scheme: str = "weighted",
+        parties: int = 6,
+        rho: float = 4.0,
+        clip: float = 1.0,
+        l2: float = 1e-3,
+        local_steps: int = 1,
+        sampling_rate: float = 1.0,
+        learning_rate: float | None = None,
+        momentum: float | None = None,
+        accountant: str | None = None,
+        scaling: str = "standard",
+        random_state: int | None = None,
+        verbose: bool = False,
+    ) -> None:
         _store(self, locals())
 
     def __sklearn_tags__(self) -> Any:
@@ -295,8 +383,10 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         kind = type_of_target(y, input_name="y")
         if kind not in ("binary", "multiclass") or len(np.unique(y)) < 2:
-            raise ValueError(f"Argument 'y' must hold two or more classes, one label per row, not a {kind} target "
-                             f"with {len(np.unique(y))} class(es).")
+            raise ValueError(
+                f"Argument 'y' must hold two or more classes, one label per row, not a {kind} target "
+                f"with {len(np.unique(y))} class(es)."
+            )
         # the preprocessing of `cpml-master aggregate`: scaled on the training rows, bias, rows in the unit ball
         self.preprocessing_ = Preprocessing.fit(X, y, scaling=self.scaling, intercept=False)
         x = add_bias_and_normalise(self.preprocessing_.transform(X))
@@ -311,10 +401,19 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         self.guarantees_ = dataclasses.asdict(result.guarantees)
         self.party_sizes_ = [len(part_y) for _, part_y in shards]
         self.n_iter_ = len(result.history)
-        prep = dataclasses.replace(self.preprocessing_, intercept=True, unit_rows=True,
-                                   features=_names(getattr(self, "feature_names_in_", None)))
-        self.model_ = Model(weights=self.weights_.copy(), preprocessing=prep, plan={"rounds": self.n_iter_},
-                            privacy=wddp_privacy(self.guarantees_, self.scheme, len(shards)), notes=prep.notes())
+        prep = dataclasses.replace(
+            self.preprocessing_,
+            intercept=True,
+            unit_rows=True,
+            features=_names(getattr(self, "feature_names_in_", None)),
+        )
+        self.model_ = Model(
+            weights=self.weights_.copy(),
+            preprocessing=prep,
+            plan={"rounds": self.n_iter_},
+            privacy=wddp_privacy(self.guarantees_, self.scheme, len(shards)),
+            notes=prep.notes(),
+        )
         return self
 
     def _shards(self, x: np.ndarray, y: np.ndarray, groups: Any) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -324,8 +423,9 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
         if groups is not None:
             groups = np.asarray(groups)
             if groups.shape != (len(y),):
-                raise ValueError(f"Argument 'groups' must name the party of each of the {len(y)} rows, not shape "
-                                 f"{groups.shape}.")
+                raise ValueError(
+                    f"Argument 'groups' must name the party of each of the {len(y)} rows, not shape {groups.shape}."
+                )
             return [(x[groups == g], y[groups == g]) for g in np.unique(groups)]
         if self.parties < 2 or self.scheme == "centralized":
             return [(x, y)]
@@ -340,12 +440,24 @@ class WDDPLogisticRegression(ClassifierMixin, BaseEstimator):
 
         if self.scheme not in ("weighted", "unweighted", "centralized"):
             raise ValueError(f"Argument 'scheme' must be weighted, unweighted or centralized, not {self.scheme!r}.")
-        local = LocalSettings(learning_rate=self.learning_rate, clip=self.clip, l2=self.l2,
-                              local_steps=self.local_steps, sampling_rate=self.sampling_rate)
+        local = LocalSettings(
+            learning_rate=self.learning_rate,
+            clip=self.clip,
+            l2=self.l2,
+            local_steps=self.local_steps,
+            sampling_rate=self.sampling_rate,
+        )
         scheme = Scheme.WEIGHTED if self.scheme == "centralized" else Scheme(self.scheme)
-        return RunSettings(run_id="estimator", parties=parties, rounds=int(self.rounds),
-                           budget=Budget(float(self.epsilon), float(self.delta)), local=local, scheme=scheme,
-                           accountant=self.accountant, momentum=self.momentum)
+        return RunSettings(
+            run_id="estimator",
+            parties=parties,
+            rounds=int(self.rounds),
+            budget=Budget(float(self.epsilon), float(self.delta)),
+            local=local,
+            scheme=scheme,
+            accountant=self.accountant,
+            momentum=self.momentum,
+        )
 
     def _seed(self) -> int:
         seed = 0 if self.random_state is None else self.random_state

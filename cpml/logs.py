@@ -26,7 +26,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     target = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and target.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=target.isatty()) if console else structlog.processors.JSONRenderer())
+        structlog.dev.ConsoleRenderer(colors=target.isatty()) if console else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -37,7 +38,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         # without an explicit stream, look sys.stderr up at every call (it may be swapped, e.g. by pytest)
-        logger_factory=(structlog.PrintLoggerFactory(file=stream) if stream is not None
-                        else lambda *_: structlog.PrintLogger(file=sys.stderr)),
+        logger_factory=(
+            structlog.PrintLoggerFactory(file=stream)
+            if stream is not None
+            else lambda *_: structlog.PrintLogger(file=sys.stderr)
+        ),
         cache_logger_on_first_use=False,
     )

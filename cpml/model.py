@@ -47,15 +47,21 @@ def coded_privacy(plan: Plan, transport: str, protocol: str = "cpml") -> dict[st
     name = {"cpml": "CodedPrivateML", "bgw": "BGW (Shamir sharing)", "bh08": "BH08 (Shamir sharing)"}[protocol]
     out: dict[str, Any] = {
         "protocol": name,
-        "guarantee": (f"information-theoretic: any {plan.t} colluding worker(s) learn nothing about the training "
-                      f"data or the weights (every share they hold is uniform in every residue field)"),
+        "guarantee": (
+            f"information-theoretic: any {plan.t} colluding worker(s) learn nothing about the training "
+            f"data or the weights (every share they hold is uniform in every residue field)"
+        ),
         "colluding_workers_tolerated": plan.t,
         "workers": plan.n_workers,
-        "public": ("the data's shape (rows x features), the moduli, r and the sigmoid polynomial's coefficients "
-                   "(planned from the shape and the scaling alone), the number of rounds"),
+        "public": (
+            "the data's shape (rows x features), the moduli, r and the sigmoid polynomial's coefficients "
+            "(planned from the shape and the scaling alone), the number of rounds"
+        ),
         "transport": transport,
-        "released_model": ("the weights are returned to the data owner as trained: they are not differentially "
-                           "private, so publish them only if the training data may be reflected in them"),
+        "released_model": (
+            "the weights are returned to the data owner as trained: they are not differentially "
+            "private, so publish them only if the training data may be reflected in them"
+        ),
         "differential_privacy": None,
     }
     if protocol == "cpml":
@@ -67,8 +73,10 @@ def wddp_privacy(guarantees: Mapping[str, Any], scheme: str, parties: int) -> di
     """The privacy guarantees of a WD-DP run: the released model's (epsilon, delta) and each party's."""
     return {
         "protocol": f"WD-DP ({scheme} aggregation of {parties} parties' DP gradient descent)",
-        "guarantee": (f"the released weights are ({guarantees['release_epsilon']:.4g}, {guarantees['delta']:g})-"
-                      f"differentially private ({guarantees['release_basis']})"),
+        "guarantee": (
+            f"the released weights are ({guarantees['release_epsilon']:.4g}, {guarantees['delta']:g})-"
+            f"differentially private ({guarantees['release_basis']})"
+        ),
         "released_model": "differentially private: it may be published under the guarantee above",
         "differential_privacy": dict(guarantees),
     }
@@ -92,8 +100,10 @@ class Model:
         shape = (self.preprocessing.width,) if classes == 1 else (self.preprocessing.width, classes)
         if w.shape != shape or not np.isfinite(w).all():
             size = " x ".join(map(str, shape))
-            raise ValueError(f"Argument 'weights' must be {size} finite numbers (features and intercept"
-                             f"{', one column per class' if classes > 1 else ''}), not shape {w.shape}.")
+            raise ValueError(
+                f"Argument 'weights' must be {size} finite numbers (features and intercept"
+                f"{', one column per class' if classes > 1 else ''}), not shape {w.shape}."
+            )
         object.__setattr__(self, "weights", w)
 
     @property
@@ -135,23 +145,39 @@ class Model:
         if z.ndim == 2:  # one-vs-rest: the arg-max class, and the log-loss of the normalised probabilities
             truth = np.argmax(yt, axis=1)
             p = ovr_probabilities(z)[np.arange(len(z)), truth]
-            return {"accuracy": float(np.mean(np.argmax(z, axis=1) == truth)),
-                    "log_loss": float(-np.mean(np.log(np.maximum(p, 1e-300)))), "rows": len(yt)}
+            return {
+                "accuracy": float(np.mean(np.argmax(z, axis=1) == truth)),
+                "log_loss": float(-np.mean(np.log(np.maximum(p, 1e-300)))),
+                "rows": len(yt),
+            }
         if self.kind == "logistic":  # as the training rounds compute them (cpml.protocol.models)
-            return {"accuracy": float(np.mean((z >= 0.0) == (yt == 1))),
-                    "log_loss": float(np.mean(np.logaddexp(0.0, z) - yt * z)), "rows": len(yt)}
+            return {
+                "accuracy": float(np.mean((z >= 0.0) == (yt == 1))),
+                "log_loss": float(np.mean(np.logaddexp(0.0, z) - yt * z)),
+                "rows": len(yt),
+            }
         truth, prediction = self.preprocessing.targets(yt), self.preprocessing.targets(z)
         total = float(np.sum((truth - truth.mean()) ** 2))
         residual = float(np.sum((prediction - truth) ** 2))
-        return {"r2": 1.0 - residual / total if total > 0 else float("nan"),
-                "rmse": float(np.sqrt(np.mean((prediction - truth) ** 2))), "rows": len(yt)}
+        return {
+            "r2": 1.0 - residual / total if total > 0 else float("nan"),
+            "rmse": float(np.sqrt(np.mean((prediction - truth) ** 2))),
+            "rows": len(yt),
+        }
 
     def to_json(self) -> dict[str, Any]:
         """The artifact as JSON values (format 2); the top-level model, weights, plan, dataset, notes stay as before."""
         out: dict[str, Any] = {
-            "format": FORMAT, "kind": KIND, "model": self.kind, "weights": self.weights.tolist(),
-            "preprocessing": self.preprocessing.to_json(), "plan": dict(self.plan), "privacy": dict(self.privacy),
-            "dataset": self.dataset, "notes": list(self.notes), "metrics": dict(self.metrics),
+            "format": FORMAT,
+            "kind": KIND,
+            "model": self.kind,
+            "weights": self.weights.tolist(),
+            "preprocessing": self.preprocessing.to_json(),
+            "plan": dict(self.plan),
+            "privacy": dict(self.privacy),
+            "dataset": self.dataset,
+            "notes": list(self.notes),
+            "metrics": dict(self.metrics),
         }
         if self.kind == "linear":  # linear regression predicts targets as mean + std * (x' @ w)
             out["targets"] = {"mean": self.preprocessing.target_mean, "std": self.preprocessing.target_std}
@@ -161,31 +187,45 @@ class Model:
     def from_json(cls, state: Any, where: str = "model") -> Model:
         """Rebuild a format-2 artifact, refusing other formats and damaged ones with the reason."""
         if not isinstance(state, dict) or state.get("kind", KIND) != KIND:
-            raise ValueError(f"Argument 'model' must be a model.json written by cpml-master train, not {where} "
-                             f"holding a JSON {type(state).__name__}{_kind(state)}.")
+            raise ValueError(
+                f"Argument 'model' must be a model.json written by cpml-master train, not {where} "
+                f"holding a JSON {type(state).__name__}{_kind(state)}."
+            )
         version = state.get("format")
         if version is None and "guarantees" in state:
-            raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT}, not {where}, a WD-DP model "
-                             f"of cpml-master aggregate or cpml-party whose rows were preprocessed by the parties "
-                             f"(an embedded aggregate run without --feature-bounds, and "
-                             f"cpml.WDDPLogisticRegression's model_, write format {FORMAT}).")
+            raise ValueError(
+                f"Argument 'model' must be a cpml model of format {FORMAT}, not {where}, a WD-DP model "
+                f"of cpml-master aggregate or cpml-party whose rows were preprocessed by the parties "
+                f"(an embedded aggregate run without --feature-bounds, and "
+                f"cpml.WDDPLogisticRegression's model_, write format {FORMAT})."
+            )
         if version is None:
-            raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT}, not {where} without a "
-                             f"format (written by an older cpml, or by --protocol bgw/bh08, which does not store "
-                             f"the preprocessing yet); retrain it with this cpml.")
+            raise ValueError(
+                f"Argument 'model' must be a cpml model of format {FORMAT}, not {where} without a "
+                f"format (written by an older cpml, or by --protocol bgw/bh08, which does not store "
+                f"the preprocessing yet); retrain it with this cpml."
+            )
         if version != FORMAT:
             advice = "upgrade cpml to read it" if isinstance(version, int) and version > FORMAT else "retrain it"
-            raise ValueError(f"Argument 'model' must be a cpml model of format {FORMAT} (what this cpml reads), "
-                             f"not format {version!r} in {where}; {advice}.")
+            raise ValueError(
+                f"Argument 'model' must be a cpml model of format {FORMAT} (what this cpml reads), "
+                f"not format {version!r} in {where}; {advice}."
+            )
         try:
-            return cls(weights=np.asarray(state["weights"], dtype=np.float64),
-                       preprocessing=Preprocessing.from_json(state["model"], state["preprocessing"]),
-                       plan=dict(state.get("plan") or {}), privacy=dict(state.get("privacy") or {}),
-                       dataset=str(state.get("dataset", "")), notes=tuple(state.get("notes") or ()),
-                       metrics=dict(state.get("metrics") or {}))
+            return cls(
+                weights=np.asarray(state["weights"], dtype=np.float64),
+                preprocessing=Preprocessing.from_json(state["model"], state["preprocessing"]),
+                plan=dict(state.get("plan") or {}),
+                privacy=dict(state.get("privacy") or {}),
+                dataset=str(state.get("dataset", "")),
+                notes=tuple(state.get("notes") or ()),
+                metrics=dict(state.get("metrics") or {}),
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"Argument 'model' must be an intact cpml model, not {where} with a damaged "
-                             f"{type(exc).__name__}: {str(exc).rstrip('.')}.") from None
+            raise ValueError(
+                f"Argument 'model' must be an intact cpml model, not {where} with a damaged "
+                f"{type(exc).__name__}: {str(exc).rstrip('.')}."
+            ) from None
 
     def save(self, path: Path | str) -> None:
         """Write the artifact atomically as indented JSON."""
@@ -224,12 +264,15 @@ def ovr_probabilities(z: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True) if p.ndim == 2 else p
 
 
-def model_of_run(plan: Plan, weights: np.ndarray, data: Dataset, transport: str, final: Any = None,
-                 protocol: str = "cpml") -> Model:
+def model_of_run(
+    plan: Plan, weights: np.ndarray, data: Dataset, transport: str, final: Any = None, protocol: str = "cpml"
+) -> Model:
     """The artifact of a finished run: its weights, the data's preprocessing, the plan, privacy and final metrics."""
     if data.preprocessing is None:
-        raise ValueError(f"Argument 'data' must carry the preprocessing it was loaded with (cpml.data.load_dataset), "
-                         f"not None for {data.name!r}.")
+        raise ValueError(
+            f"Argument 'data' must carry the preprocessing it was loaded with (cpml.data.load_dataset), "
+            f"not None for {data.name!r}."
+        )
     metrics: dict[str, Any] = {}
     if final is not None:
         metrics = {"rounds": final.round, "train_loss": final.loss}
@@ -237,10 +280,15 @@ def model_of_run(plan: Plan, weights: np.ndarray, data: Dataset, transport: str,
             metrics |= {"train_accuracy": final.train_accuracy, "test_accuracy": final.test_accuracy}
         else:
             metrics |= {"test_r2": final.test_r2, "test_rmse": final.test_rmse}
-    return Model(weights=np.array(weights, dtype=np.float64), preprocessing=data.preprocessing,
-                 plan={k: getattr(plan, k) for k in plan.__dataclass_fields__},
-                 privacy=coded_privacy(plan, transport, protocol), dataset=data.name, notes=tuple(data.notes),
-                 metrics=metrics)
+    return Model(
+        weights=np.array(weights, dtype=np.float64),
+        preprocessing=data.preprocessing,
+        plan={k: getattr(plan, k) for k in plan.__dataclass_fields__},
+        privacy=coded_privacy(plan, transport, protocol),
+        dataset=data.name,
+        notes=tuple(data.notes),
+        metrics=metrics,
+    )
 
 
 def _kind(state: Any) -> str:
@@ -282,14 +330,20 @@ def _sklearn_one_hot(prep: Preprocessing) -> list[tuple[str, Any]]:
 
     columns = [column for column, _ in prep.categorical]
     placeholder = np.array([["missing"] * len(columns)], dtype=object)
-    imputers = [(f"missing_{i}", SimpleImputer(missing_values=token, strategy="constant", fill_value=MISSING).fit(
-                 placeholder)) for i, token in enumerate((np.nan, None, *sorted(MISSING_CELLS)))]
-    encoder = OneHotEncoder(categories=[list(categories) for _, categories in prep.categorical],
-                            handle_unknown="ignore", sparse_output=False)
+    imputers = [
+        (f"missing_{i}", SimpleImputer(missing_values=token, strategy="constant", fill_value=MISSING).fit(placeholder))
+        for i, token in enumerate((np.nan, None, *sorted(MISSING_CELLS)))
+    ]
+    encoder = OneHotEncoder(
+        categories=[list(categories) for _, categories in prep.categorical],
+        handle_unknown="ignore",
+        sparse_output=False,
+    )
     encoder.fit(np.array([[categories[0] for _, categories in prep.categorical]], dtype=object))
     one_hot = Pipeline([*imputers, ("one_hot", encoder)])
-    transformer = ColumnTransformer([("numeric", "passthrough", prep.numeric_columns),
-                                     ("categorical", one_hot, columns)])
+    transformer = ColumnTransformer(
+        [("numeric", "passthrough", prep.numeric_columns), ("categorical", one_hot, columns)]
+    )
     sample = np.empty((1, prep.n_features), dtype=object)
     sample[0, :] = 0.0
     sample[0, columns] = [categories[0] for _, categories in prep.categorical]
@@ -300,8 +354,10 @@ def load_model(path: Path | str) -> Model:
     """Read a model.json (format 2), refusing a missing, damaged, older or newer one with the reason."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Argument 'model' must be a model.json written by cpml-master train, not "
-                         f"{'the directory' if path.is_dir() else 'a missing file'} {str(path)!r}.")
+        raise ValueError(
+            f"Argument 'model' must be a model.json written by cpml-master train, not "
+            f"{'the directory' if path.is_dir() else 'a missing file'} {str(path)!r}."
+        )
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -330,5 +386,7 @@ def load_sklearn(path: Path | str) -> Pipeline:
         unexpected = [type(step).__name__ for (_, step), name in zip(steps, names) if name not in SKLEARN_TYPES]
         if isinstance(pipeline, Pipeline) and not unexpected:
             return pipeline
-    raise ValueError(f"Argument 'path' must be a pipeline exported by cpml (scalers and a linear model), not "
-                     f"{str(path)!r} holding {', '.join(unexpected)}.")
+    raise ValueError(
+        f"Argument 'path' must be a pipeline exported by cpml (scalers and a linear model), not "
+        f"{str(path)!r} holding {', '.join(unexpected)}."
+    )

@@ -177,8 +177,23 @@ class NetLab:
         for chain in ("INPUT", "OUTPUT"):
             _run("ip", "netns", "exec", ns, "iptables", "-F", chain)
             if probability > 0:
-                _run("ip", "netns", "exec", ns, "iptables", "-A", chain, "-m", "statistic", "--mode", "random",
-                     "--probability", f"{probability:.4f}", "-j", "DROP")
+                _run(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "iptables",
+                    "-A",
+                    chain,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    f"{probability:.4f}",
+                    "-j",
+                    "DROP",
+                )
 
     def shape(self, host: str, rate_kbit: int | None) -> None:
         """Cap the host's link at rate_kbit each way (token bucket on both ends); None lifts the cap."""
@@ -188,11 +203,27 @@ class NetLab:
             subprocess.run(["ip", flag, ns, "link", "show", dev], capture_output=True, check=True)
             subprocess.run(["tc", flag, ns, "qdisc", "del", "dev", dev, "root"], capture_output=True, check=False)
             if rate_kbit is not None:
-                _run("tc", flag, ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{rate_kbit}kbit",
-                     "burst", str(burst_bytes), "latency", "2s")
+                _run(
+                    "tc",
+                    flag,
+                    ns,
+                    "qdisc",
+                    "add",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    f"{rate_kbit}kbit",
+                    "burst",
+                    str(burst_bytes),
+                    "latency",
+                    "2s",
+                )
 
-    def start_workers(self, hosts: Sequence[str], workdir: Path, flags: Sequence[str] = (),
-                      timeout: float = 120.0) -> list[subprocess.Popen]:
+    def start_workers(
+        self, hosts: Sequence[str], workdir: Path, flags: Sequence[str] = (), timeout: float = 120.0
+    ) -> list[subprocess.Popen]:
         """Start a cpml-worker on each host at <ip>:WORKER_PORT (logs in workdir) and wait until all serve."""
         workdir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "CPML_WORKER_COMPUTE_THREADS": "1"}
@@ -201,10 +232,28 @@ class NetLab:
             ports.append(workdir / f"{host}.port")
             ports[-1].unlink(missing_ok=True)
             with (workdir / f"{host}.log").open("wb") as log:
-                started.append(self.popen(host, [sys.executable, "-m", "cpml.worker.cli", "--listen",
-                                                 f"{self.ip(host)}:{WORKER_PORT}", "--port-file", str(ports[-1]),
-                                                 "--log-format", "json", "--drain-seconds", "1", *flags],
-                                          stdout=log, stderr=log, env=env))
+                started.append(
+                    self.popen(
+                        host,
+                        [
+                            sys.executable,
+                            "-m",
+                            "cpml.worker.cli",
+                            "--listen",
+                            f"{self.ip(host)}:{WORKER_PORT}",
+                            "--port-file",
+                            str(ports[-1]),
+                            "--log-format",
+                            "json",
+                            "--drain-seconds",
+                            "1",
+                            *flags,
+                        ],
+                        stdout=log,
+                        stderr=log,
+                        env=env,
+                    )
+                )
         deadline = time.monotonic() + timeout
         while not all(p.exists() for p in ports):
             exited = [h for h, proc in zip(hosts, started) if proc.poll() is not None]

@@ -22,9 +22,11 @@ from cpml.errors import argument_error
 from cpml.options import MODELS, SCALINGS
 
 Label = str | int | float | bool
-_SCALE_NOTES = {"none": "features: not scaled",
-                "minmax": "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])",
-                "standard": "features: standardised to mean 0, std 1 on the training split"}
+_SCALE_NOTES = {
+    "none": "features: not scaled",
+    "minmax": "features: min-max scaled to [0, 1] on the training split (test split clipped to [0, 1])",
+    "standard": "features: standardised to mean 0, std 1 on the training split",
+}
 INTERCEPT_NOTE = "intercept: a constant-1 column appended as the last feature"
 UNIT_ROWS_NOTE = "rows: scaled onto the unit ball when longer, the intercept column included (WD-DP)"
 MISSING = "missing"  # the category of an empty, '?' or 'NA' cell in a categorical column
@@ -94,14 +96,18 @@ def label_classes(y: np.ndarray, positive_label: str | float | None = None) -> t
     """The two classes of y as (the one mapped to 0, the one mapped to 1): the larger, or positive_label, is 1."""
     classes = np.unique(y)
     if len(classes) != 2:
-        raise ValueError(f"Argument 'y' must hold exactly two classes for binary classification, "
-                         f"not {len(classes)} ({preview(classes)}).")
+        raise ValueError(
+            f"Argument 'y' must hold exactly two classes for binary classification, "
+            f"not {len(classes)} ({preview(classes)})."
+        )
     positive = 1
     if positive_label is not None:
         matches = [i for i, c in enumerate(classes) if is_label(np.asarray([c]), positive_label)[0]]
         if not matches:
-            raise ValueError(f"Argument 'positive_label' must be one of the two labels "
-                             f"({', '.join(map(label_text, classes))}), not {str(positive_label)!r}.")
+            raise ValueError(
+                f"Argument 'positive_label' must be one of the two labels "
+                f"({', '.join(map(label_text, classes))}), not {str(positive_label)!r}."
+            )
         positive = matches[0]
     return _plain(classes[1 - positive]), _plain(classes[positive])
 
@@ -114,8 +120,10 @@ def _plain(value: object) -> Label:
 def label_note(classes: tuple[Label, ...]) -> str:
     """How labels map: 'labels: no -> 0, yes -> 1', or one-vs-rest over C classes."""
     if len(classes) > 2:
-        return (f"labels: {len(classes)} classes ({preview(np.asarray(classes, dtype=object))}), one-vs-rest: one "
-                f"model per class in one run, the prediction is the class whose model scores highest")
+        return (
+            f"labels: {len(classes)} classes ({preview(np.asarray(classes, dtype=object))}), one-vs-rest: one "
+            f"model per class in one run, the prediction is the class whose model scores highest"
+        )
     return f"labels: {label_text(classes[0])} -> 0, {label_text(classes[1])} -> 1"
 
 
@@ -125,8 +133,10 @@ def model_classes(y: np.ndarray, positive_label: str | float | None = None) -> t
     if len(classes) <= 2:
         return label_classes(y, positive_label)
     if positive_label is not None:
-        raise ValueError(f"Argument 'positive_label' must be omitted for {len(classes)} classes (one-vs-rest trains "
-                         f"a model for each), not {str(positive_label)!r}.")
+        raise ValueError(
+            f"Argument 'positive_label' must be omitted for {len(classes)} classes (one-vs-rest trains "
+            f"a model for each), not {str(positive_label)!r}."
+        )
     return tuple(_plain(c) for c in classes)
 
 
@@ -162,8 +172,9 @@ def feature_statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np
     return s, mean, np.where(std > 0, std, 1.0 / s)
 
 
-def apply_scaling(x: np.ndarray, method: str, prescale: np.ndarray, center: np.ndarray,
-                  spread: np.ndarray) -> np.ndarray:
+def apply_scaling(
+    x: np.ndarray, method: str, prescale: np.ndarray, center: np.ndarray, spread: np.ndarray
+) -> np.ndarray:
     """x scaled as fitted: (x / prescale - center) / spread, clipped to [0, 1] for min-max; unchanged for none."""
     if method == "none":
         return x
@@ -184,24 +195,31 @@ def target_statistics(y_train: np.ndarray, name: str = "y") -> tuple[float, floa
     s = float(power_of_two_scale(y_train))  # as for features: exact, and keeps huge targets' statistics finite
     center, spread = float(np.mean(y_train / s)), float(np.std(y_train / s))
     if spread == 0.0:
-        raise ValueError(f"Argument 'dataset' must have targets that vary on the training split to fit linear "
-                         f"regression, not the constant {y_train[0]:g} on all {len(y_train)} training rows of "
-                         f"{name!r}.")
+        raise ValueError(
+            f"Argument 'dataset' must have targets that vary on the training split to fit linear "
+            f"regression, not the constant {y_train[0]:g} on all {len(y_train)} training rows of "
+            f"{name!r}."
+        )
     mean, std = center * s, spread * s
     if not (math.isfinite(mean) and math.isfinite(std)):
-        raise ValueError(f"Argument 'dataset' must have targets whose mean and std are finite in float64, not "
-                         f"mean {mean} and std {std} on the training split of {name!r}.")
+        raise ValueError(
+            f"Argument 'dataset' must have targets whose mean and std are finite in float64, not "
+            f"mean {mean} and std {std} on the training split of {name!r}."
+        )
     return s, center, spread
 
 
 def target_note(mean: float, std: float) -> str:
     """How real targets were standardised and how predictions map back."""
-    return (f"targets: standardised to mean 0, std 1 on the training split (mean {mean:.6g}, std {std:.6g}); "
-            f"predictions are mapped back as mean + std * prediction")
+    return (
+        f"targets: standardised to mean 0, std 1 on the training split (mean {mean:.6g}, std {std:.6g}); "
+        f"predictions are mapped back as mean + std * prediction"
+    )
 
 
-def standardise_targets(y_train: np.ndarray, y_test: np.ndarray,
-                        name: str = "y") -> tuple[np.ndarray, np.ndarray, float, float, str]:
+def standardise_targets(
+    y_train: np.ndarray, y_test: np.ndarray, name: str = "y"
+) -> tuple[np.ndarray, np.ndarray, float, float, str]:
     """Standardise targets with the training split's mean and std; return both splits, the mean, the std, a note."""
     s, center, spread = target_statistics(y_train, name)
     mean, std = center * s, spread * s
@@ -236,24 +254,45 @@ class Preprocessing:
         if self.scaling not in SCALINGS:
             raise argument_error("scaling", f"be one of {', '.join(SCALINGS)}", self.scaling)
         if not len(self.prescale) == len(self.center) == len(self.spread) >= 1:
-            raise argument_error("prescale", "have one entry per feature, as center and spread",
-                                 (len(self.prescale), len(self.center), len(self.spread)))
+            raise argument_error(
+                "prescale",
+                "have one entry per feature, as center and spread",
+                (len(self.prescale), len(self.center), len(self.spread)),
+            )
         columns = [column for column, _ in self.categorical]
-        if (columns != sorted(set(columns)) or any(not 0 <= c < self.n_features for c in columns)
-                or any(not categories for _, categories in self.categorical)):
-            raise argument_error("categorical", f"list distinct columns of the {self.n_features} features in order, "
-                                 f"each with its categories", self.categorical)
+        if (
+            columns != sorted(set(columns))
+            or any(not 0 <= c < self.n_features for c in columns)
+            or any(not categories for _, categories in self.categorical)
+        ):
+            raise argument_error(
+                "categorical",
+                f"list distinct columns of the {self.n_features} features in order, each with its categories",
+                self.categorical,
+            )
         if self.features is not None and len(self.features) != self.n_features:
             raise argument_error("features", f"name each of the {self.n_features} features", len(self.features))
         if (self.model == "logistic") != (self.classes is not None and len(self.classes) >= 2):
-            raise argument_error("classes", "be two or more labels for logistic regression and None for linear",
-                                 self.classes)
+            raise argument_error(
+                "classes", "be two or more labels for logistic regression and None for linear", self.classes
+            )
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, *, model: str = "logistic", scaling: str = "standard",
-            intercept: bool = True, positive_label: str | float | None = None,
-            features: Sequence[str] | None = None, label_name: str | None = None,
-            label_index: int | None = None, name: str = "y", categorical: Sequence[int] = ()) -> Preprocessing:
+    def fit(
+        cls,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        model: str = "logistic",
+        scaling: str = "standard",
+        intercept: bool = True,
+        positive_label: str | float | None = None,
+        features: Sequence[str] | None = None,
+        label_name: str | None = None,
+        label_index: int | None = None,
+        name: str = "y",
+        categorical: Sequence[int] = (),
+    ) -> Preprocessing:
         """Fit on the training split: categories, feature statistics, and the label classes or target statistics."""
         xa = np.asarray(x)
         found = tuple((int(c), tuple(sorted(set(category_texts(xa[:, c]).tolist())))) for c in sorted(categorical))
@@ -262,16 +301,27 @@ class Preprocessing:
         targets: dict[str, Any] = {}
         if model == "linear":
             if positive_label is not None:
-                raise ValueError(f"Argument 'positive_label' must be omitted for linear regression (its targets "
-                                 f"are real values, not classes), not {str(positive_label)!r}.")
+                raise ValueError(
+                    f"Argument 'positive_label' must be omitted for linear regression (its targets "
+                    f"are real values, not classes), not {str(positive_label)!r}."
+                )
             s, c, sp = target_statistics(np.asarray(y, dtype=np.float64), name)
             targets = {"target_prescale": s, "target_center": c, "target_spread": sp}
         elif model == "logistic":
             targets = {"classes": model_classes(np.asarray(y), positive_label)}
-        return cls(model=model, scaling=scaling, prescale=_floats(prescale), center=_floats(center),
-                   spread=_floats(spread), intercept=bool(intercept),
-                   features=None if features is None else tuple(map(str, features)),
-                   label_name=label_name, label_index=label_index, categorical=found, **targets)
+        return cls(
+            model=model,
+            scaling=scaling,
+            prescale=_floats(prescale),
+            center=_floats(center),
+            spread=_floats(spread),
+            intercept=bool(intercept),
+            features=None if features is None else tuple(map(str, features)),
+            label_name=label_name,
+            label_index=label_index,
+            categorical=found,
+            **targets,
+        )
 
     @property
     def n_inputs(self) -> int:
@@ -320,8 +370,9 @@ class Preprocessing:
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Raw feature rows (n x n_features) as the trainer saw them: scaled, with the intercept column."""
         xa = self.encode_features(x)[0]
-        scaled = apply_scaling(xa, self.scaling, np.asarray(self.prescale), np.asarray(self.center),
-                               np.asarray(self.spread))
+        scaled = apply_scaling(
+            xa, self.scaling, np.asarray(self.prescale), np.asarray(self.center), np.asarray(self.spread)
+        )
         rows = np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
         return clip_rows(rows, 1.0) if self.unit_rows else rows
 
@@ -342,9 +393,11 @@ class Preprocessing:
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
             where = f" in {source}, row {row + 1}" if source else f" on row {row + 1}"
-            raise ValueError(f"Argument {name!r} must hold only the model's labels "
-                             f"({preview(np.asarray(self.classes, dtype=object))}), not "
-                             f"{label_text(_plain(ya[row]))!r}{where} ({int(unknown.sum())} such row(s)).")
+            raise ValueError(
+                f"Argument {name!r} must hold only the model's labels "
+                f"({preview(np.asarray(self.classes, dtype=object))}), not "
+                f"{label_text(_plain(ya[row]))!r}{where} ({int(unknown.sum())} such row(s))."
+            )
         return hits.astype(np.float64) if self.n_classes > 1 else hits[:, 1].astype(np.float64)
 
     def labels(self, chosen: np.ndarray) -> np.ndarray:
@@ -359,27 +412,38 @@ class Preprocessing:
 
     def notes(self) -> tuple[str, ...]:
         """What was done to labels and features, as the training notes say it."""
-        first = (label_note(self.classes) if self.classes is not None
-                 else target_note(self.target_mean, self.target_std))
-        return (first, *self._categorical_notes(), _SCALE_NOTES[self.scaling],
-                *((INTERCEPT_NOTE,) if self.intercept else ()), *((UNIT_ROWS_NOTE,) if self.unit_rows else ()))
+        first = label_note(self.classes) if self.classes is not None else target_note(self.target_mean, self.target_std)
+        return (
+            first,
+            *self._categorical_notes(),
+            _SCALE_NOTES[self.scaling],
+            *((INTERCEPT_NOTE,) if self.intercept else ()),
+            *((UNIT_ROWS_NOTE,) if self.unit_rows else ()),
+        )
 
     def _categorical_notes(self) -> tuple[str, ...]:
         if not self.categorical:
             return ()
         columns = ", ".join(f"{self.column_name(c)} ({len(categories)})" for c, categories in self.categorical)
-        return (f"categorical: one-hot encoded on the training split, numeric columns first, then the categories of "
-                f"{columns}; unseen categories encode as all zeros",)
+        return (
+            f"categorical: one-hot encoded on the training split, numeric columns first, then the categories of "
+            f"{columns}; unseen categories encode as all zeros",
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The preprocessing as JSON values (floats round-trip exactly)."""
         out: dict[str, Any] = {
             "features": {"count": self.n_features, "names": None if self.features is None else list(self.features)},
             "categorical": [{"column": c, "categories": list(categories)} for c, categories in self.categorical],
-            "scaling": {"method": self.scaling, "inputs": "the numeric columns in order, then each categorical "
-                        "column's categories as 0/1", "formula": "(x / prescale - center) / spread"
-                        + (", clipped to [0, 1]" if self.scaling == "minmax" else ""),
-                        "prescale": list(self.prescale), "center": list(self.center), "spread": list(self.spread)},
+            "scaling": {
+                "method": self.scaling,
+                "inputs": "the numeric columns in order, then each categorical column's categories as 0/1",
+                "formula": "(x / prescale - center) / spread"
+                + (", clipped to [0, 1]" if self.scaling == "minmax" else ""),
+                "prescale": list(self.prescale),
+                "center": list(self.center),
+                "spread": list(self.spread),
+            },
             "intercept": self.intercept,
             "unit_rows": self.unit_rows,
             "label_column": {"name": self.label_name, "index": self.label_index},
@@ -387,8 +451,13 @@ class Preprocessing:
         if self.classes is not None:
             out["labels"] = {str(i): c for i, c in enumerate(self.classes)}
         else:
-            out["targets"] = {"prescale": self.target_prescale, "center": self.target_center,
-                              "spread": self.target_spread, "mean": self.target_mean, "std": self.target_std}
+            out["targets"] = {
+                "prescale": self.target_prescale,
+                "center": self.target_center,
+                "spread": self.target_spread,
+                "mean": self.target_mean,
+                "std": self.target_std,
+            }
         return out
 
     @classmethod
@@ -402,15 +471,27 @@ class Preprocessing:
             kwargs["classes"] = tuple(labels[str(i)] for i in range(len(labels)))
         else:
             targets = state["targets"]
-            kwargs |= {"target_prescale": float(targets["prescale"]), "target_center": float(targets["center"]),
-                       "target_spread": float(targets["spread"])}
-        return cls(model=model, scaling=str(scaling["method"]), prescale=_floats(scaling["prescale"]),
-                   center=_floats(scaling["center"]), spread=_floats(scaling["spread"]),
-                   intercept=bool(state["intercept"]), features=None if names is None else tuple(map(str, names)),
-                   label_name=label.get("name"), label_index=label.get("index"),
-                   unit_rows=bool(state.get("unit_rows", False)),
-                   categorical=tuple((int(entry["column"]), tuple(map(str, entry["categories"])))
-                                     for entry in state.get("categorical", ())), **kwargs)
+            kwargs |= {
+                "target_prescale": float(targets["prescale"]),
+                "target_center": float(targets["center"]),
+                "target_spread": float(targets["spread"]),
+            }
+        return cls(
+            model=model,
+            scaling=str(scaling["method"]),
+            prescale=_floats(scaling["prescale"]),
+            center=_floats(scaling["center"]),
+            spread=_floats(scaling["spread"]),
+            intercept=bool(state["intercept"]),
+            features=None if names is None else tuple(map(str, names)),
+            label_name=label.get("name"),
+            label_index=label.get("index"),
+            unit_rows=bool(state.get("unit_rows", False)),
+            categorical=tuple(
+                (int(entry["column"]), tuple(map(str, entry["categories"]))) for entry in state.get("categorical", ())
+            ),
+            **kwargs,
+        )
 
 
 def _floats(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
@@ -446,6 +527,8 @@ class _OneHot:
                     try:
                         float(cell)
                     except (TypeError, ValueError):
-                        raise ValueError(f"Argument 'x' must hold numbers in {self.column_name(c)} (a numeric "
-                                         f"column of the model), not {cell!r} on row {r + 1}.") from None
+                        raise ValueError(
+                            f"Argument 'x' must hold numbers in {self.column_name(c)} (a numeric "
+                            f"column of the model), not {cell!r} on row {r + 1}."
+                        ) from None
             raise

@@ -29,8 +29,14 @@ BAR_WIDTH = 24
 class ProgressBar:
     """A one-line progress bar with metrics and ETA, drawn only when the stream is a terminal."""
 
-    def __init__(self, total: int, label: str = "", stream: TextIO | None = None,
-                 enabled: bool | None = None, start_step: int = 0) -> None:
+    def __init__(
+        self,
+        total: int,
+        label: str = "",
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        start_step: int = 0,
+    ) -> None:
         self.total = max(int(total), 1)
         self.label = label
         self.stream = stream or sys.stderr
@@ -55,8 +61,9 @@ class ProgressBar:
         eta = elapsed / rate_steps * (self.total - done) if rate_steps > 0 else math.nan
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         eta_text = "--:--" if math.isnan(eta) else _clock(eta)
-        return (f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{self.total} "
-                f"{shown} eta {eta_text}").strip()
+        return (
+            f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done}/{self.total} {shown} eta {eta_text}"
+        ).strip()
 
     def close(self) -> None:
         """End the bar's line."""
@@ -106,8 +113,13 @@ def load_plotting() -> None:
     threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), name="load-matplotlib").start()
 
 
-def plot_curves(path: str | Path, x: Sequence[float], panels: Mapping[str, Sequence[float | None]],
-                xlabel: str = "iteration", title: str = "") -> Path:
+def plot_curves(
+    path: str | Path,
+    x: Sequence[float],
+    panels: Mapping[str, Sequence[float | None]],
+    xlabel: str = "iteration",
+    title: str = "",
+) -> Path:
     """Save a PNG with one panel per named series plotted against x; return the path."""
     from matplotlib.figure import Figure  # imported lazily: only runs that plot pay for it
 
@@ -115,8 +127,9 @@ def plot_curves(path: str | Path, x: Sequence[float], panels: Mapping[str, Seque
         raise ValueError("Argument 'panels' must name at least one series, not {}.")
     for name, ys in panels.items():
         if len(ys) != len(x):
-            raise ValueError(f"Argument 'panels' must hold series as long as x ({len(x)}), "
-                             f"not {len(ys)} values for {name!r}.")
+            raise ValueError(
+                f"Argument 'panels' must hold series as long as x ({len(x)}), not {len(ys)} values for {name!r}."
+            )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")

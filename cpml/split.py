@@ -17,14 +17,17 @@ def test_rows(rows: int, test_fraction: float) -> int:
     return math.ceil(test_fraction * rows)
 
 
-def split_indices(rows: int, test_fraction: float, seed: int,
-                  stratify: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    rows: int, test_fraction: float, seed: int, stratify: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and test row indices, shuffled by `seed` and stratified by the `stratify` labels when given."""
     n_test = test_rows(rows, test_fraction)
     n_train = rows - n_test
     if not 0 < n_test < rows:
-        raise ValueError(f"Argument 'test_fraction' must leave rows on both sides of the split of {rows} rows, "
-                         f"not {test_fraction} ({n_train} train, {n_test} test).")
+        raise ValueError(
+            f"Argument 'test_fraction' must leave rows on both sides of the split of {rows} rows, "
+            f"not {test_fraction} ({n_train} train, {n_test} test)."
+        )
     rng = np.random.RandomState(seed)
     if stratify is None:
         order = rng.permutation(rows)
@@ -38,7 +41,7 @@ def split_indices(rows: int, test_fraction: float, seed: int,
     for rows_of_class, n_tr, n_te in zip(members, train_counts, test_counts, strict=True):
         shuffled = rows_of_class.take(rng.permutation(len(rows_of_class)), mode="clip")
         train.append(shuffled[:n_tr])
-        test.append(shuffled[n_tr:n_tr + n_te])
+        test.append(shuffled[n_tr : n_tr + n_te])
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 

@@ -38,8 +38,23 @@ DEBIAN_MIRROR = os.environ.get("CPML_DEBIAN_MIRROR", "http://deb.debian.org/debi
 RUN_TIMEOUT = 1800.0
 LOCK = Path(tempfile.gettempdir()) / "cpml-cluster-demo.lock"  # one compose project per machine at a time
 # what the podman driver understands of a service; anything else is refused rather than ignored
-SERVICE_KEYS = {"build", "image", "command", "environment", "volumes", "networks", "network_mode", "read_only",
-                "tmpfs", "cap_drop", "security_opt", "healthcheck", "depends_on", "stop_grace_period", "restart"}
+SERVICE_KEYS = {
+    "build",
+    "image",
+    "command",
+    "environment",
+    "volumes",
+    "networks",
+    "network_mode",
+    "read_only",
+    "tmpfs",
+    "cap_drop",
+    "security_opt",
+    "healthcheck",
+    "depends_on",
+    "stop_grace_period",
+    "restart",
+}
 
 
 class DemoFailed(RuntimeError):
@@ -90,6 +105,7 @@ def _report(stdout: str, out: Path) -> None:
 
 # --- Docker ---------------------------------------------------------------------------------------------
 
+
 def docker_answers() -> bool:
     """Whether a Docker engine with the compose plugin answers here."""
     if shutil.which("docker") is None:
@@ -106,8 +122,7 @@ def run_docker(compose: dict, out: Path) -> None:
     try:
         subprocess.run([*base, "build"], check=True)
         up = subprocess.run([*base, "up", "--exit-code-from", TARGET, TARGET], check=False, timeout=RUN_TIMEOUT)
-        logs = subprocess.run([*base, "logs", "--no-log-prefix", TARGET], capture_output=True, text=True,
-                              check=False)
+        logs = subprocess.run([*base, "logs", "--no-log-prefix", TARGET], capture_output=True, text=True, check=False)
         if up.returncode != 0:
             raise DemoFailed(f"the {TARGET} exited with {up.returncode}")
         shutil.rmtree(out, ignore_errors=True)
@@ -120,6 +135,7 @@ def run_docker(compose: dict, out: Path) -> None:
 
 
 # --- podman ---------------------------------------------------------------------------------------------
+
 
 class Podman:
     """docker/compose.yaml's services as podman containers, labelled with the project for teardown."""
@@ -136,14 +152,24 @@ class Podman:
         for name, service in compose["services"].items():
             unknown = set(service) - SERVICE_KEYS
             if unknown:
-                raise DemoFailed(f"service {name!r} uses {sorted(unknown)}, which this podman driver does not "
-                                 "handle; run the compose file with Docker, or teach scripts/cluster_demo.py")
+                raise DemoFailed(
+                    f"service {name!r} uses {sorted(unknown)}, which this podman driver does not "
+                    "handle; run the compose file with Docker, or teach scripts/cluster_demo.py"
+                )
 
-    def podman(self, *args: str, check: bool = True, capture: bool = False, timeout: float | None = None,
-               **kwargs) -> subprocess.CompletedProcess:
+    def podman(
+        self, *args: str, check: bool = True, capture: bool = False, timeout: float | None = None, **kwargs
+    ) -> subprocess.CompletedProcess:
         """Run `podman --runtime runc ARGS` with our containers.conf."""
-        done = subprocess.run(["podman", "--runtime", "runc", *args], env=self.env, check=False, text=True,
-                              capture_output=capture, timeout=timeout, **kwargs)
+        done = subprocess.run(
+            ["podman", "--runtime", "runc", *args],
+            env=self.env,
+            check=False,
+            text=True,
+            capture_output=capture,
+            timeout=timeout,
+            **kwargs,
+        )
         if check and done.returncode != 0:
             detail = f": {done.stderr.strip()[-2000:]}" if capture else ""
             raise DemoFailed(f"`podman {' '.join(args[:3])} ...` failed with {done.returncode}{detail}")
@@ -164,8 +190,18 @@ class Podman:
         rootfs = self.workdir / "rootfs"
         _say(f"building the base image {BASE_IMAGE} with debootstrap (a few minutes, once)")
         try:
-            subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip",
-                            "bookworm", str(rootfs), DEBIAN_MIRROR], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    "--include=python3,python3-venv,python3-pip",
+                    "bookworm",
+                    str(rootfs),
+                    DEBIAN_MIRROR,
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         finally:
             _unmount_under(rootfs)  # a debootstrap that failed midway leaves /proc mounted in the rootfs
         # what python:3.11-slim offers the Dockerfile: `python`, `pip`, a site-packages pip may write to,
@@ -197,22 +233,39 @@ class Podman:
                 continue
             context = (COMPOSE.parent / build.get("context", ".")).resolve()
             dockerfile = context / build.get("dockerfile", "Dockerfile")
-            args = [arg for k, v in {"BASE": base, **build.get("args", {})}.items()
-                    for arg in ("--build-arg", f"{k}={'' if v is None else v}")]
+            args = [
+                arg
+                for k, v in {"BASE": base, **build.get("args", {})}.items()
+                for arg in ("--build-arg", f"{k}={'' if v is None else v}")
+            ]
             ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
             _say(f"building {image}")
-            self.podman("build", "--network", "host", "--pull=never", "--quiet", "--format", "docker",
-                        "-f", str(dockerfile), *(["--ignorefile", str(ignore)] if ignore.exists() else []),
-                        *args, "-t", image,
-                        str(context), stdout=subprocess.DEVNULL)
+            self.podman(
+                "build",
+                "--network",
+                "host",
+                "--pull=never",
+                "--quiet",
+                "--format",
+                "docker",
+                "-f",
+                str(dockerfile),
+                *(["--ignorefile", str(ignore)] if ignore.exists() else []),
+                *args,
+                "-t",
+                image,
+                str(context),
+                stdout=subprocess.DEVNULL,
+            )
             built.add(image)
 
     # services
 
     def down(self) -> None:
         """Remove every container, network and volume of the project (also an earlier run's)."""
-        listed = self.podman("ps", "-a", "--filter", f"label={self.label}", "--format", "{{.Names}}",
-                             capture=True, check=False).stdout.split()
+        listed = self.podman(
+            "ps", "-a", "--filter", f"label={self.label}", "--format", "{{.Names}}", capture=True, check=False
+        ).stdout.split()
         if listed:
             self.podman("rm", "--force", "--time", "2", *listed, check=False, capture=True)
         for network in self.compose.get("networks", {}):
@@ -224,15 +277,22 @@ class Podman:
         """The project's networks and volumes."""
         for name, spec in self.compose.get("networks", {}).items():
             internal = ["--internal"] if (spec or {}).get("internal") else []
-            self.podman("network", "create", "--label", self.label, *internal, f"{self.project}_{name}",
-                        capture=True)
+            self.podman("network", "create", "--label", self.label, *internal, f"{self.project}_{name}", capture=True)
         for name in self.compose.get("volumes", {}):
             self.podman("volume", "create", "--label", self.label, f"{self.project}_{name}", capture=True)
 
     def run_flags(self, name: str, service: dict) -> list[str]:
         """`podman run` flags for one compose service (its health check is the driver's business)."""
-        flags = ["--detach", "--name", self.container(name), "--label", self.label,
-                 "--label", f"com.docker.compose.service={name}", "--no-healthcheck"]
+        flags = [
+            "--detach",
+            "--name",
+            self.container(name),
+            "--label",
+            self.label,
+            "--label",
+            f"com.docker.compose.service={name}",
+            "--no-healthcheck",
+        ]
         environment = service.get("environment", {})
         if isinstance(environment, list):
             environment = dict(item.split("=", 1) for item in environment)
@@ -275,8 +335,7 @@ class Podman:
                 self.wait_completed(dependency)
             elif condition == "service_healthy":
                 self.wait_healthy(dependency)
-        self.podman("run", *self.run_flags(name, service), service["image"], *service.get("command", []),
-                    capture=True)
+        self.podman("run", *self.run_flags(name, service), service["image"], *service.get("command", []), capture=True)
 
     def wait_completed(self, name: str, timeout: float = 300) -> None:
         """Wait for a one-shot service to exit 0."""
@@ -296,13 +355,15 @@ class Podman:
         patience = interval * int(check.get("retries", 3))
         deadline = time.monotonic() + patience
         while True:
-            state = self.podman("inspect", "--format", "{{.State.Status}}", self.container(name),
-                                capture=True).stdout.strip()
+            state = self.podman(
+                "inspect", "--format", "{{.State.Status}}", self.container(name), capture=True
+            ).stdout.strip()
             if state in ("exited", "stopped", "dead"):
                 raise DemoFailed(f"service {name} stopped before it was healthy: {self.logs(name)[-1500:]}")
             try:
-                probe = self.podman("exec", self.container(name), *command, check=False, capture=True,
-                                    timeout=timeout + 5)
+                probe = self.podman(
+                    "exec", self.container(name), *command, check=False, capture=True, timeout=timeout + 5
+                )
                 passed = probe.returncode == 0
             except subprocess.TimeoutExpired:
                 passed = False
@@ -310,8 +371,7 @@ class Podman:
                 self.healthy.add(name)
                 return
             if time.monotonic() > deadline:
-                raise DemoFailed(f"service {name} was not healthy within {patience:g}s: "
-                                 f"{self.logs(name)[-1500:]}")
+                raise DemoFailed(f"service {name} was not healthy within {patience:g}s: {self.logs(name)[-1500:]}")
             time.sleep(1.0)
 
     def logs(self, name: str, stream: str = "both") -> str:
@@ -363,18 +423,28 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; 0 when the master finished, 1 when something failed, 130 on Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", choices=("auto", "docker", "podman"), default="auto",
-                        help="auto: docker compose when an engine answers, else podman")
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "cluster-demo",
-                        help="where the master's outputs are copied (default runs/cluster-demo)")
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "docker", "podman"),
+        default="auto",
+        help="auto: docker compose when an engine answers, else podman",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "runs" / "cluster-demo",
+        help="where the master's outputs are copied (default runs/cluster-demo)",
+    )
     args = parser.parse_args(argv)
     compose = yaml.safe_load(COMPOSE.read_text())
     engine = args.engine
     if engine == "auto":
         engine = "docker" if docker_answers() else "podman"
     if engine == "podman" and shutil.which("podman") is None:
-        parser.error("Argument 'engine' found no Docker engine and no podman here: install Docker, or "
-                     "apt-get install -y podman runc debootstrap")
+        parser.error(
+            "Argument 'engine' found no Docker engine and no podman here: install Docker, or "
+            "apt-get install -y podman runc debootstrap"
+        )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         lock = LOCK.open("w")

@@ -37,8 +37,10 @@ def _protoc(proto_files: list[Path], out_dir: Path) -> None:
 
     installed = version("grpcio-tools")
     if installed != GRPC_TOOLS_VERSION:
-        sys.exit(f"grpcio-tools=={GRPC_TOOLS_VERSION} is required (the committed code was generated "
-                 f"with it), found {installed}")
+        sys.exit(
+            f"grpcio-tools=={GRPC_TOOLS_VERSION} is required (the committed code was generated "
+            f"with it), found {installed}"
+        )
     if shutil.which("protoc-gen-mypy", path=_plugin_path()) is None:
         sys.exit("mypy-protobuf is required for the typed stubs: pip install 'mypy-protobuf==5.1.0'")
     os.environ["PATH"] = _plugin_path()  # protoc finds its plugins on PATH: this interpreter's scripts first
@@ -91,8 +93,11 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix in (".py", ".pyi")}
+    return {
+        str(p.relative_to(root)): p.read_text()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".py", ".pyi")
+    }
 
 
 def check() -> int:
@@ -105,8 +110,14 @@ def check() -> int:
     for name in sorted(fresh.keys() | committed.keys()):
         if fresh.get(name) != committed.get(name):
             stale = True
-            diff = difflib.unified_diff(committed.get(name, "").splitlines(), fresh.get(name, "").splitlines(),
-                                        f"committed/{name}", f"fresh/{name}", lineterm="", n=1)
+            diff = difflib.unified_diff(
+                committed.get(name, "").splitlines(),
+                fresh.get(name, "").splitlines(),
+                f"committed/{name}",
+                f"fresh/{name}",
+                lineterm="",
+                n=1,
+            )
             print("\n".join(line[:160] for line in list(diff)[:40]), file=sys.stderr)
     if stale:
         print(f"{OUT_ROOT} is stale: run `python scripts/gen_proto.py` and commit the result", file=sys.stderr)

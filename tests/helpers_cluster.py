@@ -43,15 +43,17 @@ class SmallJob:
 
     def expected(self, round_number: int) -> np.ndarray:
         """What the worker must answer for this round: the protocol's worker function, residues x cols."""
-        return worker_compute(ResidueBasis(self.moduli), self.share, self.weights(round_number),
-                              self.spec.coefficients)
+        return worker_compute(ResidueBasis(self.moduli), self.share, self.weights(round_number), self.spec.coefficients)
 
     def chunks(self, max_chunk_bytes: int = 64) -> list[pb.ShareChunk]:
         """Every residue's rows as ShareChunks, residue by residue; the first chunk carries the spec."""
-        return [chunk for residue in range(self.spec.residues)
-                for chunk in serde.share_chunks_to_proto(self.job_id, 0, self.share[residue],
-                                                         self.spec if residue == 0 else None, max_chunk_bytes,
-                                                         residue)]
+        return [
+            chunk
+            for residue in range(self.spec.residues)
+            for chunk in serde.share_chunks_to_proto(
+                self.job_id, 0, self.share[residue], self.spec if residue == 0 else None, max_chunk_bytes, residue
+            )
+        ]
 
 
 def _elements(rng: np.random.Generator, moduli: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
@@ -59,18 +61,29 @@ def _elements(rng: np.random.Generator, moduli: tuple[int, ...], shape: tuple[in
     return np.stack([rng.integers(0, m, size=shape, dtype=np.uint32) for m in moduli])
 
 
-def small_job(job_id: str = "job-1", rows: int = 6, cols: int = 4, degree: int = 1,
-              moduli: tuple[int, ...] = MODULI, seed: int = 0) -> SmallJob:
+def small_job(
+    job_id: str = "job-1",
+    rows: int = 6,
+    cols: int = 4,
+    degree: int = 1,
+    moduli: tuple[int, ...] = MODULI,
+    seed: int = 0,
+) -> SmallJob:
     rng = np.random.default_rng(seed)
-    spec = serde.WireJobSpec(moduli=tuple(moduli), degree=degree, rows=rows, cols=cols,
-                             coefficients=_elements(rng, moduli, (degree + 1,)), model="logistic")
+    spec = serde.WireJobSpec(
+        moduli=tuple(moduli),
+        degree=degree,
+        rows=rows,
+        cols=cols,
+        coefficients=_elements(rng, moduli, (degree + 1,)),
+        model="logistic",
+    )
     return SmallJob(job_id, spec, _elements(rng, moduli, (rows, cols)))
 
 
 @contextlib.asynccontextmanager
 async def running_worker(**overrides) -> AsyncIterator[WorkerServer]:
-    settings = WorkerSettings(**{"listen": "127.0.0.1:0", "insecure": True, "drain_seconds": 0.5,
-                                 **overrides})
+    settings = WorkerSettings(**{"listen": "127.0.0.1:0", "insecure": True, "drain_seconds": 0.5, **overrides})
     server = WorkerServer(settings)
     await server.start()
     try:
@@ -80,8 +93,9 @@ async def running_worker(**overrides) -> AsyncIterator[WorkerServer]:
 
 
 @contextlib.asynccontextmanager
-async def stub_for(address: str, credentials: grpc.ChannelCredentials | None = None,
-                   server_name: str | None = None) -> AsyncIterator[pb_grpc.WorkerStub]:
+async def stub_for(
+    address: str, credentials: grpc.ChannelCredentials | None = None, server_name: str | None = None
+) -> AsyncIterator[pb_grpc.WorkerStub]:
     if credentials is None:
         channel = grpc.aio.insecure_channel(address)
     else:
@@ -95,6 +109,7 @@ async def upload(stub: pb_grpc.WorkerStub, chunks: Iterable[pb.ShareChunk]) -> p
     async def stream():
         for chunk in chunks:
             yield chunk
+
     return await stub.UploadShare(stream(), timeout=DEADLINE)
 
 
@@ -102,11 +117,13 @@ async def compute(stub: pb_grpc.WorkerStub, requests: Iterable[pb.RoundRequest])
     async def stream():
         for request in requests:
             yield request
+
     call = stub.Compute(stream(), timeout=DEADLINE)
     return [reply async for reply in call]
 
 
 # --- TLS material -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pki:
@@ -121,5 +138,10 @@ def make_pki(directory: Path, name: str = "test") -> Pki:
     """A CA, a worker certificate for localhost/127.0.0.1 and a master client certificate, as PEM files."""
     pki = make_cluster_pki(directory, ["localhost", "127.0.0.1"], ["master"], days=1, ca_name=f"{name} CA")
     client_cert, client_key = pki.clients["master"]
-    return Pki(ca=pki.ca, server_cert=pki.worker_cert, server_key=pki.worker_key, client_cert=client_cert,
-               client_key=client_key)
+    return Pki(
+        ca=pki.ca,
+        server_cert=pki.worker_cert,
+        server_key=pki.worker_key,
+        client_cert=client_cert,
+        client_key=client_key,
+    )

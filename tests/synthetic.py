@@ -11,8 +11,9 @@ def realistic_table(m: int, d: int = 100, seed: int = 0) -> tuple[np.ndarray, np
     n_gauss, n_heavy = (2 * d) // 5, d // 5
     n_onehot = d - n_gauss - n_heavy
     gauss = rng.standard_normal((m, n_gauss)) * 10.0 ** rng.uniform(-2, 3, n_gauss) + rng.uniform(-5, 5, n_gauss)
-    heavy = np.column_stack([rng.lognormal(0.0, 1.5, m) if j % 2 else rng.standard_t(3, m)
-                             for j in range(n_heavy)]) * 10.0 ** rng.uniform(-1, 2, n_heavy)
+    heavy = np.column_stack(
+        [rng.lognormal(0.0, 1.5, m) if j % 2 else rng.standard_t(3, m) for j in range(n_heavy)]
+    ) * 10.0 ** rng.uniform(-1, 2, n_heavy)
     levels = 8
     onehot = np.zeros((m, n_onehot))
     for start in range(0, n_onehot, levels):

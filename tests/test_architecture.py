@@ -90,21 +90,35 @@ def test_the_cycle_check_finds_a_cycle():
 
 @pytest.mark.parametrize("package", ["cpml.field", "cpml.protocol", "cpml.mpc"])
 def test_the_math_imports_no_network_or_event_loop(package):
-    offending = {name: sorted(m for m in IMPORTS[name] if m.split(".")[0] in {"grpc", "grpc_health", "asyncio"}
-                              or m.startswith("cpml.wire"))
-                 for name in MODULES if name == package or name.startswith(package + ".")}
+    offending = {
+        name: sorted(
+            m
+            for m in IMPORTS[name]
+            if m.split(".")[0] in {"grpc", "grpc_health", "asyncio"} or m.startswith("cpml.wire")
+        )
+        for name in MODULES
+        if name == package or name.startswith(package + ".")
+    }
     assert {name: found for name, found in offending.items() if found} == {}
 
 
 def test_wd_dp_does_not_import_the_coded_master():
-    offending = {name: sorted(m for m in GRAPH[name] if m.startswith("cpml.master"))
-                 for name in MODULES if name.startswith("cpml.dp")}
+    offending = {
+        name: sorted(m for m in GRAPH[name] if m.startswith("cpml.master"))
+        for name in MODULES
+        if name.startswith("cpml.dp")
+    }
     assert {name: found for name, found in offending.items() if found} == {}
 
 
 def test_only_the_wire_layer_touches_generated_messages_at_runtime():
-    offending = {name: sorted(m for m in _imports(name, path, at_runtime=True)
-                              if m.startswith("cpml.wire.generated") and m.endswith("_pb2"))
-                 for name, path in MODULES.items() if not name.startswith("cpml.wire")}
+    offending = {
+        name: sorted(
+            m
+            for m in _imports(name, path, at_runtime=True)
+            if m.startswith("cpml.wire.generated") and m.endswith("_pb2")
+        )
+        for name, path in MODULES.items()
+        if not name.startswith("cpml.wire")
+    }
     assert {name: found for name, found in offending.items() if found} == {}
-

@@ -15,9 +15,24 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_quick_run_writes_phases_and_checks_bit_identity(tmp_path):
     out = tmp_path / "distributed.json"
-    run = subprocess.run([sys.executable, "bench/bench_distributed.py", "--quick", "--workers", "5",
-                          "--iterations", "2", "--out", str(out)], cwd=REPO, check=False, capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/bench_distributed.py",
+            "--quick",
+            "--workers",
+            "5",
+            "--iterations",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads(out.read_text())["results"]
     assert [(r["dataset"], r["n_workers"]) for r in results] == [("digits", 5), ("cifar-synthetic", 5)]
@@ -25,8 +40,13 @@ def test_quick_run_writes_phases_and_checks_bit_identity(tmp_path):
         assert r["weights_bit_identical"] is True
         assert r["shape"] == ([361, 65] if r["dataset"] == "digits" else [600, 65])  # + intercept column
         phases = r["distributed"]["rounds_phase_seconds"]
-        assert set(phases) == {"encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds",
-                               "decode_update_seconds"}
+        assert set(phases) == {
+            "encode_seconds",
+            "send_seconds",
+            "wait_seconds",
+            "worker_compute_seconds",
+            "decode_update_seconds",
+        }
         assert 0 < phases["worker_compute_seconds"] <= phases["wait_seconds"]
         assert r["distributed"]["upload_bytes"] > 0 and r["simulator"]["encode_dataset_seconds"] > 0
         assert r["ratio_train_only"] > 0

@@ -12,22 +12,33 @@ VARIANTS = ("exact", "raw_float64", "naive_int64", "galois")
 
 def test_quick_run_writes_every_kernel_variant_ratio_and_machine_fact(tmp_path):
     out = tmp_path / "field.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["quick"] is True and report["plan"] == {"N": 50, "K": 10, "T": 7, "r": 1, "R": 49,
-                                                          "p": 2**25 - 39}
+    assert report["quick"] is True and report["plan"] == {"N": 50, "K": 10, "T": 7, "r": 1, "R": 49, "p": 2**25 - 39}
     assert set(report["datasets"]) == {"cifar", "gisette"} == set(report["summary"])
     for dataset in report["datasets"].values():
         for kernel in KERNELS:
             entry = dataset[kernel]
             for variant in VARIANTS:
                 assert entry["seconds"][variant]["median"] > 0, (kernel, variant)
-            assert set(entry["ratios"]) == {"exact_over_raw", "exact_over_raw_paired", "galois_over_exact",
-                                            "naive_over_exact"}
+            assert set(entry["ratios"]) == {
+                "exact_over_raw",
+                "exact_over_raw_paired",
+                "galois_over_exact",
+                "naive_over_exact",
+            }
         assert set(dataset["encoding"]["targets_met"]) == {
-            "exact_within_1.5x_of_raw", "15x_faster_than_galois", "15x_faster_than_naive_int64"}
+            "exact_within_1.5x_of_raw",
+            "15x_faster_than_galois",
+            "15x_faster_than_naive_int64",
+        }
         assert dataset["encoding"]["shape"]["b"] == [17, dataset["rows_per_partition"] * dataset["d"]]
         assert dataset["masks"]["seconds"]["uniform"]["median"] > 0
         assert dataset["encode_full"]["ratios"]["encode_over_raw"] > 0
@@ -40,8 +51,13 @@ def test_quick_run_writes_every_kernel_variant_ratio_and_machine_fact(tmp_path):
 
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "0", "--out",
-                           str(tmp_path / "x.json")], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--repeats", "0", "--out", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "Argument 'repeats' must be at least 1, not 0." in done.stderr
     assert not (tmp_path / "x.json").exists()

@@ -15,12 +15,25 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_quick_run_times_both_sides_and_scores_them_on_the_same_rows(tmp_path):
     out = tmp_path / "job.json"
-    run = subprocess.run([sys.executable, "bench/bench_job.py", "--quick", "--out", str(out)], cwd=REPO,
-                         check=False, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "bench/bench_job.py", "--quick", "--out", str(out)],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["task"] == {"images": 120, "pixels": 64, "train_rows": 96, "features": 65, "test_rows": 24,
-                              "iterations": 3, "labels": "digit >= 5 (scikit-learn digits, upsampled bilinearly)"}
+    assert result["task"] == {
+        "images": 120,
+        "pixels": 64,
+        "train_rows": 96,
+        "features": 65,
+        "test_rows": 24,
+        "iterations": 3,
+        "labels": "digit >= 5 (scikit-learn digits, upsampled bilinearly)",
+    }
     cpml, mpyc = result["cpml"], result["mpyc"]
     assert 0 < cpml["median_to_model_json"] <= cpml["median_to_exit"]
     assert mpyc["median"] > 0 and mpyc["parties"] == 3

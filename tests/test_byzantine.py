@@ -15,49 +15,95 @@ from cpml.protocol import CodedTrainer, Plan, prepare_share, simulate, worker_co
 
 
 @hsettings(max_examples=25, deadline=None)
-@given(k=st.integers(1, 3), t=st.integers(1, 2), r=st.integers(1, 2), a=st.integers(1, 2), seed=st.integers(0, 10**6),
-       data=st.data())
+@given(
+    k=st.integers(1, 3),
+    t=st.integers(1, 2),
+    r=st.integers(1, 2),
+    a=st.integers(1, 2),
+    seed=st.integers(0, 10**6),
+    data=st.data(),
+)
 def test_the_decoded_gradient_is_the_honest_one_whatever_a_wrong_workers_send(k, t, r, a, seed, data):
     rng = np.random.default_rng(seed)
     n = (2 * r + 1) * (k + t - 1) + 1 + 2 * a
     x, y = rng.standard_normal((30, 4)) / 4, rng.integers(0, 2, 30).astype(float)
-    plan = Plan(n_workers=n, k=k, t=t, r=r, byzantine=a, iterations=1, lx=4, lw=6, lc=4, p=2**31 - 1,
-                residues=3 if r == 2 else 2)
+    plan = Plan(
+        n_workers=n,
+        k=k,
+        t=t,
+        r=r,
+        byzantine=a,
+        iterations=1,
+        lx=4,
+        lw=6,
+        lc=4,
+        p=2**31 - 1,
+        residues=3 if r == 2 else 2,
+    )
     trainer = CodedTrainer.create(plan, x, y, seed=seed % 1000)
     shares = trainer.encode_dataset()
     w_shares = trainer.weight_shares()
     coefficients = trainer.job_spec.coefficient_array()
     order = [int(i) for i in rng.permutation(n)]
-    replies = {i: worker_compute(trainer.basis, prepare_share(trainer.basis, shares[i]), w_shares[i], coefficients)
-               for i in order}
+    replies = {
+        i: worker_compute(trainer.basis, prepare_share(trainer.basis, shares[i]), w_shares[i], coefficients)
+        for i in order
+    }
     honest = trainer.decode_gradient(replies)
     liars = data.draw(st.lists(st.sampled_from(order[: plan.replies_needed]), max_size=a, unique=True))
     for liar in liars:  # any residue, any entries, any amounts
         residue = data.draw(st.integers(0, plan.residues - 1))
         entry = data.draw(st.integers(0, 3))
         replies[liar] = replies[liar].copy()
-        replies[liar][residue, entry] = (int(replies[liar][residue, entry]) + data.draw(st.integers(1, 1000))) % \
-            plan.moduli[residue]
+        replies[liar][residue, entry] = (
+            int(replies[liar][residue, entry]) + data.draw(st.integers(1, 1000))
+        ) % plan.moduli[residue]
     assert sorted(trainer.wrong_workers(replies)) == sorted(liars)
     np.testing.assert_array_equal(trainer.decode_gradient(replies, liars), honest)
 
 
 def settings(addresses, out, **changes):
-    return TrainSettings(**{"dataset": "breast-cancer", "workers": tuple(addresses), "insecure": True, "k": 1,
-                            "t": 1, "iterations": 12, "out": out, "progress": False, **changes})
+    return TrainSettings(
+        **{
+            "dataset": "breast-cancer",
+            "workers": tuple(addresses),
+            "insecure": True,
+            "k": 1,
+            "t": 1,
+            "iterations": 12,
+            "out": out,
+            "progress": False,
+            **changes,
+        }
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("liars", [
-    [("offset", "1", "0.1")],  # A = 1: a constant added to a tenth of the entries, every round
-    [("random", "1", "0.1"), ("offset", "3", "0.01")],  # A = 2: one at random, one rarely and in one entry
-])
+@pytest.mark.parametrize(
+    "liars",
+    [
+        [("offset", "1", "0.1")],  # A = 1: a constant added to a tenth of the entries, every round
+        [("random", "1", "0.1"), ("offset", "3", "0.01")],  # A = 2: one at random, one rarely and in one entry
+    ],
+)
 async def test_a_wrong_workers_among_r_plus_2a_daemons_are_corrected_and_named(tmp_path, liars):
     a = len(liars)
     async with LocalWorkers(4 + a, tmp_path / "honest") as honest:  # K = 1, T = 1: R = 4, N = R + 2A
-        groups = [LocalWorkers(1, tmp_path / f"liar{i}", extra_args=(
-            "--fault-wrong-results", mode, "--fault-wrong-every", every, "--fault-wrong-fraction", fraction))
-            for i, (mode, every, fraction) in enumerate(liars)]
+        groups = [
+            LocalWorkers(
+                1,
+                tmp_path / f"liar{i}",
+                extra_args=(
+                    "--fault-wrong-results",
+                    mode,
+                    "--fault-wrong-every",
+                    every,
+                    "--fault-wrong-fraction",
+                    fraction,
+                ),
+            )
+            for i, (mode, every, fraction) in enumerate(liars)
+        ]
         for group in groups:
             await group.__aenter__()
         try:
@@ -78,8 +124,12 @@ async def test_a_wrong_workers_among_r_plus_2a_daemons_are_corrected_and_named(t
 
 @pytest.mark.slow
 async def test_with_one_spare_a_wrong_result_is_detected_and_never_applied(tmp_path):
-    async with LocalWorkers(4, tmp_path / "honest") as honest, LocalWorkers(
-            1, tmp_path / "liar", extra_args=("--fault-wrong-results", "offset", "--fault-wrong-every", "3")) as liar:
+    async with (
+        LocalWorkers(4, tmp_path / "honest") as honest,
+        LocalWorkers(
+            1, tmp_path / "liar", extra_args=("--fault-wrong-results", "offset", "--fault-wrong-every", "3")
+        ) as liar,
+    ):
         run = settings([*honest.addresses, *liar.addresses], tmp_path / "run", detect=True)
         with pytest.raises(WrongResults, match=r"round 1: .*some worker returned a wrong result.*not applied"):
             await train(run)
@@ -96,8 +146,10 @@ def test_more_wrong_workers_than_a_are_refused_not_miscorrected():
     trainer = CodedTrainer.create(plan, rng.standard_normal((20, 3)) / 4, rng.integers(0, 2, 20).astype(float), 0)
     shares, w_shares = trainer.encode_dataset(), trainer.weight_shares()
     coefficients = trainer.job_spec.coefficient_array()
-    replies = {i: worker_compute(trainer.basis, prepare_share(trainer.basis, shares[i]), w_shares[i], coefficients)
-               for i in range(7)}
+    replies = {
+        i: worker_compute(trainer.basis, prepare_share(trainer.basis, shares[i]), w_shares[i], coefficients)
+        for i in range(7)
+    }
     moduli = np.array(plan.moduli, dtype=np.uint64)[:, None]
     for liar in (0, 3):
         replies[liar] = ((replies[liar].astype(np.uint64) + 1) % moduli).astype(np.uint32)

@@ -21,13 +21,25 @@ LABELS = (FEATURES[:, 0] > 0).astype(int)
 
 
 def _train(tmp_path, *flags: str) -> list[str]:
-    return ["train", "--out", str(tmp_path / "run"), "--iterations", "2", "--workers-local", "4",
-            "--log-level", "error", "--no-progress", *flags]
+    return [
+        "train",
+        "--out",
+        str(tmp_path / "run"),
+        "--iterations",
+        "2",
+        "--workers-local",
+        "4",
+        "--log-level",
+        "error",
+        "--no-progress",
+        *flags,
+    ]
 
 
 def _csv(path, labels=("0", "1"), header=True):
     lines = (["a,b,c,label"] if header else []) + [
-        ",".join([*map(str, x), labels[y]]) for x, y in zip(FEATURES, LABELS)]
+        ",".join([*map(str, x), labels[y]]) for x, y in zip(FEATURES, LABELS)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
@@ -58,29 +70,42 @@ def _intact_fingerprint_but_no_plan(tmp_path) -> None:
 
     settings = train_settings(parse_train_args(_train(tmp_path, "--dataset", "digits-4v9")[1:]))
     fingerprint = data_fingerprint(load_training_data(settings))
-    _checkpoint(tmp_path, json.dumps({"format": CHECKPOINT_FORMAT, "data_sha256": fingerprint,
-                                      "trainer": {"round": 1}}))
+    _checkpoint(
+        tmp_path, json.dumps({"format": CHECKPOINT_FORMAT, "data_sha256": fingerprint, "trainer": {"round": 1}})
+    )
 
 
-@pytest.mark.parametrize(("setup", "flags", "message"), [
-    (None, ["--dataset", "{tmp}/x1d.npz"], "Argument 'dataset' must hold a 2-D array 'x'"),  # was IndexError
-    (None, ["--dataset", "digits-4v9", "--seed", "-1"], "Argument 'seed' must be an integer from 0"),
-    (None, ["--dataset", "digits-4v9", "--chunk-bytes", "0"], "Argument 'chunk_bytes' must be positive, not 0."),
-    (None, ["--dataset", "digits-4v9", "--connect-timeout", "0"],
-     "Argument 'connect_timeout' must be a positive number of seconds, not 0.0."),
-    (None, ["--dataset", "digits-4v9", "--round-timeout", "-1"], "Argument 'round_timeout' must be a positive"),
-    (None, ["--dataset", "digits-4v9", "--workers", "a,b,c,d", "--insecure"],
-     "Argument 'workers' must list host:port addresses (port 1-65535), not 'a'."),
-    (None, ["--dataset", "digits-4v9", "--workers", "h:1,h:2,h:3,h:99999", "--insecure"], "not 'h:99999'."),
-    (None, ["--dataset", "digits-4v9", "--positive-label", "7"], "Argument 'positive_label' must be one of"),
-    (None, ["--dataset", "{tmp}/d.csv", "--label-column", "class"], "Argument 'label_column' must name exactly"),
-    ("file", ["--dataset", "digits-4v9", "--out", "{tmp}/taken"],
-     "Argument 'out' must be a directory, not '{tmp}/taken', which is a file."),
-    ("file", ["--dataset", "digits-4v9", "--out", "{tmp}/taken/run"], "which would be under the file"),
-    ("[]", ["--dataset", "digits-4v9", "--resume"], "Argument 'resume' needs a checkpoint written by cpml-master"),
-    ("{bad", ["--dataset", "digits-4v9", "--resume"], "Argument 'resume' needs a readable checkpoint"),
-    ("no plan", ["--dataset", "digits-4v9", "--resume"], "Argument 'resume' needs an intact checkpoint"),
-])
+@pytest.mark.parametrize(
+    ("setup", "flags", "message"),
+    [
+        (None, ["--dataset", "{tmp}/x1d.npz"], "Argument 'dataset' must hold a 2-D array 'x'"),  # was IndexError
+        (None, ["--dataset", "digits-4v9", "--seed", "-1"], "Argument 'seed' must be an integer from 0"),
+        (None, ["--dataset", "digits-4v9", "--chunk-bytes", "0"], "Argument 'chunk_bytes' must be positive, not 0."),
+        (
+            None,
+            ["--dataset", "digits-4v9", "--connect-timeout", "0"],
+            "Argument 'connect_timeout' must be a positive number of seconds, not 0.0.",
+        ),
+        (None, ["--dataset", "digits-4v9", "--round-timeout", "-1"], "Argument 'round_timeout' must be a positive"),
+        (
+            None,
+            ["--dataset", "digits-4v9", "--workers", "a,b,c,d", "--insecure"],
+            "Argument 'workers' must list host:port addresses (port 1-65535), not 'a'.",
+        ),
+        (None, ["--dataset", "digits-4v9", "--workers", "h:1,h:2,h:3,h:99999", "--insecure"], "not 'h:99999'."),
+        (None, ["--dataset", "digits-4v9", "--positive-label", "7"], "Argument 'positive_label' must be one of"),
+        (None, ["--dataset", "{tmp}/d.csv", "--label-column", "class"], "Argument 'label_column' must name exactly"),
+        (
+            "file",
+            ["--dataset", "digits-4v9", "--out", "{tmp}/taken"],
+            "Argument 'out' must be a directory, not '{tmp}/taken', which is a file.",
+        ),
+        ("file", ["--dataset", "digits-4v9", "--out", "{tmp}/taken/run"], "which would be under the file"),
+        ("[]", ["--dataset", "digits-4v9", "--resume"], "Argument 'resume' needs a checkpoint written by cpml-master"),
+        ("{bad", ["--dataset", "digits-4v9", "--resume"], "Argument 'resume' needs a readable checkpoint"),
+        ("no plan", ["--dataset", "digits-4v9", "--resume"], "Argument 'resume' needs an intact checkpoint"),
+    ],
+)
 def test_train_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys, setup, flags, message):
     np.savez(tmp_path / "x1d.npz", x=FEATURES[:, 0], y=LABELS)
     _csv(tmp_path / "d.csv")
@@ -104,14 +129,19 @@ def test_an_unexpected_failure_is_one_line_with_exit_1(tmp_path, capsys, monkeyp
     monkeypatch.setattr(train, "train", broken)
     assert cli.main(_train(tmp_path, "--dataset", "digits-4v9")) == ExitCode.FAILED
     assert "failed: KeyError: 'surprise' (--log-level debug shows the traceback)" in _one_error_line(
-        capsys, "cpml-master train: ")
+        capsys, "cpml-master train: "
+    )
 
 
 def test_the_installed_entry_point_prints_no_traceback(tmp_path):
     np.savez(tmp_path / "x1d.npz", x=FEATURES[:, 0], y=LABELS)
-    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", *_train(tmp_path, "--dataset",
-                                                                            str(tmp_path / "x1d.npz"))],
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "cpml.master.cli", *_train(tmp_path, "--dataset", str(tmp_path / "x1d.npz"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 2
     assert run.stderr.startswith("cpml-master train: Argument 'dataset' must hold a 2-D array")
     assert len(run.stderr.strip().splitlines()) == 1 and run.stdout == ""
@@ -128,29 +158,51 @@ def test_baselines_train_with_the_intercept_they_are_asked_for(tmp_path, capsys)
 
 
 def _aggregate(tmp_path, *flags: str) -> list[str]:
-    return ["aggregate", "--parties", "2", "--rho", "1", "--rounds", "2", "--out", str(tmp_path / "agg"),
-            "--log-level", "error", *flags]
+    return [
+        "aggregate",
+        "--parties",
+        "2",
+        "--rho",
+        "1",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path / "agg"),
+        "--log-level",
+        "error",
+        *flags,
+    ]
 
 
 def test_aggregate_reads_a_csv_by_label_name_with_text_labels(tmp_path, capsys):
     path = tmp_path / "d.csv"
-    path.write_text("diagnosis,a,b,c\n" + "\n".join(
-        ",".join(["BM"[y], *map(str, x)]) for x, y in zip(FEATURES, LABELS)) + "\n")
+    path.write_text(
+        "diagnosis,a,b,c\n" + "\n".join(",".join(["BM"[y], *map(str, x)]) for x, y in zip(FEATURES, LABELS)) + "\n"
+    )
     code = cli.main(_aggregate(tmp_path, "--dataset", str(path), "--label-column", "diagnosis"))
     assert code == 0
     assert "labels: B -> 0, M -> 1" in capsys.readouterr().out.splitlines()
 
 
-@pytest.mark.parametrize(("checkpoint", "flags", "message"), [
-    (None, ["--out", "{tmp}/taken"], "Argument 'out' must be a directory, not '{tmp}/taken', which is a file."),
-    (None, ["--round-timeout", "0"], "Argument 'round_timeout' must be a positive number of seconds, not 0.0."),
-    (None, ["--join-timeout", "-1"], "Argument 'join_timeout' must be a positive number of seconds"),
-    ("[]", ["--resume"], "lacks its session state and history."),
-    ('{"session": {"version": 1}, "history": []}', ["--resume"],
-     f"Argument 'resume' must be a version {CHECKPOINT_VERSION} checkpoint, not 1."),
-    (f'{{"session": {{"version": {CHECKPOINT_VERSION}}}, "history": []}}', ["--resume"],
-     "with a damaged session state"),
-])
+@pytest.mark.parametrize(
+    ("checkpoint", "flags", "message"),
+    [
+        (None, ["--out", "{tmp}/taken"], "Argument 'out' must be a directory, not '{tmp}/taken', which is a file."),
+        (None, ["--round-timeout", "0"], "Argument 'round_timeout' must be a positive number of seconds, not 0.0."),
+        (None, ["--join-timeout", "-1"], "Argument 'join_timeout' must be a positive number of seconds"),
+        ("[]", ["--resume"], "lacks its session state and history."),
+        (
+            '{"session": {"version": 1}, "history": []}',
+            ["--resume"],
+            f"Argument 'resume' must be a version {CHECKPOINT_VERSION} checkpoint, not 1.",
+        ),
+        (
+            f'{{"session": {{"version": {CHECKPOINT_VERSION}}}, "history": []}}',
+            ["--resume"],
+            "with a damaged session state",
+        ),
+    ],
+)
 def test_aggregate_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys, checkpoint, flags, message):
     (tmp_path / "taken").write_text("")
     if checkpoint is not None:
@@ -163,8 +215,11 @@ def test_aggregate_refuses_bad_input_in_one_line_with_exit_2(tmp_path, capsys, c
 
 def test_party_maps_text_labels_only_with_an_explicit_positive_label(tmp_path):
     path = _csv(tmp_path / "d.csv", labels=("no", "yes"))
-    with pytest.raises(ValueError, match=r"Argument 'data' must have labels 0/1 or -1/1 \(or pass "
-                                         r"--positive-label\), not no, yes in column 4 \('label'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'data' must have labels 0/1 or -1/1 \(or pass "
+        r"--positive-label\), not no, yes in column 4 \('label'\)",
+    ):
         load_party_data(path, "auto", -1, "none")
     _, y = load_party_data(path, "auto", "label", "none", positive_label="yes")
     np.testing.assert_array_equal(y, LABELS)
@@ -176,15 +231,26 @@ def test_party_maps_text_labels_only_with_an_explicit_positive_label(tmp_path):
         load_party_data(path, "auto", -1, "none", positive_label="Yes")
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--out", "{tmp}"], "Argument 'out' must be a file path for the model, not the directory '{tmp}'."),
-    (["--wait-timeout", "0"], "Argument 'wait_timeout' must be a positive number of seconds, not 0.0."),
-    (["--data", "{tmp}/x1d.npz"], "Argument 'data' must hold a 2-D array 'x'"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--out", "{tmp}"], "Argument 'out' must be a file path for the model, not the directory '{tmp}'."),
+        (["--wait-timeout", "0"], "Argument 'wait_timeout' must be a positive number of seconds, not 0.0."),
+        (["--data", "{tmp}/x1d.npz"], "Argument 'data' must hold a 2-D array 'x'"),
+    ],
+)
 def test_party_refuses_bad_input_before_connecting(tmp_path, capsys, flags, message):
     np.savez(tmp_path / "x1d.npz", x=FEATURES[:, 0], y=LABELS)
-    argv = ["--server", "127.0.0.1:1", "--data", _csv(tmp_path / "d.csv"), "--insecure", "--log-level", "error",
-            *(f.format(tmp=tmp_path) for f in flags)]
+    argv = [
+        "--server",
+        "127.0.0.1:1",
+        "--data",
+        _csv(tmp_path / "d.csv"),
+        "--insecure",
+        "--log-level",
+        "error",
+        *(f.format(tmp=tmp_path) for f in flags),
+    ]
     assert party_cli.main(argv) == ExitCode.USAGE
     assert message.format(tmp=tmp_path) in _one_error_line(capsys, "cpml-party: ")
 

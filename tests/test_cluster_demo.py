@@ -30,8 +30,10 @@ REMOTE_ONLY = ("--workers", "--tls-ca", "--tls-cert", "--tls-key", "--out")
 
 
 def _docker_answers() -> bool:
-    return shutil.which("docker") is not None and subprocess.run(
-        ["docker", "info"], capture_output=True, check=False, timeout=30).returncode == 0
+    return (
+        shutil.which("docker") is not None
+        and subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=30).returncode == 0
+    )
 
 
 def _why_no_containers() -> str | None:
@@ -39,8 +41,10 @@ def _why_no_containers() -> str | None:
         return None
     missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
     if missing:
-        return (f"no Docker engine answers and {', '.join(missing)} missing (apt-get install -y podman runc "
-                "debootstrap, as .ci/run does when it runs as root)")
+        return (
+            f"no Docker engine answers and {', '.join(missing)} missing (apt-get install -y podman runc "
+            "debootstrap, as .ci/run does when it runs as root)"
+        )
     if os.geteuid() != 0:
         return "no Docker engine answers and podman runs as root here (rootless podman is not set up)"
     return None
@@ -72,16 +76,25 @@ def _leftovers(engine: str) -> list[str]:
     """Containers, networks and volumes of the compose project still on the machine."""
     found = []
     for kind in (["ps", "-a"], ["network", "ls"], ["volume", "ls"]):
-        listed = subprocess.run([engine, *kind, "--filter", LABEL, "--format", "{{.Names}}" if kind[0] == "ps"
-                                 else "{{.Name}}"], capture_output=True, text=True, check=True)
+        listed = subprocess.run(
+            [engine, *kind, "--filter", LABEL, "--format", "{{.Names}}" if kind[0] == "ps" else "{{.Name}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         found += listed.stdout.split()
     return found
 
 
 def test_cluster_demo_trains_across_containers_to_the_weights_of_local_processes(engine, tmp_path):
     began = time.monotonic()
-    demo = subprocess.run([sys.executable, str(DRIVER), "--engine", engine, "--out", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=1800, check=False)
+    demo = subprocess.run(
+        [sys.executable, str(DRIVER), "--engine", engine, "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     print(f"cluster demo with {engine}: {time.monotonic() - began:.0f} s")  # builds included (cached after)
     assert demo.returncode == 0, demo.stderr[-4000:]
     assert f"outputs: {tmp_path / 'demo'}" in demo.stdout
@@ -91,20 +104,42 @@ def test_cluster_demo_trains_across_containers_to_the_weights_of_local_processes
 
     master = COMPOSE["services"]["master"]["command"]
     flags = [arg for arg in master[2:] if arg.split("=", 1)[0] not in REMOTE_ONLY]
-    local = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *flags, "--workers-local", "5",
-                            "--out", str(tmp_path / "local"), "--log-format", "json"],
-                           capture_output=True, text=True, timeout=600, check=False)
+    local = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "train",
+            *flags,
+            "--workers-local",
+            "5",
+            "--out",
+            str(tmp_path / "local"),
+            "--log-format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert local.returncode == 0, local.stderr[-3000:]
     assert re.search(r"test accuracy: ([\d.]+)", local.stdout).group(1) == accuracy
     weights = [json.loads((tmp_path / run / "model.json").read_text())["weights"] for run in ("demo", "local")]
     assert weights[0] == weights[1]  # bit-identical floats: containers over mutual TLS = local processes
-    assert json.loads((tmp_path / "demo" / "model.json").read_text())["privacy"]["transport"] != \
-        json.loads((tmp_path / "local" / "model.json").read_text())["privacy"]["transport"]
+    assert (
+        json.loads((tmp_path / "demo" / "model.json").read_text())["privacy"]["transport"]
+        != json.loads((tmp_path / "local" / "model.json").read_text())["privacy"]["transport"]
+    )
 
 
 def test_ctrl_c_tears_the_cluster_down(engine, tmp_path):
-    demo = subprocess.Popen([sys.executable, str(DRIVER), "--engine", engine, "--out", str(tmp_path / "demo")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, str(DRIVER), "--engine", engine, "--out", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 900
         while not any(name.endswith("worker-1-1") for name in _leftovers(engine)):

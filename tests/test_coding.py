@@ -173,8 +173,9 @@ def test_the_fused_step_reduces_long_rows_and_many_rows_exactly():
         w = np.full((d, 1), (p - 1) // 2, dtype=np.uint32)
         coefficients = np.array([p - 1, p - 1], dtype=np.uint32)
         expected = field_compute(field, x, w, coefficients)  # the float64 limb kernels
-        assert fused_step.fused_compute(field, field.centred(x, np.int32), w, coefficients).tolist() == \
-            expected.tolist()
+        assert (
+            fused_step.fused_compute(field, field.centred(x, np.int32), w, coefficients).tolist() == expected.tolist()
+        )
         # and the float64 kernels against Python ints on one column
         xi = [[int(v) for v in row] for row in x]
         z = [sum(a * int(w[j, 0]) for j, a in enumerate(row)) % p for row in xi]
@@ -191,4 +192,6 @@ def test_prepare_share_keeps_the_fused_form_where_it_applies(moduli):
     coefficients = np.stack([rng.integers(0, p, 3).astype(np.uint32) for p in moduli])
     prepared = prepare_share(basis, x)
     assert prepared.dtype == (np.int32 if moduli[0] < 2**28 else np.float64)
-    assert worker_compute(basis, prepared, w, coefficients).tolist() == worker_compute(basis, x, w, coefficients).tolist()
+    assert (
+        worker_compute(basis, prepared, w, coefficients).tolist() == worker_compute(basis, x, w, coefficients).tolist()
+    )

@@ -23,8 +23,7 @@ def party_spec():
 
 async def test_health_answers_undecodable_bytes_with_invalid_argument_and_keeps_serving():
     async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
-        check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
-                                    response_deserializer=None)
+        check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await check(b"\xff\xff\xff", timeout=DEADLINE)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -36,9 +35,11 @@ async def test_health_answers_undecodable_bytes_with_invalid_argument_and_keeps_
 async def test_mpc_deliver_results_and_leave_refuse_bad_job_ids(job_id):
     async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
         stub = pb_grpc.MpcStub(channel)
-        calls = {"Deliver": lambda: stub.Deliver(pb.MpcEnvelope(job_id=job_id), timeout=DEADLINE),
-                 "Leave": lambda: stub.Leave(pb.MpcLeaveRequest(job_id=job_id), timeout=DEADLINE),
-                 "Results": lambda: _first(stub.Results(pb.MpcResultsRequest(job_id=job_id), timeout=DEADLINE))}
+        calls = {
+            "Deliver": lambda: stub.Deliver(pb.MpcEnvelope(job_id=job_id), timeout=DEADLINE),
+            "Leave": lambda: stub.Leave(pb.MpcLeaveRequest(job_id=job_id), timeout=DEADLINE),
+            "Results": lambda: _first(stub.Results(pb.MpcResultsRequest(job_id=job_id), timeout=DEADLINE)),
+        }
         for name, call in calls.items():
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call()
@@ -50,26 +51,33 @@ async def _first(stream):
         return reply
 
 
-@pytest.mark.parametrize("peer", ["unix:/tmp/cpml.sock", "dns:///example.com:80", "127.0.0.1:0",
-                                  "127.0.0.1:70000", "host name:80", "127.0.0.1"])
+@pytest.mark.parametrize(
+    "peer",
+    ["unix:/tmp/cpml.sock", "dns:///example.com:80", "127.0.0.1:0", "127.0.0.1:70000", "host name:80", "127.0.0.1"],
+)
 async def test_a_join_cannot_aim_a_worker_at_anything_but_host_port(peer):
     spec = party_spec()
     async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
         stub = pb_grpc.MpcStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Join(mpc_serde.join_to_proto("job", spec, [worker.address, peer, worker.address]),
-                            timeout=DEADLINE)
+            await stub.Join(
+                mpc_serde.join_to_proto("job", spec, [worker.address, peer, worker.address]), timeout=DEADLINE
+            )
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "never a unix:" in err.value.details()
 
 
 async def test_mpc_peer_hosts_bound_where_a_worker_connects():
     spec = party_spec()
-    async with running_worker(mpc_peer_hosts=("127.0.0.1",)) as worker, \
-            grpc.aio.insecure_channel(worker.address) as channel:
+    async with (
+        running_worker(mpc_peer_hosts=("127.0.0.1",)) as worker,
+        grpc.aio.insecure_channel(worker.address) as channel,
+    ):
         stub = pb_grpc.MpcStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.Join(mpc_serde.join_to_proto("job", spec, [worker.address, "10.1.2.3:50051", worker.address]),
-                            timeout=DEADLINE)
+            await stub.Join(
+                mpc_serde.join_to_proto("job", spec, [worker.address, "10.1.2.3:50051", worker.address]),
+                timeout=DEADLINE,
+            )
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED and "--mpc-peer-hosts" in err.value.details()
         await stub.Join(mpc_serde.join_to_proto("ok", spec, [worker.address] * 3), timeout=DEADLINE)
 
@@ -81,13 +89,15 @@ async def test_the_aggregation_server_health_is_guarded_too():
     from cpml.dp.session import AggregationSession, RunSettings
 
     settings = RunSettings("guarded", 2, 3, Budget(2.0, 1e-5), LocalSettings(learning_rate=1.0, l2=0.0))
-    server = AggregationServer(Coordinator(AggregationSession(settings, 3), round_timeout=1.0, join_timeout=5.0),
-                               "127.0.0.1:0")
+    server = AggregationServer(
+        Coordinator(AggregationSession(settings, 3), round_timeout=1.0, join_timeout=5.0), "127.0.0.1:0"
+    )
     address = await server.start()
     try:
         async with grpc.aio.insecure_channel(address) as channel:
-            check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=None,
-                                        response_deserializer=None)
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check", request_serializer=None, response_deserializer=None
+            )
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await check(b"\xff\xff\xff", timeout=DEADLINE)
             assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT

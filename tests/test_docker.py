@@ -35,8 +35,10 @@ def test_compose_file_matches_the_compose_schema(compose):
 
 def test_schema_validation_would_catch_a_mistake(compose):
     schema = json.loads(SCHEMA.read_text())
-    broken = {**compose, "services": {**compose["services"], "master": {**compose["services"]["master"],
-                                                                        "depends_on": 5}}}
+    broken = {
+        **compose,
+        "services": {**compose["services"], "master": {**compose["services"]["master"], "depends_on": 5}},
+    }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema, cls=jsonschema.Draft202012Validator)
 
@@ -45,8 +47,9 @@ def test_workers_run_the_worker_image_and_the_master_the_full_one(compose):
     services = compose["services"]
     for name, service in services.items():
         extras = service["build"]["args"]["EXTRAS"]
-        assert (service["image"], extras) == (("cpml-worker:latest", "") if name.startswith("worker-")
-                                             else ("cpml:latest", "all"))
+        assert (service["image"], extras) == (
+            ("cpml-worker:latest", "") if name.startswith("worker-") else ("cpml:latest", "all")
+        )
 
 
 def test_master_uses_every_worker_over_mutual_tls_once_they_are_healthy(compose):
@@ -84,8 +87,7 @@ def _swap(text: str, replace: dict[str, str]) -> str:
 
 def _run_service_locally(service: dict, replace: dict[str, str], extra_env: dict[str, str], **popen):
     command = [_swap(arg, replace) for arg in service["command"]]
-    env = {**os.environ, **{k: _swap(str(v), replace) for k, v in service.get("environment", {}).items()},
-           **extra_env}
+    env = {**os.environ, **{k: _swap(str(v), replace) for k, v in service.get("environment", {}).items()}, **extra_env}
     return subprocess.Popen(command, env=env, **popen)
 
 
@@ -112,19 +114,28 @@ def test_every_compose_service_runs_as_a_local_process(compose, tmp_path):
         ports = {}
         for name in workers:
             port_file = tmp_path / f"{name}.port"
-            procs.append(_run_service_locally(
-                services[name], volumes, {"CPML_WORKER_LISTEN": "127.0.0.1:0", "CPML_WORKER_PORT_FILE": str(port_file),
-                                          **path}, stderr=subprocess.DEVNULL))
+            procs.append(
+                _run_service_locally(
+                    services[name],
+                    volumes,
+                    {"CPML_WORKER_LISTEN": "127.0.0.1:0", "CPML_WORKER_PORT_FILE": str(port_file), **path},
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             ports[name] = _wait_for_file(port_file, procs[-1]).rsplit(":", 1)[1]
         for name in workers:  # the compose health check (mutual TLS), pointed at the local port
-            check = [_swap(a, {"localhost:50051": f"localhost:{ports[name]}", **volumes})
-                     for a in services[name]["healthcheck"]["test"][1:]]
-            probe = subprocess.run(check, check=False, capture_output=True, text=True, timeout=60,
-                                   env={**os.environ, **path})  # the healthcheck's `python` is this venv's
+            check = [
+                _swap(a, {"localhost:50051": f"localhost:{ports[name]}", **volumes})
+                for a in services[name]["healthcheck"]["test"][1:]
+            ]
+            probe = subprocess.run(
+                check, check=False, capture_output=True, text=True, timeout=60, env={**os.environ, **path}
+            )  # the healthcheck's `python` is this venv's
             assert probe.stdout.strip() == "SERVING", probe.stderr
         replace = {f"{name}:50051": f"localhost:{ports[name]}" for name in workers} | volumes
-        master = _run_service_locally(services["master"], replace, path, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+        master = _run_service_locally(
+            services["master"], replace, path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         procs.append(master)
         out, err = master.communicate(timeout=240)
         assert master.returncode == 0, err[-2000:]

@@ -44,8 +44,16 @@ def independent_epsilon(z: float, steps: int, q: float, accounting: Accounting) 
 
 @pytest.mark.parametrize(
     ("epsilon", "steps", "q", "requested"),
-    [(0.5, 20, 1.0, None), (1.0, 100, 1.0, None), (4.0, 50, 1.0, None), (1.0, 20, 0.3, None),
-     (2.0, 30, 0.1, None), (0.5, 20, 1.0, "rdp"), (1.0, 100, 1.0, "rdp"), (4.0, 50, 1.0, "rdp")],
+    [
+        (0.5, 20, 1.0, None),
+        (1.0, 100, 1.0, None),
+        (4.0, 50, 1.0, None),
+        (1.0, 20, 0.3, None),
+        (2.0, 30, 0.1, None),
+        (0.5, 20, 1.0, "rdp"),
+        (1.0, 100, 1.0, "rdp"),
+        (4.0, 50, 1.0, "rdp"),
+    ],
 )
 def test_calibrated_noise_spends_the_target_epsilon(epsilon, steps, q, requested):
     accounting = Accounting.for_sampling(q, requested)
@@ -79,8 +87,10 @@ def test_replace_one_is_twice_the_add_remove_shift():
     assert exact_gaussian_delta(10.0, 50, accountant.get_epsilon(DELTA)) > DELTA
 
 
-@pytest.mark.parametrize(("steps", "q", "requested"), [({Step(8.0): 30}, 1.0, None), ({Step(8.0): 30}, 1.0, "rdp"),
-                                                     ({Step(2.0, 0.2): 20}, 0.2, None)])
+@pytest.mark.parametrize(
+    ("steps", "q", "requested"),
+    [({Step(8.0): 30}, 1.0, None), ({Step(8.0): 30}, 1.0, "rdp"), ({Step(2.0, 0.2): 20}, 0.2, None)],
+)
 def test_epsilon_delta_epsilon_round_trips(steps, q, requested):
     accounting = Accounting.for_sampling(q, requested)
     for eps in (0.5, 2.0):
@@ -94,9 +104,7 @@ def test_mixed_steps_compose_like_the_accountant():
     accountant = dp_accounting.rdp.RdpAccountant()
     accountant.compose(dp_accounting.GaussianDpEvent(10.0), 10)
     accountant.compose(dp_accounting.GaussianDpEvent(6.0), 5)
-    assert epsilon_spent(steps, DELTA, Accounting.RDP) == pytest.approx(
-        accountant.get_epsilon(DELTA), rel=0.01
-    )
+    assert epsilon_spent(steps, DELTA, Accounting.RDP) == pytest.approx(accountant.get_epsilon(DELTA), rel=0.01)
 
 
 def test_ledger_refuses_before_changing_state():

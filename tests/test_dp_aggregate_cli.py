@@ -20,8 +20,25 @@ def restore_structlog():
 
 def test_embedded_run_writes_metrics_model_and_plot(tmp_path, capsys):
     out = tmp_path / "agg"
-    code = main(["aggregate", "--dataset", "breast-cancer", "--parties", "4", "--rho", "3",
-                 "--rounds", "5", "--epsilon", "1", "--out", str(out), "--log-level", "warning"])
+    code = main(
+        [
+            "aggregate",
+            "--dataset",
+            "breast-cancer",
+            "--parties",
+            "4",
+            "--rho",
+            "3",
+            "--rounds",
+            "5",
+            "--epsilon",
+            "1",
+            "--out",
+            str(out),
+            "--log-level",
+            "warning",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "5 rounds of weighted aggregation over 4 parties" in printed
@@ -44,16 +61,17 @@ def test_embedded_run_writes_metrics_model_and_plot(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flags", "message"),
-    [(["--epsilon", "0"], "Argument 'epsilon' must be a positive finite number, not 0.0."),
-     (["--rho", "0.5"], "Argument 'rho' must be at least 1, not 0.5."),
-     (["--momentum", "1"], "Argument 'momentum' must lie in [0, 1), not 1.0."),
-     (["--learning-rate", "-2"], "Argument 'learning_rate' must be a positive number"),
-     (["--listen", "127.0.0.1:0"], "Argument 'listen' must come with --tls-cert/--tls-key or"),
-     (["--sampling-rate", "0.5", "--accountant", "rdp"], "Argument 'accountant' must be 'pld'")],
+    [
+        (["--epsilon", "0"], "Argument 'epsilon' must be a positive finite number, not 0.0."),
+        (["--rho", "0.5"], "Argument 'rho' must be at least 1, not 0.5."),
+        (["--momentum", "1"], "Argument 'momentum' must lie in [0, 1), not 1.0."),
+        (["--learning-rate", "-2"], "Argument 'learning_rate' must be a positive number"),
+        (["--listen", "127.0.0.1:0"], "Argument 'listen' must come with --tls-cert/--tls-key or"),
+        (["--sampling-rate", "0.5", "--accountant", "rdp"], "Argument 'accountant' must be 'pld'"),
+    ],
 )
 def test_bad_arguments_exit_2_with_the_argument_named(tmp_path, capsys, flags, message):
-    code = main(["aggregate", "--rounds", "2", "--out", str(tmp_path), "--log-level", "error",
-                 *flags])
+    code = main(["aggregate", "--rounds", "2", "--out", str(tmp_path), "--log-level", "error", *flags])
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -71,8 +89,9 @@ def test_embedded_parties_draw_their_noise_from_os_urandom(tmp_path, monkeypatch
         return real_urandom(n)
 
     monkeypatch.setattr(noise.os, "urandom", counting_urandom)
-    code = main(["aggregate", "--parties", "2", "--rho", "2", "--rounds", "3", "--out",
-                 str(tmp_path), "--log-level", "error"])
+    code = main(
+        ["aggregate", "--parties", "2", "--rho", "2", "--rounds", "3", "--out", str(tmp_path), "--log-level", "error"]
+    )
     assert code == 0
     # 2 parties x 3 rounds x Box-Muller on 32 uniforms (31 weights) x 8 bytes each.
     assert requested.count(32 * 8) == 2 * 3
@@ -87,22 +106,37 @@ def test_resume_continues_a_checkpointed_run(tmp_path, capsys):
     from cpml.dp.session import AggregationSession
 
     out = tmp_path / "agg"
-    flags = ["--parties", "3", "--rho", "2", "--rounds", "6", "--epsilon", "1", "--out", str(out),
-             "--log-level", "error"]
+    flags = [
+        "--parties",
+        "3",
+        "--rho",
+        "2",
+        "--rounds",
+        "6",
+        "--epsilon",
+        "1",
+        "--out",
+        str(out),
+        "--log-level",
+        "error",
+    ]
     parser = argparse.ArgumentParser()
     aggregate_cli.add_arguments(parser)
     settings, shards, _, _ = aggregate_cli._prepare(parser.parse_args(flags))
     # Three rounds by hand with the CLI's own split, checkpointed as the CLI does.
     session = AggregationSession(settings, shards[0][0].shape[1])
-    parties = [session.register(f"party-{k}", len(y), x.shape[1]) for k, (x, y) in
-               enumerate(shards)]
+    parties = [session.register(f"party-{k}", len(y), x.shape[1]) for k, (x, y) in enumerate(shards)]
     session.start()
     source = SeededGaussian(0)
     while session.round < 3 and session.open_round():
         for party, (x, y) in zip(parties, shards):
             task = session.task_for(party.party_id)
-            session.submit(party.party_id, task.round, len(y), dp_gradient_steps(
-                task.weights, x, y, task.noise_multiplier, task.local, source))
+            session.submit(
+                party.party_id,
+                task.round,
+                len(y),
+                dp_gradient_steps(task.weights, x, y, task.noise_multiplier, task.local, source),
+            )
         session.close_round()
     out.mkdir()
     rows = [{"round": r, "epsilon": 0.0} for r in (1, 2, 3)]

@@ -87,9 +87,25 @@ def aggregation_server(tmp: Path, *flags: str) -> Iterator[Server]:
     stdout, stderr = tmp / "server.out", tmp / "server.err"
     with stdout.open("w") as o, stderr.open("w") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0",
-             "--port-file", str(port_file), "--out", str(out), "--log-format", "json", *flags],
-            stdout=o, stderr=e, text=True)
+            [
+                sys.executable,
+                "-m",
+                "cpml.master.cli",
+                "aggregate",
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--out",
+                str(out),
+                "--log-format",
+                "json",
+                *flags,
+            ],
+            stdout=o,
+            stderr=e,
+            text=True,
+        )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():
@@ -105,9 +121,23 @@ def aggregation_server(tmp: Path, *flags: str) -> Iterator[Server]:
 
 def start_party(address: str, data: Path, *flags: str) -> subprocess.Popen:
     """A `cpml-party` process (stdout and stderr captured)."""
-    return subprocess.Popen([sys.executable, "-m", "cpml.dp.party_cli", "--server", address, "--data", str(data),
-                             "--log-format", "json", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cpml.dp.party_cli",
+            "--server",
+            address,
+            "--data",
+            str(data),
+            "--log-format",
+            "json",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_parties(parties: list[subprocess.Popen], timeout: float = 90.0) -> list[tuple[int, str, str]]:
@@ -131,21 +161,22 @@ def write_party_data(tmp: Path, sizes: tuple[int, ...] = (100, 160, 200)) -> lis
     order = np.random.default_rng(0).permutation(len(y))
     paths, start = [], 0
     for k, n in enumerate(sizes):
-        rows = order[start:start + n]
+        rows = order[start : start + n]
         start += n
         paths.append(tmp / f"party{k}.csv")
         np.savetxt(paths[-1], np.column_stack([x[rows], y[rows]]), delimiter=",", fmt="%.6f")
     return paths
 
 
-async def _join(address: str, name: str, run_id: str, token: str = "",
-                credentials: grpc.ChannelCredentials | None = None) -> grpc.StatusCode:
-    channel = (grpc.aio.secure_channel(address, credentials) if credentials
-               else grpc.aio.insecure_channel(address))
+async def _join(
+    address: str, name: str, run_id: str, token: str = "", credentials: grpc.ChannelCredentials | None = None
+) -> grpc.StatusCode:
+    channel = grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
     async with channel:
         try:
             await pb_grpc.AggregationStub(channel).Join(
-                pb.JoinRequest(run_id=run_id, name=name, records=50, dimension=31, token=token), timeout=10)
+                pb.JoinRequest(run_id=run_id, name=name, records=50, dimension=31, token=token), timeout=10
+            )
         except grpc.aio.AioRpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
@@ -161,8 +192,9 @@ def test_made_up_joins_are_unauthenticated_and_the_real_parties_still_run(tmp_pa
     # Fault: three joins with made-up names under the default run id took every slot of a listening
     # server, the real parties were refused and the run died.
     files = write_party_data(tmp_path)
-    with aggregation_server(tmp_path, "--insecure", "--parties", "3", "--rounds", "2",
-                            "--join-timeout", "60") as server:
+    with aggregation_server(
+        tmp_path, "--insecure", "--parties", "3", "--rounds", "2", "--join-timeout", "60"
+    ) as server:
         run_id = RUN_ID_LINE.search(server.printed()).group(1)  # no open default run id: a random one
         for k in range(3):  # the attack of the issue: the old default run id, made-up names, no token
             assert join(server.address, f"intruder{k}", "wddp") == grpc.StatusCode.UNAUTHENTICATED
@@ -170,9 +202,12 @@ def test_made_up_joins_are_unauthenticated_and_the_real_parties_still_run(tmp_pa
         assert join(server.address, "party-1", run_id) == grpc.StatusCode.UNAUTHENTICATED
         assert join(server.address, "party-1", run_id, "x" * 43) == grpc.StatusCode.UNAUTHENTICATED
         folder = server.out / "join-tokens"
-        parties = [start_party(server.address, path, "--insecure", "--run-id", run_id,
-                               "--token-file", str(folder / f"party-{k + 1}"))
-                   for k, path in enumerate(files)]
+        parties = [
+            start_party(
+                server.address, path, "--insecure", "--run-id", run_id, "--token-file", str(folder / f"party-{k + 1}")
+            )
+            for k, path in enumerate(files)
+        ]
         results = finish_parties(parties)
         assert [code for code, _, _ in results] == [0, 0, 0], results
         assert server.finish() == 0, server.log()
@@ -196,18 +231,44 @@ def test_with_mutual_tls_a_party_is_its_certificate(tmp_path):
     def cert(name: str) -> grpc.ChannelCredentials:
         return channel_credentials(pki.ca, *pki.clients[name])
 
-    with aggregation_server(tmp_path, "--tls-cert", str(pki.worker_cert), "--tls-key", str(pki.worker_key),
-                            "--tls-client-ca", str(pki.ca), "--party-names", "alice,bob", "--run-id", "m",
-                            "--rounds", "2", "--join-timeout", "60") as server:
+    with aggregation_server(
+        tmp_path,
+        "--tls-cert",
+        str(pki.worker_cert),
+        "--tls-key",
+        str(pki.worker_key),
+        "--tls-client-ca",
+        str(pki.ca),
+        "--party-names",
+        "alice,bob",
+        "--run-id",
+        "m",
+        "--rounds",
+        "2",
+        "--join-timeout",
+        "60",
+    ) as server:
         assert join(server.address, "alice", "m", credentials=cert("bob")) == grpc.StatusCode.PERMISSION_DENIED
         assert join(server.address, "alice", "m", credentials=cert("mallory")) == grpc.StatusCode.PERMISSION_DENIED
         # a certificate of the CA, but not one of the run's parties
         assert join(server.address, "mallory", "m", credentials=cert("mallory")) == grpc.StatusCode.PERMISSION_DENIED
         no_cert = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
         assert join(server.address, "alice", "m", credentials=no_cert) == grpc.StatusCode.UNAVAILABLE
-        parties = [start_party(server.address, path, "--run-id", "m", "--tls-ca", str(pki.ca),
-                               "--tls-cert", str(pki.clients[name][0]), "--tls-key", str(pki.clients[name][1]))
-                   for name, path in zip(("alice", "bob"), files)]  # no --name: the certificate's CN
+        parties = [
+            start_party(
+                server.address,
+                path,
+                "--run-id",
+                "m",
+                "--tls-ca",
+                str(pki.ca),
+                "--tls-cert",
+                str(pki.clients[name][0]),
+                "--tls-key",
+                str(pki.clients[name][1]),
+            )
+            for name, path in zip(("alice", "bob"), files)
+        ]  # no --name: the certificate's CN
         results = finish_parties(parties)
         assert [code for code, _, _ in results] == [0, 0], results
         assert server.finish() == 0, server.log()
@@ -220,13 +281,16 @@ async def test_with_mutual_tls_no_party_can_act_for_another(tmp_path):
     pki = make_cluster_pki(tmp_path / "pki", ["127.0.0.1"], ["alice", "bob"])
     settings = RunSettings("m", 2, 2, Budget(1.0, 1e-5), LocalSettings(learning_rate=1.0))
     coordinator = Coordinator(AggregationSession(settings, 3), 5.0, 10.0)
-    server = AggregationServer(coordinator, "127.0.0.1:0",
-                               server_credentials(pki.worker_cert, pki.worker_key, pki.ca), CertificateAdmission())
+    server = AggregationServer(
+        coordinator, "127.0.0.1:0", server_credentials(pki.worker_cert, pki.worker_key, pki.ca), CertificateAdmission()
+    )
     address = await server.start()
     driver = asyncio.create_task(coordinator.run())
     try:
-        channels = {name: grpc.aio.secure_channel(address, channel_credentials(pki.ca, *pki.clients[name]))
-                    for name in ("alice", "bob")}
+        channels = {
+            name: grpc.aio.secure_channel(address, channel_credentials(pki.ca, *pki.clients[name]))
+            for name in ("alice", "bob")
+        }
         stubs = {name: pb_grpc.AggregationStub(channel) for name, channel in channels.items()}
         ids = {}
         for name in ("alice", "bob"):  # an empty name is the certificate's
@@ -275,10 +339,12 @@ def test_token_files_are_read_strictly_and_written_private(tmp_path):
     bare = tmp_path / "bare"
     bare.write_text("# my token\n" + "t" * 30 + "\n")
     assert read_party_token(bare) == (None, "t" * 30)
-    cases = [("alice:short\n", "Argument 'party_tokens' must give the token of 'alice'"),
-             ("alice:" + "a" * 20 + "\nalice:" + "b" * 20 + "\n", "must list each party once"),
-             ("a" * 40 + "\n", "must hold name:token lines, not \"line 1 of"),
-             ("bad name:" + "a" * 20 + "\n", "must name parties with letters, digits")]
+    cases = [
+        ("alice:short\n", "Argument 'party_tokens' must give the token of 'alice'"),
+        ("alice:" + "a" * 20 + "\nalice:" + "b" * 20 + "\n", "must list each party once"),
+        ("a" * 40 + "\n", 'must hold name:token lines, not "line 1 of'),
+        ("bad name:" + "a" * 20 + "\n", "must name parties with letters, digits"),
+    ]
     for text, message in cases:
         path.write_text(text)
         with pytest.raises(ValueError, match=re.escape(message)) as err:
@@ -289,38 +355,79 @@ def test_token_files_are_read_strictly_and_written_private(tmp_path):
         read_party_token(path)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--run-id", "r"], "Argument 'token_file' must give this party's join token"),
-    (["--run-id", "r", "--token-file", "{tmp}/alice", "--name", "bob"],
-     "Argument 'name' must be the name its token was issued to ('alice'), not 'bob'."),
-    (["--token-file", "{tmp}/alice"], "Argument 'run_id' must name the run to join"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--run-id", "r"], "Argument 'token_file' must give this party's join token"),
+        (
+            ["--run-id", "r", "--token-file", "{tmp}/alice", "--name", "bob"],
+            "Argument 'name' must be the name its token was issued to ('alice'), not 'bob'.",
+        ),
+        (["--token-file", "{tmp}/alice"], "Argument 'run_id' must name the run to join"),
+    ],
+)
 def test_party_cannot_start_without_proving_who_it_is(tmp_path, capsys, flags, message):
     data = write_party_data(tmp_path, (30,))[0]
     (tmp_path / "alice").write_text("alice:" + "a" * 20 + "\n")
-    argv = ["--server", "127.0.0.1:1", "--data", str(data), "--insecure", "--log-level", "error",
-            *(f.format(tmp=tmp_path) for f in flags)]
+    argv = [
+        "--server",
+        "127.0.0.1:1",
+        "--data",
+        str(data),
+        "--insecure",
+        "--log-level",
+        "error",
+        *(f.format(tmp=tmp_path) for f in flags),
+    ]
     assert party_main(argv) == ExitCode.USAGE
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--insecure", "--party-tokens", "{tmp}/tokens", "--parties", "3"],
-     "Argument 'party_tokens' must name at least --parties (3) parties, not 2 in"),
-    (["--tls-cert", "{tmp}/c", "--tls-key", "{tmp}/k", "--tls-client-ca", "{tmp}/ca", "--party-tokens",
-      "{tmp}/tokens"], "Argument 'party_tokens' must not come with --tls-client-ca"),
-    (["--insecure", "--party-tokens", "{tmp}/tokens", "--party-names", "a,b"],
-     "Argument 'party_names' must not come with --party-tokens"),
-    (["--insecure", "--party-names", "a b,c"], "Argument 'party_names' must name parties with letters"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--insecure", "--party-tokens", "{tmp}/tokens", "--parties", "3"],
+            "Argument 'party_tokens' must name at least --parties (3) parties, not 2 in",
+        ),
+        (
+            [
+                "--tls-cert",
+                "{tmp}/c",
+                "--tls-key",
+                "{tmp}/k",
+                "--tls-client-ca",
+                "{tmp}/ca",
+                "--party-tokens",
+                "{tmp}/tokens",
+            ],
+            "Argument 'party_tokens' must not come with --tls-client-ca",
+        ),
+        (
+            ["--insecure", "--party-tokens", "{tmp}/tokens", "--party-names", "a,b"],
+            "Argument 'party_names' must not come with --party-tokens",
+        ),
+        (["--insecure", "--party-names", "a b,c"], "Argument 'party_names' must name parties with letters"),
+    ],
+)
 def test_listening_server_refuses_unclear_authentication(tmp_path, capsys, flags, message):
     from cpml.master.cli import main
 
     (tmp_path / "tokens").write_text("alice:" + "a" * 20 + "\nbob:" + "b" * 20 + "\n")
     for name in ("c", "k", "ca"):
         (tmp_path / name).write_text("")
-    code = main(["aggregate", "--listen", "127.0.0.1:0", "--out", str(tmp_path / "run"), "--log-level", "error",
-                 *(f.format(tmp=tmp_path) for f in flags)])
+    code = main(
+        [
+            "aggregate",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            str(tmp_path / "run"),
+            "--log-level",
+            "error",
+            *(f.format(tmp=tmp_path) for f in flags),
+        ]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
 

@@ -55,8 +55,7 @@ def test_public_step_is_one_over_l_then_momentum_up_to_the_noise():
     assert rate == safe and 0.5 < momentum <= MAX_MOMENTUM
     assert public_step(10**9, 109, 57.2, 50, local) == (safe, MAX_MOMENTUM)
     # More records, fewer dimensions or less noise never ask for a shorter effective step.
-    effective = [r / (1 - m) for r, m in (public_step(n, 30, 40.0, 50, local)
-                                          for n in (100, 1000, 3000, 10_000))]
+    effective = [r / (1 - m) for r, m in (public_step(n, 30, 40.0, 50, local) for n in (100, 1000, 3000, 10_000))]
     assert effective == sorted(effective)
     with pytest.raises(ValueError, match="Argument 'records' must be at least 1, not 0"):
         public_step(0, 3, 1.0, 1, local)
@@ -64,6 +63,7 @@ def test_public_step_is_one_over_l_then_momentum_up_to_the_noise():
 
 def test_the_server_resolves_the_step_from_counts_alone():
     """The server sees record counts and the dimension, never data, when it picks the step."""
+
     def resolved(settings: RunSettings) -> tuple[float, float]:
         session = AggregationSession(settings, dimension=5)
         for i, n in enumerate((100, 900)):
@@ -75,8 +75,7 @@ def test_the_server_resolves_the_step_from_counts_alone():
     assert resolved(auto) == public_step(1000, 5, _z(auto), 50, auto.local)
     fixed = RunSettings("r", 2, 50, Budget(1.0, 1e-5), LocalSettings(learning_rate=2.0))
     assert resolved(fixed) == (2.0, 0.0)  # an explicit step keeps plain gradient descent
-    both = RunSettings("r", 2, 50, Budget(1.0, 1e-5), LocalSettings(learning_rate=2.0),
-                       momentum=0.5)
+    both = RunSettings("r", 2, 50, Budget(1.0, 1e-5), LocalSettings(learning_rate=2.0), momentum=0.5)
     assert resolved(both) == (2.0, 0.5)
 
 
@@ -89,8 +88,7 @@ def _z(settings: RunSettings) -> float:
 def test_momentum_is_nesterov_on_released_aggregates_and_survives_a_checkpoint():
     rng = np.random.default_rng(0)
     shards = [(rng.normal(size=(n, 4)) / 4, rng.integers(0, 2, n).astype(float)) for n in (50, 150)]
-    settings = RunSettings("m", 2, 6, Budget(1.0, 1e-5), LocalSettings(learning_rate=1.0),
-                           momentum=0.5)
+    settings = RunSettings("m", 2, 6, Budget(1.0, 1e-5), LocalSettings(learning_rate=1.0), momentum=0.5)
     session = AggregationSession(settings, 4)
     parties = [session.register(f"p{i}", len(y), 4) for i, (_, y) in enumerate(shards)]
     session.start()
@@ -102,16 +100,21 @@ def test_momentum_is_nesterov_on_released_aggregates_and_survives_a_checkpoint()
             task = session.task_for(party.party_id)
             expected = released[-1] + 0.5 * (released[-1] - released[max(len(released) - 2, 0)])
             np.testing.assert_allclose(task.weights, expected)
-            session.submit(party.party_id, task.round, len(y), dp_gradient_steps(
-                task.weights, x, y, task.noise_multiplier, task.local, source))
+            session.submit(
+                party.party_id,
+                task.round,
+                len(y),
+                dp_gradient_steps(task.weights, x, y, task.noise_multiplier, task.local, source),
+            )
         session.close_round()
         released.append(session.weights)
     restored = AggregationSession.restore(settings, json.loads(json.dumps(session.state())))
     rejoined = [restored.register(f"p{i}", len(y), 4) for i, (_, y) in enumerate(shards)]
     restored.start()
     assert restored.open_round() and session.open_round()
-    np.testing.assert_array_equal(restored.task_for(rejoined[0].party_id).weights,
-                                  session.task_for(parties[0].party_id).weights)
+    np.testing.assert_array_equal(
+        restored.task_for(rejoined[0].party_id).weights, session.task_for(parties[0].party_id).weights
+    )
 
 
 def test_optimality_gap_is_zero_at_the_optimum_only():
@@ -125,8 +128,7 @@ def test_optimality_gap_is_zero_at_the_optimum_only():
 
 
 def embedded(out, dataset, *flags: str) -> dict:
-    code = main(["aggregate", "--dataset", str(dataset), "--out", str(out),
-                 "--log-level", "warning", *flags])
+    code = main(["aggregate", "--dataset", str(dataset), "--out", str(out), "--log-level", "warning", *flags])
     assert code == 0
     return json.loads((out / "metrics.json").read_text())
 
@@ -141,18 +143,28 @@ def test_defaults_reach_near_nonprivate_accuracy_on_a_census_like_table(tmp_path
     assert metrics["guarantees"]["release_epsilon"] <= 1.0
     assert metrics["history"][-1]["test_accuracy"] >= nonprivate - MARGIN
     # The control: the old fixed step 2 (as the user ran it) falls well short of that margin.
-    old = embedded(tmp_path / "old", census_file, "--epsilon", "1", "--rho", "9",
-                   "--learning-rate", "2")
+    old = embedded(tmp_path / "old", census_file, "--epsilon", "1", "--rho", "9", "--learning-rate", "2")
     assert old["history"][-1]["test_accuracy"] < nonprivate - MARGIN
 
 
 def test_optimality_gap_is_reported_per_round_and_decreases(tmp_path, capsys, census_file):
     # A huge epsilon on 24,000 rows makes the noise negligible: plain gradient descent at the
     # public step 1/L must descend every round.
-    plain = embedded(tmp_path / "plain", census_file, "--epsilon", "1000", "--rounds", "20",
-                     "--momentum", "0", "--log-format", "json", "--log-level", "info")
-    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-              if '"round_closed"' in line]
+    plain = embedded(
+        tmp_path / "plain",
+        census_file,
+        "--epsilon",
+        "1000",
+        "--rounds",
+        "20",
+        "--momentum",
+        "0",
+        "--log-format",
+        "json",
+        "--log-level",
+        "info",
+    )
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"round_closed"' in line]
     gaps = [h["optimality_gap"] for h in plain["history"]]
     assert len(gaps) == 20 and [e["optimality_gap"] for e in logged] == gaps
     assert all(later < earlier for earlier, later in zip(gaps, gaps[1:]))

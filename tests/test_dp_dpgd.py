@@ -43,8 +43,7 @@ def test_clipping_bounds_the_replace_one_sensitivity(clip):
     w = rng.normal(size=4)
     neighbour = x.copy()
     neighbour[7] = 1e3 * rng.normal(size=4)  # one record replaced by an outlier
-    change = np.linalg.norm(clipped_gradient_sum(w, x, y, clip)
-                            - clipped_gradient_sum(w, neighbour, y, clip))
+    change = np.linalg.norm(clipped_gradient_sum(w, x, y, clip) - clipped_gradient_sum(w, neighbour, y, clip))
     if np.isfinite(clip):
         assert change <= 2 * clip + 1e-9
     else:  # without clipping the bound the accountant relies on is broken
@@ -68,25 +67,25 @@ def test_weighted_aggregate_of_noiseless_steps_is_centralized_gd(cancer):
 def test_party_noise_recombines_to_the_centralized_noise(sizes):
     n, z = sum(sizes), 3.0
     # Party k's mean-gradient noise std is z_k G / n_k; weighted by n_k/n they add to (zG/n)^2.
-    weighted = sum((nk / n) ** 2 * (party_noise_multiplier(Scheme.WEIGHTED, z, sizes, k) / nk) ** 2
-                   for k, nk in enumerate(sizes))
+    weighted = sum(
+        (nk / n) ** 2 * (party_noise_multiplier(Scheme.WEIGHTED, z, sizes, k) / nk) ** 2 for k, nk in enumerate(sizes)
+    )
     assert weighted == pytest.approx((z / n) ** 2)
     # sigma_k = sigma * sqrt(n / n_k), the spec's formula.
     for k, nk in enumerate(sizes):
-        assert party_noise_multiplier(Scheme.WEIGHTED, z, sizes, k) / nk == pytest.approx(
-            (z / n) * np.sqrt(n / nk))
+        assert party_noise_multiplier(Scheme.WEIGHTED, z, sizes, k) / nk == pytest.approx((z / n) * np.sqrt(n / nk))
     # Baseline: the plain mean's noise matches its sensitivity 2G/(P n_min) at multiplier z.
     p = len(sizes)
-    plain = sum((1 / p) ** 2 * (party_noise_multiplier(Scheme.UNWEIGHTED, z, sizes, k) / nk) ** 2
-                for k, nk in enumerate(sizes))
+    plain = sum(
+        (1 / p) ** 2 * (party_noise_multiplier(Scheme.UNWEIGHTED, z, sizes, k) / nk) ** 2 for k, nk in enumerate(sizes)
+    )
     assert plain == pytest.approx((z / (p * min(sizes))) ** 2)
 
 
 def test_dropouts_weaken_the_round():
     sizes = [10, 30, 60]
     assert round_noise_multiplier(Scheme.WEIGHTED, 4.0, sizes, [0, 1, 2]) == pytest.approx(4.0)
-    assert round_noise_multiplier(Scheme.WEIGHTED, 4.0, sizes, [0, 1]) == pytest.approx(
-        4.0 * np.sqrt(0.4))
+    assert round_noise_multiplier(Scheme.WEIGHTED, 4.0, sizes, [0, 1]) == pytest.approx(4.0 * np.sqrt(0.4))
 
 
 def test_weights_renormalise_over_survivors():
@@ -125,8 +124,12 @@ def test_poisson_sampling_uses_the_source():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"learning_rate": 0}, "learning_rate"), ({"local_steps": 0}, "local_steps"),
-     ({"sampling_rate": 1.5}, "sampling_rate"), ({"clip": -1}, "clip")],
+    [
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"local_steps": 0}, "local_steps"),
+        ({"sampling_rate": 1.5}, "sampling_rate"),
+        ({"clip": -1}, "clip"),
+    ],
 )
 def test_local_settings_validate(kwargs, name):
     with pytest.raises(ValueError, match=f"Argument '{name}' must"):

@@ -30,7 +30,7 @@ def write_party_files(tmp: Path) -> list[Path]:
     order = np.random.default_rng(0).permutation(len(y))
     paths, start = [], 0
     for k, n in enumerate(SIZES):
-        rows = order[start:start + n]
+        rows = order[start : start + n]
         start += n
         path = tmp / f"party{k}.csv"
         np.savetxt(path, np.column_stack([x[rows], y[rows]]), delimiter=",", fmt="%.6f")
@@ -52,12 +52,38 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
     port_file = tmp_path / "port"
     out = tmp_path / "run"
     server = subprocess.Popen(
-        [sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0",
-         "--insecure", "--port-file", str(port_file), "--parties", "3", "--rounds", str(ROUNDS),
-         "--epsilon", str(EPSILON), "--round-timeout", "3", "--join-timeout", "60",
-         "--run-id", "e2e", "--party-names", "party0,party1,party2", "--out", str(out),
-         "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "aggregate",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--port-file",
+            str(port_file),
+            "--parties",
+            "3",
+            "--rounds",
+            str(ROUNDS),
+            "--epsilon",
+            str(EPSILON),
+            "--round-timeout",
+            "3",
+            "--join-timeout",
+            "60",
+            "--run-id",
+            "e2e",
+            "--party-names",
+            "party0,party1,party2",
+            "--out",
+            str(out),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -70,12 +96,32 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
         parties = []
         for k, path in enumerate(files):
             extra = ["--max-epsilon", f"{leave_after_three_rounds():.6f}"] if k == 0 else []
-            parties.append(subprocess.Popen(
-                [sys.executable, "-m", "cpml.dp.party_cli", "--server", address, "--data",
-                 str(path), "--insecure", "--run-id", "e2e",
-                 "--token-file", str(out / "join-tokens" / f"party{k}"),
-                 "--out", str(tmp_path / f"model{k}.json"), "--log-format", "json", *extra],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            parties.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cpml.dp.party_cli",
+                        "--server",
+                        address,
+                        "--data",
+                        str(path),
+                        "--insecure",
+                        "--run-id",
+                        "e2e",
+                        "--token-file",
+                        str(out / "join-tokens" / f"party{k}"),
+                        "--out",
+                        str(tmp_path / f"model{k}.json"),
+                        "--log-format",
+                        "json",
+                        *extra,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         results = [p.communicate(timeout=90) for p in parties]
         codes = [p.returncode for p in parties]
         server_out, server_err = server.communicate(timeout=60)
@@ -110,10 +156,26 @@ def test_server_and_party_processes_with_a_dropout(tmp_path):
 def test_sigterm_ends_the_run_and_still_writes_the_report(tmp_path):
     port_file = tmp_path / "port"
     server = subprocess.Popen(
-        [sys.executable, "-m", "cpml.master.cli", "aggregate", "--listen", "127.0.0.1:0",
-         "--insecure", "--port-file", str(port_file), "--parties", "2", "--out",
-         str(tmp_path / "run"), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "aggregate",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--port-file",
+            str(port_file),
+            "--parties",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+            "--log-format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30

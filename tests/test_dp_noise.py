@@ -54,8 +54,7 @@ def variance_matches(samples: np.ndarray, std: float) -> bool:
 
 def aggregate_noise(sizes: list[int], dimension: int, rounds: int, scale: float = 1.0):
     """Noise in the weighted aggregate of one round's models, with gradients made zero."""
-    settings = RunSettings("noise", len(sizes), 10, Budget(1.0, 1e-5),
-                           LocalSettings(learning_rate=1.0, l2=0.0))
+    settings = RunSettings("noise", len(sizes), 10, Budget(1.0, 1e-5), LocalSettings(learning_rate=1.0, l2=0.0))
     session = AggregationSession(settings, dimension)
     parties = [session.register(f"p{i}", n, dimension) for i, n in enumerate(sizes)]
     session.start()
@@ -68,10 +67,7 @@ def aggregate_noise(sizes: list[int], dimension: int, rounds: int, scale: float 
             task = session.task_for(party.party_id)
             x = np.zeros((n, dimension))  # zero rows: the gradient sum is exactly 0
             y = np.zeros(n)
-            models.append(
-                dp_gradient_steps(task.weights, x, y, scale * task.noise_multiplier, task.local,
-                                  source)
-            )
+            models.append(dp_gradient_steps(task.weights, x, y, scale * task.noise_multiplier, task.local, source))
         draws.append(aggregate(Scheme.WEIGHTED, models, sizes))
     return np.concatenate(draws), session.noise_multiplier
 

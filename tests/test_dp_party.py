@@ -24,9 +24,18 @@ def restore_structlog():
 
 
 def task(z_k: float, z: float = 10.0, total: int = 400) -> TaskView:
-    return TaskView(round=1, finished=False, weights=np.zeros(3), noise_multiplier=z_k,
-                    run_noise_multiplier=z, total_records=total, local=LocalSettings(),
-                    stop_reason="", release_epsilon=0.0, party_epsilon=0.0)
+    return TaskView(
+        round=1,
+        finished=False,
+        weights=np.zeros(3),
+        noise_multiplier=z_k,
+        run_noise_multiplier=z,
+        total_records=total,
+        local=LocalSettings(),
+        stop_reason="",
+        release_epsilon=0.0,
+        party_epsilon=0.0,
+    )
 
 
 def test_party_accepts_the_wddp_noise_and_refuses_less():
@@ -49,13 +58,15 @@ def test_party_data_goes_into_the_unit_ball_with_01_labels(tmp_path):
 def test_party_data_with_other_labels_is_refused(tmp_path):
     path = tmp_path / "d.csv"
     np.savetxt(path, np.array([[1.0, 2.0, 3], [1.0, 2.0, 7]]), delimiter=",")
-    with pytest.raises(ValueError, match=r"Argument 'data' must have labels 0/1 or -1/1 \(or pass "
-                                         r"--positive-label\), not 3, 7 in column 3 of 'd.csv'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'data' must have labels 0/1 or -1/1 \(or pass "
+        r"--positive-label\), not 3, 7 in column 3 of 'd.csv'",
+    ):
         load_party_data(str(path), "auto", -1, "none")
 
 
 def test_party_cli_reports_a_missing_file(tmp_path, capsys):
-    code = main(["--server", "127.0.0.1:1", "--data", str(tmp_path / "nope.csv"), "--insecure",
-                 "--log-level", "error"])
+    code = main(["--server", "127.0.0.1:1", "--data", str(tmp_path / "nope.csv"), "--insecure", "--log-level", "error"])
     assert code == ExitCode.USAGE
     assert "Argument 'data' must be an existing file" in capsys.readouterr().err

@@ -26,11 +26,11 @@ RUN = "svc"
 @pytest.fixture
 async def served():
     # A fixed step without momentum: the task then carries the aggregate itself.
-    settings = RunSettings(RUN, len(SIZES), 3, Budget(2.0, 1e-5),
-                           LocalSettings(learning_rate=1.0, l2=0.0))
+    settings = RunSettings(RUN, len(SIZES), 3, Budget(2.0, 1e-5), LocalSettings(learning_rate=1.0, l2=0.0))
     rounds = []
-    coordinator = Coordinator(AggregationSession(settings, 3), round_timeout=1.0,
-                              join_timeout=10.0, on_round=rounds.append)
+    coordinator = Coordinator(
+        AggregationSession(settings, 3), round_timeout=1.0, join_timeout=10.0, on_round=rounds.append
+    )
     server = AggregationServer(coordinator, "127.0.0.1:0")
     address = await server.start()
     driver = asyncio.create_task(coordinator.run())
@@ -38,8 +38,7 @@ async def served():
         stub = pb_grpc.AggregationStub(channel)
         ids = []
         for i, n in enumerate(SIZES):
-            reply = await stub.Join(pb.JoinRequest(run_id=RUN, name=f"p{i}", records=n,
-                                                   dimension=3), timeout=5)
+            reply = await stub.Join(pb.JoinRequest(run_id=RUN, name=f"p{i}", records=n, dimension=3), timeout=5)
             ids.append(reply.party_id)
         yield stub, ids, rounds, driver
     driver.cancel()
@@ -50,23 +49,23 @@ async def served():
 
 def update(party_id: str, round_: int = 1, records: int = SIZES[0], weights=None, **kw):
     vector = serde.vector_to_proto(np.ones(3) if weights is None else np.asarray(weights))
-    return pb.UpdateRequest(run_id=kw.get("run_id", RUN), party_id=party_id, round=round_,
-                            records=records, weights=kw.get("vector", vector))
+    return pb.UpdateRequest(
+        run_id=kw.get("run_id", RUN), party_id=party_id, round=round_, records=records, weights=kw.get("vector", vector)
+    )
 
 
 async def test_silent_party_is_dropped_at_the_deadline(served):
     stub, ids, rounds, _ = served
-    task = await stub.NextTask(pb.TaskRequest(run_id=RUN, party_id=ids[1], after_round=0),
-                               timeout=5)
+    task = await stub.NextTask(pb.TaskRequest(run_id=RUN, party_id=ids[1], after_round=0), timeout=5)
     await stub.SubmitUpdate(update(ids[1], records=SIZES[1], weights=[2.0, 2.0, 2.0]), timeout=5)
-    task = await stub.NextTask(pb.TaskRequest(run_id=RUN, party_id=ids[1], after_round=1),
-                               timeout=5)  # returns once the 1 s deadline closed round 1
+    task = await stub.NextTask(
+        pb.TaskRequest(run_id=RUN, party_id=ids[1], after_round=1), timeout=5
+    )  # returns once the 1 s deadline closed round 1
     assert task.round == 2
     assert rounds[0].dropped == ("p0",)
     np.testing.assert_allclose(serde.vector_from_proto(task.weights, "t"), 2.0)  # renormalised
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.NextTask(pb.TaskRequest(run_id=RUN, party_id=ids[0], after_round=1),
-                            timeout=5)
+        await stub.NextTask(pb.TaskRequest(run_id=RUN, party_id=ids[0], after_round=1), timeout=5)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "dropped" in err.value.details()
 

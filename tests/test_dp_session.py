@@ -36,8 +36,7 @@ def started(rounds: int = 5, epsilon: float = 2.0, **kwargs) -> tuple[Aggregatio
     ("mutate", "error", "message"),
     [
         (lambda p: dict(party_id="f" * 32), UnknownParty, "is not registered in run 'run-1'"),
-        (lambda p: dict(records=p.records + 1), InvalidUpdate,
-         "registered 20 records but reports 21"),
+        (lambda p: dict(records=p.records + 1), InvalidUpdate, "registered 20 records but reports 21"),
         (lambda p: dict(weights=np.zeros(4)), InvalidUpdate, "has 4 values, expected 3"),
         (lambda p: dict(weights=np.array([0.0, np.nan, 1.0])), InvalidUpdate, "NaN or infinite"),
         (lambda p: dict(weights=np.array([0.0, np.inf, 1.0])), InvalidUpdate, "NaN or infinite"),
@@ -48,8 +47,7 @@ def test_bad_submission_is_refused_and_the_round_is_unaffected(mutate, error, me
     session, parties = started()
     good = {p.party_id: np.full(3, float(i + 1)) for i, p in enumerate(parties)}
     target = parties[0]
-    request = dict(party_id=target.party_id, round_=1, records=target.records,
-                   weights=good[target.party_id])
+    request = dict(party_id=target.party_id, round_=1, records=target.records, weights=good[target.party_id])
     request.update(mutate(target))
     with pytest.raises(error, match=message):
         session.submit(**request)
@@ -131,8 +129,7 @@ def test_party_guarantee_is_weaker_for_small_parties():
 
 def test_several_local_steps_fall_back_to_the_weakest_party():
     shards = [(np.zeros((n, 3)), np.zeros(n)) for n in SIZES]
-    settings = RunSettings("run-5", 3, 3, Budget(1.0, 1e-5), LocalSettings(local_steps=2),
-                           Scheme.UNWEIGHTED)
+    settings = RunSettings("run-5", 3, 3, Budget(1.0, 1e-5), LocalSettings(local_steps=2), Scheme.UNWEIGHTED)
     result = simulate(settings, shards, SeededGaussian(0))
     g = result.guarantees
     assert max(g.party_epsilons.values()) <= 1.0
@@ -211,8 +208,11 @@ def test_resume_refuses_changed_settings_and_finished_runs():
     session.start()
     run_rounds(session, parties, shards, SeededGaussian(0), until=1)
     state = session.state()
-    with pytest.raises(ValueError, match=r"Argument 'resume' must use the checkpointed run's"
-                                         r" settings \(differs in epsilon\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'resume' must use the checkpointed run's"
+        r" settings \(differs in epsilon\)",
+    ):
         AggregationSession.restore(RunSettings("run-8", 3, 2, Budget(2.0, 1e-5)), state)
     run_rounds(session, parties, shards, SeededGaussian(0), until=2)
     assert not session.open_round()

@@ -27,8 +27,13 @@ from cpml.dp.server import Coordinator, JoinTimeout
 from cpml.dp.session import AggregationSession, RunSettings
 from cpml.errors import ExitCode
 
-SCHEMA = {"features": [{"name": "sensor", "min": -4e5, "max": 4e5}, {"name": "a", "min": -4, "max": 4},
-                       {"name": "b", "min": -4, "max": 4}]}
+SCHEMA = {
+    "features": [
+        {"name": "sensor", "min": -4e5, "max": 4e5},
+        {"name": "a", "min": -4, "max": 4},
+        {"name": "b", "min": -4, "max": 4},
+    ]
+}
 
 
 def write_raw_parties(tmp, sizes=(300, 500)):
@@ -52,13 +57,18 @@ def test_a_waiting_server_says_who_joined_and_who_is_awaited(tmp_path):
     (tmp_path / "a.token").write_text("hospital-a:" + "a" * 32 + "\n")
     (tmp_path / "b.token").write_text("hospital-b:" + "c" * 32 + "\n")  # a wrong token
     (tmp_path / "waiting").mkdir()
-    with aggregation_server(tmp_path / "waiting", "--insecure", "--party-tokens", str(tokens), "--run-id", "s",
-                            "--join-timeout", "120") as server:
+    with aggregation_server(
+        tmp_path / "waiting", "--insecure", "--party-tokens", str(tokens), "--run-id", "s", "--join-timeout", "120"
+    ) as server:
         server.wait_for_log("joined 0 of 2; awaiting hospital-a, hospital-b")
-        parties = [start_party(server.address, data[0], "--insecure", "--run-id", "s",
-                               "--token-file", str(tmp_path / "a.token")),
-                   start_party(server.address, data[1], "--insecure", "--run-id", "s",
-                               "--token-file", str(tmp_path / "b.token"))]
+        parties = [
+            start_party(
+                server.address, data[0], "--insecure", "--run-id", "s", "--token-file", str(tmp_path / "a.token")
+            ),
+            start_party(
+                server.address, data[1], "--insecure", "--run-id", "s", "--token-file", str(tmp_path / "b.token")
+            ),
+        ]
         # Long before the timeout, the log says who is there and who is missing, and why b is missing.
         server.wait_for_log("joined 1 of 2 (hospital-a); awaiting hospital-b", timeout=60)
         server.wait_for_log("Join as party 'hospital-b' must carry that party's join token", timeout=60)
@@ -69,17 +79,18 @@ def test_a_waiting_server_says_who_joined_and_who_is_awaited(tmp_path):
         finish_parties(parties[:1])
     # Nobody came: at the timeout the server names whom it waited for, and exits 4.
     (tmp_path / "alone").mkdir()
-    with aggregation_server(tmp_path / "alone", "--insecure", "--party-tokens", str(tokens), "--run-id", "s",
-                            "--join-timeout", "2") as server:
+    with aggregation_server(
+        tmp_path / "alone", "--insecure", "--party-tokens", str(tokens), "--run-id", "s", "--join-timeout", "2"
+    ) as server:
         assert server.finish() == ExitCode.PARTIES_MISSING
-    assert ("did not join within 2 s (joined 0 of 2; awaiting hospital-a, hospital-b)"
-            in server.log().splitlines()[-1])
+    assert "did not join within 2 s (joined 0 of 2; awaiting hospital-a, hospital-b)" in server.log().splitlines()[-1]
 
 
 async def test_the_wait_for_parties_is_reported_every_status_interval():
     settings = RunSettings("s", 2, 2, Budget(1.0, 1e-5), LocalSettings(learning_rate=1.0))
-    coordinator = Coordinator(AggregationSession(settings, 3), 5.0, join_timeout=0.5, roster=["a", "b"],
-                              status_interval=0.1)
+    coordinator = Coordinator(
+        AggregationSession(settings, 3), 5.0, join_timeout=0.5, roster=["a", "b"], status_interval=0.1
+    )
     with capture_logs() as logs, pytest.raises(JoinTimeout, match=r"within 0.5 s \(joined 0 of 2; awaiting a, b\)"):
         await coordinator.run()
     waits = [e for e in logs if e["event"] == "waiting_for_parties"]
@@ -97,21 +108,66 @@ def test_raw_data_is_flagged_and_the_shared_feature_bounds_make_it_learnable(tmp
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"features": [*SCHEMA["features"][:2], {"name": "b", "min": -8, "max": 8}]}))
     model = tmp_path / "model.json"
-    with aggregation_server(tmp_path, "--insecure", "--party-names", "a,b", "--run-id", "f", "--rounds", "10",
-                            "--epsilon", "8", "--feature-bounds", str(schema), "--join-timeout", "60") as server:
+    with aggregation_server(
+        tmp_path,
+        "--insecure",
+        "--party-names",
+        "a,b",
+        "--run-id",
+        "f",
+        "--rounds",
+        "10",
+        "--epsilon",
+        "8",
+        "--feature-bounds",
+        str(schema),
+        "--join-timeout",
+        "60",
+    ) as server:
         tokens = server.out / "join-tokens"
-        unscaled = start_party(server.address, raw[0], "--insecure", "--run-id", "f", "--scaling", "none",
-                               "--token-file", str(tokens / "a"))
-        misfit = start_party(server.address, raw[0], "--insecure", "--run-id", "f", "--feature-bounds",
-                             str(other), "--token-file", str(tokens / "a"))
+        unscaled = start_party(
+            server.address,
+            raw[0],
+            "--insecure",
+            "--run-id",
+            "f",
+            "--scaling",
+            "none",
+            "--token-file",
+            str(tokens / "a"),
+        )
+        misfit = start_party(
+            server.address,
+            raw[0],
+            "--insecure",
+            "--run-id",
+            "f",
+            "--feature-bounds",
+            str(other),
+            "--token-file",
+            str(tokens / "a"),
+        )
         (code, _, err), (misfit_code, _, misfit_err) = finish_parties([unscaled, misfit])
         assert "feature column 0 carries 100.0% of the rows' squared norms" in err
         assert "--feature-bounds FILE" in err
         assert code == ExitCode.REFUSED and "FAILED_PRECONDITION" in err and "uses the bounds" in err
         assert misfit_code == ExitCode.REFUSED and "with another schema" in misfit_err
-        parties = [start_party(server.address, path, "--insecure", "--run-id", "f", "--feature-bounds", str(schema),
-                               "--token-file", str(tokens / name), "--out", str(model))
-                   for name, path in zip("ab", raw)]
+        parties = [
+            start_party(
+                server.address,
+                path,
+                "--insecure",
+                "--run-id",
+                "f",
+                "--feature-bounds",
+                str(schema),
+                "--token-file",
+                str(tokens / name),
+                "--out",
+                str(model),
+            )
+            for name, path in zip("ab", raw)
+        ]
         results = finish_parties(parties)
         assert [c for c, _, _ in results] == [0, 0], results
         assert not any("squared norms" in e for _, _, e in results)  # in bounds: no warning
@@ -139,9 +195,28 @@ def test_poisson_sampling_prints_no_dp_accounting_warnings(tmp_path):
     # Fault: every Poisson-sampled run printed 26 absl 'failed to converge' warnings (the RDP rough guess
     # for the PLD calibration dropping fractional orders, harmless).
     run = subprocess.run(
-        [sys.executable, "-m", "cpml.master.cli", "aggregate", "--parties", "2", "--rho", "1", "--rounds", "3",
-         "--sampling-rate", "0.5", "--out", str(tmp_path / "run"), "--log-level", "warning"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "aggregate",
+            "--parties",
+            "2",
+            "--rho",
+            "1",
+            "--rounds",
+            "3",
+            "--sampling-rate",
+            "0.5",
+            "--out",
+            str(tmp_path / "run"),
+            "--log-level",
+            "warning",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "failed to converge" not in run.stderr
     assert "absl" not in run.stderr
@@ -150,8 +225,24 @@ def test_poisson_sampling_prints_no_dp_accounting_warnings(tmp_path):
 def test_the_default_run_is_calibrated_with_pld(tmp_path):
     from cpml.master.cli import main
 
-    assert main(["aggregate", "--parties", "2", "--rho", "1", "--rounds", "5", "--out", str(tmp_path),
-                 "--log-level", "error"]) == 0
+    assert (
+        main(
+            [
+                "aggregate",
+                "--parties",
+                "2",
+                "--rho",
+                "1",
+                "--rounds",
+                "5",
+                "--out",
+                str(tmp_path),
+                "--log-level",
+                "error",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     budget = Budget(1.0, 1e-5)
     assert metrics["settings"]["accountant"] == "pld"

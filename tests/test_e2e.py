@@ -36,10 +36,23 @@ def _simulated(plan):
 
 
 async def test_cluster_equals_the_simulator_bit_for_bit_at_the_new_defaults(tmp_path):
-    settings = TrainSettings(dataset=DATASET, insecure=True, iterations=6, residues=3, out=tmp_path / "run",
-                             progress=False, chunk_bytes=4096, timeouts=Timeouts(connect=60, upload=60, round=30))
+    settings = TrainSettings(
+        dataset=DATASET,
+        insecure=True,
+        iterations=6,
+        residues=3,
+        out=tmp_path / "run",
+        progress=False,
+        chunk_bytes=4096,
+        timeouts=Timeouts(connect=60, upload=60, round=30),
+    )
     assert (settings.scaling, settings.intercept, settings.lx, settings.lw, settings.lc) == (
-        "standard", True, None, None, None)  # every default but the residues
+        "standard",
+        True,
+        None,
+        None,
+        None,
+    )  # every default but the residues
     async with LocalWorkers(5, tmp_path / "workers") as local:  # real cpml-worker processes, port 0
         report = await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)}))
     plan = report.plan
@@ -54,9 +67,28 @@ async def test_cluster_equals_the_simulator_bit_for_bit_at_the_new_defaults(tmp_
 
 
 def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET,
-                          "--workers-local", "5", "--iterations", "6", "--out", str(tmp_path / "run"),
-                          "--log-format", "json"], check=False, capture_output=True, text=True, timeout=180)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "train",
+            "--dataset",
+            DATASET,
+            "--workers-local",
+            "5",
+            "--iterations",
+            "6",
+            "--out",
+            str(tmp_path / "run"),
+            "--log-format",
+            "json",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.9
     assert "N=5 workers (K=1, T=1, r=1, R=4)" in run.stdout
@@ -64,8 +96,15 @@ def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
     assert any("defeat T-privacy" in e["event"] for e in events if e["level"] == "warning")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     phases = metrics["rounds"][0]
-    assert {"encode_seconds", "send_seconds", "wait_seconds", "worker_compute_seconds", "decode_update_seconds",
-            "bytes_sent", "bytes_received"} <= set(phases)
+    assert {
+        "encode_seconds",
+        "send_seconds",
+        "wait_seconds",
+        "worker_compute_seconds",
+        "decode_update_seconds",
+        "bytes_sent",
+        "bytes_received",
+    } <= set(phases)
     assert metrics["upload"]["bytes_sent"] > 0
     worker_logs = sorted((tmp_path / "run" / "workers").glob("worker-*.log"))
     assert len(worker_logs) == 5
@@ -75,8 +114,14 @@ def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
 
 async def test_sigkilled_workers_are_dropped_then_below_r_resume_finishes(tmp_path):
     out = tmp_path / "run"
-    settings = TrainSettings(dataset=DATASET, insecure=True, iterations=8, out=out, progress=False,
-                             timeouts=Timeouts(connect=60, upload=60, round=30))
+    settings = TrainSettings(
+        dataset=DATASET,
+        insecure=True,
+        iterations=8,
+        out=out,
+        progress=False,
+        timeouts=Timeouts(connect=60, upload=60, round=30),
+    )
     async with LocalWorkers(5, tmp_path / "workers") as local:
         pids = [p.pid for p in local.processes]
 
@@ -87,16 +132,16 @@ async def test_sigkilled_workers_are_dropped_then_below_r_resume_finishes(tmp_pa
                 os.kill(pids[3], signal.SIGKILL)  # 3 left: below R
 
         with pytest.raises(NotEnoughWorkers, match="only 3 of 5 workers remain but R = 4"):
-            await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)}),
-                        on_round=kill_during_training)
+            await train(
+                TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)}), on_round=kill_during_training
+            )
     state = json.loads((out / "checkpoint.json").read_text())
     assert state["trainer"]["round"] in (5, 6)  # killed after round 5; round 6 may not have needed worker 3
     history = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert all(1 not in r["workers_used"] for r in history[3:])
 
     async with LocalWorkers(4, tmp_path / "workers-again") as local:
-        resumed = await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses),
-                                               "resume": True}))
+        resumed = await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses), "resume": True}))
     assert [r.round for r in resumed.history] == list(range(1, 9))
     reference = _simulated(resumed.plan.with_(n_workers=5))
     assert resumed.weights.tobytes() == reference.weights.tobytes()  # the same model as an unbroken run
@@ -111,22 +156,50 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
         procs, files = [], []
         for i, extra in enumerate(flags):
             files.append(tmp_path / f"{tag}-{i}.port")
-            procs.append(subprocess.Popen([sys.executable, "-m", "cpml.worker.cli", "--listen", "127.0.0.1:0",
-                                           "--insecure", "--port-file", str(files[-1]), *extra],
-                                          env=env, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "cpml.worker.cli",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--insecure",
+                        "--port-file",
+                        str(files[-1]),
+                        *extra,
+                    ],
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         deadline = time.monotonic() + 60
         while not all(f.exists() for f in files):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.05)
         return procs, ",".join(f.read_text() for f in files)
 
-    train_cmd = [sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET, "--insecure",
-                 "--iterations", "5", "--out", str(out), "--log-format", "json"]
+    train_cmd = [
+        sys.executable,
+        "-m",
+        "cpml.master.cli",
+        "train",
+        "--dataset",
+        DATASET,
+        "--insecure",
+        "--iterations",
+        "5",
+        "--out",
+        str(out),
+        "--log-format",
+        "json",
+    ]
     failing = [("--fault-fail-after-rounds", "2")] * 2 + [()] * 3
     procs, workers = start("first", failing)
     try:
-        run = subprocess.run([*train_cmd, "--workers", workers], check=False, capture_output=True, text=True,
-                             timeout=180)
+        run = subprocess.run(
+            [*train_cmd, "--workers", workers], check=False, capture_output=True, text=True, timeout=180
+        )
     finally:
         for p in procs:
             p.terminate()
@@ -137,8 +210,9 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
     assert "rerun with --resume" in run.stderr
     procs, workers = start("second", [()] * 4)
     try:
-        run = subprocess.run([*train_cmd, "--resume", "--workers", workers], check=False, capture_output=True,
-                             text=True, timeout=180)
+        run = subprocess.run(
+            [*train_cmd, "--resume", "--workers", workers], check=False, capture_output=True, text=True, timeout=180
+        )
     finally:
         for p in procs:
             p.terminate()
@@ -150,10 +224,18 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
 
 
 async def test_a_straggling_worker_process_never_slows_a_round(tmp_path):
-    async with LocalWorkers(4, tmp_path / "fast") as fast, \
-            LocalWorkers(1, tmp_path / "slow", extra_args=("--fault-reply-delay", "6")) as slow:
-        settings = TrainSettings(dataset=DATASET, insecure=True, iterations=4, out=tmp_path / "run", progress=False,
-                                 workers=(*fast.addresses[:2], *slow.addresses, *fast.addresses[2:]))
+    async with (
+        LocalWorkers(4, tmp_path / "fast") as fast,
+        LocalWorkers(1, tmp_path / "slow", extra_args=("--fault-reply-delay", "6")) as slow,
+    ):
+        settings = TrainSettings(
+            dataset=DATASET,
+            insecure=True,
+            iterations=4,
+            out=tmp_path / "run",
+            progress=False,
+            workers=(*fast.addresses[:2], *slow.addresses, *fast.addresses[2:]),
+        )
         report = await train(settings)
     # R = 4 of 5: the 6 s straggler is never awaited (rounds take well under a second, a few on a loaded machine)
     assert max(r.wait_seconds for r in report.history) < 3.0
@@ -174,9 +256,25 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def _start_long_master(out: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET,
-                             "--workers-local", "4", "--iterations", "100000", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "train",
+            "--dataset",
+            DATASET,
+            "--workers-local",
+            "4",
+            "--iterations",
+            "100000",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.json").exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]

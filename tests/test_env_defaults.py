@@ -23,8 +23,9 @@ def _parser():
 
 def test_a_variable_sets_a_default_converted_by_the_flags_type_and_the_command_line_wins():
     parser = _parser()
-    apply_env_defaults(parser, "X_", {"X_SHARE_BYTES": "7", "X_NAME": "n", "X_FAST": "yes", "X_QUIET": "true",
-                                      "X_INTERCEPT": "off"})
+    apply_env_defaults(
+        parser, "X_", {"X_SHARE_BYTES": "7", "X_NAME": "n", "X_FAST": "yes", "X_QUIET": "true", "X_INTERCEPT": "off"}
+    )
     args = parser.parse_args([])
     assert (args.share_bytes, args.name, args.fast, args.loud, args.intercept) == (7, "n", True, False, False)
     assert parser.parse_args(["--share-bytes", "9", "--intercept"]).share_bytes == 9
@@ -43,11 +44,13 @@ def test_without_variables_nothing_changes_and_a_bad_boolean_is_refused():
 
 
 def test_every_command_reads_its_prefix():
-    worker = settings_from_args([], {"CPML_WORKER_INSECURE": "true", "CPML_WORKER_SHARE_BYTES_CAP": "1MiB",
-                                     "CPML_WORKER_STOP_WITH_PARENT": "1"})
+    worker = settings_from_args(
+        [], {"CPML_WORKER_INSECURE": "true", "CPML_WORKER_SHARE_BYTES_CAP": "1MiB", "CPML_WORKER_STOP_WITH_PARENT": "1"}
+    )
     assert worker.insecure and worker.share_bytes_cap == 1 << 20 and worker.stop_with_parent
-    train = parse_train_args([], {"CPML_MASTER_DATASET": "breast-cancer", "CPML_MASTER_INTERCEPT": "false",
-                                  "CPML_MASTER_DETECT": "true"})
+    train = parse_train_args(
+        [], {"CPML_MASTER_DATASET": "breast-cancer", "CPML_MASTER_INTERCEPT": "false", "CPML_MASTER_DETECT": "true"}
+    )
     assert (train.dataset, train.intercept, train.detect) == ("breast-cancer", False, True)
     assert parse_train_args(["--dataset", "x"], {}).intercept is True
 

@@ -33,8 +33,13 @@ def test_every_error_names_a_real_status_and_a_registered_exit_code(error):
 
 def test_the_errors_of_every_layer_share_the_root():
     names = {f"{cls.__module__}.{cls.__name__}" for cls in ERRORS}
-    assert {"cpml.worker.store.ShareStoreFull", "cpml.wire.serde.CorruptData", "cpml.master.cluster.NotEnoughWorkers",
-            "cpml.dp.session.UnknownParty", "cpml.field.errors.TooManyErrors"} <= names
+    assert {
+        "cpml.worker.store.ShareStoreFull",
+        "cpml.wire.serde.CorruptData",
+        "cpml.master.cluster.NotEnoughWorkers",
+        "cpml.dp.session.UnknownParty",
+        "cpml.field.errors.TooManyErrors",
+    } <= names
 
 
 def test_refusals_keep_their_specific_status_and_exit_code():
@@ -45,8 +50,10 @@ def test_refusals_keep_their_specific_status_and_exit_code():
 
     assert (CorruptData.status, MalformedMessage.status) == ("DATA_LOSS", "INVALID_ARGUMENT")
     assert (ShareStoreFull.status, UnknownParty.status) == ("RESOURCE_EXHAUSTED", "NOT_FOUND")
-    assert (NotEnoughWorkers.exit_code, WorkersUnsuitable.exit_code) == (ExitCode.NOT_ENOUGH_WORKERS,
-                                                                          ExitCode.UNSUITABLE)
+    assert (NotEnoughWorkers.exit_code, WorkersUnsuitable.exit_code) == (
+        ExitCode.NOT_ENOUGH_WORKERS,
+        ExitCode.UNSUITABLE,
+    )
     assert issubclass(MalformedMessage, ValueError)  # an invalid input is still a ValueError to callers
 
 

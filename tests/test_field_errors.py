@@ -13,13 +13,21 @@ PRIMES = (33554393, 2147483647, 1000003)
 
 def codeword(p, degree, points, d, rng):
     coefficients = rng.integers(0, p, size=(degree + 1, d)).astype(object)
-    return np.array([[int(sum(int(c) * pow(a, k, p) for k, c in enumerate(col)) % p) for col in coefficients.T]
-                     for a in points], dtype=np.uint64).astype(np.uint32)
+    return np.array(
+        [[int(sum(int(c) * pow(a, k, p) for k, c in enumerate(col)) % p) for col in coefficients.T] for a in points],
+        dtype=np.uint64,
+    ).astype(np.uint32)
 
 
 @settings(max_examples=40, deadline=None)
-@given(p=st.sampled_from(PRIMES), degree=st.integers(0, 9), errors=st.integers(0, 3), d=st.integers(1, 6),
-       seed=st.integers(0, 2**32 - 1), data=st.data())
+@given(
+    p=st.sampled_from(PRIMES),
+    degree=st.integers(0, 9),
+    errors=st.integers(0, 3),
+    d=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
 def test_up_to_a_wrong_rows_are_found_exactly(p, degree, errors, d, seed, data):
     rng = np.random.default_rng(seed)
     n = degree + 1 + 2 * errors

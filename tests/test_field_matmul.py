@@ -173,8 +173,11 @@ def test_mismatched_shapes_are_refused_naming_the_argument():
 
 def test_operands_of_other_dtypes_are_refused_naming_the_argument():
     field = PrimeField()
-    with pytest.raises(ValueError, match=r"^Argument 'b' must hold centred representatives as float64 or int32, "
-                                         r"not 'int64'\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^Argument 'b' must hold centred representatives as float64 or int32, "
+        r"not 'int64'\.$",
+    ):
         matmul_mod_centred(field, np.zeros((2, 3)), np.zeros((3, 2), np.int64))
 
 
@@ -199,8 +202,9 @@ def test_concurrent_callers_share_the_tile_workers(monkeypatch):
     monkeypatch.setattr(kernel, "_cores", lambda: 2)
     field = PrimeField()
     rng = np.random.default_rng(11)
-    cases = [(adversarial(field.p, "random", (13, 40), rng), adversarial(field.p, "random", (40, 29), rng))
-             for _ in range(6)]
+    cases = [
+        (adversarial(field.p, "random", (13, 40), rng), adversarial(field.p, "random", (40, 29), rng)) for _ in range(6)
+    ]
     with ThreadPoolExecutor(6) as callers:
         results = list(callers.map(lambda ab: matmul_mod(field, *ab), cases))
     for (a, b), got in zip(cases, results):

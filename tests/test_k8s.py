@@ -64,8 +64,9 @@ def test_the_master_job_addresses_every_worker_pod_over_mutual_tls():
     assert workers["spec"]["serviceName"] == service["metadata"]["name"]
     pod = workers["spec"]["template"]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    pods = [f"{workers['metadata']['name']}-{i}.{service['metadata']['name']}"
-            for i in range(workers["spec"]["replicas"])]
+    pods = [
+        f"{workers['metadata']['name']}-{i}.{service['metadata']['name']}" for i in range(workers["spec"]["replicas"])
+    ]
     master = job["spec"]["template"]["spec"]["containers"][0]
     flags = dict(arg.split("=", 1) for arg in master["command"] if arg.startswith("--"))
     assert flags["--workers"].split(",") == [f"{p}:50051" for p in pods]
@@ -75,8 +76,10 @@ def test_the_master_job_addresses_every_worker_pod_over_mutual_tls():
     # mutual TLS on both sides, each from its own Secret mounted where the flags look
     assert {"CPML_WORKER_TLS_CERT", "CPML_WORKER_TLS_KEY", "CPML_WORKER_TLS_CLIENT_CA"} <= set(_env(worker))
     assert "CPML_WORKER_INSECURE" not in _env(worker) and "--insecure" not in master["command"]
-    for spec, container, paths in ((pod["spec"], worker, _env(worker).values()),
-                                   (job["spec"]["template"]["spec"], master, flags.values())):
+    for spec, container, paths in (
+        (pod["spec"], worker, _env(worker).values()),
+        (job["spec"]["template"]["spec"], master, flags.values()),
+    ):
         secret = next(v for v in spec["volumes"] if "secret" in v)
         mount = next(m for m in container["volumeMounts"] if m["name"] == secret["name"])
         assert mount["readOnly"] is True

@@ -32,17 +32,25 @@ DATASET = "digits-4v9"
 
 
 def _settings(addresses, tmp_path, **overrides) -> TrainSettings:
-    return TrainSettings(**{"dataset": DATASET, "workers": tuple(addresses), "insecure": True, "iterations": 4,
-                            "out": tmp_path / "run", "timeouts": Timeouts(connect=10, upload=30, round=10),
-                            "progress": False, **overrides})
+    return TrainSettings(
+        **{
+            "dataset": DATASET,
+            "workers": tuple(addresses),
+            "insecure": True,
+            "iterations": 4,
+            "out": tmp_path / "run",
+            "timeouts": Timeouts(connect=10, upload=30, round=10),
+            "progress": False,
+            **overrides,
+        }
+    )
 
 
 @contextlib.asynccontextmanager
 async def _workers(n, faults=None, **common):
     faults = faults or {}
     async with contextlib.AsyncExitStack() as stack:
-        servers = [await stack.enter_async_context(running_worker(**{**common, **faults.get(i, {})}))
-                   for i in range(n)]
+        servers = [await stack.enter_async_context(running_worker(**{**common, **faults.get(i, {})})) for i in range(n)]
         yield servers
 
 
@@ -131,8 +139,7 @@ async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
     full = _simulated(resumed.plan.with_(n_workers=5))
     assert resumed.weights.tobytes() == full.weights.tobytes()
     # resuming a finished run touches no worker and reports the same model
-    again = await train(_settings([f"127.0.0.1:{port}" for port in (1, 2, 3, 4)], tmp_path, iterations=5,
-                                  resume=True))
+    again = await train(_settings([f"127.0.0.1:{port}" for port in (1, 2, 3, 4)], tmp_path, iterations=5, resume=True))
     assert again.weights.tobytes() == full.weights.tobytes() and len(again.history) == 5
 
 
@@ -147,8 +154,9 @@ async def test_resume_refuses_other_data_or_a_missing_checkpoint(tmp_path):
 
 async def test_a_round_without_r_replies_in_time_times_out(tmp_path):
     async with _workers(4, fault_reply_delay=2.0) as servers:
-        settings = _settings([s.address for s in servers], tmp_path,
-                             timeouts=Timeouts(connect=10, upload=30, round=0.5))
+        settings = _settings(
+            [s.address for s in servers], tmp_path, timeouts=Timeouts(connect=10, upload=30, round=0.5)
+        )
         with pytest.raises(RoundTimeout, match=r"round 1: only 0 of the 4 replies needed arrived within 0.5s"):
             await train(settings)
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["trainer"]["round"] == 0
@@ -156,10 +164,14 @@ async def test_a_round_without_r_replies_in_time_times_out(tmp_path):
 
 async def test_unreachable_workers_are_reported_by_address(tmp_path):
     async with running_worker() as alive:
-        settings = _settings([alive.address, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], tmp_path,
-                             timeouts=Timeouts(connect=1.0))
-        with pytest.raises(WorkersUnreachable, match=r"3 of 4 workers were not healthy within 1s \(1 answered, "
-                                                     r"R = 4 needed\): 127.0.0.1:1"):
+        settings = _settings(
+            [alive.address, "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], tmp_path, timeouts=Timeouts(connect=1.0)
+        )
+        with pytest.raises(
+            WorkersUnreachable,
+            match=r"3 of 4 workers were not healthy within 1s \(1 answered, "
+            r"R = 4 needed\): 127.0.0.1:1",
+        ):
             await train(settings)
 
 
@@ -167,14 +179,22 @@ async def test_mutual_tls_training(tmp_path):
     pki = make_pki(tmp_path / "pki")
     tls = {"insecure": False, "tls_cert": pki.server_cert, "tls_key": pki.server_key, "tls_client_ca": pki.ca}
     async with _workers(4, **tls) as servers:
-        good = _settings([s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca,
-                         tls_cert=pki.client_cert, tls_key=pki.client_key, iterations=2)
+        good = _settings(
+            [s.address for s in servers],
+            tmp_path,
+            insecure=False,
+            tls_ca=pki.ca,
+            tls_cert=pki.client_cert,
+            tls_key=pki.client_key,
+            iterations=2,
+        )
         with structlog.testing.capture_logs() as logs:
             report = await train(good)
         assert len(report.history) == 2
         assert not [e for e in logs if "T-privacy" in e["event"]]  # no plaintext warning over TLS
-        anonymous = _settings([s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca,
-                              timeouts=Timeouts(connect=1.0))
+        anonymous = _settings(
+            [s.address for s in servers], tmp_path, insecure=False, tls_ca=pki.ca, timeouts=Timeouts(connect=1.0)
+        )
         with pytest.raises(WorkersUnreachable):
             await train(anonymous)
 
@@ -188,17 +208,27 @@ def test_settings_refuse_plaintext_to_remote_workers_without_the_flag(tmp_path):
 
 
 def test_flags_and_environment_build_settings():
-    args = parse_train_args(["--workers", "a:1, b:2", "--insecure", "--k", "1", "--t", "1"],
-                            {"CPML_MASTER_DATASET": "breast-cancer", "CPML_MASTER_ITERATIONS": "7"})
+    args = parse_train_args(
+        ["--workers", "a:1, b:2", "--insecure", "--k", "1", "--t", "1"],
+        {"CPML_MASTER_DATASET": "breast-cancer", "CPML_MASTER_ITERATIONS": "7"},
+    )
     s = train_settings(args)
-    assert (s.dataset, s.workers, s.iterations, s.k, s.t, s.insecure) == ("breast-cancer", ("a:1", "b:2"), 7, 1, 1,
-                                                                           True)
+    assert (s.dataset, s.workers, s.iterations, s.k, s.t, s.insecure) == (
+        "breast-cancer",
+        ("a:1", "b:2"),
+        7,
+        1,
+        1,
+        True,
+    )
 
 
 def test_plans_follow_the_case_presets_and_overrides():
     x = load_dataset(DATASET).x_train
-    assert (make_plan(TrainSettings(dataset=DATASET, case=1), 10, x).k, make_plan(
-        TrainSettings(dataset=DATASET, case=1), 10, x).t) == (3, 1)
+    assert (
+        make_plan(TrainSettings(dataset=DATASET, case=1), 10, x).k,
+        make_plan(TrainSettings(dataset=DATASET, case=1), 10, x).t,
+    ) == (3, 1)
     case2 = make_plan(TrainSettings(dataset=DATASET, case=2), 15, x)
     assert (case2.k, case2.t) == (3, 2)
     fixed = make_plan(TrainSettings(dataset=DATASET, t=2, lx=1, lw=3, lc=4), 12, x)
@@ -247,18 +277,22 @@ def test_aggregate_is_dispatched_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, cli.AGGREGATE_MODULE, fake)
     assert cli.main(["aggregate", "--rounds", "3"]) == 7
     assert calls == [3]
-    code = ("import sys; from cpml.master import cli; cli.build_parser(); "
-            "assert not any(m.startswith('cpml.dp') for m in sys.modules), 'train imported cpml.dp'")
+    code = (
+        "import sys; from cpml.master import cli; cli.build_parser(); "
+        "assert not any(m.startswith('cpml.dp') for m in sys.modules), 'train imported cpml.dp'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_help_imports_nothing_heavy():
     # what keeps `cpml-master train --help` at a tenth of a second: no numpy, grpc, asyncio or scikit-learn
-    code = ("import sys; from cpml.master import cli\n"
-            "try:\n    cli.main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'grpc', 'asyncio', 'sklearn', "
-            "'structlog', 'scipy', 'matplotlib'})\n"
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from cpml.master import cli\n"
+        "try:\n    cli.main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'grpc', 'asyncio', 'sklearn', "
+        "'structlog', 'scipy', 'matplotlib'})\n"
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
 
 
@@ -280,9 +314,12 @@ async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
         for server in servers:
             async with stub_for(server.address) as stub:
                 await upload(stub, job.chunks())
-        async with Cluster([s.address for s in servers]) as cluster, \
-                ComputeStreams(cluster.workers, job.job_id, job.moduli, job.spec.cols, threshold=4,
-                               round_timeout=5, stream_timeout=30) as streams:
+        async with (
+            Cluster([s.address for s in servers]) as cluster,
+            ComputeStreams(
+                cluster.workers, job.job_id, job.moduli, job.spec.cols, threshold=4, round_timeout=5, stream_timeout=30
+            ) as streams,
+        ):
             weights = {k: np.stack([job.weights(k)] * 5) for k in (0, 1)}
             first, traffic0 = await streams.run_round(0, weights[0])
             assert 4 not in first and traffic0.late_replies == 0
@@ -308,7 +345,10 @@ async def test_workers_that_cannot_take_the_job_are_named_before_any_upload(tmp_
     plan = make_plan(settings, 4, x)
     share_bytes = plan.residues * -(-len(x) // plan.k) * x.shape[1] * 4  # residues x rows x d x 4 bytes
     assert share_bytes == 2 * 288 * 65 * 4
-    assert f"worker 1 at {servers[1].address} holds at most 1000 bytes of shares, less than this {share_bytes}-byte share" in message
+    assert (
+        f"worker 1 at {servers[1].address} holds at most 1000 bytes of shares, less than this {share_bytes}-byte share"
+        in message
+    )
     assert f"worker 3 at {servers[3].address} accepts messages up to 4096 bytes; lower --chunk-bytes" in message
 
 

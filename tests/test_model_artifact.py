@@ -21,8 +21,11 @@ NAMES = ["a", "b", "c", "d"]
 
 
 def _csv(path, x, labels=None, names=NAMES, label_name="label", label_first=False):
-    header = ([label_name] if label_first and labels is not None else []) + list(names or []) + (
-        [label_name] if labels is not None and not label_first else [])
+    header = (
+        ([label_name] if label_first and labels is not None else [])
+        + list(names or [])
+        + ([label_name] if labels is not None and not label_first else [])
+    )
     lines = [",".join(header)] if names is not None else []
     for i, row in enumerate(x):
         cells = [repr(float(v)) for v in row]
@@ -55,8 +58,11 @@ def test_the_training_split_is_what_the_fitted_preprocessing_makes_of_the_raw_ro
 
 def test_a_split_run_keeps_its_old_arrays_and_notes_and_carries_the_preprocessing():
     ds = data.load_dataset("breast-cancer", 0.2, "standard", 3, intercept=True)
-    assert ds.notes[-3:] == ("labels: 0 -> 0, 1 -> 1", "features: standardised to mean 0, std 1 on the training split",
-                             "intercept: a constant-1 column appended as the last feature")
+    assert ds.notes[-3:] == (
+        "labels: 0 -> 0, 1 -> 1",
+        "features: standardised to mean 0, std 1 on the training split",
+        "intercept: a constant-1 column appended as the last feature",
+    )
     x, y, _ = data.load_raw("breast-cancer")
     from sklearn.model_selection import train_test_split
 
@@ -73,12 +79,18 @@ def test_no_test_split_trains_on_every_row():
 def test_test_rows_with_a_label_the_model_does_not_know_are_refused_by_name(tmp_path):
     train = _csv(tmp_path / "train.csv", X[:60], LABELS[:60])
     test = _csv(tmp_path / "test.csv", X[60:], np.where(LABELS[60:] == "yes", "yes", "maybe"))
-    with pytest.raises(ValueError, match=r"Argument 'test_data' must hold only the model's labels \(no, yes\), not "
-                                         r"'maybe' in column 5 \('label'\) of 'test.csv', row \d+ \(\d+ such row"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'test_data' must hold only the model's labels \(no, yes\), not "
+        r"'maybe' in column 5 \('label'\) of 'test.csv', row \d+ \(\d+ such row",
+    ):
         data.load_dataset(train, scaling="standard", test_source=test)
     unlabelled = _csv(tmp_path / "nolabel.csv", X[60:])
-    with pytest.raises(ValueError, match=r"Argument 'test_data' must hold labels to test the model on, not .* "
-                                         r"without its label column 'label'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'test_data' must hold labels to test the model on, not .* "
+        r"without its label column 'label'",
+    ):
         data.load_dataset(train, scaling="standard", test_source=unlabelled)
 
 
@@ -88,21 +100,42 @@ def _model(tmp_path, scaling="standard", model="logistic") -> Model:
     return Model(RNG.normal(size=ds.preprocessing.width), ds.preprocessing, plan={"iterations": 3}, dataset=ds.name)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda s: s.pop("format"), r"must be a cpml model of format 2, not '.*model.json' without a format \(written by "
-                                r"an older cpml, or by --protocol bgw/bh08"),
-    (lambda s: s.update(format=None, guarantees={}), r"must be a cpml model of format 2, not '.*model.json', a "
-                                                      r"WD-DP model of cpml-master aggregate or cpml-party"),
-    (lambda s: s.update(format=3), r"must be a cpml model of format 2 \(what this cpml reads\), not format 3 in "
-                                   r"'.*model.json'; upgrade cpml to read it\."),
-    (lambda s: s.update(format="2"), r"must be a cpml model of format 2 .*, not format '2' in .*; retrain it\."),
-    (lambda s: s.update(kind="something-else"), r"must be a model.json written by cpml-master train, not .* of kind "
-                                                 r"'something-else'"),
-    (lambda s: s["preprocessing"].pop("scaling"), r"must be an intact cpml model, not .* with a damaged KeyError: "
-                                                   r"'scaling'"),
-    (lambda s: s.update(weights=[1.0]), r"must be an intact cpml model, .*Argument 'weights' must be 5 finite "
-                                        r"numbers \(features and intercept\), not shape \(1,\)\.$"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda s: s.pop("format"),
+            r"must be a cpml model of format 2, not '.*model.json' without a format \(written by "
+            r"an older cpml, or by --protocol bgw/bh08",
+        ),
+        (
+            lambda s: s.update(format=None, guarantees={}),
+            r"must be a cpml model of format 2, not '.*model.json', a "
+            r"WD-DP model of cpml-master aggregate or cpml-party",
+        ),
+        (
+            lambda s: s.update(format=3),
+            r"must be a cpml model of format 2 \(what this cpml reads\), not format 3 in "
+            r"'.*model.json'; upgrade cpml to read it\.",
+        ),
+        (lambda s: s.update(format="2"), r"must be a cpml model of format 2 .*, not format '2' in .*; retrain it\."),
+        (
+            lambda s: s.update(kind="something-else"),
+            r"must be a model.json written by cpml-master train, not .* of kind "
+            r"'something-else'",
+        ),
+        (
+            lambda s: s["preprocessing"].pop("scaling"),
+            r"must be an intact cpml model, not .* with a damaged KeyError: "
+            r"'scaling'",
+        ),
+        (
+            lambda s: s.update(weights=[1.0]),
+            r"must be an intact cpml model, .*Argument 'weights' must be 5 finite "
+            r"numbers \(features and intercept\), not shape \(1,\)\.$",
+        ),
+    ],
+)
 def test_other_versions_and_damaged_artifacts_are_refused_with_the_reason(tmp_path, change, message):
     state = _model(tmp_path).to_json()
     assert state["format"] == FORMAT == 2
@@ -113,8 +146,11 @@ def test_other_versions_and_damaged_artifacts_are_refused_with_the_reason(tmp_pa
 
 
 def test_a_missing_or_non_json_model_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"Argument 'model' must be a model.json written by cpml-master train, not a "
-                                         r"missing file"):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'model' must be a model.json written by cpml-master train, not a "
+        r"missing file",
+    ):
         load_model(tmp_path / "nope.json")
     (tmp_path / "m.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"not '.*m.json' holding a JSON list\."):
@@ -157,8 +193,11 @@ def test_load_sklearn_loads_only_the_pipelines_cpml_writes(tmp_path):
     from sklearn.preprocessing import FunctionTransformer
 
     skops.io.dump(Pipeline([("s", Step())]), str(tmp_path / "untrusted.skops"))
-    with pytest.raises(ValueError, match=r"Argument 'path' must be a pipeline exported by cpml \(scalers and a linear "
-                                         r"model\), not '.*untrusted.skops' holding test_model_artifact.Step\."):
+    with pytest.raises(
+        ValueError,
+        match=r"Argument 'path' must be a pipeline exported by cpml \(scalers and a linear "
+        r"model\), not '.*untrusted.skops' holding test_model_artifact.Step\.",
+    ):
         load_sklearn(tmp_path / "untrusted.skops")
     skops.io.dump(Pipeline([("f", FunctionTransformer(np.log1p))]), str(tmp_path / "other.skops"))
     with pytest.raises(ValueError, match=r"not '.*other.skops' holding FunctionTransformer\."):
@@ -181,20 +220,30 @@ def test_rows_are_matched_to_the_model_by_column_name_whatever_their_order(tmp_p
     assert headerless.x.tobytes() == X.tobytes() and list(headerless.y) == list(LABELS)
 
 
-@pytest.mark.parametrize(("write", "message"), [
-    (lambda p: _csv(p, X, LABELS, names=["a", "bee", "c", "d"]),
-     r"Argument 'data' must have the model's feature column 'b', not 'bad' without it \(1 of the model's 4 feature "
-     r"columns missing; 1 column\(s\) the model does not read, such as 'bee'\)\."),
-    (lambda p: _csv(p, np.column_stack([X, X[:, 0]]), LABELS, names=[*NAMES, "e"]),
-     r"Argument 'data' must have only the model's feature columns and its label column 'label', not the column 'e' "
-     r"of 'bad'"),
-    (lambda p: _csv(p, X[:, :3], names=None),
-     r"Argument 'data' must have the model's 4 feature columns \(5 with the label\), not 3 columns on line 1 of 'bad'"),
-    (lambda p: np.savez(p, x=X[:, :3]),
-     r"Argument 'data' must have the model's 4 features, not 3 in 'bad'"),
-    (lambda p: _csv(p, X[:3], np.array(["yes", "no", "yes"]), names=["a", "b", "c", "a"]),
-     r"Argument 'data' must have the model's feature column 'd', not 'bad' without it"),
-])
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (
+            lambda p: _csv(p, X, LABELS, names=["a", "bee", "c", "d"]),
+            r"Argument 'data' must have the model's feature column 'b', not 'bad' without it \(1 of the model's 4 feature "
+            r"columns missing; 1 column\(s\) the model does not read, such as 'bee'\)\.",
+        ),
+        (
+            lambda p: _csv(p, np.column_stack([X, X[:, 0]]), LABELS, names=[*NAMES, "e"]),
+            r"Argument 'data' must have only the model's feature columns and its label column 'label', not the column 'e' "
+            r"of 'bad'",
+        ),
+        (
+            lambda p: _csv(p, X[:, :3], names=None),
+            r"Argument 'data' must have the model's 4 feature columns \(5 with the label\), not 3 columns on line 1 of 'bad'",
+        ),
+        (lambda p: np.savez(p, x=X[:, :3]), r"Argument 'data' must have the model's 4 features, not 3 in 'bad'"),
+        (
+            lambda p: _csv(p, X[:3], np.array(["yes", "no", "yes"]), names=["a", "b", "c", "a"]),
+            r"Argument 'data' must have the model's feature column 'd', not 'bad' without it",
+        ),
+    ],
+)
 def test_rows_that_do_not_match_the_schema_are_refused_naming_the_column(tmp_path, write, message):
     path = tmp_path / "bad"
     write(path)

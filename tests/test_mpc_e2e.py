@@ -14,13 +14,27 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["--dataset", "breast-cancer", "--workers-local", "9", "--seed", "5", "--log-format", "json",
-          "--log-level", "warning"]  # the default, automatic precision
+COMMON = [
+    "--dataset",
+    "breast-cancer",
+    "--workers-local",
+    "9",
+    "--seed",
+    "5",
+    "--log-format",
+    "json",
+    "--log-level",
+    "warning",
+]  # the default, automatic precision
 
 
 def _train(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out", str(out), *extra],
-                         capture_output=True, text=True, timeout=240)
+    run = subprocess.run(
+        [sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run
 
@@ -47,7 +61,9 @@ def test_baselines_train_the_same_model_as_cpml_on_real_daemons_and_resume(tmp_p
         worker_to_worker = {"bgw": ("reshare",), "bh08": ("masked", "opened", "double")}[protocol]
         for kind in worker_to_worker:  # the workers really talked to each other over gRPC
             assert sum(w["messages_by_kind"].get(kind, 0) for w in metrics["workers"].values()) > 0
-        assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.7  # four rounds of a real model, not chance
+        assert (
+            float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.7
+        )  # four rounds of a real model, not chance
 
     # Two rounds, then --resume to four: the same weights as the uninterrupted run.
     _train(tmp_path / "resumed", "--protocol", "bh08", "--iterations", "2")
@@ -55,12 +71,27 @@ def test_baselines_train_the_same_model_as_cpml_on_real_daemons_and_resume(tmp_p
     assert _weights(tmp_path / "resumed") == _weights(tmp_path / "cpml")
     rounds = (tmp_path / "resumed" / "rounds.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in rounds] == [1, 2, 3, 4]
-    refused = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", *COMMON, "--out",
-                              str(tmp_path / "resumed"), "--protocol", "bgw", "--iterations", "5", "--resume"],
-                             capture_output=True, text=True, timeout=240)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "train",
+            *COMMON,
+            "--out",
+            str(tmp_path / "resumed"),
+            "--protocol",
+            "bgw",
+            "--iterations",
+            "5",
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert refused.returncode == 2
     assert "Argument 'protocol' must match the checkpoint's ('bh08') to resume, not 'bgw'." in refused.stderr
-
 
 
 def test_a_baseline_reports_linear_regression_like_cpml(tmp_path):
@@ -86,13 +117,46 @@ def test_a_baseline_writes_the_model_artifact_predict_reads(tmp_path):
 
     x, y = load_breast_cancer(return_X_y=True)
     np.savez(tmp_path / "rows.npz", x=x, y=y)
-    run = subprocess.run([sys.executable, "-m", "cpml.master.cli", "train", "--dataset", "breast-cancer", "--protocol",
-                          "bgw", "--workers-local", "9", "--iterations", "3", "--out", str(tmp_path / "bgw"),
-                          "--log-level", "error"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "train",
+            "--dataset",
+            "breast-cancer",
+            "--protocol",
+            "bgw",
+            "--workers-local",
+            "9",
+            "--iterations",
+            "3",
+            "--out",
+            str(tmp_path / "bgw"),
+            "--log-level",
+            "error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
-    scored = subprocess.run([sys.executable, "-m", "cpml.master.cli", "predict", "--model",
-                             str(tmp_path / "bgw" / "model.json"), "--data", str(tmp_path / "rows.npz"), "--out",
-                             str(tmp_path / "predictions.csv")],
-                            capture_output=True, text=True, timeout=120)
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cpml.master.cli",
+            "predict",
+            "--model",
+            str(tmp_path / "bgw" / "model.json"),
+            "--data",
+            str(tmp_path / "rows.npz"),
+            "--out",
+            str(tmp_path / "predictions.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert scored.returncode == 0 and "accuracy:" in scored.stdout, scored.stderr
     assert json.loads((tmp_path / "bgw" / "model.json").read_text())["format"] == 2

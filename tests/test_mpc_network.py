@@ -89,8 +89,9 @@ async def test_single_modulus_joins_and_payloads_are_refused_not_misread(data):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Deliver(one_field, timeout=DEADLINE)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert ("weights payload holds 30 residue slice(s) but the job computes modulo 2 prime(s) "
-                "(33554393, 33554383)") in err.value.details()
+        assert (
+            "weights payload holds 30 residue slice(s) but the job computes modulo 2 prime(s) (33554393, 33554383)"
+        ) in err.value.details()
         await stub.Deliver(mpc_serde.envelope_to_proto("new", weights), timeout=DEADLINE)  # both fields: taken
         assert (await stub.Leave(pb.MpcLeaveRequest(job_id="new"), timeout=DEADLINE)).existed
 
@@ -124,8 +125,9 @@ async def test_an_unexpected_failure_in_a_party_reaches_the_master_at_once(data,
             good = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
             await run_mpc_job(good, cluster, chunk_bytes=4096, round_timeout=30.0)
     assert np.array_equal(good.weights, simulate(plan, x, y, seed=2).weights)
-    assert re.search(r"ABORTED: .*failed processing weights of round 0: KeyError at test_mpc_network.py:\d+",
-                     str(err.value))
+    assert re.search(
+        r"ABORTED: .*failed processing weights of round 0: KeyError at test_mpc_network.py:\d+", str(err.value)
+    )
     assert str(secret) not in str(err.value)
     assert any(e.get("error") == "KeyError" and e["event"] == "mpc step failed" for e in logs)
     assert not [e for e in logs if str(secret) in repr(e)]
@@ -161,8 +163,9 @@ async def test_workers_talk_to_each_other_over_mutual_tls(data, tmp_path):
     session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=6)
     tls = dict(insecure=False, tls_cert=cert, tls_key=key, tls_client_ca=ca)
     async with mpc_workers(3, **tls) as addresses:
-        async with Cluster(addresses, channel_credentials(ca, cert, key),
-                           timeouts=Timeouts(connect=10, upload=30, round=30, control=5)) as cluster:
+        async with Cluster(
+            addresses, channel_credentials(ca, cert, key), timeouts=Timeouts(connect=10, upload=30, round=30, control=5)
+        ) as cluster:
             await cluster.wait_healthy()
             report = await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
     assert np.array_equal(session.weights, simulate(plan, x, y, seed=6).weights)

@@ -36,8 +36,10 @@ def joint_counts(moduli: tuple[int, ...], *columns: np.ndarray) -> np.ndarray:
 
 def datasets(rng):
     """The residues (2, TRIALS) of an all-zero and of a random dataset."""
-    return {"zeros": BASIS.residues(np.zeros(TRIALS, dtype=np.int64)),
-            "random": BASIS.residues(rng.integers(0, BASIS.product, TRIALS))}
+    return {
+        "zeros": BASIS.residues(np.zeros(TRIALS, dtype=np.int64)),
+        "random": BASIS.residues(rng.integers(0, BASIS.product, TRIALS)),
+    }
 
 
 def uniform_and_data_independent(tables: list[np.ndarray]) -> tuple[float, float]:
@@ -70,8 +72,19 @@ def test_any_t_shamir_shares_are_uniform_and_independent_of_the_data_in_every_fi
 
 def run_group(protocol: str, x: np.ndarray, w: int, party_masks) -> dict[int, list[Message]]:
     """One round of a T=1 group (3 parties, d=1, r=1) on TRIALS rows in both fields; what each party received."""
-    spec = dict(protocol=protocol, moduli=MODULI, t=1, group_size=3, first=0, rows=x.shape[1], d=1, r=1,
-                coefficients=((0, 1), (0, 1)), start_round=0, rounds=1)
+    spec = dict(
+        protocol=protocol,
+        moduli=MODULI,
+        t=1,
+        group_size=3,
+        first=0,
+        rows=x.shape[1],
+        d=1,
+        r=1,
+        coefficients=((0, 1), (0, 1)),
+        start_round=0,
+        rounds=1,
+    )
     parties = [MpcParty(PartySpec(position=i, **spec), party_masks) for i in range(3)]
     points = party_points(3)
     data = share_residues(BASIS, x.reshape(len(MODULI), -1, 1), 1, points)  # the master's own sharing: masked

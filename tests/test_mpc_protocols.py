@@ -48,11 +48,14 @@ def started(session):
 
 
 @pytest.mark.parametrize("protocol", ["bgw", "bh08"])
-@pytest.mark.parametrize(("plan", "n_workers", "t"), [
-    (Plan(n_workers=10, k=3, t=1, iterations=1), 10, 1),
-    (Plan(n_workers=16, k=3, t=1, r=2, lx=2, lw=4, lc=3, p=2**31 - 1, iterations=1), 15, 2),
-    (Plan(n_workers=10, k=3, t=1, residues=3, iterations=1), 10, 1),
-])
+@pytest.mark.parametrize(
+    ("plan", "n_workers", "t"),
+    [
+        (Plan(n_workers=10, k=3, t=1, iterations=1), 10, 1),
+        (Plan(n_workers=16, k=3, t=1, r=2, lx=2, lw=4, lc=3, p=2**31 - 1, iterations=1), 15, 2),
+        (Plan(n_workers=10, k=3, t=1, residues=3, iterations=1), 10, 1),
+    ],
+)
 def test_decoded_blocks_equal_the_codedprivateml_decoding_exactly(data, protocol, plan, n_workers, t):
     x, y = data
     assert plan.residues >= 2
@@ -62,8 +65,12 @@ def test_decoded_blocks_equal_the_codedprivateml_decoding_exactly(data, protocol
     w_shares = trainer.weight_shares()
     coefficients = trainer.job_spec.coefficient_array()
     replies = {i: worker_compute(trainer.basis, shares[i], w_shares[i], coefficients) for i in range(plan.n_workers)}
-    cpml_blocks = np.stack([scheme.decode({i: reply[j] for i, reply in replies.items()}, plan.threshold)
-                            for j, scheme in enumerate(trainer.schemes)])  # residues x K x d
+    cpml_blocks = np.stack(
+        [
+            scheme.decode({i: reply[j] for i, reply in replies.items()}, plan.threshold)
+            for j, scheme in enumerate(trainer.schemes)
+        ]
+    )  # residues x K x d
 
     session = MpcSession.create(MpcPlan(protocol, n_workers, t), plan, x, y, seed=11)
     parties, pending = started(session)
@@ -178,7 +185,9 @@ def test_late_duplicate_and_foreign_messages(data):
 
 
 def test_plan_and_pool_refusals():
-    with pytest.raises(ValueError, match=r"Argument 'n_workers' must be at least 9 for T = floor\(\(N-3\)/6\) >= 1, not 8\."):
+    with pytest.raises(
+        ValueError, match=r"Argument 'n_workers' must be at least 9 for T = floor\(\(N-3\)/6\) >= 1, not 8\."
+    ):
         MpcPlan.paper("bgw", 8)
     with pytest.raises(ValueError, match=r"Argument 'protocol' must be one of bgw, bh08, not 'spdz'\."):
         MpcPlan("spdz", 9, 1)

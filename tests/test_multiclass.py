@@ -29,12 +29,18 @@ ITERATIONS = 50
 
 def _digits(seed: int = 0):
     """Digits, all ten classes, standardised on the training split with an intercept column; one-hot labels."""
-    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25,
-                                                        random_state=seed, stratify=DIGITS.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        DIGITS.data, DIGITS.target, test_size=0.25, random_state=seed, stratify=DIGITS.target
+    )
     scaler = StandardScaler().fit(x_train)
     ones = np.ones((len(x_train), 1)), np.ones((len(x_test), 1))
-    return (np.hstack([scaler.transform(x_train), ones[0]]), np.eye(10)[y_train],
-            np.hstack([scaler.transform(x_test), ones[1]]), np.eye(10)[y_test], (x_train, y_train, x_test, y_test))
+    return (
+        np.hstack([scaler.transform(x_train), ones[0]]),
+        np.eye(10)[y_train],
+        np.hstack([scaler.transform(x_test), ones[1]]),
+        np.eye(10)[y_test],
+        (x_train, y_train, x_test, y_test),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +54,14 @@ def test_all_ten_classes_train_in_one_run_as_float_gradient_descent_does(digits_
     result, (x, y, x_test, y_test), _ = digits_run
     assert result.weights.shape == (65, 10) and result.trajectory.shape == (ITERATIONS + 1, 65, 10)
     coefficients = model_coefficients("logistic", 1, result.plan.sigmoid_interval)
-    reference = models.gradient_descent(x, y, result.plan.learning_rate, ITERATIONS, radius=result.plan.weight_bound,
-                                        prediction=lambda z: np.polynomial.polynomial.polyval(z, coefficients))[-1]
+    reference = models.gradient_descent(
+        x,
+        y,
+        result.plan.learning_rate,
+        ITERATIONS,
+        radius=result.plan.weight_bound,
+        prediction=lambda z: np.polynomial.polynomial.polyval(z, coefficients),
+    )[-1]
     # the quantization costs nothing: the same model as float64 with the workers' polynomial
     assert np.abs(result.weights - reference).max() < 0.02
     assert abs(result.history[-1].test_accuracy - models.accuracy(x_test, y_test, reference, "logistic")) <= 0.005
@@ -70,9 +82,12 @@ def test_digits_stays_within_the_measured_gap_to_scikit_learns_one_vs_rest(digit
     assert result.history[-1].test_accuracy >= _scikit_learn_ovr(raw) - 0.04
 
 
-@pytest.mark.xfail(strict=True, reason="r = 1 fits a degree-1 sigmoid, a least-squares classifier per class: on "
-                   "digits one-vs-rest trails scikit-learn's by 3.3 points (0.936 vs 0.969) at any precision; the "
-                   "sigmoid approximation is issue 9's")
+@pytest.mark.xfail(
+    strict=True,
+    reason="r = 1 fits a degree-1 sigmoid, a least-squares classifier per class: on "
+    "digits one-vs-rest trails scikit-learn's by 3.3 points (0.936 vs 0.969) at any precision; the "
+    "sigmoid approximation is issue 9's",
+)
 def test_digits_within_one_point_of_scikit_learns_one_vs_rest(digits_run):
     result, _, raw = digits_run
     assert result.history[-1].test_accuracy >= _scikit_learn_ovr(raw) - 0.01
@@ -93,19 +108,30 @@ def test_the_overflow_guard_bounds_every_class_column():
 
 
 def test_the_wire_carries_c_weight_columns_and_checks_them():
-    spec = serde.WireJobSpec(moduli=(65537, 65539), degree=2, rows=4, cols=3,
-                             coefficients=np.ones((2, 3), dtype=np.uint32), model="logistic", classes=5)
+    spec = serde.WireJobSpec(
+        moduli=(65537, 65539),
+        degree=2,
+        rows=4,
+        cols=3,
+        coefficients=np.ones((2, 3), dtype=np.uint32),
+        model="logistic",
+        classes=5,
+    )
     back = serde.job_spec_from_proto(serde.job_spec_to_proto(spec))
     assert back.classes == 5 and back.result_cols == 15
-    binary = serde.job_spec_from_proto(serde.job_spec_to_proto(
-        serde.WireJobSpec(spec.moduli, 2, 4, 3, spec.coefficients, "logistic")))
+    binary = serde.job_spec_from_proto(
+        serde.job_spec_to_proto(serde.WireJobSpec(spec.moduli, 2, 4, 3, spec.coefficients, "logistic"))
+    )
     assert binary.classes == 1 and serde.job_spec_to_proto(binary).classes == 0  # as a binary job always was
     weights = np.arange(2 * 3 * 10, dtype=np.uint32).reshape(2, 3, 10)
     request = serde.round_request_to_proto("j", 1, weights)
     assert (request.weights.rows, request.weights.cols) == (6, 10)
     np.testing.assert_array_equal(serde.round_request_from_proto(request, back), weights)
-    with pytest.raises(serde.MalformedMessage, match=r"round 1 weights are 6x10 but this job needs 6x2 \(residues "
-                                                     r"x d rows, classes x r columns\)"):
+    with pytest.raises(
+        serde.MalformedMessage,
+        match=r"round 1 weights are 6x10 but this job needs 6x2 \(residues "
+        r"x d rows, classes x r columns\)",
+    ):
         serde.round_request_from_proto(request, binary)
     message = serde.job_spec_to_proto(spec)
     message.model = "linear"
@@ -125,8 +151,9 @@ def test_labels_of_more_than_two_classes_load_one_hot_and_refuse_what_is_not_cla
 
 
 def test_the_estimator_fits_ten_classes_and_predicts_the_arg_max():
-    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25, random_state=0,
-                                                        stratify=DIGITS.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        DIGITS.data, DIGITS.target, test_size=0.25, random_state=0, stratify=DIGITS.target
+    )
     names = np.array([f"digit {d}" for d in range(10)])
     est = CodedLogisticRegression(workers="in-process", iterations=20).fit(x_train, names[y_train])
     assert est.coef_.shape == (10, 64) and est.intercept_.shape == (10,) and list(est.classes_) == list(names)
@@ -143,23 +170,44 @@ def test_the_estimator_fits_ten_classes_and_predicts_the_arg_max():
 @pytest.mark.slow
 def test_ten_classes_train_predict_and_export_on_real_processes(tmp_path):
     names = [f"pixel{i}" for i in range(64)]
-    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25, random_state=2,
-                                                        stratify=DIGITS.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        DIGITS.data, DIGITS.target, test_size=0.25, random_state=2, stratify=DIGITS.target
+    )
     for path, x, y in ((tmp_path / "train.csv", x_train, y_train), (tmp_path / "test.csv", x_test, y_test)):
         with path.open("w", newline="") as f:
             out = csv.writer(f)
             out.writerow([*names, "digit"])
             out.writerows([*map(repr, map(float, row)), int(label)] for row, label in zip(x, y))
-    done = _cli("train", "--dataset", str(tmp_path / "train.csv"), "--test-data", str(tmp_path / "test.csv"),
-                "--workers-local", "10", "--iterations", "30", "--out", str(tmp_path / "run"), "--log-level", "error",
-                "--no-progress")
+    done = _cli(
+        "train",
+        "--dataset",
+        str(tmp_path / "train.csv"),
+        "--test-data",
+        str(tmp_path / "test.csv"),
+        "--workers-local",
+        "10",
+        "--iterations",
+        "30",
+        "--out",
+        str(tmp_path / "run"),
+        "--log-level",
+        "error",
+        "--no-progress",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["final"]
     assert final["test_accuracy"] > 0.9
     model = load_model(tmp_path / "run" / "model.json")
     assert model.weights.shape == (65, 10) and model.preprocessing.classes == tuple(range(10))
-    done = _cli("predict", "--model", str(tmp_path / "run" / "model.json"), "--data", str(tmp_path / "test.csv"),
-                "--out", str(tmp_path / "p.csv"))
+    done = _cli(
+        "predict",
+        "--model",
+        str(tmp_path / "run" / "model.json"),
+        "--data",
+        str(tmp_path / "test.csv"),
+        "--out",
+        str(tmp_path / "p.csv"),
+    )
     assert done.returncode == 0, done.stderr
     right, rows = map(int, re.search(r"accuracy: [\d.]+ \((\d+) of (\d+) rows\)", done.stdout).groups())
     assert rows == len(y_test) and right / rows == final["test_accuracy"]
@@ -174,9 +222,11 @@ def test_ten_classes_train_predict_and_export_on_real_processes(tmp_path):
     assert pipeline.score(x_test, y_test) == final["test_accuracy"]
     refused = _cli("train", "--dataset", "digits", "--protocol", "bgw", "--out", str(tmp_path / "bgw"))
     assert refused.returncode == 2
-    assert refused.stderr.strip().endswith("Argument 'protocol' must be cpml for 10 classes (one-vs-rest runs in "
-                                           "CodedPrivateML only; the BGW baseline trains two-class models), not "
-                                           "'bgw'.")
+    assert refused.stderr.strip().endswith(
+        "Argument 'protocol' must be cpml for 10 classes (one-vs-rest runs in "
+        "CodedPrivateML only; the BGW baseline trains two-class models), not "
+        "'bgw'."
+    )
 
 
 def test_wddp_clips_each_records_d_by_c_gradient_as_one_vector():
@@ -195,8 +245,9 @@ def test_wddp_clips_each_records_d_by_c_gradient_as_one_vector():
 def test_the_wddp_estimator_trains_ten_classes_with_c_columns_of_local_models():
     from cpml.estimator import WDDPLogisticRegression
 
-    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.25, random_state=0,
-                                                        stratify=DIGITS.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        DIGITS.data, DIGITS.target, test_size=0.25, random_state=0, stratify=DIGITS.target
+    )
     est = WDDPLogisticRegression(random_state=0, epsilon=8.0, rounds=30).fit(x_train, y_train)
     assert est.coef_.shape == (10, 64) and est.intercept_.shape == (10,) and est.weights_.shape == (65, 10)
     assert est.score(x_test, y_test) > 0.85  # measured 0.92
@@ -206,16 +257,28 @@ def test_the_wddp_estimator_trains_ten_classes_with_c_columns_of_local_models():
 
 @pytest.mark.slow
 def test_an_embedded_wddp_run_trains_ten_classes_and_predict_reproduces_its_accuracy(tmp_path):
-    done = _cli("aggregate", "--dataset", "digits", "--rounds", "20", "--epsilon", "4", "--out", str(tmp_path / "run"),
-                "--log-level", "error")
+    done = _cli(
+        "aggregate",
+        "--dataset",
+        "digits",
+        "--rounds",
+        "20",
+        "--epsilon",
+        "4",
+        "--out",
+        str(tmp_path / "run"),
+        "--log-level",
+        "error",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "labels: 10 classes (0, 1, 2, 3, 4, ...), one-vs-rest" in done.stdout
     final = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][-1]["test_accuracy"]
     assert final > 0.8  # measured 0.89 against 0.93 for the non-private optimum
     model = load_model(tmp_path / "run" / "model.json")
     assert model.weights.shape == (65, 10)
-    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data, DIGITS.target, test_size=0.2, random_state=0,
-                                                        stratify=DIGITS.target)  # aggregate's split (seed 0)
+    x_train, x_test, y_train, y_test = train_test_split(
+        DIGITS.data, DIGITS.target, test_size=0.2, random_state=0, stratify=DIGITS.target
+    )  # aggregate's split (seed 0)
     assert model.evaluate(x_test, y_test)["accuracy"] == final
 
 
@@ -223,22 +286,43 @@ def test_an_embedded_wddp_run_trains_ten_classes_and_predict_reproduces_its_accu
 def test_remote_wddp_parties_train_ten_classes_from_a_public_class_list(tmp_path):
     from test_dp_auth import aggregation_server, finish_parties, start_party
 
-    x_train, x_test, y_train, y_test = train_test_split(DIGITS.data / 16.0, DIGITS.target, test_size=0.25,
-                                                        random_state=0, stratify=DIGITS.target)
+    x_train, x_test, y_train, y_test = train_test_split(
+        DIGITS.data / 16.0, DIGITS.target, test_size=0.25, random_state=0, stratify=DIGITS.target
+    )
     files = []
-    for name, (x, y) in {"a": (x_train[::2], y_train[::2]), "b": (x_train[1::2], y_train[1::2]),
-                         "test": (x_test, y_test), "odd": (x_test, np.where(y_test == 3, 11, y_test))}.items():
+    for name, (x, y) in {
+        "a": (x_train[::2], y_train[::2]),
+        "b": (x_train[1::2], y_train[1::2]),
+        "test": (x_test, y_test),
+        "odd": (x_test, np.where(y_test == 3, 11, y_test)),
+    }.items():
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         files.append(tmp_path / f"{name}.npz")
     classes = ",".join(map(str, range(10)))
     flags = ("--insecure", "--run-id", "c10", "--classes", classes)
-    with aggregation_server(tmp_path, *flags, "--party-names", "a,b", "--rounds", "15", "--epsilon", "8",
-                            "--test-data", str(files[2]), "--join-timeout", "60") as server:
+    with aggregation_server(
+        tmp_path,
+        *flags,
+        "--party-names",
+        "a,b",
+        "--rounds",
+        "15",
+        "--epsilon",
+        "8",
+        "--test-data",
+        str(files[2]),
+        "--join-timeout",
+        "60",
+    ) as server:
         tokens = server.out / "join-tokens"
         refused = finish_parties([start_party(server.address, files[3], *flags, "--token-file", str(tokens / "a"))])
         assert refused[0][0] == 2 and "must hold only the run's classes (0, 1, 2" in refused[0][2], refused
-        results = finish_parties([start_party(server.address, path, *flags, "--token-file", str(tokens / name))
-                                  for name, path in zip("ab", files)])
+        results = finish_parties(
+            [
+                start_party(server.address, path, *flags, "--token-file", str(tokens / name))
+                for name, path in zip("ab", files)
+            ]
+        )
         assert [code for code, _, _ in results] == [0, 0], results
         assert server.finish() == 0, server.log()
     history = json.loads((server.out / "metrics.json").read_text())["history"]

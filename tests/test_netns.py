@@ -43,8 +43,20 @@ def lab(tmp_path_factory):
     with NetLab(hosts) as net:
         ips = [net.ip(h) for h in hosts[1:]]
         pki = make_cluster_pki(directory / "pki", ips, ["master"], days=1, ca_name="netns test CA")
-        net.start_workers(hosts[1:], directory, ["--tls-cert", str(pki.worker_cert), "--tls-key", str(pki.worker_key),
-                                                 "--tls-client-ca", str(pki.ca), "--mpc-peer-hosts", ",".join(ips)])
+        net.start_workers(
+            hosts[1:],
+            directory,
+            [
+                "--tls-cert",
+                str(pki.worker_cert),
+                "--tls-key",
+                str(pki.worker_key),
+                "--tls-client-ca",
+                str(pki.ca),
+                "--mpc-peer-hosts",
+                ",".join(ips),
+            ],
+        )
         net.pki, net.worker_ips, net.directory = pki, ips, directory
         yield net
 
@@ -52,11 +64,35 @@ def lab(tmp_path_factory):
 def _train(lab, out: Path, n_workers: int, *extra: str):
     cert, key = lab.pki.clients["master"]
     workers = ",".join(f"{ip}:{netlab.WORKER_PORT}" for ip in lab.worker_ips[:n_workers])
-    argv = [sys.executable, "-m", "cpml.master.cli", "train", "--dataset", DATASET, "--workers", workers,
-            "--tls-ca", str(lab.pki.ca), "--tls-cert", str(cert), "--tls-key", str(key), "--out", str(out),
-            "--log-format", "json", "--no-progress", *extra]
-    return lab.popen("master", argv, stdout=(out.parent / f"{out.name}.stdout").open("w"),
-                     stderr=(out.parent / f"{out.name}.stderr").open("w"), text=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "cpml.master.cli",
+        "train",
+        "--dataset",
+        DATASET,
+        "--workers",
+        workers,
+        "--tls-ca",
+        str(lab.pki.ca),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--out",
+        str(out),
+        "--log-format",
+        "json",
+        "--no-progress",
+        *extra,
+    ]
+    return lab.popen(
+        "master",
+        argv,
+        stdout=(out.parent / f"{out.name}.stdout").open("w"),
+        stderr=(out.parent / f"{out.name}.stderr").open("w"),
+        text=True,
+    )
 
 
 def _finish(proc, out: Path, timeout: float = 300) -> None:
@@ -122,7 +158,7 @@ def test_a_network_fault_mid_run_is_a_dead_or_slow_worker(lab, tmp_path, fault):
     assert [r["round"] for r in rounds] == list(range(1, ITERATIONS + 1))
     # the round in flight may have had the victim's reply already; a throttled link's token bucket starts
     # full (3000 bytes, about two rounds of TLS records) before the cap bites
-    after = rounds[before + (3 if fault == "throttle" else 1):]
+    after = rounds[before + (3 if fault == "throttle" else 1) :]
     missed = [r["round"] for r in after if victim not in r["workers_used"]]
     if fault == "loss":  # a lucky packet now and then may still arrive among the first R
         assert missed, "the lossy worker was among the first R replies in every round"
@@ -163,10 +199,15 @@ def test_a_lab_adds_nothing_to_the_machines_namespace_and_clears_a_crashed_runs_
         # other programs on this machine may add links meanwhile; none of the lab's names, addresses or routes
         assert not (_root_links() - before) & {"br0", "eth0", "p0", "p1"}
         for what in (["-o", "addr", "show"], ["route", "show"]):
-            assert netlab.SUBNET not in subprocess.run(["ip", *what], capture_output=True, text=True,
-                                                       check=True).stdout
-        reply = net.run("a", [sys.executable, "-c", _ECHO_CLIENT.format(ip=net.ip("b"))], capture_output=True,
-                        text=True, timeout=30, check=False)
+            assert netlab.SUBNET not in subprocess.run(["ip", *what], capture_output=True, text=True, check=True).stdout
+        reply = net.run(
+            "a",
+            [sys.executable, "-c", _ECHO_CLIENT.format(ip=net.ip("b"))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert net.prefix not in listing
     assert "refused" in reply.stdout  # b's address answered (nothing listens there: a reset, not silence)
@@ -198,10 +239,31 @@ def test_the_shaped_mpc_benchmark_runs_every_worker_on_its_own_capped_host(tmp_p
     if reason is not None:
         pytest.skip(f"netns tests skipped: {reason}")
     out = tmp_path / "shaped.json"
-    bench = subprocess.Popen([sys.executable, "bench/bench_mpc.py", "--quick", "--network", "shaped", "--datasets",
-                              "cifar", "--workers", "9", "--iterations", "2", "--protocols", "cpml-case1,bgw",
-                              "--bandwidth-mbit", "200", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            "bench/bench_mpc.py",
+            "--quick",
+            "--network",
+            "shaped",
+            "--datasets",
+            "cifar",
+            "--workers",
+            "9",
+            "--iterations",
+            "2",
+            "--protocols",
+            "cpml-case1,bgw",
+            "--bandwidth-mbit",
+            "200",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, stderr = bench.communicate(timeout=600)
     assert bench.returncode == 0, stderr[-3000:]
     results = json.loads(out.read_text())

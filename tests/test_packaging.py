@@ -32,8 +32,12 @@ def worker_venv(tmp_path_factory):
 @pytest.mark.slow
 def test_a_plain_install_has_none_of_the_master_libraries(worker_venv):
     python = str(worker_venv / "bin" / "python")
-    found = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in "
-                            f"{MASTER_ONLY!r} if u.find_spec(m)])"], capture_output=True, text=True, check=True)
+    found = subprocess.run(
+        [python, "-c", f"import importlib.util as u; print([m for m in {MASTER_ONLY!r} if u.find_spec(m)])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert found.stdout.strip() == "[]"
     helped = subprocess.run([str(worker_venv / "bin" / "cpml-worker"), "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--share-bytes-cap" in helped.stdout
@@ -42,8 +46,18 @@ def test_a_plain_install_has_none_of_the_master_libraries(worker_venv):
 @pytest.mark.slow
 async def test_the_light_worker_serves_a_job(worker_venv, tmp_path):
     port_file = tmp_path / "port"
-    worker = subprocess.Popen([str(worker_venv / "bin" / "cpml-worker"), "--listen", "127.0.0.1:0", "--insecure",
-                               "--port-file", str(port_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [
+            str(worker_venv / "bin" / "cpml-worker"),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():

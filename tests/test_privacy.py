@@ -105,6 +105,7 @@ def test_trainer_masks_come_from_the_csprng_and_are_fresh_per_chunk_and_per_resi
 
 # --- several residue fields: exact tests in tiny fields, through the trainer's own encoding ---------------
 
+
 @dataclass(frozen=True)
 class Tiny:
     """A cluster shape over the two largest primes <= top: small enough to histogram the colluders' view."""
@@ -121,8 +122,19 @@ class Tiny:
 
     @property
     def plan(self) -> Plan:
-        return Plan(n_workers=self.n, k=self.k, t=self.t, lx=0, lw=0, lc=0, p=self.top, residues=2, iterations=1,
-                    learning_rate=1.0, weight_bound=1e9)
+        return Plan(
+            n_workers=self.n,
+            k=self.k,
+            t=self.t,
+            lx=0,
+            lw=0,
+            lc=0,
+            p=self.top,
+            residues=2,
+            iterations=1,
+            learning_rate=1.0,
+            weight_bound=1e9,
+        )
 
 
 PAIRS = Tiny(top=31, n=10, k=2, t=2, trials=TRIALS)  # moduli (31, 29): per residue 961/841 cells, pairs 899
@@ -137,10 +149,22 @@ def tiny_trainer(tiny: Tiny, data: np.ndarray, weights: np.ndarray, mask_source)
     empty = DataProfile(rows=0, d=d, max_column_norm=(0.0,), frobenius=(0.0,), max_row_norm=(0.0,))
     w = weights.astype(np.float64)  # integers: quantized with l_w = 0, stochastic rounding keeps them exact
     return CodedTrainer(
-        plan=plan, seed=0, x=np.zeros((0, d)), y=np.zeros(0), x_test=None, y_test=None, weights=w, previous=w,
-        round=0, profile=empty, partitions=data.reshape(tiny.k, 1, d).astype(np.int32), xty=np.zeros(d),
-        coefficients=np.array([0, 0], dtype=object), mask_source=mask_source,
-        schemes=tuple(CodingScheme(f, plan.n_workers, plan.k, plan.t) for f in plan.basis.fields))
+        plan=plan,
+        seed=0,
+        x=np.zeros((0, d)),
+        y=np.zeros(0),
+        x_test=None,
+        y_test=None,
+        weights=w,
+        previous=w,
+        round=0,
+        profile=empty,
+        partitions=data.reshape(tiny.k, 1, d).astype(np.int32),
+        xty=np.zeros(d),
+        coefficients=np.array([0, 0], dtype=object),
+        mask_source=mask_source,
+        schemes=tuple(CodingScheme(f, plan.n_workers, plan.k, plan.t) for f in plan.basis.fields),
+    )
 
 
 def tiny_shares(tiny: Tiny, kind: str, secrets: np.ndarray, mask_source) -> np.ndarray:
@@ -192,8 +216,10 @@ def lift(basis: ResidueBasis, residues: np.ndarray) -> np.ndarray:
 def residue_counts(basis: ResidueBasis, shares: np.ndarray, workers: tuple[int, int]) -> dict[str, np.ndarray]:
     """Each residue field alone: the T workers' shares of one element, jointly on F_p^T."""
     a, b = workers
-    return {f"residue {j} (p={p}), workers {a},{b}": histogram([shares[a, j], shares[b, j]], (p, p))
-            for j, p in enumerate(basis.moduli)}
+    return {
+        f"residue {j} (p={p}), workers {a},{b}": histogram([shares[a, j], shares[b, j]], (p, p))
+        for j, p in enumerate(basis.moduli)
+    }
 
 
 def cross_counts(basis: ResidueBasis, shares: np.ndarray, workers: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -212,14 +238,19 @@ def cross_counts(basis: ResidueBasis, shares: np.ndarray, workers: tuple[int, in
 def full_view_counts(basis: ResidueBasis, shares: np.ndarray, workers: tuple[int, int]) -> dict[str, np.ndarray]:
     """Everything T workers hold about one element: their CRT lifts, jointly on Z_P^T."""
     a, b = workers
-    return {f"workers {a},{b}: CRT lifts": histogram([lift(basis, shares[a]), lift(basis, shares[b])],
-                                                     (basis.product, basis.product))}
+    return {
+        f"workers {a},{b}: CRT lifts": histogram(
+            [lift(basis, shares[a]), lift(basis, shares[b])], (basis.product, basis.product)
+        )
+    }
 
 
 def view_statistics(tiny: Tiny, kind: str, workers: tuple[int, int], mask_source, counts) -> dict[str, float]:
     """Chi-square p-values: each histogram against uniform (for both datasets), and zeros against random."""
-    tables = {name: counts(tiny.basis, tiny_shares(tiny, kind, tiny_secrets(tiny, name), mask_source), workers)
-              for name in ("zeros", "random")}
+    tables = {
+        name: counts(tiny.basis, tiny_shares(tiny, kind, tiny_secrets(tiny, name), mask_source), workers)
+        for name in ("zeros", "random")
+    }
     pvalues = {}
     for what in tables["zeros"]:
         for name, table in tables.items():
@@ -229,15 +260,16 @@ def view_statistics(tiny: Tiny, kind: str, workers: tuple[int, int], mask_source
     return pvalues
 
 
-def colluder_interpolation(basis: ResidueBasis, shares: np.ndarray, workers: tuple[int, ...], k: int,
-                           t: int) -> np.ndarray:
+def colluder_interpolation(
+    basis: ResidueBasis, shares: np.ndarray, workers: tuple[int, ...], k: int, t: int
+) -> np.ndarray:
     """What the colluders get by interpolating their shares with the masks taken as 0: (residues, K, n)."""
     assert k <= len(workers), "T colluders can only interpolate K + T points when T >= K"
     out = []
     for j, field in enumerate(basis.fields):
         alphas, betas = CodingScheme(field, shares.shape[0], k, t).points  # public points
         known = tuple(alphas[w] for w in workers) + betas[k:]
-        decoder = interpolation_matrix(field, known, betas[:k]).astype(np.int64)[:, :len(workers)]
+        decoder = interpolation_matrix(field, known, betas[:k]).astype(np.int64)[:, : len(workers)]
         stacked = np.stack([shares[w, j].reshape(-1).astype(np.int64) for w in workers])
         out.append(((decoder @ stacked) % field.p).astype(np.uint32))  # p^2 T < 2^63
     return np.stack(out)
@@ -330,8 +362,7 @@ def real_statistics(basis: ResidueBasis, shares: np.ndarray, reference: np.ndarr
     uniform_p(f"CRT lifts: workers {a},{b} jointly", lifts, (product, product), 16)
     uniform_p(f"worker {a}: (residue 0, residue 1)", [shares[a, 0], shares[a, 1]], moduli[:2], 16)
     uniform_p(f"worker {a} residue 0, worker {b} residue 1", [shares[a, 0], shares[b, 1]], moduli[:2], 16)
-    same_p("CRT lift: vs reference", both, np.concatenate([lift(basis, reference[w]) for w in REAL_WORKERS]),
-           product)
+    same_p("CRT lift: vs reference", both, np.concatenate([lift(basis, reference[w]) for w in REAL_WORKERS]), product)
     # Repeats: n uniform draws from Z_P almost never collide; data leaking through repeats a lot.
     n = len(both)
     pvalues["CRT lift: repeats"] = float(stats.poisson.sf(n - len(np.unique(both)) - 1, n * (n - 1) / (2 * product)))
@@ -348,8 +379,9 @@ def digits():
 
 def real_trainer(digits, zero_data: bool, weights, mask_source) -> CodedTrainer:
     plan, x, y = digits
-    return CodedTrainer.create(plan, np.zeros_like(x) if zero_data else x, y, seed=0, weights=weights,
-                               mask_source=mask_source)
+    return CodedTrainer.create(
+        plan, np.zeros_like(x) if zero_data else x, y, seed=0, weights=weights, mask_source=mask_source
+    )
 
 
 def real_shares(digits, kind: str, zero: bool, mask_source) -> np.ndarray:
@@ -368,11 +400,13 @@ def real_shares(digits, kind: str, zero: bool, mask_source) -> np.ndarray:
 def test_at_the_real_primes_t_shares_look_uniform_in_every_residue_and_the_control_fails(kind, digits):
     basis = digits[0].basis
     bins = 64 if kind == "data" else 16
-    masked = real_statistics(basis, real_shares(digits, kind, False, uniform),
-                             real_shares(digits, kind, True, uniform), bins)
+    masked = real_statistics(
+        basis, real_shares(digits, kind, False, uniform), real_shares(digits, kind, True, uniform), bins
+    )
     assert min(masked.values()) > UNIFORM, masked
-    unmasked = real_statistics(basis, real_shares(digits, kind, False, zero_masks),
-                               real_shares(digits, kind, True, zero_masks), bins)
+    unmasked = real_statistics(
+        basis, real_shares(digits, kind, False, zero_masks), real_shares(digits, kind, True, zero_masks), bins
+    )
     assert max(unmasked.values()) < LEAK, unmasked
 
 

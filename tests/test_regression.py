@@ -26,6 +26,7 @@ def _r2(y: np.ndarray, prediction: np.ndarray) -> float:
 
 def _least_squares_r2(ds: data.Dataset) -> float:
     """Test R² of ordinary least squares (with an intercept) on the dataset's own split and scaling."""
+
     def design(x: np.ndarray) -> np.ndarray:
         return np.column_stack([x, np.ones(len(x))])
 
@@ -64,8 +65,9 @@ def test_linear_regression_reads_real_targets_from_files(tmp_path):
     y = 1e6 + 5e5 * x[:, 0] + rng.normal(size=30)
     np.savez(tmp_path / "r.npz", x=x, y=y)
     ds = data.load_dataset(str(tmp_path / "r.npz"), model="linear", scaling="standard", intercept=True)
-    np.testing.assert_allclose(np.sort(ds.target_mean + ds.target_std * np.concatenate([ds.y_train, ds.y_test])),
-                               np.sort(y), rtol=1e-12)
+    np.testing.assert_allclose(
+        np.sort(ds.target_mean + ds.target_std * np.concatenate([ds.y_train, ds.y_test])), np.sort(y), rtol=1e-12
+    )
     huge = data.load_dataset(str(tmp_path / "r.npz"), model="linear")
     np.savez(tmp_path / "huge.npz", x=x, y=y * 1e300)  # statistics of 1e306 would overflow without care
     huge = data.load_dataset(str(tmp_path / "huge.npz"), model="linear")
@@ -79,29 +81,59 @@ def _csv(path, labels) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize(("case", "kwargs", "message"), [
-    ("text", {}, "Argument 'dataset' must have numeric targets for linear regression, not text such as 'yes' in "
-                 "column 3 ('label') of 't.csv'."),
-    ("nan", {}, "Argument 'dataset' must have a finite target on every row for linear regression, not nan on row 2 "
-                "in array 'y' of 'nan.npz' (1 NaN/inf target(s))."),
-    ("inf", {}, "not inf on row 0 in the first field of each line of 'inf.svm' (1 NaN/inf target(s))."),
-    ("constant", {}, "Argument 'dataset' must have targets that vary on the training split to fit linear "
-                     "regression, not the constant 7 on all 8 training rows of"),
-    ("diabetes", {"positive_label": "1"}, "Argument 'positive_label' must be omitted for linear regression (its "
-                                          "targets are real values, not classes), not '1'."),
-    ("diabetes", {"model": "poisson"}, "Argument 'model' must be one of logistic, linear, not 'poisson'."),
-    ("diabetes", {"model": "logistic"}, "Argument 'dataset' must have exactly two label values for binary "
-                                        "classification (or 3 to 100 text or whole-number classes of 2+ rows each "
-                                        "for one-vs-rest), not 214 (25, 31, 37, 39, 40, ...) in bundled 'diabetes'; "
-                                        "real-valued targets need linear regression (cpml-master train --model "
-                                        "linear)."),
-    ("few", {"test_fraction": 0.5}, "Argument 'test_fraction' must leave at least 2 training rows to standardise "
-                                    "the targets on, not 0.5 (1 train, 2 test of the 3 rows of"),
-])
+@pytest.mark.parametrize(
+    ("case", "kwargs", "message"),
+    [
+        (
+            "text",
+            {},
+            "Argument 'dataset' must have numeric targets for linear regression, not text such as 'yes' in "
+            "column 3 ('label') of 't.csv'.",
+        ),
+        (
+            "nan",
+            {},
+            "Argument 'dataset' must have a finite target on every row for linear regression, not nan on row 2 "
+            "in array 'y' of 'nan.npz' (1 NaN/inf target(s)).",
+        ),
+        ("inf", {}, "not inf on row 0 in the first field of each line of 'inf.svm' (1 NaN/inf target(s))."),
+        (
+            "constant",
+            {},
+            "Argument 'dataset' must have targets that vary on the training split to fit linear "
+            "regression, not the constant 7 on all 8 training rows of",
+        ),
+        (
+            "diabetes",
+            {"positive_label": "1"},
+            "Argument 'positive_label' must be omitted for linear regression (its "
+            "targets are real values, not classes), not '1'.",
+        ),
+        ("diabetes", {"model": "poisson"}, "Argument 'model' must be one of logistic, linear, not 'poisson'."),
+        (
+            "diabetes",
+            {"model": "logistic"},
+            "Argument 'dataset' must have exactly two label values for binary "
+            "classification (or 3 to 100 text or whole-number classes of 2+ rows each "
+            "for one-vs-rest), not 214 (25, 31, 37, 39, 40, ...) in bundled 'diabetes'; "
+            "real-valued targets need linear regression (cpml-master train --model "
+            "linear).",
+        ),
+        (
+            "few",
+            {"test_fraction": 0.5},
+            "Argument 'test_fraction' must leave at least 2 training rows to standardise "
+            "the targets on, not 0.5 (1 train, 2 test of the 3 rows of",
+        ),
+    ],
+)
 def test_linear_regression_refuses_targets_it_cannot_fit(tmp_path, case, kwargs, message):
-    sources = {"text": lambda: _csv(tmp_path / "t.csv", ["1.5", "yes", "2"] * 4), "diabetes": lambda: "diabetes",
-               "constant": lambda: _csv(tmp_path / "c.csv", ["7"] * 10),
-               "few": lambda: _csv(tmp_path / "f.csv", ["1", "2", "3"])}
+    sources = {
+        "text": lambda: _csv(tmp_path / "t.csv", ["1.5", "yes", "2"] * 4),
+        "diabetes": lambda: "diabetes",
+        "constant": lambda: _csv(tmp_path / "c.csv", ["7"] * 10),
+        "few": lambda: _csv(tmp_path / "f.csv", ["1", "2", "3"]),
+    }
     np.savez(tmp_path / "nan.npz", x=np.ones((5, 2)), y=np.array([1.0, 2.0, np.nan, 4.0, 5.0]))
     (tmp_path / "inf.svm").write_text("inf 1:1\n2 1:2\n3 1:3\n4 2:1\n")
     source = sources.get(case, lambda: str(tmp_path / f"{case}.{'svm' if case == 'inf' else 'npz'}"))()
@@ -125,8 +157,18 @@ def test_r_squared_and_rmse_match_scikit_learn_and_scale_to_target_units():
 
 
 def test_train_linear_reports_r2_and_rmse_in_target_units(tmp_path, capsys):
-    argv = _train(tmp_path, "--dataset", "diabetes", "--model", "linear", "--iterations", "5",
-                  "--workers-local", "4", "--progress")
+    argv = _train(
+        tmp_path,
+        "--dataset",
+        "diabetes",
+        "--model",
+        "linear",
+        "--iterations",
+        "5",
+        "--workers-local",
+        "4",
+        "--progress",
+    )
     assert cli.main(argv) == ExitCode.OK
     captured = capsys.readouterr()
     assert " r2=" in captured.err and " rmse=" in captured.err  # the progress line

@@ -36,14 +36,16 @@ def test_progress_bar_eta_counts_only_steps_done_this_run():
 
 
 def test_metrics_json_handles_numpy_and_nan(tmp_path):
-    path = reporting.write_metrics(tmp_path / "m" / "metrics.json",
-                                   {"acc": np.float32(0.5), "w": np.arange(3), "loss": float("nan")})
+    path = reporting.write_metrics(
+        tmp_path / "m" / "metrics.json", {"acc": np.float32(0.5), "w": np.arange(3), "loss": float("nan")}
+    )
     assert json.loads(path.read_text()) == {"acc": 0.5, "w": [0, 1, 2], "loss": None}
 
 
 def test_plot_curves_writes_a_png(tmp_path):
-    path = reporting.plot_curves(tmp_path / "curves.png", [1, 2, 3],
-                                 {"loss": [0.7, 0.5, 0.4], "accuracy": [0.5, 0.8, 0.9]}, title="demo")
+    path = reporting.plot_curves(
+        tmp_path / "curves.png", [1, 2, 3], {"loss": [0.7, 0.5, 0.4], "accuracy": [0.5, 0.8, 0.9]}, title="demo"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="as long as x \\(3\\), not 2 values for 'loss'"):
         reporting.plot_curves(tmp_path / "bad.png", [1, 2, 3], {"loss": [1, 2]})

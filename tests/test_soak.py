@@ -34,10 +34,30 @@ class Fleet:
         port_file.unlink(missing_ok=True)
         log = (self.workdir / f"w{i}.log").open("ab")
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "cpml.worker.cli", "--listen", listen, "--insecure",
-                                 "--port-file", str(port_file), "--log-format", "json", "--drain-seconds", "0",
-                                 "--fault-reply-delay", str(self.delays[i]), "--compute-threads", "1"],
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cpml.worker.cli",
+                "--listen",
+                listen,
+                "--insecure",
+                "--port-file",
+                str(port_file),
+                "--log-format",
+                "json",
+                "--drain-seconds",
+                "0",
+                "--fault-reply-delay",
+                str(self.delays[i]),
+                "--compute-threads",
+                "1",
+            ],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
         deadline = time.monotonic() + 60
         while not port_file.exists():
             assert proc.poll() is None and time.monotonic() < deadline, f"worker {i} did not start"
@@ -74,6 +94,7 @@ async def holds_share(address):
 
 async def chaos(fleet, rounds_done, rng, kills):
     """Kill two workers, bring them back, kill three, bring one back, kill another: seeded choices."""
+
     async def until(condition, what, timeout=60.0):
         deadline = time.monotonic() + timeout
         while not await condition():
@@ -118,8 +139,16 @@ async def test_workers_killed_restarted_and_delayed_more_often_than_n_minus_r(tm
     fleet = Fleet(tmp_path, delays)
     await asyncio.to_thread(fleet.start)
     try:
-        settings = TrainSettings(dataset="breast-cancer", workers=tuple(fleet.addresses), insecure=True, k=1, t=1,
-                                 iterations=800, out=tmp_path / "run", progress=False)
+        settings = TrainSettings(
+            dataset="breast-cancer",
+            workers=tuple(fleet.addresses),
+            insecure=True,
+            k=1,
+            t=1,
+            iterations=800,
+            out=tmp_path / "run",
+            progress=False,
+        )
         rounds_done, kills = [], []
         training = asyncio.create_task(train(settings, on_round=rounds_done.append))
         await chaos(fleet, rounds_done, rng, kills)

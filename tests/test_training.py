@@ -49,8 +49,14 @@ def accuracies(x_train, y_train, x_test, y_test, seed=0):
     result = simulate(default_plan(x_train), x_train, y_train, seed=seed, x_test=x_test, y_test=y_test)
     plan = result.plan
     coefficients = model_coefficients(plan.model, plan.r, plan.sigmoid_interval)
-    polynomial = models.gradient_descent(x_train, y_train, plan.learning_rate, 50, radius=plan.weight_bound,
-                                         prediction=lambda z: np.polynomial.polynomial.polyval(z, coefficients))
+    polynomial = models.gradient_descent(
+        x_train,
+        y_train,
+        plan.learning_rate,
+        50,
+        radius=plan.weight_bound,
+        prediction=lambda z: np.polynomial.polynomial.polyval(z, coefficients),
+    )
     true = models.gradient_descent(x_train, y_train, plan.learning_rate, 50, radius=plan.weight_bound)
     sklearn = LogisticRegression(max_iter=10_000).fit(x_train[:, :-1], y_train).score(x_test[:, :-1], y_test)
     return {
@@ -65,8 +71,10 @@ def accuracies(x_train, y_train, x_test, y_test, seed=0):
 
 def cross_validated(x, y):
     """accuracies() averaged over 5 stratified folds."""
-    folds = [accuracies(*_split(x, y, train, test)) for train, test in
-             StratifiedKFold(5, shuffle=True, random_state=0).split(x, y)]
+    folds = [
+        accuracies(*_split(x, y, train, test))
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y)
+    ]
     return {key: np.mean([f[key] for f in folds], axis=0) for key in ("cpml", "polynomial", "true", "sklearn", "loss")}
 
 
@@ -93,9 +101,12 @@ def test_breast_cancer_matches_the_polynomial_model_at_full_precision():
     assert abs(got["cpml"] - got["polynomial"]) <= 0.005, got
 
 
-@pytest.mark.xfail(strict=True, reason="r = 1 fits a degree-1 sigmoid, i.e. a least-squares classifier: on breast "
-                                        "cancer it trails logistic regression by about 1.7 points (0.961 vs 0.979, "
-                                        "5-fold CV) at any precision")
+@pytest.mark.xfail(
+    strict=True,
+    reason="r = 1 fits a degree-1 sigmoid, i.e. a least-squares classifier: on breast "
+    "cancer it trails logistic regression by about 1.7 points (0.961 vs 0.979, "
+    "5-fold CV) at any precision",
+)
 def test_breast_cancer_within_one_point_of_scikit_learn():
     got = cross_validated(*breast_cancer())
     assert got["cpml"] >= got["sklearn"] - 0.01, got
@@ -134,8 +145,7 @@ def test_linear_regression_follows_float_gradient_descent():
     y = (data.target - data.target.mean()) / data.target.std()
     plan = auto_precision(Plan.case1(10, model="linear", iterations=50), public_profile("standard", *x.shape))
     result = simulate(plan, x, y, seed=0)
-    reference = models.gradient_descent(x, y, result.plan.learning_rate, 50, model="linear",
-                                        radius=plan.weight_bound)
+    reference = models.gradient_descent(x, y, result.plan.learning_rate, 50, model="linear", radius=plan.weight_bound)
     ref_loss = models.loss(x, y, reference[-1], "linear")
     assert result.history[-1].loss <= 1.01 * ref_loss
     assert np.linalg.norm(result.weights - reference[-1]) < 0.02 * np.linalg.norm(reference[-1])

@@ -18,8 +18,9 @@ Q = MODULI[1]
 
 def _spec(rows=7, cols=5, degree=1, moduli=MODULI) -> serde.WireJobSpec:
     coefficients = np.arange(1, len(moduli) * (degree + 1) + 1, dtype=np.uint32).reshape(len(moduli), degree + 1)
-    return serde.WireJobSpec(moduli=tuple(moduli), degree=degree, rows=rows, cols=cols, coefficients=coefficients,
-                             model="logistic")
+    return serde.WireJobSpec(
+        moduli=tuple(moduli), degree=degree, rows=rows, cols=cols, coefficients=coefficients, model="logistic"
+    )
 
 
 def _spec_proto(**fields) -> pb.JobSpec:
@@ -49,8 +50,9 @@ def test_pack_refuses_other_dtypes():
 @settings(max_examples=50, deadline=None)
 @given(rows=st.integers(1, 9), cols=st.integers(1, 9), data=st.data())
 def test_block_round_trip(rows, cols, data):
-    values = np.array(data.draw(st.lists(st.integers(0, P - 1), min_size=rows * cols, max_size=rows * cols)),
-                      dtype=np.uint32).reshape(rows, cols)
+    values = np.array(
+        data.draw(st.lists(st.integers(0, P - 1), min_size=rows * cols, max_size=rows * cols)), dtype=np.uint32
+    ).reshape(rows, cols)
     back = serde.block_from_proto(serde.block_to_proto(values), (rows, cols), P, "block")
     np.testing.assert_array_equal(back, values)
     assert back.dtype == np.uint32
@@ -86,19 +88,22 @@ def test_job_spec_round_trip_and_refusals():
         serde.job_spec_from_proto(_spec_proto(degree=3))
 
 
-@pytest.mark.parametrize(("fields", "says"), [
-    ({"modulus": P, "moduli": []}, "names the single modulus 33554393 (the cpml 0.1 format)"),
-    ({"modulus": P}, "needs the list `moduli`: upgrade the master"),
-    ({"moduli": []}, "declares 0 residue moduli; send 1 to 8"),
-    ({"moduli": residue_primes(P, 8) + (33554317,)}, "declares 9 residue moduli; send 1 to 8"),
-    ({"moduli": [P, P]}, "repeats a residue modulus (33554393, 33554393); the moduli must be distinct primes"),
-    ({"moduli": [P, 2**32 + 15]}, "modulus 4294967311 cannot travel as uint32 field elements"),
-    ({"moduli": [P, 2]}, "modulus 2 cannot travel"),
-    ({"coefficients": [[1, 2, 3]]}, "sigmoid coefficients are 1x3 but this job needs 2x3 (one row per residue"),
-    ({"coefficients": [[1, 2], [3, 4]]}, "sigmoid coefficients are 2x2 but this job needs 2x3"),
-    ({"coefficients": [[1, 2, 3, 4, 5, 6]]}, "sigmoid coefficients are 1x6 but this job needs 2x3"),
-    ({"coefficients": [[0, 1, Q - 1], [0, 1, Q]]}, f"1 value(s) >= the modulus {Q} of residue 1"),
-])
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"modulus": P, "moduli": []}, "names the single modulus 33554393 (the cpml 0.1 format)"),
+        ({"modulus": P}, "needs the list `moduli`: upgrade the master"),
+        ({"moduli": []}, "declares 0 residue moduli; send 1 to 8"),
+        ({"moduli": residue_primes(P, 8) + (33554317,)}, "declares 9 residue moduli; send 1 to 8"),
+        ({"moduli": [P, P]}, "repeats a residue modulus (33554393, 33554393); the moduli must be distinct primes"),
+        ({"moduli": [P, 2**32 + 15]}, "modulus 4294967311 cannot travel as uint32 field elements"),
+        ({"moduli": [P, 2]}, "modulus 2 cannot travel"),
+        ({"coefficients": [[1, 2, 3]]}, "sigmoid coefficients are 1x3 but this job needs 2x3 (one row per residue"),
+        ({"coefficients": [[1, 2], [3, 4]]}, "sigmoid coefficients are 2x2 but this job needs 2x3"),
+        ({"coefficients": [[1, 2, 3, 4, 5, 6]]}, "sigmoid coefficients are 1x6 but this job needs 2x3"),
+        ({"coefficients": [[0, 1, Q - 1], [0, 1, Q]]}, f"1 value(s) >= the modulus {Q} of residue 1"),
+    ],
+)
 def test_job_spec_refuses_what_the_residue_contract_forbids(fields, says):
     with pytest.raises(serde.MalformedMessage) as err:
         serde.job_spec_from_proto(_spec_proto(**fields))
@@ -129,8 +134,11 @@ def test_chunks_stay_under_the_limit_and_reassemble(residue):
 @pytest.mark.parametrize("residue", [2, 7, 2**32 - 1])
 def test_a_chunk_naming_a_residue_the_spec_lacks_is_refused(residue):
     chunk = next(serde.share_chunks_to_proto("job", 0, np.ones((2, 5), dtype=np.uint32), residue=residue))
-    with pytest.raises(serde.MalformedMessage, match=f"names residue {residue} but job 'job' declared 2 moduli "
-                                                     r"\(residues 0..1\)"):
+    with pytest.raises(
+        serde.MalformedMessage,
+        match=f"names residue {residue} but job 'job' declared 2 moduli "
+        r"\(residues 0..1\)",
+    ):
         serde.share_chunk_from_proto(chunk, _spec())
 
 
@@ -139,8 +147,9 @@ def test_chunk_elements_are_checked_against_their_own_residues_modulus():
     block = np.full((2, 5), Q, dtype=np.uint32)  # below P (residue 0), not below Q (residue 1)
     assert serde.share_chunk_from_proto(next(serde.share_chunks_to_proto("job", 0, block)), spec).residue == 0
     in_residue_1 = next(serde.share_chunks_to_proto("job", 0, block, residue=1))
-    with pytest.raises(serde.MalformedMessage, match=f"chunk at row 0 of residue 1 holds 10 value\\(s\\) >= "
-                                                     f"the modulus {Q}"):
+    with pytest.raises(
+        serde.MalformedMessage, match=f"chunk at row 0 of residue 1 holds 10 value\\(s\\) >= the modulus {Q}"
+    ):
         serde.share_chunk_from_proto(in_residue_1, spec)
 
 
@@ -198,15 +207,18 @@ def test_weights_and_results_are_checked_against_each_residues_modulus():
     weights = np.zeros((2, 5, 1), dtype=np.uint32)
     weights[0] = Q  # fine in residue 0
     np.testing.assert_array_equal(
-        serde.round_request_from_proto(serde.round_request_to_proto("job", 1, weights), spec), weights)
+        serde.round_request_from_proto(serde.round_request_to_proto("job", 1, weights), spec), weights
+    )
     weights[1, 2] = Q
-    with pytest.raises(serde.MalformedMessage, match=f"round 1 weights holds 1 value\\(s\\) >= the modulus {Q} "
-                                                     f"of residue 1"):
+    with pytest.raises(
+        serde.MalformedMessage, match=f"round 1 weights holds 1 value\\(s\\) >= the modulus {Q} of residue 1"
+    ):
         serde.round_request_from_proto(serde.round_request_to_proto("job", 1, weights), spec)
     result = np.zeros((2, 5), dtype=np.uint32)
     result[1, :2] = [Q, P - 1]
-    with pytest.raises(serde.MalformedMessage, match=f"round 4 result holds 2 value\\(s\\) >= the modulus {Q} "
-                                                     f"of residue 1"):
+    with pytest.raises(
+        serde.MalformedMessage, match=f"round 4 result holds 2 value\\(s\\) >= the modulus {Q} of residue 1"
+    ):
         serde.round_result_from_proto(serde.round_result_to_proto("job", 4, result, 0.0), MODULI, 5)
     result[1] = 0
     result[0, 0] = 2**32 - 1
@@ -215,8 +227,9 @@ def test_weights_and_results_are_checked_against_each_residues_modulus():
 
 
 def test_status_round_trip():
-    status = serde.WorkerStatus(version="0.1.0", max_modulus=2**31, share_bytes_cap=10, share_bytes_used=4,
-                                jobs=1, max_message_bytes=4 << 20)
+    status = serde.WorkerStatus(
+        version="0.1.0", max_modulus=2**31, share_bytes_cap=10, share_bytes_used=4, jobs=1, max_message_bytes=4 << 20
+    )
     assert serde.status_from_proto(serde.status_to_proto(status)) == status
 
 
@@ -228,8 +241,9 @@ def test_wire_chunks_are_byte_identical_to_protobuf_serialization(offset, with_s
     share = np.random.default_rng(offset).integers(0, P, size=(50, 13), dtype=np.uint32)
     share[0, 0] = 0
     chosen = spec if with_spec else None
-    expected = [m.SerializeToString()
-                for m in serde.share_chunks_to_proto("job", offset, share, chosen, 200, residue=residue)]
+    expected = [
+        m.SerializeToString() for m in serde.share_chunks_to_proto("job", offset, share, chosen, 200, residue=residue)
+    ]
     wire = list(serde.share_chunks_to_wire("job", offset, share, chosen, 200, residue=residue))
     assert [w for w, _ in wire] == expected
     assert [n for _, n in wire] == [len(pb.ShareChunk.FromString(e).block.data) for e in expected]
@@ -239,16 +253,26 @@ def test_wire_chunks_are_byte_identical_to_protobuf_serialization(offset, with_s
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 12), cols=st.integers(1, 6), offset=st.integers(0, 2**32 - 13),
-       residue=st.integers(0, 2**32 - 1), budget=st.integers(1, 300), with_spec=st.booleans(),
-       job_id=st.text(min_size=0, max_size=40), data=st.data())
-def test_wire_chunks_match_protobuf_for_any_shape_offset_and_residue(rows, cols, offset, residue, budget, with_spec,
-                                                                     job_id, data):
-    share = np.array(data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=rows * cols, max_size=rows * cols)),
-                     dtype=np.uint32).reshape(rows, cols)
+@given(
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 6),
+    offset=st.integers(0, 2**32 - 13),
+    residue=st.integers(0, 2**32 - 1),
+    budget=st.integers(1, 300),
+    with_spec=st.booleans(),
+    job_id=st.text(min_size=0, max_size=40),
+    data=st.data(),
+)
+def test_wire_chunks_match_protobuf_for_any_shape_offset_and_residue(
+    rows, cols, offset, residue, budget, with_spec, job_id, data
+):
+    share = np.array(
+        data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=rows * cols, max_size=rows * cols)), dtype=np.uint32
+    ).reshape(rows, cols)
     spec = _spec(rows=offset + rows, cols=cols) if with_spec else None
-    expected = [m.SerializeToString()
-                for m in serde.share_chunks_to_proto(job_id, offset, share, spec, budget, residue=residue)]
+    expected = [
+        m.SerializeToString() for m in serde.share_chunks_to_proto(job_id, offset, share, spec, budget, residue=residue)
+    ]
     assert [w for w, _ in serde.share_chunks_to_wire(job_id, offset, share, spec, budget, residue=residue)] == expected
 
 

@@ -14,8 +14,16 @@ from cpml.wire import certs
 def test_cli_writes_a_ca_worker_and_client_certificates(tmp_path, capsys):
     out = tmp_path / "pki"
     assert certs.main(["--out", str(out), "--hosts", "w1.example.org,10.0.0.7", "--clients", "master,ops"]) == 0
-    assert {p.name for p in out.iterdir()} == {"ca.pem", "ca.key", "worker.pem", "worker.key", "master.pem",
-                                               "master.key", "ops.pem", "ops.key"}
+    assert {p.name for p in out.iterdir()} == {
+        "ca.pem",
+        "ca.key",
+        "worker.pem",
+        "worker.key",
+        "master.pem",
+        "master.key",
+        "ops.pem",
+        "ops.key",
+    }
     for key in out.glob("*.key"):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     worker = x509.load_pem_x509_certificate((out / "worker.pem").read_bytes())

@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_generated_code_is_current():
     pytest.importorskip("grpc_tools", reason="grpcio-tools (the dev extra) generates the code")
-    run = subprocess.run([sys.executable, "scripts/gen_proto.py", "--check"], cwd=REPO,
-                         check=False, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "scripts/gen_proto.py", "--check"],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -41,8 +47,7 @@ def test_generated_imports_are_package_relative():
 
 def test_pyproject_floors_match_the_generator():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    floors = dict(re.match(r"([\w-]+)>=([\d.]+)", dep).groups()
-                  for dep in project["dependencies"] if ">=" in dep)
+    floors = dict(re.match(r"([\w-]+)>=([\d.]+)", dep).groups() for dep in project["dependencies"] if ">=" in dep)
     grpc_code = (REPO / "cpml/wire/generated/v1/worker_pb2_grpc.py").read_text()
     grpc_version = re.search(r"GRPC_GENERATED_VERSION = '([\d.]+)'", grpc_code).group(1)
     pb_code = (REPO / "cpml/wire/generated/v1/worker_pb2.py").read_text()
@@ -73,7 +78,10 @@ def test_the_residue_contract_keeps_its_field_numbers():
 
 def test_the_test_extra_has_the_floor_the_pytest_settings_need():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    test_extra = dict(re.match(r"([\w-]+)>=([\d.]+)", dep).groups()
-                      for dep in pyproject["project"]["optional-dependencies"]["test"] if ">=" in dep)
+    test_extra = dict(
+        re.match(r"([\w-]+)>=([\d.]+)", dep).groups()
+        for dep in pyproject["project"]["optional-dependencies"]["test"]
+        if ">=" in dep
+    )
     if "asyncio_default_fixture_loop_scope" in pyproject["tool"]["pytest"]["ini_options"]:
         assert tuple(int(x) for x in test_extra["pytest-asyncio"].split(".")) >= (0, 24)  # the option came in 0.24

@@ -76,11 +76,21 @@ PATHS = {
     "/grpc.health.v1.Health/Check": (health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse),
 }
 # HTTP/2 request headers a gRPC client sends; each is public (see docs/protocol.md).
-REQUEST_HEADERS = {":method", ":scheme", ":path", ":authority", "te", "content-type", "user-agent",
-                   "grpc-accept-encoding", "grpc-timeout"}
+REQUEST_HEADERS = {
+    ":method",
+    ":scheme",
+    ":path",
+    ":authority",
+    "te",
+    "content-type",
+    "user-agent",
+    "grpc-accept-encoding",
+    "grpc-timeout",
+}
 
 
 # --- the tap: a TCP proxy that records both directions ---------------------------------------------------
+
 
 @dataclass
 class Connection:
@@ -121,8 +131,10 @@ class WireTap:
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
         conn = Connection()
         self.connections.append(conn)
-        for task in (asyncio.create_task(_pump(reader, up_writer, conn.to_worker)),
-                     asyncio.create_task(_pump(up_reader, writer, conn.from_worker))):
+        for task in (
+            asyncio.create_task(_pump(reader, up_writer, conn.to_worker)),
+            asyncio.create_task(_pump(up_reader, writer, conn.from_worker)),
+        ):
             self._pumps.add(task)
 
 
@@ -168,14 +180,14 @@ def http2_streams(raw: bytes, from_client: bool) -> dict[int, Stream]:
     block = bytearray()
     while pos < len(raw):
         assert pos + 9 <= len(raw), "capture ends inside a frame header"
-        length = int.from_bytes(raw[pos:pos + 3], "big")
+        length = int.from_bytes(raw[pos : pos + 3], "big")
         kind, flags = raw[pos + 3], raw[pos + 4]
-        stream_id = int.from_bytes(raw[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-        payload = bytes(raw[pos + 9:pos + 9 + length])
+        stream_id = int.from_bytes(raw[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+        payload = bytes(raw[pos + 9 : pos + 9 + length])
         assert len(payload) == length, "capture ends inside a frame"
         pos += 9 + length
         if kind in (DATA, HEADERS) and flags & PADDED:
-            payload = payload[1:len(payload) - payload[0]]
+            payload = payload[1 : len(payload) - payload[0]]
         if kind == DATA:
             streams.setdefault(stream_id, Stream()).data += payload
         elif kind in (HEADERS, CONTINUATION):
@@ -192,9 +204,9 @@ def grpc_messages(data: bytes) -> list[bytes]:
     """The length-prefixed gRPC messages of one stream direction."""
     messages, pos = [], 0
     while pos < len(data):
-        compressed, length = data[pos], int.from_bytes(data[pos + 1:pos + 5], "big")
+        compressed, length = data[pos], int.from_bytes(data[pos + 1 : pos + 5], "big")
         assert compressed == 0, "a compressed gRPC message: the tap would not see its fields"
-        messages.append(bytes(data[pos + 5:pos + 5 + length]))
+        messages.append(bytes(data[pos + 5 : pos + 5 + length]))
         pos += 5 + length
     assert pos == len(data), "a stream ends inside a gRPC message"
     return messages
@@ -213,8 +225,7 @@ class Call:
     def parsed(self) -> tuple[list, list]:
         """Requests and replies as protobuf messages (by the path's types)."""
         request_type, reply_type = PATHS[self.path]
-        return ([request_type.FromString(m) for m in self.requests],
-                [reply_type.FromString(m) for m in self.replies])
+        return ([request_type.FromString(m) for m in self.requests], [reply_type.FromString(m) for m in self.replies])
 
 
 @dataclass
@@ -248,7 +259,7 @@ class WorkerView:
         share = np.full((len(spec.moduli), spec.rows, spec.cols), -1, dtype=np.int64)
         for chunk in self.chunks:
             block = np.frombuffer(chunk.block.data, dtype="<u4").reshape(chunk.block.rows, chunk.block.cols)
-            share[chunk.residue, chunk.row_offset:chunk.row_offset + chunk.block.rows] = block
+            share[chunk.residue, chunk.row_offset : chunk.row_offset + chunk.block.rows] = block
         assert (share >= 0).all(), "the chunks do not cover the share"
         return share.astype(np.uint32)
 
@@ -263,8 +274,9 @@ class WorkerView:
     def weight_shares(self) -> np.ndarray:
         """Every round's encoded weights, shape (rounds, residues, d, r); the wire stacks (residues * d) x r."""
         residues = len(self.moduli)
-        return np.stack([np.frombuffer(m.weights.data, dtype="<u4").reshape(residues, -1, m.weights.cols)
-                         for m in self.rounds])
+        return np.stack(
+            [np.frombuffer(m.weights.data, dtype="<u4").reshape(residues, -1, m.weights.cols) for m in self.rounds]
+        )
 
     def elements(self) -> np.ndarray:
         """Every field element this worker received or sent (share, weight shares, results)."""
@@ -285,10 +297,10 @@ def worker_view(index: int, connections: Iterable[Connection]) -> WorkerView:
                 continue
             reply = replies.get(stream_id, Stream())
             path = dict(request.headers)[":path"]
-            view.calls.append(Call(path, request.headers, grpc_messages(request.data), reply.headers,
-                                   grpc_messages(reply.data)))
+            view.calls.append(
+                Call(path, request.headers, grpc_messages(request.data), reply.headers, grpc_messages(reply.data))
+            )
     return view
-
 
 
 # --- the runs --------------------------------------------------------------------------------------------
@@ -343,12 +355,23 @@ def _reference_dataset(directory: Path) -> Path:
     return path
 
 
-async def _run(name: str, dataset: str, scaling: str, addresses: list[str], taps: dict[int, WireTap], out: Path,
-               masks: bool) -> Run:
+async def _run(
+    name: str, dataset: str, scaling: str, addresses: list[str], taps: dict[int, WireTap], out: Path, masks: bool
+) -> Run:
     seen = {i: len(tap.connections) for i, tap in taps.items()}
-    settings = TrainSettings(dataset=dataset, scaling=scaling, workers=tuple(addresses), insecure=True, t=T,
-                             iterations=ITERATIONS, seed=SEED, chunk_bytes=CHUNK_BYTES, out=out / name,
-                             timeouts=Timeouts(connect=60, upload=60, round=60), progress=False)
+    settings = TrainSettings(
+        dataset=dataset,
+        scaling=scaling,
+        workers=tuple(addresses),
+        insecure=True,
+        t=T,
+        iterations=ITERATIONS,
+        seed=SEED,
+        chunk_bytes=CHUNK_BYTES,
+        out=out / name,
+        timeouts=Timeouts(connect=60, upload=60, round=60),
+        progress=False,
+    )
     extra = {} if masks else {"mask_source": zero_masks}
     report = await train(settings, **extra)
     for tap in taps.values():
@@ -356,22 +379,23 @@ async def _run(name: str, dataset: str, scaling: str, addresses: list[str], taps
     data = load_training_data(settings)
     reference = simulate(report.plan, data.x_train, data.y_train, SEED)
     assert report.weights.tobytes() == reference.weights.tobytes()  # so the trajectory is the run's
-    views = {i: worker_view(i, tap.connections[seen[i]:]) for i, tap in taps.items()}
+    views = {i: worker_view(i, tap.connections[seen[i] :]) for i, tap in taps.items()}
     return Run(name, report.plan, data.x_train, data.y_train, reference.trajectory, views)
 
 
 async def _capture(directory: Path) -> Captures:
     datasets = {"data": DATASET, "zeros": str(_reference_dataset(directory))}
     workdir = directory / "workers"
-    async with LocalWorkers(N, workdir, 60.0, ("--log-level", "debug")) as local, \
-            contextlib.AsyncExitStack() as stack:
+    async with LocalWorkers(N, workdir, 60.0, ("--log-level", "debug")) as local, contextlib.AsyncExitStack() as stack:
         taps = {i: await stack.enter_async_context(WireTap(local.addresses[i])) for i in COLLUDERS}
         addresses = [taps[i].address if i in taps else a for i, a in enumerate(local.addresses)]
         runs = {}
         for name, (dataset, scaling, masks) in RUNS.items():
             runs[name] = await _run(name, datasets[dataset], scaling, addresses, taps, directory, masks)
-    logs = {i: [json.loads(line) for line in (workdir / f"worker-{i}.log").read_text().splitlines() if line]
-            for i in COLLUDERS}
+    logs = {
+        i: [json.loads(line) for line in (workdir / f"worker-{i}.log").read_text().splitlines() if line]
+        for i in COLLUDERS
+    }
     return Captures(runs, logs)
 
 
@@ -381,6 +405,7 @@ def captures(tmp_path_factory: pytest.TempPathFactory) -> Captures:
 
 
 # --- the examination -------------------------------------------------------------------------------------
+
 
 def _bins(values: np.ndarray, modulus: int, bins: int) -> np.ndarray:
     """Equal-width bin of each value in [0, modulus); Python ints when value * bins could pass 2^63."""
@@ -429,18 +454,22 @@ class Bins:
     rounds: int = 0
 
 
-def field_statistics(what: str, a: np.ndarray, b: np.ndarray, reference: np.ndarray, modulus: int,
-                     bins: Bins) -> dict[str, float]:
+def field_statistics(
+    what: str, a: np.ndarray, b: np.ndarray, reference: np.ndarray, modulus: int, bins: Bins
+) -> dict[str, float]:
     """One field (a residue, or Z_P for the CRT lifts): uniform, the colluders jointly, repeats, vs reference."""
     both = np.concatenate([a, b])
-    return {f"{what}: uniform": uniform_p(both, modulus, bins.single),
-            f"{what}: colluders jointly": joint_p(a, b, (modulus, modulus), bins.pair),
-            f"{what}: collisions": collision_p(both, modulus),
-            f"{what}: vs reference": two_sample_p(both, reference, modulus, bins.single)}
+    return {
+        f"{what}: uniform": uniform_p(both, modulus, bins.single),
+        f"{what}: colluders jointly": joint_p(a, b, (modulus, modulus), bins.pair),
+        f"{what}: collisions": collision_p(both, modulus),
+        f"{what}: vs reference": two_sample_p(both, reference, modulus, bins.single),
+    }
 
 
-def residue_statistics(basis: ResidueBasis, a: np.ndarray, b: np.ndarray, ref: tuple[np.ndarray, np.ndarray],
-                       bins: Bins) -> dict[str, float]:
+def residue_statistics(
+    basis: ResidueBasis, a: np.ndarray, b: np.ndarray, ref: tuple[np.ndarray, np.ndarray], bins: Bins
+) -> dict[str, float]:
     """Every residue field alone, the CRT lifts on Z_P, and pairs across residues; a, b: (residues, ...) each."""
     flat = [v.reshape(len(basis.moduli), -1) for v in (a, b, *ref)]
     a, b, ra, rb = flat
@@ -451,10 +480,12 @@ def residue_statistics(basis: ResidueBasis, a: np.ndarray, b: np.ndarray, ref: t
     out |= field_statistics("CRT lift", lifts[0], lifts[1], np.concatenate(lifts[2:]), basis.product, bins)
     for j in range(1, len(basis.moduli)):
         moduli = (basis.moduli[0], basis.moduli[j])
-        out[f"residues 0,{j} of one element"] = joint_p(np.concatenate([a[0], b[0]]), np.concatenate([a[j], b[j]]),
-                                                        moduli, bins.pair)
+        out[f"residues 0,{j} of one element"] = joint_p(
+            np.concatenate([a[0], b[0]]), np.concatenate([a[j], b[j]]), moduli, bins.pair
+        )
         out[f"residue 0 of one colluder, {j} of the other"] = joint_p(
-            np.concatenate([a[0], b[0]]), np.concatenate([b[j], a[j]]), moduli, bins.pair)
+            np.concatenate([a[0], b[0]]), np.concatenate([b[j], a[j]]), moduli, bins.pair
+        )
     return out
 
 
@@ -471,10 +502,8 @@ def weight_statistics(run: Run, reference: Run) -> dict[str, float]:
     wa, wb = (run.colluders[i].weight_shares().swapaxes(0, 1) for i in COLLUDERS)  # (residues, rounds, d, r)
     ref = tuple(reference.colluders[i].weight_shares().swapaxes(0, 1) for i in COLLUDERS)
     out = residue_statistics(basis, wa, wb, ref, Bins(single=16, pair=4))
-    now = np.concatenate([wa[:, :-1].reshape(len(basis.moduli), -1), wb[:, :-1].reshape(len(basis.moduli), -1)],
-                         axis=1)
-    then = np.concatenate([wa[:, 1:].reshape(len(basis.moduli), -1), wb[:, 1:].reshape(len(basis.moduli), -1)],
-                          axis=1)
+    now = np.concatenate([wa[:, :-1].reshape(len(basis.moduli), -1), wb[:, :-1].reshape(len(basis.moduli), -1)], axis=1)
+    then = np.concatenate([wa[:, 1:].reshape(len(basis.moduli), -1), wb[:, 1:].reshape(len(basis.moduli), -1)], axis=1)
     for j, p in enumerate(basis.moduli):
         out[f"residue {j}: next round"] = joint_p(now[j], then[j], (p, p), 8)
     out["CRT lift: next round"] = joint_p(lift(basis, now), lift(basis, then), (basis.product,) * 2, 8)
@@ -495,7 +524,7 @@ def _f64_runs(values: np.ndarray) -> Iterator[bytes]:
 def _runs(rows: np.ndarray) -> Iterator[bytes]:
     for row in rows:
         for start in range(len(row) - RUN + 1):
-            window = row[start:start + RUN]
+            window = row[start : start + RUN]
             if len(np.unique(window)) > 1:  # a run of one repeated value says nothing about the data
                 yield window.tobytes()
 
@@ -524,7 +553,7 @@ def plaintext_needles(run: Run, moduli: tuple[int, ...]) -> dict[str, set[bytes]
 
 
 def _grams(haystacks: Iterable[bytes], width: int) -> set[bytes]:
-    return {h[i:i + width] for h in haystacks for i in range(len(h) - width + 1)}
+    return {h[i : i + width] for h in haystacks for i in range(len(h) - width + 1)}
 
 
 def zero_mask_decoding(run: Run) -> dict[int, list[bytes]]:
@@ -536,8 +565,8 @@ def zero_mask_decoding(run: Run) -> dict[int, list[bytes]]:
     found = {}
     for j, field_j in enumerate(plan.basis.fields):
         alphas, betas = CodingScheme(field_j, plan.n_workers, plan.k, plan.t).points  # public points
-        known = tuple(alphas[i] for i in COLLUDERS) + betas[plan.k:]  # their shares, and the masks taken as 0
-        decoder = interpolation_matrix(field_j, known, betas[:plan.k]).astype(np.int64)[:, :len(COLLUDERS)]
+        known = tuple(alphas[i] for i in COLLUDERS) + betas[plan.k :]  # their shares, and the masks taken as 0
+        decoder = interpolation_matrix(field_j, known, betas[: plan.k]).astype(np.int64)[:, : len(COLLUDERS)]
 
         def decode(shares: list[np.ndarray]) -> list[bytes]:
             stacked = np.stack([s.ravel().astype(np.int64) for s in shares])
@@ -556,8 +585,10 @@ def plaintext_hits(run: Run) -> dict[str, int]:
     raw = [b for v in views for b in (*v.raw_in, *v.raw_out)]
     messages = [m for v in views for c in v.calls for m in (*c.requests, *c.replies)]
     places = [("wire", raw + messages, run.plan.moduli)]
-    places += [(f"zero-mask decoding (residue {j})", decoded, (run.plan.moduli[j],))
-               for j, decoded in zero_mask_decoding(run).items()]
+    places += [
+        (f"zero-mask decoding (residue {j})", decoded, (run.plan.moduli[j],))
+        for j, decoded in zero_mask_decoding(run).items()
+    ]
     hits = {}
     for where, haystacks, moduli in places:
         grams = {w: _grams(haystacks, w) for w in (4 * RUN, 8 * RUN)}
@@ -567,6 +598,7 @@ def plaintext_hits(run: Run) -> dict[str, int]:
 
 
 # --- (a), (b), (c): masked captures pass, unmasked captures fail ----------------------------------------
+
 
 @pytest.mark.slow
 def test_the_tap_saw_the_whole_job(captures):
@@ -593,7 +625,8 @@ def test_the_shares_t_workers_hold_are_uniform_in_every_residue_and_independent_
 @pytest.mark.slow
 @pytest.mark.parametrize("scaling", SCALINGS)
 def test_the_weight_shares_are_uniform_in_every_residue_fresh_every_round_and_independent_of_the_data(
-        captures, scaling):
+    captures, scaling
+):
     run, reference = PAIRS[scaling]
     statistics = weight_statistics(captures.runs[run], captures.runs[reference])
     assert min(statistics.values()) > UNIFORM, statistics
@@ -622,6 +655,7 @@ def test_without_masks_the_same_examination_finds_the_leak(captures):
 
 # --- (d) metadata: public parameters only -----------------------------------------------------------------
 
+
 def _fields(msg) -> set[str]:
     return {f.name for f, _ in msg.ListFields()}
 
@@ -642,16 +676,24 @@ def check_public_fields(run: Run, view: WorkerView) -> None:
     plan = run.plan
     rows = math.ceil(len(run.x) / plan.k)
     chunks = view.chunks
-    assert [_fields(c.spec) for c in chunks] == [{"moduli", "degree", "rows", "cols", "coefficients",
-                                                  "model"}] + [set()] * (len(chunks) - 1)
+    assert [_fields(c.spec) for c in chunks] == [{"moduli", "degree", "rows", "cols", "coefficients", "model"}] + [
+        set()
+    ] * (len(chunks) - 1)
     spec = view.spec
     assert (view.moduli, spec.degree, spec.rows, spec.cols, spec.model) == (
-        plan.moduli, plan.r, rows, run.x.shape[1], plan.model)
-    expected = scaled_coefficients(model_coefficients(plan.model, plan.r, plan.sigmoid_interval),
-                                   plan.lx, plan.lw, plan.lc)
+        plan.moduli,
+        plan.r,
+        rows,
+        run.x.shape[1],
+        plan.model,
+    )
+    expected = scaled_coefficients(
+        model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
+    )
     coefficients = np.frombuffer(spec.coefficients.data, dtype="<u4")
-    np.testing.assert_array_equal(coefficients.reshape(spec.coefficients.rows, spec.coefficients.cols),
-                                  plan.basis.residues(expected))
+    np.testing.assert_array_equal(
+        coefficients.reshape(spec.coefficients.rows, spec.coefficients.cols), plan.basis.residues(expected)
+    )
     for chunk in chunks:
         assert _fields(chunk) <= {"job_id", "spec", "residue", "row_offset", "block", "crc32"}
         assert chunk.residue < plan.residues
@@ -674,9 +716,12 @@ def check_public_fields(run: Run, view: WorkerView) -> None:
 def public_metadata(view: WorkerView) -> tuple:
     """Everything the worker receives but the job id, the share bytes' checksums and the deadlines' time left."""
     headers = [[h for h in c.request_headers if h[0] != "grpc-timeout"] for c in view.calls]
-    return (view.spec.SerializeToString(deterministic=True),
-            [(c.residue, c.row_offset, c.block.rows, c.block.cols) for c in view.chunks],
-            [(m.round, m.weights.rows, m.weights.cols) for m in view.rounds], headers)
+    return (
+        view.spec.SerializeToString(deterministic=True),
+        [(c.residue, c.row_offset, c.block.rows, c.block.cols) for c in view.chunks],
+        [(m.round, m.weights.rows, m.weights.cols) for m in view.rounds],
+        headers,
+    )
 
 
 @pytest.mark.slow
@@ -783,6 +828,9 @@ def test_worker_logs_hold_none_of_the_values_the_workers_saw(captures):
         job_ids = {run.job_id for run in captures.runs.values()}
         assert logged_values(events, seen, job_ids) == []
         # The same check on a line that does log a share value finds it.
-        leaky = {"event": "round computed", "job": sorted(job_ids)[0],
-                 "share": str(sorted(v for v in seen if v >= BIG)[:4])}
+        leaky = {
+            "event": "round computed",
+            "job": sorted(job_ids)[0],
+            "share": str(sorted(v for v in seen if v >= BIG)[:4]),
+        }
         assert logged_values([leaky], seen, job_ids)

@@ -54,11 +54,14 @@ async def test_a_straggler_skips_to_the_newest_round():
     assert rounds[-1] == 19 and rounds == sorted(rounds) and len(rounds) + stream.rounds.skipped == 20
 
 
-@pytest.mark.parametrize("requests, error", [
-    (lambda job: [_request(job, 2), _request(job, 2)], RoundOutOfOrder),
-    (lambda job: [_request(job, 0, job_id="nobody")], UnknownJob),
-    (lambda job: [_request(job, 0), _request(job, 1, job_id="other")], serde.MalformedMessage),
-])
+@pytest.mark.parametrize(
+    "requests, error",
+    [
+        (lambda job: [_request(job, 2), _request(job, 2)], RoundOutOfOrder),
+        (lambda job: [_request(job, 0, job_id="nobody")], UnknownJob),
+        (lambda job: [_request(job, 0), _request(job, 1, job_id="other")], serde.MalformedMessage),
+    ],
+)
 async def test_refusals_come_out_as_their_error(requests, error):
     job = small_job("refused")
     with pytest.raises(error):

@@ -43,8 +43,11 @@ def test_rows_must_all_arrive_exactly_once():
     with pytest.raises(serde.MalformedMessage, match="chunk at row 2 of residue 0 overlaps rows already received"):
         upload.add(_part(job, 2, 4))
     upload.add(_part(job, 2, 4, residue=1))  # the same rows of another residue are not an overlap
-    with pytest.raises(serde.CorruptData, match=r"ended with 7 of 12 rows missing \(truncated stream: residue 0 "
-                                                r"lacks 3 of its 6 rows, residue 1 lacks 4 of its 6 rows\)"):
+    with pytest.raises(
+        serde.CorruptData,
+        match=r"ended with 7 of 12 rows missing \(truncated stream: residue 0 "
+        r"lacks 3 of its 6 rows, residue 1 lacks 4 of its 6 rows\)",
+    ):
         upload.commit()
     upload.abort()
     assert store.used_bytes == 0
@@ -55,8 +58,11 @@ def test_a_share_with_one_residue_missing_is_not_committed():
     job = small_job()
     upload = store.begin_upload(job.job_id, job.spec)
     upload.add(_part(job, 0, 6, residue=0))
-    with pytest.raises(serde.CorruptData, match=r"6 of 12 rows missing \(truncated stream: residue 1 lacks 6 of "
-                                                r"its 6 rows\)"):
+    with pytest.raises(
+        serde.CorruptData,
+        match=r"6 of 12 rows missing \(truncated stream: residue 1 lacks 6 of "
+        r"its 6 rows\)",
+    ):
         upload.commit()
     upload.add(_part(job, 0, 6, residue=1))
     committed = upload.commit()

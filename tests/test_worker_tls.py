@@ -16,19 +16,23 @@ async def _status(address, credentials):
 
 
 async def test_mutual_tls_accepts_a_client_certificate_signed_by_the_ca(pki):
-    async with running_worker(insecure=False, tls_cert=pki.server_cert, tls_key=pki.server_key,
-                              tls_client_ca=pki.ca) as worker:
+    async with running_worker(
+        insecure=False, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca
+    ) as worker:
         reply = await _status(worker.address, channel_credentials(pki.ca, pki.client_cert, pki.client_key))
         assert reply.version
 
 
 @pytest.mark.parametrize("client", ["no-certificate", "foreign-certificate", "plaintext"])
 async def test_mutual_tls_refuses_clients_without_a_valid_certificate(pki, stranger, client):
-    credentials = {"no-certificate": channel_credentials(pki.ca),
-                   "foreign-certificate": channel_credentials(pki.ca, stranger.client_cert, stranger.client_key),
-                   "plaintext": None}[client]
-    async with running_worker(insecure=False, tls_cert=pki.server_cert, tls_key=pki.server_key,
-                              tls_client_ca=pki.ca) as worker:
+    credentials = {
+        "no-certificate": channel_credentials(pki.ca),
+        "foreign-certificate": channel_credentials(pki.ca, stranger.client_cert, stranger.client_key),
+        "plaintext": None,
+    }[client]
+    async with running_worker(
+        insecure=False, tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca
+    ) as worker:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _status(worker.address, credentials)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE

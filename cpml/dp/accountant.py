@@ -35,10 +35,12 @@ from cpml.errors import argument_error
 
 # Order grid: every one of dp_accounting's default orders, plus denser low orders (which matter
 # for large noise) and every integer up to 256. More orders can only lower the reported epsilon.
-_RDP_ORDERS = tuple(sorted(
-    {float(a) for a in DEFAULT_RDP_ORDERS}
-    | {float(a) for a in np.round(np.concatenate([np.linspace(1.01, 1.99, 50), np.arange(2, 257)]), 4)}
-))
+_RDP_ORDERS = tuple(
+    sorted(
+        {float(a) for a in DEFAULT_RDP_ORDERS}
+        | {float(a) for a in np.round(np.concatenate([np.linspace(1.01, 1.99, 50), np.arange(2, 257)]), 4)}
+    )
+)
 # The rough calibration of Poisson-sampled steps uses integer orders only: dp_accounting's series
 # for fractional orders fails to converge for large q and logs a warning per order it drops.
 _INTEGER_ORDERS = tuple(a for a in _RDP_ORDERS if a == int(a))
@@ -111,20 +113,15 @@ def fresh_accountant(accounting: Accounting) -> PrivacyAccountant:
     """A new, empty dp_accounting accountant of the given kind."""
     if accounting is Accounting.RDP:
         return RdpAccountant(orders=_RDP_ORDERS)
-    return PLDAccountant(
-        NeighboringRelation.REPLACE_ONE, value_discretization_interval=_PLD_DISCRETISATION
-    )
+    return PLDAccountant(NeighboringRelation.REPLACE_ONE, value_discretization_interval=_PLD_DISCRETISATION)
 
 
-def composed_event(
-    steps: Counter[Step] | dict[Step, int], accounting: Accounting
-) -> dp_accounting.DpEvent:
+def composed_event(steps: Counter[Step] | dict[Step, int], accounting: Accounting) -> dp_accounting.DpEvent:
     """One event for a multiset of steps: each distinct step self-composed by its count."""
     return dp_accounting.ComposedDpEvent(
         [
             dp_accounting.SelfComposedDpEvent(step_event(step, accounting), count)
-            for step, count in sorted(steps.items(), key=lambda kv: (kv[0].noise_multiplier,
-                                                                       kv[0].sampling_rate))
+            for step, count in sorted(steps.items(), key=lambda kv: (kv[0].noise_multiplier, kv[0].sampling_rate))
             if count > 0
         ]
     )
@@ -144,9 +141,7 @@ def delta_spent(steps: dict[Step, int], epsilon: float, accounting: Accounting) 
     return float(accountant.get_delta(epsilon))
 
 
-def calibrate_noise_multiplier(
-    budget: Budget, steps: int, sampling_rate: float, accounting: Accounting
-) -> float:
+def calibrate_noise_multiplier(budget: Budget, steps: int, sampling_rate: float, accounting: Accounting) -> float:
     """Smallest z (to ~0.1%; per-step std >= 0.5) whose `steps` compositions fit the budget."""
     if steps < 1:
         raise argument_error("steps", "be at least 1", steps)
@@ -170,9 +165,7 @@ def calibrate_noise_multiplier(
     z = float(
         dp_accounting.calibrate_dp_mechanism(
             lambda: fresh_accountant(accounting),
-            lambda z: dp_accounting.SelfComposedDpEvent(
-                step_event(Step(z, sampling_rate), accounting), steps
-            ),
+            lambda z: dp_accounting.SelfComposedDpEvent(step_event(Step(z, sampling_rate), accounting), steps),
             budget.epsilon,
             budget.delta,
             bracket_interval=dp_accounting.ExplicitBracketInterval(lower, upper),
@@ -197,8 +190,12 @@ def _rough_guess(budget: Budget, steps: int, sampling_rate: float) -> float:
         )
     return float(
         dp_accounting.calibrate_dp_mechanism(
-            lambda: RdpAccountant(orders=_INTEGER_ORDERS), make, budget.epsilon, budget.delta,
-            bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-3,
+            lambda: RdpAccountant(orders=_INTEGER_ORDERS),
+            make,
+            budget.epsilon,
+            budget.delta,
+            bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+            tol=1e-3,
         )
     )
 
@@ -210,8 +207,9 @@ class BudgetExceeded(errors.CpmlError, RuntimeError):
 class PrivacyLedger:
     """One guarantee's running account: charges steps and, if `enforce`, refuses overspending."""
 
-    def __init__(self, budget: Budget, accounting: Accounting, enforce: bool = True,
-                 charged: dict[Step, int] | None = None) -> None:
+    def __init__(
+        self, budget: Budget, accounting: Accounting, enforce: bool = True, charged: dict[Step, int] | None = None
+    ) -> None:
         self.budget = budget
         self.accounting = accounting
         self.enforce = enforce
@@ -260,9 +258,7 @@ def _key(item: tuple[Step, int]) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=4096)
-def _epsilon_cached(
-    items: tuple[tuple[Step, int], ...], delta: float, accounting: Accounting
-) -> float:
+def _epsilon_cached(items: tuple[tuple[Step, int], ...], delta: float, accounting: Accounting) -> float:
     if not items:
         return 0.0
     accountant = fresh_accountant(accounting)

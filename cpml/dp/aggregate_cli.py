@@ -42,80 +42,131 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `aggregate` subcommand's flags."""
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
     run = parser.add_argument_group("run")
-    run.add_argument("--run-id", default=None,
-                     help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)")
-    run.add_argument("--parties", type=int, default=None,
-                     help="number of parties P (default: the number of --party-names or --party-tokens"
-                          " names, else 6)")
-    run.add_argument("--scheme", default="weighted",
-                     choices=("weighted", "unweighted", "centralized"),
-                     help="WD-DP, the unweighted baseline, or centralized DP-GD (embedded only)")
+    run.add_argument(
+        "--run-id", default=None, help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)"
+    )
+    run.add_argument(
+        "--parties",
+        type=int,
+        default=None,
+        help="number of parties P (default: the number of --party-names or --party-tokens names, else 6)",
+    )
+    run.add_argument(
+        "--scheme",
+        default="weighted",
+        choices=("weighted", "unweighted", "centralized"),
+        help="WD-DP, the unweighted baseline, or centralized DP-GD (embedded only)",
+    )
     run.add_argument("--rounds", type=int, default=50)
     run.add_argument("--epsilon", type=float, default=1.0, help="budget of the released model")
     run.add_argument("--delta", type=float, default=1e-5)
-    run.add_argument("--accountant", choices=("rdp", "pld"), default=None,
-                     help="default: pld, the tighter upper bound for replace-one neighbours (rdp only"
-                          " for full batches)")
-    run.add_argument("--learning-rate", type=float, default=None,
-                     help="default: from public quantities only, min(1/L, noise-optimal step) with"
-                          " L = 1/4 + l2 (rows lie in the unit ball); see --momentum")
-    run.add_argument("--momentum", type=float, default=None,
-                     help="Nesterov momentum on the server (post-processing, no privacy cost);"
-                          " default: what the automatic step leaves to the noise-optimal step,"
-                          " at most 0.9, or 0 with an explicit --learning-rate")
+    run.add_argument(
+        "--accountant",
+        choices=("rdp", "pld"),
+        default=None,
+        help="default: pld, the tighter upper bound for replace-one neighbours (rdp only for full batches)",
+    )
+    run.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="default: from public quantities only, min(1/L, noise-optimal step) with"
+        " L = 1/4 + l2 (rows lie in the unit ball); see --momentum",
+    )
+    run.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="Nesterov momentum on the server (post-processing, no privacy cost);"
+        " default: what the automatic step leaves to the noise-optimal step,"
+        " at most 0.9, or 0 with an explicit --learning-rate",
+    )
     run.add_argument("--clip", type=float, default=1.0, help="per-record gradient norm bound G")
     run.add_argument("--l2", type=float, default=1e-3)
     run.add_argument("--local-steps", type=int, default=1)
     run.add_argument("--sampling-rate", type=float, default=1.0, help="Poisson rate q")
-    run.add_argument("--round-timeout", type=float, default=60.0,
-                     help="seconds a round waits for parties before dropping the silent ones")
+    run.add_argument(
+        "--round-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a round waits for parties before dropping the silent ones",
+    )
     run.add_argument("--join-timeout", type=float, default=600.0)
-    run.add_argument("--test-data", default=None,
-                     help="a file of test rows scored every round (accuracy, loss): embedded, every --dataset"
-                          " row then trains; with --listen, read on the server as cpml-party reads its data"
-                          " (--feature-bounds, or unscaled), so a remote run reports accuracy too")
+    run.add_argument(
+        "--test-data",
+        default=None,
+        help="a file of test rows scored every round (accuracy, loss): embedded, every --dataset"
+        " row then trains; with --listen, read on the server as cpml-party reads its data"
+        " (--feature-bounds, or unscaled), so a remote run reports accuracy too",
+    )
     embedded = parser.add_argument_group("embedded parties (no --listen)")
-    embedded.add_argument("--dataset", default="breast-cancer",
-                          help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file")
-    embedded.add_argument("--format", dest="data_format", default="auto",
-                          choices=("auto", "csv", "npz", "svmlight"))
-    embedded.add_argument("--label-column", default="-1",
-                          help="CSV label column: a 0-based index (negative from the end; default -1, the "
-                               "last) or a header name")
-    embedded.add_argument("--positive-label", default=None,
-                          help="the label value that becomes class 1 (default: the larger number, or the "
-                               "later text in sorted order)")
-    embedded.add_argument("--classes", default=None, metavar="LABEL,LABEL,...",
-                          help="with --listen and --test-data, more than two classes: the list the parties pass")
+    embedded.add_argument(
+        "--dataset", default="breast-cancer", help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file"
+    )
+    embedded.add_argument("--format", dest="data_format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
+    embedded.add_argument(
+        "--label-column",
+        default="-1",
+        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
+    )
+    embedded.add_argument(
+        "--positive-label",
+        default=None,
+        help="the label value that becomes class 1 (default: the larger number, or the later text in sorted order)",
+    )
+    embedded.add_argument(
+        "--classes",
+        default=None,
+        metavar="LABEL,LABEL,...",
+        help="with --listen and --test-data, more than two classes: the list the parties pass",
+    )
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
-    embedded.add_argument("--scaling", default=None, choices=("minmax", "standard", "none"),
-                          help="default: standard, or none with --feature-bounds")
+    embedded.add_argument(
+        "--scaling",
+        default=None,
+        choices=("minmax", "standard", "none"),
+        help="default: standard, or none with --feature-bounds",
+    )
     embedded.add_argument("--test-fraction", type=float, default=0.2)
-    embedded.add_argument("--seed", type=int, default=0, help="seeds the train/test split and the"
-                          " party split (never the noise)")
+    embedded.add_argument(
+        "--seed", type=int, default=0, help="seeds the train/test split and the party split (never the noise)"
+    )
     remote = parser.add_argument_group("remote parties")
     remote.add_argument("--listen", default=None, help="host:port to serve remote cpml-party on")
-    remote.add_argument("--port-file", type=Path, default=None,
-                        help="write the bound host:port here once serving")
+    remote.add_argument("--port-file", type=Path, default=None, help="write the bound host:port here once serving")
     remote.add_argument("--tls-cert", type=Path, default=None)
     remote.add_argument("--tls-key", type=Path, default=None)
     remote.add_argument("--tls-client-ca", type=Path, default=None)
     remote.add_argument("--insecure", action="store_true", help="serve plaintext gRPC")
-    remote.add_argument("--party-tokens", type=Path, default=None,
-                        help="the parties' join tokens, one name:token line each (without it, tokens"
-                             " are generated into --out, or reused from there; not with --tls-client-ca)")
-    remote.add_argument("--party-names", default=None,
-                        help="comma-separated party names: those tokens are generated for (default"
-                             " party-1 ... party-P), or with --tls-client-ca the certificate names that"
-                             " may join (default: any the client CA signed)")
-    remote.add_argument("--feature-bounds", type=Path, default=None,
-                        help="public JSON schema of feature bounds every party must scale with (they pass"
-                             " the same file; checked at Join); embedded, it scales the dataset")
+    remote.add_argument(
+        "--party-tokens",
+        type=Path,
+        default=None,
+        help="the parties' join tokens, one name:token line each (without it, tokens"
+        " are generated into --out, or reused from there; not with --tls-client-ca)",
+    )
+    remote.add_argument(
+        "--party-names",
+        default=None,
+        help="comma-separated party names: those tokens are generated for (default"
+        " party-1 ... party-P), or with --tls-client-ca the certificate names that"
+        " may join (default: any the client CA signed)",
+    )
+    remote.add_argument(
+        "--feature-bounds",
+        type=Path,
+        default=None,
+        help="public JSON schema of feature bounds every party must scale with (they pass"
+        " the same file; checked at Join); embedded, it scales the dataset",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("runs/aggregate"))
-    out.add_argument("--resume", action="store_true",
-                     help="continue the run checkpointed in --out (same settings; its parties"
-                          " rejoin by name); the privacy already spent carries over")
+    out.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run checkpointed in --out (same settings; its parties"
+        " rejoin by name); the privacy already spent carries over",
+    )
     add_log_arguments(out)
 
 
@@ -150,38 +201,49 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     except Exception as exc:  # a bug: one line, the traceback only on request
         log.debug("failed", exc_info=True)
-        print(f"cpml-master aggregate: failed: {type(exc).__name__}: {exc} (--log-level debug shows the "
-              f"traceback)", file=sys.stderr)
+        print(
+            f"cpml-master aggregate: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
+            file=sys.stderr,
+        )
         return ExitCode.FAILED
     report["notes"] = notes
     report["settings"]["scheme"] = args.scheme
     _write_outputs(args.out, report, getattr(args, "preprocessing", None))
     g = report["guarantees"]
     what = "centralized DP-GD" if args.scheme == "centralized" else f"{args.scheme} aggregation"
-    print(f"{report['rounds_run']} rounds of {what} over {len(report['parties'])} part"
-          f"{'y' if len(report['parties']) == 1 else 'ies'} ({report['stop_reason']})")
+    print(
+        f"{report['rounds_run']} rounds of {what} over {len(report['parties'])} part"
+        f"{'y' if len(report['parties']) == 1 else 'ies'} ({report['stop_reason']})"
+    )
     if report["dropped"]:
-        print("dropped: " + ", ".join(f"{d['party']} (round {d['round']})"
-                                      for d in report["dropped"]))
+        print("dropped: " + ", ".join(f"{d['party']} (round {d['round']})" for d in report["dropped"]))
     local = report["settings"]["local"]
     if local["learning_rate"] is not None:
-        print(f"step: learning rate {local['learning_rate']:.4g}, momentum"
-              f" {report['settings']['momentum']:.3g} ({report['settings']['step_rule']})")
+        print(
+            f"step: learning rate {local['learning_rate']:.4g}, momentum"
+            f" {report['settings']['momentum']:.3g} ({report['settings']['step_rule']})"
+        )
     last = report["history"][-1] if report["history"] else {}
     if last.get("test_accuracy") is not None:
         reference = report.get("nonprivate", {})
-        print(f"test accuracy: {last['test_accuracy']:.4f}" + (
-            f" (non-private optimum {reference['test_accuracy']:.4f}), optimality gap"
-            f" F(w) - F(w*) {last['optimality_gap']:.4g}" if "optimality_gap" in last else ""))
+        print(
+            f"test accuracy: {last['test_accuracy']:.4f}"
+            + (
+                f" (non-private optimum {reference['test_accuracy']:.4f}), optimality gap"
+                f" F(w) - F(w*) {last['optimality_gap']:.4g}"
+                if "optimality_gap" in last
+                else ""
+            )
+        )
     labels = next((note for note in notes if note.startswith("labels: ")), None)
     if labels:
         print(labels)  # which raw label the model calls 1
-    print(f"released model: epsilon {g['release_epsilon']:.4f} at delta {g['delta']:g}"
-          f" ({g['release_basis']})")
-    print("each party's updates revealed to this server: " + ", ".join(
-        f"{name} {eps:.3f}" for name, eps in sorted(g["party_epsilons"].items())))
-    print(f"model: {args.out / 'model.json'}   metrics: {args.out / 'metrics.json'}   "
-          f"plot: {args.out / 'curves.png'}")
+    print(f"released model: epsilon {g['release_epsilon']:.4f} at delta {g['delta']:g} ({g['release_basis']})")
+    print(
+        "each party's updates revealed to this server: "
+        + ", ".join(f"{name} {eps:.3f}" for name, eps in sorted(g["party_epsilons"].items()))
+    )
+    print(f"model: {args.out / 'model.json'}   metrics: {args.out / 'metrics.json'}   plot: {args.out / 'curves.png'}")
     return ExitCode.INTERRUPTED if report["interrupted"] else ExitCode.OK
 
 
@@ -190,12 +252,19 @@ def _prepare(args: argparse.Namespace):
     from cpml.dp.dpgd import LocalSettings, Scheme, add_bias_and_normalise, split_uneven
     from cpml.dp.session import RunSettings
 
-    local = LocalSettings(learning_rate=args.learning_rate, clip=args.clip, l2=args.l2,
-                          local_steps=args.local_steps, sampling_rate=args.sampling_rate)
+    local = LocalSettings(
+        learning_rate=args.learning_rate,
+        clip=args.clip,
+        l2=args.l2,
+        local_steps=args.local_steps,
+        sampling_rate=args.sampling_rate,
+    )
     centralized = args.scheme == "centralized"
     if centralized and args.listen:
-        raise ValueError("Argument 'scheme' must be weighted or unweighted with --listen, "
-                         "not 'centralized' (it needs the pooled data).")
+        raise ValueError(
+            "Argument 'scheme' must be weighted or unweighted with --listen, "
+            "not 'centralized' (it needs the pooled data)."
+        )
     bounds = None
     if args.feature_bounds is not None:
         from cpml.dp.features import read_feature_bounds
@@ -211,38 +280,55 @@ def _prepare(args: argparse.Namespace):
         if not (seconds > 0 and math.isfinite(seconds)):
             raise ValueError(f"Argument '{name}' must be a positive number of seconds, not {seconds}.")
     settings = RunSettings(
-        run_id=args.run_id, parties=1 if centralized else args.parties, rounds=args.rounds,
-        budget=Budget(args.epsilon, args.delta), local=local,
+        run_id=args.run_id,
+        parties=1 if centralized else args.parties,
+        rounds=args.rounds,
+        budget=Budget(args.epsilon, args.delta),
+        local=local,
         scheme=Scheme.WEIGHTED if centralized else Scheme(args.scheme),
-        accountant=args.accountant, momentum=args.momentum,
+        accountant=args.accountant,
+        momentum=args.momentum,
         feature_schema=bounds.digest if bounds is not None else "",
     )
     if args.listen:
         if not (args.insecure or (args.tls_cert and args.tls_key)):
-            raise ValueError("Argument 'listen' must come with --tls-cert/--tls-key or --insecure,"
-                             f" not {args.listen!r} alone.")
+            raise ValueError(
+                f"Argument 'listen' must come with --tls-cert/--tls-key or --insecure, not {args.listen!r} alone."
+            )
         notes = ["remote parties: their data and preprocessing stay with them"]
         if bounds is not None:
-            notes.append(f"every party scales with the public feature bounds {str(args.feature_bounds)!r}"
-                         f" (sha256 {bounds.digest[:12]}), checked at Join")
+            notes.append(
+                f"every party scales with the public feature bounds {str(args.feature_bounds)!r}"
+                f" (sha256 {bounds.digest[:12]}), checked at Join"
+            )
         evaluation = _server_test_rows(args, bounds) if args.test_data else None
         if evaluation is not None:
-            notes.append(f"test rows: {len(evaluation[1])} from {args.test_data}, read on this server as the"
-                         " parties read theirs")
+            notes.append(
+                f"test rows: {len(evaluation[1])} from {args.test_data}, read on this server as the parties read theirs"
+            )
         return settings, None, evaluation, notes
     from cpml.data import load_dataset
     from cpml.dp.features import warn_if_dominated
 
     scaling = args.scaling or ("none" if bounds is not None else "standard")
     if bounds is not None and scaling != "none":
-        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not"
-                         f" {scaling!r}.")
-    data = load_dataset(args.dataset, args.test_fraction, scaling, args.seed, args.data_format,
-                        args.label_column, positive_label=args.positive_label, test_source=args.test_data)
+        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
+    data = load_dataset(
+        args.dataset,
+        args.test_fraction,
+        scaling,
+        args.seed,
+        args.data_format,
+        args.label_column,
+        positive_label=args.positive_label,
+        test_source=args.test_data,
+    )
     x_train, x_test = data.x_train, data.x_test
     if x_test is None:
-        raise ValueError(f"Argument 'test_fraction' must leave test rows for the embedded run's evaluation (a "
-                         f"fraction in (0, 1), or --test-data FILE), not {args.test_fraction!r}.")
+        raise ValueError(
+            f"Argument 'test_fraction' must leave test rows for the embedded run's evaluation (a "
+            f"fraction in (0, 1), or --test-data FILE), not {args.test_fraction!r}."
+        )
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
     elif data.preprocessing is not None:  # what model.json keeps for predict and export
@@ -257,12 +343,16 @@ def _prepare(args: argparse.Namespace):
             raise ValueError(f"Argument 'parties' must be at least 2 to split, not {args.parties}.")
         parts = split_uneven(len(data.y_train), args.parties, args.rho, args.seed)
         shards = [(x[i], data.y_train[i]) for i in parts]
-    notes = [*data.notes, "rows: bias column appended, then scaled into the unit ball (G = 1)",
-             "feature scaling used training-split statistics, which the DP guarantee does not"
-             " cover (as in the paper's setup)" if scaling != "none" else
-             "features clipped and mapped to [-1, 1] by the public bounds: the guarantee covers all use"
-             " of the data" if bounds is not None else
-             "no feature scaling: the guarantee covers all use of the data"]
+    notes = [
+        *data.notes,
+        "rows: bias column appended, then scaled into the unit ball (G = 1)",
+        "feature scaling used training-split statistics, which the DP guarantee does not"
+        " cover (as in the paper's setup)"
+        if scaling != "none"
+        else "features clipped and mapped to [-1, 1] by the public bounds: the guarantee covers all use of the data"
+        if bounds is not None
+        else "no feature scaling: the guarantee covers all use of the data",
+    ]
     return settings, shards, (x_test, data.y_test), notes
 
 
@@ -272,12 +362,21 @@ def _server_test_rows(args: argparse.Namespace, bounds):
 
     scaling = args.scaling or "none"
     if bounds is None and scaling != "none":
-        raise ValueError(f"Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds"
-                         f" FILE or none, not --scaling {scaling}: each party would scale with its own"
-                         f" statistics, which this server cannot repeat.")
+        raise ValueError(
+            f"Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds"
+            f" FILE or none, not --scaling {scaling}: each party would scale with its own"
+            f" statistics, which this server cannot repeat."
+        )
     try:
-        return load_party_data(args.test_data, args.data_format, args.label_column, "none",
-                               args.positive_label, bounds, parse_classes(args.classes))
+        return load_party_data(
+            args.test_data,
+            args.data_format,
+            args.label_column,
+            "none",
+            args.positive_label,
+            bounds,
+            parse_classes(args.classes),
+        )
     except ValueError as exc:
         raise ValueError(str(exc).replace("Argument 'data'", "Argument 'test_data'", 1)) from None
 
@@ -339,19 +438,22 @@ def _access(args: argparse.Namespace, settings, shards) -> _Access:
         names = ["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))]
         tokens = generate_tokens(names)
         return _Access(TokenAdmission(tokens), tokens, "embedded parties join with in-memory tokens", [])
-    printed = [] if args.run_id_given else [
-        f"run id: {settings.run_id} (each party passes --run-id {settings.run_id})"]
+    printed = [] if args.run_id_given else [f"run id: {settings.run_id} (each party passes --run-id {settings.run_id})"]
     if args.tls_client_ca is not None:
         if args.party_tokens is not None:
-            raise ValueError("Argument 'party_tokens' must not come with --tls-client-ca (a party's client"
-                             f" certificate names it), not {str(args.party_tokens)!r}.")
+            raise ValueError(
+                "Argument 'party_tokens' must not come with --tls-client-ca (a party's client"
+                f" certificate names it), not {str(args.party_tokens)!r}."
+            )
         roster = _listed_names(args)
         note = "parties authenticated by client certificate (mutual TLS): name = certificate CN/SAN"
         return _Access(CertificateAdmission(roster), {}, note, printed)
     tokens, where = _token_source(args, settings.parties)
     if len(tokens) < settings.parties:
-        raise ValueError(f"Argument 'party_tokens' must name at least --parties ({settings.parties}) parties,"
-                         f" not {len(tokens)} in {where}.")
+        raise ValueError(
+            f"Argument 'party_tokens' must name at least --parties ({settings.parties}) parties,"
+            f" not {len(tokens)} in {where}."
+        )
     check_names(tokens, "party_tokens")
     printed.append(f"join tokens: {where}")
     if args.insecure:
@@ -366,23 +468,31 @@ def _token_source(args: argparse.Namespace, parties: int) -> tuple[dict[str, str
 
     if args.party_tokens is not None:
         if args.party_names is not None:
-            raise ValueError("Argument 'party_names' must not come with --party-tokens (the file names the"
-                             f" parties), not {args.party_names!r}.")
+            raise ValueError(
+                "Argument 'party_names' must not come with --party-tokens (the file names the"
+                f" parties), not {args.party_names!r}."
+            )
         return read_token_file(args.party_tokens), f"{args.party_tokens} (--party-tokens)"
     existing = args.out / TOKEN_FILE
     names = _listed_names(args) if args.party_names is not None else None
     if existing.is_file():
         tokens = read_token_file(existing)
         if names is not None and set(names) != set(tokens):
-            raise ValueError(f"Argument 'party_names' must match the parties of {str(existing)!r}, which"
-                             f" this server reuses ({', '.join(tokens)}), not {args.party_names!r}; delete"
-                             " that file to issue new tokens.")
-        return tokens, (f"{existing} (reused; each party keeps its file from {args.out / TOKEN_DIR}/,"
-                        " passed with cpml-party --token-file)")
+            raise ValueError(
+                f"Argument 'party_names' must match the parties of {str(existing)!r}, which"
+                f" this server reuses ({', '.join(tokens)}), not {args.party_names!r}; delete"
+                " that file to issue new tokens."
+            )
+        return tokens, (
+            f"{existing} (reused; each party keeps its file from {args.out / TOKEN_DIR}/,"
+            " passed with cpml-party --token-file)"
+        )
     tokens = generate_tokens(names or [f"party-{k}" for k in range(1, parties + 1)])
     path, folder = write_tokens(args.out, tokens)
-    return tokens, (f"{path} (generated, mode 0600); hand each party its own file from {folder}/,"
-                    " passed with cpml-party --token-file")
+    return tokens, (
+        f"{path} (generated, mode 0600); hand each party its own file from {folder}/,"
+        " passed with cpml-party --token-file"
+    )
 
 
 def _server_credentials(args: argparse.Namespace):
@@ -406,8 +516,10 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
         try:
             session = AggregationSession.restore(settings, checkpoint["session"])
         except (KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"Argument 'resume' must find an intact checkpoint in --out, not"
-                             f" {str(checkpoint_path)!r} with a damaged session state ({exc!r}).") from None
+            raise ValueError(
+                f"Argument 'resume' must find an intact checkpoint in --out, not"
+                f" {str(checkpoint_path)!r} with a damaged session state ({exc!r})."
+            ) from None
         history: list[dict[str, Any]] = list(checkpoint["history"])
     else:
         session = AggregationSession(settings, model_size(*shards[0]) if shards else None)
@@ -417,8 +529,11 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
 
     def on_round(result) -> None:
         row: dict[str, Any] = {
-            "round": result.round, "epsilon": result.epsilon, "released": result.released,
-            "survivors": len(result.survivors), "dropped": list(result.dropped),
+            "round": result.round,
+            "epsilon": result.epsilon,
+            "released": result.released,
+            "survivors": len(result.survivors),
+            "dropped": list(result.dropped),
             "noise_multiplier": result.noise_multiplier,
         }
         if evaluation is not None and model_size(*evaluation) == len(session.weights):
@@ -426,20 +541,20 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
             row["test_accuracy"] = accuracy(session.weights, x_test, y_test)
             row["test_loss"] = objective(session.weights, x_test, y_test, 0.0)
         elif evaluation is not None:  # a --test-data file of another width than the parties' rows
-            log.warning("test rows not scored: their width differs from the model's", test_columns=
-                        evaluation[0].shape[1], model_columns=len(session.weights))
+            log.warning(
+                "test rows not scored: their width differs from the model's",
+                test_columns=evaluation[0].shape[1],
+                model_columns=len(session.weights),
+            )
         if reference is not None:
             row["optimality_gap"] = reference(session.weights)
         history.append(row)
-        write_atomically(checkpoint_path,
-                          json.dumps({"session": session.state(), "history": history}))
+        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
         log.info("round_closed", **{k: v for k, v in row.items() if k != "noise_multiplier"})
         shown = {"acc": row.get("test_accuracy"), "gap": row.get("optimality_gap")}
-        bar.update(result.round, eps=result.epsilon,
-                   **{k: v for k, v in shown.items() if v is not None})
+        bar.update(result.round, eps=result.epsilon, **{k: v for k, v in shown.items() if v is not None})
 
-    coordinator = Coordinator(session, args.round_timeout, args.join_timeout, on_round,
-                              roster=access.admission.roster)
+    coordinator = Coordinator(session, args.round_timeout, args.join_timeout, on_round, roster=access.admission.roster)
     listen = args.listen or "127.0.0.1:0"
     server = AggregationServer(coordinator, listen, credentials, access.admission)
     address = await server.start()
@@ -455,8 +570,9 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
             driver = group.create_task(coordinator.run())
             for k, (x, y) in enumerate(shards or []):
                 name = "pooled" if len(shards) == 1 else f"party-{k}"
-                config = PartyConfig(address, settings.run_id, name, token=access.tokens[name],
-                                     feature_schema=settings.feature_schema)
+                config = PartyConfig(
+                    address, settings.run_id, name, token=access.tokens[name], feature_schema=settings.feature_schema
+                )
                 parties.append(group.create_task(run_party(config, x, y)))
             await driver
             await coordinator.wait_until_told(grace=10.0)
@@ -470,8 +586,7 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
     bar.close()
     await server.stop()
     if session.history:  # the final state: a finished run cannot be resumed into more rounds
-        write_atomically(checkpoint_path,
-                          json.dumps({"session": session.state(), "history": history}))
+        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
     report = _report(session, history, time.monotonic() - started, address)
     report["interrupted"] = bool(coordinator.stopping)
     if reference is not None:
@@ -485,28 +600,36 @@ def _reference(shards, l2: float):
 
     from cpml.dp.dpgd import OptimalityGap
 
-    return OptimalityGap.fit(np.concatenate([x for x, _ in shards]),
-                             np.concatenate([y for _, y in shards]), l2)
+    return OptimalityGap.fit(np.concatenate([x for x, _ in shards]), np.concatenate([y for _, y in shards]), l2)
 
 
 def _reference_summary(reference, evaluation) -> dict[str, Any]:
     from cpml.dp.dpgd import accuracy
 
-    return {"objective": reference.optimum_objective, "l2": reference.l2,
-            "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
-            "note": "embedded evaluation only: w* is fitted on the pooled training rows"}
+    return {
+        "objective": reference.optimum_objective,
+        "l2": reference.l2,
+        "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
+        "note": "embedded evaluation only: w* is fitted on the pooled training rows",
+    }
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"Argument 'resume' must find a readable checkpoint in --out, not"
-                         f" {str(path)!r} ({exc}).") from None
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("session"), dict)
-            and isinstance(checkpoint.get("history"), list)):
-        raise ValueError(f"Argument 'resume' must find a checkpoint written by cpml-master aggregate in --out,"
-                         f" not {str(path)!r}, which lacks its session state and history.")
+        raise ValueError(
+            f"Argument 'resume' must find a readable checkpoint in --out, not {str(path)!r} ({exc})."
+        ) from None
+    if not (
+        isinstance(checkpoint, dict)
+        and isinstance(checkpoint.get("session"), dict)
+        and isinstance(checkpoint.get("history"), list)
+    ):
+        raise ValueError(
+            f"Argument 'resume' must find a checkpoint written by cpml-master aggregate in --out,"
+            f" not {str(path)!r}, which lacks its session state and history."
+        )
     return checkpoint
 
 
@@ -519,25 +642,35 @@ def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
         "run_id": s.run_id,
         "address": address,
         "settings": {
-            "scheme": s.scheme.value, "parties": s.parties, "rounds": s.rounds,
-            "epsilon": s.budget.epsilon, "delta": s.budget.delta,
-            "accountant": s.accounting.value, "local": asdict(session.local),
+            "scheme": s.scheme.value,
+            "parties": s.parties,
+            "rounds": s.rounds,
+            "epsilon": s.budget.epsilon,
+            "delta": s.budget.delta,
+            "accountant": s.accounting.value,
+            "local": asdict(session.local),
             "momentum": session.momentum,
-            "step_rule": "given" if s.local.learning_rate is not None else "public: min(1/L, "
-                         "kappa/(sigma sqrt(d T))) with momentum for the rest",
+            "step_rule": "given"
+            if s.local.learning_rate is not None
+            else "public: min(1/L, kappa/(sigma sqrt(d T))) with momentum for the rest",
         },
         "noise_multiplier": session.noise_multiplier,
         "parties": [
-            {"name": p.name, "records": p.records, "weight": p.records / sum(session.sizes),
-             "noise_multiplier": session.party_noise(p)}
+            {
+                "name": p.name,
+                "records": p.records,
+                "weight": p.records / sum(session.sizes),
+                "noise_multiplier": session.party_noise(p),
+            }
             for p in session.parties
         ],
         "rounds_run": len(session.history),
         "stop_reason": session.stop_reason,
         "dropped": dropped,
         "history": history,
-        "guarantees": asdict(g) if g else {"delta": s.budget.delta, "release_epsilon": 0.0,
-                                           "release_basis": "no rounds", "party_epsilons": {}},
+        "guarantees": asdict(g)
+        if g
+        else {"delta": s.budget.delta, "release_epsilon": 0.0, "release_basis": "no rounds", "party_epsilons": {}},
         "weights": session.weights.tolist(),
         "seconds": round(seconds, 3),
     }
@@ -557,12 +690,15 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
 
         columns = preprocessing.n_classes  # the session's flat d x C one-vs-rest models, as a matrix
         flat = np.asarray(weights)
-        artifact = Model(weights=flat.reshape(-1, columns) if columns > 1 else flat, preprocessing=preprocessing,
-                         plan=report["settings"],
-                         privacy=wddp_privacy(report["guarantees"], report["settings"]["scheme"],
-                                              len(report["parties"])),
-                         dataset=str(report.get("dataset", "")), notes=tuple(report["notes"]),
-                         metrics=report["history"][-1] if report["history"] else {})
+        artifact = Model(
+            weights=flat.reshape(-1, columns) if columns > 1 else flat,
+            preprocessing=preprocessing,
+            plan=report["settings"],
+            privacy=wddp_privacy(report["guarantees"], report["settings"]["scheme"], len(report["parties"])),
+            dataset=str(report.get("dataset", "")),
+            notes=tuple(report["notes"]),
+            metrics=report["history"][-1] if report["history"] else {},
+        )
         model |= artifact.to_json()
     (out / "model.json").write_text(json.dumps(model, indent=2) + "\n")
     write_metrics(out / "metrics.json", report)
@@ -574,15 +710,23 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
             panels["test loss"] = [h["test_loss"] for h in history]
         if "optimality_gap" in history[0]:
             panels["optimality gap F(w) - F(w*)"] = [h["optimality_gap"] for h in history]
-        plot_curves(out / "curves.png", [h["round"] for h in history], panels, xlabel="round",
-                    title=f"WD-DP {report['settings']['scheme']} ({report['run_id']})")
+        plot_curves(
+            out / "curves.png",
+            [h["round"] for h in history],
+            panels,
+            xlabel="round",
+            title=f"WD-DP {report['settings']['scheme']} ({report['run_id']})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cpml-master aggregate` parser, its exit codes in the epilog."""
-    parser = argparse.ArgumentParser(prog="cpml-master aggregate", epilog=exit_codes_help(*EXIT_CODES),
-                                     description="Serve a WD-DP run as its aggregation server. Every flag also "
-                                                 "reads CPML_AGGREGATE_<FLAG> from the environment.")
+    parser = argparse.ArgumentParser(
+        prog="cpml-master aggregate",
+        epilog=exit_codes_help(*EXIT_CODES),
+        description="Serve a WD-DP run as its aggregation server. Every flag also "
+        "reads CPML_AGGREGATE_<FLAG> from the environment.",
+    )
     add_arguments(parser)
     apply_env_defaults(parser, "CPML_AGGREGATE_", os.environ)
     return parser

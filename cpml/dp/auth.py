@@ -71,7 +71,8 @@ class TokenAdmission:
             raise Unauthenticated(
                 f"Join as party {name!r} must carry that party's join token (cpml-party --token-file,"
                 " from the server's operator); the token is missing or wrong, or the name is not on"
-                " the run's list.")
+                " the run's list."
+            )
         return name
 
     def check_caller(self, name: str, context: grpc.aio.ServicerContext | None) -> None:
@@ -93,13 +94,16 @@ class CertificateAdmission:
         """The party name (the certificate's CN if `name` is empty) if the certificate carries it."""
         identities = peer_identities(context)
         if not identities:
-            raise Unauthenticated("Join must come over mutual TLS with a client certificate signed by the"
-                                  " server's --tls-client-ca; this call presented none.")
+            raise Unauthenticated(
+                "Join must come over mutual TLS with a client certificate signed by the"
+                " server's --tls-client-ca; this call presented none."
+            )
         name = name or identities[0]
         if name not in identities:
             raise PermissionDenied(
                 f"Join as party {name!r} must come with a client certificate for that name; this"
-                f" certificate is for {', '.join(map(repr, identities))}.")
+                f" certificate is for {', '.join(map(repr, identities))}."
+            )
         if self._allowed is not None and name not in self._allowed:
             raise PermissionDenied(f"Party {name!r} is not on this run's list of parties (--party-names).")
         return name
@@ -129,8 +133,11 @@ def check_names(names: Iterable[str], flag: str) -> tuple[str, ...]:
     names = tuple(names)
     for name in names:
         if not NAME_PATTERN.fullmatch(name):
-            raise argument_error(flag, "name parties with letters, digits and . _ @ - (at most 128, starting"
-                                 " with a letter or digit)", name)
+            raise argument_error(
+                flag,
+                "name parties with letters, digits and . _ @ - (at most 128, starting with a letter or digit)",
+                name,
+            )
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
         raise argument_error(flag, "name each party once", duplicate)
@@ -144,8 +151,7 @@ def read_token_file(path: Path | str) -> dict[str, str]:
         name, sep, token = line.partition(":")
         if not sep:
             # The line itself may be a token: it is never shown.
-            raise argument_error("party_tokens", "hold name:token lines",
-                                 f"line {number} of {path}, which has no ':'")
+            raise argument_error("party_tokens", "hold name:token lines", f"line {number} of {path}, which has no ':'")
         check_names([name], "party_tokens")
         _check_token(token, f"the token of {name!r} in {path}", "party_tokens")
         if name in tokens:
@@ -160,8 +166,12 @@ def read_party_token(path: Path | str) -> tuple[str | None, str]:
     """A party's own token file: one line, `token` or `name:token`; returns (name or None, token)."""
     lines = _lines(path, "token_file")
     if len(lines) != 1:
-        raise argument_error("token_file", "hold this party's token alone (one line: token or name:token),"
-                             f" not {len(lines)} lines; give each party only its own line", str(path))
+        raise argument_error(
+            "token_file",
+            "hold this party's token alone (one line: token or name:token),"
+            f" not {len(lines)} lines; give each party only its own line",
+            str(path),
+        )
     line = lines[0][1]
     head, sep, tail = line.partition(":")
     name, token = (head, tail) if sep else (None, head)
@@ -218,13 +228,18 @@ def _lines(path: Path | str, flag: str) -> list[tuple[int, str]]:
         raise argument_error(flag, "be a readable UTF-8 file", f"{path} ({exc})") from None
     if len(raw) > MAX_TOKEN_FILE_BYTES:
         raise argument_error(flag, f"be at most {MAX_TOKEN_FILE_BYTES} bytes", str(path))
-    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def _check_token(token: str, where: str, flag: str) -> None:
     if not _TOKEN_PATTERN.fullmatch(token):
-        raise argument_error(flag, f"give {where} as {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} printable"
-                             " ASCII characters without spaces or ':'", f"{len(token)} characters")
-
-
+        raise argument_error(
+            flag,
+            f"give {where} as {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH} printable"
+            " ASCII characters without spaces or ':'",
+            f"{len(token)} characters",
+        )

@@ -191,9 +191,7 @@ def lookahead(weights: np.ndarray, previous: np.ndarray, momentum: float) -> np.
     return weights + momentum * (weights - previous)
 
 
-def party_noise_multiplier(
-    scheme: Scheme, noise_multiplier: float, sizes: Sequence[int], party: int
-) -> float:
+def party_noise_multiplier(scheme: Scheme, noise_multiplier: float, sizes: Sequence[int], party: int) -> float:
     """z_k: the multiplier party `party` uses so the aggregate carries multiplier z."""
     counts = _checked_sizes(sizes)
     n_k = counts[party]
@@ -279,8 +277,12 @@ def optimum(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     from scipy.optimize import minimize
 
     w = minimize(
-        objective, np.zeros(model_size(x, y)), args=(x, y, l2), jac=objective_gradient,
-        method="L-BFGS-B", options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 10_000},
+        objective,
+        np.zeros(model_size(x, y)),
+        args=(x, y, l2),
+        jac=objective_gradient,
+        method="L-BFGS-B",
+        options={"gtol": 1e-10, "ftol": 1e-15, "maxiter": 10_000},
     ).x
     for _ in range(0 if np.ndim(y) == 2 else 20):  # Newton polish: L-BFGS stalls around 1e-6 in the gradient norm
         grad = objective_gradient(w, x, y, l2)

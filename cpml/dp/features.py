@@ -50,8 +50,10 @@ class FeatureBounds:
     @property
     def digest(self) -> str:
         """SHA-256 of the canonical schema: equal for every party that read the same schema."""
-        schema: dict[str, object] = {"lower": [float(v).hex() for v in self.lower],
-                                     "upper": [float(v).hex() for v in self.upper]}
+        schema: dict[str, object] = {
+            "lower": [float(v).hex() for v in self.lower],
+            "upper": [float(v).hex() for v in self.upper],
+        }
         if any(self.categories):  # a numbers-only schema keeps the digest it always had
             schema |= {"categories": list(self.categories), "names": list(self.names)}
         return hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
@@ -62,20 +64,29 @@ class FeatureBounds:
             return x
         missing = [name for name in self.names if name not in names]
         if missing:
-            raise argument_error("data", f"have the schema's feature column {missing[0]!r} ({len(missing)} of its "
-                                 f"{len(self.names)} missing)", f"{file} with columns {', '.join(names)}")
+            raise argument_error(
+                "data",
+                f"have the schema's feature column {missing[0]!r} ({len(missing)} of its {len(self.names)} missing)",
+                f"{file} with columns {', '.join(names)}",
+            )
         extra = [name for name in names if name not in self.names]
         if extra:
-            raise argument_error("data", f"have only the schema's feature columns ({', '.join(self.names)}) and "
-                                 f"the label", f"{file} with the column {extra[0]!r} the schema does not list")
+            raise argument_error(
+                "data",
+                f"have only the schema's feature columns ({', '.join(self.names)}) and the label",
+                f"{file} with the column {extra[0]!r} the schema does not list",
+            )
         return x[:, [names.index(name) for name in self.names]]
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Clip every numeric column to its bounds and map it linearly onto [-1, 1]; one-hot the categorical ones."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != len(self.lower):
-            raise argument_error("feature_bounds", f"list one entry per feature column ({x.shape[-1]} in the"
-                                 " data)", f"{len(self.lower)} entries")
+            raise argument_error(
+                "feature_bounds",
+                f"list one entry per feature column ({x.shape[-1]} in the data)",
+                f"{len(self.lower)} entries",
+            )
         if any(self.categories):
             return self._encode(x)
         x = x.astype(np.float64)
@@ -83,8 +94,7 @@ class FeatureBounds:
         clipped = np.clip(x, lower, upper)
         outside = int(np.count_nonzero(clipped != x))
         if outside:
-            log.warning("values outside the feature bounds were clipped", values=outside,
-                        rows=x.shape[0])
+            log.warning("values outside the feature bounds were clipped", values=outside, rows=x.shape[0])
         return 2.0 * (clipped - lower) / (upper - lower) - 1.0
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
@@ -94,16 +104,18 @@ class FeatureBounds:
                 try:
                     values = x[:, c : c + 1].astype(np.float64)
                 except (TypeError, ValueError):
-                    raise argument_error("data", f"hold numbers in the schema's numeric column {self.names[c]!r}",
-                                         "text") from None
+                    raise argument_error(
+                        "data", f"hold numbers in the schema's numeric column {self.names[c]!r}", "text"
+                    ) from None
                 columns.append(FeatureBounds((self.lower[c],), (self.upper[c],), (self.names[c],)).apply(values))
                 continue
             block, count = one_hot(x[:, c], categories)
             unseen += count
             columns.append(block)
         if unseen:
-            log.warning("cells whose category the schema does not list encode as all zeros", cells=unseen,
-                        rows=x.shape[0])
+            log.warning(
+                "cells whose category the schema does not list encode as all zeros", cells=unseen, rows=x.shape[0]
+            )
         return np.column_stack(columns)
 
 
@@ -140,10 +152,15 @@ def read_feature_bounds(path: Path | str) -> FeatureBounds:
 
 
 def _categories(values: object, index: int, path: Path) -> tuple[str, ...]:
-    if not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)
-            and len(set(values)) == len(values)):
-        raise argument_error("feature_bounds", f"give feature {index} of {path} distinct categories as a list of "
-                             f"strings", values)
+    if not (
+        isinstance(values, list)
+        and values
+        and all(isinstance(v, str) for v in values)
+        and len(set(values)) == len(values)
+    ):
+        raise argument_error(
+            "feature_bounds", f"give feature {index} of {path} distinct categories as a list of strings", values
+        )
     return tuple(values)
 
 
@@ -153,8 +170,7 @@ def _bounds(entry: object, index: int, path: Path) -> tuple[float, float]:
         raise argument_error("feature_bounds", f"give {where} as an object with min and max", entry)
     lo, hi = entry.get("min"), entry.get("max")
     if not (_number(lo) and _number(hi) and math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise argument_error("feature_bounds", f"give {where} finite bounds with min < max",
-                             f"min={lo!r}, max={hi!r}")
+        raise argument_error("feature_bounds", f"give {where} finite bounds with min < max", f"min={lo!r}, max={hi!r}")
     return float(lo), float(hi)
 
 
@@ -180,8 +196,10 @@ def warn_if_dominated(x: np.ndarray, hint: str) -> str | None:
     if found is None:
         return None
     column, share = found
-    message = (f"feature column {column} carries {100 * share:.1f}% of the rows' squared norms on average:"
-               " once rows are scaled into the unit ball the other features and the bias shrink to almost"
-               f" nothing and the model can barely learn from them; {hint}")
+    message = (
+        f"feature column {column} carries {100 * share:.1f}% of the rows' squared norms on average:"
+        " once rows are scaled into the unit ball the other features and the bias shrink to almost"
+        f" nothing and the model can barely learn from them; {hint}"
+    )
     log.warning(message)
     return message

@@ -76,12 +76,12 @@ async def run_party(
     async with channel:
         stub = pb_grpc.AggregationStub(channel)
         joined = await stub.Join(
-            serde.join_request(config.run_id, config.name, len(y), model_size(x, y), config.token,
-                               config.feature_schema),
+            serde.join_request(
+                config.run_id, config.name, len(y), model_size(x, y), config.token, config.feature_schema
+            ),
             timeout=config.call_timeout,
         )
-        log_.info("joined", rounds=joined.rounds, scheme=joined.scheme, epsilon=joined.epsilon,
-                  delta=joined.delta)
+        log_.info("joined", rounds=joined.rounds, scheme=joined.scheme, epsilon=joined.epsilon, delta=joined.delta)
         ledger: PrivacyLedger | None = None
         rounds = 0
         after = 0
@@ -92,18 +92,25 @@ async def run_party(
             )
             task = serde.task_from_proto(msg)
             if task.finished:
-                log_.info("run_finished", reason=task.stop_reason, rounds=rounds,
-                          release_epsilon=task.release_epsilon, party_epsilon=task.party_epsilon)
-                return PartyOutcome(rounds, True, task.stop_reason, task.weights,
-                                    task.release_epsilon, task.party_epsilon)
+                log_.info(
+                    "run_finished",
+                    reason=task.stop_reason,
+                    rounds=rounds,
+                    release_epsilon=task.release_epsilon,
+                    party_epsilon=task.party_epsilon,
+                )
+                return PartyOutcome(
+                    rounds, True, task.stop_reason, task.weights, task.release_epsilon, task.party_epsilon
+                )
             assert task.local is not None
             if joined.scheme == "weighted":
                 check_noise(task, len(y))
             step = Step(task.noise_multiplier, task.local.sampling_rate)
             if ledger is None:
                 budget = Budget(config.max_epsilon or joined.epsilon, joined.delta)
-                ledger = PrivacyLedger(budget, Accounting.for_sampling(step.sampling_rate),
-                                       enforce=config.max_epsilon is not None)
+                ledger = PrivacyLedger(
+                    budget, Accounting.for_sampling(step.sampling_rate), enforce=config.max_epsilon is not None
+                )
             try:
                 ledger.check(step, task.local.local_steps)
             except BudgetExceeded as exc:

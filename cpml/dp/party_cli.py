@@ -34,8 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE, ExitCode.REFUSED,
-              ExitCode.LEFT_EARLY)
+EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE, ExitCode.REFUSED, ExitCode.LEFT_EARLY)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,52 +42,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", required=True, help="aggregation server host:port")
     parser.add_argument("--data", required=True, help="CSV, .npz or svmlight file of this party")
     parser.add_argument("--format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
-    parser.add_argument("--label-column", default="-1",
-                        help="CSV label column: a 0-based index (negative from the end; default -1, the last)"
-                             " or a header name")
-    parser.add_argument("--positive-label", default=None,
-                        help="the label value that becomes class 1 (needed unless labels are 0/1 or -1/1;"
-                             " every party of a run must pass the same)")
-    parser.add_argument("--classes", default=None, metavar="LABEL,LABEL,...",
-                        help="more than two classes (one-vs-rest): the run's public list of labels, in the same"
-                             " order for every party and the server")
-    parser.add_argument("--scaling", default="none", choices=("none", "minmax", "standard"),
-                        help="feature scaling on this party's data; 'none' keeps the guarantee"
-                             " exact (the others use data statistics DP does not cover)")
-    parser.add_argument("--feature-bounds", type=Path, default=None,
-                        help="the run's public schema of feature bounds (JSON; the same file as the"
-                             " server's): clips and maps each feature to [-1, 1], inside the guarantee")
+    parser.add_argument(
+        "--label-column",
+        default="-1",
+        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
+    )
+    parser.add_argument(
+        "--positive-label",
+        default=None,
+        help="the label value that becomes class 1 (needed unless labels are 0/1 or -1/1;"
+        " every party of a run must pass the same)",
+    )
+    parser.add_argument(
+        "--classes",
+        default=None,
+        metavar="LABEL,LABEL,...",
+        help="more than two classes (one-vs-rest): the run's public list of labels, in the same"
+        " order for every party and the server",
+    )
+    parser.add_argument(
+        "--scaling",
+        default="none",
+        choices=("none", "minmax", "standard"),
+        help="feature scaling on this party's data; 'none' keeps the guarantee"
+        " exact (the others use data statistics DP does not cover)",
+    )
+    parser.add_argument(
+        "--feature-bounds",
+        type=Path,
+        default=None,
+        help="the run's public schema of feature bounds (JSON; the same file as the"
+        " server's): clips and maps each feature to [-1, 1], inside the guarantee",
+    )
     parser.add_argument("--run-id", default=None, help="the run to join (the id the server printed)")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help="this party's join token from the server's operator (one line: name:token"
-                             " or token); not needed with a client certificate")
-    parser.add_argument("--name", default=None,
-                        help="public name of this party in the run (default: the name in --token-file,"
-                             " or the client certificate's CN)")
-    parser.add_argument("--max-epsilon", type=float, default=None,
-                        help="leave the run before this party's updates reveal more than this"
-                             " epsilon to the server")
-    parser.add_argument("--wait-timeout", type=float, default=600.0,
-                        help="seconds to wait for the next round")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="this party's join token from the server's operator (one line: name:token"
+        " or token); not needed with a client certificate",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="public name of this party in the run (default: the name in --token-file, or the client certificate's CN)",
+    )
+    parser.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=None,
+        help="leave the run before this party's updates reveal more than this epsilon to the server",
+    )
+    parser.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for the next round")
     parser.add_argument("--out", type=Path, default=None, help="write the released model here")
     add_client_tls_arguments(parser, "server")
-    parser.add_argument("--insecure", action="store_true",
-                        help="plaintext gRPC (models travel unencrypted)")
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (models travel unencrypted)")
     add_log_arguments(parser)
 
 
-def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
-                    positive_label: str | None = None,
-                    bounds: FeatureBounds | None = None,
-                    classes: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+def load_party_data(
+    path: str,
+    fmt: str,
+    label_column: int | str,
+    scaling: str,
+    positive_label: str | None = None,
+    bounds: FeatureBounds | None = None,
+    classes: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
     """Features in the unit ball with a bias column, and 0/1 labels (one-hot rows over `classes`), from a file."""
     from cpml.data import is_label, read_raw, scale
     from cpml.dp.dpgd import add_bias_and_normalise
     from cpml.dp.features import warn_if_dominated
 
     if bounds is not None and scaling != "none":
-        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not"
-                         f" {scaling!r}.")
+        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
     if not Path(path).is_file():
         raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
     try:
@@ -97,8 +124,9 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
     except ValueError as exc:  # the shared reader names the master's --dataset; here the flag is --data
         raise ValueError(str(exc).replace("Argument 'dataset'", "Argument 'data'", 1)) from None
     values = np.unique(labels)
-    shown = (", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:5].tolist())
-             + (", ..." if len(values) > 5 else ""))
+    shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:5].tolist()) + (
+        ", ..." if len(values) > 5 else ""
+    )
     where = raw.label_source or repr(path)
     if classes:
         y = _one_hot(labels, classes, positive_label, where)
@@ -106,11 +134,13 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
         # Each party maps its own labels, so the mapping must not depend on which labels it happens to hold.
         y = is_label(labels, positive_label)
         if len(values) > 2:
-            raise ValueError(f"Argument 'data' must have at most two label values, not {len(values)} "
-                             f"({shown}) in {where}.")
+            raise ValueError(
+                f"Argument 'data' must have at most two label values, not {len(values)} ({shown}) in {where}."
+            )
         if len(values) == 2 and not y.any():
-            raise ValueError(f"Argument 'positive_label' must be one of the labels in {where} ({shown}), "
-                             f"not {positive_label!r}.")
+            raise ValueError(
+                f"Argument 'positive_label' must be one of the labels in {where} ({shown}), not {positive_label!r}."
+            )
         if not y.any():
             log.warning("no record of this party has the positive label", positive_label=positive_label)
         y = y.astype(np.float64)
@@ -119,15 +149,18 @@ def load_party_data(path: str, fmt: str, label_column: int | str, scaling: str,
     elif set(values.tolist()) <= {-1, 1}:
         y = (np.asarray(labels) > 0).astype(np.float64)
     else:
-        raise ValueError(f"Argument 'data' must have labels 0/1 or -1/1 (or pass --positive-label), not "
-                         f"{shown} in {where}.")
+        raise ValueError(
+            f"Argument 'data' must have labels 0/1 or -1/1 (or pass --positive-label), not {shown} in {where}."
+        )
     if bounds is not None:
         x = bounds.apply(bounds.match(raw.x, raw.features, Path(path).name))
         hint = "check the bounds in --feature-bounds"
     else:
         x, _, _ = scale(raw.x, raw.x, scaling)
-        hint = ("pass the run's public schema of feature bounds with --feature-bounds FILE (the same file"
-                " for every party and the server; the guarantee stays exact)")
+        hint = (
+            "pass the run's public schema of feature bounds with --feature-bounds FILE (the same file"
+            " for every party and the server; the guarantee stays exact)"
+        )
     warn_if_dominated(x, hint)
     return add_bias_and_normalise(x), y
 
@@ -137,13 +170,17 @@ def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | N
     from cpml.data import is_label
 
     if positive_label is not None or len(classes) < 3 or len(set(classes)) != len(classes):
-        raise ValueError(f"Argument 'classes' must list 3 or more distinct labels without --positive-label, not "
-                         f"{','.join(classes)!r}.")
+        raise ValueError(
+            f"Argument 'classes' must list 3 or more distinct labels without --positive-label, not "
+            f"{','.join(classes)!r}."
+        )
     hits = np.column_stack([is_label(labels, c) for c in classes])
     unknown = ~hits.any(axis=1)
     if unknown.any():
-        raise ValueError(f"Argument 'data' must hold only the run's classes ({', '.join(classes)}), not "
-                         f"{labels[int(np.flatnonzero(unknown)[0])]!r} in {where} ({int(unknown.sum())} such row(s)).")
+        raise ValueError(
+            f"Argument 'data' must hold only the run's classes ({', '.join(classes)}), not "
+            f"{labels[int(np.flatnonzero(unknown)[0])]!r} in {where} ({int(unknown.sum())} such row(s))."
+        )
     return hits.astype(np.float64)
 
 
@@ -154,9 +191,11 @@ def parse_classes(text: str | None) -> tuple[str, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (cpml.errors.ExitCode)."""
-    parser = argparse.ArgumentParser(prog="cpml-party", description=__doc__.split("\n\n")[0] + " Every flag also "
-                                     "reads CPML_PARTY_<FLAG> from the environment.",
-                                     epilog=exit_codes_help(*EXIT_CODES))
+    parser = argparse.ArgumentParser(
+        prog="cpml-party",
+        description=__doc__.split("\n\n")[0] + " Every flag also reads CPML_PARTY_<FLAG> from the environment.",
+        epilog=exit_codes_help(*EXIT_CODES),
+    )
     add_arguments(parser)
     apply_env_defaults(parser, "CPML_PARTY_", os.environ)
     args = parser.parse_args(argv)
@@ -169,16 +208,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out is not None:
             if args.out.is_dir():
-                raise ValueError(f"Argument 'out' must be a file path for the model, not the directory "
-                                 f"{str(args.out)!r}.")
+                raise ValueError(
+                    f"Argument 'out' must be a file path for the model, not the directory {str(args.out)!r}."
+                )
             check_output_dir(args.out.parent)
         bounds = None
         if args.feature_bounds is not None:
             from cpml.dp.features import read_feature_bounds
 
             bounds = read_feature_bounds(args.feature_bounds)
-        x, y = load_party_data(args.data, args.format, args.label_column, args.scaling, args.positive_label,
-                               bounds, parse_classes(args.classes))
+        x, y = load_party_data(
+            args.data,
+            args.format,
+            args.label_column,
+            args.scaling,
+            args.positive_label,
+            bounds,
+            parse_classes(args.classes),
+        )
         if args.max_epsilon is not None and not args.max_epsilon > 0:
             raise ValueError(f"Argument 'max_epsilon' must be positive, not {args.max_epsilon}.")
         if not args.wait_timeout > 0:
@@ -187,17 +234,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.insecure:
             credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
         if not args.run_id:
-            raise ValueError("Argument 'run_id' must name the run to join (the id cpml-master aggregate"
-                             f" printed), not {args.run_id!r}.")
+            raise ValueError(
+                "Argument 'run_id' must name the run to join (the id cpml-master aggregate"
+                f" printed), not {args.run_id!r}."
+            )
         name, token = _identity(args)
     except ValueError as exc:
         print(f"cpml-party: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     if args.insecure:
         log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
-    config = PartyConfig(server=args.server, run_id=args.run_id, name=name,
-                         max_epsilon=args.max_epsilon, wait_timeout=args.wait_timeout, token=token,
-                         feature_schema=bounds.digest if bounds is not None else "")
+    config = PartyConfig(
+        server=args.server,
+        run_id=args.run_id,
+        name=name,
+        max_epsilon=args.max_epsilon,
+        wait_timeout=args.wait_timeout,
+        token=token,
+        feature_schema=bounds.digest if bounds is not None else "",
+    )
     try:
         outcome = runner.run(run_party(config, x, y, credentials))
     except NoiseTooLow as exc:
@@ -207,28 +262,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             tls = None if args.insecure else TlsSettings(args.tls_ca, args.tls_cert, args.tls_key)
             cause = diagnose(args.server, tls)  # a TLS mistake, named instead of "Socket closed"
-            print(f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
-                  file=sys.stderr)
+            print(
+                f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
+                file=sys.stderr,
+            )
             return ExitCode.UNREACHABLE
         print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
         return ExitCode.REFUSED
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
         log.debug("failed", exc_info=True)
-        print(f"cpml-party: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"cpml-party: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)", file=sys.stderr
+        )
         return ExitCode.FAILED
     if not outcome.finished:
-        print(f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
-              f" updates revealed epsilon {outcome.party_epsilon:.4f} to the server")
+        print(
+            f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
+            f" updates revealed epsilon {outcome.party_epsilon:.4f} to the server"
+        )
         return ExitCode.LEFT_EARLY
     print(f"run finished after {outcome.rounds} rounds from this party ({outcome.reason})")
-    print(f"released model: epsilon {outcome.release_epsilon:.4f}; this party's updates revealed"
-          f" epsilon {outcome.party_epsilon:.4f} to the server")
+    print(
+        f"released model: epsilon {outcome.release_epsilon:.4f}; this party's updates revealed"
+        f" epsilon {outcome.party_epsilon:.4f} to the server"
+    )
     if args.out is not None and outcome.weights is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"weights": outcome.weights.tolist(),
-                                        "release_epsilon": outcome.release_epsilon,
-                                        "party_epsilon": outcome.party_epsilon}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "weights": outcome.weights.tolist(),
+                    "release_epsilon": outcome.release_epsilon,
+                    "party_epsilon": outcome.party_epsilon,
+                },
+                indent=2,
+            )
+        )
         print(f"model: {args.out}")
     return ExitCode.OK
 
@@ -239,17 +308,19 @@ def _identity(args: argparse.Namespace) -> tuple[str, str]:
 
     certificate = args.tls_cert is not None and not args.insecure
     if args.token_file is None and not certificate:
-        raise ValueError("Argument 'token_file' must give this party's join token (from the server's"
-                         " operator) unless it presents a client certificate (--tls-cert/--tls-key), not"
-                         " neither.")
+        raise ValueError(
+            "Argument 'token_file' must give this party's join token (from the server's"
+            " operator) unless it presents a client certificate (--tls-cert/--tls-key), not"
+            " neither."
+        )
     token_name, token = read_party_token(args.token_file) if args.token_file else (None, "")
     if args.name and token_name and args.name != token_name:
-        raise ValueError(f"Argument 'name' must be the name its token was issued to ({token_name!r}),"
-                         f" not {args.name!r}.")
+        raise ValueError(
+            f"Argument 'name' must be the name its token was issued to ({token_name!r}), not {args.name!r}."
+        )
     name = args.name or token_name or (certificate_name(args.tls_cert) if certificate else None)
     if not name:
-        raise ValueError("Argument 'name' must be given when --token-file holds a bare token, not"
-                         " missing.")
+        raise ValueError("Argument 'name' must be given when --token-file holds a bare token, not missing.")
     return name, token
 
 

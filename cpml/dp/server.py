@@ -146,8 +146,10 @@ class Coordinator:
         while not (s.ready() or self.stopping):
             left = deadline - time.monotonic()
             if left <= 0:
-                s.stop(f"{s.missing()} of {s.settings.parties} parties did not join within"
-                       f" {self.join_timeout:g} s ({self.join_status()})")
+                s.stop(
+                    f"{s.missing()} of {s.settings.parties} parties did not join within"
+                    f" {self.join_timeout:g} s ({self.join_status()})"
+                )
                 self.changed.notify_all()
                 raise JoinTimeout(s.stop_reason)
             with contextlib.suppress(TimeoutError):
@@ -156,8 +158,11 @@ class Coordinator:
                     min(left, self.status_interval),
                 )
             if not (s.ready() or self.stopping):
-                log.info("waiting_for_parties", status=self.join_status(),
-                         seconds_left=round(max(deadline - time.monotonic(), 0.0)))
+                log.info(
+                    "waiting_for_parties",
+                    status=self.join_status(),
+                    seconds_left=round(max(deadline - time.monotonic(), 0.0)),
+                )
 
     async def _drive(self) -> None:
         s = self.session
@@ -190,9 +195,7 @@ class Coordinator:
         expected = s.active_ids()
         with contextlib.suppress(TimeoutError):
             async with self.changed:
-                await asyncio.wait_for(
-                    self.changed.wait_for(lambda: expected <= self.told_finished), grace
-                )
+                await asyncio.wait_for(self.changed.wait_for(lambda: expected <= self.told_finished), grace)
 
 
 class AggregationService(pb_grpc.AggregationServicer):
@@ -203,8 +206,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         self.session = coordinator.session
         self.admission = admission  # None: anyone may join (in-process tests only; the CLI always sets one)
 
-    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
-                   ) -> pb.JoinReply:
+    async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
         name = request.name
         if self.admission is not None:  # first: an unauthenticated caller learns nothing about the run
             try:
@@ -224,8 +226,7 @@ class AggregationService(pb_grpc.AggregationServicer):
         s = self.session.settings
         return serde.join_reply(party.party_id, s.rounds, s.scheme.value, s.budget.epsilon, s.budget.delta)
 
-    async def NextTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext
-                       ) -> pb.PartyTask:
+    async def NextTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> pb.PartyTask:
         await self._check_run(request.run_id, context)
         s = self.session
         try:
@@ -237,19 +238,22 @@ class AggregationService(pb_grpc.AggregationServicer):
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"NextTask asks for a round after {request.after_round}, but run {s.settings.run_id!r} is at round"
-                f" {s.round}; pass the last round this party finished (0 before the first).")
+                f" {s.round}; pass the last round this party finished (0 before the first).",
+            )
         changed = self.coordinator.changed
         async with changed:
             await changed.wait_for(
-                lambda: s.phase is Phase.FINISHED
-                or (s.round_open and s.round > request.after_round)
+                lambda: s.phase is Phase.FINISHED or (s.round_open and s.round > request.after_round)
             )
             if s.phase is Phase.FINISHED:
                 self.coordinator.told_finished.add(party.party_id)
                 changed.notify_all()
                 guarantees = s.guarantees() if s.history else None
                 return serde.finished_to_proto(
-                    s.settings.run_id, s.round, s.weights, s.stop_reason,
+                    s.settings.run_id,
+                    s.round,
+                    s.weights,
+                    s.stop_reason,
                     guarantees.release_epsilon if guarantees else 0.0,
                     guarantees.party_epsilons[party.name] if guarantees else 0.0,
                 )
@@ -259,8 +263,7 @@ class AggregationService(pb_grpc.AggregationServicer):
                 await _abort(context, exc)
             return serde.task_to_proto(s.settings.run_id, task, s.noise_multiplier, sum(s.sizes))
 
-    async def SubmitUpdate(self, request: pb.UpdateRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.UpdateReply:
+    async def SubmitUpdate(self, request: pb.UpdateRequest, context: grpc.aio.ServicerContext) -> pb.UpdateReply:
         await self._check_run(request.run_id, context)
         s = self.session
         try:
@@ -284,13 +287,15 @@ class AggregationService(pb_grpc.AggregationServicer):
         if not 1 <= request.dimension <= MAX_DIMENSION:
             raise InvalidUpdate(
                 f"Party {name!r} has {request.dimension} features (with bias); a model has at least 1 and"
-                f" travels in one {MAX_MESSAGE_BYTES}-byte message, so at most {MAX_DIMENSION}.")
+                f" travels in one {MAX_MESSAGE_BYTES}-byte message, so at most {MAX_DIMENSION}."
+            )
         registered = sum(p.records for p in self.session.parties if p.name != name)  # a rejoin is not new
         if request.records > MAX_TOTAL_RECORDS - registered:
             raise InvalidUpdate(
                 f"Party {name!r} reports {request.records} records, but a run's parties may hold at most"
                 f" 2^53 = {MAX_TOTAL_RECORDS} records in all (so that n_k/n is exact) and {registered} are"
-                " registered already.")
+                " registered already."
+            )
 
     async def _check_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
         served = self.session.settings.run_id
@@ -308,9 +313,13 @@ async def _abort(context: grpc.aio.ServicerContext, exc: RunError) -> None:
 class AggregationServer:
     """A running gRPC server for one coordinator: start() binds, stop() drains."""
 
-    def __init__(self, coordinator: Coordinator, listen: str,
-                 credentials: grpc.ServerCredentials | None = None,
-                 admission: Admission | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        listen: str,
+        credentials: grpc.ServerCredentials | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.coordinator = coordinator
         self.listen = listen
         self.credentials = credentials
@@ -321,9 +330,13 @@ class AggregationServer:
 
     async def start(self) -> str:
         """Bind and serve; return the bound host:port."""
-        server = guarded_server(options=[("grpc.so_reuseport", 0),
-                                          ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                                          ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        server = guarded_server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
         pb_grpc.add_AggregationServicer_to_server(AggregationService(self.coordinator, self.admission), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # guarded too: bad bytes, INVALID_ARGUMENT
         if self.credentials is not None:
@@ -336,8 +349,12 @@ class AggregationServer:
         self._server = server
         host = self.listen.rpartition(":")[0]
         self.address = f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '::') else host}:{port}"
-        log.info("aggregation_serving", address=self.address, tls=self.credentials is not None,
-                 admission=type(self.admission).__name__ if self.admission else "open")
+        log.info(
+            "aggregation_serving",
+            address=self.address,
+            tls=self.credentials is not None,
+            admission=type(self.admission).__name__ if self.admission else "open",
+        )
         return self.address
 
     async def stop(self, grace: float = 2.0) -> None:

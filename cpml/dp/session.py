@@ -196,9 +196,7 @@ class AggregationSession:
         if self._awaiting is not None:
             return self._rejoin(name, records, dimension)
         if len(self._parties) >= self.settings.parties:
-            raise RunFull(
-                f"Run {self.settings.run_id!r} already has its {self.settings.parties} parties."
-            )
+            raise RunFull(f"Run {self.settings.run_id!r} already has its {self.settings.parties} parties.")
         if not name:
             raise InvalidUpdate("A party must have a non-empty name (--name).")
         if records < 1:
@@ -224,13 +222,17 @@ class AggregationSession:
         if digest == expected:
             return
         if not expected:
-            raise SchemaMismatch(f"Party {name!r} scales its features with a schema of bounds"
-                                 f" ({digest[:12]}), but run {self.settings.run_id!r} has none; start the"
-                                 " server with the same --feature-bounds file, or drop it on the party.")
+            raise SchemaMismatch(
+                f"Party {name!r} scales its features with a schema of bounds"
+                f" ({digest[:12]}), but run {self.settings.run_id!r} has none; start the"
+                " server with the same --feature-bounds file, or drop it on the party."
+            )
         theirs = f"another schema ({digest[:12]})" if digest else "no schema"
-        raise SchemaMismatch(f"Party {name!r} scales its features with {theirs}, but run"
-                             f" {self.settings.run_id!r} uses the bounds {expected[:12]}; every party must"
-                             " pass the server's --feature-bounds file.")
+        raise SchemaMismatch(
+            f"Party {name!r} scales its features with {theirs}, but run"
+            f" {self.settings.run_id!r} uses the bounds {expected[:12]}; every party must"
+            " pass the server's --feature-bounds file."
+        )
 
     def joined_names(self) -> list[str]:
         """Names of the parties that have joined (or, resuming, rejoined), in joining order."""
@@ -278,22 +280,18 @@ class AggregationSession:
             return self._resume()
         if len(self._parties) != self.settings.parties:
             raise RunError(
-                f"Run {self.settings.run_id!r} expects {self.settings.parties} parties but"
-                f" {len(self._parties)} joined."
+                f"Run {self.settings.run_id!r} expects {self.settings.parties} parties but {len(self._parties)} joined."
             )
         s = self.settings
         if s.local.local_steps == 1:
-            self.noise_multiplier = calibrate_noise_multiplier(
-                s.budget, s.rounds, s.local.sampling_rate, s.accounting
-            )
+            self.noise_multiplier = calibrate_noise_multiplier(s.budget, s.rounds, s.local.sampling_rate, s.accounting)
             self._release = PrivacyLedger(s.budget, s.accounting)
         else:
             # Several local steps: the aggregate is no longer one Gaussian mechanism, so the
             # release is only as private as its weakest party (parallel composition).
             steps = s.rounds * s.local.local_steps
             weakest = min(self._party_ratio(p) for p in self.parties)
-            party_z = calibrate_noise_multiplier(s.budget, steps, s.local.sampling_rate,
-                                                 s.accounting)
+            party_z = calibrate_noise_multiplier(s.budget, steps, s.local.sampling_rate, s.accounting)
             self.noise_multiplier = party_z / weakest
         for p in self.parties:
             enforce = s.local.local_steps > 1
@@ -326,8 +324,9 @@ class AggregationSession:
             self.momentum = s.momentum or 0.0
             return
         assert self.dimension is not None  # fixed by the first party to join, before the run starts
-        rate, momentum = public_step(sum(self.sizes), self.dimension, self.noise_multiplier,
-                                     s.rounds * s.local.local_steps, s.local)
+        rate, momentum = public_step(
+            sum(self.sizes), self.dimension, self.noise_multiplier, s.rounds * s.local.local_steps, s.local
+        )
         self.local = replace(s.local, learning_rate=rate)
         self.momentum = momentum if s.momentum is None else s.momentum
 
@@ -363,14 +362,13 @@ class AggregationSession:
                 f"Party {party.name!r} was dropped from run {self.settings.run_id!r} after"
                 " missing a round deadline; it cannot rejoin."
             )
-        return RoundTask(self.round, lookahead(self.weights, self.previous, self.momentum),
-                         self.party_noise(party), self.local)
+        return RoundTask(
+            self.round, lookahead(self.weights, self.previous, self.momentum), self.party_noise(party), self.local
+        )
 
     def party_noise(self, party: Party) -> float:
         """z_k for this party (the multiplier its gradient sum's noise carries)."""
-        return party_noise_multiplier(
-            self.settings.scheme, self.noise_multiplier, self.sizes, party.index
-        )
+        return party_noise_multiplier(self.settings.scheme, self.noise_multiplier, self.sizes, party.index)
 
     def submit(self, party_id: str, round_: int, records: int, weights: np.ndarray) -> None:
         """Accept a party's model for the current round, or raise RunError leaving all as is."""
@@ -392,10 +390,7 @@ class AggregationSession:
             )
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (self.dimension,):
-            raise InvalidUpdate(
-                f"Model from {party.name!r} has {weights.size} values, expected"
-                f" {self.dimension}."
-            )
+            raise InvalidUpdate(f"Model from {party.name!r} has {weights.size} values, expected {self.dimension}.")
         if not np.isfinite(weights).all():
             raise InvalidUpdate(
                 f"Model from {party.name!r} contains NaN or infinite values; lower the learning"
@@ -407,8 +402,7 @@ class AggregationSession:
 
     def waiting_for(self) -> list[str]:
         """Names of active parties that have not submitted this round."""
-        return [p.name for p in self.parties
-                if p.party_id in self._active and p.party_id not in self._submitted]
+        return [p.name for p in self.parties if p.party_id in self._active and p.party_id not in self._submitted]
 
     def close_round(self) -> RoundResult:
         """Aggregate the submitted models, drop the silent parties, charge the ledgers."""
@@ -416,12 +410,10 @@ class AggregationSession:
         if not self.round_open:
             raise RunError(f"Run {self.settings.run_id!r} has no open round to close.")
         survivors = [p for p in self.parties if p.party_id in self._submitted]
-        dropped = [p for p in self.parties
-                   if p.party_id in self._active and p.party_id not in self._submitted]
+        dropped = [p for p in self.parties if p.party_id in self._active and p.party_id not in self._submitted]
         for p in dropped:
             self._active.discard(p.party_id)
-            log.warning("party_dropped", party=p.name, round=self.round,
-                        remaining_weight=self._weight_left())
+            log.warning("party_dropped", party=p.name, round=self.round, remaining_weight=self._weight_left())
         for p in survivors:
             # The server saw this party's noisy updates whatever happens to the aggregate.
             self._party_ledgers[p.party_id].charge(
@@ -432,7 +424,9 @@ class AggregationSession:
         released = False
         if survivors:
             z_round = round_noise_multiplier(
-                self.settings.scheme, self.noise_multiplier, self.sizes,
+                self.settings.scheme,
+                self.noise_multiplier,
+                self.sizes,
                 [p.index for p in survivors],
             )
             try:
@@ -441,10 +435,13 @@ class AggregationSession:
             except BudgetExceeded as exc:
                 self._finish(f"round {self.round} discarded: {exc}")
         if released:
-            self.previous, self.weights = self.weights, aggregate(
-                self.settings.scheme,
-                [self._submitted[p.party_id] for p in survivors],
-                [p.records for p in survivors],
+            self.previous, self.weights = (
+                self.weights,
+                aggregate(
+                    self.settings.scheme,
+                    [self._submitted[p.party_id] for p in survivors],
+                    [p.records for p in survivors],
+                ),
             )
         result = RoundResult(
             round=self.round,
@@ -479,13 +476,16 @@ class AggregationSession:
             "learning_rate": self.local.learning_rate,
             "momentum": self.momentum,
             "noise_multiplier": self.noise_multiplier,
-            "parties": [{"name": p.name, "records": p.records,
-                         "active": p.party_id in self._active} for p in self.parties],
+            "parties": [
+                {"name": p.name, "records": p.records, "active": p.party_id in self._active} for p in self.parties
+            ],
             "release_steps": _steps_record(self._release) if self._release else None,
-            "party_steps": {self._parties[pid].name: _steps_record(ledger)
-                            for pid, ledger in self._party_ledgers.items()},
-            "history": [{**asdict(r), "survivors": list(r.survivors), "dropped": list(r.dropped)}
-                        for r in self.history],
+            "party_steps": {
+                self._parties[pid].name: _steps_record(ledger) for pid, ledger in self._party_ledgers.items()
+            },
+            "history": [
+                {**asdict(r), "survivors": list(r.survivors), "dropped": list(r.dropped)} for r in self.history
+            ],
             "finished": self.phase is Phase.FINISHED,
             "stop_reason": self.stop_reason,
         }
@@ -494,21 +494,19 @@ class AggregationSession:
     def restore(cls, settings: RunSettings, state: dict) -> AggregationSession:
         """A session continuing a checkpoint; its active parties must rejoin by name."""
         if state.get("version") != CHECKPOINT_VERSION:
-            raise argument_error("resume", f"be a version {CHECKPOINT_VERSION} checkpoint",
-                                 state.get("version"))
+            raise argument_error("resume", f"be a version {CHECKPOINT_VERSION} checkpoint", state.get("version"))
         if state["run_id"] != settings.run_id:
-            raise argument_error("run_id", f"match the checkpoint's {state['run_id']!r}",
-                                 settings.run_id)
+            raise argument_error("run_id", f"match the checkpoint's {state['run_id']!r}", settings.run_id)
         expected = _settings_record(settings)
         if state["settings"] != expected:
-            changed = sorted(k for k in expected.keys() | state["settings"].keys()
-                             if state["settings"].get(k) != expected.get(k))
+            changed = sorted(
+                k for k in expected.keys() | state["settings"].keys() if state["settings"].get(k) != expected.get(k)
+            )
             raise argument_error(
-                "resume", f"use the checkpointed run's settings (differs in {', '.join(changed)})",
-                str(settings.run_id))
+                "resume", f"use the checkpointed run's settings (differs in {', '.join(changed)})", str(settings.run_id)
+            )
         if state["finished"]:
-            raise argument_error("resume", "name a run with rounds left, not one that ended with",
-                                 state["stop_reason"])
+            raise argument_error("resume", "name a run with rounds left, not one that ended with", state["stop_reason"])
         session = cls(settings, state["dimension"])
         session.round = state["round"]
         session.weights = np.asarray(state["weights"], dtype=np.float64)
@@ -529,43 +527,44 @@ class AggregationSession:
                 session._active.add(party.party_id)
             enforce = settings.local.local_steps > 1
             session._party_ledgers[party.party_id] = PrivacyLedger(
-                settings.budget, settings.accounting, enforce,
-                _steps_from_record(state["party_steps"][party.name]))
+                settings.budget, settings.accounting, enforce, _steps_from_record(state["party_steps"][party.name])
+            )
         if state["release_steps"] is not None:
-            session._release = PrivacyLedger(settings.budget, settings.accounting,
-                                             charged=_steps_from_record(state["release_steps"]))
+            session._release = PrivacyLedger(
+                settings.budget, settings.accounting, charged=_steps_from_record(state["release_steps"])
+            )
         return session
 
     def _rejoin(self, name: str, records: int, dimension: int) -> Party:
         assert self._awaiting is not None
         party = next((p for p in self._parties.values() if p.name == name), None)
         if party is None:
-            raise UnknownParty(
-                f"Party {name!r} is not part of resumed run {self.settings.run_id!r}."
-            )
+            raise UnknownParty(f"Party {name!r} is not part of resumed run {self.settings.run_id!r}.")
         if party.party_id not in self._active:
             raise StaleRound(f"Party {name!r} was dropped before the checkpoint; it cannot rejoin.")
         if party.party_id not in self._awaiting:
             raise InvalidUpdate(f"Party {name!r} already rejoined run {self.settings.run_id!r}.")
         if records != party.records:
-            raise InvalidUpdate(f"Party {name!r} registered {party.records} records but rejoins"
-                                f" with {records}; rejoin with the same data.")
+            raise InvalidUpdate(
+                f"Party {name!r} registered {party.records} records but rejoins"
+                f" with {records}; rejoin with the same data."
+            )
         if dimension != self.dimension:
-            raise InvalidUpdate(f"Party {name!r} has {dimension} features (with bias), but run"
-                                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional"
-                                " model.")
+            raise InvalidUpdate(
+                f"Party {name!r} has {dimension} features (with bias), but run"
+                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional"
+                " model."
+            )
         self._awaiting.discard(party.party_id)
         log.info("party_rejoined", party=name, records=records)
         return party
 
     def _resume(self) -> float:
         if self._awaiting:
-            raise RunError(f"Run {self.settings.run_id!r} still waits for"
-                           f" {len(self._awaiting)} part(ies) to rejoin.")
+            raise RunError(f"Run {self.settings.run_id!r} still waits for {len(self._awaiting)} part(ies) to rejoin.")
         self._awaiting = None
         self.phase = Phase.TRAINING
-        log.info("run_resumed", run=self.settings.run_id, round=self.round,
-                 epsilon=round(self.release_epsilon(), 4))
+        log.info("run_resumed", run=self.settings.run_id, round=self.round, epsilon=round(self.release_epsilon(), 4))
         return self.noise_multiplier
 
     # -- guarantees ---------------------------------------------------------------------
@@ -588,8 +587,7 @@ class AggregationSession:
             release_epsilon=self.release_epsilon(),
             release_basis=basis,
             party_epsilons={
-                self._parties[pid].name: ledger.epsilon(delta)
-                for pid, ledger in self._party_ledgers.items()
+                self._parties[pid].name: ledger.epsilon(delta) for pid, ledger in self._party_ledgers.items()
             },
         )
 
@@ -598,8 +596,7 @@ class AggregationSession:
         local = self.settings.local
         if self._release is not None:
             indices = [self._parties[p].index for p in active]
-            z = round_noise_multiplier(self.settings.scheme, self.noise_multiplier, self.sizes,
-                                       indices)
+            z = round_noise_multiplier(self.settings.scheme, self.noise_multiplier, self.sizes, indices)
             self._release.check(Step(z, local.sampling_rate))
         else:
             for pid in active:
@@ -632,9 +629,7 @@ class AggregationSession:
 
     def _require(self, phase: Phase) -> None:
         if self.phase is not phase:
-            raise RunError(
-                f"Run {self.settings.run_id!r} is {self.phase.value}, not {phase.value}."
-            )
+            raise RunError(f"Run {self.settings.run_id!r} is {self.phase.value}, not {phase.value}.")
 
     def _finish(self, reason: str) -> bool:
         self.phase = Phase.FINISHED
@@ -648,10 +643,14 @@ CHECKPOINT_VERSION = 2  # 2: momentum state and the resolved step
 
 def _settings_record(settings: RunSettings) -> dict:
     return {
-        "parties": settings.parties, "rounds": settings.rounds,
-        "epsilon": settings.budget.epsilon, "delta": settings.budget.delta,
-        "local": asdict(settings.local), "scheme": settings.scheme.value,
-        "accountant": settings.accounting.value, "momentum": settings.momentum,
+        "parties": settings.parties,
+        "rounds": settings.rounds,
+        "epsilon": settings.budget.epsilon,
+        "delta": settings.budget.delta,
+        "local": asdict(settings.local),
+        "scheme": settings.scheme.value,
+        "accountant": settings.accounting.value,
+        "momentum": settings.momentum,
     } | ({"feature_schema": settings.feature_schema} if settings.feature_schema else {})
 
 

@@ -39,9 +39,7 @@ def simulate(
     """Train with one in-process party per shard; party i goes silent from round drop_at[i]."""
     drop_at = drop_at or {}
     session = AggregationSession(settings, dimension=model_size(*shards[0]))
-    parties = [
-        session.register(f"party-{i}", len(y), model_size(x, y)) for i, (x, y) in enumerate(shards)
-    ]
+    parties = [session.register(f"party-{i}", len(y), model_size(x, y)) for i, (x, y) in enumerate(shards)]
     session.start()
     while session.open_round():
         for i, party in enumerate(parties):
@@ -66,7 +64,10 @@ def simulate(
 
 
 def simulate_centralized(
-    settings: RunSettings, x: np.ndarray, y: np.ndarray, source: NoiseSource,
+    settings: RunSettings,
+    x: np.ndarray,
+    y: np.ndarray,
+    source: NoiseSource,
     on_round: Callable[[RoundResult, np.ndarray], None] | None = None,
 ) -> SimulationResult:
     """Centralized DP-GD on pooled data: the one-party run with the same budget."""

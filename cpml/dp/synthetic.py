@@ -16,8 +16,16 @@ import numpy as np
 
 from cpml.errors import argument_error
 
-CATEGORIES = {"workclass": 9, "education": 16, "marital-status": 7, "occupation": 15,
-              "relationship": 6, "race": 5, "sex": 2, "native-country": 42}
+CATEGORIES = {
+    "workclass": 9,
+    "education": 16,
+    "marital-status": 7,
+    "occupation": 15,
+    "relationship": 6,
+    "race": 5,
+    "sex": 2,
+    "native-country": 42,
+}
 NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 
 
@@ -31,10 +39,12 @@ def census_like(rows: int = 30_000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     education_num = 1 + rng.permutation(16)[education]  # each education category has its level
     age = np.clip(17 + rng.gamma(4.0, 5.2, rows), 17, 90).round()
     married = rng.random(rows) < 0.25 + 0.5 * (age > 28) * (0.6 + 0.4 * sex)
-    marital = np.where(married, 0, rng.choice(np.arange(1, 7), rows,
-                                              p=[0.55, 0.2, 0.1, 0.08, 0.04, 0.03]))
-    relationship = np.where(married, 1 - sex,  # husband (0) or wife (1)
-                            rng.choice(np.arange(2, 6), rows, p=[0.45, 0.3, 0.15, 0.1]))
+    marital = np.where(married, 0, rng.choice(np.arange(1, 7), rows, p=[0.55, 0.2, 0.1, 0.08, 0.04, 0.03]))
+    relationship = np.where(
+        married,
+        1 - sex,  # husband (0) or wife (1)
+        rng.choice(np.arange(2, 6), rows, p=[0.45, 0.3, 0.15, 0.1]),
+    )
     workclass = _category(rng, rows, 9, 0.4)
     occupation = _category(rng, rows, 15, 1.5)
     race = _category(rng, rows, 5, 0.3)
@@ -44,12 +54,23 @@ def census_like(rows: int = 30_000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     gain = gain.clip(0, 99_999).round()
     loss = np.where(rng.random(rows) < 0.045, rng.normal(1900, 350, rows), 0.0).clip(0).round()
     fnlwgt = np.exp(rng.normal(12.0, 0.55, rows)).round()  # unrelated to the label, as in Adult
-    score = (-2.0 + 0.33 * (education_num - 10) + 0.045 * (age - 38)
-             - 0.0012 * (age - 45) ** 2 * (age > 45) + 0.03 * (hours - 40) + 1.3 * married
-             + 0.25 * sex + 2.6 * (gain > 5000) + 0.8 * (loss > 1700)
-             + _effects(rng, 15, 0.5)[occupation] + _effects(rng, 9, 0.35)[workclass]
-             + _effects(rng, 6, 0.3)[relationship] + _effects(rng, 5, 0.2)[race]
-             + _effects(rng, 42, 0.3)[country] + _effects(rng, 7, 0.2)[marital])
+    score = (
+        -2.0
+        + 0.33 * (education_num - 10)
+        + 0.045 * (age - 38)
+        - 0.0012 * (age - 45) ** 2 * (age > 45)
+        + 0.03 * (hours - 40)
+        + 1.3 * married
+        + 0.25 * sex
+        + 2.6 * (gain > 5000)
+        + 0.8 * (loss > 1700)
+        + _effects(rng, 15, 0.5)[occupation]
+        + _effects(rng, 9, 0.35)[workclass]
+        + _effects(rng, 6, 0.3)[relationship]
+        + _effects(rng, 5, 0.2)[race]
+        + _effects(rng, 42, 0.3)[country]
+        + _effects(rng, 7, 0.2)[marital]
+    )
     y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-1.5 * score))).astype(np.float64)
     codes = (workclass, education, marital, occupation, relationship, race, sex, country)
     onehot = [np.eye(k)[c] for k, c in zip(CATEGORIES.values(), codes, strict=True)]
@@ -57,8 +78,7 @@ def census_like(rows: int = 30_000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return x, y
 
 
-def _category(rng: np.random.Generator, rows: int, levels: int, concentration: float
-              ) -> np.ndarray:
+def _category(rng: np.random.Generator, rows: int, levels: int, concentration: float) -> np.ndarray:
     """Codes 0..levels-1 with Dirichlet frequencies, most frequent first (small: skewed)."""
     frequencies = np.sort(rng.dirichlet(np.full(levels, concentration)))[::-1]
     return rng.choice(levels, size=rows, p=frequencies)

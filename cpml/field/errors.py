@@ -31,8 +31,9 @@ def locate_errors(
     """Indices (into `points`) of the rows of `values` (n x d) that are not evaluations of one degree-D polynomial."""
     n = len(points)
     if n < degree + 1 + 2 * max_errors:
-        raise ValueError(f"Argument 'points' must hold at least D + 1 + 2A = {degree + 1 + 2 * max_errors} "
-                         f"replies, not {n}.")
+        raise ValueError(
+            f"Argument 'points' must hold at least D + 1 + 2A = {degree + 1 + 2 * max_errors} replies, not {n}."
+        )
     p = field.p
     elements = field.check_elements(np.asarray(values).reshape(n, -1), "values")
     suspects: set[int] = set()
@@ -41,8 +42,10 @@ def locate_errors(
     combined = [int(v) for v in matmul_mod(field, elements, weights)]
     suspects |= set(_berlekamp_welch(points, combined, degree, max_errors, p))
     if max_errors == 0 and suspects:
-        raise TooManyErrors("the replies are not evaluations of one polynomial of the expected degree: some worker "
-                            "returned a wrong result")
+        raise TooManyErrors(
+            "the replies are not evaluations of one polynomial of the expected degree: some worker "
+            "returned a wrong result"
+        )
     if len(suspects) > max_errors:
         raise TooManyErrors(f"{len(suspects)} replies disagree, more than the {max_errors} the redundancy corrects")
     return sorted(suspects)
@@ -72,9 +75,9 @@ def _berlekamp_welch(points: Sequence[int], ys: list[int], degree: int, errors: 
 
 def _fits(points: Sequence[int], ys: list[int], degree: int, p: int) -> bool:
     """Whether the points beyond the first D+1 agree with the polynomial through those D+1."""
-    extend = interpolation_matrix(field_for(p), tuple(points[: degree + 1]), tuple(points[degree + 1:]))
+    extend = interpolation_matrix(field_for(p), tuple(points[: degree + 1]), tuple(points[degree + 1 :]))
     predicted = [sum(int(c) * y for c, y in zip(row, ys[: degree + 1])) % p for row in extend]
-    return predicted == list(ys[degree + 1:])
+    return predicted == list(ys[degree + 1 :])
 
 
 def _solve(matrix: list[list[int]], rhs: list[int], p: int) -> list[int] | None:

@@ -21,9 +21,7 @@ def evaluation_points(field: PrimeField, n_alpha: int, n_beta: int) -> tuple[tup
     return alphas, betas
 
 
-def interpolation_matrix(
-    field: PrimeField, from_points: tuple[int, ...], to_points: tuple[int, ...]
-) -> Elements:
+def interpolation_matrix(field: PrimeField, from_points: tuple[int, ...], to_points: tuple[int, ...]) -> Elements:
     """Return M with M[j, i] = L_i(to_j): the values at to_points of the polynomial through from_points."""
     return _interpolation_matrix(field.p, tuple(map(int, from_points)), tuple(map(int, to_points))).copy()
 

@@ -196,9 +196,7 @@ class _Product:
         _gemm(self.a[r0:r1, lo:hi], self._right(widened, lo, hi, c0, c1), product)
         return [product]
 
-    def _right(
-        self, widened: npt.NDArray[np.float64], lo: int, hi: int, c0: int, c1: int
-    ) -> npt.NDArray[np.float64]:
+    def _right(self, widened: npt.NDArray[np.float64], lo: int, hi: int, c0: int, c1: int) -> npt.NDArray[np.float64]:
         """The unsplit right operand's block for a tile, an int32 block widened into this thread's scratch."""
         block = self.b[lo:hi, c0:c1]
         if block.dtype == np.float64:
@@ -289,9 +287,7 @@ def _reduce_into(x: npt.NDArray[np.float64], scratch: npt.NDArray[np.float64], o
     np.minimum(unsigned, words, out=out)
 
 
-def _reduce_rows(
-    x: npt.NDArray[np.float64], out: Elements, row: int, col: int, p: int, inverse: float
-) -> None:
+def _reduce_rows(x: npt.NDArray[np.float64], out: Elements, row: int, col: int, p: int, inverse: float) -> None:
     """out[row:, col:] = x mod p for a C-contiguous tile of exact float64 integers: _reduce_into, fused (numba)."""
     modulus, word = np.float64(p), np.int32(p)
     for i in range(x.shape[0]):
@@ -311,6 +307,7 @@ def _compiled_reduction() -> Callable[..., None] | None:
 
 def _limb_bits(half: int, inner: int) -> int:
     """The widest limb of s bits for which a Horner step stays exact: see _Product.plan."""
+
     def exact(s: int) -> bool:
         return inner * half * 2.0 ** (s - 1) + (half + 4) * (2.0**s + 1) <= _EXACT
 
@@ -366,4 +363,3 @@ def _pool() -> ThreadPoolExecutor:
     if pool is None:  # setdefault is atomic; an executor that loses the race never started a thread
         pool = _POOLS.setdefault(os.getpid(), ThreadPoolExecutor(min(_cores(), _MAX_THREADS), "cpml-matmul"))
     return pool
-

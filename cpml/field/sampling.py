@@ -51,8 +51,9 @@ def keyed_uniform(field: PrimeField, shape: int | tuple[int, ...], key: bytes, l
     return _rejection_sample(field, shape, fill)
 
 
-def _rejection_sample(field: PrimeField, shape: int | tuple[int, ...],
-                      fill: Callable[[npt.NDArray[np.uint32]], None]) -> Elements:
+def _rejection_sample(
+    field: PrimeField, shape: int | tuple[int, ...], fill: Callable[[npt.NDArray[np.uint32]], None]
+) -> Elements:
     dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     if any(int(s) < 0 for s in dims):
         raise argument_error("shape", "have non-negative sizes", shape)

@@ -61,9 +61,11 @@ class WorkerHandle:
 
     def upload_share(self) -> grpc.aio.StreamUnaryMultiCallable:
         """UploadShare taking pre-serialized ShareChunk bytes (see serde.share_chunks_to_wire)."""
-        return self.channel.stream_unary(names.method_path(names.WORKER_SERVICE, "UploadShare"),
-                                         request_serializer=None,
-                                         response_deserializer=serde.upload_reply_from_wire)
+        return self.channel.stream_unary(
+            names.method_path(names.WORKER_SERVICE, "UploadShare"),
+            request_serializer=None,
+            response_deserializer=serde.upload_reply_from_wire,
+        )
 
     def fail(self, reason: str, rejoinable: bool = True) -> None:
         """Mark the worker dead; only a rejoinable one is ever contacted again in this run (see cpml.master.rejoin)."""
@@ -99,18 +101,27 @@ def _describe(exc: grpc.aio.AioRpcError) -> str:
 class Cluster:
     """Channels to N workers in index order; open with `async with`."""
 
-    def __init__(self, addresses: Sequence[str], credentials: grpc.ChannelCredentials | None = None,
-                 server_name: str | None = None, timeouts: Timeouts = Timeouts(),
-                 max_message_bytes: int = 8 << 20, diagnose: Callable[[str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+        timeouts: Timeouts = Timeouts(),
+        max_message_bytes: int = 8 << 20,
+        diagnose: Callable[[str], str | None] | None = None,
+    ) -> None:
         if not addresses:
             raise ValueError("Argument 'addresses' must name at least one worker, not [].")
         self.addresses = tuple(addresses)
         self.timeouts = timeouts
         self._credentials = credentials
         self._diagnose = diagnose  # address -> the TLS mistake that keeps it silent, if any
-        self._options: list[tuple[str, int | str]] = [("grpc.max_send_message_length", max_message_bytes),
-                         ("grpc.max_receive_message_length", max_message_bytes),
-                         ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        self._options: list[tuple[str, int | str]] = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
         if server_name:
             self._options.append(("grpc.ssl_target_name_override", server_name))
         self.workers: list[WorkerHandle] = []
@@ -143,7 +154,8 @@ class Cluster:
             wanted = "" if needed is None else f" ({len(self.workers) - len(missing)} answered, R = {needed} needed)"
             raise WorkersUnreachable(
                 f"{len(missing)} of {len(self.workers)} workers were not healthy within {self.timeouts.connect:g}s"
-                f"{wanted}: {described}. Check the addresses, that cpml-worker runs there, and the TLS settings")
+                f"{wanted}: {described}. Check the addresses, that cpml-worker runs there, and the TLS settings"
+            )
         for worker, reason in missing:
             worker.fail(f"not healthy within {self.timeouts.connect:g}s: {reason}")
         log.info("workers healthy", workers=len(self.alive), dropped=len(missing))
@@ -167,8 +179,11 @@ class Cluster:
         reason = "no answer"
         while (left := deadline - time.monotonic()) > 0:
             try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE),
-                                           timeout=min(left, self.timeouts.control), wait_for_ready=True)
+                reply = await health.Check(
+                    health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE),
+                    timeout=min(left, self.timeouts.control),
+                    wait_for_ready=True,
+                )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return ""
                 reason = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
@@ -179,9 +194,14 @@ class Cluster:
             await asyncio.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
         return reason
 
-    async def upload(self, job_id: str, spec: serde.WireJobSpec, chunks: Iterator[ShareChunk],
-                     max_chunk_bytes: int = serde.DEFAULT_CHUNK_BYTES,
-                     workers: Sequence[WorkerHandle] | None = None) -> UploadStats:
+    async def upload(
+        self,
+        job_id: str,
+        spec: serde.WireJobSpec,
+        chunks: Iterator[ShareChunk],
+        max_chunk_bytes: int = serde.DEFAULT_CHUNK_BYTES,
+        workers: Sequence[WorkerHandle] | None = None,
+    ) -> UploadStats:
         """Stream every live worker (or these) its share while the chunks are encoded; drop workers that fail."""
         stats = UploadStats()
         started = time.perf_counter()
@@ -192,13 +212,25 @@ class Cluster:
                 group.create_task(self._upload_one(worker, job_id, queues[worker.index], stats))
             group.create_task(self._produce(job_id, spec, chunks, queues, stats, max_chunk_bytes))
         stats.seconds = time.perf_counter() - started
-        log.info("shares distributed", job=job_id, workers=len(stats.stored), bytes=stats.bytes_sent,
-                 seconds=round(stats.seconds, 3), encode_seconds=round(stats.encode_seconds, 3))
+        log.info(
+            "shares distributed",
+            job=job_id,
+            workers=len(stats.stored),
+            bytes=stats.bytes_sent,
+            seconds=round(stats.seconds, 3),
+            encode_seconds=round(stats.encode_seconds, 3),
+        )
         return stats
 
-    async def _produce(self, job_id: str, spec: serde.WireJobSpec, chunks: Iterator[ShareChunk],
-                       queues: dict[int, asyncio.Queue[tuple[bytes, int] | None]], stats: UploadStats,
-                       max_chunk_bytes: int) -> None:
+    async def _produce(
+        self,
+        job_id: str,
+        spec: serde.WireJobSpec,
+        chunks: Iterator[ShareChunk],
+        queues: dict[int, asyncio.Queue[tuple[bytes, int] | None]],
+        stats: UploadStats,
+        max_chunk_bytes: int,
+    ) -> None:
         first = True
         finished = False
         try:
@@ -212,9 +244,14 @@ class Cluster:
                 for worker in self.workers:
                     if worker.index not in queues:
                         continue
-                    for msg in serde.share_chunks_to_wire(job_id, chunk.row_offset, chunk.shares[worker.index],
-                                                          spec if first else None, max_chunk_bytes,
-                                                          chunk.residue):
+                    for msg in serde.share_chunks_to_wire(
+                        job_id,
+                        chunk.row_offset,
+                        chunk.shares[worker.index],
+                        spec if first else None,
+                        max_chunk_bytes,
+                        chunk.residue,
+                    ):
                         if worker.index in stats.failed:
                             break  # a refused uploader drained its queue: never wait on it
                         await queues[worker.index].put(msg)
@@ -228,8 +265,9 @@ class Cluster:
                     with contextlib.suppress(asyncio.QueueFull):
                         queue.put_nowait(None)
 
-    async def _upload_one(self, worker: WorkerHandle, job_id: str,
-                          queue: asyncio.Queue[tuple[bytes, int] | None], stats: UploadStats) -> None:
+    async def _upload_one(
+        self, worker: WorkerHandle, job_id: str, queue: asyncio.Queue[tuple[bytes, int] | None], stats: UploadStats
+    ) -> None:
         async def requests() -> AsyncIterator[bytes]:
             while (item := await queue.get()) is not None:
                 msg, size = item
@@ -254,14 +292,16 @@ class Cluster:
 
     async def end_job(self, job_id: str) -> None:
         """Ask every worker to forget the job (best effort): a dropped one may still hold its share."""
+
         async def end(worker: WorkerHandle) -> None:
             # a dropped worker is often gone for good: give it a short deadline, and do not warn about it
             timeout = self.timeouts.control if worker.alive else min(2.0, self.timeouts.control)
             try:
                 await worker.stub.EndJob(serde.end_job_request(job_id), timeout=timeout)
             except grpc.aio.AioRpcError as exc:
-                (log.warning if worker.alive else log.debug)("end job failed", worker=worker.index,
-                                                             reason=_describe(exc))
+                (log.warning if worker.alive else log.debug)(
+                    "end job failed", worker=worker.index, reason=_describe(exc)
+                )
 
         await asyncio.gather(*(end(w) for w in self.workers))
 
@@ -278,30 +318,45 @@ class Cluster:
             if modulus >= status.max_modulus:
                 reasons.append(f"computes over primes below {status.max_modulus}, not p = {modulus}")
             if chunk_bytes + 1024 > status.max_message_bytes:
-                reasons.append(f"accepts messages up to {status.max_message_bytes} bytes; lower --chunk-bytes "
-                               f"below {status.max_message_bytes - 1024}")
+                reasons.append(
+                    f"accepts messages up to {status.max_message_bytes} bytes; lower --chunk-bytes "
+                    f"below {status.max_message_bytes - 1024}"
+                )
             if share_bytes > status.share_bytes_cap:
-                reasons.append(f"holds at most {status.share_bytes_cap} bytes of shares, less than this "
-                               f"{share_bytes}-byte share; use more workers (smaller shares) or raise its "
-                               f"--share-bytes-cap")
+                reasons.append(
+                    f"holds at most {status.share_bytes_cap} bytes of shares, less than this "
+                    f"{share_bytes}-byte share; use more workers (smaller shares) or raise its "
+                    f"--share-bytes-cap"
+                )
             elif share_bytes > status.share_bytes_cap - status.share_bytes_used:
                 # room that other jobs hold now: the upload is tried, and retried while they end
-                log.info("worker busy", worker=worker.index, free=status.share_bytes_cap - status.share_bytes_used,
-                         needed=share_bytes)
+                log.info(
+                    "worker busy",
+                    worker=worker.index,
+                    free=status.share_bytes_cap - status.share_bytes_used,
+                    needed=share_bytes,
+                )
             if reasons:
                 problems[worker.index] = "; ".join(reasons)
         described = "; ".join(f"worker {i} at {self.workers[i].address} {why}" for i, why in problems.items())
         if problems and (needed is None or len(self.alive) - len(problems) < needed):
-            raise WorkersUnsuitable(described + ("" if needed is None else
-                                                 f" ({len(self.alive) - len(problems)} can take the job, R = "
-                                                 f"{needed} needed)"))
+            raise WorkersUnsuitable(
+                described
+                + (
+                    ""
+                    if needed is None
+                    else f" ({len(self.alive) - len(problems)} can take the job, R = {needed} needed)"
+                )
+            )
         for index, why in problems.items():
             self.workers[index].fail(f"cannot take the job: {why}")
 
     async def status(self) -> dict[int, serde.WorkerStatus]:
         """Each live worker's status (a worker whose call fails is left out)."""
-        replies = await asyncio.gather(*(w.stub.Status(serde.status_request(), timeout=self.timeouts.control)
-                                         for w in self.alive), return_exceptions=True)
+        replies = await asyncio.gather(
+            *(w.stub.Status(serde.status_request(), timeout=self.timeouts.control) for w in self.alive),
+            return_exceptions=True,
+        )
         out = {}
         for worker, reply in zip(self.alive, replies, strict=True):
             if isinstance(reply, grpc.aio.AioRpcError):

@@ -32,17 +32,23 @@ log = structlog.get_logger(__name__)
 
 CHECKPOINT_FORMAT = 1
 ROUNDS_LOG = "rounds.jsonl"
-PLAINTEXT_WARNING = ("plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
-                     "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
-                     "mutual TLS)")
-DATA_DEPENDENT_QUANTIZATION = ("automatic precision without scaling picks the residues and (l_x, l_w, l_c) from the "
-                               "data's norms, and workers see that choice in the moduli and the sigmoid "
-                               "coefficients: a few bits about the data's scale; pass --residues and "
-                               "--lx/--lw/--lc (or use --scaling standard or minmax) to keep everything workers "
-                               "receive independent of the data")
-LOOPBACK_WARNING = ("embedded workers speak plaintext gRPC on 127.0.0.1: safe while every process stays on this "
-                    "machine, but across a network an eavesdropper on every link would see all N shares and "
-                    "defeat T-privacy, so remote workers need TLS")
+PLAINTEXT_WARNING = (
+    "plaintext gRPC (--insecure): an eavesdropper who can read every master-worker link sees "
+    "all N shares and so defeats T-privacy; use TLS (--tls-ca, plus --tls-cert/--tls-key for "
+    "mutual TLS)"
+)
+DATA_DEPENDENT_QUANTIZATION = (
+    "automatic precision without scaling picks the residues and (l_x, l_w, l_c) from the "
+    "data's norms, and workers see that choice in the moduli and the sigmoid "
+    "coefficients: a few bits about the data's scale; pass --residues and "
+    "--lx/--lw/--lc (or use --scaling standard or minmax) to keep everything workers "
+    "receive independent of the data"
+)
+LOOPBACK_WARNING = (
+    "embedded workers speak plaintext gRPC on 127.0.0.1: safe while every process stays on this "
+    "machine, but across a network an eavesdropper on every link would see all N shares and "
+    "defeat T-privacy, so remote workers need TLS"
+)
 
 
 class ResumeError(errors.InvalidInput):
@@ -87,19 +93,42 @@ class TrainReport:
 
 def load_training_data(settings: TrainSettings) -> Dataset:
     """The dataset the settings name, split and scaled as they say; each note on how is logged."""
-    data = load_dataset(settings.dataset, settings.test_fraction or None, settings.scaling, settings.seed,
-                        settings.data_format, settings.label_column, settings.intercept, settings.positive_label,
-                        model=settings.model, test_source=settings.test_data, categorical=settings.categorical)
+    data = load_dataset(
+        settings.dataset,
+        settings.test_fraction or None,
+        settings.scaling,
+        settings.seed,
+        settings.data_format,
+        settings.label_column,
+        settings.intercept,
+        settings.positive_label,
+        model=settings.model,
+        test_source=settings.test_data,
+        categorical=settings.categorical,
+    )
     for note in data.notes:
         log.info("data", note=note)
     return data
 
 
 # Plan fields as the flags that set them, so a refusal names what the user typed.
-PLAN_FLAGS = {"p": "--prime", "n_workers": "--workers-local (or --workers)", "learning_rate": "--learning-rate",
-              "r": "--r", "k": "--k", "t": "--t", "lx": "--lx", "lw": "--lw", "lc": "--lc", "residues": "--residues",
-              "iterations": "--iterations", "weight_bound": "--weight-bound",
-              "sigmoid_interval": "--sigmoid-interval", "model": "--model", "byzantine": "--byzantine"}
+PLAN_FLAGS = {
+    "p": "--prime",
+    "n_workers": "--workers-local (or --workers)",
+    "learning_rate": "--learning-rate",
+    "r": "--r",
+    "k": "--k",
+    "t": "--t",
+    "lx": "--lx",
+    "lw": "--lw",
+    "lc": "--lc",
+    "residues": "--residues",
+    "iterations": "--iterations",
+    "weight_bound": "--weight-bound",
+    "sigmoid_interval": "--sigmoid-interval",
+    "model": "--model",
+    "byzantine": "--byzantine",
+}
 
 
 def in_flag_terms(message: str) -> str:
@@ -134,8 +163,13 @@ def data_fingerprint(data: Dataset) -> str:
 def save_checkpoint(path: Path, trainer: TrainingRun, fingerprint: str) -> None:
     """Atomically write what --resume needs: the trainer's state and the data fingerprint."""
     # compact: json's C encoder (indent= falls back to the Python one, 10-30 ms a round here)
-    write_atomically(path, json.dumps({"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(),
-                                       "data_sha256": fingerprint}, separators=(",", ":")))
+    write_atomically(
+        path,
+        json.dumps(
+            {"format": CHECKPOINT_FORMAT, "trainer": trainer.checkpoint(), "data_sha256": fingerprint},
+            separators=(",", ":"),
+        ),
+    )
 
 
 def append_round(path: Path, record: RoundRecord) -> None:
@@ -159,16 +193,30 @@ def read_rounds(path: Path, up_to: int) -> list[RoundRecord]:
             if number < len(lines):
                 raise
             log.warning("dropping a truncated last line of the rounds log", path=str(path), line=number)
-    return [RoundRecord(**{**r, "workers_used": tuple(r["workers_used"]),
-                           "wrong_workers": tuple(r.get("wrong_workers", ()))}) for r in records if r["round"] <= up_to]
+    return [
+        RoundRecord(
+            **{**r, "workers_used": tuple(r["workers_used"]), "wrong_workers": tuple(r.get("wrong_workers", ()))}
+        )
+        for r in records
+        if r["round"] <= up_to
+    ]
 
 
 # The flags a checkpoint's plan fixes: (flag, TrainSettings field, Plan field).
-RESUMED_FLAGS = (("--prime", "prime", "p"), ("--residues", "residues", "residues"), ("--k", "k", "k"),
-                 ("--t", "t", "t"), ("--r", "r", "r"), ("--lx", "lx", "lx"), ("--lw", "lw", "lw"),
-                 ("--lc", "lc", "lc"), ("--learning-rate", "learning_rate", "learning_rate"),
-                 ("--model", "model", "model"), ("--weight-bound", "weight_bound", "weight_bound"),
-                 ("--sigmoid-interval", "sigmoid_interval", "sigmoid_interval"))
+RESUMED_FLAGS = (
+    ("--prime", "prime", "p"),
+    ("--residues", "residues", "residues"),
+    ("--k", "k", "k"),
+    ("--t", "t", "t"),
+    ("--r", "r", "r"),
+    ("--lx", "lx", "lx"),
+    ("--lw", "lw", "lw"),
+    ("--lc", "lc", "lc"),
+    ("--learning-rate", "learning_rate", "learning_rate"),
+    ("--model", "model", "model"),
+    ("--weight-bound", "weight_bound", "weight_bound"),
+    ("--sigmoid-interval", "sigmoid_interval", "sigmoid_interval"),
+)
 
 
 def plan_changes(settings: TrainSettings, saved: Plan) -> list[str]:
@@ -184,24 +232,30 @@ def plan_changes(settings: TrainSettings, saved: Plan) -> list[str]:
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:
     """Read a checkpoint, refusing one made for different data or by another format."""
     if not path.is_file():
-        raise ResumeError(f"Argument 'resume' needs a checkpoint at {path}, not a missing file; "
-                          f"run without --resume to start fresh")
+        raise ResumeError(
+            f"Argument 'resume' needs a checkpoint at {path}, not a missing file; run without --resume to start fresh"
+        )
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ResumeError(f"Argument 'resume' needs a readable checkpoint at {path}, not a damaged one ({exc}); "
-                          f"run without --resume to start fresh") from None
+        raise ResumeError(
+            f"Argument 'resume' needs a readable checkpoint at {path}, not a damaged one ({exc}); "
+            f"run without --resume to start fresh"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("trainer"), dict):
-        raise ResumeError(f"Argument 'resume' needs a checkpoint written by cpml-master train at {path}, not "
-                          f"a JSON {type(state).__name__} without its trainer state; run without --resume to "
-                          f"start fresh")
+        raise ResumeError(
+            f"Argument 'resume' needs a checkpoint written by cpml-master train at {path}, not "
+            f"a JSON {type(state).__name__} without its trainer state; run without --resume to "
+            f"start fresh"
+        )
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise ResumeError(f"checkpoint {path} has format {state.get('format')!r}, this cpml reads "
-                          f"{CHECKPOINT_FORMAT}")
+        raise ResumeError(f"checkpoint {path} has format {state.get('format')!r}, this cpml reads {CHECKPOINT_FORMAT}")
     if state.get("data_sha256") != fingerprint:
-        raise ResumeError(f"checkpoint {path} was made on different training data (fingerprint mismatch); "
-                          f"use the same data flags (--dataset, --format, --label-column, --positive-label, "
-                          f"--test-fraction, --scaling, --seed, --intercept), or start fresh")
+        raise ResumeError(
+            f"checkpoint {path} was made on different training data (fingerprint mismatch); "
+            f"use the same data flags (--dataset, --format, --label-column, --positive-label, "
+            f"--test-fraction, --scaling, --seed, --intercept), or start fresh"
+        )
     return state
 
 
@@ -214,8 +268,10 @@ async def open_cluster(settings: TrainSettings, stack: contextlib.AsyncExitStack
     """The run's workers: embedded local processes, or the remote daemons over TLS (or --insecure), warned."""
     if settings.embedded:
         local = await stack.enter_async_context(
-            LocalWorkers(settings.n_workers, settings.out / "workers", settings.timeouts.connect,
-                         settings.local_worker_args))
+            LocalWorkers(
+                settings.n_workers, settings.out / "workers", settings.timeouts.connect, settings.local_worker_args
+            )
+        )
         addresses, credentials, diagnosis = local.addresses, None, None
         log.warning(LOOPBACK_WARNING)
     else:
@@ -228,19 +284,31 @@ async def open_cluster(settings: TrainSettings, stack: contextlib.AsyncExitStack
             tls = TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.tls_server_name)
         diagnosis = functools.partial(diagnose, tls=tls)
     return await stack.enter_async_context(
-        Cluster(addresses, credentials, settings.tls_server_name, settings.timeouts,
-                max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes), diagnose=diagnosis))
+        Cluster(
+            addresses,
+            credentials,
+            settings.tls_server_name,
+            settings.timeouts,
+            max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes),
+            diagnose=diagnosis,
+        )
+    )
 
 
 class RoundsLog:
     """Each finished round: kept, appended to rounds.jsonl, shown, checkpointed every few rounds; use `with`."""
 
-    def __init__(self, settings: TrainSettings, run: TrainingRun, fingerprint: str, history: list[RoundRecord],
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: TrainSettings,
+        run: TrainingRun,
+        fingerprint: str,
+        history: list[RoundRecord],
+        on_round: Callable[[RoundRecord], None] | None = None,
+    ) -> None:
         self._settings, self._run, self._fingerprint = settings, run, fingerprint
         self.history, self._on_round = history, on_round
-        self._bar = reporting.ProgressBar(run.plan.iterations, "train", enabled=settings.progress,
-                                          start_step=run.round)
+        self._bar = reporting.ProgressBar(run.plan.iterations, "train", enabled=settings.progress, start_step=run.round)
 
     def __enter__(self) -> RoundsLog:
         reporting.load_plotting()  # while the rounds wait on the workers, for the closing plot_curves
@@ -266,8 +334,14 @@ class RoundsLog:
         # with a progress bar on screen, per-round lines would only break it
         loss = None if record.loss is None else round(record.loss, 6)
         (log.debug if self._bar.enabled else log.info)(
-            "round", round=record.round, loss=loss, test_accuracy=record.test_accuracy,
-            seconds=round(record.total_seconds, 4), late=record.late_replies, **fit)
+            "round",
+            round=record.round,
+            loss=loss,
+            test_accuracy=record.test_accuracy,
+            seconds=round(record.total_seconds, 4),
+            late=record.late_replies,
+            **fit,
+        )
         if self._on_round is not None:
             self._on_round(record)
 
@@ -276,16 +350,30 @@ class RoundsLog:
         save_checkpoint(self._settings.out / "checkpoint.json", self._run, self._fingerprint)
 
 
-def write_outputs(settings: TrainSettings, run: TrainingRun, data: Dataset, history: list[RoundRecord],
-                  metrics: dict[str, Any], title: str, protocol: str = "cpml") -> None:
+def write_outputs(
+    settings: TrainSettings,
+    run: TrainingRun,
+    data: Dataset,
+    history: list[RoundRecord],
+    metrics: dict[str, Any],
+    title: str,
+    protocol: str = "cpml",
+) -> None:
     """model.json (the versioned artifact, cpml.model), metrics.json and curves.png of a finished run."""
     plan, out = run.plan, settings.out
     final = history[-1] if history else None
     model_of_run(plan, run.weights, data, settings.transport, final, protocol=protocol).save(out / "model.json")
-    reporting.write_metrics(out / "metrics.json", {
-        "dataset": data.name, "notes": list(data.notes), **metrics,
-        "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__},
-        "final": asdict(final) if final else None, "rounds": [asdict(r) for r in history]})
+    reporting.write_metrics(
+        out / "metrics.json",
+        {
+            "dataset": data.name,
+            "notes": list(data.notes),
+            **metrics,
+            "plan": {k: getattr(plan, k) for k in plan.__dataclass_fields__},
+            "final": asdict(final) if final else None,
+            "rounds": [asdict(r) for r in history],
+        },
+    )
     evaluated = [r for r in history if r.loss is not None]  # every --eval-every rounds, and the last
     if evaluated:
         panels: dict[str, list[float | None]] = {"loss": [r.loss for r in evaluated]}
@@ -293,5 +381,4 @@ def write_outputs(settings: TrainSettings, run: TrainingRun, data: Dataset, hist
             panels["test accuracy"] = [r.test_accuracy for r in evaluated]
         if any(r.test_r2 is not None for r in evaluated):
             panels["test R²"] = [r.test_r2 for r in evaluated]
-        reporting.plot_curves(out / "curves.png", [r.round for r in evaluated], panels,
-                              title=f"{data.name}: {title}")
+        reporting.plot_curves(out / "curves.png", [r.round for r in evaluated], panels, title=f"{data.name}: {title}")

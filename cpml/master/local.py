@@ -25,8 +25,7 @@ class LocalWorkersFailed(errors.Unavailable, RuntimeError):
 class LocalWorkers:
     """Start N plaintext loopback workers (logs in workdir/worker-<i>.log); stop them on exit."""
 
-    def __init__(self, n: int, workdir: Path, start_timeout: float = 120.0,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, n: int, workdir: Path, start_timeout: float = 120.0, extra_args: tuple[str, ...] = ()) -> None:
         if n < 1:
             raise ValueError(f"Argument 'n' must be positive, not {n}.")
         self.n = n
@@ -50,12 +49,28 @@ class LocalWorkers:
                 port_file.unlink(missing_ok=True)
                 port_files.append(port_file)
                 with (self.workdir / f"worker-{i}.log").open("wb") as log_file:
-                    self.processes.append(await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", "cpml.worker.cli", "--listen", "127.0.0.1:0", "--insecure",
-                        "--port-file", str(port_file), "--log-format", "json", "--drain-seconds", "1",
-                        "--stop-with-parent",
-                        *self.extra_args, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                        env=env))
+                    self.processes.append(
+                        await asyncio.create_subprocess_exec(
+                            sys.executable,
+                            "-m",
+                            "cpml.worker.cli",
+                            "--listen",
+                            "127.0.0.1:0",
+                            "--insecure",
+                            "--port-file",
+                            str(port_file),
+                            "--log-format",
+                            "json",
+                            "--drain-seconds",
+                            "1",
+                            "--stop-with-parent",
+                            *self.extra_args,
+                            stdin=asyncio.subprocess.DEVNULL,
+                            stdout=log_file,
+                            stderr=log_file,
+                            env=env,
+                        )
+                    )
             self.addresses = await self._wait_for_ports(port_files)
         except BaseException:
             await self.stop()
@@ -70,11 +85,14 @@ class LocalWorkers:
                 return [p.read_text().strip() for p in port_files]
             for i, proc in enumerate(self.processes):
                 if proc.returncode is not None:
-                    raise LocalWorkersFailed(f"local worker {i} exited with code {proc.returncode} before serving; "
-                                       f"see {self.workdir / f'worker-{i}.log'}")
+                    raise LocalWorkersFailed(
+                        f"local worker {i} exited with code {proc.returncode} before serving; "
+                        f"see {self.workdir / f'worker-{i}.log'}"
+                    )
             if time.monotonic() > deadline:
-                raise LocalWorkersFailed(f"local workers did not start within {self.start_timeout:g}s; "
-                                   f"see the logs in {self.workdir}")
+                raise LocalWorkersFailed(
+                    f"local workers did not start within {self.start_timeout:g}s; see the logs in {self.workdir}"
+                )
             await asyncio.sleep(0.05)
 
     async def __aexit__(self, *exc: object) -> None:

@@ -73,24 +73,38 @@ def make_mpc_plans(settings: TrainSettings, protocol: str, x_train: np.ndarray) 
     n = settings.n_workers
     mpc = MpcPlan(protocol, n, settings.t) if settings.t is not None else MpcPlan.paper(protocol, n)
     try:
-        plan = Plan.for_privacy(n, mpc.t, settings.r, p=settings.prime, iterations=settings.iterations,
-                                model=settings.model, learning_rate=settings.learning_rate,
-                                weight_bound=settings.weight_bound, sigmoid_interval=settings.sigmoid_interval)
+        plan = Plan.for_privacy(
+            n,
+            mpc.t,
+            settings.r,
+            p=settings.prime,
+            iterations=settings.iterations,
+            model=settings.model,
+            learning_rate=settings.learning_rate,
+            weight_bound=settings.weight_bound,
+            sigmoid_interval=settings.sigmoid_interval,
+        )
         # Parties see the precision in what they are sent: as for CodedPrivateML, planned from public facts.
         return mpc, choose_precision(settings, plan, x_train)
     except ValueError as exc:
         raise ValueError(in_flag_terms(str(exc))) from None
 
 
-async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, round_timeout: float,
-                      on_round: Callable[[RoundRecord], None] | None = None,
-                      target_scale: float = 1.0) -> MpcJobReport:
+async def run_mpc_job(
+    session: MpcSession,
+    cluster: Cluster,
+    chunk_bytes: int,
+    round_timeout: float,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    target_scale: float = 1.0,
+) -> MpcJobReport:
     """Run a baseline job on the cluster's first G(2T+1) workers until the session is done."""
     # target_scale turns the test RMSE of linear regression into the targets' units (their std).
     mpc, control = session.mpc, cluster.timeouts.control
     if len(cluster.alive) < mpc.active_workers:
-        raise NotEnoughWorkers(f"{len(cluster.alive)} workers but {protocol_name(mpc)} needs G(2T+1) = "
-                               f"{mpc.active_workers}")
+        raise NotEnoughWorkers(
+            f"{len(cluster.alive)} workers but {protocol_name(mpc)} needs G(2T+1) = {mpc.active_workers}"
+        )
     workers = cluster.workers[: mpc.active_workers]
     stubs: dict[int, pb_grpc.MpcAsyncStub] = {w.index: pb_grpc.MpcStub(w.channel) for w in workers}
     job_id = uuid.uuid4().hex
@@ -108,8 +122,9 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
         async def deliver(message: Message) -> None:
             async with limit:
                 traffic.record(message)
-                await stubs[message.receiver].Deliver(mpc_serde.envelope_to_proto(job_id, message),
-                                                      timeout=cluster.timeouts.upload)
+                await stubs[message.receiver].Deliver(
+                    mpc_serde.envelope_to_proto(job_id, message), timeout=cluster.timeouts.upload
+                )
 
         began = time.perf_counter()
         # one data message carries the rows in every residue field: residues x rows x d elements
@@ -127,10 +142,19 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
                 await asyncio.gather(*sends)
                 sends = []
         await asyncio.gather(*sends)
-        setup = {"seconds": time.perf_counter() - began, "encode_seconds": encode_seconds,
-                 "bytes_sent": traffic.bytes["setup"], "messages": traffic.messages["setup"]}
-        log.info("mpc shares distributed", protocol=mpc.protocol, workers=len(workers), bytes=setup["bytes_sent"],
-                 seconds=round(setup["seconds"], 3))
+        setup = {
+            "seconds": time.perf_counter() - began,
+            "encode_seconds": encode_seconds,
+            "bytes_sent": traffic.bytes["setup"],
+            "messages": traffic.messages["setup"],
+        }
+        log.info(
+            "mpc shares distributed",
+            protocol=mpc.protocol,
+            workers=len(workers),
+            bytes=setup["bytes_sent"],
+            seconds=round(setup["seconds"], 3),
+        )
         history = []
         while not session.done:
             record = await _one_round(session, deliver, replies, traffic, round_timeout, target_scale)
@@ -149,28 +173,41 @@ async def run_mpc_job(session: MpcSession, cluster: Cluster, chunk_bytes: int, r
     return MpcJobReport(tuple(history), setup, traffic.as_dict(), worker_stats)
 
 
-async def _join_all(stubs: dict[int, pb_grpc.MpcAsyncStub], workers: list[WorkerHandle], job_id: str,
-                    session: MpcSession, cluster: Cluster, timeout: float) -> None:
+async def _join_all(
+    stubs: dict[int, pb_grpc.MpcAsyncStub],
+    workers: list[WorkerHandle],
+    job_id: str,
+    session: MpcSession,
+    cluster: Cluster,
+    timeout: float,
+) -> None:
     # Every Join is settled before a refusal is raised: the Leaves that follow must not overtake a Join
     # still in flight, or that worker would keep an orphan job (its share buffer) until it expires.
-    outcomes = await asyncio.gather(*(_join(stubs[w.index], w.address, job_id, session, cluster, timeout)
-                                      for w in workers), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(_join(stubs[w.index], w.address, job_id, session, cluster, timeout) for w in workers), return_exceptions=True
+    )
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
 
 
-async def _join(stub: pb_grpc.MpcAsyncStub, address: str, job_id: str, session: MpcSession, cluster: Cluster,
-                timeout: float) -> None:
+async def _join(
+    stub: pb_grpc.MpcAsyncStub, address: str, job_id: str, session: MpcSession, cluster: Cluster, timeout: float
+) -> None:
     worker = next(w.index for w in cluster.workers if w.address == address)
     peers = [cluster.workers[m].address for m in session.mpc.members(session.mpc.locate(worker)[0])]
     try:
         await stub.Join(mpc_serde.join_to_proto(job_id, session.party_spec(worker), peers), timeout=timeout)
     except grpc.aio.AioRpcError as exc:
-        hint = ("; it runs a cpml-worker without the Mpc service: upgrade it"
-                if exc.code() is grpc.StatusCode.UNIMPLEMENTED else "")
-        raise MpcJobFailed(f"worker {worker} at {address} refused to join the {session.mpc.protocol} job: "
-                           f"{exc.code().name}: {exc.details()}{hint}") from None
+        hint = (
+            "; it runs a cpml-worker without the Mpc service: upgrade it"
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED
+            else ""
+        )
+        raise MpcJobFailed(
+            f"worker {worker} at {address} refused to join the {session.mpc.protocol} job: "
+            f"{exc.code().name}: {exc.details()}{hint}"
+        ) from None
 
 
 def protocol_name(mpc: MpcPlan) -> str:
@@ -178,8 +215,9 @@ def protocol_name(mpc: MpcPlan) -> str:
     return mpc.protocol.upper()
 
 
-async def _read_results(stub: pb_grpc.MpcAsyncStub, job_id: str, moduli: tuple[int, ...],
-                        replies: asyncio.Queue[Message | MpcJobFailed]) -> None:
+async def _read_results(
+    stub: pb_grpc.MpcAsyncStub, job_id: str, moduli: tuple[int, ...], replies: asyncio.Queue[Message | MpcJobFailed]
+) -> None:
     try:
         async for envelope in stub.Results(mpc_serde.results_request(job_id)):
             replies.put_nowait(mpc_serde.envelope_from_proto(envelope, moduli))
@@ -191,9 +229,14 @@ async def _read_results(stub: pb_grpc.MpcAsyncStub, job_id: str, moduli: tuple[i
         replies.put_nowait(MpcJobFailed(f"a worker sent a malformed gradient share: {exc}"))
 
 
-async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
-                     replies: asyncio.Queue[Message | MpcJobFailed], traffic: Traffic,
-                     round_timeout: float, target_scale: float = 1.0) -> RoundRecord:
+async def _one_round(
+    session: MpcSession,
+    deliver: Callable[[Message], Any],
+    replies: asyncio.Queue[Message | MpcJobFailed],
+    traffic: Traffic,
+    round_timeout: float,
+    target_scale: float = 1.0,
+) -> RoundRecord:
     began = time.perf_counter()
     round_number = session.round
     messages = session.weight_messages()
@@ -207,8 +250,10 @@ async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
             async with asyncio.timeout_at(deadline):
                 item = await replies.get()
         except TimeoutError:
-            raise RoundTimeout(f"round {round_number}: not every worker's gradient share arrived within "
-                               f"{round_timeout:g}s; the baselines need all G(2T+1) (raise --round-timeout)") from None
+            raise RoundTimeout(
+                f"round {round_number}: not every worker's gradient share arrived within "
+                f"{round_timeout:g}s; the baselines need all G(2T+1) (raise --round-timeout)"
+            ) from None
         if isinstance(item, MpcJobFailed):
             raise item
         received += item.nbytes
@@ -216,31 +261,50 @@ async def _one_round(session: MpcSession, deliver: Callable[[Message], Any],
         late += item.round != round_number
         stats = session.receive(item)
     decoded = time.perf_counter()
-    return RoundRecord(round=stats.round, loss=stats.loss, train_accuracy=stats.train_accuracy,
-                       test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
-                       encode_seconds=encoded - began, send_seconds=sent_at - encoded, wait_seconds=decoded - sent_at,
-                       decode_update_seconds=0.0, total_seconds=decoded - began,
-                       bytes_sent=sum(m.nbytes for m in messages), bytes_received=received, late_replies=late,
-                       test_r2=stats.test_r2,
-                       test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale)
+    return RoundRecord(
+        round=stats.round,
+        loss=stats.loss,
+        train_accuracy=stats.train_accuracy,
+        test_accuracy=stats.test_accuracy,
+        workers_used=stats.workers_used,
+        encode_seconds=encoded - began,
+        send_seconds=sent_at - encoded,
+        wait_seconds=decoded - sent_at,
+        decode_update_seconds=0.0,
+        total_seconds=decoded - began,
+        bytes_sent=sum(m.nbytes for m in messages),
+        bytes_received=received,
+        late_replies=late,
+        test_r2=stats.test_r2,
+        test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale,
+    )
 
 
-async def train_baseline(settings: TrainSettings,
-                         on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
+async def train_baseline(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None) -> TrainReport:
     """`cpml-master train --protocol bgw|bh08`: the baseline run, reported like a CodedPrivateML run."""
     session, report = await train_mpc(settings, settings.protocol, on_round)
-    return TrainReport(plan=session.plan, weights=session.weights.copy(), history=report.history,
-                       upload=report.setup, dropped_workers={}, out=settings.out, notes=report.notes)
+    return TrainReport(
+        plan=session.plan,
+        weights=session.weights.copy(),
+        history=report.history,
+        upload=report.setup,
+        dropped_workers={},
+        out=settings.out,
+        notes=report.notes,
+    )
 
 
-async def train_mpc(settings: TrainSettings, protocol: str,
-                    on_round: Callable[[RoundRecord], None] | None = None) -> tuple[MpcSession, MpcJobReport]:
+async def train_mpc(
+    settings: TrainSettings, protocol: str, on_round: Callable[[RoundRecord], None] | None = None
+) -> tuple[MpcSession, MpcJobReport]:
     """`cpml-master train --protocol bgw|bh08`: one baseline job end to end, outputs in settings.out."""
     data = load_training_data(settings)
     if data.y_train.ndim == 2:
-        raise ValueError(f"Argument 'protocol' must be cpml for {data.y_train.shape[1]} classes (one-vs-rest runs "
-                         f"in CodedPrivateML only; the {protocol.upper()} baseline trains two-class models), not "
-                         f"{protocol!r}.")
+        raise ValueError(
+            f"Argument 'protocol' must be cpml for {data.y_train.shape[1]} classes (one-vs-rest runs "
+            f"in CodedPrivateML only; the {protocol.upper()} baseline trains two-class models), not "
+            f"{protocol!r}."
+        )
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     mpc, plan = make_mpc_plans(settings, protocol, data.x_train)
@@ -250,35 +314,71 @@ async def train_mpc(settings: TrainSettings, protocol: str,
         state = load_checkpoint(checkpoint, fingerprint)
         saved = state["trainer"]
         if saved.get("protocol") != protocol:
-            raise ValueError(f"Argument 'protocol' must match the checkpoint's ({saved.get('protocol')!r}) to "
-                             f"resume, not {protocol!r}.")
+            raise ValueError(
+                f"Argument 'protocol' must match the checkpoint's ({saved.get('protocol')!r}) to "
+                f"resume, not {protocol!r}."
+            )
         weights, start_round = np.array(saved["weights"], dtype=np.float64), int(saved["round"])
         previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)  # for the momentum
         restored = ("lx", "lw", "lc", "p", "residues", "learning_rate", "weight_bound", "sigmoid_interval")
         plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in restored})
         history = read_rounds(rounds_log, start_round)
     rewrite_rounds(rounds_log, history)
-    session = MpcSession.create(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
-                                weights=weights, previous=previous, start_round=start_round)
+    session = MpcSession.create(
+        mpc,
+        plan,
+        data.x_train,
+        data.y_train,
+        settings.seed,
+        data.x_test,
+        data.y_test,
+        weights=weights,
+        previous=previous,
+        start_round=start_round,
+    )
     plan = session.plan
-    log.info("plan", protocol=protocol, n=mpc.n_workers, t=mpc.t, groups=mpc.groups, group_size=mpc.group_size,
-             r=plan.r, moduli=list(plan.moduli), modulus_bits=round(plan.basis.bits, 1), lx=plan.lx, lw=plan.lw,
-             lc=plan.lc, learning_rate=plan.learning_rate, iterations=plan.iterations)
+    log.info(
+        "plan",
+        protocol=protocol,
+        n=mpc.n_workers,
+        t=mpc.t,
+        groups=mpc.groups,
+        group_size=mpc.group_size,
+        r=plan.r,
+        moduli=list(plan.moduli),
+        modulus_bits=round(plan.basis.bits, 1),
+        lx=plan.lx,
+        lw=plan.lw,
+        lc=plan.lc,
+        learning_rate=plan.learning_rate,
+        iterations=plan.iterations,
+    )
     rounds = RoundsLog(settings, session, fingerprint, history, on_round)
     async with contextlib.AsyncExitStack() as stack:
         cluster = await open_cluster(settings, stack)
         await cluster.wait_healthy()
         try:
             with rounds:
-                report = await run_mpc_job(session, cluster, settings.chunk_bytes, settings.timeouts.round,
-                                           rounds.record, data.target_std)
+                report = await run_mpc_job(
+                    session, cluster, settings.chunk_bytes, settings.timeouts.round, rounds.record, data.target_std
+                )
         except BaseException:
             rounds.save()
             raise
-    write_outputs(settings, session, data, history,
-                  {"protocol": mpc.protocol, "mpc": {k: getattr(mpc, k) for k in mpc.__dataclass_fields__},
-                   "moduli": list(plan.moduli), "upload": report.setup, "master_traffic": report.master_traffic,
-                   "workers": {str(k): v for k, v in report.workers.items()}},
-                  title=f"{protocol_name(mpc)} N={mpc.n_workers} T={mpc.t} G={mpc.groups}", protocol=mpc.protocol)
-    return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers,
-                                 tuple(data.notes))
+    write_outputs(
+        settings,
+        session,
+        data,
+        history,
+        {
+            "protocol": mpc.protocol,
+            "mpc": {k: getattr(mpc, k) for k in mpc.__dataclass_fields__},
+            "moduli": list(plan.moduli),
+            "upload": report.setup,
+            "master_traffic": report.master_traffic,
+            "workers": {str(k): v for k, v in report.workers.items()},
+        },
+        title=f"{protocol_name(mpc)} N={mpc.n_workers} T={mpc.t} G={mpc.groups}",
+        protocol=mpc.protocol,
+    )
+    return session, MpcJobReport(tuple(history), report.setup, report.master_traffic, report.workers, tuple(data.notes))

@@ -21,21 +21,31 @@ if TYPE_CHECKING:  # the commands import them when they run: `cpml-master --help
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     """The `predict` flags."""
     p.add_argument("--model", required=True, type=Path, help="model.json written by cpml-master train")
-    p.add_argument("--data", required=True,
-                   help="rows to predict: .csv/.npz/.svm with the training file's feature columns (a CSV with a "
-                        "header is matched by column name); a label column, if present, is used to score")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="rows to predict: .csv/.npz/.svm with the training file's feature columns (a CSV with a "
+        "header is matched by column name); a label column, if present, is used to score",
+    )
     p.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
-    p.add_argument("--out", default="predictions.csv",
-                   help="CSV with one row per input row: label and probability of the class mapped to 1 "
-                        "(logistic; with more than two classes, of the predicted one), or prediction (linear); "
-                        "'-' writes to standard output")
+    p.add_argument(
+        "--out",
+        default="predictions.csv",
+        help="CSV with one row per input row: label and probability of the class mapped to 1 "
+        "(logistic; with more than two classes, of the predicted one), or prediction (linear); "
+        "'-' writes to standard output",
+    )
 
 
 def add_export_arguments(p: argparse.ArgumentParser) -> None:
     """The `export` flags."""
     p.add_argument("--model", required=True, type=Path, help="model.json written by cpml-master train")
-    p.add_argument("--out", required=True, type=Path,
-                   help="where to write the scikit-learn Pipeline in skops format (e.g. model.skops)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="where to write the scikit-learn Pipeline in skops format (e.g. model.skops)",
+    )
 
 
 def write_predictions(model: Model, x: np.ndarray, stream: TextIO) -> int:
@@ -61,8 +71,7 @@ def score_line(model: Model, metrics: dict[str, float]) -> str:
     rows = int(metrics["rows"])
     if model.kind == "logistic":
         right = round(metrics["accuracy"] * rows)
-        return (f"accuracy: {metrics['accuracy']:.4f} ({right} of {rows} rows)   "
-                f"log-loss: {metrics['log_loss']:.4f}")
+        return f"accuracy: {metrics['accuracy']:.4f} ({right} of {rows} rows)   log-loss: {metrics['log_loss']:.4f}"
     return f"R²: {metrics['r2']:.4f}   RMSE: {metrics['rmse']:.4g}   ({rows} rows)"
 
 
@@ -91,12 +100,14 @@ def predict_command(args: argparse.Namespace) -> int:
         return ExitCode.USAGE
     if unseen:
         counts = ", ".join(f"{model.preprocessing.column_name(c)} {n}" for c, n in unseen.items())
-        print(f"warning: {sum(unseen.values())} cell(s) hold categories the model did not see in training; they "
-              f"encode as all zeros ({counts})", file=sys.stderr)
+        print(
+            f"warning: {sum(unseen.values())} cell(s) hold categories the model did not see in training; they "
+            f"encode as all zeros ({counts})",
+            file=sys.stderr,
+        )
     report = sys.stderr if args.out == "-" else sys.stdout
     where = "standard output" if args.out == "-" else args.out
-    print(f"predicted {len(raw.x)} rows of {args.data} with the {model.kind} model {args.model}: {where}",
-          file=report)
+    print(f"predicted {len(raw.x)} rows of {args.data} with the {model.kind} model {args.model}: {where}", file=report)
     if metrics is not None:
         print(score_line(model, metrics), file=report)
     return ExitCode.OK
@@ -113,6 +124,8 @@ def export_command(args: argparse.Namespace) -> int:
         print(f"cpml-master export: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     steps = " -> ".join(name for name, _ in model.to_sklearn().steps)
-    print(f"wrote a scikit-learn Pipeline ({steps}) to {args.out}; load it with "
-          f"cpml.model.load_sklearn({str(args.out)!r}) or skops.io.load")
+    print(
+        f"wrote a scikit-learn Pipeline ({steps}) to {args.out}; load it with "
+        f"cpml.model.load_sklearn({str(args.out)!r}) or skops.io.load"
+    )
     return ExitCode.OK

@@ -27,8 +27,15 @@ log = structlog.get_logger(__name__)
 class Rejoiner:
     """Between rounds, `ready()` hands back the workers whose share was sent again (checked in the background)."""
 
-    def __init__(self, cluster: Cluster, trainer: CodedTrainer, job_id: str, spec: serde.WireJobSpec,
-                 chunk_bytes: int, retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        trainer: CodedTrainer,
+        job_id: str,
+        spec: serde.WireJobSpec,
+        chunk_bytes: int,
+        retry_seconds: float = 1.0,
+    ) -> None:
         self._cluster = cluster
         self._trainer = trainer
         self._job_id = job_id
@@ -59,8 +66,9 @@ class Rejoiner:
         return self.ready() if self._task.done() else []
 
     async def _bring_back(self, waiting: list[WorkerHandle]) -> list[WorkerHandle]:
-        answering = [w for w, ok in zip(waiting, await asyncio.gather(*(self._serving(w) for w in waiting)),
-                                        strict=True) if ok]
+        answering = [
+            w for w, ok in zip(waiting, await asyncio.gather(*(self._serving(w) for w in waiting)), strict=True) if ok
+        ]
         if not answering:
             return []
         log.info("re-sending shares", workers=[w.index for w in answering])
@@ -72,7 +80,8 @@ class Rejoiner:
     async def _serving(self, worker: WorkerHandle) -> bool:
         try:
             reply = await health_pb2_grpc.HealthStub(worker.channel).Check(
-                health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE), timeout=1.0)
+                health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE), timeout=1.0
+            )
         except grpc.aio.AioRpcError:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -43,8 +43,16 @@ class RoundTraffic:
 class ComputeStreams:
     """Bidirectional Compute streams to the workers for one job; use `async with`, then `run_round`."""
 
-    def __init__(self, workers: list[WorkerHandle], job_id: str, moduli: tuple[int, ...], cols: int, threshold: int,
-                 round_timeout: float, stream_timeout: float) -> None:
+    def __init__(
+        self,
+        workers: list[WorkerHandle],
+        job_id: str,
+        moduli: tuple[int, ...],
+        cols: int,
+        threshold: int,
+        round_timeout: float,
+        stream_timeout: float,
+    ) -> None:
         self.workers = [w for w in workers if w.alive]
         self.job_id = job_id
         self.moduli = moduli
@@ -79,8 +87,9 @@ class ComputeStreams:
         self._requests[worker.index] = queue
         generation = self._generation[worker.index] = self._generation.get(worker.index, -1) + 1
         call = worker.stub.Compute(self._request_stream(queue), timeout=self.stream_timeout)
-        self._readers.append(asyncio.create_task(self._read(worker, call, generation),
-                                                 name=f"replies-{worker.index}-{generation}"))
+        self._readers.append(
+            asyncio.create_task(self._read(worker, call, generation), name=f"replies-{worker.index}-{generation}")
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         for queue in self._requests.values():
@@ -115,9 +124,13 @@ class ComputeStreams:
     def _live(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.alive]
 
-    async def run_round(self, round_number: int, weight_shares: np.ndarray, needed: int | None = None,
-                        rejoining: Callable[[float], Awaitable[list[WorkerHandle]]] | None = None,
-                        ) -> tuple[dict[int, np.ndarray], RoundTraffic]:
+    async def run_round(
+        self,
+        round_number: int,
+        weight_shares: np.ndarray,
+        needed: int | None = None,
+        rejoining: Callable[[float], Awaitable[list[WorkerHandle]]] | None = None,
+    ) -> tuple[dict[int, np.ndarray], RoundTraffic]:
         """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order."""
         # When too few workers remain, `rejoining(seconds)` may hand back workers whose share was being re-sent:
         # they join this very round (every worker's weight share is encoded) before a shortfall is declared.
@@ -156,7 +169,8 @@ class ComputeStreams:
             except TimeoutError:
                 raise RoundTimeout(
                     f"round {round_number + 1}: only {len(replies)} of the {needed} replies needed arrived "
-                    f"within {self.round_timeout:g}s; workers may be overloaded (raise --round-timeout)") from None
+                    f"within {self.round_timeout:g}s; workers may be overloaded (raise --round-timeout)"
+                ) from None
             if reply is None:
                 if generation == self._generation[worker.index]:
                     worker.fail(failure)
@@ -172,9 +186,14 @@ class ComputeStreams:
             else:
                 compute = max(compute, reply.compute_seconds)
         waited = time.perf_counter() - sent_at
-        return replies, RoundTraffic(send_seconds=sent_at - started, wait_seconds=waited, bytes_sent=sent,
-                                     bytes_received=received, late_replies=self._late - late_before,
-                                     worker_compute_seconds=compute)
+        return replies, RoundTraffic(
+            send_seconds=sent_at - started,
+            wait_seconds=waited,
+            bytes_sent=sent,
+            bytes_received=received,
+            late_replies=self._late - late_before,
+            worker_compute_seconds=compute,
+        )
 
     def drop(self, index: int, reason: str) -> None:
         """Drop a worker whose result was wrong: it is never sent anything again in this run."""
@@ -188,8 +207,13 @@ class ComputeStreams:
     def _shortfall_message(self, round_number: int, needed: int) -> str:
         dead = [w for w in self.workers if not w.alive]
         reasons = "; ".join(f"worker {w.index} at {w.address}: {w.failure}" for w in dead)
-        wanted = (f"R = {needed} replies are needed to decode" if needed == self.threshold else
-                  f"{needed} replies are needed (R = {self.threshold}, plus {needed - self.threshold} to check for "
-                  f"wrong results)")
-        return (f"round {round_number + 1}: only {len(self._live())} of {len(self.workers)} workers remain but "
-                f"{wanted} ({reasons})")
+        wanted = (
+            f"R = {needed} replies are needed to decode"
+            if needed == self.threshold
+            else f"{needed} replies are needed (R = {self.threshold}, plus {needed - self.threshold} to check for "
+            f"wrong results)"
+        )
+        return (
+            f"round {round_number + 1}: only {len(self._live())} of {len(self.workers)} workers remain but "
+            f"{wanted} ({reasons})"
+        )

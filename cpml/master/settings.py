@@ -82,15 +82,18 @@ class TrainSettings:
         if self.workers and not self.insecure and self.tls_ca is None:
             raise ValueError(
                 "Argument 'tls_ca' must be given to reach remote workers over TLS (add --tls-cert and --tls-key "
-                "for mutual TLS), not None; pass --insecure to send shares in plaintext on a network you trust")
+                "for mutual TLS), not None; pass --insecure to send shares in plaintext on a network you trust"
+            )
         if len(set(self.workers)) != len(self.workers):
             repeated = sorted({a for a in self.workers if self.workers.count(a) > 1})
             raise ValueError(f"Argument 'workers' must list each worker once, not {', '.join(repeated)} twice.")
         if self.protocol not in TRAIN_PROTOCOLS:
             raise ValueError(f"Argument 'protocol' must be one of {', '.join(TRAIN_PROTOCOLS)}, not {self.protocol!r}.")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("Argument 'tls_cert' must come with 'tls_key' (both or neither), "
-                             f"not cert={self.tls_cert} key={self.tls_key}.")
+            raise ValueError(
+                "Argument 'tls_cert' must come with 'tls_key' (both or neither), "
+                f"not cert={self.tls_cert} key={self.tls_key}."
+            )
         if self.k is not None and self.t is None:
             raise ValueError(f"Argument 'k' needs --t as well (K and T fix each other's limits), not k={self.k} alone.")
         if self.case not in (1, 2):
@@ -110,8 +113,7 @@ class TrainSettings:
         for address in self.workers:
             match = _ADDRESS.fullmatch(address)
             if match is None or not 0 < int(match.group(2)) < 65536:
-                raise ValueError(f"Argument 'workers' must list host:port addresses (port 1-65535), "
-                                 f"not {address!r}.")
+                raise ValueError(f"Argument 'workers' must list host:port addresses (port 1-65535), not {address!r}.")
 
     @property
     def n_workers(self) -> int:
@@ -129,106 +131,193 @@ class TrainSettings:
         if self.embedded:
             return "embedded cpml-worker processes on 127.0.0.1: plaintext loopback, nothing leaves this machine"
         if self.insecure:
-            return ("plaintext gRPC (--insecure): an eavesdropper on every master-worker link would see all N "
-                    "shares and defeat T-privacy")
+            return (
+                "plaintext gRPC (--insecure): an eavesdropper on every master-worker link would see all N "
+                "shares and defeat T-privacy"
+            )
         return "mutual TLS (client certificate)" if self.tls_cert is not None else "TLS (server certificates)"
 
 
 def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """Add the `train` flags to a parser; defaults come from CPML_MASTER_<FLAG> variables in environ."""
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None, required=True,
-                      help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), digits "
-                           "(ten classes), or a .csv/.npz/.svm file")
+    data.add_argument(
+        "--dataset",
+        default=None,
+        required=True,
+        help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), digits "
+        "(ten classes), or a .csv/.npz/.svm file",
+    )
     data.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
-    data.add_argument("--label-column", default="-1",
-                      help="CSV label column: a 0-based index (negative from the end; default -1, the last) "
-                           "or a header name")
-    data.add_argument("--categorical", default="", metavar="COL[,COL]",
-                      help="feature columns to one-hot encode, by 0-based index (negative from the end) or header "
-                           "name as --label-column; a CSV's text columns are encoded anyway (empty, '?' and 'NA' "
-                           "cells as the category 'missing')")
-    data.add_argument("--positive-label", default=None,
-                      help="the label value that becomes class 1 (default: the larger number, or the later "
-                           "text in sorted order)")
-    data.add_argument("--test-fraction", type=float, default=0.2,
-                      help="held-out share of --dataset (default 0.2, stratified); 0 trains on every row")
-    data.add_argument("--test-data", default=None,
-                      help="a file of test rows with the training file's columns; every --dataset row then trains "
-                           "(--test-fraction is not used)")
-    data.add_argument("--scaling", choices=SCALINGS, default="standard",
-                      help="standard (default: mean 0, std 1), minmax ([0, 1]) or none, on the training split")
-    data.add_argument("--intercept", action=argparse.BooleanOptionalAction,
-                      default=True,
-                      help="append a constant-1 feature so the model learns a bias, as scikit-learn does "
-                           "(default; --no-intercept leaves it out)")
+    data.add_argument(
+        "--label-column",
+        default="-1",
+        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
+    )
+    data.add_argument(
+        "--categorical",
+        default="",
+        metavar="COL[,COL]",
+        help="feature columns to one-hot encode, by 0-based index (negative from the end) or header "
+        "name as --label-column; a CSV's text columns are encoded anyway (empty, '?' and 'NA' "
+        "cells as the category 'missing')",
+    )
+    data.add_argument(
+        "--positive-label",
+        default=None,
+        help="the label value that becomes class 1 (default: the larger number, or the later text in sorted order)",
+    )
+    data.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="held-out share of --dataset (default 0.2, stratified); 0 trains on every row",
+    )
+    data.add_argument(
+        "--test-data",
+        default=None,
+        help="a file of test rows with the training file's columns; every --dataset row then trains "
+        "(--test-fraction is not used)",
+    )
+    data.add_argument(
+        "--scaling",
+        choices=SCALINGS,
+        default="standard",
+        help="standard (default: mean 0, std 1), minmax ([0, 1]) or none, on the training split",
+    )
+    data.add_argument(
+        "--intercept",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="append a constant-1 feature so the model learns a bias, as scikit-learn does "
+        "(default; --no-intercept leaves it out)",
+    )
 
     cluster = p.add_argument_group("cluster")
-    cluster.add_argument("--workers", default="",
-                         help="comma-separated host:port of running cpml-worker daemons; "
-                              "omit to start local workers on 127.0.0.1")
-    cluster.add_argument("--workers-local", dest="local_workers", type=int, default=10,
-                         help="how many local workers to start when --workers is omitted (default 10)")
-    cluster.add_argument("--insecure", action="store_true", default=False,
-                         help="talk plaintext to remote workers (an eavesdropper on all links defeats T-privacy)")
+    cluster.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated host:port of running cpml-worker daemons; omit to start local workers on 127.0.0.1",
+    )
+    cluster.add_argument(
+        "--workers-local",
+        dest="local_workers",
+        type=int,
+        default=10,
+        help="how many local workers to start when --workers is omitted (default 10)",
+    )
+    cluster.add_argument(
+        "--insecure",
+        action="store_true",
+        default=False,
+        help="talk plaintext to remote workers (an eavesdropper on all links defeats T-privacy)",
+    )
     add_client_tls_arguments(cluster, "workers")
-    cluster.add_argument("--tls-server-name", default=None,
-                         help="expect this name in every worker's certificate instead of its host")
+    cluster.add_argument(
+        "--tls-server-name", default=None, help="expect this name in every worker's certificate instead of its host"
+    )
     cluster.add_argument("--connect-timeout", type=float, default=60.0)
     cluster.add_argument("--upload-timeout", type=float, default=600.0)
     cluster.add_argument("--round-timeout", type=float, default=120.0)
-    cluster.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES,
-                         help="largest share chunk sent in one message")
+    cluster.add_argument(
+        "--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help="largest share chunk sent in one message"
+    )
 
     plan = p.add_argument_group("plan")
-    plan.add_argument("--case", type=int, choices=(1, 2), default=1,
-                      help="1: T=1, largest K (speed); 2: parallelism about equal to privacy")
-    plan.add_argument("--protocol", choices=TRAIN_PROTOCOLS, default="cpml",
-                      help="cpml (default), or an MPC baseline of the paper: bgw, bh08 (3 groups of 2T+1 "
-                           "workers, T = --t or floor((N-3)/6))")
+    plan.add_argument(
+        "--case",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: T=1, largest K (speed); 2: parallelism about equal to privacy",
+    )
+    plan.add_argument(
+        "--protocol",
+        choices=TRAIN_PROTOCOLS,
+        default="cpml",
+        help="cpml (default), or an MPC baseline of the paper: bgw, bh08 (3 groups of 2T+1 "
+        "workers, T = --t or floor((N-3)/6))",
+    )
     plan.add_argument("--r", type=int, default=1, help="degree of the sigmoid polynomial")
     plan.add_argument("--k", type=int, default=None, help="override K (needs --t)")
     plan.add_argument("--t", type=int, default=None, help="override T, the colluding workers tolerated")
     plan.add_argument("--lx", type=int, default=None, help="data quantization bits (default: auto)")
     plan.add_argument("--lw", type=int, default=None, help="weight quantization bits (default: auto)")
     plan.add_argument("--lc", type=int, default=None, help="coefficient quantization bits (default: auto)")
-    plan.add_argument("--weight-bound", type=float, default=4.0,
-                      help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it")
-    plan.add_argument("--sigmoid-interval", type=float, default=8.0,
-                      help="fit the sigmoid polynomial on [-a, a]")
-    plan.add_argument("--prime", type=int, default=DEFAULT_PRIME,
-                      help="the largest residue prime; the others are the next primes below it")
-    plan.add_argument("--byzantine", type=int, default=0, metavar="A",
-                      help="correct up to A workers that return wrong results each round (waits for R + 2A "
-                           "replies; the culprits are named and dropped); needs N >= R + 2A")
-    plan.add_argument("--detect", action=argparse.BooleanOptionalAction,
-                      default=False,
-                      help="wait for R + 1 replies and stop, without updating, when results disagree")
-    plan.add_argument("--residues", type=int, default=None,
-                      help="how many primes carry every value (default: the fewest that give the data at least "
-                           "8 fractional bits)")
+    plan.add_argument(
+        "--weight-bound",
+        type=float,
+        default=4.0,
+        help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it",
+    )
+    plan.add_argument("--sigmoid-interval", type=float, default=8.0, help="fit the sigmoid polynomial on [-a, a]")
+    plan.add_argument(
+        "--prime",
+        type=int,
+        default=DEFAULT_PRIME,
+        help="the largest residue prime; the others are the next primes below it",
+    )
+    plan.add_argument(
+        "--byzantine",
+        type=int,
+        default=0,
+        metavar="A",
+        help="correct up to A workers that return wrong results each round (waits for R + 2A "
+        "replies; the culprits are named and dropped); needs N >= R + 2A",
+    )
+    plan.add_argument(
+        "--detect",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wait for R + 1 replies and stop, without updating, when results disagree",
+    )
+    plan.add_argument(
+        "--residues",
+        type=int,
+        default=None,
+        help="how many primes carry every value (default: the fewest that give the data at least 8 fractional bits)",
+    )
     plan.add_argument("--learning-rate", type=float, default=None, help="default: 1/L")
     plan.add_argument("--iterations", type=int, default=50)
     plan.add_argument("--model", choices=MODELS, default="logistic")
-    plan.add_argument("--seed", type=int, default=0,
-                      help="seeds the split and the weight rounding (masks always come from the OS CSPRNG)")
+    plan.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the split and the weight rounding (masks always come from the OS CSPRNG)",
+    )
 
     run = p.add_argument_group("output")
-    run.add_argument("--out", type=Path, default="runs/latest",
-                     help="directory for model.json, metrics.json, curves.png and checkpoint.json")
+    run.add_argument(
+        "--out",
+        type=Path,
+        default="runs/latest",
+        help="directory for model.json, metrics.json, curves.png and checkpoint.json",
+    )
     run.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.json")
     run.add_argument("--checkpoint-every", type=int, default=1)
-    run.add_argument("--eval-every", type=int, default=1, metavar="N",
-                     help="compute the loss and accuracy every N rounds and after the last (default 1): each costs "
-                          "passes over all the training and test rows, as much as a round on a large dataset")
-    run.add_argument("--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar (default: on a terminal)")
+    run.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="compute the loss and accuracy every N rounds and after the last (default 1): each costs "
+        "passes over all the training and test rows, as much as a round on a large dataset",
+    )
+    run.add_argument(
+        "--progress",
+        dest="progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal)",
+    )
     add_log_arguments(run)
     apply_env_defaults(p, ENV_PREFIX, os.environ if environ is None else environ)
 
 
 def train_settings(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from parsed `train` arguments (raises ValueError naming a bad argument)."""
+
     def opt_int(v: object) -> int | None:
         return None if v in (None, "") else int(str(v))
 
@@ -237,27 +326,52 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
 
     workers = tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip())
     return TrainSettings(
-        dataset=args.dataset, data_format=args.data_format, label_column=_index_or_name(args.label_column),
+        dataset=args.dataset,
+        data_format=args.data_format,
+        label_column=_index_or_name(args.label_column),
         positive_label=args.positive_label or None,
-        categorical=tuple(_index_or_name(c) for c in str(getattr(args, "categorical", "") or "").split(",")
-                          if c.strip()),
-        test_fraction=float(args.test_fraction), test_data=getattr(args, "test_data", None) or None,
-        scaling=args.scaling, intercept=bool(args.intercept),
+        categorical=tuple(
+            _index_or_name(c) for c in str(getattr(args, "categorical", "") or "").split(",") if c.strip()
+        ),
+        test_fraction=float(args.test_fraction),
+        test_data=getattr(args, "test_data", None) or None,
+        scaling=args.scaling,
+        intercept=bool(args.intercept),
         workers=workers,
-        local_workers=int(args.local_workers), case=int(args.case), protocol=args.protocol, r=int(args.r),
+        local_workers=int(args.local_workers),
+        case=int(args.case),
+        protocol=args.protocol,
+        r=int(args.r),
         k=opt_int(args.k),
-        t=opt_int(args.t), lx=opt_int(args.lx), lw=opt_int(args.lw), lc=opt_int(args.lc), prime=int(args.prime),
-        residues=opt_int(args.residues), byzantine=int(args.byzantine), detect=bool(args.detect),
-        weight_bound=float(args.weight_bound), sigmoid_interval=float(args.sigmoid_interval),
+        t=opt_int(args.t),
+        lx=opt_int(args.lx),
+        lw=opt_int(args.lw),
+        lc=opt_int(args.lc),
+        prime=int(args.prime),
+        residues=opt_int(args.residues),
+        byzantine=int(args.byzantine),
+        detect=bool(args.detect),
+        weight_bound=float(args.weight_bound),
+        sigmoid_interval=float(args.sigmoid_interval),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
-        iterations=int(args.iterations), model=args.model, seed=int(args.seed), out=Path(args.out),
-        resume=bool(args.resume), checkpoint_every=int(args.checkpoint_every),
-        eval_every=int(args.eval_every), insecure=bool(args.insecure),
-        tls_ca=opt_path(args.tls_ca), tls_cert=opt_path(args.tls_cert), tls_key=opt_path(args.tls_key),
+        iterations=int(args.iterations),
+        model=args.model,
+        seed=int(args.seed),
+        out=Path(args.out),
+        resume=bool(args.resume),
+        checkpoint_every=int(args.checkpoint_every),
+        eval_every=int(args.eval_every),
+        insecure=bool(args.insecure),
+        tls_ca=opt_path(args.tls_ca),
+        tls_cert=opt_path(args.tls_cert),
+        tls_key=opt_path(args.tls_key),
         tls_server_name=args.tls_server_name or None,
-        timeouts=Timeouts(connect=float(args.connect_timeout), upload=float(args.upload_timeout),
-                          round=float(args.round_timeout)),
-        chunk_bytes=int(args.chunk_bytes), progress=args.progress)
+        timeouts=Timeouts(
+            connect=float(args.connect_timeout), upload=float(args.upload_timeout), round=float(args.round_timeout)
+        ),
+        chunk_bytes=int(args.chunk_bytes),
+        progress=args.progress,
+    )
 
 
 def _index_or_name(value: object) -> int | str:

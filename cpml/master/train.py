@@ -46,6 +46,7 @@ from cpml.wire import serde
 
 log = structlog.get_logger(__name__)
 
+
 class WrongResults(errors.CpmlError):
     """Some workers sent wrong results that the redundancy could not correct; the round was not applied."""
 
@@ -61,10 +62,16 @@ def make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> P
 
 
 def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> Plan:
-    kwargs: dict[str, Any] = {"p": settings.prime, "iterations": settings.iterations, "model": settings.model,
-                              "learning_rate": settings.learning_rate, "weight_bound": settings.weight_bound,
-                              "sigmoid_interval": settings.sigmoid_interval, "byzantine": settings.byzantine,
-                              "detect": settings.detect}
+    kwargs: dict[str, Any] = {
+        "p": settings.prime,
+        "iterations": settings.iterations,
+        "model": settings.model,
+        "learning_rate": settings.learning_rate,
+        "weight_bound": settings.weight_bound,
+        "sigmoid_interval": settings.sigmoid_interval,
+        "byzantine": settings.byzantine,
+        "detect": settings.detect,
+    }
     if settings.k is not None and settings.t is not None:
         plan = Plan(n_workers=n_workers, k=settings.k, t=settings.t, r=settings.r, **kwargs)
     elif settings.t is not None:
@@ -76,54 +83,84 @@ def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> 
     return choose_precision(settings, plan, x_train)
 
 
-def _trainer(settings: TrainSettings, data: Dataset, fingerprint: str,
-             mask_source: MaskSource) -> tuple[CodedTrainer, list[RoundRecord]]:
+def _trainer(
+    settings: TrainSettings, data: Dataset, fingerprint: str, mask_source: MaskSource
+) -> tuple[CodedTrainer, list[RoundRecord]]:
     ckpt_path = settings.out / "checkpoint.json"
     if not settings.resume:
         (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
         plan = make_plan(settings, settings.n_workers, data.x_train)
-        return CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test,
-                                   mask_source=mask_source, eval_every=settings.eval_every), []
+        return CodedTrainer.create(
+            plan,
+            data.x_train,
+            data.y_train,
+            settings.seed,
+            data.x_test,
+            data.y_test,
+            mask_source=mask_source,
+            eval_every=settings.eval_every,
+        ), []
     saved = load_checkpoint(ckpt_path, fingerprint)["trainer"]
     try:
         saved_plan = plan_from_checkpoint(saved)
         seed, round_, weights = int(saved["seed"]), int(saved["round"]), np.array(saved["weights"], dtype=np.float64)
         previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ResumeError(f"Argument 'resume' needs an intact checkpoint at {ckpt_path}, not one with a damaged "
-                          f"trainer state ({type(exc).__name__}: {exc}); run without --resume to start "
-                          f"fresh") from None
+        raise ResumeError(
+            f"Argument 'resume' needs an intact checkpoint at {ckpt_path}, not one with a damaged "
+            f"trainer state ({type(exc).__name__}: {exc}); run without --resume to start "
+            f"fresh"
+        ) from None
     changes = plan_changes(settings, saved_plan)
     if changes:
-        raise ResumeError(f"Argument 'resume' must continue the checkpoint's plan, not change it: "
-                          f"{', '.join(changes)}; drop these flags to resume, or start fresh without --resume")
+        raise ResumeError(
+            f"Argument 'resume' must continue the checkpoint's plan, not change it: "
+            f"{', '.join(changes)}; drop these flags to resume, or start fresh without --resume"
+        )
     if settings.iterations < round_:
-        raise ResumeError(f"Argument 'iterations' must be at least the {round_} rounds the checkpoint has "
-                          f"finished, not {settings.iterations}; pass --iterations {round_} or more")
+        raise ResumeError(
+            f"Argument 'iterations' must be at least the {round_} rounds the checkpoint has "
+            f"finished, not {settings.iterations}; pass --iterations {round_} or more"
+        )
     # N may change between runs (a dead worker is gone): the decoded gradient does not depend on N,
     # so the weights continue exactly as they would have.
     try:
         plan = saved_plan.with_(n_workers=settings.n_workers, iterations=settings.iterations)
     except ValueError as exc:
-        raise ResumeError(f"the checkpoint's plan (K={saved_plan.k}, T={saved_plan.t}, r={saved_plan.r}) needs "
-                          f"at least R = {saved_plan.threshold} workers, not {settings.n_workers} "
-                          f"(--workers or --workers-local): {exc}") from None
-    trainer = CodedTrainer.create(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test,
-                                  weights=weights, previous=previous, start_round=round_,
-                                  mask_source=mask_source, eval_every=settings.eval_every)
+        raise ResumeError(
+            f"the checkpoint's plan (K={saved_plan.k}, T={saved_plan.t}, r={saved_plan.r}) needs "
+            f"at least R = {saved_plan.threshold} workers, not {settings.n_workers} "
+            f"(--workers or --workers-local): {exc}"
+        ) from None
+    trainer = CodedTrainer.create(
+        plan,
+        data.x_train,
+        data.y_train,
+        seed,
+        data.x_test,
+        data.y_test,
+        weights=weights,
+        previous=previous,
+        start_round=round_,
+        mask_source=mask_source,
+        eval_every=settings.eval_every,
+    )
     rounds_log = settings.out / ROUNDS_LOG
     try:
         history = read_rounds(rounds_log, trainer.round)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ResumeError(f"Argument 'resume' needs an intact {rounds_log}, not a damaged one "
-                          f"({type(exc).__name__}: {exc}); run without --resume to start fresh") from None
+        raise ResumeError(
+            f"Argument 'resume' needs an intact {rounds_log}, not a damaged one "
+            f"({type(exc).__name__}: {exc}); run without --resume to start fresh"
+        ) from None
     rewrite_rounds(rounds_log, history)
     log.info("resuming", round=trainer.round, checkpoint=str(ckpt_path))
     return trainer, history
 
 
-async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None, *,
-                mask_source: MaskSource = uniform) -> TrainReport:
+async def train(
+    settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None = None, *, mask_source: MaskSource = uniform
+) -> TrainReport:
     """Run one training job end to end on remote or embedded workers; write the outputs into settings.out."""
     # mask_source exists for tests only (never a flag): a test swaps in zero masks to show its leak check fires.
     # The master's float products (the step size, the metrics) are small: BLAS's own threads only spin against
@@ -132,8 +169,9 @@ async def train(settings: TrainSettings, on_round: Callable[[RoundRecord], None]
         return await _train(settings, on_round, mask_source)
 
 
-async def _train(settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None,
-                 mask_source: MaskSource) -> TrainReport:
+async def _train(
+    settings: TrainSettings, on_round: Callable[[RoundRecord], None] | None, mask_source: MaskSource
+) -> TrainReport:
     if settings.protocol != "cpml":
         return await train_baseline(settings, on_round)  # the MPC baselines (cpml.mpc)
     data = load_training_data(settings)
@@ -144,9 +182,21 @@ async def _train(settings: TrainSettings, on_round: Callable[[RoundRecord], None
     if trainer.done:
         log.info("nothing to do: the checkpoint already finished every iteration", round=trainer.round)
         return _finish(settings, trainer, data, history, UploadStats(), {})
-    log.info("plan", n=plan.n_workers, k=plan.k, t=plan.t, r=plan.r, threshold=plan.threshold,
-             moduli=list(plan.moduli), modulus_bits=round(plan.basis.bits, 1), lx=plan.lx, lw=plan.lw, lc=plan.lc,
-             learning_rate=plan.learning_rate, iterations=plan.iterations)
+    log.info(
+        "plan",
+        n=plan.n_workers,
+        k=plan.k,
+        t=plan.t,
+        r=plan.r,
+        threshold=plan.threshold,
+        moduli=list(plan.moduli),
+        modulus_bits=round(plan.basis.bits, 1),
+        lx=plan.lx,
+        lw=plan.lw,
+        lc=plan.lc,
+        learning_rate=plan.learning_rate,
+        iterations=plan.iterations,
+    )
 
     async with contextlib.AsyncExitStack() as stack:
         cluster = await open_cluster(settings, stack)
@@ -159,8 +209,9 @@ async def _train(settings: TrainSettings, on_round: Callable[[RoundRecord], None
     return _finish(settings, trainer, data, history, upload, dropped)
 
 
-async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, rounds: RoundsLog,
-                   target_scale: float = 1.0) -> UploadStats:
+async def _run_job(
+    settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, rounds: RoundsLog, target_scale: float = 1.0
+) -> UploadStats:
     plan = trainer.plan
     job_id = uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(job=job_id)
@@ -172,8 +223,18 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
         remaining = plan.iterations - trainer.round
         stream_deadline = settings.timeouts.round * max(remaining, 1) + settings.timeouts.upload
         rejoiner = Rejoiner(cluster, trainer, job_id, spec, settings.chunk_bytes)
-        async with ComputeStreams(cluster.workers, job_id, plan.moduli, spec.result_cols, plan.threshold,
-                                  settings.timeouts.round, stream_deadline) as streams, contextlib.aclosing(rejoiner):
+        async with (
+            ComputeStreams(
+                cluster.workers,
+                job_id,
+                plan.moduli,
+                spec.result_cols,
+                plan.threshold,
+                settings.timeouts.round,
+                stream_deadline,
+            ) as streams,
+            contextlib.aclosing(rejoiner),
+        ):
             with rounds:
                 while not trainer.done:
                     for worker in rejoiner.ready():
@@ -191,8 +252,9 @@ async def _run_job(settings: TrainSettings, trainer: CodedTrainer, cluster: Clus
     return upload
 
 
-async def _distribute(settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, job_id: str,
-                      spec: serde.WireJobSpec) -> UploadStats:
+async def _distribute(
+    settings: TrainSettings, trainer: CodedTrainer, cluster: Cluster, job_id: str, spec: serde.WireJobSpec
+) -> UploadStats:
     """Upload the shares; when fewer than R workers had room (another job got there first), back off and retry."""
     threshold = trainer.plan.threshold
     deadline = time.monotonic() + settings.timeouts.upload
@@ -204,60 +266,104 @@ async def _distribute(settings: TrainSettings, trainer: CodedTrainer, cluster: C
             return upload
         # RESOURCE_EXHAUSTED: no room now. gRPC can also report a refusal that arrives while the chunks are still
         # streaming as "INTERNAL: Internal error from Core"; both are worth another try once the others are gone.
-        full = [w for w in cluster.workers if not w.alive and ("RESOURCE_EXHAUSTED" in w.failure
-                                                               or "INTERNAL" in w.failure)]
+        full = [
+            w for w in cluster.workers if not w.alive and ("RESOURCE_EXHAUSTED" in w.failure or "INTERNAL" in w.failure)
+        ]
         if not full or time.monotonic() > deadline:
             raise NotEnoughWorkers(
                 f"only {len(cluster.alive)} workers stored their share but R = {threshold} are needed: "
-                + "; ".join(f"{w.address}: {w.failure}" for w in cluster.workers if not w.alive))
+                + "; ".join(f"{w.address}: {w.failure}" for w in cluster.workers if not w.alive)
+            )
         # Holding a partial set of workers while another master does the same would deadlock both: release
         # the shares stored, wait a random moment, and try all of them again (the same shares: keyed masks).
-        log.warning("fewer than R workers had room for the share; releasing and retrying", stored=len(cluster.alive),
-                    needed=threshold, full=len(full))
+        log.warning(
+            "fewer than R workers had room for the share; releasing and retrying",
+            stored=len(cluster.alive),
+            needed=threshold,
+            full=len(full),
+        )
         await cluster.end_job(job_id)
         for worker in full:
             worker.revive()
         await asyncio.sleep(jitter.uniform(0.2, 2.0))
 
 
-async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, rejoiner: Rejoiner,
-                     target_scale: float = 1.0) -> RoundRecord:
+async def _one_round(
+    trainer: CodedTrainer, streams: ComputeStreams, rejoiner: Rejoiner, target_scale: float = 1.0
+) -> RoundRecord:
     began = time.perf_counter()
     round_number = trainer.round
     weight_shares = trainer.weight_shares()
     encoded = time.perf_counter()
-    replies, traffic = await streams.run_round(round_number, weight_shares, trainer.replies_needed,
-                                               rejoining=rejoiner.in_flight)
+    replies, traffic = await streams.run_round(
+        round_number, weight_shares, trainer.replies_needed, rejoining=rejoiner.in_flight
+    )
     received = time.perf_counter()
     try:
         stats = trainer.finish_round(round_number, replies)
     except TooManyErrors as exc:
-        raise WrongResults(f"{exc}; the round was not applied (the checkpoint holds the last good one). Rerun with "
-                           f"--resume and --byzantine A (N >= R + 2A) to correct them, or without the workers named "
-                           f"in the log") from None
+        raise WrongResults(
+            f"{exc}; the round was not applied (the checkpoint holds the last good one). Rerun with "
+            f"--resume and --byzantine A (N >= R + 2A) to correct them, or without the workers named "
+            f"in the log"
+        ) from None
     for index in stats.wrong_workers:
         streams.drop(index, f"sent a wrong result in round {round_number + 1} (corrected)")
     done = time.perf_counter()
-    return RoundRecord(round=stats.round, loss=stats.loss, train_accuracy=stats.train_accuracy,
-                       test_accuracy=stats.test_accuracy, workers_used=stats.workers_used,
-                       encode_seconds=encoded - began, send_seconds=traffic.send_seconds,
-                       wait_seconds=traffic.wait_seconds, worker_compute_seconds=traffic.worker_compute_seconds,
-                       decode_update_seconds=done - received,
-                       total_seconds=done - began, bytes_sent=traffic.bytes_sent,
-                       bytes_received=traffic.bytes_received, late_replies=traffic.late_replies,
-                       test_r2=stats.test_r2,
-                       test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale,
-                       wrong_workers=stats.wrong_workers)
+    return RoundRecord(
+        round=stats.round,
+        loss=stats.loss,
+        train_accuracy=stats.train_accuracy,
+        test_accuracy=stats.test_accuracy,
+        workers_used=stats.workers_used,
+        encode_seconds=encoded - began,
+        send_seconds=traffic.send_seconds,
+        wait_seconds=traffic.wait_seconds,
+        worker_compute_seconds=traffic.worker_compute_seconds,
+        decode_update_seconds=done - received,
+        total_seconds=done - began,
+        bytes_sent=traffic.bytes_sent,
+        bytes_received=traffic.bytes_received,
+        late_replies=traffic.late_replies,
+        test_r2=stats.test_r2,
+        test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale,
+        wrong_workers=stats.wrong_workers,
+    )
 
 
-def _finish(settings: TrainSettings, trainer: CodedTrainer, data: Dataset, history: list[RoundRecord],
-            upload: UploadStats, dropped: dict[int, str]) -> TrainReport:
+def _finish(
+    settings: TrainSettings,
+    trainer: CodedTrainer,
+    data: Dataset,
+    history: list[RoundRecord],
+    upload: UploadStats,
+    dropped: dict[int, str],
+) -> TrainReport:
     plan = trainer.plan
-    upload_summary = {"seconds": upload.seconds, "encode_seconds": upload.encode_seconds,
-                      "bytes_sent": upload.bytes_sent, "chunks": upload.chunks}
-    write_outputs(settings, trainer, data, history,
-                  {"threshold": plan.threshold, "upload": upload_summary,
-                   "dropped_workers": {str(k): v for k, v in dropped.items()}},
-                  title=f"N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}")
-    return TrainReport(plan=plan, weights=trainer.weights.copy(), history=tuple(history), upload=upload_summary,
-                       dropped_workers=dropped, out=settings.out, notes=data.notes)
+    upload_summary = {
+        "seconds": upload.seconds,
+        "encode_seconds": upload.encode_seconds,
+        "bytes_sent": upload.bytes_sent,
+        "chunks": upload.chunks,
+    }
+    write_outputs(
+        settings,
+        trainer,
+        data,
+        history,
+        {
+            "threshold": plan.threshold,
+            "upload": upload_summary,
+            "dropped_workers": {str(k): v for k, v in dropped.items()},
+        },
+        title=f"N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}",
+    )
+    return TrainReport(
+        plan=plan,
+        weights=trainer.weights.copy(),
+        history=tuple(history),
+        upload=upload_summary,
+        dropped_workers=dropped,
+        out=settings.out,
+        notes=data.notes,
+    )

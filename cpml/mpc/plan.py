@@ -98,8 +98,9 @@ class PartySpec:
         if 2 * self.group_size >= min(basis.moduli):  # points 1..n and the BH08 extraction's 1..2n
             raise argument_error("moduli", f"all exceed 2(2T+1) = {2 * self.group_size}", self.moduli)
         if len(self.coefficients) != len(basis.moduli):
-            raise argument_error("coefficients", f"hold one row per modulus ({len(basis.moduli)})",
-                                 len(self.coefficients))
+            raise argument_error(
+                "coefficients", f"hold one row per modulus ({len(basis.moduli)})", len(self.coefficients)
+            )
         for row, p in zip(self.coefficients, basis.moduli):
             if len(row) != self.r + 1:
                 raise argument_error("coefficients", f"hold r+1 = {self.r + 1} values", len(row))

@@ -86,14 +86,14 @@ def share_residues(
     return np.stack(per_field, axis=1)
 
 
-def reconstruct_residues(
-    basis: ResidueBasis, shares: Mapping[int, npt.NDArray[np.uint32]], degree: int
-) -> Elements:
+def reconstruct_residues(basis: ResidueBasis, shares: Mapping[int, npt.NDArray[np.uint32]], degree: int) -> Elements:
     """Interpolate P(0) in every field from the first degree+1 shares (point -> (residues, ...)): (residues, ...)."""
-    return np.stack([
-        reconstruct(field, {x: check_residues(basis, s, "share")[j] for x, s in shares.items()}, degree)
-        for j, field in enumerate(basis.fields)
-    ])
+    return np.stack(
+        [
+            reconstruct(field, {x: check_residues(basis, s, "share")[j] for x, s in shares.items()}, degree)
+            for j, field in enumerate(basis.fields)
+        ]
+    )
 
 
 def _vandermonde(field: PrimeField, points: tuple[int, ...], degree: int) -> npt.NDArray[np.float64]:

@@ -88,4 +88,4 @@ class CodingScheme:
         decoder = interpolation_matrix(self.field, first, targets)
         stacked = np.stack([self.field.check_elements(replies[i], "reply") for i in chosen])
         values = matmul_mod_centred(self.field, self.field.centred(decoder), self.field.centred(stacked[:threshold]))
-        return values[: self.k], bool(np.array_equal(values[self.k:], stacked[threshold:]))
+        return values[: self.k], bool(np.array_equal(values[self.k :], stacked[threshold:]))

@@ -41,8 +41,13 @@ def warm_up() -> None:
     _kernel()
 
 
-def fused_compute(field: PrimeField, x_share: npt.NDArray[np.int32], w_share: npt.NDArray[np.uint32],
-                  coefficients: npt.NDArray[np.uint32], block: int | None = None) -> Elements:
+def fused_compute(
+    field: PrimeField,
+    x_share: npt.NDArray[np.int32],
+    w_share: npt.NDArray[np.uint32],
+    coefficients: npt.NDArray[np.uint32],
+    block: int | None = None,
+) -> Elements:
     """X̃ᵀ s̄(X̃ W̃) mod p from a centred int32 share, as field_compute returns it (d x C, flattened row-major)."""
     # block exists for tests: a short one makes small arrays cross every reduction
     kernel = _kernel()
@@ -78,7 +83,10 @@ def _step_rows(x: Any, w: Any, c: Any, p: int, block: int, out: Any) -> None:
                 column = w[k * r + j]
                 z = np.int64(0)
                 for lo in range(0, d, block):
-                    a, b = row[lo:lo + block], column[lo:lo + block]  # slices: LLVM vectorizes this, not range(lo, hi)
+                    a, b = (
+                        row[lo : lo + block],
+                        column[lo : lo + block],
+                    )  # slices: LLVM vectorizes this, not range(lo, hi)
                     part = np.int64(0)
                     for t in range(a.shape[0]):
                         part += np.int64(a[t]) * np.int64(b[t])

@@ -29,8 +29,11 @@ def check_dataset(x: npt.ArrayLike, y: npt.ArrayLike, model: str, name: str = "x
     if xa.ndim != 2 or xa.shape[0] == 0 or xa.shape[1] == 0:
         raise argument_error(name, "be a non-empty 2-D array (rows x features)", xa.shape)
     if ya.shape[:1] != (xa.shape[0],) or ya.ndim > 2 or (ya.ndim == 2 and (model != "logistic" or ya.shape[1] < 3)):
-        raise argument_error("y", f"be a vector of {xa.shape[0]} labels (or {xa.shape[0]} x C one-hot rows, C > 2, "
-                             f"for logistic regression)", ya.shape)
+        raise argument_error(
+            "y",
+            f"be a vector of {xa.shape[0]} labels (or {xa.shape[0]} x C one-hot rows, C > 2, for logistic regression)",
+            ya.shape,
+        )
     if not (np.all(np.isfinite(xa)) and np.all(np.isfinite(ya))):
         raise argument_error(name, "hold only finite values", "NaN or infinity")
     if model == "logistic" and not np.all((ya == 0) | (ya == 1)):

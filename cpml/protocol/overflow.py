@@ -125,8 +125,10 @@ def auto_precision(
     """The fewest residues (or the given number) with at least MIN_DATA_BITS for the data, then the most bits."""
     # `levels` fixes some of l_x, l_w, l_c (the others climb the ladder); then only the residues are chosen.
     fixed = levels or {}
-    rungs = [dict(zip(("lx", "lw", "lc"), precision_ladder(plan.model, level)), **fixed)
-             for level in range(MAX_DATA_BITS, MIN_DATA_BITS - 1, -1)]
+    rungs = [
+        dict(zip(("lx", "lw", "lc"), precision_ladder(plan.model, level)), **fixed)
+        for level in range(MAX_DATA_BITS, MIN_DATA_BITS - 1, -1)
+    ]
     counts = range(1, MAX_RESIDUES + 1) if residues is None else (residues,)
     for count in counts:
         candidate = plan.with_(residues=count)
@@ -161,5 +163,10 @@ def public_profile(scaling: str, m: int, d: int) -> DataProfile | None:
     else:
         return None
     slack = 1 + 1e-9  # a standardised column's norm is sqrt(m) up to floating-point rounding
-    return DataProfile(rows=m, d=d, max_column_norm=(slack * math.sqrt(m),), frobenius=(slack * math.sqrt(m * d),),
-                       max_row_norm=(slack * row,))
+    return DataProfile(
+        rows=m,
+        d=d,
+        max_column_norm=(slack * math.sqrt(m),),
+        frobenius=(slack * math.sqrt(m * d),),
+        max_row_norm=(slack * row,),
+    )

@@ -59,9 +59,7 @@ class Plan:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise argument_error(name, "be a positive finite number", value)
-        if self.learning_rate is not None and not (
-            math.isfinite(self.learning_rate) and self.learning_rate > 0
-        ):
+        if self.learning_rate is not None and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise argument_error("learning_rate", "be a positive finite number or None (auto)", self.learning_rate)
         if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or self.byzantine < 0:
             raise argument_error("byzantine", "be a non-negative integer", self.byzantine)
@@ -72,9 +70,12 @@ class Plan:
             raise ValueError(self._threshold_message())
         if self.n_workers < self.replies_needed:
             raise argument_error(
-                "n_workers", f"be at least R + 2A{' + 1' if self.detect and not self.byzantine else ''} = "
+                "n_workers",
+                f"be at least R + 2A{' + 1' if self.detect and not self.byzantine else ''} = "
                 f"{self.replies_needed} to correct A = {self.byzantine} wrong results (R = {self.threshold}); add "
-                f"workers, lower --byzantine, or lower K", self.n_workers)
+                f"workers, lower --byzantine, or lower K",
+                self.n_workers,
+            )
         if self.n_workers + self.k + self.t >= min(self.moduli):
             raise argument_error("p", f"exceed N + K + T = {self.n_workers + self.k + self.t}", self.p)
 
@@ -139,9 +140,7 @@ class Plan:
         """Given N, T and r, take the largest K the threshold allows."""
         k = largest_k(n_workers, t, r)
         if k < 1:
-            raise argument_error(
-                "n_workers", f"be at least {recovery_threshold(1, t, r)} for T={t}, r={r}", n_workers
-            )
+            raise argument_error("n_workers", f"be at least {recovery_threshold(1, t, r)} for T={t}, r={r}", n_workers)
         return cls(n_workers=n_workers, k=k, t=t, r=r, **kwargs)  # type: ignore[arg-type]
 
     def _threshold_message(self) -> str:

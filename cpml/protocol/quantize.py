@@ -22,7 +22,7 @@ def quantize_data(x: npt.ArrayLike, lx: int) -> npt.NDArray[np.int64]:
         raise argument_error("x", "hold only finite values", "NaN or infinity")
     out = np.empty(arr.shape, dtype=np.int64)
     for lo in range(0, len(arr), _ROWS_AT_ONCE):  # the float temporaries stay small, whatever the rows
-        out[lo:lo + _ROWS_AT_ONCE] = round_half_up(np.ldexp(arr[lo:lo + _ROWS_AT_ONCE], lx))
+        out[lo : lo + _ROWS_AT_ONCE] = round_half_up(np.ldexp(arr[lo : lo + _ROWS_AT_ONCE], lx))
     return out
 
 

@@ -113,8 +113,9 @@ class TrainingRun:
         self.round += 1
         self._issued = self._query = None
         if self.round % self.eval_every and not self.done:  # the metrics cost passes over all the data
-            return RoundStats(self.round, None, None, None, used, float(np.linalg.norm(self.weights)),
-                              wrong_workers=wrong)
+            return RoundStats(
+                self.round, None, None, None, used, float(np.linalg.norm(self.weights)), wrong_workers=wrong
+            )
         return replace(self.stats(used), wrong_workers=wrong)
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
@@ -139,7 +140,6 @@ def plan_from_checkpoint(state: Mapping[str, object]) -> Plan:
     if not isinstance(fields, Mapping):
         raise argument_error("state", "hold a 'plan' mapping", type(fields).__name__)
     return Plan(**fields)
-
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,10 @@ def prepare_data(
     quantized = quantize_data(xa, plan.lx)
     if quantized.size and int(np.abs(quantized).max()) > MAX_QUANTIZED:
         raise argument_error(
-            "x", f"have |2^l_x x| <= {MAX_QUANTIZED} (l_x = {plan.lx}); scale the features or lower l_x",
-            int(np.abs(quantized).max()))
+            "x",
+            f"have |2^l_x x| <= {MAX_QUANTIZED} (l_x = {plan.lx}); scale the features or lower l_x",
+            int(np.abs(quantized).max()),
+        )
     w0 = np.zeros(shape) if weights is None else np.asarray(weights, dtype=np.float64)
     w_prev = w0 if previous is None else np.asarray(previous, dtype=np.float64)
     for name, w in (("weights", w0), ("previous", w_prev)):
@@ -246,9 +248,10 @@ def guard_round(
 ) -> None:
     """Refuse a round whose quantized weights could make a decoded value wrap around P."""
     # Each class's gradient column is decoded from its own r quantizations: the largest of their bounds counts.
-    bound = max(decoded_bound(profile, coefficients, plan.lx,
-                              [float(np.linalg.norm(wbar[:, c + j])) for j in range(plan.r)])
-                for c in range(0, wbar.shape[1], plan.r))
+    bound = max(
+        decoded_bound(profile, coefficients, plan.lx, [float(np.linalg.norm(wbar[:, c + j])) for j in range(plan.r)])
+        for c in range(0, wbar.shape[1], plan.r)
+    )
     if bound > plan.basis.max_signed:  # cannot happen inside the weight ball; never decode garbage
         raise OverflowError(
             f"round {round_index + 1}: decoded values could reach {bound:.3g} > (P-3)/2; refusing to send"

@@ -48,8 +48,10 @@ def scaled_coefficients(coefficients: tuple[float, ...], lx: int, lw: int, lc: i
     """Round c_i * 2^(lc + (r-i)(lx+lw)) (exact Python ints) so every term of s-bar has scale 2^(lc + r(lx+lw))."""
     r = len(coefficients) - 1
     # Fraction.__round__ would round halves to even; floor(v + 1/2) of the exact binary value rounds them up.
-    scaled = [math.floor(Fraction(c) * Fraction(2) ** (lc + (r - i) * (lx + lw)) + Fraction(1, 2))
-              for i, c in enumerate(coefficients)]
+    scaled = [
+        math.floor(Fraction(c) * Fraction(2) ** (lc + (r - i) * (lx + lw)) + Fraction(1, 2))
+        for i, c in enumerate(coefficients)
+    ]
     return np.array(scaled, dtype=object)
 
 

@@ -97,8 +97,14 @@ class CodedTrainer(TrainingRun):
         )
         if eval_every < 1:
             raise argument_error("eval_every", "be a positive number of rounds", eval_every)
-        return cls(seed=int(seed), round=start_round, schemes=schemes, mask_source=mask_source,
-                   eval_every=eval_every, **data.by_name())
+        return cls(
+            seed=int(seed),
+            round=start_round,
+            schemes=schemes,
+            mask_source=mask_source,
+            eval_every=eval_every,
+            **data.by_name(),
+        )
 
     @property
     def job_spec(self) -> JobSpec:
@@ -180,30 +186,39 @@ class CodedTrainer(TrainingRun):
         # Every reply past the first R is checked against the polynomial they determine (one product with the
         # decode); only when one disagrees are the wrong ones located (Berlekamp-Welch) and decoding redone.
         extra = self.replies_needed - self.plan.threshold
-        decoded = [scheme.decode_checked({i: reply[j] for i, reply in replies.items()}, self.plan.threshold, extra)
-                   for j, scheme in enumerate(self.schemes)]
+        decoded = [
+            scheme.decode_checked({i: reply[j] for i, reply in replies.items()}, self.plan.threshold, extra)
+            for j, scheme in enumerate(self.schemes)
+        ]
         if all(consistent for _, consistent in decoded):
             return np.stack([sum_blocks(s.field, blocks) for s, (blocks, _) in zip(self.schemes, decoded)]), []
         wrong: set[int] = set()
         for j, scheme in enumerate(self.schemes):
             try:
-                wrong |= set(scheme.wrong_replies({i: reply[j] for i, reply in replies.items()}, self.plan.threshold,
-                                                  self.errors_left))
+                wrong |= set(
+                    scheme.wrong_replies(
+                        {i: reply[j] for i, reply in replies.items()}, self.plan.threshold, self.errors_left
+                    )
+                )
             except TooManyErrors as exc:
                 raise TooManyErrors(f"round {self.round + 1}: {exc}") from None
         if not wrong or len(wrong) > self.errors_left:
-            raise TooManyErrors(f"round {self.round + 1}: the replies disagree and {len(wrong)} workers sent wrong "
-                                f"results {sorted(wrong)}, more than the {self.errors_left} the redundancy corrects")
+            raise TooManyErrors(
+                f"round {self.round + 1}: the replies disagree and {len(wrong)} workers sent wrong "
+                f"results {sorted(wrong)}, more than the {self.errors_left} the redundancy corrects"
+            )
         self.caught |= wrong
         return self.decode_sums(replies, sorted(wrong)), sorted(wrong)
 
     def decode_sums(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Elements:
         """X̄ᵀs̄ in every residue field (residues x dC) from the first R right replies: decode, add the K partitions."""
         good = {i: reply for i, reply in replies.items() if i not in wrong}
-        return np.stack([
-            sum_blocks(scheme.field, scheme.decode({i: reply[j] for i, reply in good.items()}, self.plan.threshold))
-            for j, scheme in enumerate(self.schemes)
-        ])
+        return np.stack(
+            [
+                sum_blocks(scheme.field, scheme.decode({i: reply[j] for i, reply in good.items()}, self.plan.threshold))
+                for j, scheme in enumerate(self.schemes)
+            ]
+        )
 
     def decode_gradient(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Array:
         """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the first R right replies (each residues x d)."""

@@ -47,14 +47,15 @@ def field_compute(
     # The weights hold r quantizations of each of C models (d x Cr, class-major); the result is the d x C matrix
     # X̃ᵀ s̄ of all C gradients, flattened row-major (d values for C = 1), from one pass over the share.
     r = len(coefficients) - 1
-    if x_share.ndim != 2 or w_share.ndim != 2 or x_share.shape[1] != w_share.shape[0] or r < 1 \
-            or w_share.shape[1] % r:
+    if x_share.ndim != 2 or w_share.ndim != 2 or x_share.shape[1] != w_share.shape[0] or r < 1 or w_share.shape[1] % r:
         raise argument_error("w_share", f"have shape ({x_share.shape[-1]}, C x r) with r = {r}", w_share.shape)
     classes = w_share.shape[1] // r
     if x_share.dtype == np.int32 and fused_available(field.p):  # centred: one pass over the share
         return fused_compute(field, cast("npt.NDArray[np.int32]", x_share), w_share, coefficients)
-    x = cast("npt.NDArray[np.float64] | npt.NDArray[np.int32]",
-             x_share if x_share.dtype == np.float64 else field.centred(x_share))
+    x = cast(
+        "npt.NDArray[np.float64] | npt.NDArray[np.int32]",
+        x_share if x_share.dtype == np.float64 else field.centred(x_share),
+    )
     z = matmul_mod_centred(field, x, field.centred(w_share)).reshape(-1, classes, r)  # each x̃ · w̃_cj
     p = np.uint64(field.p)
     s = np.full((x_share.shape[0], classes), int(coefficients[0]) % field.p, dtype=np.uint64)

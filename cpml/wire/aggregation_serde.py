@@ -27,8 +27,7 @@ def vector_from_proto(msg: pb.Vector, what: str) -> np.ndarray:
     """Unpack a Vector, refusing a byte length that does not match its declared size."""
     if len(msg.data) != 8 * msg.size:
         raise InvalidUpdate(
-            f"{what} declares {msg.size} float64 values but carries {len(msg.data)} bytes"
-            f" (expected {8 * msg.size})."
+            f"{what} declares {msg.size} float64 values but carries {len(msg.data)} bytes (expected {8 * msg.size})."
         )
     return np.frombuffer(msg.data, dtype=_FLOAT64).astype(np.float64)
 
@@ -54,19 +53,33 @@ def task_to_proto(run_id: str, task: RoundTask, run_z: float, total: int) -> pb.
     s = task.local
     assert s.learning_rate is not None  # the session resolves the step before it builds any task
     return pb.PartyTask(
-        run_id=run_id, round=task.round, finished=False, weights=vector_to_proto(task.weights),
-        noise_multiplier=task.noise_multiplier, run_noise_multiplier=run_z,
-        total_records=total, learning_rate=s.learning_rate, clip=s.clip, l2=s.l2,
-        local_steps=s.local_steps, sampling_rate=s.sampling_rate,
+        run_id=run_id,
+        round=task.round,
+        finished=False,
+        weights=vector_to_proto(task.weights),
+        noise_multiplier=task.noise_multiplier,
+        run_noise_multiplier=run_z,
+        total_records=total,
+        learning_rate=s.learning_rate,
+        clip=s.clip,
+        l2=s.l2,
+        local_steps=s.local_steps,
+        sampling_rate=s.sampling_rate,
     )
 
 
-def finished_to_proto(run_id: str, round_: int, weights: np.ndarray, reason: str,
-                      release_epsilon: float, party_epsilon: float) -> pb.PartyTask:
+def finished_to_proto(
+    run_id: str, round_: int, weights: np.ndarray, reason: str, release_epsilon: float, party_epsilon: float
+) -> pb.PartyTask:
     """The end-of-run message: the released model and both guarantees."""
     return pb.PartyTask(
-        run_id=run_id, round=round_, finished=True, weights=vector_to_proto(weights),
-        stop_reason=reason, release_epsilon=release_epsilon, party_epsilon=party_epsilon,
+        run_id=run_id,
+        round=round_,
+        finished=True,
+        weights=vector_to_proto(weights),
+        stop_reason=reason,
+        release_epsilon=release_epsilon,
+        party_epsilon=party_epsilon,
     )
 
 
@@ -75,22 +88,33 @@ def task_from_proto(msg: pb.PartyTask) -> TaskView:
     local = None
     if not msg.finished:
         local = LocalSettings(
-            learning_rate=msg.learning_rate, clip=msg.clip, l2=msg.l2,
-            local_steps=msg.local_steps, sampling_rate=msg.sampling_rate,
+            learning_rate=msg.learning_rate,
+            clip=msg.clip,
+            l2=msg.l2,
+            local_steps=msg.local_steps,
+            sampling_rate=msg.sampling_rate,
         )
     return TaskView(
-        round=msg.round, finished=msg.finished, weights=vector_from_proto(msg.weights, "task"),
-        noise_multiplier=msg.noise_multiplier, run_noise_multiplier=msg.run_noise_multiplier,
-        total_records=msg.total_records, local=local, stop_reason=msg.stop_reason,
-        release_epsilon=msg.release_epsilon, party_epsilon=msg.party_epsilon,
+        round=msg.round,
+        finished=msg.finished,
+        weights=vector_from_proto(msg.weights, "task"),
+        noise_multiplier=msg.noise_multiplier,
+        run_noise_multiplier=msg.run_noise_multiplier,
+        total_records=msg.total_records,
+        local=local,
+        stop_reason=msg.stop_reason,
+        release_epsilon=msg.release_epsilon,
+        party_epsilon=msg.party_epsilon,
     )
 
 
-def join_request(run_id: str, name: str, records: int, dimension: int, token: str,
-                 feature_schema: str) -> pb.JoinRequest:
+def join_request(
+    run_id: str, name: str, records: int, dimension: int, token: str, feature_schema: str
+) -> pb.JoinRequest:
     """A party's Join: who it is, how many records it holds, its model size and the schema it scaled with."""
-    return pb.JoinRequest(run_id=run_id, name=name, records=records, dimension=dimension, token=token,
-                          feature_schema=feature_schema)
+    return pb.JoinRequest(
+        run_id=run_id, name=name, records=records, dimension=dimension, token=token, feature_schema=feature_schema
+    )
 
 
 def join_reply(party_id: str, rounds: int, scheme: str, epsilon: float, delta: float) -> pb.JoinReply:
@@ -105,8 +129,9 @@ def task_request(run_id: str, party_id: str, after_round: int) -> pb.TaskRequest
 
 def update_request(run_id: str, party_id: str, round_: int, records: int, weights: np.ndarray) -> pb.UpdateRequest:
     """A party's noisy local model for one round."""
-    return pb.UpdateRequest(run_id=run_id, party_id=party_id, round=round_, records=records,
-                            weights=vector_to_proto(weights))
+    return pb.UpdateRequest(
+        run_id=run_id, party_id=party_id, round=round_, records=records, weights=vector_to_proto(weights)
+    )
 
 
 def update_reply(round_: int, waiting_for: int) -> pb.UpdateReply:

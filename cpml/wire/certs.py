@@ -52,12 +52,18 @@ def _write(path: Path, data: bytes, private: bool = False) -> Path:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def make_cluster_pki(out: Path, hosts: Sequence[str], clients: Sequence[str] = ("master",), days: int = 365,
-                     ca_name: str = "cpml cluster CA") -> ClusterPki:
+def make_cluster_pki(
+    out: Path,
+    hosts: Sequence[str],
+    clients: Sequence[str] = ("master",),
+    days: int = 365,
+    ca_name: str = "cpml cluster CA",
+) -> ClusterPki:
     """Create a CA, a worker certificate naming every host, and one client certificate per name."""
     if not hosts:
         raise ValueError("Argument 'hosts' must name at least one worker host, not [].")
@@ -66,21 +72,41 @@ def make_cluster_pki(out: Path, hosts: Sequence[str], clients: Sequence[str] = (
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
 
-    def issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
-              *, ca: bool, usages: Sequence[x509.ObjectIdentifier] = (),
-              sans: Sequence[x509.GeneralName] = ()) -> bytes:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(issuer).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=days))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))
+    def issue(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name,
+        signer: ec.EllipticCurvePrivateKey,
+        *,
+        ca: bool,
+        usages: Sequence[x509.ObjectIdentifier] = (),
+        sans: Sequence[x509.GeneralName] = (),
+    ) -> bytes:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        )
         if ca:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
-                decipher_only=False), critical=True)
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
         if usages:
             builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         if sans:
@@ -92,24 +118,37 @@ def make_cluster_pki(out: Path, hosts: Sequence[str], clients: Sequence[str] = (
     ca = _write(out / "ca.pem", issue(ca_name, ca_key, issuer, ca_key, ca=True))
     ca_key_path = _write(out / "ca.key", _key_pem(ca_key), private=True)
     worker_key = ec.generate_private_key(ec.SECP256R1())
-    worker_cert = _write(out / "worker.pem", issue(
-        hosts[0], worker_key, issuer, ca_key, ca=False,
-        usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH), sans=[_name(h) for h in hosts]))
+    worker_cert = _write(
+        out / "worker.pem",
+        issue(
+            hosts[0],
+            worker_key,
+            issuer,
+            ca_key,
+            ca=False,
+            usages=(ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+            sans=[_name(h) for h in hosts],
+        ),
+    )
     worker_key_path = _write(out / "worker.key", _key_pem(worker_key), private=True)
     client_files = {}
     for client in clients:
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _write(out / f"{client}.pem", issue(client, key, issuer, ca_key, ca=False,
-                                                   usages=(ExtendedKeyUsageOID.CLIENT_AUTH,)))
+        cert = _write(
+            out / f"{client}.pem",
+            issue(client, key, issuer, ca_key, ca=False, usages=(ExtendedKeyUsageOID.CLIENT_AUTH,)),
+        )
         client_files[client] = (cert, _write(out / f"{client}.key", _key_pem(key), private=True))
-    return ClusterPki(ca=ca, ca_key=ca_key_path, worker_cert=worker_cert, worker_key=worker_key_path,
-                      clients=client_files)
+    return ClusterPki(
+        ca=ca, ca_key=ca_key_path, worker_cert=worker_cert, worker_key=worker_key_path, clients=client_files
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write a cluster PKI into --out."""
-    parser = argparse.ArgumentParser(prog="python -m cpml.wire.certs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cpml.wire.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for the PEM files")
     parser.add_argument("--hosts", required=True, help="comma-separated worker host names or IP addresses")
     parser.add_argument("--clients", default="master", help="comma-separated client names (default: master)")

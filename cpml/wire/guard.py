@@ -44,8 +44,9 @@ def guarded_server(options: list[tuple[str, Any]]) -> grpc.aio.Server:
 class _Guard(grpc.aio.ServerInterceptor):
     """Wraps the handler gRPC found for each call: tolerant parsing, and no exception left unanswered."""
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
         handler = await continuation(details)
         return None if handler is None else _guard(handler, details.method.lstrip("/"))
 
@@ -72,7 +73,8 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         except DecodeError:
             return Undecodable(
                 f"the request is not a valid {name} message ({len(data)} bytes that do not parse as protobuf, or "
-                f"a string field that is not UTF-8); client and server must speak the same cpml.v1 contract")
+                f"a string field that is not UTF-8); client and server must speak the same cpml.v1 contract"
+            )
 
     return parse
 
@@ -160,9 +162,13 @@ async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc:
         raise asyncio.CancelledError  # the call is over: finish it as cancelled, as gRPC expects
     log.error("request failed unexpectedly", method=method, error=error, site=site)
     if isinstance(exc, MemoryError):
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{method} ran out of memory ({error} at {site}); the server keeps serving. Send a "
-                            f"smaller job or give the server more memory")
-    await context.abort(grpc.StatusCode.INTERNAL,
-                        f"{method} failed inside the server ({error} at {site}); the server keeps serving. This is "
-                        f"a bug: please report it with the server's log")
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"{method} ran out of memory ({error} at {site}); the server keeps serving. Send a "
+            f"smaller job or give the server more memory",
+        )
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"{method} failed inside the server ({error} at {site}); the server keeps serving. This is "
+        f"a bug: please report it with the server's log",
+    )

@@ -37,24 +37,36 @@ def tensor_to_proto(values: np.ndarray) -> pb.MpcTensor:
 def tensor_from_proto(msg: pb.MpcTensor, moduli: tuple[int, ...], what: str) -> np.ndarray:
     """The tensor's elements (residues, ...), refusing wrong sizes, a wrong residue axis and values >= each modulus."""
     if not 1 <= len(msg.shape) <= _MAX_RANK:
-        raise MalformedMessage(f"{what} has rank {len(msg.shape)}; MPC payloads have rank 1 to {_MAX_RANK} "
-                               f"(a leading residue axis first)")
+        raise MalformedMessage(
+            f"{what} has rank {len(msg.shape)}; MPC payloads have rank 1 to {_MAX_RANK} (a leading residue axis first)"
+        )
     shape = tuple(int(s) for s in msg.shape)
     if shape[0] != len(moduli):
         unpack_elements(msg.data, shape, max(moduli), what)  # bytes that do not fit the shape are reported first
         raise MalformedMessage(
             f"{what} holds {shape[0]} residue slice(s) but the job computes modulo {len(moduli)} prime(s) "
-            f"({', '.join(map(str, moduli))}); the sender does not use the job's residue moduli")
+            f"({', '.join(map(str, moduli))}); the sender does not use the job's residue moduli"
+        )
     return unpack_residues(msg.data, shape, moduli, what)
 
 
 def join_to_proto(job_id: str, spec: PartySpec, peers: list[str]) -> pb.MpcJoinRequest:
     """The master's request that a worker take its part in a job."""
     return pb.MpcJoinRequest(
-        job_id=job_id, protocol=spec.protocol, moduli=list(spec.moduli), t=spec.t, first=spec.first,
-        position=spec.position, rows=spec.rows, cols=spec.d, degree=spec.r,
+        job_id=job_id,
+        protocol=spec.protocol,
+        moduli=list(spec.moduli),
+        t=spec.t,
+        first=spec.first,
+        position=spec.position,
+        rows=spec.rows,
+        cols=spec.d,
+        degree=spec.r,
         coefficients=tensor_to_proto(spec.coefficient_array()),
-        start_round=spec.start_round, rounds=spec.rounds, peers=peers)
+        start_round=spec.start_round,
+        rounds=spec.rounds,
+        peers=peers,
+    )
 
 
 def moduli_from_proto(msg: pb.MpcJoinRequest) -> tuple[int, ...]:
@@ -64,8 +76,9 @@ def moduli_from_proto(msg: pb.MpcJoinRequest) -> tuple[int, ...]:
         try:
             field_for(modulus)
         except ValueError as exc:
-            raise MalformedMessage(f"modulus {modulus} is not supported: {exc} This worker computes over primes "
-                                   f"below 2^{MAX_PRIME_BITS}") from None
+            raise MalformedMessage(
+                f"modulus {modulus} is not supported: {exc} This worker computes over primes below 2^{MAX_PRIME_BITS}"
+            ) from None
     return moduli
 
 
@@ -77,10 +90,19 @@ def join_from_proto(msg: pb.MpcJoinRequest) -> tuple[PartySpec, list[str]]:
     coefficients = tensor_from_proto(msg.coefficients, moduli, "coefficients")
     try:
         spec = PartySpec(
-            protocol=msg.protocol, moduli=moduli, t=msg.t, group_size=len(msg.peers), first=msg.first,
-            position=msg.position, rows=msg.rows, d=msg.cols, r=msg.degree,
+            protocol=msg.protocol,
+            moduli=moduli,
+            t=msg.t,
+            group_size=len(msg.peers),
+            first=msg.first,
+            position=msg.position,
+            rows=msg.rows,
+            d=msg.cols,
+            r=msg.degree,
             coefficients=tuple(tuple(int(c) for c in row) for row in coefficients.reshape(len(moduli), -1)),
-            start_round=msg.start_round, rounds=msg.rounds)
+            start_round=msg.start_round,
+            rounds=msg.rounds,
+        )
     except ValueError as exc:
         raise MalformedMessage(f"Join request is inconsistent: {exc}") from exc
     return spec, list(msg.peers)
@@ -89,9 +111,16 @@ def join_from_proto(msg: pb.MpcJoinRequest) -> tuple[PartySpec, list[str]]:
 def envelope_to_proto(job_id: str, message: Message) -> pb.MpcEnvelope:
     """One protocol message with its checksum."""
     payload = tensor_to_proto(message.payload)
-    return pb.MpcEnvelope(job_id=job_id, sender=message.sender, receiver=message.receiver,
-                          kind=_KIND_TO_WIRE[message.kind], round=message.round, step=message.step,
-                          payload=payload, crc32=checksum(payload.data))
+    return pb.MpcEnvelope(
+        job_id=job_id,
+        sender=message.sender,
+        receiver=message.receiver,
+        kind=_KIND_TO_WIRE[message.kind],
+        round=message.round,
+        step=message.step,
+        payload=payload,
+        crc32=checksum(payload.data),
+    )
 
 
 def envelope_from_proto(msg: pb.MpcEnvelope, moduli: tuple[int, ...]) -> Message:
@@ -125,18 +154,30 @@ def leave_request(job_id: str) -> pb.MpcLeaveRequest:
     return pb.MpcLeaveRequest(job_id=job_id)
 
 
-def leave_reply(existed: bool, messages: Mapping[str, int] | None = None, sent: Mapping[str, int] | None = None,
-                compute_seconds: float = 0.0) -> pb.MpcLeaveReply:
+def leave_reply(
+    existed: bool,
+    messages: Mapping[str, int] | None = None,
+    sent: Mapping[str, int] | None = None,
+    compute_seconds: float = 0.0,
+) -> pb.MpcLeaveReply:
     """A worker's account of a job it left: the protocol messages and bytes it sent by kind, its compute time."""
     messages, sent = messages or {}, sent or {}
-    return pb.MpcLeaveReply(existed=existed, messages_sent=sum(messages.values()), bytes_sent=sum(sent.values()),
-                            compute_seconds=compute_seconds, messages_by_kind=dict(messages),
-                            bytes_by_kind=dict(sent))
+    return pb.MpcLeaveReply(
+        existed=existed,
+        messages_sent=sum(messages.values()),
+        bytes_sent=sum(sent.values()),
+        compute_seconds=compute_seconds,
+        messages_by_kind=dict(messages),
+        bytes_by_kind=dict(sent),
+    )
 
 
 def leave_from_proto(reply: pb.MpcLeaveReply) -> dict[str, object]:
     """What a worker reported when it left a job, as plain values."""
-    return {"messages_sent": reply.messages_sent, "bytes_sent": reply.bytes_sent,
-            "compute_seconds": reply.compute_seconds, "messages_by_kind": dict(reply.messages_by_kind),
-            "bytes_by_kind": dict(reply.bytes_by_kind)}
-
+    return {
+        "messages_sent": reply.messages_sent,
+        "bytes_sent": reply.bytes_sent,
+        "compute_seconds": reply.compute_seconds,
+        "messages_by_kind": dict(reply.messages_by_kind),
+        "bytes_by_kind": dict(reply.bytes_by_kind),
+    }

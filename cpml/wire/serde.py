@@ -61,8 +61,8 @@ def check_id(value: str, what: str = "job_id") -> str:
         raise MalformedMessage(f"the request has an empty {what}; name the job in every message")
     if len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise MalformedMessage(
-            f"{what} {shown(value)} must be 1 to {MAX_ID_LENGTH} printable characters (the master uses 32 hex "
-            f"digits)")
+            f"{what} {shown(value)} must be 1 to {MAX_ID_LENGTH} printable characters (the master uses 32 hex digits)"
+        )
     return value
 
 
@@ -81,8 +81,15 @@ class WireJobSpec:
     @classmethod
     def of(cls, spec: JobSpec, model: str) -> WireJobSpec:
         """The wire form of the protocol's JobSpec."""
-        return cls(moduli=tuple(spec.moduli), degree=spec.r, rows=spec.rows, cols=spec.d,
-                   coefficients=spec.coefficient_array(), model=model, classes=spec.classes)
+        return cls(
+            moduli=tuple(spec.moduli),
+            degree=spec.r,
+            rows=spec.rows,
+            cols=spec.d,
+            coefficients=spec.coefficient_array(),
+            model=model,
+            classes=spec.classes,
+        )
 
     @property
     def result_cols(self) -> int:
@@ -155,14 +162,16 @@ def unpack_elements(data: bytes, shape: tuple[int, ...], modulus: int, what: str
     if len(data) != expected:
         raise MalformedMessage(
             f"{what} has {len(data)} bytes but shape {'x'.join(map(str, shape))} needs {expected} "
-            f"({ELEMENT_BYTES}-byte little-endian elements); the sender packed the wrong array")
+            f"({ELEMENT_BYTES}-byte little-endian elements); the sender packed the wrong array"
+        )
     values = np.frombuffer(data, dtype=ELEMENT_DTYPE).reshape(shape).astype(np.uint32, copy=False)
     if values.size and int(values.max()) >= modulus:  # one pass; count only when refusing
         too_big = int(np.count_nonzero(values >= modulus))
         if too_big:
             raise MalformedMessage(
                 f"{what} holds {too_big} value(s) >= the modulus {modulus}, so they are not field "
-                f"elements; reduce every value mod p before sending")
+                f"elements; reduce every value mod p before sending"
+            )
     return values
 
 
@@ -174,7 +183,8 @@ def unpack_residues(data: bytes, shape: tuple[int, ...], moduli: tuple[int, ...]
         if part.size and int(part.max()) >= modulus:
             raise MalformedMessage(
                 f"{what} holds {int(np.count_nonzero(part >= modulus))} value(s) >= the modulus {modulus} of "
-                f"residue {residue}, so they are not field elements; reduce every value mod its prime")
+                f"residue {residue}, so they are not field elements; reduce every value mod its prime"
+            )
     return values
 
 
@@ -192,15 +202,22 @@ def block_from_proto(msg: pb.FieldBlock, shape: tuple[int, int], modulus: int, w
     if (msg.rows, msg.cols) != tuple(shape):
         raise MalformedMessage(
             f"{what} is {msg.rows}x{msg.cols} but this job needs {shape[0]}x{shape[1]}; "
-            f"check that the master and worker agree on the job's dimensions")
+            f"check that the master and worker agree on the job's dimensions"
+        )
     return unpack_elements(msg.data, (msg.rows, msg.cols), modulus, what)
 
 
 def job_spec_to_proto(spec: WireJobSpec) -> pb.JobSpec:
     """A job spec as its protobuf message."""
-    return pb.JobSpec(moduli=spec.moduli, degree=spec.degree, rows=spec.rows, cols=spec.cols,
-                      coefficients=block_to_proto(spec.coefficients), model=spec.model,
-                      classes=spec.classes if spec.classes > 1 else 0)
+    return pb.JobSpec(
+        moduli=spec.moduli,
+        degree=spec.degree,
+        rows=spec.rows,
+        cols=spec.cols,
+        coefficients=block_to_proto(spec.coefficients),
+        model=spec.model,
+        classes=spec.classes if spec.classes > 1 else 0,
+    )
 
 
 def check_moduli(single: int, moduli: Sequence[int], what: str) -> tuple[int, ...]:
@@ -208,17 +225,18 @@ def check_moduli(single: int, moduli: Sequence[int], what: str) -> tuple[int, ..
     if single:
         raise MalformedMessage(
             f"{what} names the single modulus {single} (the cpml 0.1 format); this worker computes in several "
-            f"residue fields and needs the list `moduli`: upgrade the master to the worker's version")
+            f"residue fields and needs the list `moduli`: upgrade the master to the worker's version"
+        )
     if not 1 <= len(moduli) <= MAX_RESIDUES:
         raise MalformedMessage(f"{what} declares {len(moduli)} residue moduli; send 1 to {MAX_RESIDUES}")
     checked = tuple(int(m) for m in moduli)
     if len(set(checked)) != len(checked):
-        raise MalformedMessage(f"{what} repeats a residue modulus ({', '.join(map(str, checked))}); the moduli "
-                               f"must be distinct primes")
+        raise MalformedMessage(
+            f"{what} repeats a residue modulus ({', '.join(map(str, checked))}); the moduli must be distinct primes"
+        )
     for modulus in checked:
         if not 2 < modulus < MAX_WIRE_MODULUS:
-            raise MalformedMessage(
-                f"modulus {modulus} cannot travel as uint32 field elements; use primes in (2, 2^32)")
+            raise MalformedMessage(f"modulus {modulus} cannot travel as uint32 field elements; use primes in (2, 2^32)")
     return checked
 
 
@@ -226,25 +244,37 @@ def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
     """A JobSpec message as a WireJobSpec, refusing empty shapes and moduli the wire cannot carry."""
     moduli = check_moduli(msg.modulus, msg.moduli, "job spec")
     if msg.rows == 0 or msg.cols == 0:
-        raise MalformedMessage(f"job spec declares an empty share ({msg.rows}x{msg.cols}); "
-                               f"the share needs at least one row and one column")
+        raise MalformedMessage(
+            f"job spec declares an empty share ({msg.rows}x{msg.cols}); the share needs at least one row and one column"
+        )
     if not 1 <= msg.degree <= MAX_DEGREE:
-        raise MalformedMessage(f"job spec declares sigmoid degree {msg.degree}; the degree r must be between 1 and "
-                               f"{MAX_DEGREE}")
+        raise MalformedMessage(
+            f"job spec declares sigmoid degree {msg.degree}; the degree r must be between 1 and {MAX_DEGREE}"
+        )
     if msg.model not in MODELS:
         raise MalformedMessage(f"job spec declares model {shown(msg.model)}; use one of {', '.join(MODELS)}")
     shape = (len(moduli), msg.degree + 1)
     if (msg.coefficients.rows, msg.coefficients.cols) != shape:
         raise MalformedMessage(
             f"the sigmoid coefficients are {msg.coefficients.rows}x{msg.coefficients.cols} but this job needs "
-            f"{shape[0]}x{shape[1]} (one row per residue modulus, r+1 columns)")
+            f"{shape[0]}x{shape[1]} (one row per residue modulus, r+1 columns)"
+        )
     classes = max(1, msg.classes)
     if classes > MAX_CLASSES or (classes > 1 and msg.model != "logistic"):
-        raise MalformedMessage(f"job spec declares {msg.classes} classes for model {shown(msg.model)}; one-vs-rest "
-                               f"logistic regression takes 2 to {MAX_CLASSES} weight columns, linear regression one")
+        raise MalformedMessage(
+            f"job spec declares {msg.classes} classes for model {shown(msg.model)}; one-vs-rest "
+            f"logistic regression takes 2 to {MAX_CLASSES} weight columns, linear regression one"
+        )
     coefficients = unpack_residues(msg.coefficients.data, shape, moduli, "the sigmoid coefficients")
-    return WireJobSpec(moduli=moduli, degree=msg.degree, rows=msg.rows, cols=msg.cols,
-                       coefficients=coefficients, model=msg.model, classes=classes)
+    return WireJobSpec(
+        moduli=moduli,
+        degree=msg.degree,
+        rows=msg.rows,
+        cols=msg.cols,
+        coefficients=coefficients,
+        model=msg.model,
+        classes=classes,
+    )
 
 
 def rows_per_chunk(cols: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
@@ -254,14 +284,21 @@ def rows_per_chunk(cols: int, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int
     return max(1, max_chunk_bytes // (cols * ELEMENT_BYTES))
 
 
-def share_chunks_to_proto(job_id: str, row_offset: int, block: np.ndarray, spec: WireJobSpec | None = None,
-                          max_chunk_bytes: int = DEFAULT_CHUNK_BYTES, residue: int = 0) -> Iterator[pb.ShareChunk]:
+def share_chunks_to_proto(
+    job_id: str,
+    row_offset: int,
+    block: np.ndarray,
+    spec: WireJobSpec | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    residue: int = 0,
+) -> Iterator[pb.ShareChunk]:
     """Split rows of a share (one residue) into checksummed ShareChunk messages; the first carries `spec`."""
     step = rows_per_chunk(block.shape[1], max_chunk_bytes)
     for start in range(0, block.shape[0], step):
-        piece = block_to_proto(block[start:start + step])
-        msg = pb.ShareChunk(job_id=job_id, row_offset=row_offset + start, block=piece,
-                            crc32=checksum(piece.data), residue=residue)
+        piece = block_to_proto(block[start : start + step])
+        msg = pb.ShareChunk(
+            job_id=job_id, row_offset=row_offset + start, block=piece, crc32=checksum(piece.data), residue=residue
+        )
         if spec is not None and start == 0:
             msg.spec.CopyFrom(job_spec_to_proto(spec))
         yield msg
@@ -281,9 +318,14 @@ def _length_delimited(field: int, size: int) -> bytes:
     return _varint(field << 3 | 2) + _varint(size)
 
 
-def share_chunks_to_wire(job_id: str, row_offset: int, block: np.ndarray, spec: WireJobSpec | None = None,
-                         max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                         residue: int = 0) -> Iterator[tuple[bytes, int]]:
+def share_chunks_to_wire(
+    job_id: str,
+    row_offset: int,
+    block: np.ndarray,
+    spec: WireJobSpec | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    residue: int = 0,
+) -> Iterator[tuple[bytes, int]]:
     """share_chunks_to_proto, already serialized with one copy of the elements: (message, element bytes)."""
     # The upload moves every share byte once; building messages through protobuf objects copies each
     # byte three more times on the master's event loop. This writes the same wire format directly
@@ -299,19 +341,26 @@ def share_chunks_to_wire(job_id: str, row_offset: int, block: np.ndarray, spec: 
         raise TypeError(f"Argument 'block' must have dtype uint32, not {block.dtype}.")
     step = rows_per_chunk(block.shape[1], max_chunk_bytes)
     for start in range(0, block.shape[0], step):
-        piece = np.ascontiguousarray(block[start:start + step], dtype=ELEMENT_DTYPE)
+        piece = np.ascontiguousarray(block[start : start + step], dtype=ELEMENT_DTYPE)
         data = memoryview(piece.data).cast("B")
         rows, cols = piece.shape
         inner = _varint(1 << 3) + _varint(rows) + _varint(2 << 3) + _varint(cols) + _length_delimited(3, len(data))
         offset = row_offset + start
         crc = checksum(data)
-        yield b"".join((
-            first_head if start == 0 else head,
-            _varint(3 << 3) + _varint(offset) if offset else b"",
-            _length_delimited(4, len(inner) + len(data)), inner, data,
-            _varint(5 << 3 | 5) + crc.to_bytes(4, "little") if crc else b"",
-            _varint(6 << 3) + _varint(residue) if residue else b"",
-        )), len(data)
+        yield (
+            b"".join(
+                (
+                    first_head if start == 0 else head,
+                    _varint(3 << 3) + _varint(offset) if offset else b"",
+                    _length_delimited(4, len(inner) + len(data)),
+                    inner,
+                    data,
+                    _varint(5 << 3 | 5) + crc.to_bytes(4, "little") if crc else b"",
+                    _varint(6 << 3) + _varint(residue) if residue else b"",
+                )
+            ),
+            len(data),
+        )
 
 
 def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
@@ -320,22 +369,30 @@ def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
     if msg.residue >= spec.residues:
         raise MalformedMessage(
             f"share chunk at row {msg.row_offset} names residue {msg.residue} but job {msg.job_id!r} declared "
-            f"{spec.residues} moduli (residues 0..{spec.residues - 1})")
+            f"{spec.residues} moduli (residues 0..{spec.residues - 1})"
+        )
     crc = checksum(data)
     if crc != msg.crc32:
         raise CorruptData(
             f"share chunk at row {msg.row_offset} of job {msg.job_id!r} fails its CRC-32 check "
-            f"({crc:#010x} != {msg.crc32:#010x}); the bytes were damaged, re-upload the share")
+            f"({crc:#010x} != {msg.crc32:#010x}); the bytes were damaged, re-upload the share"
+        )
     if msg.block.cols != spec.cols:
         raise MalformedMessage(
             f"share chunk at row {msg.row_offset} has {msg.block.cols} columns but job {msg.job_id!r} "
-            f"declared {spec.cols}")
+            f"declared {spec.cols}"
+        )
     if msg.block.rows == 0 or msg.row_offset + msg.block.rows > spec.rows:
         raise MalformedMessage(
             f"share chunk covers rows [{msg.row_offset}, {msg.row_offset + msg.block.rows}) but job "
-            f"{msg.job_id!r} declared {spec.rows} rows; chunks must be non-empty and inside the share")
-    block = unpack_elements(data, (msg.block.rows, msg.block.cols), spec.moduli[msg.residue],
-                            f"share chunk at row {msg.row_offset} of residue {msg.residue}")
+            f"{msg.job_id!r} declared {spec.rows} rows; chunks must be non-empty and inside the share"
+        )
+    block = unpack_elements(
+        data,
+        (msg.block.rows, msg.block.cols),
+        spec.moduli[msg.residue],
+        f"share chunk at row {msg.row_offset} of residue {msg.residue}",
+    )
     return ShareBlock(job_id=msg.job_id, residue=msg.residue, row_offset=msg.row_offset, block=block)
 
 
@@ -353,15 +410,16 @@ def round_request_from_proto(msg: pb.RoundRequest, spec: WireJobSpec) -> np.ndar
         raise MalformedMessage(
             f"{what} are {msg.weights.rows}x{msg.weights.cols} but this job needs {shape[0]}x{shape[1]} "
             f"(residues x d rows, classes x r columns); check that the master and worker agree on the job's "
-            f"dimensions")
+            f"dimensions"
+        )
     return unpack_residues(msg.weights.data, (spec.residues, spec.cols, shape[1]), spec.moduli, what)
 
 
-def round_result_to_proto(job_id: str, round_number: int, result: np.ndarray,
-                          compute_seconds: float) -> pb.RoundResult:
+def round_result_to_proto(job_id: str, round_number: int, result: np.ndarray, compute_seconds: float) -> pb.RoundResult:
     """A worker's f(share, weights) for one round: residues x dC."""
-    return pb.RoundResult(job_id=job_id, round=round_number, result=block_to_proto(result),
-                          compute_seconds=compute_seconds)
+    return pb.RoundResult(
+        job_id=job_id, round=round_number, result=block_to_proto(result), compute_seconds=compute_seconds
+    )
 
 
 def round_result_from_proto(msg: pb.RoundResult, moduli: tuple[int, ...], cols: int) -> np.ndarray:
@@ -370,35 +428,67 @@ def round_result_from_proto(msg: pb.RoundResult, moduli: tuple[int, ...], cols: 
     if (msg.result.rows, msg.result.cols) != (len(moduli), cols):
         raise MalformedMessage(
             f"{what} is {msg.result.rows}x{msg.result.cols} but this job needs {len(moduli)}x{cols} "
-            f"(one row per residue modulus)")
+            f"(one row per residue modulus)"
+        )
     return unpack_residues(msg.result.data, (len(moduli), cols), moduli, what)
 
 
 def status_to_proto(status: WorkerStatus) -> pb.StatusReply:
     """A worker's status as its protobuf reply."""
-    return pb.StatusReply(version=status.version, max_modulus=status.max_modulus,
-                          share_bytes_cap=status.share_bytes_cap, share_bytes_used=status.share_bytes_used,
-                          jobs=status.jobs, max_message_bytes=status.max_message_bytes)
+    return pb.StatusReply(
+        version=status.version,
+        max_modulus=status.max_modulus,
+        share_bytes_cap=status.share_bytes_cap,
+        share_bytes_used=status.share_bytes_used,
+        jobs=status.jobs,
+        max_message_bytes=status.max_message_bytes,
+    )
 
 
 def status_from_proto(msg: pb.StatusReply) -> WorkerStatus:
     """A StatusReply as a WorkerStatus."""
-    return WorkerStatus(version=msg.version, max_modulus=msg.max_modulus,
-                        share_bytes_cap=msg.share_bytes_cap, share_bytes_used=msg.share_bytes_used,
-                        jobs=msg.jobs, max_message_bytes=msg.max_message_bytes)
+    return WorkerStatus(
+        version=msg.version,
+        max_modulus=msg.max_modulus,
+        share_bytes_cap=msg.share_bytes_cap,
+        share_bytes_used=msg.share_bytes_used,
+        jobs=msg.jobs,
+        max_message_bytes=msg.max_message_bytes,
+    )
 
 
 def jobs_to_proto(jobs: list[JobSummary]) -> pb.ListJobsReply:
     """A worker's stored jobs as its ListJobs reply."""
-    return pb.ListJobsReply(jobs=[pb.JobInfo(job_id=j.job_id, residues=j.residues, rows=j.rows, cols=j.cols,
-                                             bytes=j.bytes, idle_seconds=j.idle_seconds,
-                                             compute_streams=j.compute_streams) for j in jobs])
+    return pb.ListJobsReply(
+        jobs=[
+            pb.JobInfo(
+                job_id=j.job_id,
+                residues=j.residues,
+                rows=j.rows,
+                cols=j.cols,
+                bytes=j.bytes,
+                idle_seconds=j.idle_seconds,
+                compute_streams=j.compute_streams,
+            )
+            for j in jobs
+        ]
+    )
 
 
 def jobs_from_proto(msg: pb.ListJobsReply) -> list[JobSummary]:
     """A ListJobs reply as JobSummary values."""
-    return [JobSummary(job_id=j.job_id, residues=j.residues, rows=j.rows, cols=j.cols, bytes=j.bytes,
-                       idle_seconds=j.idle_seconds, compute_streams=j.compute_streams) for j in msg.jobs]
+    return [
+        JobSummary(
+            job_id=j.job_id,
+            residues=j.residues,
+            rows=j.rows,
+            cols=j.cols,
+            bytes=j.bytes,
+            idle_seconds=j.idle_seconds,
+            compute_streams=j.compute_streams,
+        )
+        for j in msg.jobs
+    ]
 
 
 def status_request() -> pb.StatusRequest:
@@ -429,4 +519,3 @@ def upload_reply(job_id: str, stored_bytes: int) -> pb.UploadReply:
 def upload_reply_from_wire(data: bytes) -> pb.UploadReply:
     """Parse the UploadReply of the raw upload path (whose requests are pre-serialized chunks)."""
     return pb.UploadReply.FromString(data)
-

@@ -14,8 +14,9 @@ def _read(path: Path | None, what: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ValueError(f"Argument '{what}' must be a readable PEM file, not {str(path)!r} "
-                         f"({exc.strerror}).") from None
+        raise ValueError(
+            f"Argument '{what}' must be a readable PEM file, not {str(path)!r} ({exc.strerror})."
+        ) from None
 
 
 def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> grpc.ServerCredentials:
@@ -23,19 +24,20 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None = None) -> 
     ca = _read(client_ca, "tls_client_ca")
     pair = (_read(key, "tls_key"), _read(cert, "tls_cert"))
     assert pair[0] is not None and pair[1] is not None  # both paths are given
-    return grpc.ssl_server_credentials([(pair[0], pair[1])],
-                                       root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials([(pair[0], pair[1])], root_certificates=ca, require_client_auth=ca is not None)
 
 
-def channel_credentials(ca: Path | None = None, cert: Path | None = None,
-                        key: Path | None = None) -> grpc.ChannelCredentials:
+def channel_credentials(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
     """TLS for a client, trusting `ca` (system roots if None) and presenting cert/key for mutual TLS."""
     if (cert is None) != (key is None):
-        raise ValueError(f"Argument 'tls_cert' must come with 'tls_key' (both or neither), "
-                         f"not cert={cert} key={key}.")
-    return grpc.ssl_channel_credentials(root_certificates=_read(ca, "tls_ca"),
-                                        private_key=_read(key, "tls_key"),
-                                        certificate_chain=_read(cert, "tls_cert"))
+        raise ValueError(f"Argument 'tls_cert' must come with 'tls_key' (both or neither), not cert={cert} key={key}.")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "tls_ca"),
+        private_key=_read(key, "tls_key"),
+        certificate_chain=_read(cert, "tls_cert"),
+    )
 
 
 def client_channel(address: str, args: argparse.Namespace) -> grpc.Channel:

@@ -52,8 +52,10 @@ def _plaintext_against_tls(raw: socket.socket, address: str, host: str) -> str |
         pass
     if not _speaks_tls(host, int(address.rpartition(":")[2]), raw.gettimeout() or 3.0):
         return None
-    return (f"{address} serves TLS but the master connects in plaintext (--insecure): pass --tls-ca (and "
-            f"--tls-cert/--tls-key if the worker demands client certificates)")
+    return (
+        f"{address} serves TLS but the master connects in plaintext (--insecure): pass --tls-ca (and "
+        f"--tls-cert/--tls-key if the worker demands client certificates)"
+    )
 
 
 def _speaks_tls(host: str, port: int, timeout: float) -> bool:
@@ -82,15 +84,21 @@ def _handshake(raw: socket.socket, address: str, host: str, tls: TlsSettings) ->
                 return _client_certificate_problem(address, tls)
     except ssl.SSLCertVerificationError as exc:
         if "hostname" in str(exc.verify_message).lower() or "mismatch" in str(exc).lower():
-            return (f"{address}'s certificate is not issued for {name!r}: connect by a name it lists, or pass "
-                    f"--tls-server-name with one of them")
-        return (f"{address}'s certificate is not signed by the CA in --tls-ca ({exc.verify_message}): pass the "
-                f"CA that issued the workers' certificates")
+            return (
+                f"{address}'s certificate is not issued for {name!r}: connect by a name it lists, or pass "
+                f"--tls-server-name with one of them"
+            )
+        return (
+            f"{address}'s certificate is not signed by the CA in --tls-ca ({exc.verify_message}): pass the "
+            f"CA that issued the workers' certificates"
+        )
     except ssl.SSLError as exc:
         text = f"{exc.reason or ''} {exc}".lower()
         if "wrong version" in text or "record layer" in text or "packet length" in text:
-            return (f"{address} speaks plaintext but the master uses TLS: start the worker with --tls-cert/"
-                    f"--tls-key, or connect with --insecure on a network you trust")
+            return (
+                f"{address} speaks plaintext but the master uses TLS: start the worker with --tls-cert/"
+                f"--tls-key, or connect with --insecure on a network you trust"
+            )
         if "certificate required" in text or "alert certificate required" in text or "handshake failure" in text:
             return _client_certificate_problem(address, tls)
         if "unknown ca" in text or "bad certificate" in text:
@@ -105,7 +113,11 @@ def _handshake(raw: socket.socket, address: str, host: str, tls: TlsSettings) ->
 
 def _client_certificate_problem(address: str, tls: TlsSettings) -> str:
     if tls.cert is None:
-        return (f"{address} demands a client certificate (mutual TLS) and the master presented none: pass "
-                f"--tls-cert and --tls-key signed by the worker's --tls-client-ca")
-    return (f"{address} refused the master's client certificate {str(tls.cert)!r}: it must be signed by the CA "
-            f"the worker was started with (--tls-client-ca)")
+        return (
+            f"{address} demands a client certificate (mutual TLS) and the master presented none: pass "
+            f"--tls-cert and --tls-key signed by the worker's --tls-client-ca"
+        )
+    return (
+        f"{address} refused the master's client certificate {str(tls.cert)!r}: it must be signed by the CA "
+        f"the worker was started with (--tls-client-ca)"
+    )

@@ -15,14 +15,15 @@ from cpml.worker.settings import settings_from_args
 log = structlog.get_logger(__name__)
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker daemon; returns the process exit code."""
     settings = settings_from_args(argv)
     if settings.port_file is not None and not settings.port_file.parent.is_dir():
         # checked before serving: a server that fails after binding cannot be torn down quietly
-        print(f"cpml-worker: Argument 'port_file' must be in an existing directory, not {str(settings.port_file)!r}.",
-              file=sys.stderr)
+        print(
+            f"cpml-worker: Argument 'port_file' must be in an existing directory, not {str(settings.port_file)!r}.",
+            file=sys.stderr,
+        )
         return ExitCode.USAGE
     configure_logging(settings.log_level, settings.log_format)
     from cpml.worker.server import run  # after logging is configured

@@ -63,8 +63,10 @@ async def within_idle_time(items: AsyncIterator[_Item], idle: float, what: str) 
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise StreamIdle(f"the {what} stream sent nothing for {idle:g} s (--job-idle-seconds), so the "
-                             f"worker closed it and freed what it held; send the messages again") from None
+            raise StreamIdle(
+                f"the {what} stream sent nothing for {idle:g} s (--job-idle-seconds), so the "
+                f"worker closed it and freed what it held; send the messages again"
+            ) from None
         yield item
 
 
@@ -125,8 +127,9 @@ class ComputeStream:
                 basis = basis_for(job.spec.moduli)
                 started = time.perf_counter()
                 prepared = await self._prepared(job)
-                result = await loop.run_in_executor(self._executor, worker_compute, basis, prepared, weights,
-                                                    job.spec.coefficients)
+                result = await loop.run_in_executor(
+                    self._executor, worker_compute, basis, prepared, weights, job.spec.coefficients
+                )
                 del prepared  # an ended job's float64 share is freed even while this stream waits
                 s = self._settings
                 if s.fault_wrong_results and round_number % s.fault_wrong_every == 0:
@@ -144,7 +147,8 @@ class ComputeStream:
         """The job's share as centred float64: converted once per job, however many streams compute on it."""
         if job.prepared is None or job.prepared.cancelled():
             job.prepared = asyncio.get_running_loop().run_in_executor(
-                self._executor, prepare_share, basis_for(job.spec.moduli), job.share)
+                self._executor, prepare_share, basis_for(job.spec.moduli), job.share
+            )
         return await asyncio.shield(job.prepared)  # one stream's cancellation must not cancel it for the others
 
     async def _read(self, requests: AsyncIterator[RoundInput]) -> None:
@@ -153,8 +157,11 @@ class ComputeStream:
 
         def ended() -> None:
             assert job is not None  # only registered once the job is known
-            self.rounds.finish(UnknownJob(f"job {job.job_id!r} was ended or expired while its compute stream was "
-                                          f"open; upload its share again"))
+            self.rounds.finish(
+                UnknownJob(
+                    f"job {job.job_id!r} was ended or expired while its compute stream was open; upload its share again"
+                )
+            )
 
         try:
             async for request in within_idle_time(requests, self._settings.job_idle_seconds, "compute"):
@@ -164,11 +171,13 @@ class ComputeStream:
                 elif request.job_id != job.job_id:
                     raise MalformedMessage(
                         f"round request names job {shown(request.job_id)} on the compute stream of job "
-                        f"{job.job_id!r}; open one stream per job")
+                        f"{job.job_id!r}; open one stream per job"
+                    )
                 if request.round <= last_round:
                     raise RoundOutOfOrder(
                         f"round {request.round} of job {job.job_id!r} arrived after round {last_round}; rounds on a "
-                        f"stream must strictly increase (open a new stream to start over)")
+                        f"stream must strictly increase (open a new stream to start over)"
+                    )
                 weights = request.weights(job.spec)
                 last_round = request.round
                 job.touch()

@@ -123,7 +123,8 @@ class MpcJob:
             if self.rows_seen[rows].any():
                 raise DuplicateMessage(
                     f"rows {rows.start}..{rows.stop - 1} of the data share of MPC job {self.job_id!r} were already "
-                    f"delivered to worker {party.index}; send each row once")
+                    f"delivered to worker {party.index}; send each row once"
+                )
             self.rows_seen[rows] = True
             return True
         current = party.round
@@ -133,7 +134,8 @@ class MpcJob:
             raise RoundTooFarAhead(
                 f"{message.kind.value} for round {message.round} reached worker {party.index}, which is on round "
                 f"{current}; peers and the master are never more than one round ahead, so the message is "
-                f"misnumbered")
+                f"misnumbered"
+            )
         if current > self.seen_from_round:
             self.seen = {key for key in self.seen if key[1] >= current}
             self.seen_from_round = current
@@ -141,7 +143,8 @@ class MpcJob:
         if key in self.seen:
             raise DuplicateMessage(
                 f"worker {party.index} already has the {message.kind.value} message of round {message.round}, step "
-                f"{message.step} from sender {message.sender}; each message is sent once")
+                f"{message.step} from sender {message.sender}; each message is sent once"
+            )
         self.seen.add(key)
         return True
 
@@ -159,8 +162,10 @@ class MpcService(pb_grpc.MpcServicer):
         try:
             check_id(request.job_id)
             if not 1 <= request.degree <= MAX_DEGREE:
-                raise MalformedMessage(f"Join request declares sigmoid degree {request.degree}; the degree r must be "
-                                       f"between 1 and {MAX_DEGREE}")
+                raise MalformedMessage(
+                    f"Join request declares sigmoid degree {request.degree}; the degree r must be "
+                    f"between 1 and {MAX_DEGREE}"
+                )
             spec, peers = mpc_serde.join_from_proto(request)
             _check_party(spec, peers)
             check_peers_allowed(peers, self._settings.mpc_peer_hosts)
@@ -168,8 +173,10 @@ class MpcService(pb_grpc.MpcServicer):
             log.warning("mpc join refused", code=exc.status, reason=str(exc))
             await context.abort(status_of(exc), str(exc))
         if request.job_id in self._jobs:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                f"MPC job {request.job_id!r} already exists on this worker; Leave it first")
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"MPC job {request.job_id!r} already exists on this worker; Leave it first",
+            )
         try:
             self._store.reserve_party(request.job_id, party_bytes(spec))
         except (JobExists, ShareStoreFull) as exc:
@@ -187,15 +194,29 @@ class MpcService(pb_grpc.MpcServicer):
         except BaseException:
             self._store.release_party(request.job_id)  # the guard reports it; the bytes must not stay reserved
             raise
-        job = MpcJob(request.job_id, party, stubs, channels, rows_seen=np.zeros(spec.rows, dtype=bool),
-                     seen_from_round=spec.start_round)
+        job = MpcJob(
+            request.job_id,
+            party,
+            stubs,
+            channels,
+            rows_seen=np.zeros(spec.rows, dtype=bool),
+            seen_from_round=spec.start_round,
+        )
         self._jobs[job.job_id] = job
         for worker, stub in stubs.items():
             job.to_peer[worker] = asyncio.Queue()
             job.tasks.append(asyncio.create_task(self._send_to_peer(job, worker, stub)))
         job.tasks.append(asyncio.create_task(self._process(job)))
-        log.info("mpc job joined", job=job.job_id, protocol=spec.protocol, worker=spec.index,
-                 group_size=spec.group_size, rows=spec.rows, cols=spec.d, residues=spec.residues)
+        log.info(
+            "mpc job joined",
+            job=job.job_id,
+            protocol=spec.protocol,
+            worker=spec.index,
+            group_size=spec.group_size,
+            rows=spec.rows,
+            cols=spec.d,
+            residues=spec.residues,
+        )
         return mpc_serde.join_reply(job.job_id)
 
     async def Deliver(self, request: pb.MpcEnvelope, context: grpc.aio.ServicerContext) -> pb.MpcDeliverReply:
@@ -204,8 +225,10 @@ class MpcService(pb_grpc.MpcServicer):
             message = mpc_serde.envelope_from_proto(request, job.party.spec.moduli)
             job.party.check(message)
             if message.sender == message.receiver:
-                raise ProtocolError(f"a message from worker {message.sender} to itself arrived over the network; "
-                                    f"a party's own share never leaves it")
+                raise ProtocolError(
+                    f"a message from worker {message.sender} to itself arrived over the network; "
+                    f"a party's own share never leaves it"
+                )
         except (CorruptData, MalformedMessage, ProtocolError) as exc:
             await context.abort(status_of(exc), str(exc))
         if job.failure is not None:
@@ -221,15 +244,18 @@ class MpcService(pb_grpc.MpcServicer):
             log.debug("late mpc message dropped", job=job.job_id, kind=message.kind.value, round=message.round)
         return mpc_serde.deliver_reply()
 
-    async def Results(self, request: pb.MpcResultsRequest,
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MpcEnvelope]:
+    async def Results(
+        self, request: pb.MpcResultsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.MpcEnvelope]:
         job = await self._job(request.job_id, context)
         if job.failure is not None:
             await context.abort(grpc.StatusCode.ABORTED, f"MPC job {job.job_id!r} failed: {job.failure}")
         if job.results_open:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"MPC job {job.job_id!r} already has an open Results stream; the master reads one "
-                                f"per job (cancel the other first)")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"MPC job {job.job_id!r} already has an open Results stream; the master reads one "
+                f"per job (cancel the other first)",
+            )
         job.results_open = True
         try:
             while True:
@@ -251,8 +277,9 @@ class MpcService(pb_grpc.MpcServicer):
         messages, sent = job.traffic.messages, job.traffic.bytes
         kinds = [k for k in messages if k not in ("setup", "offline", "online")]
         log.info("mpc job left", job=job.job_id, messages=sum(messages[k] for k in kinds))
-        return mpc_serde.leave_reply(True, {k: messages[k] for k in kinds}, {k: sent[k] for k in kinds},
-                                     job.compute_seconds)
+        return mpc_serde.leave_reply(
+            True, {k: messages[k] for k in kinds}, {k: sent[k] for k in kinds}, job.compute_seconds
+        )
 
     async def close(self) -> None:
         """Drop every job (the daemon is stopping)."""
@@ -286,8 +313,9 @@ class MpcService(pb_grpc.MpcServicer):
         await _check_job_id(job_id, context)
         job = self._jobs.get(job_id)
         if job is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"no MPC job {shown(job_id)} on this worker; the master must Join it first")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no MPC job {shown(job_id)} on this worker; the master must Join it first"
+            )
         return job
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -331,8 +359,10 @@ class MpcService(pb_grpc.MpcServicer):
             # The exception's text is neither logged nor sent: it could quote a share.
             what = f"{args[0].kind.value} of round {args[0].round}" if args else "the start of the protocol"
             log.error("mpc step failed", job=job.job_id, error=type(exc).__name__, site=failure_site(exc))
-            job.fail(f"worker {job.party.index} failed processing {what}: {type(exc).__name__} at "
-                     f"{failure_site(exc)} (a bug or a message that breaks the protocol; see the worker's log)")
+            job.fail(
+                f"worker {job.party.index} failed processing {what}: {type(exc).__name__} at "
+                f"{failure_site(exc)} (a bug or a message that breaks the protocol; see the worker's log)"
+            )
         return job.failure is None
 
     def _route(self, job: MpcJob, messages: list[Message]) -> None:
@@ -355,14 +385,20 @@ class MpcService(pb_grpc.MpcServicer):
             except grpc.aio.AioRpcError as exc:
                 hint = ""
                 if self._settings.tls and exc.code() is grpc.StatusCode.UNAVAILABLE:
-                    hint = (" (over TLS a worker reaches its peers with its own certificate, so that certificate "
-                            "must also allow client authentication and the peers must trust --tls-client-ca)")
-                job.fail(f"worker {worker} refused or did not take a message: {exc.code().name}: "
-                         f"{exc.details()}{hint}")
+                    hint = (
+                        " (over TLS a worker reaches its peers with its own certificate, so that certificate "
+                        "must also allow client authentication and the peers must trust --tls-client-ca)"
+                    )
+                job.fail(f"worker {worker} refused or did not take a message: {exc.code().name}: {exc.details()}{hint}")
                 return
             except Exception as exc:
-                log.error("mpc peer send failed", job=job.job_id, peer=worker, error=type(exc).__name__,
-                          site=failure_site(exc))
+                log.error(
+                    "mpc peer send failed",
+                    job=job.job_id,
+                    peer=worker,
+                    error=type(exc).__name__,
+                    site=failure_site(exc),
+                )
                 job.fail(f"sending to worker {worker} failed: {type(exc).__name__} at {failure_site(exc)}")
                 return
 
@@ -392,17 +428,26 @@ _PEER_ADDRESS = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9
 def _check_party(spec: PartySpec, peers: list[str]) -> None:
     """Refuse what the wire format allows but a worker cannot serve: sizes, indices, addresses (primes: serde)."""
     if spec.group_size > MAX_GROUP_SIZE:
-        raise MalformedMessage(f"Join request names a group of {spec.group_size} workers (T = {spec.t}); groups "
-                               f"have at most {MAX_GROUP_SIZE} members")
+        raise MalformedMessage(
+            f"Join request names a group of {spec.group_size} workers (T = {spec.t}); groups "
+            f"have at most {MAX_GROUP_SIZE} members"
+        )
     if spec.first + spec.group_size - 1 > MAX_WORKER_INDEX:
-        raise MalformedMessage(f"Join request puts the group at workers {spec.first}..; worker indices must stay "
-                               f"below 2^31")
+        raise MalformedMessage(
+            f"Join request puts the group at workers {spec.first}..; worker indices must stay below 2^31"
+        )
     for address in peers:
-        if not address or len(address) > MAX_ADDRESS_LENGTH or not _PEER_ADDRESS.fullmatch(address) or not (
-                0 < int(address.rpartition(":")[2]) < 65536):
-            raise MalformedMessage(f"Join request names peer {shown(address)}; every peer must be a host:port (a host "
-                                   f"name, an IPv4 address or a [bracketed] IPv6 address, a port from 1 to 65535) of "
-                                   f"at most {MAX_ADDRESS_LENGTH} characters, never a unix: or other gRPC target")
+        if (
+            not address
+            or len(address) > MAX_ADDRESS_LENGTH
+            or not _PEER_ADDRESS.fullmatch(address)
+            or not (0 < int(address.rpartition(":")[2]) < 65536)
+        ):
+            raise MalformedMessage(
+                f"Join request names peer {shown(address)}; every peer must be a host:port (a host "
+                f"name, an IPv4 address or a [bracketed] IPv6 address, a port from 1 to 65535) of "
+                f"at most {MAX_ADDRESS_LENGTH} characters, never a unix: or other gRPC target"
+            )
 
 
 def check_peers_allowed(peers: list[str], allowed: tuple[str, ...]) -> None:
@@ -410,5 +455,7 @@ def check_peers_allowed(peers: list[str], allowed: tuple[str, ...]) -> None:
     for address in peers:
         host = address.rpartition(":")[0].strip("[]").lower()
         if allowed and host not in allowed:
-            raise PeerNotAllowed(f"Join request names peer {shown(address)}, whose host is not among this worker's "
-                                 f"--mpc-peer-hosts ({', '.join(allowed)}); the worker connects only to those")
+            raise PeerNotAllowed(
+                f"Join request names peer {shown(address)}, whose host is not among this worker's "
+                f"--mpc-peer-hosts ({', '.join(allowed)}); the worker connects only to those"
+            )

@@ -20,7 +20,8 @@ def probe(channel: grpc.Channel, timeout: float = 3.0) -> str:
     with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=names.WORKER_SERVICE), timeout=timeout
+            )
         except grpc.RpcError as exc:
             return exc.code().name
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -55,12 +55,16 @@ class WorkerServer:
         s = self.settings
         host, _ = split_host_port(s.listen)
         limit = s.max_message_bytes
-        server = guarded_server(options=[("grpc.max_receive_message_length", limit),
-                                          ("grpc.max_send_message_length", limit),
-                                          ("grpc.so_reuseport", 0),
-                                          # masters ping every 30 s to notice a vanished worker
-                                          ("grpc.keepalive_permit_without_calls", 1),
-                                          ("grpc.http2.min_ping_interval_without_data_ms", 10_000)])
+        server = guarded_server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+                # masters ping every 30 s to notice a vanished worker
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
         worker_service = WorkerService(self.store, s, self._executor, self.health)
         pb_grpc.add_WorkerServicer_to_server(worker_service, server)
         mpc_pb2_grpc.add_MpcServicer_to_server(self.mpc, server)
@@ -77,8 +81,14 @@ class WorkerServer:
         for name in ("", names.WORKER_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._expiry = asyncio.create_task(self._expire_idle_jobs())
-        log.info("worker serving", listen=s.listen, port=port, tls=s.tls, mutual_tls=s.tls_client_ca is not None,
-                 share_bytes_cap=s.share_bytes_cap)
+        log.info(
+            "worker serving",
+            listen=s.listen,
+            port=port,
+            tls=s.tls,
+            mutual_tls=s.tls_client_ca is not None,
+            share_bytes_cap=s.share_bytes_cap,
+        )
         if not s.tls:
             log.warning("serving plaintext (--insecure): anyone on the network path can read the shares")
         if s.port_file is not None:
@@ -92,8 +102,9 @@ class WorkerServer:
         while True:
             await asyncio.sleep(period)
             for job_id in self.store.expire(s.job_idle_seconds, orphan_seconds=s.orphan_seconds):
-                log.info("idle job expired", job=job_id, idle_seconds=s.job_idle_seconds,
-                         orphan_seconds=s.orphan_seconds)
+                log.info(
+                    "idle job expired", job=job_id, idle_seconds=s.job_idle_seconds, orphan_seconds=s.orphan_seconds
+                )
             for job_id in await self.mpc.expire_idle():
                 log.info("idle mpc job expired", job=job_id, idle_seconds=s.job_idle_seconds)
 

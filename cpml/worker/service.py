@@ -45,15 +45,21 @@ REFUSALS = errors.CpmlError  # every refusal carries its status (cpml.errors); a
 class WorkerService(pb_grpc.WorkerServicer):
     """Serves share uploads, compute streams, job teardown and status from one ShareStore."""
 
-    def __init__(self, store: ShareStore, settings: WorkerSettings, executor: Executor,
-                 health_servicer: health.aio.HealthServicer | None = None) -> None:
+    def __init__(
+        self,
+        store: ShareStore,
+        settings: WorkerSettings,
+        executor: Executor,
+        health_servicer: health.aio.HealthServicer | None = None,
+    ) -> None:
         self._store = store
         self._settings = settings
         self._executor = executor
         self._health = health_servicer
 
-    async def UploadShare(self, request_iterator: AsyncIterator[pb.ShareChunk],
-                          context: grpc.aio.ServicerContext) -> pb.UploadReply:
+    async def UploadShare(
+        self, request_iterator: AsyncIterator[pb.ShareChunk], context: grpc.aio.ServicerContext
+    ) -> pb.UploadReply:
         upload: Upload | None = None
         try:
             async for msg in within_idle_time(request_iterator, self._settings.job_idle_seconds, "share upload"):
@@ -62,23 +68,32 @@ class WorkerService(pb_grpc.WorkerServicer):
                 elif msg.job_id != upload.job_id:
                     raise serde.MalformedMessage(
                         f"share chunk names job {serde.shown(msg.job_id)} inside the upload of job "
-                        f"{upload.job_id!r}; upload each job's share on its own stream")
+                        f"{upload.job_id!r}; upload each job's share on its own stream"
+                    )
                 upload.add(serde.share_chunk_from_proto(msg, upload.spec))
             if upload is None:
-                raise serde.MalformedMessage("the share upload stream was empty; send at least one chunk "
-                                             "with the job spec")
+                raise serde.MalformedMessage(
+                    "the share upload stream was empty; send at least one chunk with the job spec"
+                )
             job = upload.commit()
         except REFUSALS as exc:
             if upload is not None:
                 upload.abort()  # before the status goes out: a client may retry at once
-            log.warning("upload refused", job=upload.job_id if upload else None, code=status_of(exc).name,
-                        reason=str(exc))
+            log.warning(
+                "upload refused", job=upload.job_id if upload else None, code=status_of(exc).name, reason=str(exc)
+            )
             await context.abort(status_of(exc), str(exc))
         finally:
             if upload is not None:
                 upload.abort()  # a no-op once committed or refused; frees a cancelled upload
-        log.info("share stored", job=job.job_id, rows=job.spec.rows, cols=job.spec.cols,
-                 bytes=job.spec.share_bytes, used_bytes=self._store.used_bytes)
+        log.info(
+            "share stored",
+            job=job.job_id,
+            rows=job.spec.rows,
+            cols=job.spec.cols,
+            bytes=job.spec.share_bytes,
+            used_bytes=self._store.used_bytes,
+        )
         return serde.upload_reply(job.job_id, job.spec.share_bytes)
 
     def _begin_upload(self, first: pb.ShareChunk) -> Upload:
@@ -86,21 +101,26 @@ class WorkerService(pb_grpc.WorkerServicer):
         if not first.HasField("spec"):
             raise serde.MalformedMessage(
                 f"the first chunk of the upload of job {first.job_id!r} carries no job spec; "
-                f"the spec (residue moduli, degree, share shape, coefficients) must come first")
+                f"the spec (residue moduli, degree, share shape, coefficients) must come first"
+            )
         spec = serde.job_spec_from_proto(first.spec)
         try:
             ResidueBasis(spec.moduli)
         except ValueError as exc:
             raise UnsupportedModulus(
                 f"moduli {', '.join(map(str, spec.moduli))} are not supported: {exc} This worker computes over "
-                f"distinct primes below 2^{MAX_PRIME_BITS}") from None
+                f"distinct primes below 2^{MAX_PRIME_BITS}"
+            ) from None
         return self._store.begin_upload(first.job_id, spec)
 
-    async def Compute(self, request_iterator: AsyncIterator[pb.RoundRequest],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RoundResult]:
+    async def Compute(
+        self, request_iterator: AsyncIterator[pb.RoundRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RoundResult]:
         stream = ComputeStream(self._store, self._executor, self._settings)
-        requests = (RoundInput(msg.job_id, msg.round, functools.partial(serde.round_request_from_proto, msg))
-                    async for msg in request_iterator)
+        requests = (
+            RoundInput(msg.job_id, msg.round, functools.partial(serde.round_request_from_proto, msg))
+            async for msg in request_iterator
+        )
         outputs = stream.results(requests)
         served = 0
         try:
@@ -116,11 +136,13 @@ class WorkerService(pb_grpc.WorkerServicer):
             await context.abort(status_of(exc), str(exc))
         finally:
             await outputs.aclose()
-            log.info("compute stream closed", job=stream.job_id, rounds=served,
-                     stale_rounds_skipped=stream.rounds.skipped)
+            log.info(
+                "compute stream closed", job=stream.job_id, rounds=served, stale_rounds_skipped=stream.rounds.skipped
+            )
 
-    async def _fail_for_good(self, outputs: AsyncGenerator[RoundOutput, None], context: grpc.aio.ServicerContext,
-                             job_id: str, served: int) -> None:
+    async def _fail_for_good(
+        self, outputs: AsyncGenerator[RoundOutput, None], context: grpc.aio.ServicerContext, job_id: str, served: int
+    ) -> None:
         """Fault injection (--fault-fail-after-rounds): end the stream UNAVAILABLE and report NOT_SERVING."""
         log.warning("fault injection: failing compute stream", job=job_id, rounds=served)
         await outputs.aclose()
@@ -130,8 +152,9 @@ class WorkerService(pb_grpc.WorkerServicer):
         # End the stream with its status rather than abort: a client writing its next round at this moment
         # then still reads UNAVAILABLE, not gRPC core's "INTERNAL: Internal error from Core".
         context.set_code(grpc.StatusCode.UNAVAILABLE)
-        context.set_details(f"fault injection: --fault-fail-after-rounds {self._settings.fault_fail_after_rounds} "
-                            f"reached")
+        context.set_details(
+            f"fault injection: --fault-fail-after-rounds {self._settings.fault_fail_after_rounds} reached"
+        )
 
     async def EndJob(self, request: pb.EndJobRequest, context: grpc.aio.ServicerContext) -> pb.EndJobReply:
         try:
@@ -143,16 +166,30 @@ class WorkerService(pb_grpc.WorkerServicer):
         return serde.end_job_reply(freed)
 
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusReply:
-        return serde.status_to_proto(serde.WorkerStatus(
-            version=cpml.__version__, max_modulus=2**MAX_PRIME_BITS, share_bytes_cap=self._store.cap_bytes,
-            share_bytes_used=self._store.used_bytes, jobs=len(self._store),
-            max_message_bytes=self._settings.max_message_bytes))
-
+        return serde.status_to_proto(
+            serde.WorkerStatus(
+                version=cpml.__version__,
+                max_modulus=2**MAX_PRIME_BITS,
+                share_bytes_cap=self._store.cap_bytes,
+                share_bytes_used=self._store.used_bytes,
+                jobs=len(self._store),
+                max_message_bytes=self._settings.max_message_bytes,
+            )
+        )
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsReply:
         now = time.monotonic()
-        return serde.jobs_to_proto([
-            serde.JobSummary(job_id=job.job_id, residues=job.spec.residues, rows=job.spec.rows, cols=job.spec.cols,
-                             bytes=self._store.reserved_bytes(job.job_id), idle_seconds=now - job.last_used,
-                             compute_streams=job.streams)
-            for job in self._store.jobs()])
+        return serde.jobs_to_proto(
+            [
+                serde.JobSummary(
+                    job_id=job.job_id,
+                    residues=job.spec.residues,
+                    rows=job.spec.rows,
+                    cols=job.spec.cols,
+                    bytes=self._store.reserved_bytes(job.job_id),
+                    idle_seconds=now - job.last_used,
+                    compute_streams=job.streams,
+                )
+                for job in self._store.jobs()
+            ]
+        )

@@ -15,8 +15,17 @@ from cpml.env_defaults import apply_env_defaults, parse_bool
 from cpml.errors import ExitCode, exit_codes_help
 
 ENV_PREFIX = "CPML_WORKER_"
-_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
-          "t": 1 << 40, "tib": 1 << 40}
+_UNITS = {
+    "": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+}
 
 
 def parse_bytes(text: str) -> int:
@@ -56,19 +65,30 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("Argument 'tls_cert' must come with 'tls_key' (both or neither), "
-                             f"not cert={self.tls_cert} key={self.tls_key}.")
+            raise ValueError(
+                "Argument 'tls_cert' must come with 'tls_key' (both or neither), "
+                f"not cert={self.tls_cert} key={self.tls_key}."
+            )
         if self.tls_cert is None and not self.insecure:
-            raise ValueError("Argument 'tls_cert' must be given (with --tls-key) to serve over TLS, not None; "
-                             "pass --insecure to serve plaintext on a network you trust")
+            raise ValueError(
+                "Argument 'tls_cert' must be given (with --tls-key) to serve over TLS, not None; "
+                "pass --insecure to serve plaintext on a network you trust"
+            )
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("Argument 'tls_client_ca' needs --tls-cert and --tls-key (mutual TLS is TLS), "
-                             f"not {self.tls_client_ca} alone.")
+            raise ValueError(
+                "Argument 'tls_client_ca' needs --tls-cert and --tls-key (mutual TLS is TLS), "
+                f"not {self.tls_client_ca} alone."
+            )
         for name in ("share_bytes_cap", "max_message_bytes", "compute_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Argument '{name}' must be positive, not {getattr(self, name)}.")
-        for name in ("drain_seconds", "job_idle_seconds", "orphan_seconds", "fault_reply_delay",
-                     "fault_fail_after_rounds"):
+        for name in (
+            "drain_seconds",
+            "job_idle_seconds",
+            "orphan_seconds",
+            "fault_reply_delay",
+            "fault_fail_after_rounds",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"Argument '{name}' must not be negative, not {getattr(self, name)}.")
         if self.insecure and self.tls_cert is not None:
@@ -87,52 +107,107 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cpml-worker",
         description="CodedPrivateML worker daemon: stores coded shares and computes on them. "
-                    f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).",
-        epilog=exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.CANNOT_SERVE))
+        f"Every flag also reads {ENV_PREFIX}<FLAG> from the environment (e.g. {ENV_PREFIX}LISTEN).",
+        epilog=exit_codes_help(ExitCode.OK, ExitCode.USAGE, ExitCode.CANNOT_SERVE),
+    )
     p.add_argument("--listen", default=d.listen, help="host:port to serve on (port 0: any free port)")
-    p.add_argument("--share-bytes-cap", type=parse_bytes, default=str(d.share_bytes_cap),
-                   help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB). "
-                        "A job that is computing also holds a centred copy of its share: its bytes again as int32 "
-                        "(with numba installed), twice them as float64 (without)")
-    p.add_argument("--max-message-bytes", type=parse_bytes,
-                   default=str(d.max_message_bytes), help="gRPC message size limit")
+    p.add_argument(
+        "--share-bytes-cap",
+        type=parse_bytes,
+        default=str(d.share_bytes_cap),
+        help="most bytes of shares held at once; uploads beyond it get RESOURCE_EXHAUSTED (default 4GiB). "
+        "A job that is computing also holds a centred copy of its share: its bytes again as int32 "
+        "(with numba installed), twice them as float64 (without)",
+    )
+    p.add_argument(
+        "--max-message-bytes", type=parse_bytes, default=str(d.max_message_bytes), help="gRPC message size limit"
+    )
     p.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", type=Path, default=None,
-                   help="CA (PEM) that must sign client certificates: enables mutual TLS")
-    p.add_argument("--insecure", type=parse_bool, nargs="?", const=True, default="false",
-                   metavar="true|false",
-                   help="serve plaintext (no TLS); anyone on the network path can read shares")
-    p.add_argument("--port-file", type=Path, default=None,
-                   help="write the bound host:port here once serving (useful with port 0)")
-    p.add_argument("--drain-seconds", type=float, default=d.drain_seconds,
-                   help="on SIGTERM, let calls in flight finish for this long")
-    p.add_argument("--job-idle-seconds", type=float, default=d.job_idle_seconds,
-                   help="forget a job unused for this long (also the most a compute stream may stay silent)")
-    p.add_argument("--mpc-peer-hosts", default="",
-                   help="comma-separated hosts an MPC baseline job may make this worker connect to (default: any "
-                        "host:port; set it on networks where that matters)")
-    p.add_argument("--orphan-seconds", type=float, default=d.orphan_seconds,
-                   help="forget a job with no open compute stream after this long (a master that died "
-                        "without ending it); default 300")
-    p.add_argument("--compute-threads", type=int, default=d.compute_threads,
-                   help="threads computing rounds (of different jobs) at once")
-    p.add_argument("--stop-with-parent", action="store_true",
-                   help="exit when the process that started this worker exits (used for embedded workers)")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="CA (PEM) that must sign client certificates: enables mutual TLS",
+    )
+    p.add_argument(
+        "--insecure",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default="false",
+        metavar="true|false",
+        help="serve plaintext (no TLS); anyone on the network path can read shares",
+    )
+    p.add_argument(
+        "--port-file", type=Path, default=None, help="write the bound host:port here once serving (useful with port 0)"
+    )
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=d.drain_seconds,
+        help="on SIGTERM, let calls in flight finish for this long",
+    )
+    p.add_argument(
+        "--job-idle-seconds",
+        type=float,
+        default=d.job_idle_seconds,
+        help="forget a job unused for this long (also the most a compute stream may stay silent)",
+    )
+    p.add_argument(
+        "--mpc-peer-hosts",
+        default="",
+        help="comma-separated hosts an MPC baseline job may make this worker connect to (default: any "
+        "host:port; set it on networks where that matters)",
+    )
+    p.add_argument(
+        "--orphan-seconds",
+        type=float,
+        default=d.orphan_seconds,
+        help="forget a job with no open compute stream after this long (a master that died "
+        "without ending it); default 300",
+    )
+    p.add_argument(
+        "--compute-threads",
+        type=int,
+        default=d.compute_threads,
+        help="threads computing rounds (of different jobs) at once",
+    )
+    p.add_argument(
+        "--stop-with-parent",
+        action="store_true",
+        help="exit when the process that started this worker exits (used for embedded workers)",
+    )
     add_log_arguments(p)
     faults = p.add_argument_group("fault injection (tests only; off by default)")
-    faults.add_argument("--fault-reply-delay", type=float, default=0.0,
-                        help="sleep this many seconds before every round reply")
-    faults.add_argument("--fault-fail-after-rounds", type=int, default=0,
-                        help="end compute streams with UNAVAILABLE after this many rounds and report NOT_SERVING "
-                             "from then on: a worker that broke and stays broken (0: never)")
-    faults.add_argument("--fault-wrong-results", choices=("", "offset", "random"),
-                        default="",
-                        help="return wrong but well-formed results: add 1 to, or randomize, some entries")
-    faults.add_argument("--fault-wrong-every", type=int, default=1,
-                        help="lie only in rounds whose number is a multiple of this (default every round)")
-    faults.add_argument("--fault-wrong-fraction", type=float, default=0.1,
-                        help="fraction of the result's entries that are wrong (at least one)")
+    faults.add_argument(
+        "--fault-reply-delay", type=float, default=0.0, help="sleep this many seconds before every round reply"
+    )
+    faults.add_argument(
+        "--fault-fail-after-rounds",
+        type=int,
+        default=0,
+        help="end compute streams with UNAVAILABLE after this many rounds and report NOT_SERVING "
+        "from then on: a worker that broke and stays broken (0: never)",
+    )
+    faults.add_argument(
+        "--fault-wrong-results",
+        choices=("", "offset", "random"),
+        default="",
+        help="return wrong but well-formed results: add 1 to, or randomize, some entries",
+    )
+    faults.add_argument(
+        "--fault-wrong-every",
+        type=int,
+        default=1,
+        help="lie only in rounds whose number is a multiple of this (default every round)",
+    )
+    faults.add_argument(
+        "--fault-wrong-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of the result's entries that are wrong (at least one)",
+    )
     apply_env_defaults(p, ENV_PREFIX, environ)
     return p
 
@@ -143,18 +218,28 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     args = parser.parse_args(argv)
     try:
         return WorkerSettings(
-            listen=args.listen, share_bytes_cap=args.share_bytes_cap, max_message_bytes=args.max_message_bytes,
-            tls_cert=_path(args.tls_cert), tls_key=_path(args.tls_key), tls_client_ca=_path(args.tls_client_ca),
-            insecure=args.insecure, port_file=_path(args.port_file), drain_seconds=float(args.drain_seconds),
-            job_idle_seconds=float(args.job_idle_seconds), orphan_seconds=float(args.orphan_seconds),
+            listen=args.listen,
+            share_bytes_cap=args.share_bytes_cap,
+            max_message_bytes=args.max_message_bytes,
+            tls_cert=_path(args.tls_cert),
+            tls_key=_path(args.tls_key),
+            tls_client_ca=_path(args.tls_client_ca),
+            insecure=args.insecure,
+            port_file=_path(args.port_file),
+            drain_seconds=float(args.drain_seconds),
+            job_idle_seconds=float(args.job_idle_seconds),
+            orphan_seconds=float(args.orphan_seconds),
             mpc_peer_hosts=tuple(h.strip().lower() for h in str(args.mpc_peer_hosts or "").split(",") if h.strip()),
             compute_threads=int(args.compute_threads),
             stop_with_parent=bool(args.stop_with_parent),
-            log_level=args.log_level, log_format=args.log_format,
+            log_level=args.log_level,
+            log_format=args.log_format,
             fault_reply_delay=float(args.fault_reply_delay),
             fault_fail_after_rounds=int(args.fault_fail_after_rounds),
-            fault_wrong_results=str(args.fault_wrong_results or ""), fault_wrong_every=int(args.fault_wrong_every),
-            fault_wrong_fraction=float(args.fault_wrong_fraction))
+            fault_wrong_results=str(args.fault_wrong_results or ""),
+            fault_wrong_every=int(args.fault_wrong_every),
+            fault_wrong_fraction=float(args.fault_wrong_fraction),
+        )
     except ValueError as exc:
         parser.error(str(exc))
 

@@ -94,7 +94,8 @@ class Upload:
         if self._received[part.residue, rows].any():
             raise MalformedMessage(
                 f"share chunk at row {part.row_offset} of residue {part.residue} overlaps rows already received "
-                f"for job {self.job_id!r}; each row must be sent exactly once")
+                f"for job {self.job_id!r}; each row must be sent exactly once"
+            )
         self._share[part.residue, rows] = part.block
         self._received[part.residue, rows] = True
 
@@ -104,14 +105,18 @@ class Upload:
         if missing:
             raise CorruptData(
                 f"the upload of job {self.job_id!r} ended with {missing} of {self._received.size} rows missing "
-                f"(truncated stream: {self._missing_by_residue()}); upload the whole share again")
+                f"(truncated stream: {self._missing_by_residue()}); upload the whole share again"
+            )
         self._open = False
         return self._store._commit(self)
 
     def _missing_by_residue(self) -> str:
         """Which residues lack rows, e.g. 'residue 1 lacks 6 of its 6 rows'."""
-        return ", ".join(f"residue {residue} lacks {int(n)} of its {self.spec.rows} rows"
-                         for residue, n in enumerate((~self._received).sum(axis=1)) if n)
+        return ", ".join(
+            f"residue {residue} lacks {int(n)} of its {self.spec.rows} rows"
+            for residue, n in enumerate((~self._received).sum(axis=1))
+            if n
+        )
 
     def abort(self) -> None:
         """Give the reserved bytes back (no-op once committed or aborted)."""
@@ -146,8 +151,12 @@ class ShareStore:
         if job_id in self._reserved:
             state = "stored" if job_id in self._jobs else "being uploaded"
             raise JobExists(f"job {shown(job_id)} is already {state} on this worker; end it first or use a new id")
-        self._check_room(f"job {shown(job_id)}", spec.share_bytes,
-                         f"its {spec.rows}x{spec.cols} share in {spec.residues} residue field(s)", "(smaller shares)")
+        self._check_room(
+            f"job {shown(job_id)}",
+            spec.share_bytes,
+            f"its {spec.rows}x{spec.cols} share in {spec.residues} residue field(s)",
+            "(smaller shares)",
+        )
         self._reserved[job_id] = spec.share_bytes
         return Upload(self, job_id, spec)
 
@@ -155,8 +164,12 @@ class ShareStore:
         """Count an MPC party's memory against the cap; refuse a duplicate id or a party over the cap."""
         if job_id in self._parties:
             raise JobExists(f"MPC job {shown(job_id)} already exists on this worker; Leave it first")
-        self._check_room(f"MPC job {shown(job_id)}", nbytes, "its party (share, products and BH08 pool)",
-                         "(smaller groups' blocks) or fewer rounds per job")
+        self._check_room(
+            f"MPC job {shown(job_id)}",
+            nbytes,
+            "its party (share, products and BH08 pool)",
+            "(smaller groups' blocks) or fewer rounds per job",
+        )
         self._parties[job_id] = nbytes
 
     def release_party(self, job_id: str) -> int:
@@ -168,7 +181,8 @@ class ShareStore:
         if nbytes > free:
             raise ShareStoreFull(
                 f"{who} needs {nbytes} bytes for {what} but this worker has {free} of its {self.cap_bytes}-byte "
-                f"cap free; end other jobs, use more workers {smaller} or raise --share-bytes-cap")
+                f"cap free; end other jobs, use more workers {smaller} or raise --share-bytes-cap"
+            )
 
     def _commit(self, upload: Upload) -> Job:
         job = self._jobs[upload.job_id] = Job(upload.job_id, upload.spec, upload._share)
@@ -194,10 +208,12 @@ class ShareStore:
         if job is None:
             if job_id in self._reserved:
                 raise UploadUnfinished(
-                    f"job {shown(job_id)} is still being uploaded; wait for UploadShare's reply before computing")
+                    f"job {shown(job_id)} is still being uploaded; wait for UploadShare's reply before computing"
+                )
             raise UnknownJob(
                 f"job {shown(job_id)} is not stored on this worker (never uploaded, ended, expired or the worker "
-                f"restarted); upload its share first")
+                f"restarted); upload its share first"
+            )
         job.touch()
         return job
 
@@ -213,8 +229,7 @@ class ShareStore:
         """Forget jobs unused for more than idle_seconds (orphan_seconds if no compute stream is open); their ids."""
         now = time.monotonic() if now is None else now
         orphan = idle_seconds if orphan_seconds is None else min(idle_seconds, orphan_seconds)
-        stale = [j.job_id for j in self._jobs.values()
-                 if now - j.last_used > (idle_seconds if j.streams else orphan)]
+        stale = [j.job_id for j in self._jobs.values() if now - j.last_used > (idle_seconds if j.streams else orphan)]
         for job_id in stale:
             self._release(job_id)
         return stale
