@@ -16,6 +16,7 @@ setup: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cpml tests bench scripts
+	$(BIN)/ruff format --check cpml tests bench scripts
 	$(BIN)/mypy
 
 test: lint
