@@ -152,6 +152,19 @@ def choose_precision(settings: TrainSettings, plan: Plan, x_train: np.ndarray) -
     return auto_precision(plan, profile, settings.residues, fixed)
 
 
+def precision_fields(plan: Plan) -> dict[str, Any]:
+    """How a run carries its values, for its "plan" log line: the moduli, their bits, the levels, step, rounds."""
+    return {
+        "moduli": list(plan.moduli),
+        "modulus_bits": round(plan.basis.bits, 1),
+        "lx": plan.lx,
+        "lw": plan.lw,
+        "lc": plan.lc,
+        "learning_rate": plan.learning_rate,
+        "iterations": plan.iterations,
+    }
+
+
 def data_fingerprint(data: Dataset) -> str:
     """SHA-256 of the training split, so a resume cannot silently continue on other data."""
     digest = hashlib.sha256()

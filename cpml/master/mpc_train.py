@@ -34,6 +34,7 @@ from cpml.master.job import (
     load_checkpoint,
     load_training_data,
     open_cluster,
+    precision_fields,
     read_rounds,
     rewrite_rounds,
     write_outputs,
@@ -345,13 +346,7 @@ async def train_mpc(
         groups=mpc.groups,
         group_size=mpc.group_size,
         r=plan.r,
-        moduli=list(plan.moduli),
-        modulus_bits=round(plan.basis.bits, 1),
-        lx=plan.lx,
-        lw=plan.lw,
-        lc=plan.lc,
-        learning_rate=plan.learning_rate,
-        iterations=plan.iterations,
+        **precision_fields(plan),
     )
     rounds = RoundsLog(settings, session, fingerprint, history, on_round)
     async with contextlib.AsyncExitStack() as stack:

@@ -32,6 +32,7 @@ from cpml.master.job import (
     load_training_data,
     open_cluster,
     plan_changes,
+    precision_fields,
     read_rounds,
     rewrite_rounds,
     write_outputs,
@@ -189,13 +190,7 @@ async def _train(
         t=plan.t,
         r=plan.r,
         threshold=plan.threshold,
-        moduli=list(plan.moduli),
-        modulus_bits=round(plan.basis.bits, 1),
-        lx=plan.lx,
-        lw=plan.lw,
-        lc=plan.lc,
-        learning_rate=plan.learning_rate,
-        iterations=plan.iterations,
+        **precision_fields(plan),
     )
 
     async with contextlib.AsyncExitStack() as stack:
