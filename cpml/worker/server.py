@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -122,6 +123,12 @@ class WorkerServer:
         log.info("worker stopped")
 
 
+def _warm_up() -> None:
+    started = time.perf_counter()
+    fused_step.warm_up()
+    log.info("kernels ready", seconds=round(time.perf_counter() - started, 3))
+
+
 async def run(settings: WorkerSettings) -> None:
     """Serve until SIGTERM or SIGINT, then drain for settings.drain_seconds."""
     # BLAS on the calling thread only: the compute threads are the parallelism (cpml.field.matmul), and BLAS's
@@ -132,7 +139,7 @@ async def run(settings: WorkerSettings) -> None:
 
 async def _serve(settings: WorkerSettings) -> None:
     # numba's import and the fused step's compilation take seconds: done while the daemon waits for its first job
-    threading.Thread(target=fused_step.warm_up, name="compile-fused-step", daemon=True).start()
+    threading.Thread(target=_warm_up, name="compile-fused-step", daemon=True).start()
     server = WorkerServer(settings)
     await server.start(name_logs=True)
     stop = asyncio.Event()
