@@ -32,6 +32,7 @@ from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from bench_job import start_workers  # noqa: E402  (beside this script: one way to start the daemons)
 from synthetic import realistic_table  # noqa: E402  (the generator bench_precision and the accuracy tests use)
 
 BIN = Path(sys.executable).parent
@@ -45,36 +46,6 @@ PHASES = (
     "decode_update_seconds",
     "total_seconds",
 )
-
-
-def start_workers(count: int, directory: Path) -> tuple[list[subprocess.Popen], list[str]]:
-    """`count` cpml-worker daemons on 127.0.0.1 and their addresses, once all serve."""
-    processes, files = [], []
-    for i in range(count):
-        port_file = directory / f"worker{i}.port"
-        processes.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "cpml-worker"),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--insecure",
-                    "--port-file",
-                    str(port_file),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        files.append(port_file)
-    deadline = time.monotonic() + 120
-    while not all(f.exists() for f in files):
-        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-            raise RuntimeError("the cpml-worker daemons did not start")
-        time.sleep(0.05)
-    return processes, [f.read_text().strip() for f in files]
 
 
 def run_size(rows: int, workers: list[str], iterations: int, directory: Path) -> dict:
