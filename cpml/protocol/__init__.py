@@ -12,7 +12,7 @@ from cpml.protocol.plan import Plan, largest_k, recovery_threshold
 from cpml.protocol.run import RoundStats, TrainingRun, plan_from_checkpoint
 from cpml.protocol.simulator import TrainingResult, simulate
 from cpml.protocol.trainer import CodedTrainer, JobSpec, ShareChunk
-from cpml.protocol.worker_function import prepare_share, worker_compute
+from cpml.protocol.worker_function import prepare_share, worker_compute, worker_step
 
 __all__ = [
     "CodedTrainer",
@@ -34,4 +34,5 @@ __all__ = [
     "recovery_threshold",
     "simulate",
     "worker_compute",
+    "worker_step",
 ]

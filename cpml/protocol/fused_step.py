@@ -37,8 +37,10 @@ def fused_available(p: int) -> bool:
 
 
 def warm_up() -> None:
-    """Compile the fused step now (or load it from numba's disk cache), so no round waits for it."""
+    """Compile the fused step and the product kernels now (or load them from numba's disk cache)."""
     _kernel()
+    _products_kernel()
+    _transposed_kernel()
 
 
 def fused_compute(
@@ -61,8 +63,79 @@ def fused_compute(
     return out.T.reshape(-1).astype(np.uint32)
 
 
+def fused_products(field: PrimeField, x_share: npt.NDArray[np.int32], w_share: npt.NDArray[np.uint32]) -> Elements:
+    """X̃ W̃ mod p (rows x C, flattened row-major) from a centred int32 share, in one pass over it."""
+    kernel = _products_kernel()
+    if kernel is None:
+        raise RuntimeError("the fused products need numba")
+    w = np.ascontiguousarray(field.centred(w_share, np.int32).T)  # C x d
+    out = np.empty((x_share.shape[0], w.shape[0]), dtype=np.int64)
+    kernel(np.ascontiguousarray(x_share), w, field.p, block_terms(field.p), out)
+    return out.reshape(-1).astype(np.uint32)
+
+
+def fused_transposed(field: PrimeField, x_share: npt.NDArray[np.int32], e_share: npt.NDArray[np.uint32]) -> Elements:
+    """X̃ᵀ Ẽ mod p (d x C, flattened row-major) from a centred int32 share, in one pass over it."""
+    kernel = _transposed_kernel()
+    if kernel is None:
+        raise RuntimeError("the fused products need numba")
+    e = np.ascontiguousarray(field.centred(e_share, np.int32))  # rows x C
+    out = np.empty((e.shape[1], x_share.shape[1]), dtype=np.int64)
+    kernel(np.ascontiguousarray(x_share), e, field.p, block_terms(field.p), out)
+    return out.T.reshape(-1).astype(np.uint32)
+
+
 def _kernel() -> Callable[..., Any] | None:
     return compiled(_step_rows, _SIGNATURE)
+
+
+def _products_kernel() -> Callable[..., Any] | None:
+    return compiled(_product_rows, "void(int32[:, ::1], int32[:, ::1], int64, int64, int64[:, ::1])")
+
+
+def _transposed_kernel() -> Callable[..., Any] | None:
+    return compiled(_transposed_rows, "void(int32[:, ::1], int32[:, ::1], int64, int64, int64[:, ::1])")
+
+
+def _product_rows(x: Any, w: Any, p: int, block: int, out: Any) -> None:
+    """out[i, k] = x_i . w_k mod p, int64 throughout, reduced every `block` terms."""
+    rows, d = x.shape
+    for i in range(rows):
+        row = x[i]
+        for k in range(w.shape[0]):
+            column = w[k]
+            z = np.int64(0)
+            for lo in range(0, d, block):
+                a, b = row[lo : lo + block], column[lo : lo + block]
+                part = np.int64(0)
+                for t in range(a.shape[0]):
+                    part += np.int64(a[t]) * np.int64(b[t])
+                z = (z + part % p) % p
+            out[i, k] = z
+
+
+def _transposed_rows(x: Any, e: Any, p: int, block: int, out: Any) -> None:
+    """out[k] = sum_i e_ik x_i mod p, int64 throughout, reduced every `block` rows."""
+    rows, d = x.shape
+    classes = e.shape[1]
+    out[:] = 0
+    since = 0
+    for i in range(rows):
+        if since == block:
+            for k in range(classes):
+                for t in range(d):
+                    out[k, t] %= p
+            since = 0
+        row = x[i]
+        for k in range(classes):
+            ek = np.int64(e[i, k])
+            target = out[k]
+            for t in range(d):
+                target[t] += ek * np.int64(row[t])
+        since += 1
+    for k in range(classes):
+        for t in range(d):
+            out[k, t] %= p
 
 
 def _step_rows(x: Any, w: Any, c: Any, p: int, block: int, out: Any) -> None:

@@ -12,6 +12,10 @@ error is at most 1/2). The weights are kept in the ball ||w||_2 <= weight_bound,
 moves each coordinate by less than 1, so ||w̄_j|| <= 2^lw * weight_bound + sqrt(d). The bound on g is the
 sum of the K partitions' bounds.
 
+With the exact sigmoid (r = 0) the master decodes two things a round, each lifted by CRT: the products
+z = X̄_k w̄ entry by entry, |z_i| <= ||x̄_i||_2 ||w̄||_2, and g = sum_k X̄_kᵀ ē_k with ē = Round(2^lc s(z)) in
+[0, 2^lc], so |g[c]| <= sum_k ||X̄_k[:, c]||_2 ||ē_k||_2 <= sum_k ||X̄_k[:, c]||_2 sqrt(b) 2^lc.
+
 Workers see the precision (the residue moduli, and the levels through the sigmoid coefficients), so the
 master plans it from public facts only: `public_profile` bounds the data by its shape and its scaling.
 """
@@ -86,8 +90,31 @@ def decoded_bound(
     return total
 
 
+def _quantized_norms(profile: DataProfile, lx: int) -> list[tuple[float, float]]:
+    """Per partition: bounds on max_c ||X̄_k[:, c]||_2 and max_i ||x̄_i||_2 for X̄ = Round(2^lx X)."""
+    b, d = profile.rows, profile.d
+    return [
+        (math.ldexp(col, lx) + 0.5 * math.sqrt(b), math.ldexp(row, lx) + 0.5 * math.sqrt(d))
+        for col, row in zip(profile.max_column_norm, profile.max_row_norm)
+    ]
+
+
+def products_bound(profile: DataProfile, lx: int, quantized_weight_norm: float) -> float:
+    """The largest |x̄_i · w̄| a decoded product can take (r = 0): the row norm bound times ||w̄||."""
+    return max(row_q for _, row_q in _quantized_norms(profile, lx)) * quantized_weight_norm
+
+
+def sigmoid_gradient_bound(profile: DataProfile, lx: int, sigmoid_norm: float) -> float:
+    """The largest |sum_k X̄_kᵀ ē_k| entry for ||ē_k||_2 <= sigmoid_norm (r = 0)."""
+    return sum(col_q for col_q, _ in _quantized_norms(profile, lx)) * sigmoid_norm
+
+
 def plan_bound(plan: Plan, profile: DataProfile) -> float:
     """The decoded bound for a plan over every weight vector in its ball (inf if a coefficient cannot embed)."""
+    if plan.exact_sigmoid:
+        w_norm = weight_norm_bound(plan.lw, plan.weight_bound, profile.d)
+        sigmoid_norm = math.ldexp(math.sqrt(profile.rows), plan.lc)  # every ē_i in [0, 2^lc]
+        return max(products_bound(profile, plan.lx, w_norm), sigmoid_gradient_bound(profile, plan.lx, sigmoid_norm))
     coefficients = scaled_coefficients(
         model_coefficients(plan.model, plan.r, plan.sigmoid_interval), plan.lx, plan.lw, plan.lc
     )

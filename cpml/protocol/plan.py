@@ -11,14 +11,21 @@ from cpml.field.rns import MAX_RESIDUES, ResidueBasis, basis_for, residue_primes
 from cpml.options import MODELS
 
 
+def product_degree(r: int) -> int:
+    """The degree of a worker's result in the shares: 2r+1 for the degree-r polynomial sigmoid, 2 for r = 0."""
+    # r = 0: the workers evaluate no polynomial. They return X̃w̃ and then X̃ᵀẽ (two products of two shares),
+    # and the master applies the true sigmoid in between.
+    return 2 * r + 1 if r else 2
+
+
 def recovery_threshold(k: int, t: int, r: int) -> int:
-    """R = (2r+1)(K+T-1)+1: the number of replies that determine the degree-(2r+1)(K+T-1) polynomial."""
-    return (2 * r + 1) * (k + t - 1) + 1
+    """R = (2r+1)(K+T-1)+1 (2(K+T-1)+1 for r = 0): the replies that determine the workers' polynomial."""
+    return product_degree(r) * (k + t - 1) + 1
 
 
 def largest_k(n_workers: int, t: int, r: int) -> int:
-    """The largest K with (2r+1)(K+T-1)+1 <= N, or 0 if no K >= 1 fits."""
-    return max(0, (n_workers - 1) // (2 * r + 1) + 1 - t)
+    """The largest K with R(K, T, r) <= N, or 0 if no K >= 1 fits."""
+    return max(0, (n_workers - 1) // product_degree(r) + 1 - t)
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class Plan:
     n_workers: int
     k: int
     t: int
-    r: int = 1
+    r: int = 1  # the sigmoid polynomial's degree; 0: the true sigmoid, on the master between two exchanges
     lx: int = 8
     lw: int = 10
     lc: int = 8
@@ -43,10 +50,12 @@ class Plan:
     detect: bool = False  # with no correction, wait for R + 1 replies and refuse a round that disagrees
 
     def __post_init__(self) -> None:
-        for name in ("n_workers", "k", "t", "r", "iterations", "residues"):
+        for name in ("n_workers", "k", "t", "iterations", "residues"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise argument_error(name, "be a positive integer", value)
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 0:
+            raise argument_error("r", "be a non-negative integer (0: the exact sigmoid)", self.r)
         for name in ("lx", "lw", "lc"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 24:
@@ -110,9 +119,20 @@ class Plan:
         return basis_for(self.moduli)
 
     @property
+    def exact_sigmoid(self) -> bool:
+        """Whether the master applies the true sigmoid between two exchanges a round (r = 0)."""
+        return self.r == 0
+
+    @property
     def gradient_scale(self) -> int:
-        """l = l_x + r(l_x + l_w) + l_c: the power of two the decoded X̄ᵀs̄ carries."""
+        """l = l_x + r(l_x + l_w) + l_c (l_x + l_c for r = 0): the power of two the decoded X̄ᵀs̄ carries."""
+        # With r = 0, l_c is the bits of the sigmoid values ē = Round(2^l_c s(z)) the master encodes.
         return self.lx + self.r * (self.lx + self.lw) + self.lc
+
+    @property
+    def product_scale(self) -> int:
+        """l_x + l_w: the power of two the decoded products X̄w̄ carry (r = 0)."""
+        return self.lx + self.lw
 
     def with_(self, **changes: object) -> Plan:
         """Return a copy with some fields changed (validated again)."""
@@ -154,7 +174,10 @@ class Plan:
             hints.append(f"lower T to {max_t}")
         if self.r > 1 and self.n_workers >= recovery_threshold(self.k, self.t, 1):
             hints.append("lower r")
+        if self.r and self.model == "logistic" and self.n_workers >= recovery_threshold(self.k, self.t, 0):
+            hints.append("use the exact sigmoid (--sigmoid exact)")
         return (
-            f"Argument 'n_workers' must be at least (2r+1)(K+T-1)+1 = {need} for K={self.k}, T={self.t}, "
+            f"Argument 'n_workers' must be at least {'2' if self.exact_sigmoid else '(2r+1)'}(K+T-1)+1 = {need} for "
+            f"K={self.k}, T={self.t}, "
             f"r={self.r}, not {self.n_workers}; " + ", or ".join(hints) + "."
         )

@@ -26,7 +26,7 @@ from cpml.field import Elements, PrimeField, ResidueBasis
 from cpml.field.rns import to_float
 from cpml.field.sampling import uniform
 from cpml.protocol.coding import MaskSource
-from cpml.protocol.overflow import DataProfile, check_plan, decoded_bound
+from cpml.protocol.overflow import DataProfile, check_plan, decoded_bound, products_bound, sigmoid_gradient_bound
 from cpml.protocol.plan import Plan
 from cpml.protocol.quantize import quantize_data, quantize_weights
 from cpml.protocol.sigmoid import model_coefficients, polynomial_slope, scaled_coefficients
@@ -234,9 +234,9 @@ def partition_rows(quantized: npt.NDArray[np.int64], parts: int, rows: int) -> n
 
 
 def round_weights(plan: Plan, weights: Array, seed: int, round_index: int) -> npt.NDArray[np.int64]:
-    """The r stochastic quantizations of the weights for one round, seeded by (seed, round)."""
+    """The r stochastic quantizations (one for r = 0) of the weights for one round, seeded by (seed, round)."""
     rng = np.random.default_rng([seed, round_index])
-    return quantize_weights(weights, plan.lw, plan.r, rng)
+    return quantize_weights(weights, plan.lw, max(plan.r, 1), rng)
 
 
 def guard_round(
@@ -247,15 +247,27 @@ def guard_round(
     round_index: int,
 ) -> None:
     """Refuse a round whose quantized weights could make a decoded value wrap around P."""
+    if plan.exact_sigmoid:  # the products X̄w̄ are decoded; the sigmoid values are guarded when encoded
+        bound = products_bound(profile, plan.lx, float(np.linalg.norm(wbar, axis=0).max()))
+        _refuse_wrap(plan, bound, f"round {round_index + 1}", "weights")
+        return
     # Each class's gradient column is decoded from its own r quantizations: the largest of their bounds counts.
     bound = max(
         decoded_bound(profile, coefficients, plan.lx, [float(np.linalg.norm(wbar[:, c + j])) for j in range(plan.r)])
         for c in range(0, wbar.shape[1], plan.r)
     )
+    _refuse_wrap(plan, bound, f"round {round_index + 1}", "weights")
+
+
+def guard_sigmoid_values(plan: Plan, profile: DataProfile, ebar: npt.NDArray[np.int64], round_index: int) -> None:
+    """Refuse to send sigmoid values (r = 0) whose gradient X̄ᵀē could wrap around P."""
+    norm = float(np.linalg.norm(ebar.reshape(ebar.shape[0], -1).astype(np.float64), axis=0).max())
+    _refuse_wrap(plan, sigmoid_gradient_bound(profile, plan.lx, norm), f"round {round_index + 1}", "sigmoid values")
+
+
+def _refuse_wrap(plan: Plan, bound: float, where: str, what: str) -> None:
     if bound > plan.basis.max_signed:  # cannot happen inside the weight ball; never decode garbage
-        raise OverflowError(
-            f"round {round_index + 1}: decoded values could reach {bound:.3g} > (P-3)/2; refusing to send"
-        )
+        raise OverflowError(f"{where}: decoded values could reach {bound:.3g} > (P-3)/2; refusing to send the {what}")
 
 
 def residue_of(field: PrimeField, values: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:

@@ -38,10 +38,10 @@ def fit_sigmoid(degree: int, interval: float = 8.0) -> tuple[float, ...]:
 
 
 def model_coefficients(model: str, r: int, interval: float) -> tuple[float, ...]:
-    """The real polynomial s_hat the workers evaluate: the sigmoid fit, or the identity for linear models."""
+    """The real polynomial s_hat the workers evaluate: the sigmoid fit, the identity (linear), none for r = 0."""
     if model == "linear":
         return (0.0, 1.0)
-    return fit_sigmoid(r, interval)
+    return fit_sigmoid(r, interval) if r else ()
 
 
 def scaled_coefficients(coefficients: tuple[float, ...], lx: int, lw: int, lc: int) -> npt.NDArray[np.object_]:
@@ -56,7 +56,9 @@ def scaled_coefficients(coefficients: tuple[float, ...], lx: int, lw: int, lc: i
 
 
 def polynomial_slope(coefficients: tuple[float, ...], interval: float) -> float:
-    """The largest derivative of s_hat on [-a, a]: the curvature factor of the loss the workers' polynomial defines."""
+    """The largest derivative of s_hat on [-a, a]: the curvature factor of the loss the run minimises."""
+    if not coefficients:  # no polynomial: the true sigmoid, whose slope is at most 1/4
+        return 0.25
     if len(coefficients) <= 2:
         return abs(coefficients[-1]) if len(coefficients) == 2 else 0.0
     derivative = np.polynomial.polynomial.polyder(np.asarray(coefficients, dtype=np.float64))

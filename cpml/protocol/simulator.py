@@ -11,7 +11,7 @@ from cpml.field.sampling import uniform
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.plan import Plan
 from cpml.protocol.trainer import CodedTrainer, RoundStats
-from cpml.protocol.worker_function import prepare_share, worker_compute
+from cpml.protocol.worker_function import prepare_share, worker_step
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,13 @@ def simulate(
     trajectory = [trainer.weights.copy()]
     history = []
     while not trainer.done:
-        w_shares = trainer.weight_shares()
+        values = trainer.weight_shares()
         first = order.permutation(plan.n_workers)[: trainer.replies_needed]
-        replies = {int(i): worker_compute(trainer.basis, shares[i], w_shares[i], coefficients) for i in first}
+        replies = {int(i): worker_step(trainer.basis, shares[i], values[i], coefficients, 0) for i in first}
+        if trainer.plan.exact_sigmoid:  # the second exchange: X̃ᵀẼ from the encoded sigmoid values
+            values, _ = trainer.sigmoid_shares(trainer.round, replies)
+            first = order.permutation(plan.n_workers)[: trainer.replies_needed]
+            replies = {int(i): worker_step(trainer.basis, shares[i], values[i], coefficients, 1) for i in first}
         history.append(trainer.finish_round(trainer.round, replies))
         trajectory.append(trainer.weights.copy())
     return TrainingResult(trainer.plan, trainer.weights.copy(), np.array(trajectory), tuple(history))

@@ -1,9 +1,11 @@
 """The master's side of CodedPrivateML as a sans-I/O session: shares out, replies in, weights updated.
 
 The transport (in-process simulator or gRPC master) calls, in order:
-    trainer.share_chunks(rows)          once: the encoded dataset, chunk by chunk, for all N workers
-    trainer.weight_shares()             each round: the encoded quantized weights, one slice per worker
-    trainer.finish_round(round, replies) each round: decode from the first R replies, update w
+    trainer.share_chunks(rows)            once: the encoded dataset, chunk by chunk, for all N workers
+    trainer.weight_shares()               each round: the encoded quantized weights, one slice per worker
+    trainer.sigmoid_shares(round, replies) each round with the exact sigmoid (r = 0): decode the products X̄w̄
+                                          from the first R replies, encode the sigmoid values, one slice per worker
+    trainer.finish_round(round, replies)  each round: decode the gradient from the first R replies, update w
 Every value lives in several residue fields at once (cpml.field.rns): one CodingScheme, independent masks
 and one decoding per residue; the decoded residues are combined by CRT into the exact integer gradient.
 Everything random that protects privacy (the masks) comes from the OS CSPRNG; the stochastic rounding
@@ -27,15 +29,18 @@ from cpml.field.errors import TooManyErrors
 from cpml.field.sampling import keyed_uniform, uniform
 from cpml.protocol.coding import CodingScheme, MaskSource
 from cpml.protocol.plan import Plan
+from cpml.protocol.quantize import round_half_up
 from cpml.protocol.run import (
     Array,
     RoundStats,
     TrainingRun,
     gradient_from_sums,
+    guard_sigmoid_values,
     prepare_data,
     residue_of,
     sum_blocks,
 )
+from cpml.protocol.sigmoid import sigmoid
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class JobSpec:
     r: int
     rows: int
     d: int
-    coefficients: tuple[int, ...]  # the scaled sigmoid polynomial as signed integers, lowest degree first
+    coefficients: tuple[int, ...]  # the scaled sigmoid polynomial as signed integers, lowest first; none for r = 0
     classes: int = 1  # weight columns: 1 (two classes, or linear), or C one-vs-rest models
 
     def coefficient_array(self) -> Elements:
@@ -70,6 +75,7 @@ class CodedTrainer(TrainingRun):
 
     schemes: tuple[CodingScheme, ...]  # one per residue modulus
     caught: set[int] = dataclass_field(default_factory=set)  # workers whose results were wrong (--byzantine)
+    _caught_this_round: list[int] = dataclass_field(default_factory=list, repr=False)  # in the products (r = 0)
     # The data masks come from this key (kept in memory only, never checkpointed), so the share of a worker
     # that restarts can be rebuilt exactly: it learns nothing it had not held before.
     share_key: bytes = dataclass_field(default_factory=lambda: os.urandom(32), repr=False)
@@ -181,8 +187,34 @@ class CodedTrainer(TrainingRun):
         """Workers whose reply is wrong in any residue field (with --byzantine or --detect; else none checked)."""
         return self.decode_round(replies)[1]
 
+    def sigmoid_shares(
+        self, round_index: int, replies: Mapping[int, npt.NDArray[np.uint32]]
+    ) -> tuple[Elements, list[int]]:
+        """r = 0: decode the products X̄w̄, encode ē = Round(2^lc s(z)): (N, residues, rows, C), and the wrong workers."""
+        self.check_round(round_index)
+        if not self.plan.exact_sigmoid:
+            raise argument_error("plan.r", "be 0 (the exact sigmoid) for a round of two exchanges", self.plan.r)
+        blocks, wrong = self._decode_blocks(replies)
+        k, rows, _ = self.partitions.shape
+        m, classes = self.x.shape[0], self.classes
+        z = self.basis.lift_to_float(np.stack(blocks), self.plan.product_scale).reshape(k * rows, classes)
+        ebar = np.zeros((k * rows, classes), dtype=np.int64)  # the padding rows of the share are zero rows
+        ebar[:m] = round_half_up(np.ldexp(sigmoid(z[:m]), self.plan.lc))
+        guard_sigmoid_values(self.plan, self.profile, ebar, self.round)
+        per_residue = [
+            scheme.encode(residue_of(scheme.field, ebar.reshape(k, rows * classes)), self.mask_source)
+            for scheme in self.schemes
+        ]
+        self._caught_this_round = wrong
+        return np.stack(per_residue, axis=1).reshape(self.plan.n_workers, len(self.schemes), rows, classes), wrong
+
     def decode_round(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[Elements, list[int]]:
         """X̄ᵀs̄'s residues from the first R right replies, and the workers whose replies were wrong."""
+        blocks, wrong = self._decode_blocks(replies)
+        return np.stack([sum_blocks(s.field, b) for s, b in zip(self.schemes, blocks)]), wrong
+
+    def _decode_blocks(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[list[Elements], list[int]]:
+        """Each residue's K decoded blocks from the first R right replies, and the workers whose replies were wrong."""
         # Every reply past the first R is checked against the polynomial they determine (one product with the
         # decode); only when one disagrees are the wrong ones located (Berlekamp-Welch) and decoding redone.
         extra = self.replies_needed - self.plan.threshold
@@ -191,7 +223,7 @@ class CodedTrainer(TrainingRun):
             for j, scheme in enumerate(self.schemes)
         ]
         if all(consistent for _, consistent in decoded):
-            return np.stack([sum_blocks(s.field, blocks) for s, (blocks, _) in zip(self.schemes, decoded)]), []
+            return [blocks for blocks, _ in decoded], []
         wrong: set[int] = set()
         for j, scheme in enumerate(self.schemes):
             try:
@@ -208,7 +240,12 @@ class CodedTrainer(TrainingRun):
                 f"results {sorted(wrong)}, more than the {self.errors_left} the redundancy corrects"
             )
         self.caught |= wrong
-        return self.decode_sums(replies, sorted(wrong)), sorted(wrong)
+        good = {i: reply for i, reply in replies.items() if i not in wrong}
+        blocks = [
+            scheme.decode({i: reply[j] for i, reply in good.items()}, self.plan.threshold)
+            for j, scheme in enumerate(self.schemes)
+        ]
+        return blocks, sorted(wrong)
 
     def decode_sums(self, replies: Mapping[int, npt.NDArray[np.uint32]], wrong: Sequence[int] = ()) -> Elements:
         """X̄ᵀs̄ in every residue field (residues x dC) from the first R right replies: decode, add the K partitions."""
@@ -230,4 +267,6 @@ class CodedTrainer(TrainingRun):
         sums, wrong = self.decode_round(replies)
         used = tuple([i for i in replies if i not in wrong][: self.plan.threshold])
         gradient = gradient_from_sums(self.plan, sums, self.xty, self.x.shape[0])
+        wrong = sorted(set(wrong) | set(self._caught_this_round))
+        self._caught_this_round = []
         return self.finish(gradient, used, tuple(wrong))

@@ -9,7 +9,9 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field import Elements, PrimeField, ResidueBasis, matmul_mod_centred
-from cpml.protocol.fused_step import fused_available, fused_compute
+from cpml.protocol.fused_step import fused_available, fused_compute, fused_products, fused_transposed
+
+Share = npt.NDArray[np.uint32] | npt.NDArray[np.int32] | npt.NDArray[np.float64]
 
 
 def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.int32 | np.float64]:
@@ -18,6 +20,48 @@ def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.N
         raise argument_error("x_share", f"have shape ({len(basis.moduli)}, rows, d)", x_share.shape)
     dtype = np.int32 if all(fused_available(p) for p in basis.moduli) else np.float64
     return np.stack([f.centred(f.check_elements(x, "x_share"), dtype) for f, x in zip(basis.fields, x_share)])
+
+
+def worker_step(
+    basis: ResidueBasis, x_share: Share, values: npt.NDArray[np.uint32], coefficients: npt.NDArray[np.uint32], stage: int
+) -> Elements:
+    """One exchange's result in every residue field: f (a polynomial), else X̃W̃ (stage 0) or X̃ᵀẼ (stage 1)."""
+    # The exact sigmoid (r = 0) declares no coefficients: the master applies the sigmoid between the two stages.
+    if coefficients.ndim == 2 and coefficients.shape[1]:
+        if stage != 0:
+            raise argument_error("stage", "be 0 for a job whose workers evaluate the sigmoid polynomial", stage)
+        return worker_compute(basis, x_share, values, coefficients)
+    residues = len(basis.moduli)
+    if x_share.ndim != 3 or x_share.shape[0] != residues:
+        raise argument_error("x_share", f"have shape ({residues}, rows, d)", x_share.shape)
+    if stage not in (0, 1):
+        raise argument_error("stage", "be 0 (the products X̃W̃) or 1 (X̃ᵀẼ)", stage)
+    expected = x_share.shape[2] if stage == 0 else x_share.shape[1]
+    if values.ndim != 3 or values.shape[:2] != (residues, expected):
+        raise argument_error("values", f"have shape ({residues}, {expected}, C)", values.shape)
+    step = field_products if stage == 0 else field_transposed
+    return np.stack([step(f, x, v) for f, x, v in zip(basis.fields, x_share, values)])
+
+
+def field_products(field: PrimeField, x_share: Share, w_share: npt.NDArray[np.uint32]) -> Elements:
+    """X̃W̃ in one field (rows x C, flattened row-major): the products the master lifts to apply the sigmoid."""
+    if x_share.dtype == np.int32 and fused_available(field.p):
+        return fused_products(field, cast("npt.NDArray[np.int32]", x_share), w_share)
+    return matmul_mod_centred(field, _centred(field, x_share), field.centred(w_share)).reshape(-1)
+
+
+def field_transposed(field: PrimeField, x_share: Share, e_share: npt.NDArray[np.uint32]) -> Elements:
+    """X̃ᵀẼ in one field (d x C, flattened row-major): the gradient's share from the encoded sigmoid values."""
+    if x_share.dtype == np.int32 and fused_available(field.p):
+        return fused_transposed(field, cast("npt.NDArray[np.int32]", x_share), e_share)
+    return matmul_mod_centred(field, _centred(field, x_share).T, field.centred(e_share)).reshape(-1)
+
+
+def _centred(field: PrimeField, x_share: Share) -> npt.NDArray[np.float64] | npt.NDArray[np.int32]:
+    return cast(
+        "npt.NDArray[np.float64] | npt.NDArray[np.int32]",
+        x_share if x_share.dtype == np.float64 else field.centred(x_share),
+    )
 
 
 def worker_compute(
@@ -52,10 +96,7 @@ def field_compute(
     classes = w_share.shape[1] // r
     if x_share.dtype == np.int32 and fused_available(field.p):  # centred: one pass over the share
         return fused_compute(field, cast("npt.NDArray[np.int32]", x_share), w_share, coefficients)
-    x = cast(
-        "npt.NDArray[np.float64] | npt.NDArray[np.int32]",
-        x_share if x_share.dtype == np.float64 else field.centred(x_share),
-    )
+    x = _centred(field, x_share)
     z = matmul_mod_centred(field, x, field.centred(w_share)).reshape(-1, classes, r)  # each x̃ · w̃_cj
     p = np.uint64(field.p)
     s = np.full((x_share.shape[0], classes), int(coefficients[0]) % field.p, dtype=np.uint64)
