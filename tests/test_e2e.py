@@ -91,7 +91,7 @@ def test_cli_trains_on_an_embedded_local_cluster(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert float(re.search(r"test accuracy: ([\d.]+)", run.stdout).group(1)) > 0.9
-    assert "N=5 workers (K=1, T=1, r=1, R=4)" in run.stdout
+    assert "N=5 workers (K=2, T=1, exact sigmoid, R=5)" in run.stdout
     events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
     assert any("defeat T-privacy" in e["event"] for e in events if e["level"] == "warning")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -118,7 +118,7 @@ def test_the_wire_carries_c_weight_columns_and_checks_them():
         classes=5,
     )
     back = serde.job_spec_from_proto(serde.job_spec_to_proto(spec))
-    assert back.classes == 5 and back.result_cols == 15
+    assert back.classes == 5 and back.result_cols() == 15
     binary = serde.job_spec_from_proto(
         serde.job_spec_to_proto(serde.WireJobSpec(spec.moduli, 2, 4, 3, spec.coefficients, "logistic"))
     )

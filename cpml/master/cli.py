@@ -148,7 +148,7 @@ def _train(args: argparse.Namespace) -> int:
     final = report.history[-1] if report.history else None
     plan = report.plan
     shape = (
-        f"K={plan.k}, T={plan.t}, r={plan.r}, R={plan.threshold}"
+        f"K={plan.k}, T={plan.t}, {plan.sigmoid_label}, R={plan.threshold}"
         if settings.protocol == "cpml"
         else f"{settings.protocol.upper()} in 3 groups of 2T+1, T={plan.t}, r={plan.r}"
     )

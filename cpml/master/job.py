@@ -221,7 +221,7 @@ RESUMED_FLAGS = (
     ("--residues", "residues", "residues"),
     ("--k", "k", "k"),
     ("--t", "t", "t"),
-    ("--r", "r", "r"),
+    ("--sigmoid/--r (r = 0: exact)", "degree", "r"),
     ("--lx", "lx", "lx"),
     ("--lw", "lw", "lw"),
     ("--lc", "lc", "lc"),

@@ -39,6 +39,17 @@ class RoundTraffic:
     late_replies: int  # replies for earlier rounds, dropped
     worker_compute_seconds: float  # the slowest compute among the R replies used, as the workers report it
 
+    def plus(self, other: RoundTraffic) -> RoundTraffic:
+        """Both exchanges of a round (the exact sigmoid) as one: times, bytes and late replies added."""
+        return RoundTraffic(
+            send_seconds=self.send_seconds + other.send_seconds,
+            wait_seconds=self.wait_seconds + other.wait_seconds,
+            bytes_sent=self.bytes_sent + other.bytes_sent,
+            bytes_received=self.bytes_received + other.bytes_received,
+            late_replies=self.late_replies + other.late_replies,
+            worker_compute_seconds=self.worker_compute_seconds + other.worker_compute_seconds,
+        )
+
 
 class ComputeStreams:
     """Bidirectional Compute streams to the workers for one job; use `async with`, then `run_round`."""
@@ -48,7 +59,7 @@ class ComputeStreams:
         workers: list[WorkerHandle],
         job_id: str,
         moduli: tuple[int, ...],
-        cols: int,
+        cols: tuple[int, ...],
         threshold: int,
         round_timeout: float,
         stream_timeout: float,
@@ -56,7 +67,7 @@ class ComputeStreams:
         self.workers = [w for w in workers if w.alive]
         self.job_id = job_id
         self.moduli = moduli
-        self.cols = cols
+        self.cols = cols  # values per residue in a result, for each stage of a round
         self.threshold = threshold
         self.round_timeout = round_timeout
         self.stream_timeout = stream_timeout
@@ -127,11 +138,12 @@ class ComputeStreams:
     async def run_round(
         self,
         round_number: int,
-        weight_shares: np.ndarray,
+        shares: np.ndarray,
         needed: int | None = None,
         rejoining: Callable[[float], Awaitable[list[WorkerHandle]]] | None = None,
+        stage: int = 0,
     ) -> tuple[dict[int, np.ndarray], RoundTraffic]:
-        """Send this round's weight shares to every live worker; return the first `needed` (R) replies, in order."""
+        """Send one exchange's shares to every live worker; return the first `needed` (R) replies, in order."""
         # When too few workers remain, `rejoining(seconds)` may hand back workers whose share was being re-sent:
         # they join this very round (every worker's weight share is encoded) before a shortfall is declared.
         needed = self.threshold if needed is None else needed
@@ -139,7 +151,7 @@ class ComputeStreams:
         sent = 0
 
         def send(worker: WorkerHandle) -> int:
-            msg = serde.round_request_to_proto(self.job_id, round_number, weight_shares[worker.index])
+            msg = serde.round_request_to_proto(self.job_id, round_number, shares[worker.index], stage)
             self._requests[worker.index].put_nowait(msg)
             return msg.ByteSize()
 
@@ -176,11 +188,15 @@ class ComputeStreams:
                     worker.fail(failure)
                 continue
             received += reply.ByteSize()
-            if reply.job_id != self.job_id or reply.round != round_number or worker.index in replies:
-                self._late += 1  # a straggler's answer to an earlier round: never mixed into this one
+            if (
+                reply.job_id != self.job_id
+                or (reply.round, reply.stage) != (round_number, stage)
+                or worker.index in replies
+            ):
+                self._late += 1  # a straggler's answer to an earlier exchange: never mixed into this one
                 continue
             try:
-                replies[worker.index] = serde.round_result_from_proto(reply, self.moduli, self.cols)
+                replies[worker.index] = serde.round_result_from_proto(reply, self.moduli, self.cols[stage])
             except serde.WireError as exc:
                 worker.fail(f"sent a malformed result: {exc}", rejoinable=False)
             else:

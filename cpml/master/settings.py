@@ -14,7 +14,7 @@ from pathlib import Path
 from cpml.cli_args import add_client_tls_arguments, add_log_arguments
 from cpml.env_defaults import apply_env_defaults
 from cpml.options import DATA_FORMATS as FORMATS
-from cpml.options import DEFAULT_CHUNK_BYTES, DEFAULT_PRIME, MODELS, MPC_PROTOCOLS, SCALINGS
+from cpml.options import DEFAULT_CHUNK_BYTES, DEFAULT_PRIME, MODELS, MPC_PROTOCOLS, SCALINGS, SIGMOIDS
 
 ENV_PREFIX = "CPML_MASTER_"
 TRAIN_PROTOCOLS = ("cpml", *MPC_PROTOCOLS)
@@ -48,6 +48,7 @@ class TrainSettings:
     local_workers: int = 10
     case: int = 1
     protocol: str = "cpml"  # or a baseline of cpml.mpc: "bgw", "bh08"
+    sigmoid: str = "exact"  # or "polynomial": the paper's degree-r fit (the MPC baselines always use it)
     r: int = 1
     k: int | None = None
     t: int | None = None
@@ -96,6 +97,8 @@ class TrainSettings:
             )
         if self.k is not None and self.t is None:
             raise ValueError(f"Argument 'k' needs --t as well (K and T fix each other's limits), not k={self.k} alone.")
+        if self.sigmoid not in SIGMOIDS:
+            raise ValueError(f"Argument 'sigmoid' must be one of {', '.join(SIGMOIDS)}, not {self.sigmoid!r}.")
         if self.case not in (1, 2):
             raise ValueError(f"Argument 'case' must be 1 or 2, not {self.case}.")
         if not self.workers and self.local_workers < 1:
@@ -119,6 +122,11 @@ class TrainSettings:
     def n_workers(self) -> int:
         """N: the remote workers given, or the number of local workers to start."""
         return len(self.workers) or self.local_workers
+
+    @property
+    def degree(self) -> int:
+        """The plan's r: 0 for the exact sigmoid of a CodedPrivateML logistic regression, else --r."""
+        return 0 if self.sigmoid == "exact" and self.model == "logistic" and self.protocol == "cpml" else self.r
 
     @property
     def embedded(self) -> bool:
@@ -238,7 +246,15 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
         help="cpml (default), or an MPC baseline of the paper: bgw, bh08 (3 groups of 2T+1 "
         "workers, T = --t or floor((N-3)/6))",
     )
-    plan.add_argument("--r", type=int, default=1, help="degree of the sigmoid polynomial")
+    plan.add_argument(
+        "--sigmoid",
+        choices=SIGMOIDS,
+        default="exact",
+        help="exact (default): the workers compute X̃w̃ and X̃ᵀẽ and the master applies the true sigmoid in "
+        "between (two exchanges a round, R = 2(K+T-1)+1); polynomial: the paper's degree-r fit, evaluated by "
+        "the workers (one exchange, R = (2r+1)(K+T-1)+1; the MPC baselines always use it)",
+    )
+    plan.add_argument("--r", type=int, default=1, help="degree of the sigmoid polynomial (--sigmoid polynomial)")
     plan.add_argument("--k", type=int, default=None, help="override K (needs --t)")
     plan.add_argument("--t", type=int, default=None, help="override T, the colluding workers tolerated")
     plan.add_argument("--lx", type=int, default=None, help="data quantization bits (default: auto)")
@@ -341,6 +357,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         local_workers=int(args.local_workers),
         case=int(args.case),
         protocol=args.protocol,
+        sigmoid=args.sigmoid,
         r=int(args.r),
         k=opt_int(args.k),
         t=opt_int(args.t),

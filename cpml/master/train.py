@@ -74,13 +74,13 @@ def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> 
         "detect": settings.detect,
     }
     if settings.k is not None and settings.t is not None:
-        plan = Plan(n_workers=n_workers, k=settings.k, t=settings.t, r=settings.r, **kwargs)
+        plan = Plan(n_workers=n_workers, k=settings.k, t=settings.t, r=settings.degree, **kwargs)
     elif settings.t is not None:
-        plan = Plan.for_privacy(n_workers, settings.t, settings.r, **kwargs)
+        plan = Plan.for_privacy(n_workers, settings.t, settings.degree, **kwargs)
     elif settings.case == 2:
-        plan = Plan.case2(n_workers, settings.r, **kwargs)
+        plan = Plan.case2(n_workers, settings.degree, **kwargs)
     else:
-        plan = Plan.case1(n_workers, settings.r, **kwargs)
+        plan = Plan.case1(n_workers, settings.degree, **kwargs)
     return choose_precision(settings, plan, x_train)
 
 
@@ -223,7 +223,7 @@ async def _run_job(
                 cluster.workers,
                 job_id,
                 plan.moduli,
-                spec.result_cols,
+                tuple(spec.result_cols(stage) for stage in range(spec.stages)),
                 plan.threshold,
                 settings.timeouts.round,
                 stream_deadline,
@@ -288,13 +288,22 @@ async def _one_round(
 ) -> RoundRecord:
     began = time.perf_counter()
     round_number = trainer.round
-    weight_shares = trainer.weight_shares()
+    shares = trainer.weight_shares()
     encoded = time.perf_counter()
-    replies, traffic = await streams.run_round(
-        round_number, weight_shares, trainer.replies_needed, rejoining=rejoiner.in_flight
-    )
+    replies, traffic = await streams.run_round(round_number, shares, trainer.replies_needed, rejoiner.in_flight)
     received = time.perf_counter()
     try:
+        if trainer.plan.exact_sigmoid:  # decode X̄w̄, encode the sigmoid values, and a second exchange for X̄ᵀē
+            shares, wrong = trainer.sigmoid_shares(round_number, replies)
+            for index in wrong:
+                streams.drop(index, f"sent a wrong result in round {round_number + 1} (corrected)")
+            sigmoid_encoded = time.perf_counter()
+            replies, second = await streams.run_round(
+                round_number, shares, trainer.replies_needed, rejoiner.in_flight, stage=1
+            )
+            encoded += sigmoid_encoded - received
+            traffic = traffic.plus(second)
+            received = time.perf_counter()
         stats = trainer.finish_round(round_number, replies)
     except TooManyErrors as exc:
         raise WrongResults(
@@ -351,7 +360,7 @@ def _finish(
             "upload": upload_summary,
             "dropped_workers": {str(k): v for k, v in dropped.items()},
         },
-        title=f"N={plan.n_workers} K={plan.k} T={plan.t} r={plan.r}",
+        title=f"N={plan.n_workers} K={plan.k} T={plan.t} {plan.sigmoid_label}",
     )
     return TrainReport(
         plan=plan,

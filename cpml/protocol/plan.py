@@ -124,6 +124,11 @@ class Plan:
         return self.r == 0
 
     @property
+    def sigmoid_label(self) -> str:
+        """How the workers' function treats the sigmoid, for people: 'exact sigmoid' or 'r=<degree>'."""
+        return "exact sigmoid" if self.exact_sigmoid else f"r={self.r}"
+
+    @property
     def gradient_scale(self) -> int:
         """l = l_x + r(l_x + l_w) + l_c (l_x + l_c for r = 0): the power of two the decoded X̄ᵀs̄ carries."""
         # With r = 0, l_c is the bits of the sigmoid values ē = Round(2^l_c s(z)) the master encodes.

@@ -23,7 +23,11 @@ def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.N
 
 
 def worker_step(
-    basis: ResidueBasis, x_share: Share, values: npt.NDArray[np.uint32], coefficients: npt.NDArray[np.uint32], stage: int
+    basis: ResidueBasis,
+    x_share: Share,
+    values: npt.NDArray[np.uint32],
+    coefficients: npt.NDArray[np.uint32],
+    stage: int,
 ) -> Elements:
     """One exchange's result in every residue field: f (a polynomial), else X̃W̃ (stage 0) or X̃ᵀẼ (stage 1)."""
     # The exact sigmoid (r = 0) declares no coefficients: the master applies the sigmoid between the two stages.

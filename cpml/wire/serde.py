@@ -74,7 +74,7 @@ class WireJobSpec:
     degree: int
     rows: int
     cols: int
-    coefficients: np.ndarray  # residues x (r+1)
+    coefficients: np.ndarray  # residues x (r+1); residues x 0 for r = 0 (the exact sigmoid)
     model: str
     classes: int = 1  # C weight columns (one-vs-rest models): weights d x C r, results d x C per residue
 
@@ -91,10 +91,19 @@ class WireJobSpec:
             classes=spec.classes,
         )
 
+    def result_cols(self, stage: int = 0) -> int:
+        """Values per residue in an exchange's result: d x C (rows x C at stage 0 of a degree-0 job)."""
+        return self.rows * self.classes if self.degree == 0 and stage == 0 else self.cols * self.classes
+
     @property
-    def result_cols(self) -> int:
-        """Values per residue in a round's result: d x C."""
-        return self.cols * self.classes
+    def stages(self) -> int:
+        """Exchanges a round takes: 2 with the exact sigmoid (degree 0), else 1."""
+        return 2 if self.degree == 0 else 1
+
+    @property
+    def weight_copies(self) -> int:
+        """Quantizations of each weight column a round sends: r (one for degree 0)."""
+        return max(self.degree, 1)
 
     @property
     def residues(self) -> int:
@@ -247,17 +256,22 @@ def job_spec_from_proto(msg: pb.JobSpec) -> WireJobSpec:
         raise MalformedMessage(
             f"job spec declares an empty share ({msg.rows}x{msg.cols}); the share needs at least one row and one column"
         )
-    if not 1 <= msg.degree <= MAX_DEGREE:
+    if not 0 <= msg.degree <= MAX_DEGREE:
         raise MalformedMessage(
-            f"job spec declares sigmoid degree {msg.degree}; the degree r must be between 1 and {MAX_DEGREE}"
+            f"job spec declares sigmoid degree {msg.degree}; the degree r must be between 0 and {MAX_DEGREE}"
         )
     if msg.model not in MODELS:
         raise MalformedMessage(f"job spec declares model {shown(msg.model)}; use one of {', '.join(MODELS)}")
-    shape = (len(moduli), msg.degree + 1)
+    if msg.degree == 0 and msg.model != "logistic":
+        raise MalformedMessage(
+            f"job spec declares sigmoid degree 0 (the exact sigmoid) for model {shown(msg.model)}; only logistic "
+            f"regression has a sigmoid"
+        )
+    shape = (len(moduli), msg.degree + 1 if msg.degree else 0)
     if (msg.coefficients.rows, msg.coefficients.cols) != shape:
         raise MalformedMessage(
             f"the sigmoid coefficients are {msg.coefficients.rows}x{msg.coefficients.cols} but this job needs "
-            f"{shape[0]}x{shape[1]} (one row per residue modulus, r+1 columns)"
+            f"{shape[0]}x{shape[1]} (one row per residue modulus, r+1 columns, none for r = 0)"
         )
     classes = max(1, msg.classes)
     if classes > MAX_CLASSES or (classes > 1 and msg.model != "logistic"):
@@ -396,34 +410,49 @@ def share_chunk_from_proto(msg: pb.ShareChunk, spec: WireJobSpec) -> ShareBlock:
     return ShareBlock(job_id=msg.job_id, residue=msg.residue, row_offset=msg.row_offset, block=block)
 
 
-def round_request_to_proto(job_id: str, round_number: int, weights: np.ndarray) -> pb.RoundRequest:
-    """One round's encoded weights (residues x d x C r) for one worker."""
-    residues, d, r = weights.shape
-    return pb.RoundRequest(job_id=job_id, round=round_number, weights=block_to_proto(weights.reshape(residues * d, r)))
+def round_request_to_proto(job_id: str, round_number: int, values: np.ndarray, stage: int = 0) -> pb.RoundRequest:
+    """One exchange's encoded values for one worker: weights (residues x d x C r) or sigmoid values (stage 1)."""
+    residues, rows, cols = values.shape
+    block = block_to_proto(values.reshape(residues * rows, cols))
+    if stage == 0:
+        return pb.RoundRequest(job_id=job_id, round=round_number, weights=block)
+    return pb.RoundRequest(job_id=job_id, round=round_number, stage=stage, sigmoid_values=block)
 
 
 def round_request_from_proto(msg: pb.RoundRequest, spec: WireJobSpec) -> np.ndarray:
-    """The encoded weights of a RoundRequest as a uint32[residues, d, C r] array, checked against the job."""
-    shape = (spec.residues * spec.cols, spec.classes * spec.degree)
-    what = f"round {msg.round} weights"
-    if (msg.weights.rows, msg.weights.cols) != shape:
+    """The encoded values of a RoundRequest as uint32[residues, d, C r] (or [residues, rows, C] at stage 1), checked."""
+    if msg.stage >= spec.stages:
         raise MalformedMessage(
-            f"{what} are {msg.weights.rows}x{msg.weights.cols} but this job needs {shape[0]}x{shape[1]} "
-            f"(residues x d rows, classes x r columns); check that the master and worker agree on the job's "
-            f"dimensions"
+            f"round {msg.round} asks for stage {msg.stage}, but this job's rounds have "
+            f"{'stages 0 and 1' if spec.stages == 2 else 'stage 0 only'} (stage 1 is for jobs of sigmoid degree 0)"
         )
-    return unpack_residues(msg.weights.data, (spec.residues, spec.cols, shape[1]), spec.moduli, what)
+    if msg.stage == 0:
+        block, what, rows, cols = msg.weights, "weights", spec.cols, spec.classes * spec.weight_copies
+        meaning = "residues x d rows, classes x r columns"
+    else:
+        block, what, rows, cols = msg.sigmoid_values, "sigmoid values", spec.rows, spec.classes
+        meaning = "residues x share rows, classes columns"
+    what = f"round {msg.round} {what}"
+    shape = (spec.residues * rows, cols)
+    if (block.rows, block.cols) != shape:
+        raise MalformedMessage(
+            f"{what} are {block.rows}x{block.cols} but this job needs {shape[0]}x{shape[1]} ({meaning}); check "
+            f"that the master and worker agree on the job's dimensions"
+        )
+    return unpack_residues(block.data, (spec.residues, rows, cols), spec.moduli, what)
 
 
-def round_result_to_proto(job_id: str, round_number: int, result: np.ndarray, compute_seconds: float) -> pb.RoundResult:
-    """A worker's f(share, weights) for one round: residues x dC."""
+def round_result_to_proto(
+    job_id: str, round_number: int, result: np.ndarray, compute_seconds: float, stage: int = 0
+) -> pb.RoundResult:
+    """A worker's result for one exchange: residues x dC (or residues x rows C, the products of stage 0, r = 0)."""
     return pb.RoundResult(
-        job_id=job_id, round=round_number, result=block_to_proto(result), compute_seconds=compute_seconds
+        job_id=job_id, round=round_number, result=block_to_proto(result), compute_seconds=compute_seconds, stage=stage
     )
 
 
 def round_result_from_proto(msg: pb.RoundResult, moduli: tuple[int, ...], cols: int) -> np.ndarray:
-    """A RoundResult's values as a uint32[residues, cols] array (cols = d x C), checked against the job."""
+    """A RoundResult's values as a uint32[residues, cols] array (cols from WireJobSpec.result_cols), checked."""
     what = f"round {msg.round} result"
     if (msg.result.rows, msg.result.cols) != (len(moduli), cols):
         raise MalformedMessage(

@@ -16,7 +16,7 @@ import structlog
 
 import cpml.errors as errors
 from cpml.field import ResidueBasis, basis_for
-from cpml.protocol import prepare_share, worker_compute
+from cpml.protocol import prepare_share, worker_step
 from cpml.wire.serde import MalformedMessage, WireJobSpec, check_id, shown
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import Job, ShareStore, UnknownJob
@@ -27,7 +27,7 @@ _Item = TypeVar("_Item")
 
 
 class RoundOutOfOrder(errors.NotReady):
-    """A compute stream sent a round number not above the previous one."""
+    """A compute stream sent a (round, stage) not above the previous one."""
 
 
 class StreamIdle(errors.TimedOut):
@@ -36,21 +36,24 @@ class StreamIdle(errors.TimedOut):
 
 @dataclass(frozen=True)
 class RoundInput:
-    """One round request: its job, its round and how to read its weight shares once the job's spec is known."""
+    """One exchange's request: its job, round and stage, and how to read its values once the job's spec is known."""
 
     job_id: str
     round: int
-    weights: Callable[[WireJobSpec], np.ndarray]
+    values: Callable[[WireJobSpec], np.ndarray]
+    stage: int = 0  # 1: the second exchange of a round with the exact sigmoid
 
 
 @dataclass(frozen=True)
 class RoundOutput:
-    """One computed round: the result in every residue field and the seconds it took."""
+    """One computed exchange: the result in every residue field and the seconds it took."""
 
     job_id: str
     round: int
     result: np.ndarray
     seconds: float
+    stage: int = 0
+    ends_round: bool = True  # the round's last exchange
 
 
 async def within_idle_time(items: AsyncIterator[_Item], idle: float, what: str) -> AsyncIterator[_Item]:
@@ -70,17 +73,20 @@ async def within_idle_time(items: AsyncIterator[_Item], idle: float, what: str) 
         yield item
 
 
+_Pending = tuple[Job, int, int, np.ndarray]  # job, round, stage, values
+
+
 class LatestRound:
     """The newest round request not yet computed: a straggler skips rounds the master has moved past."""
 
     def __init__(self) -> None:
-        self._pending: tuple[Job, int, np.ndarray] | None = None
+        self._pending: _Pending | None = None
         self._done = False
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
         self.skipped = 0
 
-    def put(self, item: tuple[Job, int, np.ndarray]) -> None:
+    def put(self, item: _Pending) -> None:
         """Make this the next request to compute, replacing one still waiting."""
         self.skipped += self._pending is not None
         self._pending = item
@@ -92,7 +98,7 @@ class LatestRound:
         self._error = self._error or error  # the first error stands
         self._changed.set()
 
-    async def next(self) -> tuple[Job, int, np.ndarray] | None:
+    async def next(self) -> _Pending | None:
         """The newest pending request; None once the stream ended; raises the reader's error."""
         while True:
             if self._error is not None:
@@ -107,7 +113,7 @@ class LatestRound:
 
 
 class ComputeStream:
-    """One compute stream of one job: `results(requests)` yields a RoundOutput for each round it computes."""
+    """One compute stream of one job: `results(requests)` yields a RoundOutput for each exchange it computes."""
 
     def __init__(self, store: ShareStore, executor: Executor, settings: WorkerSettings) -> None:
         self._store = store
@@ -117,18 +123,18 @@ class ComputeStream:
         self.job_id: str | None = None
 
     async def results(self, requests: AsyncIterator[RoundInput]) -> AsyncGenerator[RoundOutput, None]:
-        """Compute the newest round requested until the requests end; refusals raise their CpmlError."""
+        """Compute the newest exchange requested until the requests end; refusals raise their CpmlError."""
         reader = asyncio.create_task(self._read(requests))
         loop = asyncio.get_running_loop()
         try:
             while (item := await self.rounds.next()) is not None:
-                job, round_number, weights = item
+                job, round_number, stage, values = item
                 self.job_id = job.job_id
                 basis = basis_for(job.spec.moduli)
                 started = time.perf_counter()
                 prepared = await self._prepared(job)
                 result = await loop.run_in_executor(
-                    self._executor, worker_compute, basis, prepared, weights, job.spec.coefficients
+                    self._executor, worker_step, basis, prepared, values, job.spec.coefficients, stage
                 )
                 del prepared  # an ended job's float64 share is freed even while this stream waits
                 s = self._settings
@@ -137,8 +143,8 @@ class ComputeStream:
                 seconds = time.perf_counter() - started
                 if s.fault_reply_delay:
                     await asyncio.sleep(s.fault_reply_delay)
-                log.debug("round computed", job=job.job_id, round=round_number, seconds=round(seconds, 6))
-                yield RoundOutput(job.job_id, round_number, result, seconds)
+                log.debug("round computed", job=job.job_id, round=round_number, stage=stage, seconds=round(seconds, 6))
+                yield RoundOutput(job.job_id, round_number, result, seconds, stage, stage == job.spec.stages - 1)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)  # a reader inside the stream must not outlive it
@@ -153,7 +159,7 @@ class ComputeStream:
 
     async def _read(self, requests: AsyncIterator[RoundInput]) -> None:
         job: Job | None = None
-        last_round = -1
+        last = (-1, 0)  # (round, stage)
 
         def ended() -> None:
             assert job is not None  # only registered once the job is known
@@ -173,15 +179,16 @@ class ComputeStream:
                         f"round request names job {shown(request.job_id)} on the compute stream of job "
                         f"{job.job_id!r}; open one stream per job"
                     )
-                if request.round <= last_round:
+                if (request.round, request.stage) <= last:
                     raise RoundOutOfOrder(
-                        f"round {request.round} of job {job.job_id!r} arrived after round {last_round}; rounds on a "
-                        f"stream must strictly increase (open a new stream to start over)"
+                        f"round {request.round} stage {request.stage} of job {job.job_id!r} arrived after round "
+                        f"{last[0]} stage {last[1]}; (round, stage) on a stream must strictly increase (open a new "
+                        f"stream to start over)"
                     )
-                weights = request.weights(job.spec)
-                last_round = request.round
+                values = request.values(job.spec)
+                last = (request.round, request.stage)
                 job.touch()
-                self.rounds.put((job, request.round, weights))
+                self.rounds.put((job, request.round, request.stage, values))
             self.rounds.finish()
         except asyncio.CancelledError:
             raise

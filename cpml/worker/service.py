@@ -118,15 +118,15 @@ class WorkerService(pb_grpc.WorkerServicer):
     ) -> AsyncIterator[pb.RoundResult]:
         stream = ComputeStream(self._store, self._executor, self._settings)
         requests = (
-            RoundInput(msg.job_id, msg.round, functools.partial(serde.round_request_from_proto, msg))
+            RoundInput(msg.job_id, msg.round, functools.partial(serde.round_request_from_proto, msg), msg.stage)
             async for msg in request_iterator
         )
         outputs = stream.results(requests)
         served = 0
         try:
             async for out in outputs:
-                yield serde.round_result_to_proto(out.job_id, out.round, out.result, out.seconds)
-                served += 1
+                yield serde.round_result_to_proto(out.job_id, out.round, out.result, out.seconds, out.stage)
+                served += out.ends_round
                 if 0 < self._settings.fault_fail_after_rounds <= served:
                     await self._fail_for_good(outputs, context, out.job_id, served)
                     return

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63pml/v1/worker.proto\x12\x07\x63pml.v1\"6\n\nFieldBlock\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa1\x01\n\x07JobSpec\x12\x0f\n\x07modulus\x18\x01 \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\x12)\n\x0c\x63oefficients\x18\x05 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06moduli\x18\x07 \x03(\x04\x12\x0f\n\x07\x63lasses\x18\x08 \x01(\r\"\x94\x01\n\nShareChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1e\n\x04spec\x18\x02 \x01(\x0b\x32\x10.cpml.v1.JobSpec\x12\x12\n\nrow_offset\x18\x03 \x01(\r\x12\"\n\x05\x62lock\x18\x04 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05\x63rc32\x18\x05 \x01(\x07\x12\x0f\n\x07residue\x18\x06 \x01(\r\"3\n\x0bUploadReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x04\"S\n\x0cRoundRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12$\n\x07weights\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\"j\n\x0bRoundResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\"\x1f\n\rEndJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0b\x45ndJobReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x85\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08residues\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x06 \x01(\x01\x12\x17\n\x0f\x63ompute_streams\x18\x07 \x01(\r\"\x11\n\x0fListJobsRequest\"/\n\rListJobsReply\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.cpml.v1.JobInfo\"\x0f\n\rStatusRequest\"\x8f\x01\n\x0bStatusReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bmax_modulus\x18\x02 \x01(\x04\x12\x17\n\x0fshare_bytes_cap\x18\x03 \x01(\x04\x12\x18\n\x10share_bytes_used\x18\x04 \x01(\x04\x12\x0c\n\x04jobs\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\r2\xae\x02\n\x06Worker\x12:\n\x0bUploadShare\x12\x13.cpml.v1.ShareChunk\x1a\x14.cpml.v1.UploadReply(\x01\x12:\n\x07\x43ompute\x12\x15.cpml.v1.RoundRequest\x1a\x14.cpml.v1.RoundResult(\x01\x30\x01\x12\x36\n\x06\x45ndJob\x12\x16.cpml.v1.EndJobRequest\x1a\x14.cpml.v1.EndJobReply\x12\x36\n\x06Status\x12\x16.cpml.v1.StatusRequest\x1a\x14.cpml.v1.StatusReply\x12<\n\x08ListJobs\x12\x18.cpml.v1.ListJobsRequest\x1a\x16.cpml.v1.ListJobsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63pml/v1/worker.proto\x12\x07\x63pml.v1\"6\n\nFieldBlock\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa1\x01\n\x07JobSpec\x12\x0f\n\x07modulus\x18\x01 \x01(\x04\x12\x0e\n\x06\x64\x65gree\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\x12)\n\x0c\x63oefficients\x18\x05 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05model\x18\x06 \x01(\t\x12\x0e\n\x06moduli\x18\x07 \x03(\x04\x12\x0f\n\x07\x63lasses\x18\x08 \x01(\r\"\x94\x01\n\nShareChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1e\n\x04spec\x18\x02 \x01(\x0b\x32\x10.cpml.v1.JobSpec\x12\x12\n\nrow_offset\x18\x03 \x01(\r\x12\"\n\x05\x62lock\x18\x04 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05\x63rc32\x18\x05 \x01(\x07\x12\x0f\n\x07residue\x18\x06 \x01(\r\"3\n\x0bUploadReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x04\"\x8f\x01\n\x0cRoundRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12$\n\x07weights\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\r\n\x05stage\x18\x04 \x01(\r\x12+\n\x0esigmoid_values\x18\x05 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\"y\n\x0bRoundResult\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12#\n\x06result\x18\x03 \x01(\x0b\x32\x13.cpml.v1.FieldBlock\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x12\r\n\x05stage\x18\x05 \x01(\r\"\x1f\n\rEndJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0b\x45ndJobReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\x12\x13\n\x0b\x66reed_bytes\x18\x02 \x01(\x04\"\x85\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08residues\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\r\x12\x0c\n\x04\x63ols\x18\x04 \x01(\r\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x14\n\x0cidle_seconds\x18\x06 \x01(\x01\x12\x17\n\x0f\x63ompute_streams\x18\x07 \x01(\r\"\x11\n\x0fListJobsRequest\"/\n\rListJobsReply\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.cpml.v1.JobInfo\"\x0f\n\rStatusRequest\"\x8f\x01\n\x0bStatusReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bmax_modulus\x18\x02 \x01(\x04\x12\x17\n\x0fshare_bytes_cap\x18\x03 \x01(\x04\x12\x18\n\x10share_bytes_used\x18\x04 \x01(\x04\x12\x0c\n\x04jobs\x18\x05 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\r2\xae\x02\n\x06Worker\x12:\n\x0bUploadShare\x12\x13.cpml.v1.ShareChunk\x1a\x14.cpml.v1.UploadReply(\x01\x12:\n\x07\x43ompute\x12\x15.cpml.v1.RoundRequest\x1a\x14.cpml.v1.RoundResult(\x01\x30\x01\x12\x36\n\x06\x45ndJob\x12\x16.cpml.v1.EndJobRequest\x1a\x14.cpml.v1.EndJobReply\x12\x36\n\x06Status\x12\x16.cpml.v1.StatusRequest\x1a\x14.cpml.v1.StatusReply\x12<\n\x08ListJobs\x12\x18.cpml.v1.ListJobsRequest\x1a\x16.cpml.v1.ListJobsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,24 +39,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARECHUNK']._serialized_end=402
   _globals['_UPLOADREPLY']._serialized_start=404
   _globals['_UPLOADREPLY']._serialized_end=455
-  _globals['_ROUNDREQUEST']._serialized_start=457
-  _globals['_ROUNDREQUEST']._serialized_end=540
-  _globals['_ROUNDRESULT']._serialized_start=542
-  _globals['_ROUNDRESULT']._serialized_end=648
-  _globals['_ENDJOBREQUEST']._serialized_start=650
-  _globals['_ENDJOBREQUEST']._serialized_end=681
-  _globals['_ENDJOBREPLY']._serialized_start=683
-  _globals['_ENDJOBREPLY']._serialized_end=734
-  _globals['_JOBINFO']._serialized_start=737
-  _globals['_JOBINFO']._serialized_end=870
-  _globals['_LISTJOBSREQUEST']._serialized_start=872
-  _globals['_LISTJOBSREQUEST']._serialized_end=889
-  _globals['_LISTJOBSREPLY']._serialized_start=891
-  _globals['_LISTJOBSREPLY']._serialized_end=938
-  _globals['_STATUSREQUEST']._serialized_start=940
-  _globals['_STATUSREQUEST']._serialized_end=955
-  _globals['_STATUSREPLY']._serialized_start=958
-  _globals['_STATUSREPLY']._serialized_end=1101
-  _globals['_WORKER']._serialized_start=1104
-  _globals['_WORKER']._serialized_end=1406
+  _globals['_ROUNDREQUEST']._serialized_start=458
+  _globals['_ROUNDREQUEST']._serialized_end=601
+  _globals['_ROUNDRESULT']._serialized_start=603
+  _globals['_ROUNDRESULT']._serialized_end=724
+  _globals['_ENDJOBREQUEST']._serialized_start=726
+  _globals['_ENDJOBREQUEST']._serialized_end=757
+  _globals['_ENDJOBREPLY']._serialized_start=759
+  _globals['_ENDJOBREPLY']._serialized_end=810
+  _globals['_JOBINFO']._serialized_start=813
+  _globals['_JOBINFO']._serialized_end=946
+  _globals['_LISTJOBSREQUEST']._serialized_start=948
+  _globals['_LISTJOBSREQUEST']._serialized_end=965
+  _globals['_LISTJOBSREPLY']._serialized_start=967
+  _globals['_LISTJOBSREPLY']._serialized_end=1014
+  _globals['_STATUSREQUEST']._serialized_start=1016
+  _globals['_STATUSREQUEST']._serialized_end=1031
+  _globals['_STATUSREPLY']._serialized_start=1034
+  _globals['_STATUSREPLY']._serialized_end=1177
+  _globals['_WORKER']._serialized_start=1180
+  _globals['_WORKER']._serialized_end=1482
 # @@protoc_insertion_point(module_scope)

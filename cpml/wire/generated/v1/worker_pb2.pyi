@@ -69,9 +69,11 @@ class JobSpec(_message.Message):
     modulus: _builtins.int
     """the single prime of cpml 0.1 specs: refused (set `moduli` instead)"""
     degree: _builtins.int
-    """r, the degree of the polynomial sigmoid"""
+    """r, the degree of the polynomial sigmoid; 0: none, the master applies the true"""
     rows: _builtins.int
-    """rows of this worker's share (per residue)"""
+    """sigmoid and every round takes two exchanges (stage 0: X̃W̃, stage 1: X̃ᵀẼ)
+    rows of this worker's share (per residue)
+    """
     cols: _builtins.int
     """d, the number of features"""
     model: _builtins.str
@@ -80,7 +82,7 @@ class JobSpec(_message.Message):
     """C weight columns (one-vs-rest models); 0 or 1: one"""
     @_builtins.property
     def coefficients(self) -> Global___FieldBlock:
-        """residues x (r+1), the sigmoid polynomial in each field"""
+        """residues x (r+1), the sigmoid polynomial in each field (residues x 0 for r = 0)"""
 
     @_builtins.property
     def moduli(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -175,19 +177,31 @@ Global___UploadReply: _TypeAlias = UploadReply  # noqa: Y015
 
 @_typing.final
 class RoundRequest(_message.Message):
-    """The master's message on a compute stream: this round's encoded weights for this worker."""
+    """The master's message on a compute stream: this round's encoded weights (stage 0) or, with the exact
+    sigmoid (degree 0), this round's encoded sigmoid values (stage 1) for this worker.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     WEIGHTS_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    SIGMOID_VALUES_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
-    """strictly increasing within a stream"""
+    """(round, stage) strictly increases within a stream"""
+    stage: _builtins.int
+    """first; class c in columns c*r..c*r+r-1
+    0, or 1 for the second exchange of a degree-0 job
+    """
     @_builtins.property
     def weights(self) -> Global___FieldBlock:
-        """(residues * d) x (C * r): residue j's d x Cr block first; class c in columns c*r..c*r+r-1"""
+        """stage 0: (residues * d) x (C * r), r = 1 for degree 0: residue j's d x Cr block"""
+
+    @_builtins.property
+    def sigmoid_values(self) -> Global___FieldBlock:
+        """stage 1: (residues * rows) x C, residue j's rows x C block first"""
 
     def __init__(
         self,
@@ -195,10 +209,12 @@ class RoundRequest(_message.Message):
         job_id: _builtins.str = ...,
         round: _builtins.int = ...,
         weights: Global___FieldBlock | None = ...,
+        stage: _builtins.int = ...,
+        sigmoid_values: Global___FieldBlock | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["weights", b"weights"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sigmoid_values", b"sigmoid_values", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "round", b"round", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "round", b"round", "sigmoid_values", b"sigmoid_values", "stage", b"stage", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,12 +230,16 @@ class RoundResult(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     COMPUTE_SECONDS_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     round: _builtins.int
     compute_seconds: _builtins.float
+    """degree-0 job residues x (rows * C): the products X̃W̃, row-major"""
+    stage: _builtins.int
+    """the request's stage"""
     @_builtins.property
     def result(self) -> Global___FieldBlock:
-        """residues x (d * C): each residue's d x C gradients, row-major"""
+        """residues x (d * C): each residue's d x C gradients, row-major; for stage 0 of a"""
 
     def __init__(
         self,
@@ -228,10 +248,11 @@ class RoundResult(_message.Message):
         round: _builtins.int = ...,
         result: Global___FieldBlock | None = ...,
         compute_seconds: _builtins.float = ...,
+        stage: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_seconds", b"compute_seconds", "job_id", b"job_id", "result", b"result", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_seconds", b"compute_seconds", "job_id", b"job_id", "result", b"result", "round", b"round", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
