@@ -55,7 +55,8 @@ def coded_privacy(plan: Plan, transport: str, protocol: str = "cpml") -> dict[st
         "workers": plan.n_workers,
         "public": (
             "the data's shape (rows x features), the moduli, r and the sigmoid polynomial's coefficients "
-            "(planned from the shape and the scaling alone), the number of rounds"
+            "(r = 0: the exact sigmoid, no coefficients; planned from the shape and the scaling alone), the "
+            "number of rounds"
         ),
         "transport": transport,
         "released_model": (

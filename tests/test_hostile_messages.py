@@ -368,12 +368,19 @@ WORKER_CASES = [
         "must be an odd prime below 2^31, not 4294967291",
     ),
     Case("modulus-2^64-1", _bad_upload(moduli=[P, U64]), BAD_ARG, f"modulus {U64} cannot travel as uint32"),
-    Case("degree-0", _bad_upload(degree=0), BAD_ARG, "degree r must be between 1 and 32"),
+    # degree 0 is the exact sigmoid: no coefficients, logistic regression only
+    Case("degree-0-with-coefficients", _bad_upload(degree=0), BAD_ARG, "needs 2x0 (one row per residue modulus"),
+    Case(
+        "degree-0-linear",
+        _bad_upload(degree=0, model="linear"),
+        BAD_ARG,
+        "sigmoid degree 0 (the exact sigmoid) for model 'linear'; only logistic regression has a sigmoid",
+    ),
     Case(
         "degree-huge",
         _bad_upload(degree=U32, coefficients=np.ones((2, 2), dtype=np.uint32)),
         BAD_ARG,
-        f"sigmoid degree {U32}; the degree r must be between 1 and 32",
+        f"sigmoid degree {U32}; the degree r must be between 0 and 32",
     ),
     # the job spec: the coefficient block, residues x (r+1)
     Case(
@@ -386,7 +393,7 @@ WORKER_CASES = [
         "coefficients-one-row-for-two-moduli",
         _bad_upload(coefficients=np.ones((1, 2), dtype=np.uint32)),
         BAD_ARG,
-        "sigmoid coefficients are 1x2 but this job needs 2x2 (one row per residue modulus, r+1 columns)",
+        "sigmoid coefficients are 1x2 but this job needs 2x2 (one row per residue modulus, r+1 columns",
     ),
     Case(
         "coefficients-one-row-too-many",
@@ -588,13 +595,19 @@ WORKER_CASES = [
         "round-repeated",
         _compute_on_stored(_weights(3), _weights(3)),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "round 3 of job 'hostile' arrived after round 3",
+        "round 3 stage 0 of job 'hostile' arrived after round 3 stage 0",
     ),
     Case(
         "round-backwards",
         _compute_on_stored(_weights(5), _weights(2)),
         grpc.StatusCode.FAILED_PRECONDITION,
-        "rounds on a stream must strictly increase",
+        "(round, stage) on a stream must strictly increase",
+    ),
+    Case(
+        "stage-1-of-a-polynomial-job",
+        _compute_on_stored(pb.RoundRequest(job_id="hostile", round=0, stage=1)),
+        BAD_ARG,
+        "round 0 asks for stage 1, but this job's rounds have stage 0 only",
     ),
     Case(
         "round-huge-then-any",
@@ -729,7 +742,13 @@ async def test_the_master_drops_a_worker_whose_result_is_not_the_jobs_residues(r
         cluster = await stack.enter_async_context(Cluster([liar, *(s.address for s in honest)]))
         streams = await stack.enter_async_context(
             ComputeStreams(
-                cluster.workers, job.job_id, job.moduli, job.spec.cols, threshold=3, round_timeout=5, stream_timeout=30
+                cluster.workers,
+                job.job_id,
+                job.moduli,
+                (job.spec.cols,),
+                threshold=3,
+                round_timeout=5,
+                stream_timeout=30,
             )
         )
         with capture_logs() as logs:

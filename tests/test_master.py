@@ -91,15 +91,15 @@ async def test_eval_every_skips_the_metrics_between_evaluations_and_keeps_the_we
 
 async def test_a_straggler_never_delays_a_round(tmp_path):
     async with _workers(5, faults={2: {"fault_reply_delay": 1.5}}) as servers:
-        report = await train(_settings([s.address for s in servers], tmp_path))
-    assert all(r.wait_seconds < 1.0 for r in report.history)  # R = 4 of 5: the slow one is never waited for
+        report = await train(_settings([s.address for s in servers], tmp_path, k=1, t=1))
+    assert all(r.wait_seconds < 1.0 for r in report.history)  # R = 3 of 5: the slow one is never waited for
     assert all(2 not in r.workers_used for r in report.history)
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
 
 
 async def test_a_failing_worker_is_dropped_and_training_continues(tmp_path):
     async with _workers(5, faults={0: {"fault_fail_after_rounds": 2}}) as servers:
-        report = await train(_settings([s.address for s in servers], tmp_path))
+        report = await train(_settings([s.address for s in servers], tmp_path, k=1, t=1))
     assert list(report.dropped_workers) == [0]
     # UNAVAILABLE with the fault's message; gRPC core reports INTERNAL instead when the master was writing its
     # next round at the moment the worker ended the stream (seen under load): a dropped worker either way
@@ -110,7 +110,7 @@ async def test_a_failing_worker_is_dropped_and_training_continues(tmp_path):
 
 async def test_a_round_short_of_r_waits_for_a_share_being_sent_again(tmp_path, monkeypatch):
     # worker 0 drops after round 2 and its share is re-sent slowly (a fault-injected worker reports NOT_SERVING
-    # for good, so the health check is replaced by a slow yes); worker 1 drops in round 5, leaving 3 < R = 4 live:
+    # for good, so the health check is replaced by a slow yes); worker 1 drops in round 5, leaving 2 < R = 3 live:
     # the round waits for worker 0's share instead of failing, and worker 0 answers that same round
     async def slowly(self, worker):
         await asyncio.sleep(2.0)  # longer than rounds 3 and 4 take even on a loaded machine
@@ -118,28 +118,28 @@ async def test_a_round_short_of_r_waits_for_a_share_being_sent_again(tmp_path, m
 
     monkeypatch.setattr(Rejoiner, "_serving", slowly)
     faults = {0: {"fault_fail_after_rounds": 2}, 1: {"fault_fail_after_rounds": 4}}
-    async with _workers(5, faults=faults) as servers:
-        report = await train(_settings([s.address for s in servers], tmp_path, iterations=6))
+    async with _workers(4, faults=faults) as servers:
+        report = await train(_settings([s.address for s in servers], tmp_path, iterations=6, k=1, t=1))
     assert 0 not in report.history[3].workers_used and 0 in report.history[4].workers_used
     assert 1 not in report.history[5].workers_used
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
 
 
 async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
-    faulty = {0: {"fault_fail_after_rounds": 2}, 1: {"fault_fail_after_rounds": 2}}
+    faulty = {i: {"fault_fail_after_rounds": 2} for i in range(3)}
     async with _workers(5, faults=faulty) as servers:
-        with pytest.raises(NotEnoughWorkers, match=r"only 3 of 5 workers remain but R = 4 replies are needed"):
-            await train(_settings([s.address for s in servers], tmp_path, iterations=5))
+        with pytest.raises(NotEnoughWorkers, match=r"only 2 of 5 workers remain but R = 3 replies are needed"):
+            await train(_settings([s.address for s in servers], tmp_path, iterations=5, k=1, t=1))
     state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert state["trainer"]["round"] == 2
     assert len((tmp_path / "run" / "rounds.jsonl").read_text().splitlines()) == 2
-    async with _workers(4) as servers:  # fewer workers than before: N changes, R = 4 still fits
+    async with _workers(3) as servers:  # fewer workers than before: N changes, R = 3 still fits
         resumed = await train(_settings([s.address for s in servers], tmp_path, iterations=5, resume=True))
-    assert len(resumed.history) == 5 and resumed.plan.n_workers == 4
+    assert len(resumed.history) == 5 and resumed.plan.n_workers == 3
     full = _simulated(resumed.plan.with_(n_workers=5))
     assert resumed.weights.tobytes() == full.weights.tobytes()
     # resuming a finished run touches no worker and reports the same model
-    again = await train(_settings([f"127.0.0.1:{port}" for port in (1, 2, 3, 4)], tmp_path, iterations=5, resume=True))
+    again = await train(_settings([f"127.0.0.1:{port}" for port in (1, 2, 3)], tmp_path, iterations=5, resume=True))
     assert again.weights.tobytes() == full.weights.tobytes() and len(again.history) == 5
 
 
@@ -157,7 +157,7 @@ async def test_a_round_without_r_replies_in_time_times_out(tmp_path):
         settings = _settings(
             [s.address for s in servers], tmp_path, timeouts=Timeouts(connect=10, upload=30, round=0.5)
         )
-        with pytest.raises(RoundTimeout, match=r"round 1: only 0 of the 4 replies needed arrived within 0.5s"):
+        with pytest.raises(RoundTimeout, match=r"round 1: only 0 of the 3 replies needed arrived within 0.5s"):
             await train(settings)
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["trainer"]["round"] == 0
 
@@ -170,7 +170,7 @@ async def test_unreachable_workers_are_reported_by_address(tmp_path):
         with pytest.raises(
             WorkersUnreachable,
             match=r"3 of 4 workers were not healthy within 1s \(1 answered, "
-            r"R = 4 needed\): 127.0.0.1:1",
+            r"R = 3 needed\): 127.0.0.1:1",
         ):
             await train(settings)
 
@@ -228,9 +228,11 @@ def test_plans_follow_the_case_presets_and_overrides():
     assert (
         make_plan(TrainSettings(dataset=DATASET, case=1), 10, x).k,
         make_plan(TrainSettings(dataset=DATASET, case=1), 10, x).t,
-    ) == (3, 1)
+    ) == (4, 1)
     case2 = make_plan(TrainSettings(dataset=DATASET, case=2), 15, x)
-    assert (case2.k, case2.t) == (3, 2)
+    assert (case2.k, case2.t) == (5, 3)
+    paper = make_plan(TrainSettings(dataset=DATASET, case=2, sigmoid="polynomial"), 15, x)
+    assert (paper.k, paper.t, paper.r) == (3, 2, 1)
     fixed = make_plan(TrainSettings(dataset=DATASET, t=2, lx=1, lw=3, lc=4), 12, x)
     assert (fixed.t, fixed.lx, fixed.lw, fixed.lc) == (2, 1, 3, 4)
 
@@ -317,7 +319,13 @@ async def test_a_late_reply_for_an_old_round_is_dropped_not_mixed_in():
         async with (
             Cluster([s.address for s in servers]) as cluster,
             ComputeStreams(
-                cluster.workers, job.job_id, job.moduli, job.spec.cols, threshold=4, round_timeout=5, stream_timeout=30
+                cluster.workers,
+                job.job_id,
+                job.moduli,
+                (job.spec.cols,),
+                threshold=4,
+                round_timeout=5,
+                stream_timeout=30,
             ) as streams,
         ):
             weights = {k: np.stack([job.weights(k)] * 5) for k in (0, 1)}

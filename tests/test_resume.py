@@ -47,6 +47,14 @@ def test_plan_changes_lists_every_flag_set_to_something_else():
         "--r 2 (checkpoint: 1)",
         "--learning-rate 0.25 (checkpoint: 0.5)",
     ]
+    assert plan_changes(TrainSettings(dataset=DATASET, sigmoid="exact"), saved) == [
+        "--sigmoid exact (checkpoint: polynomial)"
+    ]
+    exact = saved.with_(r=0)
+    assert plan_changes(TrainSettings(dataset=DATASET, r=3), exact) == []  # --r is the polynomial's degree
+    assert plan_changes(TrainSettings(dataset=DATASET, sigmoid="polynomial"), exact) == [
+        "--sigmoid polynomial (checkpoint: exact)"
+    ]
 
 
 def test_a_torn_last_line_of_the_rounds_log_is_dropped_and_a_torn_middle_one_refused(tmp_path):
@@ -77,11 +85,11 @@ def test_a_torn_last_line_of_the_rounds_log_is_dropped_and_a_torn_middle_one_ref
 def test_resume_refuses_a_changed_plan_and_repairs_a_torn_log(tmp_path):
     first = cli(tmp_path, "--iterations", "3")
     assert first.returncode == 0, first.stderr
-    changed = cli(tmp_path, "--iterations", "5", "--resume", "--prime", "2147483647", "--r", "2")
+    changed = cli(tmp_path, "--iterations", "5", "--resume", "--prime", "2147483647", "--sigmoid", "polynomial")
     assert changed.returncode == 2
     assert (
         "must continue the checkpoint's plan, not change it: --prime 2147483647 (checkpoint: 33554393), "
-        "--r 2 (checkpoint: 1)"
+        "--sigmoid polynomial (checkpoint: exact)"
     ) in changed.stderr
     shorter = cli(tmp_path, "--iterations", "2", "--resume")
     assert shorter.returncode == 2 and "pass --iterations 3 or more" in shorter.stderr
@@ -100,7 +108,7 @@ def test_resume_refuses_a_changed_plan_and_repairs_a_torn_log(tmp_path):
             ["--learning-rate", "0"],
             "Argument '--learning-rate' must be a positive finite number (leave it out for 1/L)",
         ),
-        (["--workers-local", "3"], "Argument '--workers-local (or --workers)' must be at least 4"),
+        (["--workers-local", "2"], "Argument '--workers-local (or --workers)' must be at least 3"),
         (["--weight-bound", "-1"], "Argument '--weight-bound' must be a positive finite number, not -1.0."),
     ],
 )

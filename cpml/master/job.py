@@ -221,7 +221,7 @@ RESUMED_FLAGS = (
     ("--residues", "residues", "residues"),
     ("--k", "k", "k"),
     ("--t", "t", "t"),
-    ("--sigmoid/--r (r = 0: exact)", "degree", "r"),
+    ("--r", "r", "r"),
     ("--lx", "lx", "lx"),
     ("--lw", "lw", "lw"),
     ("--lc", "lc", "lc"),
@@ -237,7 +237,14 @@ def plan_changes(settings: TrainSettings, saved: Plan) -> list[str]:
     changes = []
     for flag, setting, field in RESUMED_FLAGS:
         wanted, had = getattr(settings, setting), getattr(saved, field)
-        if wanted is not None and wanted != had:
+        if flag == "--r":  # r = 0 is the exact sigmoid: --sigmoid, when given, must name the checkpoint's
+            chosen = settings.sigmoid
+            kept = "exact" if saved.exact_sigmoid else "polynomial"
+            if chosen is not None and chosen != kept and settings.model == "logistic":
+                changes.append(f"--sigmoid {chosen} (checkpoint: {kept})")
+            if not saved.exact_sigmoid and wanted != had:
+                changes.append(f"{flag} {wanted} (checkpoint: {had})")
+        elif wanted is not None and wanted != had:
             changes.append(f"{flag} {wanted} (checkpoint: {had})")
     return changes
 

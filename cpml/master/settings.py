@@ -48,7 +48,7 @@ class TrainSettings:
     local_workers: int = 10
     case: int = 1
     protocol: str = "cpml"  # or a baseline of cpml.mpc: "bgw", "bh08"
-    sigmoid: str = "exact"  # or "polynomial": the paper's degree-r fit (the MPC baselines always use it)
+    sigmoid: str | None = None  # exact (None: exact, or the checkpoint's on --resume) or polynomial (the paper's)
     r: int = 1
     k: int | None = None
     t: int | None = None
@@ -97,7 +97,7 @@ class TrainSettings:
             )
         if self.k is not None and self.t is None:
             raise ValueError(f"Argument 'k' needs --t as well (K and T fix each other's limits), not k={self.k} alone.")
-        if self.sigmoid not in SIGMOIDS:
+        if self.sigmoid is not None and self.sigmoid not in SIGMOIDS:
             raise ValueError(f"Argument 'sigmoid' must be one of {', '.join(SIGMOIDS)}, not {self.sigmoid!r}.")
         if self.case not in (1, 2):
             raise ValueError(f"Argument 'case' must be 1 or 2, not {self.case}.")
@@ -126,7 +126,8 @@ class TrainSettings:
     @property
     def degree(self) -> int:
         """The plan's r: 0 for the exact sigmoid of a CodedPrivateML logistic regression, else --r."""
-        return 0 if self.sigmoid == "exact" and self.model == "logistic" and self.protocol == "cpml" else self.r
+        exact = self.sigmoid in (None, "exact") and self.model == "logistic" and self.protocol == "cpml"
+        return 0 if exact else self.r
 
     @property
     def embedded(self) -> bool:
@@ -249,7 +250,7 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     plan.add_argument(
         "--sigmoid",
         choices=SIGMOIDS,
-        default="exact",
+        default=None,
         help="exact (default): the workers compute X̃w̃ and X̃ᵀẽ and the master applies the true sigmoid in "
         "between (two exchanges a round, R = 2(K+T-1)+1); polynomial: the paper's degree-r fit, evaluated by "
         "the workers (one exchange, R = (2r+1)(K+T-1)+1; the MPC baselines always use it)",
@@ -357,7 +358,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         local_workers=int(args.local_workers),
         case=int(args.case),
         protocol=args.protocol,
-        sigmoid=args.sigmoid,
+        sigmoid=args.sigmoid or None,
         r=int(args.r),
         k=opt_int(args.k),
         t=opt_int(args.t),

@@ -146,26 +146,25 @@ class Plan:
     @classmethod
     def case1(cls, n_workers: int, r: int = 1, **kwargs: object) -> Plan:
         """Maximum parallelism: T = 1 and the largest K the threshold allows."""
-        k = largest_k(n_workers, 1, r)
-        if k < 1:
-            raise argument_error("n_workers", f"be at least {recovery_threshold(1, 1, r)} for r={r}", n_workers)
-        return cls(n_workers=n_workers, k=k, t=1, r=r, **kwargs)  # type: ignore[arg-type]
+        return cls.for_privacy(n_workers, 1, r, **kwargs)
 
     @classmethod
     def case2(cls, n_workers: int, r: int = 1, **kwargs: object) -> Plan:
-        """Parallelism about equal to privacy: T = floor((N-(2r+1)) / (2(2r+1))), then the largest K."""
-        t = max(1, (n_workers - (2 * r + 1)) // (2 * (2 * r + 1)))
-        k = largest_k(n_workers, t, r)
-        if k < 1:
-            raise argument_error("n_workers", f"be at least {recovery_threshold(1, t, r)} for r={r}", n_workers)
-        return cls(n_workers=n_workers, k=k, t=t, r=r, **kwargs)  # type: ignore[arg-type]
+        """Parallelism about equal to privacy: T = floor((N-D) / 2D), D = 2r+1 (2 for r = 0), then the largest K."""
+        degree = product_degree(r)
+        t = max(1, (n_workers - degree) // (2 * degree))
+        return cls.for_privacy(n_workers, t, r, **kwargs)
 
     @classmethod
     def for_privacy(cls, n_workers: int, t: int, r: int = 1, **kwargs: object) -> Plan:
-        """Given N, T and r, take the largest K the threshold allows."""
-        k = largest_k(n_workers, t, r)
+        """Given N, T and r, take the largest K the threshold allows (leaving the replies --byzantine/--detect add)."""
+        checks = 2 * int(kwargs.get("byzantine", 0) or 0) or int(bool(kwargs.get("detect")))  # type: ignore[call-overload]
+        k = largest_k(n_workers - checks, t, r)
         if k < 1:
-            raise argument_error("n_workers", f"be at least {recovery_threshold(1, t, r)} for T={t}, r={r}", n_workers)
+            extra = f" and {checks} more to check results" if checks else ""
+            raise argument_error(
+                "n_workers", f"be at least {recovery_threshold(1, t, r) + checks} for T={t}, r={r}{extra}", n_workers
+            )
         return cls(n_workers=n_workers, k=k, t=t, r=r, **kwargs)  # type: ignore[arg-type]
 
     def _threshold_message(self) -> str:
