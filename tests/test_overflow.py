@@ -13,8 +13,10 @@ from cpml.protocol import (
     Plan,
     auto_precision,
     check_plan,
+    prepare_share,
     public_profile,
     worker_compute,
+    worker_step,
 )
 from cpml.protocol.overflow import MAX_DATA_BITS, MIN_DATA_BITS, plan_bound
 
@@ -77,8 +79,9 @@ def test_auto_picks_the_fewest_residues_then_the_most_bits(cancer, r, p):
 
 @pytest.mark.parametrize("m, d", [(455, 31), (361, 65), (50_000, 101), (200_000, 101), (1_000_000, 1001)])
 @pytest.mark.parametrize("scaling", ["standard", "minmax"])
-def test_automatic_precision_gives_the_data_at_least_8_fractional_bits(m, d, scaling):
-    plan = auto_precision(Plan.case1(10), public_profile(scaling, m, d))
+@pytest.mark.parametrize("r", [0, 1])
+def test_automatic_precision_gives_the_data_at_least_8_fractional_bits(m, d, scaling, r):
+    plan = auto_precision(Plan.case1(10, r=r), public_profile(scaling, m, d))
     assert plan.lx >= 8 and plan.lw >= 10
     assert plan.residues <= MAX_RESIDUES
 
@@ -132,4 +135,51 @@ def test_without_the_guard_values_wrap_and_the_gradient_is_garbage(cancer, monke
     # The true integer X̄ᵀ s̄ computed with Python ints differs: the field wrapped.
     truth = exact_gradient_sum(trainer, wbar)
     assert any(int(a) != int(b) for a, b in zip(decoded, truth))
+    assert max(abs(int(v)) for v in truth) > trainer.basis.max_signed
+
+
+# --- the exact sigmoid (r = 0): the products X̄w̄ and the gradient X̄ᵀē are both decoded and lifted -----------
+
+
+def exact_exchanges(trainer, shares, workers):
+    """One round of the exact sigmoid in-process: the decoded products and X̄ᵀē as Python ints; the round ends."""
+    coefficients = trainer.job_spec.coefficient_array()
+    w = trainer.weight_shares()
+    replies = {i: worker_step(trainer.basis, shares[i], w[i], coefficients, 0) for i in workers}
+    products = trainer.basis.combine(np.stack(trainer.decode_blocks(replies)[0]).reshape(trainer.plan.residues, -1))
+    e, _ = trainer.sigmoid_shares(trainer.round, replies)
+    replies = {i: worker_step(trainer.basis, shares[i], e[i], coefficients, 1) for i in workers}
+    gradient = trainer.basis.combine(trainer.decode_sums(replies))
+    trainer.finish_round(trainer.round, replies)
+    return products, gradient
+
+
+def test_with_the_exact_sigmoid_the_bound_holds_on_every_decoded_value(cancer):
+    x, y = cancer
+    plan = auto_precision(Plan.case1(10, r=0, iterations=30), public_profile("standard", *x.shape))
+    trainer = CodedTrainer.create(plan, x, y, seed=3)
+    shares = [prepare_share(trainer.basis, s) for s in trainer.encode_dataset()]
+    largest = 0
+    for _ in range(30):
+        products, gradient = exact_exchanges(trainer, shares, range(plan.threshold))
+        largest = max(largest, *(abs(int(v)) for v in products.ravel()), *(abs(int(v)) for v in gradient))
+    assert 0 < largest <= plan_bound(trainer.plan, trainer.profile) <= trainer.basis.max_signed
+
+
+def test_with_the_exact_sigmoid_and_no_guard_the_products_wrap(cancer, monkeypatch):
+    x, y = cancer
+    plan = Plan.case1(10, r=0, residues=1, lx=12, lw=14, lc=12, iterations=2, learning_rate=0.1)
+    with pytest.raises(OverflowError, match="they would wrap"):
+        CodedTrainer.create(plan, x, y, seed=0)
+    # Remove the protection: the plan check and the per-round checks of both exchanges.
+    monkeypatch.setattr(run_module, "check_plan", lambda plan, profile: 0.0)
+    monkeypatch.setattr(run_module, "products_bound", lambda *args: 0.0)
+    monkeypatch.setattr(run_module, "sigmoid_gradient_bound", lambda *args: 0.0)
+    trainer = CodedTrainer.create(plan, x, y, seed=0)
+    trainer.weights = trainer.previous = np.full(x.shape[1], 0.7)
+    shares = [prepare_share(trainer.basis, s) for s in trainer.encode_dataset()]
+    wbar = trainer.quantized_weights()[:, 0]
+    products, _ = exact_exchanges(trainer, shares, range(plan.threshold))
+    truth = trainer.partitions.reshape(-1, x.shape[1]).astype(object) @ wbar.astype(object)
+    assert any(int(a) != int(b) for a, b in zip(products.ravel(), truth))  # the field wrapped
     assert max(abs(int(v)) for v in truth) > trainer.basis.max_signed

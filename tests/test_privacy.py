@@ -10,7 +10,8 @@ field alone, the pair (residue 0, residue 1) of one element (its CRT lift, unifo
 workers and residues, and the whole view of T workers (their CRT lifts, uniform on Z_P^T). Besides zero masks,
 a mask source that draws every residue from one keystream (uniform in each field alone) must be caught by the
 statistics across residues. At the real primes the same statistics are binned, and the colluders'
-interpolation with the masks taken as zero must give back the data and the weights in every residue field.
+interpolation with the masks taken as zero must give back the data, the weights and (with the exact sigmoid,
+r = 0) the sigmoid values the master encodes every round, in every residue field.
 """
 
 import collections
@@ -25,7 +26,9 @@ from scipy import stats
 
 from cpml.data import load_dataset
 from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, uniform
-from cpml.protocol import CodedTrainer, CodingScheme, DataProfile, Plan
+from cpml.protocol import CodedTrainer, CodingScheme, DataProfile, Plan, prepare_share, worker_step
+from cpml.protocol.quantize import round_half_up
+from cpml.protocol.sigmoid import sigmoid
 
 P = 31  # a tiny field so the joint distribution of T shares has few cells: 31^2 = 961
 TRIALS = 40_000
@@ -377,26 +380,41 @@ def digits():
     return plan, data.x_train, data.y_train
 
 
-def real_trainer(digits, zero_data: bool, weights, mask_source) -> CodedTrainer:
+def real_trainer(digits, zero_data: bool, weights, mask_source, r: int = 1) -> CodedTrainer:
     plan, x, y = digits
     return CodedTrainer.create(
-        plan, np.zeros_like(x) if zero_data else x, y, seed=0, weights=weights, mask_source=mask_source
+        plan.with_(r=r), np.zeros_like(x) if zero_data else x, y, seed=0, weights=weights, mask_source=mask_source
     )
 
 
+def sigmoid_rounds(trainer: CodedTrainer, encodings: int) -> list[np.ndarray]:
+    """`encodings` encodings (fresh masks each) of the sigmoid values of one round: each (N, residues, rows, 1)."""
+    shares = [prepare_share(trainer.basis, s) for s in trainer.encode_dataset()]
+    coefficients = trainer.job_spec.coefficient_array()
+    w = trainer.weight_shares()
+    replies = {i: worker_step(trainer.basis, shares[i], w[i], coefficients, 0) for i in range(trainer.plan.n_workers)}
+    return [trainer.sigmoid_shares(trainer.round, replies)[0] for _ in range(encodings)]
+
+
 def real_shares(digits, kind: str, zero: bool, mask_source) -> np.ndarray:
-    """(N, residues, n): the dataset's shares, or 64 encodings of one round's weights (fresh masks each)."""
+    """(N, residues, n): the dataset's shares, or 64 encodings of one round's weights or sigmoid values."""
     if kind == "data":
         shares = real_trainer(digits, zero, None, mask_source).encode_dataset()
         return shares.reshape(*shares.shape[:2], -1)
     d = digits[1].shape[1]
     weights = np.zeros(d) if zero else np.random.default_rng(1).normal(size=d) * 0.3
+    if kind == "sigmoid":  # zero weights: every sigmoid value 1/2
+        rounds = np.stack(sigmoid_rounds(real_trainer(digits, False, weights, mask_source, r=0), 64), axis=2)
+        return rounds.reshape(*rounds.shape[:2], -1)
     trainer = real_trainer(digits, False, weights, mask_source)
     rounds = np.stack([trainer.weight_shares() for _ in range(64)], axis=2)  # (N, residues, 64, d, r)
     return rounds.reshape(*rounds.shape[:2], -1)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+REAL_KINDS = (*KINDS, "sigmoid")
+
+
+@pytest.mark.parametrize("kind", REAL_KINDS)
 def test_at_the_real_primes_t_shares_look_uniform_in_every_residue_and_the_control_fails(kind, digits):
     basis = digits[0].basis
     bins = 64 if kind == "data" else 16
@@ -410,14 +428,20 @@ def test_at_the_real_primes_t_shares_look_uniform_in_every_residue_and_the_contr
     assert max(unmasked.values()) < LEAK, unmasked
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", REAL_KINDS)
 def test_at_the_real_primes_zero_mask_interpolation_gives_back_the_data_only_without_masks(kind, digits):
     plan, x, _ = digits
     d = x.shape[1]
     weights = np.random.default_rng(1).normal(size=d) * 0.3
     for masks, expect_leak in ((zero_masks, True), (uniform, False)):
-        trainer = real_trainer(digits, False, weights, masks)
-        if kind == "data":
+        trainer = real_trainer(digits, False, weights, masks, r=0 if kind == "sigmoid" else 1)
+        if kind == "sigmoid":
+            plan = trainer.plan
+            shares = sigmoid_rounds(trainer, 1)[0]
+            z = trainer.partitions.astype(np.float64) @ trainer.quantized_weights()[:, 0]  # exact: below 2^53
+            secrets = round_half_up(np.ldexp(sigmoid(np.ldexp(z, -plan.product_scale)), plan.lc))
+            secrets.reshape(-1)[x.shape[0] :] = 0  # the padding rows
+        elif kind == "data":
             shares, secrets = trainer.encode_dataset(), trainer.partitions.reshape(plan.k, -1).astype(np.int64)
         else:
             shares = trainer.weight_shares()

@@ -1,15 +1,17 @@
 """What T colluding workers see on the wire, captured byte for byte during real training runs.
 
 `cpml.master.train` drives N real cpml-worker daemons (subprocesses on 127.0.0.1) with the default plan
-machinery (standard scaling with an intercept, automatic precision: several residue primes, T = 2 so K = 2 on
-N = 10). A TCP proxy in front of T of them records every byte both ways; the capture is parsed back (HTTP/2
+machinery (standard scaling with an intercept, automatic precision: several residue primes, the exact sigmoid,
+T = 2 so K = 2 on N = 7). A TCP proxy in front of T of them records every byte both ways; the capture is parsed back (HTTP/2
 frames, HPACK headers, gRPC length-prefixed messages, protobuf) and examined:
 
 (a) the dataset shares the T workers hold are jointly uniform on [0, p_j) in every residue field, jointly
     across the residues (pairs of residues of one element, and their CRT lift uniform on Z_P), and do not
     depend on the data (the same job on an all-zero dataset of the same shape is the reference);
-(b) the same for every round's weight shares, which are also fresh from round to round;
-(c) no run of 8 consecutive quantized data values, labels, X̄ᵀy or (quantized) weights appears in the raw
+(b) the same for every round's weight shares and every round's shares of the sigmoid values the master
+    encodes (the second exchange of the exact sigmoid), which are also fresh from round to round;
+(c) no run of 8 consecutive quantized data values, labels, X̄ᵀy, (quantized) weights or sigmoid values
+    appears in the raw
     bytes, in the reassembled messages, or in what the T workers get by interpolating their shares as if
     the masks were zero (the attack the masks defeat), in any residue field;
 (d) every message and header is of a known kind, and its fields are public parameters: identical for two
@@ -51,14 +53,14 @@ from cpml.master.settings import TrainSettings
 from cpml.master.train import make_plan, train
 from cpml.protocol import CodingScheme, DataProfile, Plan, auto_precision, public_profile, simulate
 from cpml.protocol.models import lookahead
-from cpml.protocol.quantize import quantize_data
+from cpml.protocol.quantize import quantize_data, round_half_up
 from cpml.protocol.run import round_weights
-from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients
+from cpml.protocol.sigmoid import model_coefficients, scaled_coefficients, sigmoid
 from cpml.wire.generated.v1 import worker_pb2 as pb
 
-N = 10
-T = 2  # Plan.for_privacy(10, 2) takes K = 2: R = 3(K+T-1)+1 = 10
-COLLUDERS = (3, 8)
+N = 7
+T = 2  # Plan.for_privacy(7, 2, r=0) takes K = 2: R = 2(K+T-1)+1 = 7
+COLLUDERS = (3, 6)
 DATASET = "digits-4v9"
 ITERATIONS = 10
 CHUNK_BYTES = 8192  # several share chunks per worker and residue, so only the first may carry the spec
@@ -264,8 +266,18 @@ class WorkerView:
         return share.astype(np.uint32)
 
     @property
-    def rounds(self) -> list[pb.RoundRequest]:
+    def requests(self) -> list[pb.RoundRequest]:
         return [m for c in self.of("/cpml.v1.Worker/Compute") for m in c.parsed()[0]]
+
+    @property
+    def rounds(self) -> list[pb.RoundRequest]:
+        """The first exchange of every round: the encoded weights."""
+        return [m for m in self.requests if m.stage == 0]
+
+    @property
+    def sigmoid_rounds(self) -> list[pb.RoundRequest]:
+        """The second exchange of every round (the exact sigmoid): the encoded sigmoid values."""
+        return [m for m in self.requests if m.stage == 1]
 
     @property
     def results(self) -> list[pb.RoundResult]:
@@ -278,10 +290,21 @@ class WorkerView:
             [np.frombuffer(m.weights.data, dtype="<u4").reshape(residues, -1, m.weights.cols) for m in self.rounds]
         )
 
+    def sigmoid_shares(self) -> np.ndarray:
+        """Every round's encoded sigmoid values, (rounds, residues, rows, C); the wire stacks (residues * rows) x C."""
+        residues = len(self.moduli)
+        return np.stack(
+            [
+                np.frombuffer(m.sigmoid_values.data, dtype="<u4").reshape(residues, -1, m.sigmoid_values.cols)
+                for m in self.sigmoid_rounds
+            ]
+        )
+
     def elements(self) -> np.ndarray:
-        """Every field element this worker received or sent (share, weight shares, results)."""
+        """Every field element this worker received or sent (share, weight and sigmoid shares, results)."""
         results = [np.frombuffer(m.result.data, dtype="<u4") for m in self.results]
-        return np.concatenate([self.share.ravel(), self.weight_shares().ravel(), *results])
+        received = [self.share.ravel(), self.weight_shares().ravel(), self.sigmoid_shares().ravel()]
+        return np.concatenate([*received, *results])
 
 
 def worker_view(index: int, connections: Iterable[Connection]) -> WorkerView:
@@ -339,6 +362,12 @@ class Run:
         plan, w = self.plan, self.trajectory
         queries = [lookahead(w[t], w[max(t - 1, 0)], t, plan.weight_bound) for t in range(plan.iterations)]
         return np.stack([round_weights(plan, q, SEED, t) for t, q in enumerate(queries)])
+
+    def sigmoid_values(self) -> np.ndarray:
+        """ē = Round(2^lc s(X̄w̄ 2^-(lx+lw))) of every round, (rounds, m): what the master encodes (r = 0)."""
+        plan = self.plan
+        z = quantize_data(self.x, plan.lx).astype(np.float64) @ self.quantized_weights()[:, :, 0].T  # exact
+        return round_half_up(np.ldexp(sigmoid(np.ldexp(z, -plan.product_scale)), plan.lc)).T
 
 
 @dataclass
@@ -510,6 +539,20 @@ def weight_statistics(run: Run, reference: Run) -> dict[str, float]:
     return out
 
 
+def sigmoid_statistics(run: Run, reference: Run) -> dict[str, float]:
+    """(b): every round's shares of the sigmoid values as (a), plus across rounds (fresh masks)."""
+    basis = run.plan.basis
+    sa, sb = (run.colluders[i].sigmoid_shares().swapaxes(0, 1) for i in COLLUDERS)  # (residues, rounds, rows, C)
+    ref = tuple(reference.colluders[i].sigmoid_shares().swapaxes(0, 1) for i in COLLUDERS)
+    out = residue_statistics(basis, sa, sb, ref, Bins(single=64, pair=16))
+    residues = len(basis.moduli)
+    now = np.concatenate([sa[:, :-1].reshape(residues, -1), sb[:, :-1].reshape(residues, -1)], axis=1)
+    then = np.concatenate([sa[:, 1:].reshape(residues, -1), sb[:, 1:].reshape(residues, -1)], axis=1)
+    for j, p in enumerate(basis.moduli):
+        out[f"residue {j}: next round"] = joint_p(now[j], then[j], (p, p), 16)
+    return out
+
+
 def _u32_runs(values: np.ndarray, p: int) -> Iterator[bytes]:
     """Runs of RUN consecutive entries (along the last axis) as packed little-endian field elements, phi applied."""
     field = PrimeField(p)
@@ -549,6 +592,7 @@ def plaintext_needles(run: Run, moduli: tuple[int, ...]) -> dict[str, set[bytes]
         "X̄ᵀy": set(_f64_runs(xty[None, :])) | elements(np.rint(xty).astype(np.int64)[None, :]),
         "quantized weights": elements(qweights.transpose(0, 2, 1)),
         "weights as float64": set(_f64_runs(run.trajectory)),
+        "sigmoid values": elements(run.sigmoid_values()),
     }
 
 
@@ -562,6 +606,7 @@ def zero_mask_decoding(run: Run) -> dict[int, list[bytes]]:
     assert plan.k <= plan.t, "T colluders can only interpolate K + T points when T >= K"
     views = [run.colluders[i] for i in COLLUDERS]
     weights = [v.weight_shares() for v in views]  # (rounds, residues, d, r)
+    sigmoids = [v.sigmoid_shares() for v in views]  # (rounds, residues, rows, 1)
     found = {}
     for j, field_j in enumerate(plan.basis.fields):
         alphas, betas = CodingScheme(field_j, plan.n_workers, plan.k, plan.t).points  # public points
@@ -576,6 +621,7 @@ def zero_mask_decoding(run: Run) -> dict[int, list[bytes]]:
         found[j] = decode([v.share[j] for v in views])
         for t in range(weights[0].shape[0]):
             found[j] += decode([w[t, j].T for w in weights])  # d x r on the wire; one quantization per row here
+            found[j] += decode([e[t, j] for e in sigmoids])
     return found
 
 
@@ -610,7 +656,8 @@ def test_the_tap_saw_the_whole_job(captures):
             for j in range(run.plan.residues):
                 assert sum(c.block.rows for c in view.chunks if c.residue == j) == view.spec.rows
             assert [m.round for m in view.rounds] == list(range(ITERATIONS))
-            assert [m.round for m in view.results] == list(range(ITERATIONS))
+            assert [m.round for m in view.sigmoid_rounds] == list(range(ITERATIONS))
+            assert [(m.round, m.stage) for m in view.results] == [(t, s) for t in range(ITERATIONS) for s in (0, 1)]
             assert {c.path for c in view.calls} == set(PATHS)
 
 
@@ -634,6 +681,16 @@ def test_the_weight_shares_are_uniform_in_every_residue_fresh_every_round_and_in
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scaling", SCALINGS)
+def test_the_sigmoid_value_shares_are_uniform_in_every_residue_fresh_every_round_and_independent_of_the_data(
+    captures, scaling
+):
+    run, reference = PAIRS[scaling]
+    statistics = sigmoid_statistics(captures.runs[run], captures.runs[reference])
+    assert min(statistics.values()) > UNIFORM, statistics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scaling", SCALINGS)
 def test_no_plaintext_run_reaches_the_colluders(captures, scaling):
     run = captures.runs[PAIRS[scaling][0]]
     assert all(needles for needles in plaintext_needles(run, run.plan.moduli).values())  # something to find
@@ -645,12 +702,15 @@ def test_no_plaintext_run_reaches_the_colluders(captures, scaling):
 def test_without_masks_the_same_examination_finds_the_leak(captures):
     run, reference = captures.runs["data-unmasked"], captures.runs["zeros-unmasked"]
     shares, weights = share_statistics(run, reference), weight_statistics(run, reference)
+    sigmoids = sigmoid_statistics(run, reference)
     assert max(shares.values()) < LEAK, shares
     assert max(weights.values()) < LEAK, weights
+    assert max(sigmoids.values()) < LEAK, sigmoids
     hits = plaintext_hits(run)
-    for j in range(run.plan.residues):  # the data and the weights, in every residue field
+    for j in range(run.plan.residues):  # the data, the weights and the sigmoid values, in every residue field
         assert hits[f"quantized data (rows) in zero-mask decoding (residue {j})"] > 0, hits
         assert hits[f"quantized weights in zero-mask decoding (residue {j})"] > 0, hits
+        assert hits[f"sigmoid values in zero-mask decoding (residue {j})"] > 0, hits
 
 
 # --- (d) metadata: public parameters only -----------------------------------------------------------------
@@ -676,9 +736,10 @@ def check_public_fields(run: Run, view: WorkerView) -> None:
     plan = run.plan
     rows = math.ceil(len(run.x) / plan.k)
     chunks = view.chunks
-    assert [_fields(c.spec) for c in chunks] == [{"moduli", "degree", "rows", "cols", "coefficients", "model"}] + [
-        set()
-    ] * (len(chunks) - 1)
+    # degree 0 (the exact sigmoid) is proto3's default, so it is not on the wire; the coefficients are residues x 0
+    assert [_fields(c.spec) for c in chunks] == [{"moduli", "rows", "cols", "coefficients", "model"}] + [set()] * (
+        len(chunks) - 1
+    )
     spec = view.spec
     assert (view.moduli, spec.degree, spec.rows, spec.cols, spec.model) == (
         plan.moduli,
@@ -701,7 +762,10 @@ def check_public_fields(run: Run, view: WorkerView) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", run.job_id)  # uuid4: random, says nothing about the job
     for msg in view.rounds:
         assert _fields(msg) <= {"job_id", "round", "weights"} and msg.job_id == run.job_id
-        assert (msg.weights.rows, msg.weights.cols) == (plan.residues * run.x.shape[1], plan.r)
+        assert (msg.weights.rows, msg.weights.cols) == (plan.residues * run.x.shape[1], 1)
+    for msg in view.sigmoid_rounds:
+        assert _fields(msg) <= {"job_id", "round", "stage", "sigmoid_values"} and msg.job_id == run.job_id
+        assert (msg.sigmoid_values.rows, msg.sigmoid_values.cols) == (plan.residues * rows, 1)
     end_requests = [m for c in view.of("/cpml.v1.Worker/EndJob") for m in c.parsed()[0]]
     assert [(m.job_id, _fields(m)) for m in end_requests] == [(run.job_id, {"job_id"})]
     for call in (*view.of("/cpml.v1.Worker/Status"), *view.of("/grpc.health.v1.Health/Check")):
@@ -719,7 +783,7 @@ def public_metadata(view: WorkerView) -> tuple:
     return (
         view.spec.SerializeToString(deterministic=True),
         [(c.residue, c.row_offset, c.block.rows, c.block.cols) for c in view.chunks],
-        [(m.round, m.weights.rows, m.weights.cols) for m in view.rounds],
+        [(m.round, m.stage, m.weights.rows, m.weights.cols, m.sigmoid_values.rows) for m in view.requests],
         headers,
     )
 

@@ -194,7 +194,7 @@ class CodedTrainer(TrainingRun):
         self.check_round(round_index)
         if not self.plan.exact_sigmoid:
             raise argument_error("plan.r", "be 0 (the exact sigmoid) for a round of two exchanges", self.plan.r)
-        blocks, wrong = self._decode_blocks(replies)
+        blocks, wrong = self.decode_blocks(replies)
         k, rows, _ = self.partitions.shape
         m, classes = self.x.shape[0], self.classes
         z = self.basis.lift_to_float(np.stack(blocks), self.plan.product_scale).reshape(k * rows, classes)
@@ -210,10 +210,10 @@ class CodedTrainer(TrainingRun):
 
     def decode_round(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[Elements, list[int]]:
         """X̄ᵀs̄'s residues from the first R right replies, and the workers whose replies were wrong."""
-        blocks, wrong = self._decode_blocks(replies)
+        blocks, wrong = self.decode_blocks(replies)
         return np.stack([sum_blocks(s.field, b) for s, b in zip(self.schemes, blocks)]), wrong
 
-    def _decode_blocks(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[list[Elements], list[int]]:
+    def decode_blocks(self, replies: Mapping[int, npt.NDArray[np.uint32]]) -> tuple[list[Elements], list[int]]:
         """Each residue's K decoded blocks from the first R right replies, and the workers whose replies were wrong."""
         # Every reply past the first R is checked against the polynomial they determine (one product with the
         # decode); only when one disagrees are the wrong ones located (Berlekamp-Welch) and decoding redone.
