@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -237,6 +238,17 @@ def test_plans_follow_the_case_presets_and_overrides():
     assert (fixed.t, fixed.lx, fixed.lw, fixed.lc) == (2, 1, 3, 4)
 
 
+def test_the_sigmoid_setting_picks_the_degree_and_is_checked():
+    assert TrainSettings(dataset=DATASET).degree == 0  # the exact sigmoid by default
+    assert TrainSettings(dataset=DATASET, sigmoid="polynomial", r=3).degree == 3
+    assert TrainSettings(dataset=DATASET, model="linear").degree == 1  # no sigmoid: one exchange
+    assert TrainSettings(dataset=DATASET, protocol="bgw").degree == 1  # the baselines evaluate the polynomial
+    with pytest.raises(ValueError, match="must be polynomial for the MPC baseline 'bgw'"):
+        TrainSettings(dataset=DATASET, protocol="bgw", sigmoid="exact")
+    with pytest.raises(ValueError, match="Argument 'sigmoid' must be one of exact, polynomial, not 'cubic'"):
+        TrainSettings(dataset=DATASET, sigmoid="cubic")
+
+
 def _precision(plan):
     return plan.residues, plan.moduli, (plan.lx, plan.lw, plan.lc)
 
@@ -358,6 +370,21 @@ async def test_workers_that_cannot_take_the_job_are_named_before_any_upload(tmp_
         in message
     )
     assert f"worker 3 at {servers[3].address} accepts messages up to 4096 bytes; lower --chunk-bytes" in message
+
+
+async def test_workers_whose_message_limit_cannot_carry_a_rounds_values_are_named_before_any_upload(tmp_path):
+    from cpml.master.cluster import WorkersUnsuitable
+
+    # breast cancer, N = 4 (K = 1): every round sends and returns 455 share rows x 2 residues x 4 bytes
+    async with _workers(4, max_message_bytes=4096) as servers:
+        settings = _settings([s.address for s in servers], tmp_path, dataset="breast-cancer", chunk_bytes=2048)
+        with pytest.raises(
+            WorkersUnsuitable, match=r"this job's rounds carry 3640-byte values .* --sigmoid polynomial"
+        ):
+            await train(settings)
+        assert all(s.store.used_bytes == 0 for s in servers)
+        report = await train(replace(settings, sigmoid="polynomial", iterations=1))  # d x r values: it fits
+    assert report.plan.r == 1
 
 
 def test_settings_refuse_a_worker_listed_twice():

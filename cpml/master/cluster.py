@@ -305,7 +305,9 @@ class Cluster:
 
         await asyncio.gather(*(end(w) for w in self.workers))
 
-    async def check_capacity(self, modulus: int, share_bytes: int, chunk_bytes: int, needed: int | None = None) -> None:
+    async def check_capacity(
+        self, modulus: int, share_bytes: int, chunk_bytes: int, needed: int | None = None, round_bytes: int = 0
+    ) -> None:
         """Ask every live worker's Status; drop those that cannot take the job while `needed` remain, else refuse."""
         statuses = await self.status()
         problems: dict[int, str] = {}
@@ -321,6 +323,12 @@ class Cluster:
                 reasons.append(
                     f"accepts messages up to {status.max_message_bytes} bytes; lower --chunk-bytes "
                     f"below {status.max_message_bytes - 1024}"
+                )
+            if round_bytes + 1024 > status.max_message_bytes:
+                reasons.append(
+                    f"accepts messages up to {status.max_message_bytes} bytes, but this job's rounds carry "
+                    f"{round_bytes}-byte values (the exact sigmoid sends and returns one value per share row); "
+                    f"raise its --max-message-bytes, add workers (smaller shares) or use --sigmoid polynomial"
                 )
             if share_bytes > status.share_bytes_cap:
                 reasons.append(

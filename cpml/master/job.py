@@ -284,8 +284,9 @@ def rewrite_rounds(path: Path, history: list[RoundRecord]) -> None:
     path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in history))
 
 
-async def open_cluster(settings: TrainSettings, stack: contextlib.AsyncExitStack) -> Cluster:
+async def open_cluster(settings: TrainSettings, stack: contextlib.AsyncExitStack, round_bytes: int = 0) -> Cluster:
     """The run's workers: embedded local processes, or the remote daemons over TLS (or --insecure), warned."""
+    # The master accepts replies as large as twice the largest message it sends (chunks, or a round's values).
     if settings.embedded:
         local = await stack.enter_async_context(
             LocalWorkers(
@@ -309,7 +310,7 @@ async def open_cluster(settings: TrainSettings, stack: contextlib.AsyncExitStack
             credentials,
             settings.tls_server_name,
             settings.timeouts,
-            max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes),
+            max_message_bytes=max(8 << 20, 2 * settings.chunk_bytes, 2 * round_bytes),
             diagnose=diagnosis,
         )
     )

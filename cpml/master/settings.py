@@ -99,6 +99,11 @@ class TrainSettings:
             raise ValueError(f"Argument 'k' needs --t as well (K and T fix each other's limits), not k={self.k} alone.")
         if self.sigmoid is not None and self.sigmoid not in SIGMOIDS:
             raise ValueError(f"Argument 'sigmoid' must be one of {', '.join(SIGMOIDS)}, not {self.sigmoid!r}.")
+        if self.sigmoid == "exact" and self.protocol != "cpml":
+            raise ValueError(
+                f"Argument 'sigmoid' must be polynomial for the MPC baseline {self.protocol!r} (its parties evaluate "
+                f"the degree-r polynomial), not 'exact'; leave --sigmoid out or pass --sigmoid polynomial."
+            )
         if self.case not in (1, 2):
             raise ValueError(f"Argument 'case' must be 1 or 2, not {self.case}.")
         if not self.workers and self.local_workers < 1:

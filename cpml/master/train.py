@@ -194,10 +194,12 @@ async def _train(
     )
 
     async with contextlib.AsyncExitStack() as stack:
-        cluster = await open_cluster(settings, stack)
+        spec = serde.WireJobSpec.of(trainer.job_spec, plan.model)
+        cluster = await open_cluster(settings, stack, spec.round_bytes)
         await cluster.wait_healthy(plan.threshold)  # start with the workers that answer while R do
-        spec_bytes = serde.WireJobSpec.of(trainer.job_spec, plan.model).share_bytes
-        await cluster.check_capacity(max(plan.moduli), spec_bytes, settings.chunk_bytes, plan.threshold)
+        await cluster.check_capacity(
+            max(plan.moduli), spec.share_bytes, settings.chunk_bytes, plan.threshold, spec.round_bytes
+        )
         rounds = RoundsLog(settings, trainer, fingerprint, history, on_round)
         upload = await _run_job(settings, trainer, cluster, rounds, data.target_std)
     dropped = {w.index: w.failure for w in cluster.workers if not w.alive}

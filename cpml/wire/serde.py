@@ -111,6 +111,14 @@ class WireJobSpec:
         return len(self.moduli)
 
     @property
+    def round_bytes(self) -> int:
+        """Bytes of the largest values a round's request or result carries (both exchanges, all residues)."""
+        largest = max(
+            self.cols * self.classes * self.weight_copies, *(self.result_cols(stage) for stage in range(self.stages))
+        )
+        return self.residues * largest * ELEMENT_BYTES
+
+    @property
     def share_bytes(self) -> int:
         """Bytes the worker needs to store this job's share."""
         return self.residues * self.rows * self.cols * ELEMENT_BYTES
