@@ -122,6 +122,7 @@ def _settings(
         insecure=True,
         local_workers=n,
         case=case,
+        sigmoid="polynomial",  # the paper's comparison: every protocol trains the same model, bit for bit
         iterations=iterations,
         prime=prime,
         seed=seed,

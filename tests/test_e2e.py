@@ -121,17 +121,20 @@ async def test_sigkilled_workers_are_dropped_then_below_r_resume_finishes(tmp_pa
         out=out,
         progress=False,
         timeouts=Timeouts(connect=60, upload=60, round=30),
+        k=1,
+        t=1,
     )
     async with LocalWorkers(5, tmp_path / "workers") as local:
         pids = [p.pid for p in local.processes]
 
         def kill_during_training(record):
             if record.round == 2:
-                os.kill(pids[1], signal.SIGKILL)  # 4 of 5 left: R = 4 still reachable
+                os.kill(pids[1], signal.SIGKILL)  # 4 of 5 left: R = 3 still reachable
             if record.round == 5:
-                os.kill(pids[3], signal.SIGKILL)  # 3 left: below R
+                os.kill(pids[3], signal.SIGKILL)  # 2 left: below R
+                os.kill(pids[4], signal.SIGKILL)
 
-        with pytest.raises(NotEnoughWorkers, match="only 3 of 5 workers remain but R = 4"):
+        with pytest.raises(NotEnoughWorkers, match="only 2 of 5 workers remain but R = 3"):
             await train(
                 TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)}), on_round=kill_during_training
             )
@@ -140,7 +143,7 @@ async def test_sigkilled_workers_are_dropped_then_below_r_resume_finishes(tmp_pa
     history = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert all(1 not in r["workers_used"] for r in history[3:])
 
-    async with LocalWorkers(4, tmp_path / "workers-again") as local:
+    async with LocalWorkers(3, tmp_path / "workers-again") as local:
         resumed = await train(TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses), "resume": True}))
     assert [r.round for r in resumed.history] == list(range(1, 9))
     reference = _simulated(resumed.plan.with_(n_workers=5))
@@ -189,12 +192,16 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
         "--insecure",
         "--iterations",
         "5",
+        "--k",
+        "1",
+        "--t",
+        "1",
         "--out",
         str(out),
         "--log-format",
         "json",
     ]
-    failing = [("--fault-fail-after-rounds", "2")] * 2 + [()] * 3
+    failing = [("--fault-fail-after-rounds", "2")] * 3 + [()] * 2
     procs, workers = start("first", failing)
     try:
         run = subprocess.run(
@@ -204,11 +211,11 @@ def test_cli_exits_3_below_r_and_resume_continues(tmp_path):
         for p in procs:
             p.terminate()
     assert run.returncode == 3, run.stderr[-3000:]
-    # round 3 at the earliest: a failing worker that straggled past a round (R = 4 of 5 did not need it) serves
+    # round 3 at the earliest: a failing worker that straggled past a round (R = 3 of 5 did not need it) serves
     # its second round, and fails, one round later
-    assert re.search(r"stopped: round [3-5]: only 3 of 5 workers remain but R = 4 replies are needed", run.stderr)
+    assert re.search(r"stopped: round [3-5]: only 2 of 5 workers remain but R = 3 replies are needed", run.stderr)
     assert "rerun with --resume" in run.stderr
-    procs, workers = start("second", [()] * 4)
+    procs, workers = start("second", [()] * 3)
     try:
         run = subprocess.run(
             [*train_cmd, "--resume", "--workers", workers], check=False, capture_output=True, text=True, timeout=180
@@ -235,9 +242,11 @@ async def test_a_straggling_worker_process_never_slows_a_round(tmp_path):
             out=tmp_path / "run",
             progress=False,
             workers=(*fast.addresses[:2], *slow.addresses, *fast.addresses[2:]),
+            k=1,
+            t=1,
         )
         report = await train(settings)
-    # R = 4 of 5: the 6 s straggler is never awaited (rounds take well under a second, a few on a loaded machine)
+    # R = 3 of 5: the 6 s straggler is never awaited (rounds take well under a second, a few on a loaded machine)
     assert max(r.wait_seconds for r in report.history) < 3.0
     assert all(2 not in r.workers_used for r in report.history)
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()

@@ -75,7 +75,7 @@ async def test_the_job_starts_with_the_workers_that_answer_while_r_do(tmp_path):
         LocalWorkers(1, tmp_path / "small", extra_args=("--share-bytes-cap", "1000")) as small,
     ):
         dead = "127.0.0.1:1"  # nothing listens there
-        addresses = [*local.addresses, dead, *small.addresses]  # N = 7, K = 1, T = 1: R = 4
+        addresses = [*local.addresses, dead, *small.addresses]  # N = 7, K = 1, T = 1: R = 3
         report = await train(
             settings(addresses, tmp_path / "run", k=1, t=1, iterations=2, timeouts=Timeouts(connect=3.0))
         )
@@ -112,7 +112,7 @@ def test_too_few_healthy_and_too_few_with_room_have_their_own_exit_codes(tmp_pat
         timeout=120,
     )
     assert unreachable.returncode == 4, unreachable.stderr
-    assert "0 answered, R = 4 needed" in unreachable.stderr
+    assert "0 answered, R = 3 needed" in unreachable.stderr
 
     async def full() -> subprocess.CompletedProcess:
         async with LocalWorkers(4, tmp_path / "w", extra_args=("--share-bytes-cap", "1000")) as local:
@@ -127,7 +127,7 @@ def test_too_few_healthy_and_too_few_with_room_have_their_own_exit_codes(tmp_pat
     unsuitable = asyncio.run(full())
     assert unsuitable.returncode == 6, unsuitable.stderr
     assert (
-        "workers cannot take the job" in unsuitable.stderr and "0 can take the job, R = 4 needed" in unsuitable.stderr
+        "workers cannot take the job" in unsuitable.stderr and "0 can take the job, R = 3 needed" in unsuitable.stderr
     )
 
 

@@ -20,7 +20,7 @@ from cpml.protocol import simulate
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 
-N = 7  # K = 1, T = 1: R = 4, so at most N - R = 3 workers may be down at once
+N = 7  # K = 1, T = 1: R = 3 (the exact sigmoid), so at most N - R = 4 workers may be down at once
 
 
 class Fleet:
