@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,15 @@ class PermissionDenied(CpmlError):
 
     status = "PERMISSION_DENIED"
     exit_code = ExitCode.REFUSED
+
+
+def failure_site(exc: BaseException) -> str:
+    """Where an exception was raised, as "file.py:123 in function" (no values, unlike its message)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown place"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 def argument_error(name: str, requirement: str, value: Any) -> ValueError:

@@ -1,5 +1,5 @@
-"""The import graph keeps its shape: no cycles (function-level imports included), the math free of I/O, and
-WD-DP independent of the CodedPrivateML master."""
+"""The import graph keeps its shape: no cycles (function-level imports included), the math free of I/O, the
+worker's runtimes free of gRPC, and WD-DP independent of the CodedPrivateML master."""
 
 import ast
 from pathlib import Path
@@ -120,5 +120,19 @@ def test_only_the_wire_layer_touches_generated_messages_at_runtime():
         )
         for name, path in MODULES.items()
         if not name.startswith("cpml.wire")
+    }
+    assert {name: found for name, found in offending.items() if found} == {}
+
+
+@pytest.mark.parametrize("module", ["cpml.worker.compute", "cpml.worker.mpc_runtime"])
+def test_the_worker_runtimes_know_no_grpc(module):
+    reached, todo = set(), [module]
+    while todo:  # every cpml module it imports, directly or through others
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(GRAPH[name])
+    offending = {
+        name: sorted(m for m in IMPORTS[name] if m.split(".")[0] in {"grpc", "grpc_health"}) for name in reached
     }
     assert {name: found for name, found in offending.items() if found} == {}

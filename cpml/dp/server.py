@@ -32,7 +32,7 @@ from cpml.dp.session import (
 from cpml.wire import aggregation_serde as serde
 from cpml.wire import names
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
-from cpml.wire.guard import failure_site, guarded_server, status_of
+from cpml.wire.guard import guarded_server, status_of
 from cpml.wire.serde import MAX_ID_LENGTH, shown
 
 if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
@@ -115,7 +115,7 @@ class Coordinator:
         except (JoinTimeout, asyncio.CancelledError):
             raise
         except Exception as exc:
-            error, site = type(exc).__name__, failure_site(exc)
+            error, site = type(exc).__name__, errors.failure_site(exc)
             log.error("round driver failed", error=error, site=site)
             reason = f"the aggregation server failed ({error} at {site}); see its log"
             if self.session.phase is not Phase.FINISHED:

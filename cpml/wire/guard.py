@@ -7,16 +7,14 @@ deep inside numpy or protobuf could quote a share, a datum or a weight.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from cpml.errors import CpmlError
+from cpml.errors import CpmlError, failure_site
 from cpml.wire.serde import MalformedMessage
 
 log = structlog.get_logger(__name__)
@@ -143,15 +141,6 @@ async def _parsed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
             raise MalformedMessage(request.message)
         yield request
-
-
-def failure_site(exc: BaseException) -> str:
-    """Where an exception was raised, as "file.py:123 in function" (no values, unlike its message)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
-        return "unknown place"
-    frame = frames[-1]
-    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 async def _abort_unexpected(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -22,7 +23,8 @@ from cpml.wire.generated.v1 import mpc_pb2_grpc
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.guard import guarded_server
 from cpml.wire.tls import server_credentials
-from cpml.worker.mpc_service import MpcService
+from cpml.worker.mpc_runtime import MpcRuntime
+from cpml.worker.mpc_service import GrpcPeer, MpcService
 from cpml.worker.service import WorkerService
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import ShareStore
@@ -46,7 +48,8 @@ class WorkerServer:
         self.store = ShareStore(settings.share_bytes_cap)
         self.health = health.aio.HealthServicer()
         self._executor = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="compute")
-        self.mpc = MpcService(settings, self._executor, self.store)  # the BGW/BH08 baselines (cpml.mpc)
+        # the BGW/BH08 parties (cpml.mpc), reaching their peers over gRPC
+        self.mpc = MpcRuntime(settings, self._executor, self.store, functools.partial(GrpcPeer, settings))
         self._server: grpc.aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
         self.address = ""
@@ -68,7 +71,7 @@ class WorkerServer:
         )
         worker_service = WorkerService(self.store, s, self._executor, self.health)
         pb_grpc.add_WorkerServicer_to_server(worker_service, server)
-        mpc_pb2_grpc.add_MpcServicer_to_server(self.mpc, server)
+        mpc_pb2_grpc.add_MpcServicer_to_server(MpcService(self.mpc), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)  # guarded too: bad bytes, INVALID_ARGUMENT
         if s.tls_cert is not None and s.tls_key is not None:
             port = server.add_secure_port(s.listen, server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca))
