@@ -90,11 +90,13 @@ class PeerRefused(errors.Unavailable):
 
 
 class PeerLink(Protocol):
-    """How a party reaches one peer: `send` raises PeerRefused when the peer refuses or cannot be reached."""
+    """How a party reaches one peer."""
 
-    async def send(self, job_id: str, message: Message) -> None: ...
+    async def send(self, job_id: str, message: Message) -> None:
+        """Hand the peer one message of the job; PeerRefused if it refuses or cannot be reached."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Let go of the connection."""
 
 
 def party_bytes(spec: PartySpec) -> int:
