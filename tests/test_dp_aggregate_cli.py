@@ -104,6 +104,7 @@ def test_resume_continues_a_checkpointed_run(tmp_path, capsys):
     from cpml.dp.dpgd import dp_gradient_steps
     from cpml.dp.noise import SeededGaussian
     from cpml.dp.session import AggregationSession
+    from cpml.dp.settings import aggregate_settings
 
     out = tmp_path / "agg"
     flags = [
@@ -122,7 +123,8 @@ def test_resume_continues_a_checkpointed_run(tmp_path, capsys):
     ]
     parser = argparse.ArgumentParser()
     aggregate_cli.add_arguments(parser)
-    settings, shards, _, _ = aggregate_cli._prepare(parser.parse_args(flags))
+    prepared = aggregate_cli._prepare(aggregate_settings(parser.parse_args(flags)))
+    settings, shards = prepared.run_settings, prepared.shards
     # Three rounds by hand with the CLI's own split, checkpointed as the CLI does.
     session = AggregationSession(settings, shards[0][0].shape[1])
     parties = [session.register(f"party-{k}", len(y), x.shape[1]) for k, (x, y) in enumerate(shards)]

@@ -436,13 +436,16 @@ def test_a_restarted_listening_server_keeps_its_tokens_and_a_resumed_one_its_run
     import argparse
 
     from cpml.dp import aggregate_cli
+    from cpml.dp.settings import aggregate_settings
 
     def prepared(*flags: str):
         parser = argparse.ArgumentParser()
         aggregate_cli.add_arguments(parser)
-        args = parser.parse_args(["--listen", "127.0.0.1:0", "--insecure", "--out", str(tmp_path), *flags])
-        settings, _, _, _ = aggregate_cli._prepare(args)
-        return settings, aggregate_cli._access(args, settings, None)
+        settings = aggregate_settings(
+            parser.parse_args(["--listen", "127.0.0.1:0", "--insecure", "--out", str(tmp_path), *flags])
+        )
+        run_settings = aggregate_cli._prepare(settings).run_settings
+        return run_settings, aggregate_cli._access(settings, run_settings, None)
 
     settings, access = prepared("--party-names", "a,b")
     assert settings.parties == 2 and re.fullmatch(r"wddp-[0-9a-f]{8}", settings.run_id)

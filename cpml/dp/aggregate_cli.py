@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import sys
@@ -28,6 +27,7 @@ import structlog
 
 from cpml import runner
 from cpml.cli_args import add_log_arguments
+from cpml.dp.settings import AggregateSettings, aggregate_settings
 from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.files import write_atomically
@@ -172,24 +172,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the aggregation server (and embedded parties); return the exit code."""
-    configure_logging(args.log_level, args.log_format)
+    try:
+        settings = aggregate_settings(args)
+    except ValueError as exc:
+        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    configure_logging(settings.log_level, settings.log_format)
     from cpml.errors import check_output_dir
 
     try:
-        check_output_dir(args.out)
-        settings, shards, evaluation, notes = _prepare(args)
-        credentials = _server_credentials(args)
-        access = _access(args, settings, shards)
+        check_output_dir(settings.out)
+        prepared = _prepare(settings)
+        credentials = _server_credentials(settings)
+        access = _access(settings, prepared.run_settings, prepared.shards)
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     from cpml.dp.server import JoinTimeout
 
-    notes.append(access.note)
+    notes = [*prepared.notes, access.note]
     for line in access.printed:
         print(line, flush=True)
     try:
-        report = runner.run(_serve(args, settings, shards, evaluation, credentials, access))
+        report = runner.run(_serve(settings, prepared, credentials, access))
     except ValueError as exc:
         print(f"cpml-master aggregate: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -207,10 +212,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return ExitCode.FAILED
     report["notes"] = notes
-    report["settings"]["scheme"] = args.scheme
-    _write_outputs(args.out, report, getattr(args, "preprocessing", None))
+    report["settings"]["scheme"] = settings.scheme
+    _write_outputs(settings.out, report, prepared.preprocessing)
     g = report["guarantees"]
-    what = "centralized DP-GD" if args.scheme == "centralized" else f"{args.scheme} aggregation"
+    what = "centralized DP-GD" if settings.scheme == "centralized" else f"{settings.scheme} aggregation"
     print(
         f"{report['rounds_run']} rounds of {what} over {len(report['parties'])} part"
         f"{'y' if len(report['parties']) == 1 else 'ies'} ({report['stop_reason']})"
@@ -243,105 +248,100 @@ def run(args: argparse.Namespace) -> int:
         "each party's updates revealed to this server: "
         + ", ".join(f"{name} {eps:.3f}" for name, eps in sorted(g["party_epsilons"].items()))
     )
-    print(f"model: {args.out / 'model.json'}   metrics: {args.out / 'metrics.json'}   plot: {args.out / 'curves.png'}")
+    out = settings.out
+    print(f"model: {out / 'model.json'}   metrics: {out / 'metrics.json'}   plot: {out / 'curves.png'}")
     return ExitCode.INTERRUPTED if report["interrupted"] else ExitCode.OK
 
 
-def _prepare(args: argparse.Namespace):
+@dataclass(frozen=True)
+class _Prepared:
+    """The run's settings and what the server needs beside them: embedded shards, test rows, notes."""
+
+    run_settings: Any  # cpml.dp.session.RunSettings
+    shards: list[tuple[Any, Any]] | None  # the embedded parties' (x, y); None with --listen
+    evaluation: tuple[Any, Any] | None  # test rows (x, y)
+    notes: list[str]
+    preprocessing: Any = None  # what model.json keeps for predict and export, when known here
+
+
+def _prepare(settings: AggregateSettings) -> _Prepared:
     from cpml.dp.accountant import Budget
     from cpml.dp.dpgd import LocalSettings, Scheme, add_bias_and_normalise, split_uneven
     from cpml.dp.session import RunSettings
 
     local = LocalSettings(
-        learning_rate=args.learning_rate,
-        clip=args.clip,
-        l2=args.l2,
-        local_steps=args.local_steps,
-        sampling_rate=args.sampling_rate,
+        learning_rate=settings.learning_rate,
+        clip=settings.clip,
+        l2=settings.l2,
+        local_steps=settings.local_steps,
+        sampling_rate=settings.sampling_rate,
     )
-    centralized = args.scheme == "centralized"
-    if centralized and args.listen:
-        raise ValueError(
-            "Argument 'scheme' must be weighted or unweighted with --listen, "
-            "not 'centralized' (it needs the pooled data)."
-        )
+    centralized = settings.scheme == "centralized"
     bounds = None
-    if args.feature_bounds is not None:
+    if settings.feature_bounds is not None:
         from cpml.dp.features import read_feature_bounds
 
-        bounds = read_feature_bounds(args.feature_bounds)
-    args.parties = _party_count(args)
-    args.run_id_given = args.run_id is not None
-    args.run_id = _run_id(args)
-    if args.parties < 1:
-        raise ValueError(f"Argument 'parties' must be at least 1, not {args.parties}.")
-    for name in ("round_timeout", "join_timeout"):
-        seconds = getattr(args, name)
-        if not (seconds > 0 and math.isfinite(seconds)):
-            raise ValueError(f"Argument '{name}' must be a positive number of seconds, not {seconds}.")
-    settings = RunSettings(
-        run_id=args.run_id,
-        parties=1 if centralized else args.parties,
-        rounds=args.rounds,
-        budget=Budget(args.epsilon, args.delta),
+        bounds = read_feature_bounds(settings.feature_bounds)
+    parties = _party_count(settings)
+    run_settings = RunSettings(
+        run_id=_run_id(settings),
+        parties=1 if centralized else parties,
+        rounds=settings.rounds,
+        budget=Budget(settings.epsilon, settings.delta),
         local=local,
-        scheme=Scheme.WEIGHTED if centralized else Scheme(args.scheme),
-        accountant=args.accountant,
-        momentum=args.momentum,
+        scheme=Scheme.WEIGHTED if centralized else Scheme(settings.scheme),
+        accountant=settings.accountant,
+        momentum=settings.momentum,
         feature_schema=bounds.digest if bounds is not None else "",
     )
-    if args.listen:
-        if not (args.insecure or (args.tls_cert and args.tls_key)):
-            raise ValueError(
-                f"Argument 'listen' must come with --tls-cert/--tls-key or --insecure, not {args.listen!r} alone."
-            )
+    if settings.listen:
         notes = ["remote parties: their data and preprocessing stay with them"]
         if bounds is not None:
             notes.append(
-                f"every party scales with the public feature bounds {str(args.feature_bounds)!r}"
+                f"every party scales with the public feature bounds {str(settings.feature_bounds)!r}"
                 f" (sha256 {bounds.digest[:12]}), checked at Join"
             )
-        evaluation = _server_test_rows(args, bounds) if args.test_data else None
+        evaluation = _server_test_rows(settings.test_data, settings, bounds) if settings.test_data else None
         if evaluation is not None:
             notes.append(
-                f"test rows: {len(evaluation[1])} from {args.test_data}, read on this server as the parties read theirs"
+                f"test rows: {len(evaluation[1])} from {settings.test_data}, read on this server as the parties"
+                " read theirs"
             )
-        return settings, None, evaluation, notes
+        return _Prepared(run_settings, None, evaluation, notes)
     from cpml.data import load_dataset
     from cpml.dp.features import warn_if_dominated
 
-    scaling = args.scaling or ("none" if bounds is not None else "standard")
+    scaling = settings.scaling or ("none" if bounds is not None else "standard")
     if bounds is not None and scaling != "none":
         raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
     data = load_dataset(
-        args.dataset,
-        args.test_fraction,
+        settings.dataset,
+        settings.test_fraction,
         scaling,
-        args.seed,
-        args.data_format,
-        args.label_column,
-        positive_label=args.positive_label,
-        test_source=args.test_data,
+        settings.seed,
+        settings.data_format,
+        settings.label_column,
+        positive_label=settings.positive_label,
+        test_source=settings.test_data,
     )
     x_train, x_test = data.x_train, data.x_test
     if x_test is None:
         raise ValueError(
             f"Argument 'test_fraction' must leave test rows for the embedded run's evaluation (a "
-            f"fraction in (0, 1), or --test-data FILE), not {args.test_fraction!r}."
+            f"fraction in (0, 1), or --test-data FILE), not {settings.test_fraction!r}."
         )
+    preprocessing = None
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
-    elif data.preprocessing is not None:  # what model.json keeps for predict and export
-        args.preprocessing = replace(data.preprocessing, intercept=True, unit_rows=True)
+    elif data.preprocessing is not None:
+        preprocessing = replace(data.preprocessing, intercept=True, unit_rows=True)
     warn_if_dominated(x_train, "pass public feature bounds with --feature-bounds FILE, or --scaling standard")
     x = add_bias_and_normalise(x_train)
     x_test = add_bias_and_normalise(x_test)
     if centralized:
         shards = [(x, data.y_train)]
     else:
-        if args.parties < 2:
-            raise ValueError(f"Argument 'parties' must be at least 2 to split, not {args.parties}.")
-        parts = split_uneven(len(data.y_train), args.parties, args.rho, args.seed)
+        parts = split_uneven(len(data.y_train), parties, settings.rho, settings.seed)
         shards = [(x[i], data.y_train[i]) for i in parts]
     notes = [
         *data.notes,
@@ -353,14 +353,14 @@ def _prepare(args: argparse.Namespace):
         if bounds is not None
         else "no feature scaling: the guarantee covers all use of the data",
     ]
-    return settings, shards, (x_test, data.y_test), notes
+    return _Prepared(run_settings, shards, (x_test, data.y_test), notes, preprocessing)
 
 
-def _server_test_rows(args: argparse.Namespace, bounds):
+def _server_test_rows(path: str, settings: AggregateSettings, bounds):
     """A remote run's test rows, scaled and labelled as cpml-party does (public bounds, or unscaled)."""
-    from cpml.dp.party_cli import load_party_data, parse_classes
+    from cpml.dp.party_cli import load_party_data
 
-    scaling = args.scaling or "none"
+    scaling = settings.scaling or "none"
     if bounds is None and scaling != "none":
         raise ValueError(
             f"Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds"
@@ -369,50 +369,48 @@ def _server_test_rows(args: argparse.Namespace, bounds):
         )
     try:
         return load_party_data(
-            args.test_data,
-            args.data_format,
-            args.label_column,
+            path,
+            settings.data_format,
+            settings.label_column,
             "none",
-            args.positive_label,
+            settings.positive_label,
             bounds,
-            parse_classes(args.classes),
+            settings.classes,
         )
     except ValueError as exc:
         raise ValueError(str(exc).replace("Argument 'data'", "Argument 'test_data'", 1)) from None
 
 
-def _party_count(args: argparse.Namespace) -> int:
+def _party_count(settings: AggregateSettings) -> int:
     """--parties, else the number of named parties (--party-names or a token file), else 6."""
-    if args.parties is not None:
-        return args.parties
-    if not args.listen:
+    if settings.parties is not None:
+        return settings.parties
+    if not settings.listen:
         return 6
-    names = _listed_names(args)
+    names = _listed_names(settings)
     return len(names) if names else 6
 
 
-def _listed_names(args: argparse.Namespace) -> tuple[str, ...] | None:
+def _listed_names(settings: AggregateSettings) -> tuple[str, ...] | None:
     from cpml.dp.auth import TOKEN_FILE, read_token_file
 
-    if args.party_names is not None:
-        return tuple(n.strip() for n in args.party_names.split(",") if n.strip())
-    if args.tls_client_ca is not None:
+    if settings.party_names is not None:
+        return settings.named_parties
+    if settings.tls_client_ca is not None:
         return None
-    existing = args.out / TOKEN_FILE
-    path = args.party_tokens or (existing if existing.is_file() else None)
+    existing = settings.out / TOKEN_FILE
+    path = settings.party_tokens or (existing if existing.is_file() else None)
     return tuple(read_token_file(path)) if path is not None else None
 
 
-def _run_id(args: argparse.Namespace) -> str:
+def _run_id(settings: AggregateSettings) -> str:
     """--run-id; embedded 'wddp'; listening, the checkpoint's when resuming, else a random one."""
-    if args.run_id is not None:
-        if not args.run_id or len(args.run_id) > 128 or not args.run_id.isprintable():
-            raise ValueError(f"Argument 'run_id' must be 1 to 128 printable characters, not {args.run_id!r}.")
-        return args.run_id
-    if not args.listen:
+    if settings.run_id is not None:
+        return settings.run_id
+    if not settings.listen:
         return "wddp"
-    if args.resume:
-        run_id = _read_checkpoint(args.out / "checkpoint.json")["session"].get("run_id")
+    if settings.resume:
+        run_id = _read_checkpoint(settings.out / "checkpoint.json")["session"].get("run_id")
         if isinstance(run_id, str) and run_id:
             return run_id
     import secrets
@@ -430,91 +428,83 @@ class _Access:
     printed: list[str]
 
 
-def _access(args: argparse.Namespace, settings, shards) -> _Access:
+def _access(settings: AggregateSettings, run_settings, shards) -> _Access:
     """The admission of this server: embedded tokens, certificates (mTLS) or join tokens."""
     from cpml.dp.auth import CertificateAdmission, TokenAdmission, check_names, generate_tokens
 
-    if not args.listen:
+    if not settings.listen:
         names = ["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))]
         tokens = generate_tokens(names)
         return _Access(TokenAdmission(tokens), tokens, "embedded parties join with in-memory tokens", [])
-    printed = [] if args.run_id_given else [f"run id: {settings.run_id} (each party passes --run-id {settings.run_id})"]
-    if args.tls_client_ca is not None:
-        if args.party_tokens is not None:
-            raise ValueError(
-                "Argument 'party_tokens' must not come with --tls-client-ca (a party's client"
-                f" certificate names it), not {str(args.party_tokens)!r}."
-            )
-        roster = _listed_names(args)
+    run_id = run_settings.run_id
+    printed = [] if settings.run_id is not None else [f"run id: {run_id} (each party passes --run-id {run_id})"]
+    if settings.tls_client_ca is not None:
+        roster = _listed_names(settings)
         note = "parties authenticated by client certificate (mutual TLS): name = certificate CN/SAN"
         return _Access(CertificateAdmission(roster), {}, note, printed)
-    tokens, where = _token_source(args, settings.parties)
-    if len(tokens) < settings.parties:
+    tokens, where = _token_source(settings, run_settings.parties)
+    if len(tokens) < run_settings.parties:
         raise ValueError(
-            f"Argument 'party_tokens' must name at least --parties ({settings.parties}) parties,"
+            f"Argument 'party_tokens' must name at least --parties ({run_settings.parties}) parties,"
             f" not {len(tokens)} in {where}."
         )
     check_names(tokens, "party_tokens")
     printed.append(f"join tokens: {where}")
-    if args.insecure:
+    if settings.insecure:
         log.warning("plaintext gRPC (--insecure): join tokens travel unencrypted; use --tls-cert/--tls-key")
     note = f"parties authenticated by join tokens ({len(tokens)} names)"
     return _Access(TokenAdmission(tokens), {}, note, printed)
 
 
-def _token_source(args: argparse.Namespace, parties: int) -> tuple[dict[str, str], str]:
+def _token_source(settings: AggregateSettings, parties: int) -> tuple[dict[str, str], str]:
     """The tokens of --party-tokens, or of --out/party-tokens (reused or newly generated)."""
     from cpml.dp.auth import TOKEN_DIR, TOKEN_FILE, generate_tokens, read_token_file, write_tokens
 
-    if args.party_tokens is not None:
-        if args.party_names is not None:
-            raise ValueError(
-                "Argument 'party_names' must not come with --party-tokens (the file names the"
-                f" parties), not {args.party_names!r}."
-            )
-        return read_token_file(args.party_tokens), f"{args.party_tokens} (--party-tokens)"
-    existing = args.out / TOKEN_FILE
-    names = _listed_names(args) if args.party_names is not None else None
+    if settings.party_tokens is not None:
+        return read_token_file(settings.party_tokens), f"{settings.party_tokens} (--party-tokens)"
+    existing = settings.out / TOKEN_FILE
+    names = settings.named_parties
     if existing.is_file():
         tokens = read_token_file(existing)
         if names is not None and set(names) != set(tokens):
             raise ValueError(
                 f"Argument 'party_names' must match the parties of {str(existing)!r}, which"
-                f" this server reuses ({', '.join(tokens)}), not {args.party_names!r}; delete"
+                f" this server reuses ({', '.join(tokens)}), not {settings.party_names!r}; delete"
                 " that file to issue new tokens."
             )
         return tokens, (
-            f"{existing} (reused; each party keeps its file from {args.out / TOKEN_DIR}/,"
+            f"{existing} (reused; each party keeps its file from {settings.out / TOKEN_DIR}/,"
             " passed with cpml-party --token-file)"
         )
     tokens = generate_tokens(names or [f"party-{k}" for k in range(1, parties + 1)])
-    path, folder = write_tokens(args.out, tokens)
+    path, folder = write_tokens(settings.out, tokens)
     return tokens, (
         f"{path} (generated, mode 0600); hand each party its own file from {folder}/,"
         " passed with cpml-party --token-file"
     )
 
 
-def _server_credentials(args: argparse.Namespace):
-    if args.listen and not args.insecure:
+def _server_credentials(settings: AggregateSettings):
+    if settings.listen and settings.tls_cert and settings.tls_key and not settings.insecure:
         from cpml.wire.tls import server_credentials
 
-        return server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+        return server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
     return None
 
 
-async def _serve(args, settings, shards, evaluation, credentials, access: _Access) -> dict[str, Any]:
+async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, access: _Access) -> dict[str, Any]:
     from cpml.dp.dpgd import accuracy, model_size, objective
     from cpml.dp.party import PartyConfig, run_party
     from cpml.dp.server import AggregationServer, Coordinator
     from cpml.dp.session import AggregationSession
     from cpml.reporting import ProgressBar
 
-    checkpoint_path = args.out / "checkpoint.json"
-    if args.resume:
+    run_settings, shards, evaluation = prepared.run_settings, prepared.shards or [], prepared.evaluation
+    checkpoint_path = settings.out / "checkpoint.json"
+    if settings.resume:
         checkpoint = _read_checkpoint(checkpoint_path)
         try:
-            session = AggregationSession.restore(settings, checkpoint["session"])
+            session = AggregationSession.restore(run_settings, checkpoint["session"])
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(
                 f"Argument 'resume' must find an intact checkpoint in --out, not"
@@ -522,10 +512,10 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
             ) from None
         history: list[dict[str, Any]] = list(checkpoint["history"])
     else:
-        session = AggregationSession(settings, model_size(*shards[0]) if shards else None)
+        session = AggregationSession(run_settings, model_size(*shards[0]) if shards else None)
         history = []
-    bar = ProgressBar(settings.rounds, label="aggregate", start_step=session.round)
-    reference = _reference(shards, settings.local.l2) if shards else None
+    bar = ProgressBar(run_settings.rounds, label="aggregate", start_step=session.round)
+    reference = _reference(shards, run_settings.local.l2) if shards else None
 
     def on_round(result) -> None:
         row: dict[str, Any] = {
@@ -554,12 +544,14 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
         shown = {"acc": row.get("test_accuracy"), "gap": row.get("optimality_gap")}
         bar.update(result.round, eps=result.epsilon, **{k: v for k, v in shown.items() if v is not None})
 
-    coordinator = Coordinator(session, args.round_timeout, args.join_timeout, on_round, roster=access.admission.roster)
-    listen = args.listen or "127.0.0.1:0"
+    coordinator = Coordinator(
+        session, settings.round_timeout, settings.join_timeout, on_round, roster=access.admission.roster
+    )
+    listen = settings.listen or "127.0.0.1:0"
     server = AggregationServer(coordinator, listen, credentials, access.admission)
     address = await server.start()
-    if args.port_file is not None:
-        write_atomically(args.port_file, address)
+    if settings.port_file is not None:
+        write_atomically(settings.port_file, address)
     started = time.monotonic()
     parties: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
@@ -568,10 +560,14 @@ async def _serve(args, settings, shards, evaluation, credentials, access: _Acces
     try:
         async with asyncio.TaskGroup() as group:
             driver = group.create_task(coordinator.run())
-            for k, (x, y) in enumerate(shards or []):
+            for k, (x, y) in enumerate(shards):
                 name = "pooled" if len(shards) == 1 else f"party-{k}"
                 config = PartyConfig(
-                    address, settings.run_id, name, token=access.tokens[name], feature_schema=settings.feature_schema
+                    address,
+                    run_settings.run_id,
+                    name,
+                    token=access.tokens[name],
+                    feature_schema=run_settings.feature_schema,
                 )
                 parties.append(group.create_task(run_party(config, x, y)))
             await driver

@@ -25,6 +25,7 @@ import structlog
 
 from cpml import runner
 from cpml.cli_args import add_client_tls_arguments, add_log_arguments
+from cpml.dp.settings import PartySettings, party_settings
 from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.logs import configure_logging
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The party's flags."""
     parser.add_argument("--server", required=True, help="aggregation server host:port")
     parser.add_argument("--data", required=True, help="CSV, .npz or svmlight file of this party")
-    parser.add_argument("--format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
+    parser.add_argument("--format", dest="data_format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
     parser.add_argument(
         "--label-column",
         default="-1",
@@ -184,13 +185,8 @@ def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | N
     return hits.astype(np.float64)
 
 
-def parse_classes(text: str | None) -> tuple[str, ...]:
-    """--classes as a tuple of labels (empty when not given)."""
-    return tuple(c.strip() for c in (text or "").split(",") if c.strip())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (cpml.errors.ExitCode)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `cpml-party` parser, its exit codes in the epilog and its defaults from CPML_PARTY_* variables."""
     parser = argparse.ArgumentParser(
         prog="cpml-party",
         description=__doc__.split("\n\n")[0] + " Every flag also reads CPML_PARTY_<FLAG> from the environment.",
@@ -198,58 +194,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_arguments(parser)
     apply_env_defaults(parser, "CPML_PARTY_", os.environ)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level, args.log_format)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (cpml.errors.ExitCode)."""
+    try:
+        settings = party_settings(build_parser().parse_args(argv))
+    except ValueError as exc:
+        print(f"cpml-party: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    configure_logging(settings.log_level, settings.log_format)
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
     from cpml.errors import check_output_dir
     from cpml.wire.tls import channel_credentials
     from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
     try:
-        if args.out is not None:
-            if args.out.is_dir():
+        if settings.out is not None:
+            if settings.out.is_dir():
                 raise ValueError(
-                    f"Argument 'out' must be a file path for the model, not the directory {str(args.out)!r}."
+                    f"Argument 'out' must be a file path for the model, not the directory {str(settings.out)!r}."
                 )
-            check_output_dir(args.out.parent)
+            check_output_dir(settings.out.parent)
         bounds = None
-        if args.feature_bounds is not None:
+        if settings.feature_bounds is not None:
             from cpml.dp.features import read_feature_bounds
 
-            bounds = read_feature_bounds(args.feature_bounds)
+            bounds = read_feature_bounds(settings.feature_bounds)
         x, y = load_party_data(
-            args.data,
-            args.format,
-            args.label_column,
-            args.scaling,
-            args.positive_label,
+            settings.data,
+            settings.data_format,
+            settings.label_column,
+            settings.scaling,
+            settings.positive_label,
             bounds,
-            parse_classes(args.classes),
+            settings.classes,
         )
-        if args.max_epsilon is not None and not args.max_epsilon > 0:
-            raise ValueError(f"Argument 'max_epsilon' must be positive, not {args.max_epsilon}.")
-        if not args.wait_timeout > 0:
-            raise ValueError(f"Argument 'wait_timeout' must be a positive number of seconds, not {args.wait_timeout}.")
         credentials = None
-        if not args.insecure:
-            credentials = channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        if not args.run_id:
-            raise ValueError(
-                "Argument 'run_id' must name the run to join (the id cpml-master aggregate"
-                f" printed), not {args.run_id!r}."
-            )
-        name, token = _identity(args)
+        if not settings.insecure:
+            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        run_id, name, token = _joining(settings)
     except ValueError as exc:
         print(f"cpml-party: {exc}", file=sys.stderr)
         return ExitCode.USAGE
-    if args.insecure:
+    if settings.insecure:
         log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
     config = PartyConfig(
-        server=args.server,
-        run_id=args.run_id,
+        server=settings.server,
+        run_id=run_id,
         name=name,
-        max_epsilon=args.max_epsilon,
-        wait_timeout=args.wait_timeout,
+        max_epsilon=settings.max_epsilon,
+        wait_timeout=settings.wait_timeout,
         token=token,
         feature_schema=bounds.digest if bounds is not None else "",
     )
@@ -260,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.REFUSED
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            tls = None if args.insecure else TlsSettings(args.tls_ca, args.tls_cert, args.tls_key)
-            cause = diagnose(args.server, tls)  # a TLS mistake, named instead of "Socket closed"
+            tls = None if settings.insecure else TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key)
+            cause = diagnose(settings.server, tls)  # a TLS mistake, named instead of "Socket closed"
             print(
                 f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
                 file=sys.stderr,
@@ -286,9 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"released model: epsilon {outcome.release_epsilon:.4f}; this party's updates revealed"
         f" epsilon {outcome.party_epsilon:.4f} to the server"
     )
-    if args.out is not None and outcome.weights is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
+    if settings.out is not None and outcome.weights is not None:
+        settings.out.parent.mkdir(parents=True, exist_ok=True)
+        settings.out.write_text(
             json.dumps(
                 {
                     "weights": outcome.weights.tolist(),
@@ -298,30 +294,36 @@ def main(argv: Sequence[str] | None = None) -> int:
                 indent=2,
             )
         )
-        print(f"model: {args.out}")
+        print(f"model: {settings.out}")
     return ExitCode.OK
 
 
-def _identity(args: argparse.Namespace) -> tuple[str, str]:
-    """This party's name and join token, from --name, --token-file and the client certificate."""
+def _joining(settings: PartySettings) -> tuple[str, str, str]:
+    """The run this party joins, and its name and join token (from --name, --token-file, the certificate)."""
     from cpml.dp.auth import certificate_name, read_party_token
 
-    certificate = args.tls_cert is not None and not args.insecure
-    if args.token_file is None and not certificate:
+    if not settings.run_id:
+        raise ValueError(
+            "Argument 'run_id' must name the run to join (the id cpml-master aggregate"
+            f" printed), not {settings.run_id!r}."
+        )
+    if settings.token_file is None and not settings.certificate:
         raise ValueError(
             "Argument 'token_file' must give this party's join token (from the server's"
             " operator) unless it presents a client certificate (--tls-cert/--tls-key), not"
             " neither."
         )
-    token_name, token = read_party_token(args.token_file) if args.token_file else (None, "")
-    if args.name and token_name and args.name != token_name:
+    token_name, token = read_party_token(settings.token_file) if settings.token_file else (None, "")
+    if settings.name and token_name and settings.name != token_name:
         raise ValueError(
-            f"Argument 'name' must be the name its token was issued to ({token_name!r}), not {args.name!r}."
+            f"Argument 'name' must be the name its token was issued to ({token_name!r}), not {settings.name!r}."
         )
-    name = args.name or token_name or (certificate_name(args.tls_cert) if certificate else None)
+    name = settings.name or token_name
+    if not name and settings.certificate and settings.tls_cert is not None:
+        name = certificate_name(settings.tls_cert)
     if not name:
         raise ValueError("Argument 'name' must be given when --token-file holds a bare token, not missing.")
-    return name, token
+    return settings.run_id, name, token
 
 
 if __name__ == "__main__":
