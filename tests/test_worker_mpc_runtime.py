@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import dataclasses
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from cpml.errors import CpmlError
-from cpml.mpc import Kind, Message, MpcPlan, MpcSession, ProtocolError, simulate_mpc
+from cpml.mpc import Kind, Message, MpcParty, MpcPlan, MpcSession, ProtocolError, simulate_mpc
 from cpml.protocol import Plan
 from cpml.wire.serde import MalformedMessage
 from cpml.worker.mpc_runtime import (
@@ -45,11 +46,11 @@ def _session(protocol="bgw"):
 class MemoryLink:
     """A PeerLink that hands a copy of each message to another runtime, refusing as a network peer would."""
 
-    def __init__(self, network, address):
-        self.network, self.address, self.closed = network, address, False
+    def __init__(self, runtimes, address):
+        self.runtimes, self.address, self.closed = runtimes, address, False
 
     async def send(self, job_id, message):
-        runtime = self.network.get(self.address)
+        runtime = self.runtimes.get(self.address)
         if runtime is None:
             raise PeerRefused("UNAVAILABLE: nobody listens there")
         try:
@@ -244,15 +245,33 @@ async def test_leaving_ends_the_open_results_and_frees_the_party(network):
 
 
 async def test_only_idle_jobs_expire(network):
-    runtime = network.start(ADDRESSES[0], job_idle_seconds=0.2)
+    runtime, store = network.start(ADDRESSES[0], job_idle_seconds=60), network.stores[ADDRESSES[0]]
     session = _session()
-    idle = runtime.join("idle", session.party_spec(0), ADDRESSES)
-    busy = runtime.join("busy", session.party_spec(0), ADDRESSES)
-    await asyncio.sleep(0.15)
-    busy.deliver(next(m for m in session.data_messages(25) if m.receiver == 0))
-    await asyncio.sleep(0.1)
+    idle, busy = (runtime.join(job_id, session.party_spec(0), ADDRESSES) for job_id in ("idle", "busy"))
+    idle.touched -= 61  # as if no message had come for a minute
+    busy.touched -= 61
+    busy.deliver(next(m for m in session.data_messages(25) if m.receiver == 0))  # a message: busy again
     assert await runtime.expire_idle() == ["idle"]
     assert all(link.closed for link in idle.links.values())
-    assert runtime.job("busy") is busy and network.stores[ADDRESSES[0]].used_bytes > 0
-    await asyncio.sleep(0.25)
-    assert await runtime.expire_idle() == ["busy"] and network.stores[ADDRESSES[0]].used_bytes == 0
+    assert runtime.job("busy") is busy and store.used_bytes > 0
+    busy.touched -= 61
+    assert await runtime.expire_idle() == ["busy"] and store.used_bytes == 0
+
+
+async def test_a_failing_party_step_fails_the_job_without_quoting_its_error(network, monkeypatch):
+    secret = 31337123
+
+    def failing_handle(self, message):
+        raise KeyError(f"share value {secret}")
+
+    monkeypatch.setattr(MpcParty, "handle", failing_handle)
+    session = _session()
+    job = network.runtimes[ADDRESSES[0]].join("job", session.party_spec(0), ADDRESSES)
+    results = job.results()
+    job.deliver(next(m for m in session.weight_messages() if m.receiver == 0))
+    with pytest.raises(JobFailed) as err:
+        await asyncio.wait_for(anext(results), DEADLINE)
+    assert re.search(
+        r"failed processing weights of round 0: KeyError at test_worker_mpc_runtime.py:\d+", str(err.value)
+    )
+    assert str(secret) not in str(err.value)
