@@ -14,26 +14,15 @@ from typing import TYPE_CHECKING
 import grpc
 import structlog
 
-from cpml.mpc import Message, ProtocolError
+import cpml.errors as errors
+from cpml.mpc import Message
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
 from cpml.wire.guard import status_of
-from cpml.wire.serde import MAX_DEGREE, CorruptData, MalformedMessage, check_id
+from cpml.wire.serde import MAX_DEGREE, MalformedMessage, check_id
 from cpml.wire.tls import channel_credentials
-from cpml.worker.mpc_runtime import (
-    DuplicateMessage,
-    JobClosed,
-    JobFailed,
-    JobHasFailed,
-    MpcRuntime,
-    PeerNotAllowed,
-    PeerRefused,
-    ResultsAlreadyOpen,
-    RoundTooFarAhead,
-    UnknownMpcJob,
-)
+from cpml.worker.mpc_runtime import MpcRuntime, PeerRefused
 from cpml.worker.settings import WorkerSettings
-from cpml.worker.store import JobExists, ShareStoreFull
 
 if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
     from cpml.wire.generated.v1 import mpc_pb2 as pb
@@ -44,7 +33,8 @@ PEER_TIMEOUT = 60.0  # seconds one Deliver to a peer may take before the job is 
 
 
 class MpcService(pb_grpc.MpcServicer):
-    """Serves Join, Deliver, Results and Leave for the BGW and BH08 baselines."""
+    """Serves Join, Deliver, Results and Leave for the BGW and BH08 baselines. Every refusal is a CpmlError
+    carrying its status; any other exception is a bug, which the guard (cpml.wire.guard) reports."""
 
     def __init__(self, runtime: MpcRuntime) -> None:
         self._runtime = runtime
@@ -59,7 +49,7 @@ class MpcService(pb_grpc.MpcServicer):
                 )
             spec, peers = mpc_serde.join_from_proto(request)
             job = self._runtime.join(request.job_id, spec, peers)
-        except (MalformedMessage, PeerNotAllowed, JobExists, ShareStoreFull) as exc:
+        except errors.CpmlError as exc:
             log.warning("mpc join refused", code=exc.status, reason=str(exc))
             await context.abort(status_of(exc), str(exc))
         return mpc_serde.join_reply(job.job_id)
@@ -68,15 +58,7 @@ class MpcService(pb_grpc.MpcServicer):
         try:
             job = self._runtime.job(request.job_id)
             job.deliver(mpc_serde.envelope_from_proto(request, job.spec.moduli))
-        except (
-            MalformedMessage,
-            UnknownMpcJob,
-            CorruptData,
-            ProtocolError,
-            JobHasFailed,
-            DuplicateMessage,
-            RoundTooFarAhead,
-        ) as exc:
+        except errors.CpmlError as exc:
             await context.abort(status_of(exc), str(exc))
         return mpc_serde.deliver_reply()
 
@@ -88,13 +70,13 @@ class MpcService(pb_grpc.MpcServicer):
             async with contextlib.aclosing(job.results()) as messages:  # closed with the call: no reader left
                 async for message in messages:
                     yield mpc_serde.envelope_to_proto(job.job_id, message)
-        except (MalformedMessage, UnknownMpcJob, JobFailed, JobClosed, ResultsAlreadyOpen) as exc:
+        except errors.CpmlError as exc:
             await context.abort(status_of(exc), str(exc))
 
     async def Leave(self, request: pb.MpcLeaveRequest, context: grpc.aio.ServicerContext) -> pb.MpcLeaveReply:
         try:
             job = await self._runtime.leave(request.job_id)
-        except MalformedMessage as exc:
+        except errors.CpmlError as exc:
             await context.abort(status_of(exc), str(exc))
         if job is None:
             return mpc_serde.leave_reply(existed=False)
