@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -32,6 +32,10 @@ from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, exit_codes_help
 from cpml.files import write_atomically
 from cpml.logs import configure_logging
+
+if TYPE_CHECKING:  # annotations only: `--help` must not import numpy
+    from cpml.dp.session import RunSettings
+    from cpml.preprocessing import Preprocessing
 
 log = structlog.get_logger(__name__)
 
@@ -257,11 +261,11 @@ def run(args: argparse.Namespace) -> int:
 class _Prepared:
     """The run's settings and what the server needs beside them: embedded shards, test rows, notes."""
 
-    run_settings: Any  # cpml.dp.session.RunSettings
+    run_settings: RunSettings
     shards: list[tuple[Any, Any]] | None  # the embedded parties' (x, y); None with --listen
     evaluation: tuple[Any, Any] | None  # test rows (x, y)
     notes: list[str]
-    preprocessing: Any = None  # what model.json keeps for predict and export, when known here
+    preprocessing: Preprocessing | None = None  # what model.json keeps for predict and export, when known here
 
 
 def _prepare(settings: AggregateSettings) -> _Prepared:
@@ -428,7 +432,7 @@ class _Access:
     printed: list[str]
 
 
-def _access(settings: AggregateSettings, run_settings, shards) -> _Access:
+def _access(settings: AggregateSettings, run_settings: RunSettings, shards) -> _Access:
     """The admission of this server: embedded tokens, certificates (mTLS) or join tokens."""
     from cpml.dp.auth import CertificateAdmission, TokenAdmission, check_names, generate_tokens
 
