@@ -32,7 +32,6 @@ import structlog
 
 import cpml.errors as errors
 import cpml.mpc
-from cpml.errors import failure_site
 from cpml.mpc import MASTER, Kind, Message, MpcParty, PartySpec, ProtocolError, Traffic
 from cpml.wire.serde import MalformedMessage, check_id, shown
 from cpml.worker.settings import WorkerSettings
@@ -337,10 +336,10 @@ class MpcRuntime:
                 return False
             # The exception's text is neither logged nor sent: it could quote a share.
             what = f"{args[0].kind.value} of round {args[0].round}" if args else "the start of the protocol"
-            log.error("mpc step failed", job=job.job_id, error=type(exc).__name__, site=failure_site(exc))
+            log.error("mpc step failed", job=job.job_id, error=type(exc).__name__, site=errors.failure_site(exc))
             job.fail(
                 f"worker {job.party.index} failed processing {what}: {type(exc).__name__} at "
-                f"{failure_site(exc)} (a bug or a message that breaks the protocol; see the worker's log)"
+                f"{errors.failure_site(exc)} (a bug or a message that breaks the protocol; see the worker's log)"
             )
         return job.failure is None
 
@@ -369,9 +368,9 @@ class MpcRuntime:
                     job=job.job_id,
                     peer=worker,
                     error=type(exc).__name__,
-                    site=failure_site(exc),
+                    site=errors.failure_site(exc),
                 )
-                job.fail(f"sending to worker {worker} failed: {type(exc).__name__} at {failure_site(exc)}")
+                job.fail(f"sending to worker {worker} failed: {type(exc).__name__} at {errors.failure_site(exc)}")
                 return
 
 
