@@ -532,10 +532,9 @@ def load_dataset(
     _check_options(test_fraction, scaling, seed, model)
     raw = read_raw(source, fmt, label_column, categorical)
     fraction = test_fraction if test_source is None else None  # None: every row of source trains
-    x_train, y_train, x_test, y_test, split_note = _split(raw, model, positive_label, fraction, seed, source)
-    raw = replace(raw, x=raw.x[:0])  # the split copied the rows it keeps: the whole table can go (memory)
+    train, test, y_train, y_test, split_note = _split(raw, model, positive_label, fraction, seed, source)
     prep = Preprocessing.fit(
-        x_train,
+        raw.x,
         y_train,
         model=model,
         scaling=scaling,
@@ -546,16 +545,18 @@ def load_dataset(
         label_index=raw.label_index,
         name=source,
         categorical=raw.categorical,
+        rows=train,
     )
+    x_train = prep.transform(raw.x, train)  # each split's rows go from the table straight into their scaled array
+    x_test = None
     if test_source is not None:
-        x_test, y_test = _test_rows(test_source, prep, fmt)
+        raw_test, y_test = _test_rows(test_source, prep, fmt)
+        x_test = prep.transform(raw_test)
         split_note += f"; {len(x_test)} test rows from {test_source}"
     elif y_test is not None:
-        y_test = prep.encode(y_test)
+        x_test, y_test = prep.transform(raw.x, test), prep.encode(y_test)
     else:
         split_note += " (no test split)"
-    x_train = prep.transform(x_train)  # one raw split at a time gives way to its scaled copy
-    x_test = None if x_test is None else prep.transform(x_test)
     return Dataset(
         name=raw.name,
         x_train=x_train,
@@ -571,8 +572,8 @@ def load_dataset(
 
 def _split(
     raw: RawData, model: str, positive_label: str | None, test_fraction: float | None, seed: int, source: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, str]:
-    """Raw training and test rows with their raw targets (stratified by the 0/1 labels), and a note."""
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray, np.ndarray | None, str]:
+    """Training and test row indices (stratified by the 0/1 labels; None: all, none), their raw targets, a note."""
     if model == "linear":
         y = real_targets(raw, positive_label)
         if test_fraction is not None:
@@ -583,10 +584,9 @@ def _split(
         stratify = _class_targets(raw, positive_label, test_fraction, source)
     shape = f"{raw.name}: {len(raw.x)} rows x {raw.x.shape[1]} features"
     if test_fraction is None:
-        return raw.x, y, None, None, f"{shape}, all for training"
+        return None, None, y, None, f"{shape}, all for training"
     train, test = split_indices(len(y), test_fraction, seed, stratify)
-    x_train, x_test, y_train, y_test = raw.x[train], raw.x[test], y[train], y[test]
-    return x_train, y_train, x_test, y_test, f"{shape}; {len(x_train)} train, {len(x_test)} test ({how}, seed {seed})"
+    return train, test, y[train], y[test], f"{shape}; {len(train)} train, {len(test)} test ({how}, seed {seed})"
 
 
 def _test_rows(test_source: str, prep: Preprocessing, fmt: str) -> tuple[np.ndarray, np.ndarray]:

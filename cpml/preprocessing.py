@@ -11,8 +11,9 @@ for ordinary data, every result is bit-identical to scaling without it.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ INTERCEPT_NOTE = "intercept: a constant-1 column appended as the last feature"
 UNIT_ROWS_NOTE = "rows: scaled onto the unit ball when longer, the intercept column included (WD-DP)"
 MISSING = "missing"  # the category of an empty, '?' or 'NA' cell in a categorical column
 MISSING_CELLS = frozenset({"", "?", "NA"})
+ROWS_AT_ONCE = 1 << 14  # rows measured or scaled at a time: the temporaries stay small however long the table
 
 
 def label_text(value: object) -> str:
@@ -148,40 +150,73 @@ def binary_labels(y: np.ndarray, positive_label: str | float | None = None) -> t
 
 def power_of_two_scale(x: np.ndarray) -> np.ndarray:
     """Per-column powers of two near the largest magnitude: dividing by them is exact and keeps sums finite."""
-    largest = np.abs(x).max(axis=0)
+    return _powers_of_two(np.abs(x).max(axis=0))
+
+
+def _powers_of_two(largest: np.ndarray) -> np.ndarray:
     _, exponent = np.frexp(np.where(largest > 0, largest, 1.0))
     return np.ldexp(1.0, exponent)
 
 
-def feature_statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(prescale, center, spread) of the training features for a scaling method."""
+def row_blocks(x: np.ndarray, rows: np.ndarray | None = None, size: int = ROWS_AT_ONCE) -> Iterator[np.ndarray]:
+    """x's rows, or the rows `rows` picks in that order, `size` at a time (views of x, or gathered copies)."""
+    count = len(x) if rows is None else len(rows)
+    for lo in range(0, count, size):
+        yield x[lo : lo + size] if rows is None else x[rows[lo : lo + size]]
+
+
+def feature_statistics(
+    x_train: np.ndarray, method: str, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prescale, center, spread) of the training features (the rows `rows` picks, when given) for a method."""
     if method not in SCALINGS:
         raise ValueError(f"Argument 'scaling' must be one of {', '.join(SCALINGS)}, not {method!r}.")
-    x_train = np.ascontiguousarray(x_train)  # column sums depend on the memory layout; fix it to row-major
-    d = x_train.shape[1]
+    count, d = (len(x_train) if rows is None else len(rows)), x_train.shape[1]
     if method == "none":
         return np.ones(d), np.zeros(d), np.ones(d)
+    if count == 0:
+        raise ValueError("Argument 'x_train' must hold at least one row to scale the features on, not 0.")
+    # Block by block, with the bits of numpy's reductions over the whole row-major table: minima and maxima in
+    # any order, sums row after row (numpy sums a single column pairwise instead: it is taken in one block).
+    size = ROWS_AT_ONCE if d > 1 else count
+
+    def blocks() -> Iterator[np.ndarray]:
+        return (np.ascontiguousarray(b, dtype=np.float64) for b in row_blocks(x_train, rows, size))
+
     # Statistics of huge values (1e300) would overflow; on columns divided by a power of two they do not,
     # and for ordinary data the result is bit-identical.
-    s = power_of_two_scale(x_train)
-    prescaled = x_train / s
+    s = _powers_of_two(functools.reduce(np.maximum, (np.abs(b).max(axis=0) for b in blocks())))
     if method == "minmax":
-        lo, hi = prescaled.min(axis=0), prescaled.max(axis=0)
+        lo = functools.reduce(np.minimum, ((b / s).min(axis=0) for b in blocks()))
+        hi = functools.reduce(np.maximum, ((b / s).max(axis=0) for b in blocks()))
         return s, lo, np.where(hi > lo, hi - lo, 1.0 / s)  # a constant column: test values just shifted
-    mean, std = prescaled.mean(axis=0), prescaled.std(axis=0)
+    mean = _running_sum(b / s for b in blocks()) / np.intp(count)  # as numpy's mean and std divide
+    std = np.sqrt(_running_sum(np.square(b / s - mean) for b in blocks()) / np.intp(count))
     return s, mean, np.where(std > 0, std, 1.0 / s)
 
 
+def _running_sum(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """The column sums of the blocks stacked, added row after row as numpy's sum(axis=0) of the whole does."""
+    total = None
+    for block in blocks:
+        total = np.add.reduce(block if total is None else np.concatenate([total[None], block]), axis=0)
+    assert total is not None, "at least one block"
+    return total
+
+
 def apply_scaling(
-    x: np.ndarray, method: str, prescale: np.ndarray, center: np.ndarray, spread: np.ndarray
+    x: np.ndarray, method: str, prescale: np.ndarray, center: np.ndarray, spread: np.ndarray, in_place: bool = False
 ) -> np.ndarray:
     """x scaled as fitted: (x / prescale - center) / spread, clipped to [0, 1] for min-max; unchanged for none."""
+    # in_place: into x itself (float64), the same bits as a new array
     if method == "none":
         return x
-    scaled = (x / prescale - center) / spread
+    scaled = np.divide(x, prescale, out=x if in_place else None)
+    scaled -= center
+    scaled /= spread
     # Rows outside the training range are clipped so every feature stays in [0, 1], the range the quantizer
     # plans for; on the training rows themselves the clip changes nothing.
-    return np.clip(scaled, 0.0, 1.0) if method == "minmax" else scaled
+    return np.clip(scaled, 0.0, 1.0, out=scaled) if method == "minmax" else scaled
 
 
 def scale(x_train: np.ndarray, x_test: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, str]:
@@ -292,12 +327,15 @@ class Preprocessing:
         label_index: int | None = None,
         name: str = "y",
         categorical: Sequence[int] = (),
+        rows: np.ndarray | None = None,
     ) -> Preprocessing:
-        """Fit on the training split: categories, feature statistics, and the label classes or target statistics."""
+        """Fit on the training split (x's rows `rows` picks, when given): categories, features', labels' statistics."""
         xa = np.asarray(x)
+        if categorical and rows is not None:  # text tables are gathered whole: only numeric ones grow large
+            xa, rows = xa[rows], None
         found = tuple((int(c), tuple(sorted(set(category_texts(xa[:, c]).tolist())))) for c in sorted(categorical))
-        inputs = _OneHot(xa.shape[1], found).encode(xa)[0] if found else np.asarray(xa, dtype=np.float64)
-        prescale, center, spread = feature_statistics(inputs, scaling)
+        inputs = _OneHot(xa.shape[1], found).encode(xa)[0] if found else xa
+        prescale, center, spread = feature_statistics(inputs, scaling, rows)
         targets: dict[str, Any] = {}
         if model == "linear":
             if positive_label is not None:
@@ -348,11 +386,15 @@ class Preprocessing:
         """A raw feature column as messages name it: by header name, or 'column N' (1-based)."""
         return repr(self.features[column]) if self.features is not None else f"column {column + 1}"
 
-    def encode_features(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
-        """Raw rows as the encoded inputs (numeric, then one-hot), and per categorical column its unseen cells."""
+    def _raw_rows(self, x: np.ndarray) -> np.ndarray:
         xa = np.asarray(x)
         if xa.ndim != 2 or xa.shape[1] != self.n_features:
             raise argument_error("x", f"have the model's {self.n_features} feature columns", xa.shape)
+        return xa
+
+    def encode_features(self, x: np.ndarray) -> tuple[np.ndarray, dict[int, int]]:
+        """Raw rows as the encoded inputs (numeric, then one-hot), and per categorical column its unseen cells."""
+        xa = self._raw_rows(x)
         if not self.categorical:
             return np.asarray(xa, dtype=np.float64), {}
         return _OneHot(self.n_features, self.categorical, self.column_name).encode(xa)
@@ -367,14 +409,23 @@ class Preprocessing:
         """The training targets' standard deviation (linear)."""
         return self.target_spread * self.target_prescale
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Raw feature rows (n x n_features) as the trainer saw them: scaled, with the intercept column."""
-        xa = self.encode_features(x)[0]
-        scaled = apply_scaling(
-            xa, self.scaling, np.asarray(self.prescale), np.asarray(self.center), np.asarray(self.spread)
-        )
-        rows = np.column_stack([scaled, np.ones(len(scaled))]) if self.intercept else scaled
-        return clip_rows(rows, 1.0) if self.unit_rows else rows
+    def transform(self, x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Raw feature rows (n x n_features, or those `rows` picks) as the trainer saw them: scaled, with intercept."""
+        xa = self._raw_rows(x)
+        out = np.empty((len(xa) if rows is None else len(rows), self.width))
+        stats = np.asarray(self.prescale), np.asarray(self.center), np.asarray(self.spread)
+        # Block by block into the one array returned, each scaled while in cache; a one-hot encoding's errors
+        # number the rows from the first, so a table with categories is one block.
+        size = len(out) if self.categorical else ROWS_AT_ONCE
+        lo = 0
+        for block in row_blocks(xa, rows, max(size, 1)):
+            inputs = out[lo : lo + len(block), : self.n_inputs]
+            inputs[...] = self.encode_features(block)[0]
+            apply_scaling(inputs, self.scaling, *stats, in_place=True)
+            lo += len(block)
+        if self.intercept:
+            out[:, -1] = 1.0
+        return clip_rows(out, 1.0) if self.unit_rows else out
 
     @property
     def n_classes(self) -> int:

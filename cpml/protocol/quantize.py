@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 
-_ROWS_AT_ONCE = 1 << 14
+ROWS_AT_ONCE = 1 << 14  # rows quantized at a time: the float temporaries stay small
 
 
 def round_half_up(x: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
@@ -21,8 +21,8 @@ def quantize_data(x: npt.ArrayLike, lx: int) -> npt.NDArray[np.int64]:
     if not np.all(np.isfinite(arr)):
         raise argument_error("x", "hold only finite values", "NaN or infinity")
     out = np.empty(arr.shape, dtype=np.int64)
-    for lo in range(0, len(arr), _ROWS_AT_ONCE):  # the float temporaries stay small, whatever the rows
-        out[lo : lo + _ROWS_AT_ONCE] = round_half_up(np.ldexp(arr[lo : lo + _ROWS_AT_ONCE], lx))
+    for lo in range(0, len(arr), ROWS_AT_ONCE):
+        out[lo : lo + ROWS_AT_ONCE] = round_half_up(np.ldexp(arr[lo : lo + ROWS_AT_ONCE], lx))
     return out
 
 

@@ -28,7 +28,7 @@ from cpml.field.sampling import uniform
 from cpml.protocol.coding import MaskSource
 from cpml.protocol.overflow import DataProfile, check_plan, decoded_bound, products_bound, sigmoid_gradient_bound
 from cpml.protocol.plan import Plan
-from cpml.protocol.quantize import quantize_data, quantize_weights
+from cpml.protocol.quantize import ROWS_AT_ONCE, quantize_data, quantize_weights
 from cpml.protocol.sigmoid import model_coefficients, polynomial_slope, scaled_coefficients
 
 Array = npt.NDArray[np.float64]
@@ -193,13 +193,7 @@ def prepare_data(
     # The master lifts the sum of the partitions, so one block of all m rows is what the guard bounds.
     profile = DataProfile.of(xa, 1)
     check_plan(plan, profile)
-    quantized = quantize_data(xa, plan.lx)
-    if quantized.size and int(np.abs(quantized).max()) > MAX_QUANTIZED:
-        raise argument_error(
-            "x",
-            f"have |2^l_x x| <= {MAX_QUANTIZED} (l_x = {plan.lx}); scale the features or lower l_x",
-            int(np.abs(quantized).max()),
-        )
+    partitions = quantize_partitions(xa, plan.lx, parts)
     w0 = np.zeros(shape) if weights is None else np.asarray(weights, dtype=np.float64)
     w_prev = w0 if previous is None else np.asarray(previous, dtype=np.float64)
     for name, w in (("weights", w0), ("previous", w_prev)):
@@ -214,23 +208,42 @@ def prepare_data(
         x_test=xt,
         y_test=yt,
         profile=profile,
-        partitions=partition_rows(quantized, parts, -(-xa.shape[0] // parts)),
-        xty=quantized.astype(np.float64).T @ ya,
+        partitions=partitions,
+        xty=labelled_sums(partitions, ya),
         coefficients=scaled_coefficients(polynomial, plan.lx, plan.lw, plan.lc),
         weights=models.project_to_ball(w0, plan.weight_bound),
         previous=models.project_to_ball(w_prev, plan.weight_bound),
     )
 
 
-def partition_rows(quantized: npt.NDArray[np.int64], parts: int, rows: int) -> npt.NDArray[np.int32]:
-    """Split quantized rows into `parts` consecutive blocks of `rows` rows, zero-padding the last ones."""
-    m, d = quantized.shape
-    out = np.zeros((parts, rows, d), dtype=np.int32)
-    for i in range(parts):
-        lo, hi = i * rows, min((i + 1) * rows, m)
-        if hi > lo:
-            out[i, : hi - lo] = quantized[lo:hi]
+def quantize_partitions(x: Array, lx: int, parts: int) -> npt.NDArray[np.int32]:
+    """Round(2^lx x) in `parts` consecutive blocks of ceil(m / parts) rows, the last ones zero-padded."""
+    m, d = x.shape
+    out = np.zeros((parts, -(-m // parts), d), dtype=np.int32)
+    rows = out.reshape(-1, d)  # a view: partition i's rows follow partition i - 1's
+    largest = 0
+    for lo in range(0, m, ROWS_AT_ONCE):  # block by block straight into the int32 array: no int64 copy of x
+        block = quantize_data(x[lo : lo + ROWS_AT_ONCE], lx)
+        largest = max(largest, int(np.abs(block).max()))
+        rows[lo : lo + len(block)] = block
+    if largest > MAX_QUANTIZED:
+        raise argument_error(
+            "x", f"have |2^l_x x| <= {MAX_QUANTIZED} (l_x = {lx}); scale the features or lower l_x", largest
+        )
     return out
+
+
+def labelled_sums(partitions: npt.NDArray[np.int32], y: Array) -> Array:
+    """X̄ᵀy in float64 from the quantized rows (partitions as quantize_partitions lays them out, m = len(y))."""
+    rows = partitions.reshape(-1, partitions.shape[2])[: len(y)]
+    if not (np.all(y == np.round(y)) and len(y) * MAX_QUANTIZED * float(np.abs(y).max()) <= 2**53):
+        return rows.astype(np.float64).T @ y  # real targets: the bits of one product over all rows
+    # Whole-number labels (0/1): every partial sum is an exact integer in float64, so adding block by block
+    # gives the same bits as one product, without a float64 copy of all the rows.
+    total = np.zeros((rows.shape[1], *y.shape[1:]))
+    for lo in range(0, len(y), ROWS_AT_ONCE):
+        total += rows[lo : lo + ROWS_AT_ONCE].astype(np.float64).T @ y[lo : lo + ROWS_AT_ONCE]
+    return total
 
 
 def round_weights(plan: Plan, weights: Array, seed: int, round_index: int) -> npt.NDArray[np.int64]:
