@@ -4,8 +4,9 @@ The table is tests/synthetic.py's realistic_table (mixed scales, heavy tails, on
 float64. Ten cpml-worker daemons (the default N = 10: Case 1, K = 3, T = 1) are started first and left up; each
 size is one `cpml-master train` process (default flags, --iterations 10), and the bench reads from the master's
 own JSON logs and metrics.json: data loaded (read, split, scaled), shares uploaded (encoded and sent), the
-per-round phases (medians), and the master's peak resident memory (its ru_maxrss) against the raw table's bytes.
-Writes bench/results/scale.json.
+per-round phases (medians), and the master's peak resident memory (its own ru_maxrss) against the raw table's
+bytes; a 1,000-row job first measures what any job holds (the interpreter, numpy, gRPC), which dominates the
+smaller tables. Writes bench/results/scale.json.
 
     python bench/bench_scale.py                       # 50k, 200k, 1M rows (minutes; ~8 GB RAM with the workers)
     python bench/bench_scale.py --rows 2000,8000 --out /tmp/s.json   # small, to check the script
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,6 +38,23 @@ from synthetic import realistic_table  # noqa: E402  (the generator bench_precis
 BIN = Path(sys.executable).parent
 FEATURES = 100
 WORKERS = 10
+FIXED_ROWS = 1000  # a job this small measures the master's fixed memory
+# Linux keeps the peak resident memory a process had before exec in its ru_maxrss, and a child that subprocess
+# starts (by vfork) had its parent's memory there: this script's, which generated the tables. So each master is
+# forked from a fresh launcher interpreter (a few MB) that reports the master's rusage alone.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 PHASES = (
     "encode_seconds",
     "send_seconds",
@@ -56,9 +73,16 @@ def run_size(rows: int, workers: list[str], iterations: int, directory: Path) ->
     raw_bytes = x.nbytes
     del x, y
     out = directory / f"run{rows}"
+    peak_file = directory / f"peak{rows}"
     began = time.time()
     run = subprocess.run(
         [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            LAUNCHER,
+            str(peak_file),
             str(BIN / "cpml-master"),
             "train",
             "--dataset",
@@ -80,9 +104,9 @@ def run_size(rows: int, workers: list[str], iterations: int, directory: Path) ->
         timeout=7200,
     )
     ended = time.time()
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest waited-for child: this one
     if run.returncode != 0:
         raise RuntimeError(f"cpml-master train failed on {rows} rows ({run.returncode}): {run.stderr[-2000:]}")
+    peak = int(peak_file.read_text())
     events = {}
     for line in run.stderr.splitlines():
         try:
@@ -127,8 +151,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workers, addresses = start_workers(WORKERS, Path(tmp))
         try:
-            for rows in sorted(sizes):  # ru_maxrss only grows: smallest first, so each peak is its own
+            fixed = run_size(FIXED_ROWS, addresses, args.iterations, Path(tmp))["master_peak_bytes"]
+            print(f"{FIXED_ROWS} rows: peak {fixed / 2**20:.0f} MiB (what any job holds)", flush=True)
+            for rows in sorted(sizes):
                 results.append(run_size(rows, addresses, args.iterations, Path(tmp)))
+                results[-1]["master_peak_beyond_fixed_over_raw"] = (results[-1]["master_peak_bytes"] - fixed) / (
+                    results[-1]["raw_bytes"]
+                )
                 r = results[-1]
                 seconds, per_round = r["seconds"], r["round_median_seconds"]["total_seconds"]
                 print(
@@ -156,11 +185,16 @@ def main() -> None:
         {
             "benchmark": "a job's time and the master's memory against its rows",
             "workers": WORKERS,
+            "fixed_overhead": {"rows": FIXED_ROWS, "master_peak_bytes": fixed},
             "results": results,
             "note": (
                 "one cpml-master train process per size against 10 running daemons on this machine (they share "
-                "its 2 cores); master_peak_bytes is its ru_maxrss; load_split_scale and plan are seconds from the "
-                "process start to its 'data' and 'plan' log lines; per_row_vs_smallest 1.0 = linear in rows"
+                "its 2 cores); master_peak_bytes is its own ru_maxrss (forked from a small launcher: started "
+                "from this script it would inherit this script's peak); fixed_overhead is the peak of a "
+                f"{FIXED_ROWS}-row job (interpreter, numpy, gRPC, matplotlib), most of the peak at 50k rows, and "
+                "master_peak_beyond_fixed_over_raw = (peak - fixed) / raw_bytes; load_split_scale and plan are "
+                "seconds from the process start to its 'data' and 'plan' log lines; per_row_vs_smallest "
+                "1.0 = linear in rows"
             ),
             "machine": {
                 "cpus": os.cpu_count(),
