@@ -17,6 +17,8 @@ import pytest
 from cpml.data import load_dataset
 from cpml.preprocessing import ROWS_AT_ONCE, Preprocessing, feature_statistics, power_of_two_scale
 from cpml.protocol import CodedTrainer, Plan, auto_precision, public_profile
+from cpml.protocol.quantize import quantize_data
+from cpml.protocol.run import labelled_sums, quantize_partitions
 
 ROWS, FEATURES = 250_000, 30  # 60 MB of float64: each label, index or block of 2^14 rows is a few percent of it
 T = TypeVar("T")
@@ -89,3 +91,18 @@ def test_statistics_and_scaling_by_blocks_have_the_bits_of_whole_table_numpy(d):
 def assert_bits_equal(got: tuple[np.ndarray, ...], expected: tuple[np.ndarray, ...]) -> None:
     """Every array the same bytes."""
     assert [a.tobytes() for a in got] == [b.tobytes() for b in expected]
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_partitions_and_xty_by_blocks_have_the_bits_of_the_whole_table(classes):
+    # 0/1 labels: every partial sum is an exact integer, so block by block is the one product's bits
+    rng = np.random.default_rng(classes)
+    x = rng.uniform(-1, 1, (3 * ROWS_AT_ONCE + 7, 6))
+    y = rng.integers(0, 2, len(x)).astype(np.float64)
+    if classes > 1:
+        y = np.eye(classes)[rng.integers(0, classes, len(x))]
+    partitions, quantized = quantize_partitions(x, 24, 3), quantize_data(x, 24)
+    rows = partitions.reshape(-1, x.shape[1])  # consecutive blocks, the last zero-padded
+    assert np.array_equal(rows[: len(x)], quantized) and not rows[len(x) :].any()
+    expected = quantized.astype(np.float64).T @ y
+    assert labelled_sums(partitions, y).tobytes() == expected.tobytes()
