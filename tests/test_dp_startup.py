@@ -150,7 +150,7 @@ def test_raw_data_is_flagged_and_the_shared_feature_bounds_make_it_learnable(tmp
         (code, _, err), (misfit_code, _, misfit_err) = finish_parties([unscaled, misfit])
         assert "feature column 0 carries 100.0% of the rows' squared norms" in err
         assert "--feature-bounds FILE" in err
-        assert code == ExitCode.REFUSED and "FAILED_PRECONDITION" in err and "uses the bounds" in err
+        assert code == ExitCode.REFUSED and "FAILED_PRECONDITION" in err and "uses the schema" in err
         assert misfit_code == ExitCode.REFUSED and "with another schema" in misfit_err
         parties = [
             start_party(

@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from test_tables import _cli
 
 from cpml import data
+from cpml.errors import ExitCode
 from cpml.estimator import CodedLogisticRegression
 from cpml.model import load_model, load_sklearn
 from cpml.protocol import Plan, auto_precision, models, public_profile, simulate
@@ -309,8 +310,16 @@ def test_remote_wddp_parties_train_ten_classes_from_a_public_class_list(tmp_path
         "60",
     ) as server:
         tokens = server.out / "join-tokens"
-        refused = finish_parties([start_party(server.address, files[3], *flags, "--token-file", str(tokens / "a"))])
+        reordered = (*flags[:-1], ",".join(map(str, [1, 0, *range(2, 10)])))  # column 0 would train class 1
+        refused = finish_parties(
+            [
+                start_party(server.address, files[3], *flags, "--token-file", str(tokens / "a")),
+                start_party(server.address, files[0], *reordered, "--token-file", str(tokens / "a")),
+            ]
+        )
         assert refused[0][0] == 2 and "must hold only the run's classes (0, 1, 2" in refused[0][2], refused
+        assert refused[1][0] == ExitCode.REFUSED and "FAILED_PRECONDITION" in refused[1][2], refused
+        assert "joins with another schema" in refused[1][2] and "--classes list, in the same order" in refused[1][2]
         results = finish_parties(
             [
                 start_party(server.address, path, *flags, "--token-file", str(tokens / name))

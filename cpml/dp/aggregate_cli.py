@@ -122,7 +122,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--classes",
         default=None,
         metavar="LABEL,LABEL,...",
-        help="with --listen and --test-data, more than two classes: the list the parties pass",
+        help="with --listen, more than two classes: the list every party passes, in the same order (checked "
+        "at Join; needed for --test-data too)",
     )
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
     embedded.add_argument(
@@ -286,6 +287,8 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
         from cpml.dp.features import read_feature_bounds
 
         bounds = read_feature_bounds(settings.feature_bounds)
+    from cpml.dp.features import run_schema
+
     parties = _party_count(settings)
     run_settings = RunSettings(
         run_id=_run_id(settings),
@@ -296,7 +299,7 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
         scheme=Scheme.WEIGHTED if centralized else Scheme(settings.scheme),
         accountant=settings.accountant,
         momentum=settings.momentum,
-        feature_schema=bounds.digest if bounds is not None else "",
+        feature_schema=run_schema(bounds, settings.classes) if settings.listen else "",
     )
     if settings.listen:
         notes = ["remote parties: their data and preprocessing stay with them"]

@@ -11,7 +11,9 @@ category not listed is all zeros): a fixed per-record map, so the DP guarantee c
 data statistics), and every party that uses the same file encodes the same way. When every entry has a name
 and a party's file has a header, its columns are matched to the schema by name (any order), and a party
 whose columns differ is refused naming the column; else they are taken in order. The server checks that
-every party holds the same schema by a digest in Join.
+every party holds the same schema by a digest in Join; with more than two classes the run's public list of
+labels, in order, is part of that digest (`run_schema`), so a party that lists them in another order cannot
+join and train column c as another class.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ log = structlog.get_logger(__name__)
 # almost nothing once rows are scaled into the unit ball.
 DOMINANT_SHARE = 0.9
 MAX_SCHEMA_BYTES = 1 << 20
+
+
+def run_schema(bounds: FeatureBounds | None, classes: tuple[str, ...] = ()) -> str:
+    """The digest Join checks: the feature bounds' digest, with the run's ordered class list when it has one."""
+    digest = bounds.digest if bounds is not None else ""
+    if not classes:  # two classes: the digest the bounds always had ("" for none)
+        return digest
+    canonical = json.dumps({"features": digest, "classes": list(classes)}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

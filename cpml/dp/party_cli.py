@@ -240,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.USAGE
     if settings.insecure:
         log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
+    from cpml.dp.features import run_schema
+
     config = PartyConfig(
         server=settings.server,
         run_id=run_id,
@@ -247,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_epsilon=settings.max_epsilon,
         wait_timeout=settings.wait_timeout,
         token=token,
-        feature_schema=bounds.digest if bounds is not None else "",
+        feature_schema=run_schema(bounds, settings.classes),
     )
     try:
         outcome = runner.run(run_party(config, x, y, credentials))

@@ -223,15 +223,15 @@ class AggregationSession:
             return
         if not expected:
             raise SchemaMismatch(
-                f"Party {name!r} scales its features with a schema of bounds"
-                f" ({digest[:12]}), but run {self.settings.run_id!r} has none; start the"
-                " server with the same --feature-bounds file, or drop it on the party."
+                f"Party {name!r} joins with a public schema ({digest[:12]}: feature bounds, or a list of"
+                f" classes), but run {self.settings.run_id!r} has none; start the server with the same"
+                " --feature-bounds file and --classes list, or drop them on the party."
             )
         theirs = f"another schema ({digest[:12]})" if digest else "no schema"
         raise SchemaMismatch(
-            f"Party {name!r} scales its features with {theirs}, but run"
-            f" {self.settings.run_id!r} uses the bounds {expected[:12]}; every party must"
-            " pass the server's --feature-bounds file."
+            f"Party {name!r} joins with {theirs}, but run {self.settings.run_id!r} uses the schema"
+            f" {expected[:12]}; every party must pass the server's --feature-bounds file and its --classes"
+            " list, in the same order."
         )
 
     def joined_names(self) -> list[str]:
