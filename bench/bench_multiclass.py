@@ -4,8 +4,10 @@ All C models share one encoded dataset and one pass of every worker over its sha
 a round of C classes should cost well under C binary rounds. Two measurements, each for C = 1 (binary) and
 C = 10 on the same rows:
 
-- phases, in process: the master's weight encoding, one worker's compute on its share (the workers run in
-  parallel, so one is what a round waits for), and the master's decode and update, median over rounds; for
+- phases, in process, at the default plan (the exact sigmoid: two exchanges a round): the master's weight
+  encoding, one worker's compute on its share in both exchanges (the workers run in parallel, so one is what
+  a round waits for), and the master's decoding (products, sigmoid values, gradient) and update, median over
+  rounds; for
   digits (1797 x 64 + intercept, N = 10) and an MNIST-shaped job (8000 x 784 + intercept, N = 10);
 - end to end: `cpml-master train` on digits with 10 embedded worker processes, the median round time in
   its rounds.jsonl (send, wait for R replies, decode, update, evaluate).
@@ -32,7 +34,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
-from cpml.protocol import CodedTrainer, Plan, auto_precision, prepare_share, public_profile, worker_compute
+from cpml.protocol import CodedTrainer, Plan, auto_precision, prepare_share, public_profile, worker_step
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,32 +48,45 @@ def labels(target: np.ndarray, classes: int) -> np.ndarray:
 
 def phases(x: np.ndarray, target: np.ndarray, classes: int, rounds: int) -> dict[str, float]:
     """Median seconds per round of each phase, for one run of `classes` classes (1: binary) on x."""
-    plan = auto_precision(Plan(n_workers=10, k=3, t=1, iterations=rounds), public_profile("standard", *x.shape))
+    # The default plan: the exact sigmoid (two exchanges a round), Case 1 with N = 10 (K = 4, T = 1).
+    plan = auto_precision(Plan.case1(10, r=0, iterations=rounds), public_profile("standard", *x.shape))
     trainer = CodedTrainer.create(plan, x, labels(target, classes), seed=0)
     coefficients = trainer.job_spec.coefficient_array()
     encode, compute, decode = [], [], []
     prepared = [prepare_share(trainer.basis, share) for share in trainer.encode_dataset()]
+    sent = received = 0  # one worker's bytes a round: values in, results out (both exchanges)
     while not trainer.done:
         start = time.perf_counter()
-        w_shares = trainer.weight_shares()
+        values = trainer.weight_shares()
         encode.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        worker_compute(trainer.basis, prepared[0], w_shares[0], coefficients)
-        compute.append(time.perf_counter() - start)
-        replies = {
-            i: worker_compute(trainer.basis, prepared[i], w_shares[i], coefficients) for i in range(plan.threshold)
-        }
-        start = time.perf_counter()
-        trainer.finish_round(trainer.round, replies)
-        decode.append(time.perf_counter() - start)
+        sent, received = int(values[0].nbytes), 0
+        worker = decoding = 0.0
+        for stage in (0, 1):
+            start = time.perf_counter()
+            worker_step(trainer.basis, prepared[0], values[0], coefficients, stage)
+            worker += time.perf_counter() - start
+            replies = {
+                i: worker_step(trainer.basis, prepared[i], values[i], coefficients, stage)
+                for i in range(plan.threshold)
+            }
+            received += int(replies[0].nbytes)
+            start = time.perf_counter()
+            if stage == 0:  # decode the products, apply the sigmoid, encode the values
+                values, _ = trainer.sigmoid_shares(trainer.round, replies)
+                sent += int(values[0].nbytes)
+            else:
+                trainer.finish_round(trainer.round, replies)
+            decoding += time.perf_counter() - start
+        compute.append(worker)
+        decode.append(decoding)
     out = {
         "encode_seconds": statistics.median(encode),
         "worker_compute_seconds": statistics.median(compute),
         "decode_update_seconds": statistics.median(decode),
     }
     out["round_seconds"] = sum(out.values())
-    out["weights_bytes_per_worker"] = int(w_shares[0].nbytes)
-    out["result_bytes_per_worker"] = int(replies[0].nbytes)
+    out["bytes_to_each_worker"] = sent
+    out["bytes_from_each_worker"] = received
     return out
 
 
