@@ -47,12 +47,17 @@ async def test_upload_then_rounds_match_the_protocol_function(moduli):
         await upload(stub, job.chunks(max_chunk_bytes=64))  # 3 rows per chunk: many chunks
         requests = [serde.round_request_to_proto(job.job_id, k, job.weights(k)) for k in range(3)]
 
-        async def paced():
-            for request in requests:  # one at a time, so no round is skipped as stale
-                yield request
-                await asyncio.sleep(0.2)
+        answered: asyncio.Queue[None] = asyncio.Queue()
 
-        results = [r async for r in stub.Compute(paced(), timeout=DEADLINE)]
+        async def paced():
+            for request in requests:  # each after the previous result, so no round is skipped as stale
+                yield request
+                await answered.get()
+
+        results = []
+        async for r in stub.Compute(paced(), timeout=DEADLINE):
+            results.append(r)
+            answered.put_nowait(None)
         assert [r.round for r in results] == [0, 1, 2]
         for r in results:
             assert (r.result.rows, r.result.cols) == (len(moduli), 5)  # one row per residue
@@ -158,3 +163,13 @@ async def test_an_upload_cancelled_mid_stream_frees_its_reservation():
         assert worker.store.used_bytes == 0
         await _assert_good_job_works(stub)
         await upload(stub, job.chunks())  # the same job id can be uploaded again
+
+
+async def test_the_share_is_prepared_for_computing_as_soon_as_its_upload_commits():
+    job = small_job("early", rows=40, cols=5)
+    async with running_worker() as worker, stub_for(worker.address) as stub:
+        await upload(stub, job.chunks())
+        stored = worker.store.get("early")
+        assert stored.prepared is not None  # the first round does not wait for the conversion
+        prepared = await stored.prepared
+        assert prepared.shape == (len(job.moduli), 40, 5)

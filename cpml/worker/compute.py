@@ -56,6 +56,16 @@ class RoundOutput:
     ends_round: bool = True  # the round's last exchange
 
 
+def prepare_soon(job: Job, executor: Executor) -> asyncio.Future[np.ndarray]:
+    """Start converting the job's share for computing (centred int32 or float64) unless it is under way or done."""
+    # Started when the upload commits, so the first round does not wait for it (seconds on a large share).
+    if job.prepared is None or job.prepared.cancelled():
+        job.prepared = asyncio.get_running_loop().run_in_executor(
+            executor, prepare_share, basis_for(job.spec.moduli), job.share
+        )
+    return job.prepared
+
+
 async def within_idle_time(items: AsyncIterator[_Item], idle: float, what: str) -> AsyncIterator[_Item]:
     """The stream's items; StreamIdle once none came for `idle` seconds (a stalled client)."""
     stream = aiter(items)
@@ -150,12 +160,8 @@ class ComputeStream:
             await asyncio.gather(reader, return_exceptions=True)  # a reader inside the stream must not outlive it
 
     async def _prepared(self, job: Job) -> np.ndarray:
-        """The job's share as centred float64: converted once per job, however many streams compute on it."""
-        if job.prepared is None or job.prepared.cancelled():
-            job.prepared = asyncio.get_running_loop().run_in_executor(
-                self._executor, prepare_share, basis_for(job.spec.moduli), job.share
-            )
-        return await asyncio.shield(job.prepared)  # one stream's cancellation must not cancel it for the others
+        """The job's share as the rounds compute on it: converted once per job, however many streams use it."""
+        return await asyncio.shield(prepare_soon(job, self._executor))  # one stream's cancel must not cancel it
 
     async def _read(self, requests: AsyncIterator[RoundInput]) -> None:
         job: Job | None = None

@@ -20,7 +20,7 @@ from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.guard import status_of
-from cpml.worker.compute import ComputeStream, RoundInput, RoundOutput, within_idle_time
+from cpml.worker.compute import ComputeStream, RoundInput, RoundOutput, prepare_soon, within_idle_time
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import (
     ShareStore,
@@ -86,6 +86,7 @@ class WorkerService(pb_grpc.WorkerServicer):
         finally:
             if upload is not None:
                 upload.abort()  # a no-op once committed or refused; frees a cancelled upload
+        prepare_soon(job, self._executor)
         log.info(
             "share stored",
             job=job.job_id,

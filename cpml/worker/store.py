@@ -43,7 +43,8 @@ class Job:
     spec: WireJobSpec
     share: np.ndarray = field(repr=False)
     last_used: float = field(default_factory=time.monotonic)
-    # The share prepared for computing (centred float64), made once and shared by every compute stream.
+    # The share prepared for computing (centred int32 or float64): started when the upload commits, shared by
+    # every compute stream.
     prepared: asyncio.Future[np.ndarray] | None = field(default=None, repr=False)
     released: bool = False
     _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
