@@ -1,10 +1,13 @@
-"""What the residue number system costs and buys: one prime against 2, 3, 4 residues at realistic shapes.
+"""What the residue number system costs and buys: one prime against the automatic count, at realistic shapes.
 
-For each dataset and residue count the script plans the finest levels that fit (one prime cannot give the
-data 8 fractional bits, so its levels are coarser: that is the comparison a user faces), then times the
-pieces of a CodedPrivateML run in one process with N = 10 workers (Case 1):
+The protocol is the default one, the exact sigmoid (Plan r = 0, `--sigmoid exact`: two exchanges a round).
+For each dataset the script plans 1 residue, 2, and the automatic count (the finest levels that fit; one
+prime cannot give the data 8 fractional bits, so its levels are coarser: that is the comparison a user
+faces), then times the pieces of a CodedPrivateML run in one process with N = 10 workers (Case 1):
   upload   encoding every worker's share (all residues) and the bytes one worker receives;
-  round    encoding the weights, one worker's f (all residues), decoding the first R replies + CRT;
+  round    encoding the weights; one worker's stage 0 (X w) and stage 1 (X^T e), all residues; decoding
+           the first R products, the true sigmoid and encoding e with fresh masks; decoding the first R
+           gradient replies + CRT; and the bytes one worker sends and receives in the round's two exchanges;
 and trains 50 iterations (the in-process simulator) for the test accuracy. Float64 projected Nesterov GD
 with the true sigmoid and scikit-learn's LogisticRegression on the same split are the references.
 Writes bench/results/precision.json.
@@ -36,7 +39,7 @@ from cpml.protocol import (
     prepare_share,
     public_profile,
     simulate,
-    worker_compute,
+    worker_step,
 )
 from cpml.protocol.overflow import plan_bound, precision_ladder
 from cpml.reporting import write_metrics
@@ -73,13 +76,22 @@ def prepared(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
     return x_train, y_train, x_test, y_test
 
 
+WORKERS = 10
+SIGMOID_R = 0  # the default protocol: the exact sigmoid (the master applies it between two exchanges)
+
+
+def default_plan(**kwargs: object) -> Plan:
+    """Case 1 with N = 10 and the exact sigmoid, as `cpml-master train --sigmoid exact` (the default) plans it."""
+    return Plan.case1(WORKERS, r=SIGMOID_R, **kwargs)
+
+
 def plan_for(residues: int, shape: tuple[int, int]) -> Plan:
     """auto_precision at this many residues; for one prime, the finest rung that fits even below 8 bits."""
     profile = public_profile("standard", *shape)
     try:
-        return auto_precision(Plan.case1(10), profile, residues=residues)
+        return auto_precision(default_plan(), profile, residues=residues)
     except OverflowError:
-        plan = Plan.case1(10, residues=residues)
+        plan = default_plan(residues=residues)
         for level in range(7, -1, -1):
             lx, lw, lc = precision_ladder("logistic", level)
             if plan_bound(candidate := plan.with_(lx=lx, lw=lw, lc=lc), profile) <= candidate.basis.max_signed:
@@ -101,18 +113,30 @@ def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
     """Upload and per-round costs of one job at this plan, and its test accuracy after 50 iterations."""
     x_train, y_train, x_test, y_test = split
     trainer = CodedTrainer.create(plan, x_train, y_train, seed=0)
+    assert trainer.plan.exact_sigmoid  # the round below is the exact sigmoid's two exchanges
     rows_per_chunk = max(1, (1 << 20) // (4 * x_train.shape[1]))
     upload = best_of(2, lambda: [None for _ in trainer.share_chunks(rows_per_chunk)])
     shares = trainer.encode_dataset()
     prepared_shares = [prepare_share(trainer.basis, shares[i]) for i in range(plan.threshold)]
     coefficients = trainer.job_spec.coefficient_array()
+    basis, first = trainer.basis, range(plan.threshold)
     w_shares = trainer.weight_shares()
     encode_weights = best_of(5, trainer.weight_shares)
-    worker = best_of(3, lambda: worker_compute(trainer.basis, prepared_shares[0], w_shares[0], coefficients))
-    replies = {
-        i: worker_compute(trainer.basis, prepared_shares[i], w_shares[i], coefficients) for i in range(plan.threshold)
-    }
+    stage0 = best_of(3, lambda: worker_step(basis, prepared_shares[0], w_shares[0], coefficients, 0))
+    products = {i: worker_step(basis, prepared_shares[i], w_shares[i], coefficients, 0) for i in first}
+    sigmoid = best_of(5, lambda: trainer.sigmoid_shares(trainer.round, products))
+    e_shares, _ = trainer.sigmoid_shares(trainer.round, products)
+    stage1 = best_of(3, lambda: worker_step(basis, prepared_shares[0], e_shares[0], coefficients, 1))
+    both = best_of(
+        3,
+        lambda: (
+            worker_step(basis, prepared_shares[0], w_shares[0], coefficients, 0),
+            worker_step(basis, prepared_shares[0], e_shares[0], coefficients, 1),
+        ),
+    )
+    replies = {i: worker_step(basis, prepared_shares[i], e_shares[i], coefficients, 1) for i in first}
     decode = best_of(5, lambda: trainer.decode_gradient(replies))
+    round_bytes = w_shares[0].nbytes + products[0].nbytes + e_shares[0].nbytes + replies[0].nbytes
     result = simulate(plan, x_train, y_train, seed=0, x_test=x_test, y_test=y_test)
     return {
         "residues": plan.residues,
@@ -122,10 +146,16 @@ def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
         "lc": plan.lc,
         "upload_encode_seconds": upload,
         "share_bytes_per_worker": int(shares[0].nbytes),
+        "k": plan.k,
+        "threshold_r": plan.threshold,
         "round_encode_weights_seconds": encode_weights,
-        "round_worker_compute_seconds": worker,
+        "round_worker_stage0_seconds": stage0,
+        "round_worker_stage1_seconds": stage1,
+        "round_worker_seconds": both,
+        "round_sigmoid_seconds": sigmoid,
         "round_decode_seconds": decode,
-        "round_bytes_per_worker": int(w_shares[0].nbytes + 4 * plan.residues * x_train.shape[1]),
+        "round_master_seconds": encode_weights + sigmoid + decode,
+        "round_bytes_per_worker": int(round_bytes),
         "test_accuracy": result.history[-1].test_accuracy,
     }
 
@@ -143,16 +173,17 @@ def references(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run every dataset at 1..4 residues and write the JSON."""
+    """Run every dataset at 1 residue, 2 and the automatic count, and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, to check the script")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "precision.json")
     args = parser.parse_args(argv)
+    load_start = [round(v, 2) for v in os.getloadavg()]
     results: dict[str, object] = {}
     for name, (x, y) in datasets(args.quick).items():
         split = prepared(x, y)
-        runs = [measure(plan_for(count, split[0].shape), split) for count in (1, 2, 3, 4)]
-        auto = auto_precision(Plan.case1(10), public_profile("standard", *split[0].shape))
+        auto = auto_precision(default_plan(), public_profile("standard", *split[0].shape))
+        runs = [measure(plan_for(count, split[0].shape), split) for count in sorted({1, 2, auto.residues})]
         results[name] = {
             "shape": list(split[0].shape),
             "automatic_residues": auto.residues,
@@ -163,10 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "load_average_start": load_start,
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "sigmoid": "exact (Plan r = 0, the CLI's default): two exchanges a round",
+        "round_note": "round_worker_seconds = one worker's stage 0 then stage 1 on its prepared share (all "
+        "residues); round_sigmoid_seconds = decode the R products, the true sigmoid, encode e (fresh masks) "
+        "for all N; round_decode_seconds = decode the R gradient replies + CRT; round_bytes_per_worker = "
+        "weights in + products out + e in + gradient out; every time the best of 3-5 calls",
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "workers": 10,
+        "workers": WORKERS,
         "command": "python bench/bench_precision.py" + (" --quick" if args.quick else ""),
     }
     write_metrics(args.out, {"meta": meta, "datasets": results})
