@@ -83,8 +83,9 @@ def resolved_learning_rate(settings: TrainSettings) -> tuple[float, float]:
     """The default 1/L step for the job and the seconds it took: computed once, outside both timed runs."""
     data = load_training_data(settings)
     began = time.perf_counter()
-    # what the trainer resolves when the rate is left automatic: 1/L of the loss the workers' polynomial gives
-    polynomial = model_coefficients(settings.model, settings.r, settings.sigmoid_interval)
+    # what the trainer resolves when the rate is left automatic: 1/L of the loss the plan's sigmoid gives (the
+    # plan's degree: 0 for the exact sigmoid, the default, whose slope is 1/4; else the polynomial's --r)
+    polynomial = model_coefficients(settings.model, settings.degree, settings.sigmoid_interval)
     rate = lipschitz_learning_rate(data.x_train, polynomial_slope(polynomial, settings.sigmoid_interval))
     return rate, time.perf_counter() - began
 
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default=None, help="synthetic ROWSxCOLS (default 9019x3073; quick: 600x65)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "distributed.json")
     args = parser.parse_args(argv)
+    load_start = [round(v, 2) for v in os.getloadavg()]
     configure_logging("warning", "console")
     iterations = args.iterations or (5 if args.quick else 50)
     ns = [int(n) for n in (args.workers or ("10,13" if args.quick else "10,50")).split(",")]
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         "k": plan.k,
                         "t": plan.t,
                         "r": plan.r,
+                        "sigmoid": "exact" if plan.exact_sigmoid else f"polynomial r = {plan.r}",
                         "threshold": plan.threshold,
                         "iterations": iterations,
                         "learning_rate": rate,
@@ -247,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                 "python": platform.python_version(),
                 "numpy": np.__version__,
                 "platform": platform.platform(),
+                "load_average_start": load_start,
+                "load_average_end": [round(v, 2) for v in os.getloadavg()],
             },
+            "command": "python bench/bench_distributed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "note": (
                 "all N workers and the master share this machine. wall_seconds: data load + plan + training "
                 "(+ the distributed run's health checks, checkpoints and plot); train_seconds: share encoding and "
