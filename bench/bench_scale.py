@@ -184,6 +184,7 @@ def main() -> None:
         args.out,
         {
             "benchmark": "a job's time and the master's memory against its rows",
+            "command": "python bench/bench_scale.py " + " ".join(sys.argv[1:]),
             "workers": WORKERS,
             "fixed_overhead": {"rows": FIXED_ROWS, "master_peak_bytes": fixed},
             "results": results,
