@@ -27,7 +27,7 @@ from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
 from cpml.master.train import make_plan, train
-from cpml.protocol import DataProfile, auto_precision, simulate
+from cpml.protocol import DataProfile, Plan, auto_precision, simulate
 
 DATASET = "digits-4v9"
 
@@ -390,3 +390,11 @@ async def test_workers_whose_message_limit_cannot_carry_a_rounds_values_are_name
 def test_settings_refuse_a_worker_listed_twice():
     with pytest.raises(ValueError, match="Argument 'workers' must list each worker once, not a:1 twice."):
         TrainSettings(dataset=DATASET, workers=("a:1", "b:1", "a:1"), insecure=True)
+
+
+def test_the_precision_line_names_what_l_c_quantizes():
+    from cpml.master.cli import precision_line
+
+    exact = Plan(n_workers=10, k=3, t=1, r=0, learning_rate=0.5)
+    assert "data 8, weights 10, sigmoid values 8; step 0.5" in precision_line(exact)
+    assert "coefficients 8" in precision_line(exact.with_(r=1))

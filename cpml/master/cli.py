@@ -189,9 +189,10 @@ def _stopped(exc: CpmlError, checkpoint: Path) -> str:
 def precision_line(plan: Plan) -> str:
     """How every value was carried: the residue primes, their bits, and the fractional bits and the step."""
     primes = "prime" if plan.residues == 1 else "primes"
+    third = "sigmoid values" if plan.exact_sigmoid else "coefficients"  # what l_c quantizes
     return (
         f"precision: {plan.residues} residue {primes} <= {plan.p} ({plan.basis.bits:.0f} bits); fractional "
-        f"bits: data {plan.lx}, weights {plan.lw}, coefficients {plan.lc}; step {plan.learning_rate:.4g}"
+        f"bits: data {plan.lx}, weights {plan.lw}, {third} {plan.lc}; step {plan.learning_rate:.4g}"
     )
 
 
