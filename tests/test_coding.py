@@ -183,6 +183,28 @@ def test_the_fused_step_reduces_long_rows_and_many_rows_exactly():
         assert int(expected[0]) == sum(xi[i][0] * s[i] for i in range(rows)) % p
 
 
+@pytest.mark.parametrize("p", FUSED_PRIMES)
+def test_the_exact_sigmoids_product_kernels_match_python_ints(p):
+    # X̃W̃ (stage 0) and X̃ᵀẼ (stage 1), whose rows go four at a time: row counts around multiples of four, C up
+    # to 3, the largest magnitudes, and at the largest fused prime more rows than one reduction block holds
+    field = PrimeField(p)
+    rng = np.random.default_rng(p % 1000)
+    shapes = [(1, 3, 1), (4, 5, 2), (7, 1, 3), (9, 6, 1)]
+    if p == _largest_fused_prime():
+        shapes.append((block_terms(p) + 6, 2, 2))
+    for case, (rows, d, classes) in enumerate(shapes):
+        x = rng.integers(0, p, (rows, d)).astype(np.uint32)
+        w = rng.integers(0, p, (d, classes)).astype(np.uint32)
+        e = rng.integers(0, p, (rows, classes)).astype(np.uint32)
+        if case % 2 == 0:  # every centred value -(p-1)/2: the largest products
+            x[:], w[:], e[:] = (p + 1) // 2, (p + 1) // 2, (p + 1) // 2
+        xi = x.astype(object)
+        products = fused_step.fused_products(field, field.centred(x, np.int32), w)
+        assert products.reshape(rows, classes).tolist() == ((xi @ w.astype(object)) % p).tolist(), (case, p)
+        transposed = fused_step.fused_transposed(field, field.centred(x, np.int32), e)
+        assert transposed.reshape(d, classes).tolist() == ((xi.T @ e.astype(object)) % p).tolist(), (case, p)
+
+
 @pytest.mark.parametrize("moduli", [residue_primes(2**25 - 39, 2), residue_primes(2**31 - 1, 2)])
 def test_prepare_share_keeps_the_fused_form_where_it_applies(moduli):
     basis = ResidueBasis(moduli)
