@@ -126,6 +126,19 @@ async def test_a_round_short_of_r_waits_for_a_share_being_sent_again(tmp_path, m
     assert report.weights.tobytes() == _simulated(report.plan).weights.tobytes()
 
 
+async def test_a_shortfall_checks_for_a_worker_whose_failure_was_only_just_seen(monkeypatch):
+    # rounds take milliseconds: a stream's failure can be read in the very round that falls short, after the
+    # between-rounds check ran; the shortfall itself must start the check, not give up at once
+    dead = types.SimpleNamespace(alive=False, rejoinable=True)
+
+    async def answers(self, waiting):
+        return waiting
+
+    monkeypatch.setattr(Rejoiner, "_bring_back", answers)
+    rejoiner = Rejoiner(types.SimpleNamespace(workers=[dead]), None, "job", None, 1)
+    assert await rejoiner.in_flight(5.0) == [dead]
+
+
 async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
     faulty = {i: {"fault_fail_after_rounds": 2} for i in range(3)}
     async with _workers(5, faults=faulty) as servers:

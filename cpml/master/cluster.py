@@ -281,17 +281,14 @@ class Cluster:
             stats.stored.add(worker.index)
         except grpc.aio.AioRpcError as exc:
             stats.failed.add(worker.index)
-            if exc.code() == grpc.StatusCode.ALREADY_EXISTS and not worker.alive:
-                stats.stored.add(worker.index)  # a returning worker that never lost the share
-            else:
-                worker.fail(f"share upload failed: {_describe(exc)}")
+            worker.fail(f"share upload failed: {_describe(exc)}")
             # Free the producer if it waits for room in this queue; it checks `failed` before every put. (Waiting
             # here for the end-of-share marker could hang: gRPC's request reader may be the one to take it.)
             while not queue.empty():
                 queue.get_nowait()
 
-    async def end_job(self, job_id: str) -> None:
-        """Ask every worker to forget the job (best effort): a dropped one may still hold its share."""
+    async def end_job(self, job_id: str, workers: Sequence[WorkerHandle] | None = None) -> None:
+        """Ask every worker (or these) to forget the job (best effort): a dropped one may still hold its share."""
 
         async def end(worker: WorkerHandle) -> None:
             # a dropped worker is often gone for good: give it a short deadline, and do not warn about it
@@ -303,7 +300,7 @@ class Cluster:
                     "end job failed", worker=worker.index, reason=_describe(exc)
                 )
 
-        await asyncio.gather(*(end(w) for w in self.workers))
+        await asyncio.gather(*(end(w) for w in (self.workers if workers is None else workers)))
 
     async def check_capacity(
         self, modulus: int, share_bytes: int, chunk_bytes: int, needed: int | None = None, round_bytes: int = 0

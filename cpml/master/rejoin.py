@@ -51,19 +51,26 @@ class Rejoiner:
         if self._task is not None and self._task.done():
             back = [] if self._task.cancelled() or self._task.exception() else self._task.result()
             self._task = None
-        waiting = [w for w in self._cluster.workers if not w.alive and w.rejoinable and w not in back]
-        if self._task is None and waiting and time.monotonic() - self._last_try >= self._retry_seconds:
-            self._last_try = time.monotonic()
-            self._task = asyncio.create_task(self._bring_back(waiting), name="rejoin")
+        if time.monotonic() - self._last_try >= self._retry_seconds:
+            self._check(back)
         return back
 
     async def in_flight(self, timeout: float) -> list[WorkerHandle]:
-        """Wait (up to `timeout`) for a check already under way; the workers it brought back, else none."""
+        """Wait (up to `timeout`) for a check under way, starting one if none is; the workers it brought back."""
+        if self._task is None:
+            # a failure seen only now, in the round that falls short, has had no check started between rounds
+            self._check([])
         if self._task is None:
             return []
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         return self.ready() if self._task.done() else []
+
+    def _check(self, back: list[WorkerHandle]) -> None:
+        waiting = [w for w in self._cluster.workers if not w.alive and w.rejoinable and w not in back]
+        if self._task is None and waiting:
+            self._last_try = time.monotonic()
+            self._task = asyncio.create_task(self._bring_back(waiting), name="rejoin")
 
     async def _bring_back(self, waiting: list[WorkerHandle]) -> list[WorkerHandle]:
         answering = [
@@ -72,6 +79,9 @@ class Rejoiner:
         if not answering:
             return []
         log.info("re-sending shares", workers=[w.index for w in answering])
+        # A worker that kept its share would refuse the upload, and gRPC may report that refusal as INTERNAL
+        # while chunks are still streaming: free it first, so every returning worker takes the same upload.
+        await self._cluster.end_job(self._job_id, answering)
         rows = serde.rows_per_chunk(self._spec.cols, self._chunk_bytes)
         chunks = self._trainer.share_chunks(rows, workers=[w.index for w in answering])
         stats = await self._cluster.upload(self._job_id, self._spec, chunks, self._chunk_bytes, workers=answering)
