@@ -763,6 +763,26 @@ async def test_the_master_drops_a_worker_whose_result_is_not_the_jobs_residues(r
     assert [e["worker"] for e in logs if e["event"] == "worker dropped"] == [0]
 
 
+async def test_a_refused_upload_is_read_to_its_end_so_the_refusal_arrives_intact():
+    # a grpc.aio client whose write is under way as the server ends the stream reports "INTERNAL: Internal error
+    # from Core", not the server's status (grpc/grpc#36066): the worker reads a refused upload to its end first
+    async with running_worker() as worker, grpc.aio.insecure_channel(worker.address) as channel:
+        chunks = small_job("hostile").chunks()
+        await upload(_stub(channel), chunks)
+        sent = []
+
+        async def slowly():
+            for chunk in chunks:
+                sent.append(chunk)
+                yield chunk
+                await asyncio.sleep(0.1)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _stub(channel).UploadShare(slowly(), timeout=DEADLINE)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS, err.value.details()
+    assert len(chunks) > 2 and len(sent) == len(chunks)
+
+
 async def test_chunks_out_of_order_are_placed_by_their_offset():
     job = small_job("shuffled", rows=9, seed=3)
     chunks = job.chunks(max_chunk_bytes=16)

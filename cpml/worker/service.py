@@ -3,6 +3,8 @@ encode, map errors to codes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -20,7 +22,7 @@ from cpml.field.prime_field import MAX_PRIME_BITS
 from cpml.wire import names, serde
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 from cpml.wire.guard import status_of
-from cpml.worker.compute import ComputeStream, RoundInput, RoundOutput, prepare_soon, within_idle_time
+from cpml.worker.compute import ComputeStream, RoundInput, RoundOutput, StreamIdle, prepare_soon, within_idle_time
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import (
     ShareStore,
@@ -35,11 +37,22 @@ log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request")
 
 
+async def _drain(requests: AsyncIterator[_Request], seconds: float) -> None:
+    """Read and drop what a client still streams (for up to `seconds`), so that a refusal reaches it intact."""
+    # A grpc.aio client that writes into a stream the server has already ended reports "INTERNAL: Internal
+    # error from Core" instead of the server's status (grpc/grpc#36066): let it finish writing first.
+    with contextlib.suppress(TimeoutError, grpc.RpcError):
+        async with asyncio.timeout(seconds):
+            async for _ in requests:
+                pass
+
+
 class UnsupportedModulus(serde.MalformedMessage):
     """The job's modulus is not a prime this worker can compute with."""
 
 
 REFUSALS = errors.CpmlError  # every refusal carries its status (cpml.errors); anything else is a bug
+DRAIN_SECONDS = 5.0  # how long a refused upload's remaining chunks are read so that the refusal reaches the client
 
 
 class WorkerService(pb_grpc.WorkerServicer):
@@ -82,6 +95,8 @@ class WorkerService(pb_grpc.WorkerServicer):
             log.warning(
                 "upload refused", job=upload.job_id if upload else None, code=status_of(exc).name, reason=str(exc)
             )
+            if not isinstance(exc, StreamIdle):
+                await _drain(request_iterator, DRAIN_SECONDS)
             await context.abort(status_of(exc), str(exc))
         finally:
             if upload is not None:
