@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cpu_time import own_cpu_seconds, worker_cpu_seconds
 
 from cpml.field import DEFAULT_PRIME
 from cpml.logs import configure_logging
@@ -132,9 +133,24 @@ async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
         await asyncio.to_thread(_kernels_ready, workdir / "workers", settings.n_workers)
         startup = time.perf_counter() - started
         remote = TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)})
-        began = time.perf_counter()
-        report = await train(remote)
-        wall = time.perf_counter() - began
+        pids = [p.pid for p in local.processes]
+        # (workers, master, clock) at the start, after the first round, after the last round, at the end
+        cpu: list[tuple[float, float, float]] = []
+        finished = 0
+
+        def mark() -> None:
+            cpu.append((sum(worker_cpu_seconds(pids).values()), own_cpu_seconds(), time.perf_counter()))
+
+        def on_round(_: object) -> None:
+            nonlocal finished
+            finished += 1
+            if finished in (1, settings.iterations):
+                mark()
+
+        mark()
+        report = await train(remote, on_round)
+        mark()
+        wall = cpu[-1][2] - cpu[0][2]
     rounds = report.history
     phase = {
         name: float(np.sum([getattr(r, name) for r in rounds]))
@@ -149,6 +165,17 @@ async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
     }
     return {
         "wall_seconds": wall,
+        # CPU seconds of all N daemons and of the master over the whole job, and over rounds 2..n alone (after
+        # the upload): N daemons share this machine's cores, so these against the simulator's single-thread
+        # time show where the distributed run's time goes
+        "workers_cpu_seconds": cpu[-1][0] - cpu[0][0],
+        "master_cpu_seconds": cpu[-1][1] - cpu[0][1],
+        "rounds_after_first": {
+            "rounds": len(report.history) - 1,
+            "wall_seconds": cpu[2][2] - cpu[1][2],
+            "workers_cpu_seconds": cpu[2][0] - cpu[1][0],
+            "master_cpu_seconds": cpu[2][1] - cpu[1][1],
+        },
         "worker_startup_seconds": startup,
         "train_seconds": report.upload["seconds"] + phase["total_seconds"],
         "upload_seconds": report.upload["seconds"],

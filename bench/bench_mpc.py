@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cpu_time import own_cpu_seconds, worker_cpu_seconds
 
 from cpml.logs import configure_logging
 from cpml.master.cluster import Timeouts
@@ -84,22 +84,6 @@ def common_precision(settings: TrainSettings) -> dict[str, int]:
     data = load_training_data(settings)
     plan = choose_precision(settings, Plan.case2(10, p=settings.prime), data.x_train)
     return {"residues": plan.residues, "lx": plan.lx, "lw": plan.lw, "lc": plan.lc}
-
-
-def worker_cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """User + system CPU seconds of each process so far (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[pid] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def own_cpu_seconds() -> float:
-    """User + system CPU seconds of this (master) process so far."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _settings(
