@@ -171,7 +171,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--compute-threads",
         type=int,
         default=d.compute_threads,
-        help="threads computing rounds (of different jobs) at once",
+        help="threads computing rounds (of different jobs) at once; a round over a share under 16 MB is computed "
+        "on the event loop, without a thread hand-off",
     )
     p.add_argument(
         "--stop-with-parent",
