@@ -347,6 +347,43 @@ def bench_worker(
     )
 
 
+def _cold_shares(basis: ResidueBasis, rows: int, d: int, rng: np.random.Generator) -> list[Array]:
+    """Enough prepared random shares to fill OUT_OF_CACHE_BYTES: cycling through them, each call reads a cold one."""
+    copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (len(basis.moduli) * rows * d * 4)))
+    return [
+        prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32) for p in basis.moduli]))
+        for _ in range(copies)
+    ]
+
+
+def _raw_reference(
+    rows: int, d: int, rng: np.random.Generator, product: Callable[[Array], Array]
+) -> tuple[dict[str, Callable[[], Any]], int]:
+    """`product` on cold float64 copies, with BLAS's own threads and with one (as the worker daemon runs BLAS)."""
+    copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (rows * d * 8)))
+    turn = itertools.cycle([rng.standard_normal((rows, d)) for _ in range(copies)])
+
+    def raw() -> Array:
+        return product(next(turn))
+
+    def raw_one_thread() -> Array:
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            return raw()
+
+    return {"raw_float64": raw, "raw_float64_one_thread": raw_one_thread}, copies
+
+
+def _timed_against_raw(
+    variants: dict[str, Callable[[], Any]], args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, Any], str]:
+    """Time the variants interleaved; their times, statistics, and the faster raw reference."""
+    times = interleaved(variants, args.repeats)
+    seconds = {name: stats_of(v) for name, v in times.items()}
+    # the stricter reference: whichever raw way was faster here (BLAS's threads help on an idle machine only)
+    best = min(("raw_float64", "raw_float64_one_thread"), key=lambda name: seconds[name]["median"])
+    return times, seconds, best
+
+
 def bench_worker_residues(rows: int, d: int, rng: np.random.Generator, args: argparse.Namespace) -> dict[str, Any]:
     """The worker's whole step at 1, 2 and 3 residues, out of cache, against two raw float64 products."""
     # Every call reads a share no earlier call left in cache: each variant cycles through enough distinct
@@ -356,36 +393,16 @@ def bench_worker_residues(rows: int, d: int, rng: np.random.Generator, args: arg
     copies_used: dict[str, int] = {}
     for residues in RESIDUES:
         basis = ResidueBasis(residue_primes(DEFAULT_PRIME, residues))
-        copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (residues * rows * d * 4)))
-        shares = [
-            prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32) for p in basis.moduli]))
-            for _ in range(copies)
-        ]
+        shares = _cold_shares(basis, rows, d, rng)
         w = np.stack([rng.integers(0, p, (d, 1), dtype=np.uint32) for p in basis.moduli])
         c = np.stack([rng.integers(0, p, 2, dtype=np.uint32) for p in basis.moduli])
         turn = itertools.cycle(shares)
         variants[f"exact_{residues}"] = lambda b=basis, t=turn, w=w, c=c: worker_compute(b, next(t), w, c)
-        copies_used[f"exact_{residues}"] = copies
+        copies_used[f"exact_{residues}"] = len(shares)
         form = str(shares[0].dtype)
-    copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (rows * d * 8)))
-    raws = [rng.standard_normal((rows, d)) for _ in range(copies)]
     w_raw = rng.standard_normal(d)
-    raw_turn = itertools.cycle(raws)
-
-    def raw() -> Array:
-        x = next(raw_turn)
-        return x.T @ (0.5 + 0.25 * (x @ w_raw))
-
-    def raw_one_thread() -> Array:
-        with threadpoolctl.threadpool_limits(1, user_api="blas"):  # as the worker daemon runs BLAS
-            return raw()
-
-    variants["raw_float64"], copies_used["raw_float64"] = raw, copies
-    variants["raw_float64_one_thread"] = raw_one_thread
-    times = interleaved(variants, args.repeats)
-    seconds = {name: stats_of(v) for name, v in times.items()}
-    # the stricter reference: whichever raw way was faster here (BLAS's threads help on an idle machine only)
-    best = min(("raw_float64", "raw_float64_one_thread"), key=lambda name: seconds[name]["median"])
+    raws, copies_used["raw_float64"] = _raw_reference(rows, d, rng, lambda x: x.T @ (0.5 + 0.25 * (x @ w_raw)))
+    times, seconds, best = _timed_against_raw(variants | raws, args)
     return {
         "shape": [rows, d],
         "share_form": form,
@@ -409,11 +426,7 @@ def bench_worker_exact_sigmoid(rows: int, d: int, rng: np.random.Generator, args
     copies_used: dict[str, int] = {}
     for residues in EXACT_SIGMOID_RESIDUES:
         basis = ResidueBasis(residue_primes(DEFAULT_PRIME, residues))
-        copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (residues * rows * d * 4)))
-        shares = [
-            prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32) for p in basis.moduli]))
-            for _ in range(copies)
-        ]
+        shares = _cold_shares(basis, rows, d, rng)
         w = np.stack([rng.integers(0, p, (d, 1), dtype=np.uint32) for p in basis.moduli])
         e = np.stack([rng.integers(0, p, (rows, 1), dtype=np.uint32) for p in basis.moduli])
         none = np.zeros((residues, 0), dtype=np.uint32)  # the exact sigmoid declares no coefficients
@@ -427,27 +440,16 @@ def bench_worker_exact_sigmoid(rows: int, d: int, rng: np.random.Generator, args
             return worker_step(b, share, e, c, 1)
 
         variants[f"exact_sigmoid_{residues}"] = round_
-        copies_used[f"exact_sigmoid_{residues}"] = copies
+        copies_used[f"exact_sigmoid_{residues}"] = len(shares)
         form = str(shares[0].dtype)
-    copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (rows * d * 8)))
-    raws = [rng.standard_normal((rows, d)) for _ in range(copies)]
     w_raw, e_raw = rng.standard_normal(d), rng.standard_normal(rows)
-    raw_turn = itertools.cycle(raws)
 
-    def raw() -> Array:
-        x = next(raw_turn)
+    def matvecs(x: Array) -> Array:
         x @ w_raw
         return x.T @ e_raw
 
-    def raw_one_thread() -> Array:
-        with threadpoolctl.threadpool_limits(1, user_api="blas"):  # as the worker daemon runs BLAS
-            return raw()
-
-    variants["raw_float64"], copies_used["raw_float64"] = raw, copies
-    variants["raw_float64_one_thread"] = raw_one_thread
-    times = interleaved(variants, args.repeats)
-    seconds = {name: stats_of(v) for name, v in times.items()}
-    best = min(("raw_float64", "raw_float64_one_thread"), key=lambda name: seconds[name]["median"])
+    raws, copies_used["raw_float64"] = _raw_reference(rows, d, rng, matvecs)
+    times, seconds, best = _timed_against_raw(variants | raws, args)
     ratios = {
         f"exact_sigmoid_{k}_over_raw": seconds[f"exact_sigmoid_{k}"]["median"] / seconds[best]["median"]
         for k in EXACT_SIGMOID_RESIDUES
