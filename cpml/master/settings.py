@@ -55,7 +55,7 @@ class TrainSettings:
     lx: int | None = None
     lw: int | None = None
     lc: int | None = None
-    weight_bound: float = 4.0
+    weight_bound: float | None = None  # None: the sigmoid's default (cpml.protocol.plan.default_weight_bound)
     sigmoid_interval: float = 8.0
     prime: int = DEFAULT_PRIME
     residues: int | None = None  # how many residue primes; None: the fewest that give the data 8+ bits
@@ -269,8 +269,9 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
     plan.add_argument(
         "--weight-bound",
         type=float,
-        default=4.0,
-        help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it",
+        default=None,
+        help="keep ||w||_2 within this radius (projected GD); the overflow guard relies on it (default: 16 with "
+        "the exact sigmoid, 4 with the polynomial)",
     )
     plan.add_argument("--sigmoid-interval", type=float, default=8.0, help="fit the sigmoid polynomial on [-a, a]")
     plan.add_argument(
@@ -374,7 +375,7 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         residues=opt_int(args.residues),
         byzantine=int(args.byzantine),
         detect=bool(args.detect),
-        weight_bound=float(args.weight_bound),
+        weight_bound=None if args.weight_bound is None else float(args.weight_bound),
         sigmoid_interval=float(args.sigmoid_interval),
         learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
         iterations=int(args.iterations),

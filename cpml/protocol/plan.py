@@ -28,6 +28,11 @@ def largest_k(n_workers: int, t: int, r: int) -> int:
     return max(0, (n_workers - 1) // product_degree(r) + 1 - t)
 
 
+def default_weight_bound(r: int) -> float:
+    """The radius of the ball the weights stay in when none is given: 16 with the exact sigmoid (r = 0), else 4."""
+    return 16.0 if r == 0 else 4.0
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything that fixes a CodedPrivateML run: cluster shape, quantization, field and training."""
@@ -45,7 +50,10 @@ class Plan:
     iterations: int = 50
     model: str = "logistic"
     sigmoid_interval: float = 8.0
-    weight_bound: float = 4.0
+    # None: the default for the sigmoid (set in __post_init__). The polynomial is fitted on [-a, a], so its weights
+    # stay in a small ball; the exact sigmoid has no such limit, and a ball of 4 stopped GD short on data with a
+    # nearly separable class (iris: 0.900 against 0.947 at 16, scikit-learn 0.933) for one data bit at most.
+    weight_bound: float = None  # type: ignore[assignment]
     byzantine: int = 0  # wrong results to correct each round: wait for R + 2A replies
     detect: bool = False  # with no correction, wait for R + 1 replies and refuse a round that disagrees
 
@@ -64,6 +72,8 @@ class Plan:
             raise argument_error("model", f"be one of {', '.join(MODELS)}", self.model)
         if self.model == "linear" and self.r != 1:
             raise argument_error("r", "be 1 for linear regression (the gradient is exactly degree 3)", self.r)
+        if self.weight_bound is None:
+            object.__setattr__(self, "weight_bound", default_weight_bound(self.r))
         for name in ("sigmoid_interval", "weight_bound"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
