@@ -21,7 +21,7 @@ from cpml.data import load_dataset
 from cpml.errors import ExitCode
 from cpml.master import cli
 from cpml.master.cluster import NotEnoughWorkers, Timeouts, WorkersUnreachable
-from cpml.master.job import PLAINTEXT_WARNING, ResumeError, load_training_data
+from cpml.master.job import PLAINTEXT_WARNING, ResumeError, load_training_data, plan_changes
 from cpml.master.mpc_train import make_mpc_plans
 from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import RoundTimeout
@@ -155,6 +155,16 @@ async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
     # resuming a finished run touches no worker and reports the same model
     again = await train(_settings([f"127.0.0.1:{port}" for port in (1, 2, 3)], tmp_path, iterations=5, resume=True))
     assert again.weights.tobytes() == full.weights.tobytes() and len(again.history) == 5
+
+
+def test_resume_keeps_the_checkpoints_weight_bound_unless_one_is_given():
+    # the default radius changed (4 -> 16 with the exact sigmoid): a checkpoint made with 4 resumes with 4
+    saved = Plan.case1(10, r=0, weight_bound=4.0)
+    assert plan_changes(TrainSettings(dataset=DATASET), saved) == []
+    assert plan_changes(TrainSettings(dataset=DATASET, weight_bound=16.0), saved) == [
+        "--weight-bound 16.0 (checkpoint: 4.0)"
+    ]
+    assert Plan.case1(10, r=0).weight_bound == 16.0 and Plan.case1(10, r=1).weight_bound == 4.0
 
 
 async def test_resume_refuses_other_data_or_a_missing_checkpoint(tmp_path):
