@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers_bench import run_bench
 
 
 @pytest.mark.slow
 def test_quick_run_compares_every_dataset_with_float_gradient_descent_and_scikit_learn(tmp_path):
-    out = tmp_path / "accuracy.json"
-    run = subprocess.run(
-        [sys.executable, "bench/bench_accuracy.py", "--quick", "--out", str(out)],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = run_bench("bench_accuracy.py", tmp_path / "accuracy.json", "--quick", timeout=900)
     assert set(result["binary_5_fold_cv"]) == {"digits-4v9", "wine-0-vs-rest", "breast-cancer"}
     rows = [*result["binary_5_fold_cv"].values(), *result["large_tables_80_20"].values()]
     for row in rows:

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers_bench import run_bench
 
 
 @pytest.mark.slow
 def test_quick_run_writes_phases_and_checks_bit_identity(tmp_path):
-    out = tmp_path / "distributed.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "bench/bench_distributed.py",
-            "--quick",
-            "--workers",
-            "5",
-            "--iterations",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    results = json.loads(out.read_text())["results"]
+    args = ("--quick", "--workers", "5", "--iterations", "2")
+    results = run_bench("bench_distributed.py", tmp_path / "distributed.json", *args, timeout=300)["results"]
     assert [(r["dataset"], r["n_workers"]) for r in results] == [("digits", 5), ("cifar-synthetic", 5)]
     for r in results:
         assert r["weights_bit_identical"] is True

@@ -1,26 +1,18 @@
 """Smoke test of bench/bench_field.py: the quick run writes a complete JSON result (it is not a timing test)."""
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "bench_field.py"
+from helpers_bench import REPO, run_bench
+
+SCRIPT = REPO / "bench" / "bench_field.py"
+
 KERNELS = ("encoding", "worker", "decoding")
 VARIANTS = ("exact", "raw_float64", "naive_int64", "galois")
 
 
 def test_quick_run_writes_every_kernel_variant_ratio_and_machine_fact(tmp_path):
-    out = tmp_path / "field.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report = run_bench("bench_field.py", tmp_path / "field.json", "--quick", "--repeats", "1", timeout=120)
     assert report["quick"] is True and report["plan"] == {"N": 50, "K": 10, "T": 7, "r": 1, "R": 49, "p": 2**25 - 39}
     assert set(report["datasets"]) == {"cifar", "gisette"} == set(report["summary"])
     for dataset in report["datasets"].values():

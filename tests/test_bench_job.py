@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers_bench import run_bench
 
 
 @pytest.mark.slow
 def test_quick_run_times_both_sides_and_scores_them_on_the_same_rows(tmp_path):
-    out = tmp_path / "job.json"
-    run = subprocess.run(
-        [sys.executable, "bench/bench_job.py", "--quick", "--out", str(out)],
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(out.read_text())
+    result = run_bench("bench_job.py", tmp_path / "job.json", "--quick", timeout=600)
     assert result["task"] == {
         "images": 120,
         "pixels": 64,
