@@ -347,13 +347,15 @@ def bench_worker(
     )
 
 
+def _elements(basis: ResidueBasis, shape: int | tuple[int, ...], rng: np.random.Generator) -> Array:
+    """Uniform uint32 elements of each residue field, stacked: residues x shape."""
+    return np.stack([rng.integers(0, p, shape, dtype=np.uint32) for p in basis.moduli])
+
+
 def _cold_shares(basis: ResidueBasis, rows: int, d: int, rng: np.random.Generator) -> list[Array]:
     """Enough prepared random shares to fill OUT_OF_CACHE_BYTES: cycling through them, each call reads a cold one."""
     copies = max(2, math.ceil(OUT_OF_CACHE_BYTES / (len(basis.moduli) * rows * d * 4)))
-    return [
-        prepare_share(basis, np.stack([rng.integers(0, p, (rows, d), dtype=np.uint32) for p in basis.moduli]))
-        for _ in range(copies)
-    ]
+    return [prepare_share(basis, _elements(basis, (rows, d), rng)) for _ in range(copies)]
 
 
 def _raw_reference(
@@ -394,8 +396,8 @@ def bench_worker_residues(rows: int, d: int, rng: np.random.Generator, args: arg
     for residues in RESIDUES:
         basis = ResidueBasis(residue_primes(DEFAULT_PRIME, residues))
         shares = _cold_shares(basis, rows, d, rng)
-        w = np.stack([rng.integers(0, p, (d, 1), dtype=np.uint32) for p in basis.moduli])
-        c = np.stack([rng.integers(0, p, 2, dtype=np.uint32) for p in basis.moduli])
+        w = _elements(basis, (d, 1), rng)
+        c = _elements(basis, 2, rng)
         turn = itertools.cycle(shares)
         variants[f"exact_{residues}"] = lambda b=basis, t=turn, w=w, c=c: worker_compute(b, next(t), w, c)
         copies_used[f"exact_{residues}"] = len(shares)
@@ -427,8 +429,8 @@ def bench_worker_exact_sigmoid(rows: int, d: int, rng: np.random.Generator, args
     for residues in EXACT_SIGMOID_RESIDUES:
         basis = ResidueBasis(residue_primes(DEFAULT_PRIME, residues))
         shares = _cold_shares(basis, rows, d, rng)
-        w = np.stack([rng.integers(0, p, (d, 1), dtype=np.uint32) for p in basis.moduli])
-        e = np.stack([rng.integers(0, p, (rows, 1), dtype=np.uint32) for p in basis.moduli])
+        w = _elements(basis, (d, 1), rng)
+        e = _elements(basis, (rows, 1), rng)
         none = np.zeros((residues, 0), dtype=np.uint32)  # the exact sigmoid declares no coefficients
         check_exact_sigmoid_stages(basis, shares[0], w, e, none)
 
