@@ -60,8 +60,8 @@ class Rejoiner:
         if self._task is None:
             # a failure seen only now, in the round that falls short, has had no check started between rounds
             self._check([])
-        if self._task is None:
-            return []
+            if self._task is None:
+                return []
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         return self.ready() if self._task.done() else []

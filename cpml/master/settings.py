@@ -344,6 +344,9 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
     def opt_int(v: object) -> int | None:
         return None if v in (None, "") else int(str(v))
 
+    def opt_float(v: object) -> float | None:
+        return None if v in (None, "") else float(str(v))
+
     def opt_path(v: object) -> Path | None:
         return None if v in (None, "") else Path(str(v))
 
@@ -375,9 +378,9 @@ def train_settings(args: argparse.Namespace) -> TrainSettings:
         residues=opt_int(args.residues),
         byzantine=int(args.byzantine),
         detect=bool(args.detect),
-        weight_bound=None if args.weight_bound is None else float(args.weight_bound),
+        weight_bound=opt_float(args.weight_bound),
         sigmoid_interval=float(args.sigmoid_interval),
-        learning_rate=None if args.learning_rate in (None, "") else float(args.learning_rate),
+        learning_rate=opt_float(args.learning_rate),
         iterations=int(args.iterations),
         model=args.model,
         seed=int(args.seed),

@@ -18,7 +18,7 @@ import cpml.errors as errors
 from cpml.field import ResidueBasis, basis_for
 from cpml.protocol import prepare_share, worker_step
 from cpml.wire.serde import MalformedMessage, WireJobSpec, check_id, shown
-from cpml.worker.settings import WorkerSettings
+from cpml.worker.settings import INLINE_WORK_BYTES, WorkerSettings
 from cpml.worker.store import Job, ShareStore, UnknownJob
 
 log = structlog.get_logger(__name__)
@@ -82,11 +82,6 @@ async def within_idle_time(items: AsyncIterator[_Item], idle: float, what: str) 
             ) from None
         yield item
 
-
-# An exchange over a share this small (times its classes) takes a millisecond or two, and runs on the event loop:
-# the hand-off to a compute thread and back cost a fifth of each daemon's CPU in a round with 50 daemons on two
-# cores (bench_distributed). Larger exchanges run on the executor, so the daemon keeps answering meanwhile.
-INLINE_WORK_BYTES = 16 << 20
 
 _Pending = tuple[Job, int, int, np.ndarray]  # job, round, stage, values
 

@@ -15,6 +15,10 @@ from cpml.env_defaults import apply_env_defaults, parse_bool
 from cpml.errors import ExitCode, exit_codes_help
 
 ENV_PREFIX = "CPML_WORKER_"
+# An exchange over a share this small (times its classes) takes a millisecond or two, and runs on the event loop:
+# the hand-off to a compute thread and back cost a fifth of each daemon's CPU in a round with 50 daemons on two
+# cores (bench_distributed). Larger exchanges run on the executor, so the daemon keeps answering meanwhile.
+INLINE_WORK_BYTES = 16 << 20
 _UNITS = {
     "": 1,
     "k": 1 << 10,
@@ -171,8 +175,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--compute-threads",
         type=int,
         default=d.compute_threads,
-        help="threads computing rounds (of different jobs) at once; a round over a share under 16 MB is computed "
-        "on the event loop, without a thread hand-off",
+        help=f"threads computing rounds (of different jobs) at once; a round over a share under "
+        f"{INLINE_WORK_BYTES >> 20} MiB is computed on the event loop, without a thread hand-off",
     )
     p.add_argument(
         "--stop-with-parent",
