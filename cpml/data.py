@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from cpml.options import DATA_FORMATS as FORMATS
-from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale, standardise_targets: this API)
+from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale: this API)
     MISSING,
     MISSING_CELLS,
     MODELS,
@@ -35,7 +35,6 @@ from cpml.preprocessing import (  # noqa: F401  (binary_labels, is_label, scale,
     is_label,
     model_classes,
     scale,
-    standardise_targets,
 )
 from cpml.preprocessing import label_text as _label_text
 from cpml.preprocessing import preview as _preview

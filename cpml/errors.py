@@ -106,12 +106,6 @@ class TimedOut(CpmlError):
     status = "DEADLINE_EXCEEDED"
 
 
-class Corrupt(CpmlError):
-    """Data that arrived damaged (a checksum that does not match)."""
-
-    status = "DATA_LOSS"
-
-
 class Unauthenticated(CpmlError):
     """A caller that does not prove who it is."""
 

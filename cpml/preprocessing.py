@@ -252,15 +252,6 @@ def target_note(mean: float, std: float) -> str:
     )
 
 
-def standardise_targets(
-    y_train: np.ndarray, y_test: np.ndarray, name: str = "y"
-) -> tuple[np.ndarray, np.ndarray, float, float, str]:
-    """Standardise targets with the training split's mean and std; return both splits, the mean, the std, a note."""
-    s, center, spread = target_statistics(y_train, name)
-    mean, std = center * s, spread * s
-    return (y_train / s - center) / spread, (y_test / s - center) / spread, mean, std, target_note(mean, std)
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     """Fitted preprocessing: raw feature schema, scaling, intercept, and the label mapping or target scaling."""

@@ -24,7 +24,7 @@ from cpml.master.cluster import Cluster
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.model import model_of_run
-from cpml.protocol import DataProfile, Plan, TrainingRun, auto_precision, public_profile
+from cpml.protocol import DataProfile, Plan, RoundStats, TrainingRun, auto_precision, public_profile
 from cpml.wire.tls import channel_credentials
 from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
@@ -247,6 +247,47 @@ def plan_changes(settings: TrainSettings, saved: Plan) -> list[str]:
         elif wanted is not None and wanted != had:
             changes.append(f"{flag} {wanted} (checkpoint: {had})")
     return changes
+
+
+def round_record(stats: RoundStats, target_scale: float, **measured: Any) -> RoundRecord:
+    """A round's record: the trainer's stats (the test RMSE in the targets' units) and what the master measured."""
+    rmse = None if stats.test_rmse is None else stats.test_rmse * target_scale
+    return RoundRecord(**{**asdict(stats), "test_rmse": rmse}, **measured)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a checkpoint left a run: its trainer state, the rounds finished, the weights and the rounds' log."""
+
+    saved: dict[str, Any]
+    round: int
+    weights: np.ndarray
+    previous: np.ndarray  # the weights a round earlier, for the momentum
+    history: list[RoundRecord]
+
+
+def resume_point(out: Path, fingerprint: str) -> ResumePoint:
+    """Read the checkpoint and the rounds log in out, refusing damaged ones; the log keeps the checkpoint's rounds."""
+    path, rounds_log = out / "checkpoint.json", out / ROUNDS_LOG
+    saved = load_checkpoint(path, fingerprint)["trainer"]
+    try:
+        round_, weights = int(saved["round"]), np.array(saved["weights"], dtype=np.float64)
+        previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeError(
+            f"Argument 'resume' needs an intact checkpoint at {path}, not one with a damaged trainer state "
+            f"({type(exc).__name__}: {exc}); run without --resume to start fresh"
+        ) from None
+    try:
+        history = read_rounds(rounds_log, round_)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ResumeError(
+            f"Argument 'resume' needs an intact {rounds_log}, not a damaged one ({type(exc).__name__}: {exc}); "
+            f"run without --resume to start fresh"
+        ) from None
+    rewrite_rounds(rounds_log, history)
+    log.info("resuming", round=round_, checkpoint=str(path))
+    return ResumePoint(saved, round_, weights, previous, history)
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any]:

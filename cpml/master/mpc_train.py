@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -31,12 +31,11 @@ from cpml.master.job import (
     choose_precision,
     data_fingerprint,
     in_flag_terms,
-    load_checkpoint,
     load_training_data,
     open_cluster,
     precision_fields,
-    read_rounds,
-    rewrite_rounds,
+    resume_point,
+    round_record,
     write_outputs,
 )
 from cpml.master.rounds import RoundTimeout
@@ -45,9 +44,6 @@ from cpml.mpc import Message, MpcPlan, MpcSession, Traffic
 from cpml.protocol import Plan
 from cpml.wire import mpc_serde, serde
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
-
-if TYPE_CHECKING:  # messages are built and read in cpml.wire; here they only annotate
-    pass
 
 log = structlog.get_logger(__name__)
 
@@ -262,12 +258,9 @@ async def _one_round(
         late += item.round != round_number
         stats = session.receive(item)
     decoded = time.perf_counter()
-    return RoundRecord(
-        round=stats.round,
-        loss=stats.loss,
-        train_accuracy=stats.train_accuracy,
-        test_accuracy=stats.test_accuracy,
-        workers_used=stats.workers_used,
+    return round_record(
+        stats,
+        target_scale,
         encode_seconds=encoded - began,
         send_seconds=sent_at - encoded,
         wait_seconds=decoded - sent_at,
@@ -276,8 +269,6 @@ async def _one_round(
         bytes_sent=sum(m.nbytes for m in messages),
         bytes_received=received,
         late_replies=late,
-        test_r2=stats.test_r2,
-        test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale,
     )
 
 
@@ -309,22 +300,17 @@ async def train_mpc(
     settings.out.mkdir(parents=True, exist_ok=True)
     fingerprint = data_fingerprint(data)
     mpc, plan = make_mpc_plans(settings, protocol, data.x_train)
-    weights, previous, start_round, history = None, None, 0, []
-    checkpoint, rounds_log = settings.out / "checkpoint.json", settings.out / ROUNDS_LOG
-    if settings.resume:
-        state = load_checkpoint(checkpoint, fingerprint)
-        saved = state["trainer"]
-        if saved.get("protocol") != protocol:
+    point = resume_point(settings.out, fingerprint) if settings.resume else None
+    if point is None:
+        (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
+    else:
+        if point.saved.get("protocol") != protocol:
             raise ValueError(
-                f"Argument 'protocol' must match the checkpoint's ({saved.get('protocol')!r}) to "
+                f"Argument 'protocol' must match the checkpoint's ({point.saved.get('protocol')!r}) to "
                 f"resume, not {protocol!r}."
             )
-        weights, start_round = np.array(saved["weights"], dtype=np.float64), int(saved["round"])
-        previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)  # for the momentum
         restored = ("lx", "lw", "lc", "p", "residues", "learning_rate", "weight_bound", "sigmoid_interval")
-        plan = plan.with_(**{k: v for k, v in saved["plan"].items() if k in restored})
-        history = read_rounds(rounds_log, start_round)
-    rewrite_rounds(rounds_log, history)
+        plan = plan.with_(**{k: v for k, v in point.saved["plan"].items() if k in restored})
     session = MpcSession.create(
         mpc,
         plan,
@@ -333,10 +319,11 @@ async def train_mpc(
         settings.seed,
         data.x_test,
         data.y_test,
-        weights=weights,
-        previous=previous,
-        start_round=start_round,
+        weights=None if point is None else point.weights,
+        previous=None if point is None else point.previous,
+        start_round=0 if point is None else point.round,
     )
+    history = [] if point is None else point.history
     plan = session.plan
     log.info(
         "plan",

@@ -28,13 +28,12 @@ from cpml.master.job import (
     choose_precision,
     data_fingerprint,
     in_flag_terms,
-    load_checkpoint,
     load_training_data,
     open_cluster,
     plan_changes,
     precision_fields,
-    read_rounds,
-    rewrite_rounds,
+    resume_point,
+    round_record,
     write_outputs,
 )
 from cpml.master.mpc_train import train_baseline
@@ -87,7 +86,6 @@ def _make_plan(settings: TrainSettings, n_workers: int, x_train: np.ndarray) -> 
 def _trainer(
     settings: TrainSettings, data: Dataset, fingerprint: str, mask_source: MaskSource
 ) -> tuple[CodedTrainer, list[RoundRecord]]:
-    ckpt_path = settings.out / "checkpoint.json"
     if not settings.resume:
         (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
         plan = make_plan(settings, settings.n_workers, data.x_train)
@@ -101,16 +99,13 @@ def _trainer(
             mask_source=mask_source,
             eval_every=settings.eval_every,
         ), []
-    saved = load_checkpoint(ckpt_path, fingerprint)["trainer"]
+    point = resume_point(settings.out, fingerprint)
     try:
-        saved_plan = plan_from_checkpoint(saved)
-        seed, round_, weights = int(saved["seed"]), int(saved["round"]), np.array(saved["weights"], dtype=np.float64)
-        previous = np.array(saved.get("previous", saved["weights"]), dtype=np.float64)
+        saved_plan, seed = plan_from_checkpoint(point.saved), int(point.saved["seed"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ResumeError(
-            f"Argument 'resume' needs an intact checkpoint at {ckpt_path}, not one with a damaged "
-            f"trainer state ({type(exc).__name__}: {exc}); run without --resume to start "
-            f"fresh"
+            f"Argument 'resume' needs an intact checkpoint in {settings.out}, not one with a damaged plan "
+            f"({type(exc).__name__}: {exc}); run without --resume to start fresh"
         ) from None
     changes = plan_changes(settings, saved_plan)
     if changes:
@@ -118,10 +113,10 @@ def _trainer(
             f"Argument 'resume' must continue the checkpoint's plan, not change it: "
             f"{', '.join(changes)}; drop these flags to resume, or start fresh without --resume"
         )
-    if settings.iterations < round_:
+    if settings.iterations < point.round:
         raise ResumeError(
-            f"Argument 'iterations' must be at least the {round_} rounds the checkpoint has "
-            f"finished, not {settings.iterations}; pass --iterations {round_} or more"
+            f"Argument 'iterations' must be at least the {point.round} rounds the checkpoint has "
+            f"finished, not {settings.iterations}; pass --iterations {point.round} or more"
         )
     # N may change between runs (a dead worker is gone): the decoded gradient does not depend on N,
     # so the weights continue exactly as they would have.
@@ -140,23 +135,13 @@ def _trainer(
         seed,
         data.x_test,
         data.y_test,
-        weights=weights,
-        previous=previous,
-        start_round=round_,
+        weights=point.weights,
+        previous=point.previous,
+        start_round=point.round,
         mask_source=mask_source,
         eval_every=settings.eval_every,
     )
-    rounds_log = settings.out / ROUNDS_LOG
-    try:
-        history = read_rounds(rounds_log, trainer.round)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ResumeError(
-            f"Argument 'resume' needs an intact {rounds_log}, not a damaged one "
-            f"({type(exc).__name__}: {exc}); run without --resume to start fresh"
-        ) from None
-    rewrite_rounds(rounds_log, history)
-    log.info("resuming", round=trainer.round, checkpoint=str(ckpt_path))
-    return trainer, history
+    return trainer, point.history
 
 
 async def train(
@@ -316,12 +301,9 @@ async def _one_round(
     for index in stats.wrong_workers:
         streams.drop(index, f"sent a wrong result in round {round_number + 1} (corrected)")
     done = time.perf_counter()
-    return RoundRecord(
-        round=stats.round,
-        loss=stats.loss,
-        train_accuracy=stats.train_accuracy,
-        test_accuracy=stats.test_accuracy,
-        workers_used=stats.workers_used,
+    return round_record(
+        stats,
+        target_scale,
         encode_seconds=encoded - began,
         send_seconds=traffic.send_seconds,
         wait_seconds=traffic.wait_seconds,
@@ -331,9 +313,6 @@ async def _one_round(
         bytes_sent=traffic.bytes_sent,
         bytes_received=traffic.bytes_received,
         late_replies=traffic.late_replies,
-        test_r2=stats.test_r2,
-        test_rmse=None if stats.test_rmse is None else stats.test_rmse * target_scale,
-        wrong_workers=stats.wrong_workers,
     )
 
 

@@ -41,8 +41,3 @@ def quantize_weights(w: npt.ArrayLike, lw: int, r: int, rng: np.random.Generator
     scaled = np.ldexp(arr, lw)
     stacked = np.stack([stochastic_round(scaled, rng) for _ in range(r)], axis=-1)
     return stacked.reshape(arr.shape[0], -1)
-
-
-def dequantize(values: npt.ArrayLike, scale_bits: int) -> npt.NDArray[np.float64]:
-    """Return 2^-l * values for signed integers (phi^-1 already applied)."""
-    return np.ldexp(np.asarray(values, dtype=np.float64), -scale_bits)

@@ -3,7 +3,6 @@
 from cpml.wire.generated.v1 import aggregation_pb2, mpc_pb2, worker_pb2
 
 WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
-MPC_SERVICE = mpc_pb2.DESCRIPTOR.services_by_name["Mpc"].full_name
 AGGREGATION_SERVICE = aggregation_pb2.DESCRIPTOR.services_by_name["Aggregation"].full_name
 
 
