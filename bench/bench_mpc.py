@@ -19,7 +19,7 @@ names follow the JSON's).
     python bench/bench_mpc.py --quick --residues 1 --levels 2,5,6   # fix the precision (e.g. to compare costs)
     python bench/bench_mpc.py --network shaped --workers 10,30   # the paper's network, emulated (root)
 
---network shaped puts the master and every worker on a host of its own (cpml.netlab: a network namespace
+--network shaped puts the master and every worker on a host of its own (tests/netlab.py: a network namespace
 each, on one bridge) whose link is capped at --bandwidth-mbit each way, like the paper's EC2 m3.xlarge
 instances ("High" network performance, about 1 Gbit/s); the results go to mpc_shaped.json by default.
 """
@@ -49,11 +49,13 @@ from cpml.master.mpc_train import train_mpc
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
 from cpml.mpc import MpcPlan, simulate_mpc
-from cpml.netlab import WORKER_PORT, NetLab, unavailable_reason
 from cpml.protocol import CodedTrainer, Plan, worker_compute
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from netlab import WORKER_PORT, NetLab, unavailable_reason  # noqa: E402  (the network-namespace lab the tests use)
+
 PROTOCOLS = ("cpml-case1", "cpml-case2", "bh08", "bgw")
 GROUPS = 3
 SHAPES = {"cifar": (9019, 2000, 3073), "gisette": (6000, 1000, 5000)}  # train rows, test rows, features

@@ -12,7 +12,7 @@ from cpml.errors import CpmlError, ExitCode, exit_codes_help
 
 def _all_errors() -> set[type[CpmlError]]:
     for info in pkgutil.walk_packages(cpml.__path__, "cpml."):
-        if ".generated" not in info.name and not info.name.endswith(("__main__", "netlab")):
+        if ".generated" not in info.name and not info.name.endswith("__main__"):
             importlib.import_module(info.name)
     found, todo = set(), [CpmlError]
     while todo:

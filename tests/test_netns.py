@@ -1,4 +1,4 @@
-"""Several hosts on one machine (cpml.netlab): the master and every cpml-worker in a network namespace of its
+"""Several hosts on one machine (tests/netlab.py): the master and every cpml-worker in a network namespace of its
 own, each with its own address on a bridge, mutual TLS with certificates naming those addresses. Faults at
 the network level mid-run (a cut cable, heavy random loss, a throttled link) are handled like a dead or slow
 worker: the rounds end at the R-th reply and the run ends with the weights of an undisturbed one. The MPC
@@ -13,13 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import netlab
 import numpy as np
 import pytest
+from netlab import NetLab, unavailable_reason
 
-from cpml import netlab
 from cpml.master.settings import TrainSettings
 from cpml.master.train import load_training_data
-from cpml.netlab import NetLab, unavailable_reason
 from cpml.protocol import Plan, simulate
 from cpml.wire.certs import make_cluster_pki
 
