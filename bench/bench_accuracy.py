@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
-from cpml.protocol import Plan, auto_precision, models, public_profile, simulate
+from cpml.protocol import Plan, RunInputs, auto_precision, models, public_profile, simulate
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,7 +106,7 @@ def ten_classes() -> dict[str, object]:
     result = {"scikit_learn_ovr": round(float(ovr.score(scaler.transform(x_test), y_test)), 4)}
     for r, key in ((0, "cpml_exact"), (1, "cpml_polynomial_r1")):
         plan = auto_precision(Plan.case1(10, r=r, iterations=50), public_profile("standard", *xt.shape))
-        run = simulate(plan, xt, yt, 0, xs, ys)
+        run = simulate(RunInputs(plan, xt, yt, 0, xs, ys))
         result[key] = round(float(run.history[-1].test_accuracy), 4)
         if r == 0:
             true = models.gradient_descent(xt, yt, run.plan.learning_rate, 50, radius=plan.weight_bound)[-1]

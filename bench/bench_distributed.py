@@ -31,7 +31,7 @@ from cpml.master.job import load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import make_plan, train
-from cpml.protocol import CodedTrainer, simulate
+from cpml.protocol import CodedTrainer, RunInputs, simulate
 from cpml.protocol.models import lipschitz_learning_rate
 from cpml.protocol.sigmoid import model_coefficients, polynomial_slope
 from cpml.reporting import write_metrics
@@ -97,9 +97,9 @@ def run_simulator(settings: TrainSettings) -> dict:
     data = load_training_data(settings)  # exactly what `train` loads
     plan = make_plan(settings, settings.n_workers, data.x_train)
     loaded = time.perf_counter()
-    result = simulate(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+    result = simulate(RunInputs(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test))
     done = time.perf_counter()
-    trainer = CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed)
+    trainer = CodedTrainer.create(RunInputs(plan, data.x_train, data.y_train, settings.seed))
     enc_began = time.perf_counter()
     trainer.encode_dataset()
     encode = time.perf_counter() - enc_began

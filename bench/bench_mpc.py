@@ -49,7 +49,7 @@ from cpml.master.mpc_train import train_mpc
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
 from cpml.mpc import MpcPlan, simulate_mpc
-from cpml.protocol import CodedTrainer, Plan, worker_compute
+from cpml.protocol import CodedTrainer, Plan, RunInputs, worker_compute
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,7 +193,9 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
     if protocol.startswith("cpml"):
         maker: Callable[..., Plan] = Plan.case1 if protocol == "cpml-case1" else Plan.case2
         plan = maker(n, p=settings.prime, iterations=settings.iterations).with_(**precision)
-        trainer = CodedTrainer.create(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+        trainer = CodedTrainer.create(
+            RunInputs(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+        )
         encode_began = time.process_time()
         shares = trainer.encode_dataset()
         encode, comp = time.process_time() - encode_began, {i: 0.0 for i in range(n)}
@@ -217,7 +219,7 @@ def run_in_process(protocol: str, settings: TrainSettings) -> dict[str, Any]:
     else:
         mpc = MpcPlan.paper(protocol, n, GROUPS)
         plan = Plan.for_privacy(n, mpc.t, p=settings.prime, iterations=settings.iterations).with_(**precision)
-        run = simulate_mpc(mpc, plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+        run = simulate_mpc(mpc, RunInputs(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test))
         kinds = run.traffic.bytes
         encode = run.master_seconds.get("setup", 0.0) + run.master_seconds.get("online", 0.0)
         comp = run.worker_seconds

@@ -34,7 +34,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
-from cpml.protocol import CodedTrainer, Plan, auto_precision, prepare_share, public_profile, worker_step
+from cpml.protocol import CodedTrainer, Plan, RunInputs, auto_precision, prepare_share, public_profile, worker_step
 from cpml.reporting import write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def phases(x: np.ndarray, target: np.ndarray, classes: int, rounds: int) -> dict
     """Median seconds per round of each phase, for one run of `classes` classes (1: binary) on x."""
     # The default plan: the exact sigmoid (two exchanges a round), Case 1 with N = 10 (K = 4, T = 1).
     plan = auto_precision(Plan.case1(10, r=0, iterations=rounds), public_profile("standard", *x.shape))
-    trainer = CodedTrainer.create(plan, x, labels(target, classes), seed=0)
+    trainer = CodedTrainer.create(RunInputs(plan, x, labels(target, classes), seed=0))
     coefficients = trainer.job_spec.coefficient_array()
     encode, compute, decode = [], [], []
     prepared = [prepare_share(trainer.basis, share) for share in trainer.encode_dataset()]

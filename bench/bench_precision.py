@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from cpml.protocol import (
     CodedTrainer,
     Plan,
+    RunInputs,
     auto_precision,
     models,
     prepare_share,
@@ -112,7 +113,7 @@ def best_of(repeats: int, fn) -> float:
 def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
     """Upload and per-round costs of one job at this plan, and its test accuracy after 50 iterations."""
     x_train, y_train, x_test, y_test = split
-    trainer = CodedTrainer.create(plan, x_train, y_train, seed=0)
+    trainer = CodedTrainer.create(RunInputs(plan, x_train, y_train, seed=0))
     assert trainer.plan.exact_sigmoid  # the round below is the exact sigmoid's two exchanges
     rows_per_chunk = max(1, (1 << 20) // (4 * x_train.shape[1]))
     upload = best_of(2, lambda: [None for _ in trainer.share_chunks(rows_per_chunk)])
@@ -137,7 +138,7 @@ def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
     replies = {i: worker_step(basis, prepared_shares[i], e_shares[i], coefficients, 1) for i in first}
     decode = best_of(5, lambda: trainer.decode_gradient(replies))
     round_bytes = w_shares[0].nbytes + products[0].nbytes + e_shares[0].nbytes + replies[0].nbytes
-    result = simulate(plan, x_train, y_train, seed=0, x_test=x_test, y_test=y_test)
+    result = simulate(RunInputs(plan, x_train, y_train, seed=0, x_test=x_test, y_test=y_test))
     return {
         "residues": plan.residues,
         "modulus_bits": round(plan.basis.bits, 1),
@@ -163,7 +164,7 @@ def measure(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
 def references(plan: Plan, split: tuple[np.ndarray, ...]) -> dict[str, float]:
     """Float64 projected Nesterov GD with the true sigmoid (same step) and scikit-learn, on the same split."""
     x_train, y_train, x_test, y_test = split
-    rate = CodedTrainer.create(plan, x_train, y_train, seed=0).plan.learning_rate
+    rate = CodedTrainer.create(RunInputs(plan, x_train, y_train, seed=0)).plan.learning_rate
     true = models.gradient_descent(x_train, y_train, rate, 50, radius=plan.weight_bound)[-1]
     sklearn = LogisticRegression(max_iter=10_000).fit(x_train[:, :-1], y_train)
     return {

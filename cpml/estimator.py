@@ -172,13 +172,13 @@ def _fit_on_workers(settings: Any) -> Model:
 
 def _fit_in_process(settings: Any) -> Model:
     """The same data loading, plan and trainer as train(settings), with N virtual workers in this process."""
-    from cpml.master.job import load_training_data
+    from cpml.master.job import load_training_data, run_inputs
     from cpml.master.train import make_plan
     from cpml.protocol import simulate
 
     data = load_training_data(settings)
     plan = make_plan(settings, settings.n_workers, data.x_train)
-    result = simulate(plan, data.x_train, data.y_train, settings.seed, data.x_test, data.y_test)
+    result = simulate(run_inputs(plan, data, settings.seed))
     return model_of_run(
         result.plan, result.weights, data, IN_PROCESS_TRANSPORT, result.history[-1] if result.history else None
     )

@@ -11,7 +11,7 @@ from cpml.master.job import load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import WrongResults, train
-from cpml.protocol import CodedTrainer, Plan, prepare_share, simulate, worker_compute
+from cpml.protocol import CodedTrainer, Plan, RunInputs, prepare_share, simulate, worker_compute
 
 
 @hsettings(max_examples=25, deadline=None)
@@ -40,7 +40,7 @@ def test_the_decoded_gradient_is_the_honest_one_whatever_a_wrong_workers_send(k,
         p=2**31 - 1,
         residues=3 if r == 2 else 2,
     )
-    trainer = CodedTrainer.create(plan, x, y, seed=seed % 1000)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=seed % 1000))
     shares = trainer.encode_dataset()
     w_shares = trainer.weight_shares()
     coefficients = trainer.job_spec.coefficient_array()
@@ -118,7 +118,7 @@ async def test_a_wrong_workers_among_r_plus_2a_daemons_are_corrected_and_named(t
     assert named == culprits
     assert all("sent a wrong result" in report.dropped_workers[i] for i in culprits)
     data = load_training_data(run)
-    clean = simulate(report.plan, data.x_train, data.y_train, seed=run.seed)
+    clean = simulate(RunInputs(report.plan, data.x_train, data.y_train, seed=run.seed))
     assert np.array_equal(report.weights, clean.weights)  # bit for bit the honest run
 
 
@@ -143,7 +143,9 @@ def test_the_plan_needs_r_plus_2a_workers():
 def test_more_wrong_workers_than_a_are_refused_not_miscorrected():
     rng = np.random.default_rng(3)
     plan = Plan(n_workers=7, k=1, t=1, byzantine=1, iterations=1)  # R = 4, reads 6 replies
-    trainer = CodedTrainer.create(plan, rng.standard_normal((20, 3)) / 4, rng.integers(0, 2, 20).astype(float), 0)
+    trainer = CodedTrainer.create(
+        RunInputs(plan, rng.standard_normal((20, 3)) / 4, rng.integers(0, 2, 20).astype(float), 0)
+    )
     shares, w_shares = trainer.encode_dataset(), trainer.weight_shares()
     coefficients = trainer.job_spec.coefficient_array()
     replies = {

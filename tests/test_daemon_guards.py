@@ -6,7 +6,7 @@ from helpers_cluster import running_worker
 from sklearn.datasets import load_breast_cancer
 
 from cpml.mpc import MpcPlan, MpcSession
-from cpml.protocol import Plan
+from cpml.protocol import Plan, RunInputs
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
@@ -17,7 +17,9 @@ DEADLINE = 10.0
 def party_spec():
     x, y = load_breast_cancer(return_X_y=True)
     x = (x - x.mean(axis=0)) / x.std(axis=0) / 8
-    session = MpcSession.create(MpcPlan("bgw", 3, 1, groups=1), Plan.case2(9, iterations=1), x[:60], y[:60], seed=1)
+    session = MpcSession.create(
+        MpcPlan("bgw", 3, 1, groups=1), RunInputs(Plan.case2(9, iterations=1), x[:60], y[:60], seed=1)
+    )
     return session.party_spec(0)
 
 

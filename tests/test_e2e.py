@@ -21,7 +21,7 @@ from cpml.master.job import load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
-from cpml.protocol import Plan, simulate
+from cpml.protocol import Plan, RunInputs, simulate
 from cpml.wire import serde
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ DATASET = "digits-4v9"
 def _simulated(plan):
     """The in-process simulator on the data the master trains on (its default scaling and intercept)."""
     data = load_training_data(TrainSettings(dataset=DATASET))
-    return simulate(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test)
+    return simulate(RunInputs(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test))
 
 
 async def test_cluster_equals_the_simulator_bit_for_bit_at_the_new_defaults(tmp_path):

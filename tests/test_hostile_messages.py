@@ -28,7 +28,7 @@ from cpml.master.cluster import Cluster, Timeouts
 from cpml.master.mpc_train import run_mpc_job
 from cpml.master.rounds import ComputeStreams
 from cpml.mpc import MASTER, Kind, Message, MpcPlan, MpcSession, PartySpec
-from cpml.protocol import Plan, simulate
+from cpml.protocol import Plan, RunInputs, simulate
 from cpml.wire import aggregation_serde as dp_serde
 from cpml.wire import mpc_serde, serde
 from cpml.wire.generated.v1 import aggregation_pb2 as agg_pb
@@ -915,7 +915,7 @@ def _mpc_plan() -> Plan:
 
 def _mpc_session(protocol: str = "bgw") -> MpcSession:
     x, y = _mpc_data()
-    return MpcSession.create(MpcPlan(protocol, 3, 1, groups=1), _mpc_plan(), x, y, seed=3)
+    return MpcSession.create(MpcPlan(protocol, 3, 1, groups=1), RunInputs(_mpc_plan(), x, y, seed=3))
 
 
 @functools.cache
@@ -927,7 +927,7 @@ def _party_spec() -> PartySpec:
 @pytest.fixture(scope="module")
 def mpc_reference() -> np.ndarray:
     x, y = _mpc_data()
-    return simulate(_mpc_plan(), x, y, seed=3).weights
+    return simulate(RunInputs(_mpc_plan(), x, y, seed=3)).weights
 
 
 async def _good_mpc_job(addresses: list[str], reference: np.ndarray) -> None:

@@ -27,7 +27,7 @@ from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import RoundTimeout
 from cpml.master.settings import TrainSettings, parse_train_args, train_settings
 from cpml.master.train import make_plan, train
-from cpml.protocol import DataProfile, Plan, auto_precision, simulate
+from cpml.protocol import DataProfile, Plan, RunInputs, auto_precision, simulate
 
 DATASET = "digits-4v9"
 
@@ -58,7 +58,7 @@ async def _workers(n, faults=None, **common):
 def _simulated(plan, seed=0):
     """The in-process simulator on the data the master trains on (its default scaling and intercept)."""
     data = load_training_data(TrainSettings(dataset=DATASET, seed=seed))
-    return simulate(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test)
+    return simulate(RunInputs(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test))
 
 
 async def test_weights_are_bit_identical_to_the_simulator(tmp_path):

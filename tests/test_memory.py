@@ -16,7 +16,7 @@ import pytest
 
 from cpml.data import load_dataset
 from cpml.preprocessing import ROWS_AT_ONCE, Preprocessing, feature_statistics, power_of_two_scale
-from cpml.protocol import CodedTrainer, Plan, auto_precision, public_profile
+from cpml.protocol import CodedTrainer, Plan, RunInputs, auto_precision, public_profile
 from cpml.protocol.quantize import quantize_data
 from cpml.protocol.run import labelled_sums, quantize_partitions
 
@@ -64,7 +64,7 @@ def test_preparing_the_shares_adds_at_most_one_copy_of_the_data(table):
     data = load_dataset(str(path), 0.2, "standard", intercept=True)
     plan = auto_precision(Plan.case1(10, 1, iterations=1), public_profile("standard", *data.x_train.shape))
     trainer, peak = traced_peak(
-        lambda: CodedTrainer.create(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test)
+        lambda: CodedTrainer.create(RunInputs(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test))
     )
     assert trainer.partitions.dtype == np.int32
     assert peak <= 1.25 * data.x_train.nbytes, f"preparing peaked at {peak / data.x_train.nbytes:.2f}x the data"

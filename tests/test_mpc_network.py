@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from cpml.master.cluster import Cluster, Timeouts
 from cpml.master.mpc_train import MpcJobFailed, run_mpc_job
 from cpml.mpc import MASTER, Kind, Message, MpcParty, MpcPlan, MpcSession
-from cpml.protocol import Plan, simulate
+from cpml.protocol import Plan, RunInputs, simulate
 from cpml.wire import mpc_serde
 from cpml.wire.generated.v1 import mpc_pb2 as pb
 from cpml.wire.generated.v1 import mpc_pb2_grpc as pb_grpc
@@ -45,8 +45,8 @@ async def test_networked_baseline_trains_bit_identically_to_codedprivateml(data,
     x, y = data
     plan = Plan.case2(15, iterations=3)
     assert plan.residues >= 2  # every share, message and decoding in two prime fields
-    reference = simulate(plan, x, y, seed=4)
-    session = MpcSession.create(MpcPlan.paper(protocol, 15), plan, x, y, seed=4)
+    reference = simulate(RunInputs(plan, x, y, seed=4))
+    session = MpcSession.create(MpcPlan.paper(protocol, 15), RunInputs(plan, x, y, seed=4))
     async with mpc_workers(15) as addresses:
         async with Cluster(addresses, timeouts=Timeouts(connect=10, upload=30, round=30, control=5)) as cluster:
             await cluster.wait_healthy()
@@ -71,7 +71,7 @@ async def test_single_modulus_joins_and_payloads_are_refused_not_misread(data):
     # cpml 0.1 masters sent one `modulus` and payloads without the residue axis: a worker refuses both with
     # INVALID_ARGUMENT and says why, rather than computing in the wrong field or misreading the shapes.
     x, y = data
-    session = MpcSession.create(MpcPlan("bgw", 3, 1, groups=1), Plan.case2(9, iterations=1), x, y, seed=1)
+    session = MpcSession.create(MpcPlan("bgw", 3, 1, groups=1), RunInputs(Plan.case2(9, iterations=1), x, y, seed=1))
     spec = session.party_spec(0)
     async with mpc_workers(1) as addresses, grpc.aio.insecure_channel(addresses[0]) as channel:
         stub = pb_grpc.MpcStub(channel)
@@ -116,15 +116,15 @@ async def test_an_unexpected_failure_in_a_party_reaches_the_master_at_once(data,
     with capture_logs() as logs:
         async with mpc_workers(3) as addresses, Cluster(addresses, timeouts=timeouts) as cluster:
             await cluster.wait_healthy()
-            session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
+            session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), RunInputs(plan, x, y, seed=2))
             began = time.monotonic()
             with pytest.raises(MpcJobFailed) as err:
                 await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
             assert time.monotonic() - began < 10  # the failure, not the 30 s round timeout
             broken["on"] = False
-            good = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
+            good = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), RunInputs(plan, x, y, seed=2))
             await run_mpc_job(good, cluster, chunk_bytes=4096, round_timeout=30.0)
-    assert np.array_equal(good.weights, simulate(plan, x, y, seed=2).weights)
+    assert np.array_equal(good.weights, simulate(RunInputs(plan, x, y, seed=2)).weights)
     assert re.search(
         r"ABORTED: .*failed processing weights of round 0: KeyError at test_mpc_network.py:\d+", str(err.value)
     )
@@ -135,7 +135,7 @@ async def test_an_unexpected_failure_in_a_party_reaches_the_master_at_once(data,
 
 async def test_an_unreachable_peer_fails_the_job_and_the_master_is_told(data):
     x, y = data
-    session = MpcSession.create(MpcPlan("bgw", 9, 1), Plan.case2(9, iterations=1), x, y, seed=1)
+    session = MpcSession.create(MpcPlan("bgw", 9, 1), RunInputs(Plan.case2(9, iterations=1), x, y, seed=1))
     async with mpc_workers(1) as addresses:
         peers = [addresses[0], "127.0.0.1:1", "127.0.0.1:1"]  # nobody listens on port 1
         async with grpc.aio.insecure_channel(addresses[0]) as channel:
@@ -160,7 +160,7 @@ async def test_workers_talk_to_each_other_over_mutual_tls(data, tmp_path):
     pki = make_pki(tmp_path, "mpc")  # the worker certificate serves and authenticates as a client
     ca, cert, key = pki.ca, pki.server_cert, pki.server_key
     plan = Plan.case2(9, iterations=2)
-    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=6)
+    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), RunInputs(plan, x, y, seed=6))
     tls = dict(insecure=False, tls_cert=cert, tls_key=key, tls_client_ca=ca)
     async with mpc_workers(3, **tls) as addresses:
         async with Cluster(
@@ -168,7 +168,7 @@ async def test_workers_talk_to_each_other_over_mutual_tls(data, tmp_path):
         ) as cluster:
             await cluster.wait_healthy()
             report = await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
-    assert np.array_equal(session.weights, simulate(plan, x, y, seed=6).weights)
+    assert np.array_equal(session.weights, simulate(RunInputs(plan, x, y, seed=6)).weights)
     assert sum(w["messages_by_kind"]["masked"] for w in report.workers.values()) == 2 * 2
 
 
@@ -210,12 +210,12 @@ def held_join(monkeypatch):
 async def test_a_worker_slow_to_join_gets_no_peer_message_before_its_join(data, held_join):
     x, y = data
     plan = Plan.case2(9, iterations=1)
-    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), plan, x, y, seed=2)
+    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), RunInputs(plan, x, y, seed=2))
     timeouts = Timeouts(connect=10, upload=30, round=30, control=5)
     async with mpc_workers(3) as addresses, Cluster(addresses, timeouts=timeouts) as cluster:
         await cluster.wait_healthy()
         await run_mpc_job(session, cluster, chunk_bytes=4096, round_timeout=30.0)
-    assert np.array_equal(session.weights, simulate(plan, x, y, seed=2).weights)
+    assert np.array_equal(session.weights, simulate(RunInputs(plan, x, y, seed=2)).weights)
 
 
 async def test_a_refused_join_leaves_no_job_behind_on_a_worker_still_joining(data, held_join, monkeypatch):
@@ -229,7 +229,7 @@ async def test_a_refused_join_leaves_no_job_behind_on_a_worker_still_joining(dat
         return await join(self, request, context)
 
     monkeypatch.setattr(MpcService, "Join", refuse_position_1)
-    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), Plan.case2(9, iterations=1), x, y, seed=2)
+    session = MpcSession.create(MpcPlan("bh08", 3, 1, groups=1), RunInputs(Plan.case2(9, iterations=1), x, y, seed=2))
     timeouts = Timeouts(connect=10, upload=30, round=30, control=5)
     async with mpc_workers(3) as addresses:
         async with Cluster(addresses, timeouts=timeouts) as cluster:

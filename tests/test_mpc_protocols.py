@@ -17,7 +17,7 @@ from cpml.mpc import (
     simulate_mpc,
 )
 from cpml.mpc.party import DoubleSharingPool
-from cpml.protocol import CodedTrainer, Plan, simulate, worker_compute
+from cpml.protocol import CodedTrainer, Plan, RunInputs, simulate, worker_compute
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_decoded_blocks_equal_the_codedprivateml_decoding_exactly(data, protocol
     x, y = data
     assert plan.residues >= 2
     # CPML with K = 3 partitions and the MPC with G = 3 groups split the rows identically.
-    trainer = CodedTrainer.create(plan, x, y, seed=11)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=11))
     shares = trainer.encode_dataset()
     w_shares = trainer.weight_shares()
     coefficients = trainer.job_spec.coefficient_array()
@@ -72,7 +72,7 @@ def test_decoded_blocks_equal_the_codedprivateml_decoding_exactly(data, protocol
         ]
     )  # residues x K x d
 
-    session = MpcSession.create(MpcPlan(protocol, n_workers, t), plan, x, y, seed=11)
+    session = MpcSession.create(MpcPlan(protocol, n_workers, t), RunInputs(plan, x, y, seed=11))
     parties, pending = started(session)
     pending += session.weight_messages()
     gradient_shares = {}
@@ -90,7 +90,7 @@ def test_decoded_blocks_equal_the_codedprivateml_decoding_exactly(data, protocol
 def test_decoded_blocks_equal_a_python_int_reference(data):
     x, y = data
     plan = Plan(n_workers=10, k=3, t=1, iterations=1)
-    session = MpcSession.create(MpcPlan("bh08", 9, 1), plan, x, y, seed=5)
+    session = MpcSession.create(MpcPlan("bh08", 9, 1), RunInputs(plan, x, y, seed=5))
     parties, pending = started(session)
     pending += session.weight_messages()
     wbar = session.quantized_weights()
@@ -121,8 +121,8 @@ def test_training_trajectory_is_bit_identical_to_the_codedprivateml_simulator(da
     else:
         plan = Plan.case2(22, r=2, lx=2, lw=4, lc=3, p=2**31 - 1, iterations=3)
     assert plan.residues >= 2
-    reference = simulate(plan, x, y, seed=7)
-    run = simulate_mpc(MpcPlan.paper(protocol, 15), plan, x, y, seed=7, delivery_seed=3, rows_per_chunk=30)
+    reference = simulate(RunInputs(plan, x, y, seed=7))
+    run = simulate_mpc(MpcPlan.paper(protocol, 15), RunInputs(plan, x, y, seed=7), delivery_seed=3, rows_per_chunk=30)
     assert np.array_equal(run.training.trajectory, reference.trajectory)
     assert [h.loss for h in run.training.history] == [h.loss for h in reference.history]
 
@@ -137,8 +137,8 @@ def test_message_counts_are_quadratic_for_bgw_and_linear_for_bh08(data, n_worker
     plan = Plan.case2(n_workers, iterations=2)
     mpc = {proto: MpcPlan.paper(proto, n_workers) for proto in ("bgw", "bh08")}
     n, g = mpc["bgw"].group_size, mpc["bgw"].groups
-    bgw = simulate_mpc(mpc["bgw"], plan, x, y, seed=1)
-    bh08 = simulate_mpc(mpc["bh08"], plan, x, y, seed=1)
+    bgw = simulate_mpc(mpc["bgw"], RunInputs(plan, x, y, seed=1))
+    bh08 = simulate_mpc(mpc["bh08"], RunInputs(plan, x, y, seed=1))
     # Worker-to-worker messages per round and multiplication: n(n-1) reshares vs 2(n-1) to and from a king.
     assert per_round(bgw, Kind.RESHARE) == g * n * (n - 1)
     assert per_round(bh08, Kind.MASKED) == per_round(bh08, Kind.OPENED) == g * (n - 1)
@@ -154,7 +154,7 @@ def test_message_counts_are_quadratic_for_bgw_and_linear_for_bh08(data, n_worker
 
 def test_late_duplicate_and_foreign_messages(data):
     x, y = data
-    session = MpcSession.create(MpcPlan("bgw", 9, 1), Plan.case2(9, iterations=3), x, y, seed=2)
+    session = MpcSession.create(MpcPlan("bgw", 9, 1), RunInputs(Plan.case2(9, iterations=3), x, y, seed=2))
     parties, pending = started(session)
     deliver(pending, parties, session)
     weights = session.weight_messages()
@@ -204,8 +204,8 @@ def test_plan_and_pool_refusals():
 def test_one_residue_field_still_trains_bit_identically(data, protocol):
     x, y = data
     plan = Plan.case2(15, residues=1, lx=2, lw=5, lc=6, iterations=3)
-    reference = simulate(plan, x, y, seed=7)
-    run = simulate_mpc(MpcPlan.paper(protocol, 15), plan, x, y, seed=7, delivery_seed=5, rows_per_chunk=30)
+    reference = simulate(RunInputs(plan, x, y, seed=7))
+    run = simulate_mpc(MpcPlan.paper(protocol, 15), RunInputs(plan, x, y, seed=7), delivery_seed=5, rows_per_chunk=30)
     assert np.array_equal(run.training.trajectory, reference.trajectory)
     assert run.traffic.bytes["gradient"] == plan.iterations * 15 * 4 * x.shape[1]  # one field: d elements each
 

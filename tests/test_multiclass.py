@@ -19,7 +19,7 @@ from cpml import data
 from cpml.errors import ExitCode
 from cpml.estimator import CodedLogisticRegression
 from cpml.model import load_model, load_sklearn
-from cpml.protocol import Plan, auto_precision, models, public_profile, simulate
+from cpml.protocol import Plan, RunInputs, auto_precision, models, public_profile, simulate
 from cpml.protocol.run import guard_round
 from cpml.protocol.sigmoid import model_coefficients
 from cpml.wire import serde
@@ -47,7 +47,7 @@ def _digits(seed: int = 0):
 def _digits_run(r: int):
     x, y, x_test, y_test, raw = _digits()
     plan = auto_precision(Plan.case1(10, r=r, iterations=ITERATIONS), public_profile("standard", *x.shape))
-    return simulate(plan, x, y, 0, x_test, y_test), (x, y, x_test, y_test), raw
+    return simulate(RunInputs(plan, x, y, 0, x_test, y_test)), (x, y, x_test, y_test), raw
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_iris_with_a_nearly_separable_class_is_within_one_point_of_scikit_learn(
         scaler = StandardScaler().fit(x[train])
         x_train, x_test = (np.hstack([scaler.transform(part), np.ones((len(part), 1))]) for part in (x[train], x[test]))
         plan = auto_precision(Plan.case1(10, r=0, iterations=ITERATIONS), public_profile("standard", *x_train.shape))
-        run = simulate(plan, x_train, np.eye(3)[y[train]], 0, x_test, np.eye(3)[y[test]])
+        run = simulate(RunInputs(plan, x_train, np.eye(3)[y[train]], 0, x_test, np.eye(3)[y[test]]))
         ours.append(run.history[-1].test_accuracy)
         ovr = OneVsRestClassifier(LogisticRegression(max_iter=10_000)).fit(scaler.transform(x[train]), y[train])
         theirs.append(ovr.score(scaler.transform(x[test]), y[test]))
@@ -109,7 +109,7 @@ def test_the_overflow_guard_bounds_every_class_column():
     plan = auto_precision(Plan(n_workers=10, k=3, t=1), public_profile("standard", *x.shape))
     from cpml.protocol.run import prepare_data
 
-    prepared = prepare_data(plan, x, y, 0, None, None, plan.k, None, 0)
+    prepared = prepare_data(RunInputs(plan, x, y, 0), plan.k)
     safe = np.zeros((65, 10), dtype=np.int64)
     guard_round(prepared.plan, prepared.profile, prepared.coefficients, safe, 0)
     wild = safe.copy()

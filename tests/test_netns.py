@@ -20,7 +20,7 @@ from netlab import NetLab, unavailable_reason
 
 from cpml.master.settings import TrainSettings
 from cpml.master.train import load_training_data
-from cpml.protocol import Plan, simulate
+from cpml.protocol import Plan, RunInputs, simulate
 from cpml.wire.certs import make_cluster_pki
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -113,7 +113,7 @@ def _simulated(out: Path) -> np.ndarray:
     """The in-process simulator with the run's plan, on the data the master trained on."""
     plan = Plan(**json.loads((out / "model.json").read_text())["plan"])
     data = load_training_data(TrainSettings(dataset=DATASET))
-    return simulate(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test).weights
+    return simulate(RunInputs(plan, data.x_train, data.y_train, 0, data.x_test, data.y_test)).weights
 
 
 def test_training_across_hosts_over_mutual_tls_equals_the_simulator(lab, tmp_path):

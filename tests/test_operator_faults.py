@@ -13,6 +13,7 @@ from cpml.master.cluster import NotEnoughWorkers, Timeouts
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
+from cpml.protocol import RunInputs
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 
@@ -141,7 +142,9 @@ async def upload_job(address, job_id="f" * 32):
 
     rng = np.random.default_rng(0)
     trainer = CodedTrainer.create(
-        Plan(n_workers=4, k=1, t=1), rng.standard_normal((40, 5)), rng.integers(0, 2, 40).astype(float), seed=0
+        RunInputs(
+            Plan(n_workers=4, k=1, t=1), rng.standard_normal((40, 5)), rng.integers(0, 2, 40).astype(float), seed=0
+        )
     )
     spec = serde.WireJobSpec.of(trainer.job_spec, "logistic")
     async with Cluster([address]) as cluster:  # worker 0's share only

@@ -11,6 +11,7 @@ from cpml.protocol import (
     CodedTrainer,
     DataProfile,
     Plan,
+    RunInputs,
     auto_precision,
     check_plan,
     prepare_share,
@@ -58,7 +59,7 @@ def test_unsafe_quantization_is_refused_with_an_explanation(cancer):
     x, y = cancer
     plan = Plan.case1(10, lx=12, lw=14, lc=12, iterations=3)
     with pytest.raises(OverflowError, match=r"they would wrap.*add residues"):
-        CodedTrainer.create(plan, x, y, seed=0)
+        CodedTrainer.create(RunInputs(plan, x, y, seed=0))
 
 
 @pytest.mark.parametrize("r, p", [(1, 2**25 - 39), (1, 2**31 - 1), (2, 2**31 - 1), (3, 2**25 - 39)])
@@ -98,7 +99,7 @@ def test_the_bound_holds_on_every_decoded_value(cancer, residues):
     x, y = cancer
     plan = Plan.case1(10, iterations=30)
     plan = auto_precision(plan, DataProfile.of(x, plan.k), residues=residues) if residues > 1 else plan
-    trainer = CodedTrainer.create(plan, x, y, seed=3)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=3))
     largest = run_rounds(trainer, 30)
     assert 0 < largest <= plan_bound(trainer.plan, trainer.profile) <= trainer.basis.max_signed
 
@@ -107,7 +108,7 @@ def test_the_bound_holds_on_every_decoded_value(cancer, residues):
 def test_residues_decode_to_the_exact_integer_gradient_beyond_one_prime(cancer, residues):
     x, y = cancer
     plan = auto_precision(Plan.case1(10, iterations=2), DataProfile.of(x, 3), residues=residues)
-    trainer = CodedTrainer.create(plan, x, y, seed=0)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=0))
     trainer.weights = trainer.previous = np.full(x.shape[1], 0.7)
     shares = trainer.encode_dataset()
     w_shares = trainer.weight_shares()
@@ -125,7 +126,7 @@ def test_without_the_guard_values_wrap_and_the_gradient_is_garbage(cancer, monke
     # Remove the protection: the plan check and the per-round check.
     monkeypatch.setattr(run_module, "check_plan", lambda plan, profile: 0.0)
     monkeypatch.setattr(run_module, "decoded_bound", lambda *args: 0.0)
-    trainer = CodedTrainer.create(plan, x, y, seed=0)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=0))
     trainer.weights = trainer.previous = np.full(x.shape[1], 0.7)
     shares = trainer.encode_dataset()
     w_shares = trainer.weight_shares()
@@ -157,7 +158,7 @@ def exact_exchanges(trainer, shares, workers):
 def test_with_the_exact_sigmoid_the_bound_holds_on_every_decoded_value(cancer):
     x, y = cancer
     plan = auto_precision(Plan.case1(10, r=0, iterations=30), public_profile("standard", *x.shape))
-    trainer = CodedTrainer.create(plan, x, y, seed=3)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=3))
     shares = [prepare_share(trainer.basis, s) for s in trainer.encode_dataset()]
     largest = 0
     for _ in range(30):
@@ -170,12 +171,12 @@ def test_with_the_exact_sigmoid_and_no_guard_the_products_wrap(cancer, monkeypat
     x, y = cancer
     plan = Plan.case1(10, r=0, residues=1, lx=12, lw=14, lc=12, iterations=2, learning_rate=0.1)
     with pytest.raises(OverflowError, match="they would wrap"):
-        CodedTrainer.create(plan, x, y, seed=0)
+        CodedTrainer.create(RunInputs(plan, x, y, seed=0))
     # Remove the protection: the plan check and the per-round checks of both exchanges.
     monkeypatch.setattr(run_module, "check_plan", lambda plan, profile: 0.0)
     monkeypatch.setattr(run_module, "products_bound", lambda *args: 0.0)
     monkeypatch.setattr(run_module, "sigmoid_gradient_bound", lambda *args: 0.0)
-    trainer = CodedTrainer.create(plan, x, y, seed=0)
+    trainer = CodedTrainer.create(RunInputs(plan, x, y, seed=0))
     trainer.weights = trainer.previous = np.full(x.shape[1], 0.7)
     shares = [prepare_share(trainer.basis, s) for s in trainer.encode_dataset()]
     wbar = trainer.quantized_weights()[:, 0]

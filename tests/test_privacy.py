@@ -26,7 +26,7 @@ from scipy import stats
 
 from cpml.data import load_dataset
 from cpml.field import PrimeField, ResidueBasis, interpolation_matrix, uniform
-from cpml.protocol import CodedTrainer, CodingScheme, DataProfile, Plan, prepare_share, worker_step
+from cpml.protocol import CodedTrainer, CodingScheme, DataProfile, Plan, RunInputs, prepare_share, worker_step
 from cpml.protocol.quantize import round_half_up
 from cpml.protocol.sigmoid import sigmoid
 
@@ -92,7 +92,7 @@ def test_trainer_masks_come_from_the_csprng_and_are_fresh_per_chunk_and_per_resi
     plan = Plan(n_workers=10, k=3, t=1, lx=2, lw=3, lc=2, p=2**25 - 39, iterations=1, learning_rate=0.1)
     assert plan.residues >= 2
     x = np.zeros((30, 4))
-    trainer = CodedTrainer.create(plan, x, np.zeros(30), seed=0)
+    trainer = CodedTrainer.create(RunInputs(plan, x, np.zeros(30), seed=0))
     assert trainer.mask_source is uniform
     chunks = list(trainer.share_chunks(5))
     assert [c.residue for c in chunks] == [j for j in range(plan.residues) for _ in range(2)]
@@ -383,7 +383,9 @@ def digits():
 def real_trainer(digits, zero_data: bool, weights, mask_source, r: int = 1) -> CodedTrainer:
     plan, x, y = digits
     return CodedTrainer.create(
-        plan.with_(r=r), np.zeros_like(x) if zero_data else x, y, seed=0, weights=weights, mask_source=mask_source
+        RunInputs(
+            plan.with_(r=r), np.zeros_like(x) if zero_data else x, y, seed=0, weights=weights, mask_source=mask_source
+        )
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from cpml.master.job import load_training_data
 from cpml.master.settings import TrainSettings
 from cpml.master.train import train
-from cpml.protocol import simulate
+from cpml.protocol import RunInputs, simulate
 from cpml.wire.generated.v1 import worker_pb2 as pb
 from cpml.wire.generated.v1 import worker_pb2_grpc as pb_grpc
 
@@ -162,5 +162,5 @@ async def test_workers_killed_restarted_and_delayed_more_often_than_n_minus_r(tm
     # the workers killed first came back and answered again
     assert set(kills[:2]) & {i for record in report.history[chaos_ended:] for i in record.workers_used}
     data = load_training_data(settings)
-    undisturbed = simulate(report.plan, data.x_train, data.y_train, seed=settings.seed)
+    undisturbed = simulate(RunInputs(report.plan, data.x_train, data.y_train, seed=settings.seed))
     assert np.array_equal(report.weights, undisturbed.weights)

@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 from synthetic import realistic_table
 
-from cpml.protocol import Plan, auto_precision, models, public_profile, simulate
+from cpml.protocol import Plan, RunInputs, auto_precision, models, public_profile, simulate
 from cpml.protocol.sigmoid import model_coefficients
 
 
@@ -46,7 +46,7 @@ def default_plan(x_train, r=0, n_workers=10):
 
 def accuracies(x_train, y_train, x_test, y_test, r=0, seed=0):
     """Test accuracy of CodedPrivateML and of the float64 references on one split."""
-    result = simulate(default_plan(x_train, r), x_train, y_train, seed=seed, x_test=x_test, y_test=y_test)
+    result = simulate(RunInputs(default_plan(x_train, r), x_train, y_train, seed=seed, x_test=x_test, y_test=y_test))
     plan = result.plan
     coefficients = model_coefficients(plan.model, plan.r, plan.sigmoid_interval)
     link = (lambda z: np.polynomial.polynomial.polyval(z, coefficients)) if coefficients else None
@@ -112,11 +112,11 @@ def test_same_seed_gives_identical_weights_whatever_the_masks_and_arrivals():
     x, y = digits_4_vs_9()
     x = StandardScaler().fit_transform(x)
     plan = auto_precision(Plan.case2(20, iterations=8), public_profile("standard", *x.shape))
-    a = simulate(plan, x, y, seed=5, arrival_seed=1)
-    b = simulate(plan, x, y, seed=5, arrival_seed=2)
+    a = simulate(RunInputs(plan, x, y, seed=5), arrival_seed=1)
+    b = simulate(RunInputs(plan, x, y, seed=5), arrival_seed=2)
     assert np.array_equal(a.trajectory, b.trajectory)
     assert a.history[0].workers_used != b.history[0].workers_used
-    c = simulate(plan, x, y, seed=6, arrival_seed=1)
+    c = simulate(RunInputs(plan, x, y, seed=6), arrival_seed=1)
     assert not np.array_equal(a.weights, c.weights)
 
 
@@ -125,7 +125,7 @@ def test_linear_regression_follows_float_gradient_descent():
     x = StandardScaler().fit_transform(data.data)
     y = (data.target - data.target.mean()) / data.target.std()
     plan = auto_precision(Plan.case1(10, model="linear", iterations=50), public_profile("standard", *x.shape))
-    result = simulate(plan, x, y, seed=0)
+    result = simulate(RunInputs(plan, x, y, seed=0))
     reference = models.gradient_descent(x, y, result.plan.learning_rate, 50, model="linear", radius=plan.weight_bound)
     ref_loss = models.loss(x, y, reference[-1], "linear")
     assert result.history[-1].loss <= 1.01 * ref_loss

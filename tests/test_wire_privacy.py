@@ -51,7 +51,7 @@ from cpml.master.job import DATA_DEPENDENT_QUANTIZATION, load_training_data
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.master.train import make_plan, train
-from cpml.protocol import CodingScheme, DataProfile, Plan, auto_precision, public_profile, simulate
+from cpml.protocol import CodingScheme, DataProfile, Plan, RunInputs, auto_precision, public_profile, simulate
 from cpml.protocol.models import lookahead
 from cpml.protocol.quantize import quantize_data, round_half_up
 from cpml.protocol.run import round_weights
@@ -406,7 +406,7 @@ async def _run(
     for tap in taps.values():
         await tap.settle()
     data = load_training_data(settings)
-    reference = simulate(report.plan, data.x_train, data.y_train, SEED)
+    reference = simulate(RunInputs(report.plan, data.x_train, data.y_train, SEED))
     assert report.weights.tobytes() == reference.weights.tobytes()  # so the trajectory is the run's
     views = {i: worker_view(i, tap.connections[seen[i] :]) for i, tap in taps.items()}
     return Run(name, report.plan, data.x_train, data.y_train, reference.trajectory, views)

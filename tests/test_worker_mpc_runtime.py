@@ -12,7 +12,7 @@ import pytest
 
 from cpml.errors import CpmlError
 from cpml.mpc import Kind, Message, MpcParty, MpcPlan, MpcSession, ProtocolError, simulate_mpc
-from cpml.protocol import Plan
+from cpml.protocol import Plan, RunInputs
 from cpml.wire.serde import MalformedMessage
 from cpml.worker.mpc_runtime import (
     DuplicateMessage,
@@ -40,7 +40,7 @@ def _data():
 
 
 def _session(protocol="bgw"):
-    return MpcSession.create(MpcPlan(protocol, 3, 1, groups=1), PLAN, *_data(), seed=5)
+    return MpcSession.create(MpcPlan(protocol, 3, 1, groups=1), RunInputs(PLAN, *_data(), seed=5))
 
 
 class MemoryLink:
@@ -130,7 +130,7 @@ async def _train(runtimes, session, job_id="job"):
 async def test_a_job_routed_in_memory_trains_and_talks_like_the_simulator(network, protocol):
     session = _session(protocol)
     left = await _train(network.runtimes, session)
-    reference = simulate_mpc(session.mpc, PLAN, *_data(), seed=5)
+    reference = simulate_mpc(session.mpc, RunInputs(PLAN, *_data(), seed=5))
     assert np.array_equal(session.weights, reference.training.weights)
     sent = Counter()
     for job in left:

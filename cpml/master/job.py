@@ -9,7 +9,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,14 @@ import structlog
 import cpml.errors as errors
 import cpml.reporting as reporting
 from cpml.data import Dataset, load_dataset
+from cpml.field import uniform
 from cpml.files import write_atomically
 from cpml.master.cluster import Cluster
 from cpml.master.local import LocalWorkers
 from cpml.master.settings import TrainSettings
 from cpml.model import model_of_run
-from cpml.protocol import DataProfile, Plan, RoundStats, TrainingRun, auto_precision, public_profile
+from cpml.protocol import DataProfile, Plan, RoundStats, RunInputs, TrainingRun, auto_precision, public_profile
+from cpml.protocol.coding import MaskSource
 from cpml.wire.tls import channel_credentials
 from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
@@ -264,6 +266,16 @@ class ResumePoint:
     weights: np.ndarray
     previous: np.ndarray  # the weights a round earlier, for the momentum
     history: list[RoundRecord]
+
+
+def run_inputs(
+    plan: Plan, data: Dataset, seed: int, point: ResumePoint | None = None, mask_source: MaskSource = uniform
+) -> RunInputs:
+    """What a run starts from: the dataset's splits, and the checkpoint's weights and round when it resumes."""
+    inputs = RunInputs(plan, data.x_train, data.y_train, seed, data.x_test, data.y_test, mask_source=mask_source)
+    if point is None:
+        return inputs
+    return replace(inputs, weights=point.weights, previous=point.previous, start_round=point.round)
 
 
 def resume_point(out: Path, fingerprint: str) -> ResumePoint:

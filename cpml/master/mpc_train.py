@@ -36,6 +36,7 @@ from cpml.master.job import (
     precision_fields,
     resume_point,
     round_record,
+    run_inputs,
     write_outputs,
 )
 from cpml.master.rounds import RoundTimeout
@@ -311,18 +312,7 @@ async def train_mpc(
             )
         restored = ("lx", "lw", "lc", "p", "residues", "learning_rate", "weight_bound", "sigmoid_interval")
         plan = plan.with_(**{k: v for k, v in point.saved["plan"].items() if k in restored})
-    session = MpcSession.create(
-        mpc,
-        plan,
-        data.x_train,
-        data.y_train,
-        settings.seed,
-        data.x_test,
-        data.y_test,
-        weights=None if point is None else point.weights,
-        previous=None if point is None else point.previous,
-        start_round=0 if point is None else point.round,
-    )
+    session = MpcSession.create(mpc, run_inputs(plan, data, settings.seed, point))
     history = [] if point is None else point.history
     plan = session.plan
     log.info(

@@ -34,6 +34,7 @@ from cpml.master.job import (
     precision_fields,
     resume_point,
     round_record,
+    run_inputs,
     write_outputs,
 )
 from cpml.master.mpc_train import train_baseline
@@ -89,16 +90,8 @@ def _trainer(
     if not settings.resume:
         (settings.out / ROUNDS_LOG).unlink(missing_ok=True)
         plan = make_plan(settings, settings.n_workers, data.x_train)
-        return CodedTrainer.create(
-            plan,
-            data.x_train,
-            data.y_train,
-            settings.seed,
-            data.x_test,
-            data.y_test,
-            mask_source=mask_source,
-            eval_every=settings.eval_every,
-        ), []
+        inputs = run_inputs(plan, data, settings.seed, mask_source=mask_source)
+        return CodedTrainer.create(inputs, eval_every=settings.eval_every), []
     point = resume_point(settings.out, fingerprint)
     try:
         saved_plan, seed = plan_from_checkpoint(point.saved), int(point.saved["seed"])
@@ -128,19 +121,7 @@ def _trainer(
             f"at least R = {saved_plan.threshold} workers, not {settings.n_workers} "
             f"(--workers or --workers-local): {exc}"
         ) from None
-    trainer = CodedTrainer.create(
-        plan,
-        data.x_train,
-        data.y_train,
-        seed,
-        data.x_test,
-        data.y_test,
-        weights=point.weights,
-        previous=point.previous,
-        start_round=point.round,
-        mask_source=mask_source,
-        eval_every=settings.eval_every,
-    )
+    trainer = CodedTrainer.create(run_inputs(plan, data, seed, point, mask_source), eval_every=settings.eval_every)
     return trainer, point.history
 
 

@@ -20,13 +20,10 @@ import numpy.typing as npt
 
 from cpml.errors import argument_error
 from cpml.field import Elements
-from cpml.field.sampling import uniform
 from cpml.mpc.messages import MASTER, Kind, Message
 from cpml.mpc.plan import MpcPlan, PartySpec
 from cpml.mpc.shamir import check_residues, party_points, reconstruct_residues, share_residues
-from cpml.protocol.coding import MaskSource
-from cpml.protocol.plan import Plan
-from cpml.protocol.run import RoundStats, TrainingRun, gradient_from_sums, prepare_data, sum_blocks
+from cpml.protocol.run import RoundStats, RunInputs, TrainingRun, gradient_from_sums, prepare_data, sum_blocks
 
 Array = npt.NDArray[np.float64]
 
@@ -39,26 +36,15 @@ class MpcSession(TrainingRun):
     _gradients: dict[int, Elements] = dataclass_field(default_factory=dict, repr=False)
 
     @classmethod
-    def create(
-        cls,
-        mpc: MpcPlan,
-        plan: Plan,
-        x: npt.ArrayLike,
-        y: npt.ArrayLike,
-        seed: int,
-        x_test: npt.ArrayLike | None = None,
-        y_test: npt.ArrayLike | None = None,
-        *,
-        weights: npt.ArrayLike | None = None,
-        previous: npt.ArrayLike | None = None,
-        start_round: int = 0,
-        mask_source: MaskSource = uniform,
-    ) -> MpcSession:
+    def create(cls, mpc: MpcPlan, inputs: RunInputs) -> MpcSession:
         """Quantize the data into G row blocks with CPML's quantization and check the overflow guard."""
+        plan = inputs.plan
         if 2 * mpc.group_size >= min(plan.moduli):  # Shamir points 1..n and the BH08 extraction's 1..2n
             raise argument_error("p", f"leave every residue prime above 2(2T+1) = {2 * mpc.group_size}", plan.p)
-        data = prepare_data(plan, x, y, seed, x_test, y_test, mpc.groups, weights, start_round, previous)
-        return cls(mpc=mpc, seed=int(seed), round=start_round, mask_source=mask_source, **data.by_name())
+        data = prepare_data(inputs, mpc.groups)
+        return cls(
+            mpc=mpc, seed=int(inputs.seed), round=inputs.start_round, mask_source=inputs.mask_source, **data.by_name()
+        )
 
     def party_spec(self, worker: int) -> PartySpec:
         """The public parameters one active worker receives."""

@@ -7,16 +7,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-from cpml.field.sampling import uniform
 from cpml.mpc.messages import MASTER, Message, Traffic
 from cpml.mpc.party import MpcParty
 from cpml.mpc.plan import MpcPlan
 from cpml.mpc.session import MpcSession
-from cpml.protocol.coding import MaskSource
-from cpml.protocol.plan import Plan
-from cpml.protocol.run import RoundStats
+from cpml.protocol.run import RoundStats, RunInputs
 from cpml.protocol.simulator import TrainingResult
 
 
@@ -31,21 +27,11 @@ class MpcRun:
 
 
 def simulate_mpc(
-    mpc: MpcPlan,
-    plan: Plan,
-    x: npt.ArrayLike,
-    y: npt.ArrayLike,
-    seed: int,
-    x_test: npt.ArrayLike | None = None,
-    y_test: npt.ArrayLike | None = None,
-    *,
-    delivery_seed: int | None = None,
-    rows_per_chunk: int = 4096,
-    mask_source: MaskSource = uniform,
+    mpc: MpcPlan, inputs: RunInputs, *, delivery_seed: int | None = None, rows_per_chunk: int = 4096
 ) -> MpcRun:
     """Run a baseline in-process; with a delivery seed, pending messages are delivered in random order."""
-    session = MpcSession.create(mpc, plan, x, y, seed, x_test, y_test, mask_source=mask_source)
-    parties = {w: MpcParty(session.party_spec(w), mask_source) for w in range(mpc.active_workers)}
+    session = MpcSession.create(mpc, inputs)
+    parties = {w: MpcParty(session.party_spec(w), inputs.mask_source) for w in range(mpc.active_workers)}
     order = np.random.default_rng(delivery_seed) if delivery_seed is not None else None
     traffic = Traffic()
     master_seconds: dict[str, float] = defaultdict(float)

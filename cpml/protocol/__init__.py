@@ -9,7 +9,7 @@ from cpml.protocol.overflow import (
     public_profile,
 )
 from cpml.protocol.plan import Plan, largest_k, recovery_threshold
-from cpml.protocol.run import RoundStats, TrainingRun, plan_from_checkpoint
+from cpml.protocol.run import RoundStats, RunInputs, TrainingRun, plan_from_checkpoint
 from cpml.protocol.simulator import TrainingResult, simulate
 from cpml.protocol.trainer import CodedTrainer, JobSpec, ShareChunk
 from cpml.protocol.worker_function import prepare_share, worker_compute, worker_step
@@ -21,6 +21,7 @@ __all__ = [
     "JobSpec",
     "Plan",
     "RoundStats",
+    "RunInputs",
     "ShareChunk",
     "TrainingResult",
     "TrainingRun",

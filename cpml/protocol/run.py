@@ -143,6 +143,22 @@ def plan_from_checkpoint(state: Mapping[str, object]) -> Plan:
 
 
 @dataclass(frozen=True)
+class RunInputs:
+    """What a training run starts from, whatever the protocol: plan, rows, seed, where to resume, the masks."""
+
+    plan: Plan
+    x: npt.ArrayLike
+    y: npt.ArrayLike  # 0/1 labels, an m x C one-hot matrix, or real targets (linear regression)
+    seed: int  # seeds the weight rounding (masks always come from mask_source)
+    x_test: npt.ArrayLike | None = None
+    y_test: npt.ArrayLike | None = None
+    weights: npt.ArrayLike | None = None  # a resumed run's weights (None: zeros)
+    previous: npt.ArrayLike | None = None  # and the weights a round earlier, for the momentum
+    start_round: int = 0
+    mask_source: MaskSource = uniform  # tests swap in zero masks to show a leak check fires; never a flag
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """Checked, quantized and partitioned training data with the starting weights: where every trainer begins."""
 
@@ -163,25 +179,15 @@ class PreparedData:
         return {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
 
 
-def prepare_data(
-    plan: Plan,
-    x: npt.ArrayLike,
-    y: npt.ArrayLike,
-    seed: int,
-    x_test: npt.ArrayLike | None,
-    y_test: npt.ArrayLike | None,
-    parts: int,
-    weights: npt.ArrayLike | None,
-    start_round: int,
-    previous: npt.ArrayLike | None = None,
-) -> PreparedData:
+def prepare_data(inputs: RunInputs, parts: int) -> PreparedData:
     """Check the inputs and the overflow guard, then quantize the rows into `parts` zero-padded blocks."""
+    plan, seed, weights, previous = inputs.plan, inputs.seed, inputs.weights, inputs.previous
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise argument_error("seed", "be a non-negative integer", seed)
-    xa, ya = models.check_dataset(x, y, plan.model)
+    xa, ya = models.check_dataset(inputs.x, inputs.y, plan.model)
     xt = yt = None
-    if x_test is not None and y_test is not None:
-        xt, yt = models.check_dataset(x_test, y_test, plan.model, name="x_test")
+    if inputs.x_test is not None and inputs.y_test is not None:
+        xt, yt = models.check_dataset(inputs.x_test, inputs.y_test, plan.model, name="x_test")
         if xt.shape[1] != xa.shape[1]:
             raise argument_error("x_test", f"have {xa.shape[1]} columns", xt.shape[1])
     polynomial = model_coefficients(plan.model, plan.r, plan.sigmoid_interval)
@@ -199,8 +205,8 @@ def prepare_data(
     for name, w in (("weights", w0), ("previous", w_prev)):
         if w.shape != shape or not np.all(np.isfinite(w)):
             raise argument_error(name, f"be finite, of shape {shape}", w.shape)
-    if not 0 <= start_round <= plan.iterations:
-        raise argument_error("start_round", f"be between 0 and {plan.iterations}", start_round)
+    if not 0 <= inputs.start_round <= plan.iterations:
+        raise argument_error("start_round", f"be between 0 and {plan.iterations}", inputs.start_round)
     return PreparedData(
         plan=plan,
         x=xa,

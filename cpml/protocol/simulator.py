@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cpml.field.sampling import uniform
-from cpml.protocol.coding import MaskSource
 from cpml.protocol.plan import Plan
+from cpml.protocol.run import RunInputs
 from cpml.protocol.trainer import CodedTrainer, RoundStats
 from cpml.protocol.worker_function import prepare_share, worker_step
 
@@ -24,19 +23,10 @@ class TrainingResult:
     history: tuple[RoundStats, ...]  # one entry per finished round
 
 
-def simulate(
-    plan: Plan,
-    x: npt.ArrayLike,
-    y: npt.ArrayLike,
-    seed: int,
-    x_test: npt.ArrayLike | None = None,
-    y_test: npt.ArrayLike | None = None,
-    *,
-    arrival_seed: int | None = None,
-    mask_source: MaskSource = uniform,
-) -> TrainingResult:
+def simulate(inputs: RunInputs, *, arrival_seed: int | None = None) -> TrainingResult:
     """Run CodedPrivateML in-process; each round a random R of the N workers 'arrive first'."""
-    trainer = CodedTrainer.create(plan, x, y, seed, x_test, y_test, mask_source=mask_source)
+    trainer = CodedTrainer.create(inputs)
+    plan, seed = trainer.plan, inputs.seed
     shares = [prepare_share(trainer.basis, share) for share in trainer.encode_dataset()]
     coefficients = trainer.job_spec.coefficient_array()
     order = np.random.default_rng(arrival_seed if arrival_seed is not None else seed + 1)

@@ -28,11 +28,11 @@ from cpml.field import Elements, basis_for
 from cpml.field.errors import TooManyErrors
 from cpml.field.sampling import keyed_uniform, uniform
 from cpml.protocol.coding import CodingScheme, MaskSource
-from cpml.protocol.plan import Plan
 from cpml.protocol.quantize import round_half_up
 from cpml.protocol.run import (
     Array,
     RoundStats,
+    RunInputs,
     TrainingRun,
     gradient_from_sums,
     guard_sigmoid_values,
@@ -81,33 +81,19 @@ class CodedTrainer(TrainingRun):
     share_key: bytes = dataclass_field(default_factory=lambda: os.urandom(32), repr=False)
 
     @classmethod
-    def create(
-        cls,
-        plan: Plan,
-        x: npt.ArrayLike,
-        y: npt.ArrayLike,
-        seed: int,
-        x_test: npt.ArrayLike | None = None,
-        y_test: npt.ArrayLike | None = None,
-        *,
-        weights: npt.ArrayLike | None = None,
-        previous: npt.ArrayLike | None = None,
-        start_round: int = 0,
-        mask_source: MaskSource = uniform,
-        eval_every: int = 1,
-    ) -> CodedTrainer:
+    def create(cls, inputs: RunInputs, *, eval_every: int = 1) -> CodedTrainer:
         """Quantize and partition the data, resolve the learning rate, and check the overflow guard."""
-        data = prepare_data(plan, x, y, seed, x_test, y_test, plan.k, weights, start_round, previous)
+        data = prepare_data(inputs, inputs.plan.k)
         schemes = tuple(
             CodingScheme(field, data.plan.n_workers, data.plan.k, data.plan.t) for field in data.plan.basis.fields
         )
         if eval_every < 1:
             raise argument_error("eval_every", "be a positive number of rounds", eval_every)
         return cls(
-            seed=int(seed),
-            round=start_round,
+            seed=int(inputs.seed),
+            round=inputs.start_round,
             schemes=schemes,
-            mask_source=mask_source,
+            mask_source=inputs.mask_source,
             eval_every=eval_every,
             **data.by_name(),
         )
