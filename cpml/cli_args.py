@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,3 +23,13 @@ def add_client_tls_arguments(parser: argparse.ArgumentParser | Any, peer: str = 
     parser.add_argument("--tls-ca", type=Path, default=None, help=f"CA that signed the {peer}'s certificate")
     parser.add_argument("--tls-cert", type=Path, default=None, help=f"client certificate, for a {peer} with mutual TLS")
     parser.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
+
+
+def settings_fields(settings: type[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The fields of a settings dataclass that args holds by name ('' is None where the field defaults to None)."""
+    given = {}
+    for field in dataclasses.fields(settings):
+        if hasattr(args, field.name):
+            value = getattr(args, field.name)
+            given[field.name] = None if field.default is None and value == "" else value
+    return given

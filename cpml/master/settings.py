@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Only modules that import nothing heavy: `cpml-master train --help` parses these flags (0.1 s, not 1 s).
-from cpml.cli_args import add_client_tls_arguments, add_log_arguments
+from cpml.cli_args import add_client_tls_arguments, add_log_arguments, settings_fields
 from cpml.env_defaults import apply_env_defaults
 from cpml.options import DATA_FORMATS as FORMATS
 from cpml.options import DEFAULT_CHUNK_BYTES, DEFAULT_PRIME, MODELS, MPC_PROTOCOLS, SCALINGS, SIGMOIDS
@@ -340,64 +340,16 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
 
 def train_settings(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from parsed `train` arguments (raises ValueError naming a bad argument)."""
-
-    def opt_int(v: object) -> int | None:
-        return None if v in (None, "") else int(str(v))
-
-    def opt_float(v: object) -> float | None:
-        return None if v in (None, "") else float(str(v))
-
-    def opt_path(v: object) -> Path | None:
-        return None if v in (None, "") else Path(str(v))
-
-    workers = tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip())
+    categorical = str(getattr(args, "categorical", "") or "").split(",")
     return TrainSettings(
-        dataset=args.dataset,
-        data_format=args.data_format,
-        label_column=_index_or_name(args.label_column),
-        positive_label=args.positive_label or None,
-        categorical=tuple(
-            _index_or_name(c) for c in str(getattr(args, "categorical", "") or "").split(",") if c.strip()
-        ),
-        test_fraction=float(args.test_fraction),
-        test_data=getattr(args, "test_data", None) or None,
-        scaling=args.scaling,
-        intercept=bool(args.intercept),
-        workers=workers,
-        local_workers=int(args.local_workers),
-        case=int(args.case),
-        protocol=args.protocol,
-        sigmoid=args.sigmoid or None,
-        r=int(args.r),
-        k=opt_int(args.k),
-        t=opt_int(args.t),
-        lx=opt_int(args.lx),
-        lw=opt_int(args.lw),
-        lc=opt_int(args.lc),
-        prime=int(args.prime),
-        residues=opt_int(args.residues),
-        byzantine=int(args.byzantine),
-        detect=bool(args.detect),
-        weight_bound=opt_float(args.weight_bound),
-        sigmoid_interval=float(args.sigmoid_interval),
-        learning_rate=opt_float(args.learning_rate),
-        iterations=int(args.iterations),
-        model=args.model,
-        seed=int(args.seed),
-        out=Path(args.out),
-        resume=bool(args.resume),
-        checkpoint_every=int(args.checkpoint_every),
-        eval_every=int(args.eval_every),
-        insecure=bool(args.insecure),
-        tls_ca=opt_path(args.tls_ca),
-        tls_cert=opt_path(args.tls_cert),
-        tls_key=opt_path(args.tls_key),
-        tls_server_name=args.tls_server_name or None,
-        timeouts=Timeouts(
-            connect=float(args.connect_timeout), upload=float(args.upload_timeout), round=float(args.round_timeout)
-        ),
-        chunk_bytes=int(args.chunk_bytes),
-        progress=args.progress,
+        **settings_fields(TrainSettings, args)
+        | {
+            "label_column": _index_or_name(args.label_column),
+            "categorical": tuple(_index_or_name(c) for c in categorical if c.strip()),
+            "workers": tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip()),
+            "out": Path(args.out),
+            "timeouts": Timeouts(connect=args.connect_timeout, upload=args.upload_timeout, round=args.round_timeout),
+        }
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
-from cpml.cli_args import add_log_arguments
+from cpml.cli_args import add_log_arguments, settings_fields
 from cpml.env_defaults import apply_env_defaults, parse_bool
 from cpml.errors import ExitCode, exit_codes_help
 
@@ -222,32 +222,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     parser = build_parser(os.environ if environ is None else environ)
     args = parser.parse_args(argv)
     try:
-        return WorkerSettings(
-            listen=args.listen,
-            share_bytes_cap=args.share_bytes_cap,
-            max_message_bytes=args.max_message_bytes,
-            tls_cert=_path(args.tls_cert),
-            tls_key=_path(args.tls_key),
-            tls_client_ca=_path(args.tls_client_ca),
-            insecure=args.insecure,
-            port_file=_path(args.port_file),
-            drain_seconds=float(args.drain_seconds),
-            job_idle_seconds=float(args.job_idle_seconds),
-            orphan_seconds=float(args.orphan_seconds),
-            mpc_peer_hosts=tuple(h.strip().lower() for h in str(args.mpc_peer_hosts or "").split(",") if h.strip()),
-            compute_threads=int(args.compute_threads),
-            stop_with_parent=bool(args.stop_with_parent),
-            log_level=args.log_level,
-            log_format=args.log_format,
-            fault_reply_delay=float(args.fault_reply_delay),
-            fault_fail_after_rounds=int(args.fault_fail_after_rounds),
-            fault_wrong_results=str(args.fault_wrong_results or ""),
-            fault_wrong_every=int(args.fault_wrong_every),
-            fault_wrong_fraction=float(args.fault_wrong_fraction),
-        )
+        hosts = tuple(h.strip().lower() for h in str(args.mpc_peer_hosts or "").split(",") if h.strip())
+        return WorkerSettings(**settings_fields(WorkerSettings, args) | {"mpc_peer_hosts": hosts})
     except ValueError as exc:
         parser.error(str(exc))
-
-
-def _path(value: object) -> Path | None:
-    return None if value in (None, "") else Path(str(value))
