@@ -26,7 +26,6 @@ CATEGORIES = {
     "sex": 2,
     "native-country": 42,
 }
-NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 
 
 def census_like(rows: int = 30_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
