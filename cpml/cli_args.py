@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cpml.logs import FORMATS, LEVELS
+from cpml.options import DATA_FORMATS
 
 
 def add_log_arguments(parser: argparse.ArgumentParser | Any) -> None:
@@ -22,3 +23,13 @@ def add_client_tls_arguments(parser: argparse.ArgumentParser | Any, peer: str = 
     parser.add_argument("--tls-ca", type=Path, default=None, help=f"CA that signed the {peer}'s certificate")
     parser.add_argument("--tls-cert", type=Path, default=None, help=f"client certificate, for a {peer} with mutual TLS")
     parser.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
+
+
+def add_data_file_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """--format and --label-column: how every command that reads a data file reads it (a parser or a group)."""
+    parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto")
+    parser.add_argument(
+        "--label-column",
+        default="-1",
+        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
+    )

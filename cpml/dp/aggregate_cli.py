@@ -19,17 +19,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from cpml import runner
-from cpml.cli_args import add_log_arguments
+from cpml.cli_args import add_data_file_arguments, add_log_arguments
 from cpml.dp.settings import AggregateSettings, aggregate_settings
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import ExitCode, exit_codes_help
+from cpml.errors import ExitCode, check_output_dir, exit_codes_help, refuse, unexpected
 from cpml.files import write_atomically
 from cpml.logs import configure_logging
 
@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # annotations only: `--help` must not import numpy
 
 log = structlog.get_logger(__name__)
 
+COMMAND = "cpml-master aggregate"
+CHECKPOINT = "checkpoint.json"  # in --out: the session state and the history, after every round
 EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.PARTIES_MISSING, ExitCode.INTERRUPTED)
 
 
@@ -107,12 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     embedded.add_argument(
         "--dataset", default="breast-cancer", help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file"
     )
-    embedded.add_argument("--format", dest="data_format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
-    embedded.add_argument(
-        "--label-column",
-        default="-1",
-        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
-    )
+    add_data_file_arguments(embedded)
     embedded.add_argument(
         "--positive-label",
         default=None,
@@ -179,20 +176,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the aggregation server (and embedded parties); return the exit code."""
     try:
         settings = aggregate_settings(args)
-    except ValueError as exc:
-        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    configure_logging(settings.log_level, settings.log_format)
-    from cpml.errors import check_output_dir
-
-    try:
+        configure_logging(settings.log_level, settings.log_format)
         check_output_dir(settings.out)
         prepared = _prepare(settings)
         credentials = _server_credentials(settings)
         access = _access(settings, prepared.run_settings, prepared.shards)
     except ValueError as exc:
-        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(COMMAND, exc)
     from cpml.dp.server import JoinTimeout
 
     notes = [*prepared.notes, access.note]
@@ -201,21 +191,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = runner.run(_serve(settings, prepared, credentials, access))
     except ValueError as exc:
-        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(COMMAND, exc)
     except JoinTimeout as exc:
-        print(f"cpml-master aggregate: stopped: {exc}", file=sys.stderr)
-        return ExitCode.PARTIES_MISSING
+        return refuse(COMMAND, f"stopped: {exc}", ExitCode.PARTIES_MISSING)
     except (RuntimeError, OSError) as exc:
-        print(f"cpml-master aggregate: failed: {exc}", file=sys.stderr)
-        return ExitCode.FAILED
+        return refuse(COMMAND, f"failed: {exc}", ExitCode.FAILED)
     except Exception as exc:  # a bug: one line, the traceback only on request
-        log.debug("failed", exc_info=True)
-        print(
-            f"cpml-master aggregate: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
-            file=sys.stderr,
-        )
-        return ExitCode.FAILED
+        return unexpected(COMMAND, exc)
     report["notes"] = notes
     report["settings"]["scheme"] = settings.scheme
     _write_outputs(settings.out, report, prepared.preprocessing)
@@ -272,23 +254,12 @@ class _Prepared:
 def _prepare(settings: AggregateSettings) -> _Prepared:
     from cpml.dp.accountant import Budget
     from cpml.dp.dpgd import LocalSettings, Scheme, add_bias_and_normalise, split_uneven
+    from cpml.dp.features import check_scaling, read_feature_bounds, run_schema
     from cpml.dp.session import RunSettings
 
-    local = LocalSettings(
-        learning_rate=settings.learning_rate,
-        clip=settings.clip,
-        l2=settings.l2,
-        local_steps=settings.local_steps,
-        sampling_rate=settings.sampling_rate,
-    )
+    local = LocalSettings(**{f.name: getattr(settings, f.name) for f in fields(LocalSettings)})
     centralized = settings.scheme == "centralized"
-    bounds = None
-    if settings.feature_bounds is not None:
-        from cpml.dp.features import read_feature_bounds
-
-        bounds = read_feature_bounds(settings.feature_bounds)
-    from cpml.dp.features import run_schema
-
+    bounds = read_feature_bounds(settings.feature_bounds) if settings.feature_bounds is not None else None
     parties = _party_count(settings)
     run_settings = RunSettings(
         run_id=_run_id(settings),
@@ -319,8 +290,7 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
     from cpml.dp.features import warn_if_dominated
 
     scaling = settings.scaling or ("none" if bounds is not None else "standard")
-    if bounds is not None and scaling != "none":
-        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
+    check_scaling(bounds, scaling)
     data = load_dataset(
         settings.dataset,
         settings.test_fraction,
@@ -417,7 +387,7 @@ def _run_id(settings: AggregateSettings) -> str:
     if not settings.listen:
         return "wddp"
     if settings.resume:
-        run_id = _read_checkpoint(settings.out / "checkpoint.json")["session"].get("run_id")
+        run_id = _read_checkpoint(settings.out / CHECKPOINT)["session"].get("run_id")
         if isinstance(run_id, str) and run_id:
             return run_id
     import secrets
@@ -507,7 +477,8 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
     from cpml.reporting import ProgressBar
 
     run_settings, shards, evaluation = prepared.run_settings, prepared.shards or [], prepared.evaluation
-    checkpoint_path = settings.out / "checkpoint.json"
+    checkpoint_path = settings.out / CHECKPOINT
+    history: list[dict[str, Any]] = []
     if settings.resume:
         checkpoint = _read_checkpoint(checkpoint_path)
         try:
@@ -517,10 +488,13 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
                 f"Argument 'resume' must find an intact checkpoint in --out, not"
                 f" {str(checkpoint_path)!r} with a damaged session state ({exc!r})."
             ) from None
-        history: list[dict[str, Any]] = list(checkpoint["history"])
+        history = list(checkpoint["history"])
     else:
         session = AggregationSession(run_settings, model_size(*shards[0]) if shards else None)
-        history = []
+
+    def save() -> None:
+        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
+
     bar = ProgressBar(run_settings.rounds, label="aggregate", start_step=session.round)
     reference = _reference(shards, run_settings.local.l2) if shards else None
 
@@ -546,7 +520,7 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
         if reference is not None:
             row["optimality_gap"] = reference(session.weights)
         history.append(row)
-        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
+        save()
         log.info("round_closed", **{k: v for k, v in row.items() if k != "noise_multiplier"})
         shown = {"acc": row.get("test_accuracy"), "gap": row.get("optimality_gap")}
         bar.update(result.round, eps=result.epsilon, **{k: v for k, v in shown.items() if v is not None})
@@ -560,23 +534,17 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
     if settings.port_file is not None:
         write_atomically(settings.port_file, address)
     started = time.monotonic()
-    parties: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.interrupt, f"interrupted by {sig.name}")
     try:
         async with asyncio.TaskGroup() as group:
             driver = group.create_task(coordinator.run())
-            for k, (x, y) in enumerate(shards):
-                name = "pooled" if len(shards) == 1 else f"party-{k}"
+            for (name, token), (x, y) in zip(access.tokens.items(), shards):  # the embedded parties, if any
                 config = PartyConfig(
-                    address,
-                    run_settings.run_id,
-                    name,
-                    token=access.tokens[name],
-                    feature_schema=run_settings.feature_schema,
+                    address, run_settings.run_id, name, token=token, feature_schema=run_settings.feature_schema
                 )
-                parties.append(group.create_task(run_party(config, x, y)))
+                group.create_task(run_party(config, x, y))
             await driver
             await coordinator.wait_until_told(grace=10.0)
     except* Exception as group_error:
@@ -589,11 +557,16 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
     bar.close()
     await server.stop()
     if session.history:  # the final state: a finished run cannot be resumed into more rounds
-        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
+        save()
     report = _report(session, history, time.monotonic() - started, address)
     report["interrupted"] = bool(coordinator.stopping)
     if reference is not None:
-        report["nonprivate"] = _reference_summary(reference, evaluation)
+        report["nonprivate"] = {
+            "objective": reference.optimum_objective,
+            "l2": reference.l2,
+            "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
+            "note": "embedded evaluation only: w* is fitted on the pooled training rows",
+        }
     return report
 
 
@@ -604,17 +577,6 @@ def _reference(shards, l2: float):
     from cpml.dp.dpgd import OptimalityGap
 
     return OptimalityGap.fit(np.concatenate([x for x, _ in shards]), np.concatenate([y for _, y in shards]), l2)
-
-
-def _reference_summary(reference, evaluation) -> dict[str, Any]:
-    from cpml.dp.dpgd import accuracy
-
-    return {
-        "objective": reference.optimum_objective,
-        "l2": reference.l2,
-        "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
-        "note": "embedded evaluation only: w* is fitted on the pooled training rows",
-    }
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -707,12 +669,9 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
     write_metrics(out / "metrics.json", report)
     history = report["history"]
     if history:
-        panels = {"epsilon spent": [h["epsilon"] for h in history]}
-        if "test_accuracy" in history[0]:
-            panels["test accuracy"] = [h["test_accuracy"] for h in history]
-            panels["test loss"] = [h["test_loss"] for h in history]
-        if "optimality_gap" in history[0]:
-            panels["optimality gap F(w) - F(w*)"] = [h["optimality_gap"] for h in history]
+        titles = {"epsilon": "epsilon spent", "test_accuracy": "test accuracy", "test_loss": "test loss"}
+        titles["optimality_gap"] = "optimality gap F(w) - F(w*)"
+        panels = {title: [h[key] for h in history] for key, title in titles.items() if key in history[0]}
         plot_curves(
             out / "curves.png",
             [h["round"] for h in history],
@@ -725,7 +684,7 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
 def build_parser() -> argparse.ArgumentParser:
     """The `cpml-master aggregate` parser, its exit codes in the epilog."""
     parser = argparse.ArgumentParser(
-        prog="cpml-master aggregate",
+        prog=COMMAND,
         epilog=exit_codes_help(*EXIT_CODES),
         description="Serve a WD-DP run as its aggregation server. Every flag also "
         "reads CPML_AGGREGATE_<FLAG> from the environment.",

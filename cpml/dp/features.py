@@ -189,6 +189,12 @@ def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def check_scaling(bounds: FeatureBounds | None, scaling: str) -> None:
+    """Refuse scaling by data statistics on top of public feature bounds (the schema scales)."""
+    if bounds is not None and scaling != "none":
+        raise argument_error("scaling", "be none with --feature-bounds (the schema scales)", scaling)
+
+
 def dominant_feature(x: np.ndarray) -> tuple[int, float] | None:
     """The column carrying more than DOMINANT_SHARE of the rows' squared norms, with its share, if any."""
     x = np.asarray(x, dtype=np.float64)

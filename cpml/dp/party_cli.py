@@ -24,10 +24,10 @@ import numpy as np
 import structlog
 
 from cpml import runner
-from cpml.cli_args import add_client_tls_arguments, add_log_arguments
+from cpml.cli_args import add_client_tls_arguments, add_data_file_arguments, add_log_arguments
 from cpml.dp.settings import PartySettings, party_settings
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import ExitCode, exit_codes_help
+from cpml.errors import ExitCode, check_output_dir, exit_codes_help, refuse, unexpected
 from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+COMMAND = "cpml-party"
 EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE, ExitCode.REFUSED, ExitCode.LEFT_EARLY)
 
 
@@ -42,12 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The party's flags."""
     parser.add_argument("--server", required=True, help="aggregation server host:port")
     parser.add_argument("--data", required=True, help="CSV, .npz or svmlight file of this party")
-    parser.add_argument("--format", dest="data_format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
-    parser.add_argument(
-        "--label-column",
-        default="-1",
-        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
-    )
+    add_data_file_arguments(parser)
     parser.add_argument(
         "--positive-label",
         default=None,
@@ -113,10 +109,9 @@ def load_party_data(
     """Features in the unit ball with a bias column, and 0/1 labels (one-hot rows over `classes`), from a file."""
     from cpml.data import is_label, read_raw, scale
     from cpml.dp.dpgd import add_bias_and_normalise
-    from cpml.dp.features import warn_if_dominated
+    from cpml.dp.features import check_scaling, warn_if_dominated
 
-    if bounds is not None and scaling != "none":
-        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
+    check_scaling(bounds, scaling)
     if not Path(path).is_file():
         raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
     try:
@@ -188,7 +183,7 @@ def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | N
 def build_parser() -> argparse.ArgumentParser:
     """The `cpml-party` parser, its exit codes in the epilog and its defaults from CPML_PARTY_* variables."""
     parser = argparse.ArgumentParser(
-        prog="cpml-party",
+        prog=COMMAND,
         description=__doc__.split("\n\n")[0] + " Every flag also reads CPML_PARTY_<FLAG> from the environment.",
         epilog=exit_codes_help(*EXIT_CODES),
     )
@@ -199,29 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (cpml.errors.ExitCode)."""
-    try:
-        settings = party_settings(build_parser().parse_args(argv))
-    except ValueError as exc:
-        print(f"cpml-party: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    configure_logging(settings.log_level, settings.log_format)
+    from cpml.dp.features import read_feature_bounds, run_schema
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
-    from cpml.errors import check_output_dir
     from cpml.wire.tls import channel_credentials
     from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
     try:
+        settings = party_settings(build_parser().parse_args(argv))
+        configure_logging(settings.log_level, settings.log_format)
         if settings.out is not None:
             if settings.out.is_dir():
                 raise ValueError(
                     f"Argument 'out' must be a file path for the model, not the directory {str(settings.out)!r}."
                 )
             check_output_dir(settings.out.parent)
-        bounds = None
-        if settings.feature_bounds is not None:
-            from cpml.dp.features import read_feature_bounds
-
-            bounds = read_feature_bounds(settings.feature_bounds)
+        bounds = read_feature_bounds(settings.feature_bounds) if settings.feature_bounds is not None else None
         x, y = load_party_data(
             settings.data,
             settings.data_format,
@@ -236,12 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
         run_id, name, token = _joining(settings)
     except ValueError as exc:
-        print(f"cpml-party: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(COMMAND, exc)
     if settings.insecure:
         log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
-    from cpml.dp.features import run_schema
-
     config = PartyConfig(
         server=settings.server,
         run_id=run_id,
@@ -254,25 +238,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = runner.run(run_party(config, x, y, credentials))
     except NoiseTooLow as exc:
-        print(f"cpml-party: {exc}", file=sys.stderr)
-        return ExitCode.REFUSED
+        return refuse(COMMAND, exc, ExitCode.REFUSED)
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             tls = None if settings.insecure else TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key)
             cause = diagnose(settings.server, tls)  # a TLS mistake, named instead of "Socket closed"
-            print(
-                f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
-                file=sys.stderr,
-            )
-            return ExitCode.UNREACHABLE
-        print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return ExitCode.REFUSED
+            status = f"{exc.code().name}: {exc.details()}"
+            return refuse(COMMAND, f"cannot reach the server: {cause or status}", ExitCode.UNREACHABLE)
+        return refuse(COMMAND, f"server said {exc.code().name}: {exc.details()}", ExitCode.REFUSED)
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
-        log.debug("failed", exc_info=True)
-        print(
-            f"cpml-party: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)", file=sys.stderr
-        )
-        return ExitCode.FAILED
+        return unexpected(COMMAND, exc)
     if not outcome.finished:
         print(
             f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
