@@ -61,9 +61,7 @@ class Accounting(str, Enum):
         if sampling_rate < 1.0:
             if requested == cls.RDP.value:
                 raise argument_error(
-                    "accountant",
-                    "be 'pld' with Poisson sampling (RDP has no replace-one subsampled bound)",
-                    requested,
+                    "accountant", "be 'pld' with Poisson sampling (RDP has no replace-one subsampled bound)", requested
                 )
             return cls.PLD
         return cls(requested) if requested else cls.PLD

@@ -346,13 +346,7 @@ def _server_test_rows(path: str, settings: AggregateSettings, bounds):
         )
     try:
         return load_party_data(
-            path,
-            settings.data_format,
-            settings.label_column,
-            "none",
-            settings.positive_label,
-            bounds,
-            settings.classes,
+            path, settings.data_format, settings.label_column, "none", settings.positive_label, bounds, settings.classes
         )
     except ValueError as exc:
         raise ValueError(str(exc).replace("Argument 'data'", "Argument 'test_data'", 1)) from None

@@ -22,13 +22,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import cpml.errors as errors
-from cpml.dp.session import (
-    AggregationSession,
-    InvalidUpdate,
-    Phase,
-    RoundResult,
-    RunError,
-)
+from cpml.dp.session import AggregationSession, InvalidUpdate, Phase, RoundResult, RunError
 from cpml.wire import aggregation_serde as serde
 from cpml.wire import names
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
@@ -154,8 +148,7 @@ class Coordinator:
                 raise JoinTimeout(s.stop_reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)),
-                    min(left, self.status_interval),
+                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)), min(left, self.status_interval)
                 )
             if not (s.ready() or self.stopping):
                 log.info(
@@ -183,8 +176,7 @@ class Coordinator:
                 self.changed.notify_all()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self.changed.wait_for(lambda: not s.waiting_for() or self.stopping),
-                        self.round_timeout,
+                        self.changed.wait_for(lambda: not s.waiting_for() or self.stopping), self.round_timeout
                     )
                 result = s.close_round()
             self.on_round(result)

@@ -23,14 +23,7 @@ import numpy as np
 import structlog
 
 import cpml.errors as errors
-from cpml.dp.accountant import (
-    Accounting,
-    Budget,
-    BudgetExceeded,
-    PrivacyLedger,
-    Step,
-    calibrate_noise_multiplier,
-)
+from cpml.dp.accountant import Accounting, Budget, BudgetExceeded, PrivacyLedger, Step, calibrate_noise_multiplier
 from cpml.dp.dpgd import (
     LocalSettings,
     Scheme,
@@ -421,17 +414,13 @@ class AggregationSession:
         for p in survivors:
             # The server saw this party's noisy updates whatever happens to the aggregate.
             self._party_ledgers[p.party_id].charge(
-                Step(self.party_noise(p), self.settings.local.sampling_rate),
-                self.settings.local.local_steps,
+                Step(self.party_noise(p), self.settings.local.sampling_rate), self.settings.local.local_steps
             )
         z_round = math.nan
         released = False
         if survivors:
             z_round = round_noise_multiplier(
-                self.settings.scheme,
-                self.noise_multiplier,
-                self.sizes,
-                [p.index for p in survivors],
+                self.settings.scheme, self.noise_multiplier, self.sizes, [p.index for p in survivors]
             )
             try:  # with several local steps the party ledgers, charged above, are the release's bound
                 if self._release is not None:
@@ -603,8 +592,7 @@ class AggregationSession:
         else:
             for pid in active:
                 self._party_ledgers[pid].check(
-                    Step(self.party_noise(self._parties[pid]), local.sampling_rate),
-                    local.local_steps,
+                    Step(self.party_noise(self._parties[pid]), local.sampling_rate), local.local_steps
                 )
 
     def _party_ledger(self, record: list[list[float]] | None = None) -> PrivacyLedger:
