@@ -29,7 +29,7 @@ from cpml import runner
 from cpml.cli_args import add_data_file_arguments, add_log_arguments
 from cpml.dp.settings import AggregateSettings, aggregate_settings
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import ExitCode, check_output_dir, exit_codes_help, refuse, unexpected
+from cpml.errors import ExitCode, argument_error, check_output_dir, exit_codes_help, refuse, unexpected
 from cpml.files import write_atomically
 from cpml.logs import configure_logging
 
@@ -217,16 +217,11 @@ def run(args: argparse.Namespace) -> int:
         )
     last = report["history"][-1] if report["history"] else {}
     if last.get("test_accuracy") is not None:
-        reference = report.get("nonprivate", {})
-        print(
-            f"test accuracy: {last['test_accuracy']:.4f}"
-            + (
-                f" (non-private optimum {reference['test_accuracy']:.4f}), optimality gap"
-                f" F(w) - F(w*) {last['optimality_gap']:.4g}"
-                if "optimality_gap" in last
-                else ""
-            )
-        )
+        line = f"test accuracy: {last['test_accuracy']:.4f}"
+        if "optimality_gap" in last:
+            optimum = report["nonprivate"]["test_accuracy"]
+            line += f" (non-private optimum {optimum:.4f}), optimality gap F(w) - F(w*) {last['optimality_gap']:.4g}"
+        print(line)
     labels = next((note for note in notes if note.startswith("labels: ")), None)
     if labels:
         print(labels)  # which raw label the model calls 1
@@ -257,7 +252,6 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
     from cpml.dp.features import check_scaling, read_feature_bounds, run_schema
     from cpml.dp.session import RunSettings
 
-    local = LocalSettings(**{f.name: getattr(settings, f.name) for f in fields(LocalSettings)})
     centralized = settings.scheme == "centralized"
     bounds = read_feature_bounds(settings.feature_bounds) if settings.feature_bounds is not None else None
     parties = _party_count(settings)
@@ -266,7 +260,7 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
         parties=1 if centralized else parties,
         rounds=settings.rounds,
         budget=Budget(settings.epsilon, settings.delta),
-        local=local,
+        local=LocalSettings(**{f.name: getattr(settings, f.name) for f in fields(LocalSettings)}),
         scheme=Scheme.WEIGHTED if centralized else Scheme(settings.scheme),
         accountant=settings.accountant,
         momentum=settings.momentum,
@@ -303,10 +297,8 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
     )
     x_train, x_test = data.x_train, data.x_test
     if x_test is None:
-        raise ValueError(
-            f"Argument 'test_fraction' must leave test rows for the embedded run's evaluation (a "
-            f"fraction in (0, 1), or --test-data FILE), not {settings.test_fraction!r}."
-        )
+        requirement = "leave test rows for the embedded run's evaluation (a fraction in (0, 1), or --test-data FILE)"
+        raise argument_error("test_fraction", requirement, settings.test_fraction)
     preprocessing = None
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
@@ -356,9 +348,7 @@ def _party_count(settings: AggregateSettings) -> int:
     """--parties, else the number of named parties (--party-names or a token file), else 6."""
     if settings.parties is not None:
         return settings.parties
-    if not settings.listen:
-        return 6
-    names = _listed_names(settings)
+    names = _listed_names(settings) if settings.listen else None
     return len(names) if names else 6
 
 

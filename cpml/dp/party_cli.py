@@ -27,7 +27,7 @@ from cpml import runner
 from cpml.cli_args import add_client_tls_arguments, add_data_file_arguments, add_log_arguments
 from cpml.dp.settings import PartySettings, party_settings
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import ExitCode, check_output_dir, exit_codes_help, refuse, unexpected
+from cpml.errors import ExitCode, argument_error, check_output_dir, exit_codes_help, refuse, unexpected
 from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def load_party_data(
 
     check_scaling(bounds, scaling)
     if not Path(path).is_file():
-        raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
+        raise argument_error("data", "be an existing file", path)
     try:
         raw = read_raw(path, fmt, label_column)
         labels = raw.labels
@@ -280,10 +280,7 @@ def _joining(settings: PartySettings) -> tuple[str, str, str]:
     from cpml.dp.auth import certificate_name, read_party_token
 
     if not settings.run_id:
-        raise ValueError(
-            "Argument 'run_id' must name the run to join (the id cpml-master aggregate"
-            f" printed), not {settings.run_id!r}."
-        )
+        raise argument_error("run_id", "name the run to join (the id cpml-master aggregate printed)", settings.run_id)
     if settings.token_file is None and not settings.certificate:
         raise ValueError(
             "Argument 'token_file' must give this party's join token (from the server's"
@@ -292,9 +289,7 @@ def _joining(settings: PartySettings) -> tuple[str, str, str]:
         )
     token_name, token = read_party_token(settings.token_file) if settings.token_file else (None, "")
     if settings.name and token_name and settings.name != token_name:
-        raise ValueError(
-            f"Argument 'name' must be the name its token was issued to ({token_name!r}), not {settings.name!r}."
-        )
+        raise argument_error("name", f"be the name its token was issued to ({token_name!r})", settings.name)
     name = settings.name or token_name
     if not name and settings.certificate and settings.tls_cert is not None:
         name = certificate_name(settings.tls_cert)

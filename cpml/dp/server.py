@@ -240,15 +240,9 @@ class AggregationService(pb_grpc.AggregationServicer):
             if s.phase is Phase.FINISHED:
                 self.coordinator.told_finished.add(party.party_id)
                 changed.notify_all()
-                guarantees = s.guarantees() if s.history else None
-                return serde.finished_to_proto(
-                    s.settings.run_id,
-                    s.round,
-                    s.weights,
-                    s.stop_reason,
-                    guarantees.release_epsilon if guarantees else 0.0,
-                    guarantees.party_epsilons[party.name] if guarantees else 0.0,
-                )
+                g = s.guarantees() if s.history else None  # none before the first round: nothing released
+                release, own = (g.release_epsilon, g.party_epsilons[party.name]) if g else (0.0, 0.0)
+                return serde.finished_to_proto(s.settings.run_id, s.round, s.weights, s.stop_reason, release, own)
             try:
                 task = s.task_for(party.party_id)
             except RunError as exc:
