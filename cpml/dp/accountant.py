@@ -240,9 +240,8 @@ class PrivacyLedger:
         eps = self.epsilon_if(step, count)
         if eps > self.budget.epsilon:
             raise BudgetExceeded(
-                f"Charging {count} more step(s) at noise multiplier {step.noise_multiplier:.4g}"
-                f" would spend epsilon {eps:.4f} > budget {self.budget.epsilon:g}"
-                f" (delta {self.budget.delta:g}); stopping here."
+                f"Charging {count} more step(s) at noise multiplier {step.noise_multiplier:.4g} would spend epsilon"
+                f" {eps:.4f} > budget {self.budget.epsilon:g} (delta {self.budget.delta:g}); stopping here."
             )
 
     def charge(self, step: Step, count: int = 1) -> None:

@@ -332,9 +332,8 @@ def _server_test_rows(path: str, settings: AggregateSettings, bounds):
     scaling = settings.scaling or "none"
     if bounds is None and scaling != "none":
         raise ValueError(
-            f"Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds"
-            f" FILE or none, not --scaling {scaling}: each party would scale with its own"
-            f" statistics, which this server cannot repeat."
+            "Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds FILE or none, not"
+            f" --scaling {scaling}: each party would scale with its own statistics, which this server cannot repeat."
         )
     try:
         return load_party_data(
@@ -429,9 +428,8 @@ def _token_source(settings: AggregateSettings, parties: int) -> tuple[dict[str, 
         tokens = read_token_file(existing)
         if names is not None and set(names) != set(tokens):
             raise ValueError(
-                f"Argument 'party_names' must match the parties of {str(existing)!r}, which"
-                f" this server reuses ({', '.join(tokens)}), not {settings.party_names!r}; delete"
-                " that file to issue new tokens."
+                f"Argument 'party_names' must match the parties of {str(existing)!r}, which this server reuses"
+                f" ({', '.join(tokens)}), not {settings.party_names!r}; delete that file to issue new tokens."
             )
         return tokens, (
             f"{existing} (reused; each party keeps its file from {settings.out / TOKEN_DIR}/,"

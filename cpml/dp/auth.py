@@ -69,9 +69,8 @@ class TokenAdmission:
         matches = hmac.compare_digest(token.encode(), expected)
         if not (matches and name in self._tokens):
             raise Unauthenticated(
-                f"Join as party {name!r} must carry that party's join token (cpml-party --token-file,"
-                " from the server's operator); the token is missing or wrong, or the name is not on"
-                " the run's list."
+                f"Join as party {name!r} must carry that party's join token (cpml-party --token-file, from the server's"
+                " operator); the token is missing or wrong, or the name is not on the run's list."
             )
         return name
 

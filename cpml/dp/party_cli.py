@@ -283,9 +283,8 @@ def _joining(settings: PartySettings) -> tuple[str, str, str]:
         raise argument_error("run_id", "name the run to join (the id cpml-master aggregate printed)", settings.run_id)
     if settings.token_file is None and not settings.certificate:
         raise ValueError(
-            "Argument 'token_file' must give this party's join token (from the server's"
-            " operator) unless it presents a client certificate (--tls-cert/--tls-key), not"
-            " neither."
+            "Argument 'token_file' must give this party's join token (from the server's operator) unless it presents a"
+            " client certificate (--tls-cert/--tls-key), not neither."
         )
     token_name, token = read_party_token(settings.token_file) if settings.token_file else (None, "")
     if settings.name and token_name and settings.name != token_name:

@@ -278,9 +278,8 @@ class AggregationService(pb_grpc.AggregationServicer):
         registered = sum(p.records for p in self.session.parties if p.name != name)  # a rejoin is not new
         if request.records > MAX_TOTAL_RECORDS - registered:
             raise InvalidUpdate(
-                f"Party {name!r} reports {request.records} records, but a run's parties may hold at most"
-                f" 2^53 = {MAX_TOTAL_RECORDS} records in all (so that n_k/n is exact) and {registered} are"
-                " registered already."
+                f"Party {name!r} reports {request.records} records, but a run's parties may hold at most 2^53 ="
+                f" {MAX_TOTAL_RECORDS} records in all (so that n_k/n is exact) and {registered} are registered already."
             )
 
     async def _check_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:

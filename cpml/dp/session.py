@@ -201,9 +201,8 @@ class AggregationSession:
             self.weights = self.previous = np.zeros(dimension)
         if dimension != self.dimension:
             raise InvalidUpdate(
-                f"Party {name!r} has {dimension} features (with bias), but run"
-                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional model;"
-                " use data with the same columns."
+                f"Party {name!r} has {dimension} features (with bias), but run {self.settings.run_id!r} trains a"
+                f" {self.dimension}-dimensional model; use data with the same columns."
             )
         party = Party(len(self._parties), name, secrets.token_hex(16), int(records))
         self._parties[party.party_id] = party
@@ -222,9 +221,8 @@ class AggregationSession:
             )
         theirs = f"another schema ({digest[:12]})" if digest else "no schema"
         raise SchemaMismatch(
-            f"Party {name!r} joins with {theirs}, but run {self.settings.run_id!r} uses the schema"
-            f" {expected[:12]}; every party must pass the server's --feature-bounds file and its --classes"
-            " list, in the same order."
+            f"Party {name!r} joins with {theirs}, but run {self.settings.run_id!r} uses the schema {expected[:12]};"
+            " every party must pass the server's --feature-bounds file and its --classes list, in the same order."
         )
 
     def joined_names(self) -> list[str]:
@@ -381,9 +379,8 @@ class AggregationSession:
             raise StaleRound(f"Party {party.name!r} was dropped from this run.")
         if records != party.records:
             raise InvalidUpdate(
-                f"Party {party.name!r} registered {party.records} records but reports"
-                f" {records}; the count is fixed for the run (restart the party on the same"
-                " data)."
+                f"Party {party.name!r} registered {party.records} records but reports {records}; the count is fixed for"
+                " the run (restart the party on the same data)."
             )
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (self.dimension,):
@@ -542,9 +539,8 @@ class AggregationSession:
             )
         if dimension != self.dimension:
             raise InvalidUpdate(
-                f"Party {name!r} has {dimension} features (with bias), but run"
-                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional"
-                " model."
+                f"Party {name!r} has {dimension} features (with bias), but run {self.settings.run_id!r} trains a"
+                f" {self.dimension}-dimensional model."
             )
         self._awaiting.discard(party.party_id)
         log.info("party_rejoined", party=name, records=records)
