@@ -48,13 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `aggregate` subcommand's flags."""
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--run-id", default=None, help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)"
-    )
+    run.add_argument("--run-id", help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)")
     run.add_argument(
         "--parties",
         type=int,
-        default=None,
         help="number of parties P (default: the number of --party-names or --party-tokens names, else 6)",
     )
     run.add_argument(
@@ -69,23 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--accountant",
         choices=("rdp", "pld"),
-        default=None,
         help="default: pld, the tighter upper bound for replace-one neighbours (rdp only for full batches)",
     )
     run.add_argument(
         "--learning-rate",
         type=float,
-        default=None,
         help="default: from public quantities only, min(1/L, noise-optimal step) with"
         " L = 1/4 + l2 (rows lie in the unit ball); see --momentum",
     )
     run.add_argument(
         "--momentum",
         type=float,
-        default=None,
-        help="Nesterov momentum on the server (post-processing, no privacy cost);"
-        " default: what the automatic step leaves to the noise-optimal step,"
-        " at most 0.9, or 0 with an explicit --learning-rate",
+        help="Nesterov momentum on the server (post-processing, no privacy cost); default: what the automatic step"
+        " leaves to the noise-optimal step, at most 0.9, or 0 with an explicit --learning-rate",
     )
     run.add_argument("--clip", type=float, default=1.0, help="per-record gradient norm bound G")
     run.add_argument("--l2", type=float, default=1e-3)
@@ -100,7 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--join-timeout", type=float, default=600.0)
     run.add_argument(
         "--test-data",
-        default=None,
         help="a file of test rows scored every round (accuracy, loss): embedded, every --dataset"
         " row then trains; with --listen, read on the server as cpml-party reads its data"
         " (--feature-bounds, or unscaled), so a remote run reports accuracy too",
@@ -112,52 +104,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_file_arguments(embedded)
     embedded.add_argument(
         "--positive-label",
-        default=None,
         help="the label value that becomes class 1 (default: the larger number, or the later text in sorted order)",
     )
     embedded.add_argument(
         "--classes",
-        default=None,
         metavar="LABEL,LABEL,...",
         help="with --listen, more than two classes: the list every party passes, in the same order (checked "
         "at Join; needed for --test-data too)",
     )
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
     embedded.add_argument(
-        "--scaling",
-        default=None,
-        choices=("minmax", "standard", "none"),
-        help="default: standard, or none with --feature-bounds",
+        "--scaling", choices=("minmax", "standard", "none"), help="default: standard, or none with --feature-bounds"
     )
     embedded.add_argument("--test-fraction", type=float, default=0.2)
     embedded.add_argument(
         "--seed", type=int, default=0, help="seeds the train/test split and the party split (never the noise)"
     )
     remote = parser.add_argument_group("remote parties")
-    remote.add_argument("--listen", default=None, help="host:port to serve remote cpml-party on")
-    remote.add_argument("--port-file", type=Path, default=None, help="write the bound host:port here once serving")
-    remote.add_argument("--tls-cert", type=Path, default=None)
-    remote.add_argument("--tls-key", type=Path, default=None)
-    remote.add_argument("--tls-client-ca", type=Path, default=None)
+    remote.add_argument("--listen", help="host:port to serve remote cpml-party on")
+    remote.add_argument("--port-file", type=Path, help="write the bound host:port here once serving")
+    remote.add_argument("--tls-cert", type=Path)
+    remote.add_argument("--tls-key", type=Path)
+    remote.add_argument("--tls-client-ca", type=Path)
     remote.add_argument("--insecure", action="store_true", help="serve plaintext gRPC")
     remote.add_argument(
         "--party-tokens",
         type=Path,
-        default=None,
         help="the parties' join tokens, one name:token line each (without it, tokens"
         " are generated into --out, or reused from there; not with --tls-client-ca)",
     )
     remote.add_argument(
         "--party-names",
-        default=None,
-        help="comma-separated party names: those tokens are generated for (default"
-        " party-1 ... party-P), or with --tls-client-ca the certificate names that"
-        " may join (default: any the client CA signed)",
+        help="comma-separated party names: those tokens are generated for (default party-1 ... party-P), or with"
+        " --tls-client-ca the certificate names that may join (default: any the client CA signed)",
     )
     remote.add_argument(
         "--feature-bounds",
         type=Path,
-        default=None,
         help="public JSON schema of feature bounds every party must scale with (they pass"
         " the same file; checked at Join); embedded, it scales the dataset",
     )

@@ -46,13 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_file_arguments(parser)
     parser.add_argument(
         "--positive-label",
-        default=None,
         help="the label value that becomes class 1 (needed unless labels are 0/1 or -1/1;"
         " every party of a run must pass the same)",
     )
     parser.add_argument(
         "--classes",
-        default=None,
         metavar="LABEL,LABEL,...",
         help="more than two classes (one-vs-rest): the run's public list of labels, in the same"
         " order for every party and the server",
@@ -67,31 +65,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feature-bounds",
         type=Path,
-        default=None,
         help="the run's public schema of feature bounds (JSON; the same file as the"
         " server's): clips and maps each feature to [-1, 1], inside the guarantee",
     )
-    parser.add_argument("--run-id", default=None, help="the run to join (the id the server printed)")
+    parser.add_argument("--run-id", help="the run to join (the id the server printed)")
     parser.add_argument(
         "--token-file",
         type=Path,
-        default=None,
         help="this party's join token from the server's operator (one line: name:token"
         " or token); not needed with a client certificate",
     )
     parser.add_argument(
         "--name",
-        default=None,
         help="public name of this party in the run (default: the name in --token-file, or the client certificate's CN)",
     )
     parser.add_argument(
         "--max-epsilon",
         type=float,
-        default=None,
         help="leave the run before this party's updates reveal more than this epsilon to the server",
     )
     parser.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for the next round")
-    parser.add_argument("--out", type=Path, default=None, help="write the released model here")
+    parser.add_argument("--out", type=Path, help="write the released model here")
     add_client_tls_arguments(parser, "server")
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (models travel unencrypted)")
     add_log_arguments(parser)
