@@ -28,6 +28,7 @@ from cpml.cli_args import add_client_tls_arguments, add_data_file_arguments, add
 from cpml.dp.settings import PartySettings, party_settings
 from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, argument_error, check_output_dir, exit_codes_help, refuse, unexpected
+from cpml.files import write_atomically
 from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -254,17 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" epsilon {outcome.party_epsilon:.4f} to the server"
     )
     if settings.out is not None and outcome.weights is not None:
-        settings.out.parent.mkdir(parents=True, exist_ok=True)
-        settings.out.write_text(
-            json.dumps(
-                {
-                    "weights": outcome.weights.tolist(),
-                    "release_epsilon": outcome.release_epsilon,
-                    "party_epsilon": outcome.party_epsilon,
-                },
-                indent=2,
-            )
-        )
+        weights, release, own = outcome.weights.tolist(), outcome.release_epsilon, outcome.party_epsilon
+        model = {"weights": weights, "release_epsilon": release, "party_epsilon": own}
+        write_atomically(settings.out, json.dumps(model, indent=2))  # makes the parent directory too
         print(f"model: {settings.out}")
     return ExitCode.OK
 
