@@ -23,7 +23,7 @@ import structlog
 
 from cpml.dp.session import RunError
 from cpml.errors import argument_error
-from cpml.files import write_atomically
+from cpml.files import read_capped, write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -219,14 +219,7 @@ def certificate_name(path: Path | str) -> str:
 
 
 def _lines(path: Path | str, flag: str) -> list[tuple[int, str]]:
-    try:
-        with Path(path).open("rb") as f:
-            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise argument_error(flag, "be a readable UTF-8 file", f"{path} ({exc})") from None
-    if len(raw) > MAX_TOKEN_FILE_BYTES:
-        raise argument_error(flag, f"be at most {MAX_TOKEN_FILE_BYTES} bytes", str(path))
+    text = read_capped(path, MAX_TOKEN_FILE_BYTES, flag, "UTF-8 file")
     return [
         (number, line.strip())
         for number, line in enumerate(text.splitlines(), 1)
