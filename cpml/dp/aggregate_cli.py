@@ -32,6 +32,7 @@ from cpml.env_defaults import apply_env_defaults
 from cpml.errors import ExitCode, argument_error, check_output_dir, exit_codes_help, refuse, unexpected
 from cpml.files import write_atomically
 from cpml.logs import configure_logging
+from cpml.options import SCALINGS
 
 if TYPE_CHECKING:  # annotations only: `--help` must not import numpy
     from cpml.dp.session import RunSettings
@@ -113,9 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "at Join; needed for --test-data too)",
     )
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
-    embedded.add_argument(
-        "--scaling", choices=("minmax", "standard", "none"), help="default: standard, or none with --feature-bounds"
-    )
+    embedded.add_argument("--scaling", choices=SCALINGS, help="default: standard, or none with --feature-bounds")
     embedded.add_argument("--test-fraction", type=float, default=0.2)
     embedded.add_argument(
         "--seed", type=int, default=0, help="seeds the train/test split and the party split (never the noise)"
@@ -564,8 +563,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
+    from cpml.dp.session import Guarantees
+
     s = session.settings
-    g = session.guarantees() if session.history else None
+    g = session.guarantees() if session.history else Guarantees(s.budget.delta, 0.0, "no rounds", {})
     dropped = [{"party": name, "round": r.round} for r in session.history for name in r.dropped]
     return {
         "command": "aggregate",
@@ -598,9 +599,7 @@ def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
         "stop_reason": session.stop_reason,
         "dropped": dropped,
         "history": history,
-        "guarantees": asdict(g)
-        if g
-        else {"delta": s.budget.delta, "release_epsilon": 0.0, "release_basis": "no rounds", "party_epsilons": {}},
+        "guarantees": asdict(g),
         "weights": session.weights.tolist(),
         "seconds": round(seconds, 3),
     }

@@ -129,9 +129,7 @@ def load_party_data(
                 f"Argument 'data' must have at most two label values, not {len(values)} ({shown}) in {where}."
             )
         if len(values) == 2 and not y.any():
-            raise ValueError(
-                f"Argument 'positive_label' must be one of the labels in {where} ({shown}), not {positive_label!r}."
-            )
+            raise argument_error("positive_label", f"be one of the labels in {where} ({shown})", positive_label)
         if not y.any():
             log.warning("no record of this party has the positive label", positive_label=positive_label)
         y = y.astype(np.float64)
@@ -161,10 +159,7 @@ def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | N
     from cpml.data import is_label
 
     if positive_label is not None or len(classes) < 3 or len(set(classes)) != len(classes):
-        raise ValueError(
-            f"Argument 'classes' must list 3 or more distinct labels without --positive-label, not "
-            f"{','.join(classes)!r}."
-        )
+        raise argument_error("classes", "list 3 or more distinct labels without --positive-label", ",".join(classes))
     hits = np.column_stack([is_label(labels, c) for c in classes])
     unknown = ~hits.any(axis=1)
     if unknown.any():
