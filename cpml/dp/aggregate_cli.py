@@ -372,11 +372,10 @@ class _Access:
 
 def _access(settings: AggregateSettings, run_settings: RunSettings, shards) -> _Access:
     """The admission of this server: embedded tokens, certificates (mTLS) or join tokens."""
-    from cpml.dp.auth import CertificateAdmission, TokenAdmission, check_names, generate_tokens
+    from cpml.dp.auth import CertificateAdmission, TokenAdmission, generate_tokens
 
     if not settings.listen:
-        names = ["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))]
-        tokens = generate_tokens(names)
+        tokens = generate_tokens(["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))])
         return _Access(TokenAdmission(tokens), tokens, "embedded parties join with in-memory tokens", [])
     run_id = run_settings.run_id
     printed = [] if settings.run_id is not None else [f"run id: {run_id} (each party passes --run-id {run_id})"]
@@ -390,7 +389,6 @@ def _access(settings: AggregateSettings, run_settings: RunSettings, shards) -> _
             f"Argument 'party_tokens' must name at least --parties ({run_settings.parties}) parties,"
             f" not {len(tokens)} in {where}."
         )
-    check_names(tokens, "party_tokens")
     printed.append(f"join tokens: {where}")
     if settings.insecure:
         log.warning("plaintext gRPC (--insecure): join tokens travel unencrypted; use --tls-cert/--tls-key")
