@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cpml.logs import FORMATS, LEVELS
+from cpml.options import DATA_FORMATS
 
 
 def add_log_arguments(parser: argparse.ArgumentParser | Any) -> None:
@@ -33,3 +34,13 @@ def settings_fields(settings: type[Any], args: argparse.Namespace) -> dict[str, 
             value = getattr(args, field.name)
             given[field.name] = None if field.default is None and value == "" else value
     return given
+
+
+def add_data_file_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """--format and --label-column: how every command that reads a data file reads it (a parser or a group)."""
+    parser.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto")
+    parser.add_argument(
+        "--label-column",
+        default="-1",
+        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,22 @@ def failure_site(exc: BaseException) -> str:
         return "unknown place"
     frame = frames[-1]
     return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+
+
+def refuse(command: str, message: object, code: ExitCode = ExitCode.USAGE) -> ExitCode:
+    """Print "<command>: <message>" on stderr and return `code`: how a command says why it stops."""
+    print(f"{command}: {message}", file=sys.stderr)
+    return code
+
+
+def unexpected(command: str, exc: BaseException) -> ExitCode:
+    """A bug or an environment failure: one line on stderr, the traceback logged at debug level only."""
+    import structlog
+
+    structlog.get_logger(command).debug("failed", exc_info=exc)
+    return refuse(
+        command, f"failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)", ExitCode.FAILED
+    )
 
 
 def argument_error(name: str, requirement: str, value: Any) -> ValueError:

@@ -1,9 +1,11 @@
-"""Files cpml writes for others to read: whole or not at all."""
+"""Files cpml writes for others to read (whole or not at all), and the small files it reads (size-capped)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from cpml.errors import argument_error
 
 
 def write_atomically(path: Path | str, text: str, private: bool = False) -> Path:
@@ -18,3 +20,16 @@ def write_atomically(path: Path | str, text: str, private: bool = False) -> Path
         os.chmod(tmp, 0o600)  # secrets: an existing .tmp keeps its mode through O_CREAT
     os.replace(tmp, path)
     return path
+
+
+def read_capped(path: Path | str, limit: int, flag: str, what: str) -> str:
+    """The UTF-8 text of a file of at most `limit` bytes, else a ValueError naming the argument `flag`."""
+    try:
+        with Path(path).open("rb") as f:
+            raw = f.read(limit + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argument_error(flag, f"be a readable {what}", f"{path} ({exc})") from None
+    if len(raw) > limit:
+        raise argument_error(flag, f"be at most {limit} bytes", str(path))
+    return text

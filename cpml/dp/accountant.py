@@ -61,9 +61,7 @@ class Accounting(str, Enum):
         if sampling_rate < 1.0:
             if requested == cls.RDP.value:
                 raise argument_error(
-                    "accountant",
-                    "be 'pld' with Poisson sampling (RDP has no replace-one subsampled bound)",
-                    requested,
+                    "accountant", "be 'pld' with Poisson sampling (RDP has no replace-one subsampled bound)", requested
                 )
             return cls.PLD
         return cls(requested) if requested else cls.PLD
@@ -180,18 +178,12 @@ def calibrate_noise_multiplier(budget: Budget, steps: int, sampling_rate: float,
 
 def _rough_guess(budget: Budget, steps: int, sampling_rate: float) -> float:
     """A fast starting point: RDP add/remove calibration (replace-one needs at least this)."""
-    event = dp_accounting.GaussianDpEvent
-    if sampling_rate == 1.0:
-        # Replace-one full batch is add/remove with twice the shift.
-        make = lambda z: dp_accounting.SelfComposedDpEvent(event(z / 2.0), steps)  # noqa: E731
-    else:
-        make = lambda z: dp_accounting.SelfComposedDpEvent(  # noqa: E731
-            dp_accounting.PoissonSampledDpEvent(sampling_rate, event(z)), steps
-        )
+    # The events of step_event: a full batch's under RDP (add/remove with twice the shift), a sampled one's under PLD.
+    events = Accounting.RDP if sampling_rate == 1.0 else Accounting.PLD
     return float(
         dp_accounting.calibrate_dp_mechanism(
             lambda: RdpAccountant(orders=_INTEGER_ORDERS),
-            make,
+            lambda z: dp_accounting.SelfComposedDpEvent(step_event(Step(z, sampling_rate), events), steps),
             budget.epsilon,
             budget.delta,
             bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
@@ -242,9 +234,8 @@ class PrivacyLedger:
         eps = self.epsilon_if(step, count)
         if eps > self.budget.epsilon:
             raise BudgetExceeded(
-                f"Charging {count} more step(s) at noise multiplier {step.noise_multiplier:.4g}"
-                f" would spend epsilon {eps:.4f} > budget {self.budget.epsilon:g}"
-                f" (delta {self.budget.delta:g}); stopping here."
+                f"Charging {count} more step(s) at noise multiplier {step.noise_multiplier:.4g} would spend epsilon"
+                f" {eps:.4f} > budget {self.budget.epsilon:g} (delta {self.budget.delta:g}); stopping here."
             )
 
     def charge(self, step: Step, count: int = 1) -> None:

@@ -19,19 +19,20 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from cpml import runner
-from cpml.cli_args import add_log_arguments
+from cpml.cli_args import add_data_file_arguments, add_log_arguments
 from cpml.dp.settings import AggregateSettings, aggregate_settings
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import ExitCode, exit_codes_help
+from cpml.errors import ExitCode, argument_error, check_output_dir, exit_codes_help, refuse, unexpected
 from cpml.files import write_atomically
 from cpml.logs import configure_logging
+from cpml.options import SCALINGS
 
 if TYPE_CHECKING:  # annotations only: `--help` must not import numpy
     from cpml.dp.session import RunSettings
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # annotations only: `--help` must not import numpy
 
 log = structlog.get_logger(__name__)
 
+COMMAND = "cpml-master aggregate"
+CHECKPOINT = "checkpoint.json"  # in --out: the session state and the history, after every round
 EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.PARTIES_MISSING, ExitCode.INTERRUPTED)
 
 
@@ -46,13 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `aggregate` subcommand's flags."""
     parser.description = __doc__.split("\n\n")[1].replace("\n", " ")
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--run-id", default=None, help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)"
-    )
+    run.add_argument("--run-id", help="the run's id (default: 'wddp' embedded; with --listen a random one, printed)")
     run.add_argument(
         "--parties",
         type=int,
-        default=None,
         help="number of parties P (default: the number of --party-names or --party-tokens names, else 6)",
     )
     run.add_argument(
@@ -67,23 +67,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--accountant",
         choices=("rdp", "pld"),
-        default=None,
         help="default: pld, the tighter upper bound for replace-one neighbours (rdp only for full batches)",
     )
     run.add_argument(
         "--learning-rate",
         type=float,
-        default=None,
         help="default: from public quantities only, min(1/L, noise-optimal step) with"
         " L = 1/4 + l2 (rows lie in the unit ball); see --momentum",
     )
     run.add_argument(
         "--momentum",
         type=float,
-        default=None,
-        help="Nesterov momentum on the server (post-processing, no privacy cost);"
-        " default: what the automatic step leaves to the noise-optimal step,"
-        " at most 0.9, or 0 with an explicit --learning-rate",
+        help="Nesterov momentum on the server (post-processing, no privacy cost); default: what the automatic step"
+        " leaves to the noise-optimal step, at most 0.9, or 0 with an explicit --learning-rate",
     )
     run.add_argument("--clip", type=float, default=1.0, help="per-record gradient norm bound G")
     run.add_argument("--l2", type=float, default=1e-3)
@@ -98,7 +94,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--join-timeout", type=float, default=600.0)
     run.add_argument(
         "--test-data",
-        default=None,
         help="a file of test rows scored every round (accuracy, loss): embedded, every --dataset"
         " row then trains; with --listen, read on the server as cpml-party reads its data"
         " (--feature-bounds, or unscaled), so a remote run reports accuracy too",
@@ -107,60 +102,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     embedded.add_argument(
         "--dataset", default="breast-cancer", help="digits-4v9, breast-cancer, or a .csv/.npz/.svm file"
     )
-    embedded.add_argument("--format", dest="data_format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
-    embedded.add_argument(
-        "--label-column",
-        default="-1",
-        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
-    )
+    add_data_file_arguments(embedded)
     embedded.add_argument(
         "--positive-label",
-        default=None,
         help="the label value that becomes class 1 (default: the larger number, or the later text in sorted order)",
     )
     embedded.add_argument(
         "--classes",
-        default=None,
         metavar="LABEL,LABEL,...",
         help="with --listen, more than two classes: the list every party passes, in the same order (checked "
         "at Join; needed for --test-data too)",
     )
     embedded.add_argument("--rho", type=float, default=4.0, help="unevenness n_max / n_min")
-    embedded.add_argument(
-        "--scaling",
-        default=None,
-        choices=("minmax", "standard", "none"),
-        help="default: standard, or none with --feature-bounds",
-    )
+    embedded.add_argument("--scaling", choices=SCALINGS, help="default: standard, or none with --feature-bounds")
     embedded.add_argument("--test-fraction", type=float, default=0.2)
     embedded.add_argument(
         "--seed", type=int, default=0, help="seeds the train/test split and the party split (never the noise)"
     )
     remote = parser.add_argument_group("remote parties")
-    remote.add_argument("--listen", default=None, help="host:port to serve remote cpml-party on")
-    remote.add_argument("--port-file", type=Path, default=None, help="write the bound host:port here once serving")
-    remote.add_argument("--tls-cert", type=Path, default=None)
-    remote.add_argument("--tls-key", type=Path, default=None)
-    remote.add_argument("--tls-client-ca", type=Path, default=None)
+    remote.add_argument("--listen", help="host:port to serve remote cpml-party on")
+    remote.add_argument("--port-file", type=Path, help="write the bound host:port here once serving")
+    remote.add_argument("--tls-cert", type=Path)
+    remote.add_argument("--tls-key", type=Path)
+    remote.add_argument("--tls-client-ca", type=Path)
     remote.add_argument("--insecure", action="store_true", help="serve plaintext gRPC")
     remote.add_argument(
         "--party-tokens",
         type=Path,
-        default=None,
         help="the parties' join tokens, one name:token line each (without it, tokens"
         " are generated into --out, or reused from there; not with --tls-client-ca)",
     )
     remote.add_argument(
         "--party-names",
-        default=None,
-        help="comma-separated party names: those tokens are generated for (default"
-        " party-1 ... party-P), or with --tls-client-ca the certificate names that"
-        " may join (default: any the client CA signed)",
+        help="comma-separated party names: those tokens are generated for (default party-1 ... party-P), or with"
+        " --tls-client-ca the certificate names that may join (default: any the client CA signed)",
     )
     remote.add_argument(
         "--feature-bounds",
         type=Path,
-        default=None,
         help="public JSON schema of feature bounds every party must scale with (they pass"
         " the same file; checked at Join); embedded, it scales the dataset",
     )
@@ -179,20 +158,13 @@ def run(args: argparse.Namespace) -> int:
     """Run the aggregation server (and embedded parties); return the exit code."""
     try:
         settings = aggregate_settings(args)
-    except ValueError as exc:
-        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    configure_logging(settings.log_level, settings.log_format)
-    from cpml.errors import check_output_dir
-
-    try:
+        configure_logging(settings.log_level, settings.log_format)
         check_output_dir(settings.out)
         prepared = _prepare(settings)
         credentials = _server_credentials(settings)
         access = _access(settings, prepared.run_settings, prepared.shards)
     except ValueError as exc:
-        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(COMMAND, exc)
     from cpml.dp.server import JoinTimeout
 
     notes = [*prepared.notes, access.note]
@@ -201,21 +173,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = runner.run(_serve(settings, prepared, credentials, access))
     except ValueError as exc:
-        print(f"cpml-master aggregate: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(COMMAND, exc)
     except JoinTimeout as exc:
-        print(f"cpml-master aggregate: stopped: {exc}", file=sys.stderr)
-        return ExitCode.PARTIES_MISSING
+        return refuse(COMMAND, f"stopped: {exc}", ExitCode.PARTIES_MISSING)
     except (RuntimeError, OSError) as exc:
-        print(f"cpml-master aggregate: failed: {exc}", file=sys.stderr)
-        return ExitCode.FAILED
+        return refuse(COMMAND, f"failed: {exc}", ExitCode.FAILED)
     except Exception as exc:  # a bug: one line, the traceback only on request
-        log.debug("failed", exc_info=True)
-        print(
-            f"cpml-master aggregate: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
-            file=sys.stderr,
-        )
-        return ExitCode.FAILED
+        return unexpected(COMMAND, exc)
     report["notes"] = notes
     report["settings"]["scheme"] = settings.scheme
     _write_outputs(settings.out, report, prepared.preprocessing)
@@ -235,16 +199,11 @@ def run(args: argparse.Namespace) -> int:
         )
     last = report["history"][-1] if report["history"] else {}
     if last.get("test_accuracy") is not None:
-        reference = report.get("nonprivate", {})
-        print(
-            f"test accuracy: {last['test_accuracy']:.4f}"
-            + (
-                f" (non-private optimum {reference['test_accuracy']:.4f}), optimality gap"
-                f" F(w) - F(w*) {last['optimality_gap']:.4g}"
-                if "optimality_gap" in last
-                else ""
-            )
-        )
+        line = f"test accuracy: {last['test_accuracy']:.4f}"
+        if "optimality_gap" in last:
+            optimum = report["nonprivate"]["test_accuracy"]
+            line += f" (non-private optimum {optimum:.4f}), optimality gap F(w) - F(w*) {last['optimality_gap']:.4g}"
+        print(line)
     labels = next((note for note in notes if note.startswith("labels: ")), None)
     if labels:
         print(labels)  # which raw label the model calls 1
@@ -272,30 +231,18 @@ class _Prepared:
 def _prepare(settings: AggregateSettings) -> _Prepared:
     from cpml.dp.accountant import Budget
     from cpml.dp.dpgd import LocalSettings, Scheme, add_bias_and_normalise, split_uneven
+    from cpml.dp.features import check_scaling, read_feature_bounds, run_schema
     from cpml.dp.session import RunSettings
 
-    local = LocalSettings(
-        learning_rate=settings.learning_rate,
-        clip=settings.clip,
-        l2=settings.l2,
-        local_steps=settings.local_steps,
-        sampling_rate=settings.sampling_rate,
-    )
     centralized = settings.scheme == "centralized"
-    bounds = None
-    if settings.feature_bounds is not None:
-        from cpml.dp.features import read_feature_bounds
-
-        bounds = read_feature_bounds(settings.feature_bounds)
-    from cpml.dp.features import run_schema
-
+    bounds = read_feature_bounds(settings.feature_bounds) if settings.feature_bounds is not None else None
     parties = _party_count(settings)
     run_settings = RunSettings(
         run_id=_run_id(settings),
         parties=1 if centralized else parties,
         rounds=settings.rounds,
         budget=Budget(settings.epsilon, settings.delta),
-        local=local,
+        local=LocalSettings(**{f.name: getattr(settings, f.name) for f in fields(LocalSettings)}),
         scheme=Scheme.WEIGHTED if centralized else Scheme(settings.scheme),
         accountant=settings.accountant,
         momentum=settings.momentum,
@@ -319,8 +266,7 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
     from cpml.dp.features import warn_if_dominated
 
     scaling = settings.scaling or ("none" if bounds is not None else "standard")
-    if bounds is not None and scaling != "none":
-        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
+    check_scaling(bounds, scaling)
     data = load_dataset(
         settings.dataset,
         settings.test_fraction,
@@ -333,10 +279,8 @@ def _prepare(settings: AggregateSettings) -> _Prepared:
     )
     x_train, x_test = data.x_train, data.x_test
     if x_test is None:
-        raise ValueError(
-            f"Argument 'test_fraction' must leave test rows for the embedded run's evaluation (a "
-            f"fraction in (0, 1), or --test-data FILE), not {settings.test_fraction!r}."
-        )
+        requirement = "leave test rows for the embedded run's evaluation (a fraction in (0, 1), or --test-data FILE)"
+        raise argument_error("test_fraction", requirement, settings.test_fraction)
     preprocessing = None
     if bounds is not None:
         x_train, x_test = bounds.apply(x_train), bounds.apply(x_test)
@@ -370,19 +314,12 @@ def _server_test_rows(path: str, settings: AggregateSettings, bounds):
     scaling = settings.scaling or "none"
     if bounds is None and scaling != "none":
         raise ValueError(
-            f"Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds"
-            f" FILE or none, not --scaling {scaling}: each party would scale with its own"
-            f" statistics, which this server cannot repeat."
+            "Argument 'test_data' with --listen needs the parties' public scaling, --feature-bounds FILE or none, not"
+            f" --scaling {scaling}: each party would scale with its own statistics, which this server cannot repeat."
         )
     try:
         return load_party_data(
-            path,
-            settings.data_format,
-            settings.label_column,
-            "none",
-            settings.positive_label,
-            bounds,
-            settings.classes,
+            path, settings.data_format, settings.label_column, "none", settings.positive_label, bounds, settings.classes
         )
     except ValueError as exc:
         raise ValueError(str(exc).replace("Argument 'data'", "Argument 'test_data'", 1)) from None
@@ -392,9 +329,7 @@ def _party_count(settings: AggregateSettings) -> int:
     """--parties, else the number of named parties (--party-names or a token file), else 6."""
     if settings.parties is not None:
         return settings.parties
-    if not settings.listen:
-        return 6
-    names = _listed_names(settings)
+    names = _listed_names(settings) if settings.listen else None
     return len(names) if names else 6
 
 
@@ -417,7 +352,7 @@ def _run_id(settings: AggregateSettings) -> str:
     if not settings.listen:
         return "wddp"
     if settings.resume:
-        run_id = _read_checkpoint(settings.out / "checkpoint.json")["session"].get("run_id")
+        run_id = _read_checkpoint(settings.out / CHECKPOINT)["session"].get("run_id")
         if isinstance(run_id, str) and run_id:
             return run_id
     import secrets
@@ -437,11 +372,10 @@ class _Access:
 
 def _access(settings: AggregateSettings, run_settings: RunSettings, shards) -> _Access:
     """The admission of this server: embedded tokens, certificates (mTLS) or join tokens."""
-    from cpml.dp.auth import CertificateAdmission, TokenAdmission, check_names, generate_tokens
+    from cpml.dp.auth import CertificateAdmission, TokenAdmission, generate_tokens
 
     if not settings.listen:
-        names = ["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))]
-        tokens = generate_tokens(names)
+        tokens = generate_tokens(["pooled"] if len(shards) == 1 else [f"party-{k}" for k in range(len(shards))])
         return _Access(TokenAdmission(tokens), tokens, "embedded parties join with in-memory tokens", [])
     run_id = run_settings.run_id
     printed = [] if settings.run_id is not None else [f"run id: {run_id} (each party passes --run-id {run_id})"]
@@ -455,7 +389,6 @@ def _access(settings: AggregateSettings, run_settings: RunSettings, shards) -> _
             f"Argument 'party_tokens' must name at least --parties ({run_settings.parties}) parties,"
             f" not {len(tokens)} in {where}."
         )
-    check_names(tokens, "party_tokens")
     printed.append(f"join tokens: {where}")
     if settings.insecure:
         log.warning("plaintext gRPC (--insecure): join tokens travel unencrypted; use --tls-cert/--tls-key")
@@ -475,9 +408,8 @@ def _token_source(settings: AggregateSettings, parties: int) -> tuple[dict[str, 
         tokens = read_token_file(existing)
         if names is not None and set(names) != set(tokens):
             raise ValueError(
-                f"Argument 'party_names' must match the parties of {str(existing)!r}, which"
-                f" this server reuses ({', '.join(tokens)}), not {settings.party_names!r}; delete"
-                " that file to issue new tokens."
+                f"Argument 'party_names' must match the parties of {str(existing)!r}, which this server reuses"
+                f" ({', '.join(tokens)}), not {settings.party_names!r}; delete that file to issue new tokens."
             )
         return tokens, (
             f"{existing} (reused; each party keeps its file from {settings.out / TOKEN_DIR}/,"
@@ -507,7 +439,8 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
     from cpml.reporting import ProgressBar
 
     run_settings, shards, evaluation = prepared.run_settings, prepared.shards or [], prepared.evaluation
-    checkpoint_path = settings.out / "checkpoint.json"
+    checkpoint_path = settings.out / CHECKPOINT
+    history: list[dict[str, Any]] = []
     if settings.resume:
         checkpoint = _read_checkpoint(checkpoint_path)
         try:
@@ -517,10 +450,13 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
                 f"Argument 'resume' must find an intact checkpoint in --out, not"
                 f" {str(checkpoint_path)!r} with a damaged session state ({exc!r})."
             ) from None
-        history: list[dict[str, Any]] = list(checkpoint["history"])
+        history = list(checkpoint["history"])
     else:
         session = AggregationSession(run_settings, model_size(*shards[0]) if shards else None)
-        history = []
+
+    def save() -> None:
+        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
+
     bar = ProgressBar(run_settings.rounds, label="aggregate", start_step=session.round)
     reference = _reference(shards, run_settings.local.l2) if shards else None
 
@@ -546,7 +482,7 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
         if reference is not None:
             row["optimality_gap"] = reference(session.weights)
         history.append(row)
-        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
+        save()
         log.info("round_closed", **{k: v for k, v in row.items() if k != "noise_multiplier"})
         shown = {"acc": row.get("test_accuracy"), "gap": row.get("optimality_gap")}
         bar.update(result.round, eps=result.epsilon, **{k: v for k, v in shown.items() if v is not None})
@@ -560,23 +496,17 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
     if settings.port_file is not None:
         write_atomically(settings.port_file, address)
     started = time.monotonic()
-    parties: list[asyncio.Task] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.interrupt, f"interrupted by {sig.name}")
     try:
         async with asyncio.TaskGroup() as group:
             driver = group.create_task(coordinator.run())
-            for k, (x, y) in enumerate(shards):
-                name = "pooled" if len(shards) == 1 else f"party-{k}"
+            for (name, token), (x, y) in zip(access.tokens.items(), shards):  # the embedded parties, if any
                 config = PartyConfig(
-                    address,
-                    run_settings.run_id,
-                    name,
-                    token=access.tokens[name],
-                    feature_schema=run_settings.feature_schema,
+                    address, run_settings.run_id, name, token=token, feature_schema=run_settings.feature_schema
                 )
-                parties.append(group.create_task(run_party(config, x, y)))
+                group.create_task(run_party(config, x, y))
             await driver
             await coordinator.wait_until_told(grace=10.0)
     except* Exception as group_error:
@@ -589,11 +519,16 @@ async def _serve(settings: AggregateSettings, prepared: _Prepared, credentials, 
     bar.close()
     await server.stop()
     if session.history:  # the final state: a finished run cannot be resumed into more rounds
-        write_atomically(checkpoint_path, json.dumps({"session": session.state(), "history": history}))
+        save()
     report = _report(session, history, time.monotonic() - started, address)
     report["interrupted"] = bool(coordinator.stopping)
     if reference is not None:
-        report["nonprivate"] = _reference_summary(reference, evaluation)
+        report["nonprivate"] = {
+            "objective": reference.optimum_objective,
+            "l2": reference.l2,
+            "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
+            "note": "embedded evaluation only: w* is fitted on the pooled training rows",
+        }
     return report
 
 
@@ -604,17 +539,6 @@ def _reference(shards, l2: float):
     from cpml.dp.dpgd import OptimalityGap
 
     return OptimalityGap.fit(np.concatenate([x for x, _ in shards]), np.concatenate([y for _, y in shards]), l2)
-
-
-def _reference_summary(reference, evaluation) -> dict[str, Any]:
-    from cpml.dp.dpgd import accuracy
-
-    return {
-        "objective": reference.optimum_objective,
-        "l2": reference.l2,
-        "test_accuracy": accuracy(reference.optimum, *evaluation) if evaluation else None,
-        "note": "embedded evaluation only: w* is fitted on the pooled training rows",
-    }
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any]:
@@ -637,8 +561,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
+    from cpml.dp.session import Guarantees
+
     s = session.settings
-    g = session.guarantees() if session.history else None
+    g = session.guarantees() if session.history else Guarantees(s.budget.delta, 0.0, "no rounds", {})
     dropped = [{"party": name, "round": r.round} for r in session.history for name in r.dropped]
     return {
         "command": "aggregate",
@@ -671,9 +597,7 @@ def _report(session, history, seconds: float, address: str) -> dict[str, Any]:
         "stop_reason": session.stop_reason,
         "dropped": dropped,
         "history": history,
-        "guarantees": asdict(g)
-        if g
-        else {"delta": s.budget.delta, "release_epsilon": 0.0, "release_basis": "no rounds", "party_epsilons": {}},
+        "guarantees": asdict(g),
         "weights": session.weights.tolist(),
         "seconds": round(seconds, 3),
     }
@@ -707,12 +631,9 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
     write_metrics(out / "metrics.json", report)
     history = report["history"]
     if history:
-        panels = {"epsilon spent": [h["epsilon"] for h in history]}
-        if "test_accuracy" in history[0]:
-            panels["test accuracy"] = [h["test_accuracy"] for h in history]
-            panels["test loss"] = [h["test_loss"] for h in history]
-        if "optimality_gap" in history[0]:
-            panels["optimality gap F(w) - F(w*)"] = [h["optimality_gap"] for h in history]
+        titles = {"epsilon": "epsilon spent", "test_accuracy": "test accuracy", "test_loss": "test loss"}
+        titles["optimality_gap"] = "optimality gap F(w) - F(w*)"
+        panels = {title: [h[key] for h in history] for key, title in titles.items() if key in history[0]}
         plot_curves(
             out / "curves.png",
             [h["round"] for h in history],
@@ -725,7 +646,7 @@ def _write_outputs(out: Path, report: dict[str, Any], preprocessing: Any = None)
 def build_parser() -> argparse.ArgumentParser:
     """The `cpml-master aggregate` parser, its exit codes in the epilog."""
     parser = argparse.ArgumentParser(
-        prog="cpml-master aggregate",
+        prog=COMMAND,
         epilog=exit_codes_help(*EXIT_CODES),
         description="Serve a WD-DP run as its aggregation server. Every flag also "
         "reads CPML_AGGREGATE_<FLAG> from the environment.",

@@ -23,7 +23,7 @@ import structlog
 
 from cpml.dp.session import RunError
 from cpml.errors import argument_error
-from cpml.files import write_atomically
+from cpml.files import read_capped, write_atomically
 
 log = structlog.get_logger(__name__)
 
@@ -69,9 +69,8 @@ class TokenAdmission:
         matches = hmac.compare_digest(token.encode(), expected)
         if not (matches and name in self._tokens):
             raise Unauthenticated(
-                f"Join as party {name!r} must carry that party's join token (cpml-party --token-file,"
-                " from the server's operator); the token is missing or wrong, or the name is not on"
-                " the run's list."
+                f"Join as party {name!r} must carry that party's join token (cpml-party --token-file, from the server's"
+                " operator); the token is missing or wrong, or the name is not on the run's list."
             )
         return name
 
@@ -220,14 +219,7 @@ def certificate_name(path: Path | str) -> str:
 
 
 def _lines(path: Path | str, flag: str) -> list[tuple[int, str]]:
-    try:
-        with Path(path).open("rb") as f:
-            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise argument_error(flag, "be a readable UTF-8 file", f"{path} ({exc})") from None
-    if len(raw) > MAX_TOKEN_FILE_BYTES:
-        raise argument_error(flag, f"be at most {MAX_TOKEN_FILE_BYTES} bytes", str(path))
+    text = read_capped(path, MAX_TOKEN_FILE_BYTES, flag, "UTF-8 file")
     return [
         (number, line.strip())
         for number, line in enumerate(text.splitlines(), 1)

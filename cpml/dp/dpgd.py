@@ -132,12 +132,7 @@ def clipped_gradient_sum(w: np.ndarray, x: np.ndarray, y: np.ndarray, clip: floa
 
 
 def dp_gradient_steps(
-    w: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    noise_multiplier: float,
-    settings: LocalSettings,
-    source: NoiseSource,
+    w: np.ndarray, x: np.ndarray, y: np.ndarray, noise_multiplier: float, settings: LocalSettings, source: NoiseSource
 ) -> np.ndarray:
     """Run `local_steps` noisy clipped gradient steps from w; return the new model."""
     n = len(y)

@@ -29,6 +29,7 @@ import numpy as np
 import structlog
 
 from cpml.errors import argument_error
+from cpml.files import read_capped
 from cpml.preprocessing import one_hot
 
 log = structlog.get_logger(__name__)
@@ -133,14 +134,11 @@ class FeatureBounds:
 def read_feature_bounds(path: Path | str) -> FeatureBounds:
     """Load and validate a schema file (see the module docstring for its format)."""
     path = Path(path)
+    text = read_capped(path, MAX_SCHEMA_BYTES, "feature_bounds", "JSON schema file")
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_SCHEMA_BYTES + 1)
-        schema = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        schema = json.loads(text)
+    except ValueError as exc:
         raise argument_error("feature_bounds", "be a readable JSON schema file", f"{path} ({exc})") from None
-    if len(raw) > MAX_SCHEMA_BYTES:
-        raise argument_error("feature_bounds", f"be at most {MAX_SCHEMA_BYTES} bytes", str(path))
     entries = schema.get("features") if isinstance(schema, dict) else None
     if not isinstance(entries, list) or not entries:
         raise argument_error("feature_bounds", 'hold {"features": [{"min": ..., "max": ...}, ...]}', str(path))
@@ -187,6 +185,12 @@ def _bounds(entry: object, index: int, path: Path) -> tuple[float, float]:
 
 def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_scaling(bounds: FeatureBounds | None, scaling: str) -> None:
+    """Refuse scaling by data statistics on top of public feature bounds (the schema scales)."""
+    if bounds is not None and scaling != "none":
+        raise argument_error("scaling", "be none with --feature-bounds (the schema scales)", scaling)
 
 
 def dominant_feature(x: np.ndarray) -> tuple[int, float] | None:

@@ -87,8 +87,7 @@ async def run_party(
         after = 0
         while True:
             msg = await stub.NextTask(
-                serde.task_request(config.run_id, joined.party_id, after),
-                timeout=config.wait_timeout,
+                serde.task_request(config.run_id, joined.party_id, after), timeout=config.wait_timeout
             )
             task = serde.task_from_proto(msg)
             if task.finished:

@@ -24,10 +24,11 @@ import numpy as np
 import structlog
 
 from cpml import runner
-from cpml.cli_args import add_client_tls_arguments, add_log_arguments
+from cpml.cli_args import add_client_tls_arguments, add_data_file_arguments, add_log_arguments
 from cpml.dp.settings import PartySettings, party_settings
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import ExitCode, exit_codes_help
+from cpml.errors import ExitCode, argument_error, check_output_dir, exit_codes_help, refuse, unexpected
+from cpml.files import write_atomically
 from cpml.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
+COMMAND = "cpml-party"
 EXIT_CODES = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.UNREACHABLE, ExitCode.REFUSED, ExitCode.LEFT_EARLY)
 
 
@@ -42,21 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The party's flags."""
     parser.add_argument("--server", required=True, help="aggregation server host:port")
     parser.add_argument("--data", required=True, help="CSV, .npz or svmlight file of this party")
-    parser.add_argument("--format", dest="data_format", default="auto", choices=("auto", "csv", "npz", "svmlight"))
-    parser.add_argument(
-        "--label-column",
-        default="-1",
-        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
-    )
+    add_data_file_arguments(parser)
     parser.add_argument(
         "--positive-label",
-        default=None,
         help="the label value that becomes class 1 (needed unless labels are 0/1 or -1/1;"
         " every party of a run must pass the same)",
     )
     parser.add_argument(
         "--classes",
-        default=None,
         metavar="LABEL,LABEL,...",
         help="more than two classes (one-vs-rest): the run's public list of labels, in the same"
         " order for every party and the server",
@@ -71,31 +66,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--feature-bounds",
         type=Path,
-        default=None,
         help="the run's public schema of feature bounds (JSON; the same file as the"
         " server's): clips and maps each feature to [-1, 1], inside the guarantee",
     )
-    parser.add_argument("--run-id", default=None, help="the run to join (the id the server printed)")
+    parser.add_argument("--run-id", help="the run to join (the id the server printed)")
     parser.add_argument(
         "--token-file",
         type=Path,
-        default=None,
         help="this party's join token from the server's operator (one line: name:token"
         " or token); not needed with a client certificate",
     )
     parser.add_argument(
         "--name",
-        default=None,
         help="public name of this party in the run (default: the name in --token-file, or the client certificate's CN)",
     )
     parser.add_argument(
         "--max-epsilon",
         type=float,
-        default=None,
         help="leave the run before this party's updates reveal more than this epsilon to the server",
     )
     parser.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for the next round")
-    parser.add_argument("--out", type=Path, default=None, help="write the released model here")
+    parser.add_argument("--out", type=Path, help="write the released model here")
     add_client_tls_arguments(parser, "server")
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (models travel unencrypted)")
     add_log_arguments(parser)
@@ -113,12 +104,11 @@ def load_party_data(
     """Features in the unit ball with a bias column, and 0/1 labels (one-hot rows over `classes`), from a file."""
     from cpml.data import is_label, read_raw, scale
     from cpml.dp.dpgd import add_bias_and_normalise
-    from cpml.dp.features import warn_if_dominated
+    from cpml.dp.features import check_scaling, warn_if_dominated
 
-    if bounds is not None and scaling != "none":
-        raise ValueError(f"Argument 'scaling' must be none with --feature-bounds (the schema scales), not {scaling!r}.")
+    check_scaling(bounds, scaling)
     if not Path(path).is_file():
-        raise ValueError(f"Argument 'data' must be an existing file, not {path!r}.")
+        raise argument_error("data", "be an existing file", path)
     try:
         raw = read_raw(path, fmt, label_column)
         labels = raw.labels
@@ -139,9 +129,7 @@ def load_party_data(
                 f"Argument 'data' must have at most two label values, not {len(values)} ({shown}) in {where}."
             )
         if len(values) == 2 and not y.any():
-            raise ValueError(
-                f"Argument 'positive_label' must be one of the labels in {where} ({shown}), not {positive_label!r}."
-            )
+            raise argument_error("positive_label", f"be one of the labels in {where} ({shown})", positive_label)
         if not y.any():
             log.warning("no record of this party has the positive label", positive_label=positive_label)
         y = y.astype(np.float64)
@@ -171,10 +159,7 @@ def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | N
     from cpml.data import is_label
 
     if positive_label is not None or len(classes) < 3 or len(set(classes)) != len(classes):
-        raise ValueError(
-            f"Argument 'classes' must list 3 or more distinct labels without --positive-label, not "
-            f"{','.join(classes)!r}."
-        )
+        raise argument_error("classes", "list 3 or more distinct labels without --positive-label", ",".join(classes))
     hits = np.column_stack([is_label(labels, c) for c in classes])
     unknown = ~hits.any(axis=1)
     if unknown.any():
@@ -188,7 +173,7 @@ def _one_hot(labels: np.ndarray, classes: Sequence[str], positive_label: str | N
 def build_parser() -> argparse.ArgumentParser:
     """The `cpml-party` parser, its exit codes in the epilog and its defaults from CPML_PARTY_* variables."""
     parser = argparse.ArgumentParser(
-        prog="cpml-party",
+        prog=COMMAND,
         description=__doc__.split("\n\n")[0] + " Every flag also reads CPML_PARTY_<FLAG> from the environment.",
         epilog=exit_codes_help(*EXIT_CODES),
     )
@@ -199,29 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (cpml.errors.ExitCode)."""
-    try:
-        settings = party_settings(build_parser().parse_args(argv))
-    except ValueError as exc:
-        print(f"cpml-party: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
-    configure_logging(settings.log_level, settings.log_format)
+    from cpml.dp.features import read_feature_bounds, run_schema
     from cpml.dp.party import NoiseTooLow, PartyConfig, run_party
-    from cpml.errors import check_output_dir
     from cpml.wire.tls import channel_credentials
     from cpml.wire.tls_diagnosis import TlsSettings, diagnose
 
     try:
+        settings = party_settings(build_parser().parse_args(argv))
+        configure_logging(settings.log_level, settings.log_format)
         if settings.out is not None:
             if settings.out.is_dir():
                 raise ValueError(
                     f"Argument 'out' must be a file path for the model, not the directory {str(settings.out)!r}."
                 )
             check_output_dir(settings.out.parent)
-        bounds = None
-        if settings.feature_bounds is not None:
-            from cpml.dp.features import read_feature_bounds
-
-            bounds = read_feature_bounds(settings.feature_bounds)
+        bounds = read_feature_bounds(settings.feature_bounds) if settings.feature_bounds is not None else None
         x, y = load_party_data(
             settings.data,
             settings.data_format,
@@ -236,12 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
         run_id, name, token = _joining(settings)
     except ValueError as exc:
-        print(f"cpml-party: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(COMMAND, exc)
     if settings.insecure:
         log.warning("plaintext gRPC (--insecure): the join token and noisy models travel unencrypted")
-    from cpml.dp.features import run_schema
-
     config = PartyConfig(
         server=settings.server,
         run_id=run_id,
@@ -254,25 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = runner.run(run_party(config, x, y, credentials))
     except NoiseTooLow as exc:
-        print(f"cpml-party: {exc}", file=sys.stderr)
-        return ExitCode.REFUSED
+        return refuse(COMMAND, exc, ExitCode.REFUSED)
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             tls = None if settings.insecure else TlsSettings(settings.tls_ca, settings.tls_cert, settings.tls_key)
             cause = diagnose(settings.server, tls)  # a TLS mistake, named instead of "Socket closed"
-            print(
-                f"cpml-party: cannot reach the server: {cause or f'{exc.code().name}: {exc.details()}'}",
-                file=sys.stderr,
-            )
-            return ExitCode.UNREACHABLE
-        print(f"cpml-party: server said {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return ExitCode.REFUSED
+            status = f"{exc.code().name}: {exc.details()}"
+            return refuse(COMMAND, f"cannot reach the server: {cause or status}", ExitCode.UNREACHABLE)
+        return refuse(COMMAND, f"server said {exc.code().name}: {exc.details()}", ExitCode.REFUSED)
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
-        log.debug("failed", exc_info=True)
-        print(
-            f"cpml-party: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)", file=sys.stderr
-        )
-        return ExitCode.FAILED
+        return unexpected(COMMAND, exc)
     if not outcome.finished:
         print(
             f"cpml-party: left after {outcome.rounds} rounds ({outcome.reason}); this party's"
@@ -285,17 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" epsilon {outcome.party_epsilon:.4f} to the server"
     )
     if settings.out is not None and outcome.weights is not None:
-        settings.out.parent.mkdir(parents=True, exist_ok=True)
-        settings.out.write_text(
-            json.dumps(
-                {
-                    "weights": outcome.weights.tolist(),
-                    "release_epsilon": outcome.release_epsilon,
-                    "party_epsilon": outcome.party_epsilon,
-                },
-                indent=2,
-            )
-        )
+        weights, release, own = outcome.weights.tolist(), outcome.release_epsilon, outcome.party_epsilon
+        model = {"weights": weights, "release_epsilon": release, "party_epsilon": own}
+        write_atomically(settings.out, json.dumps(model, indent=2))  # makes the parent directory too
         print(f"model: {settings.out}")
     return ExitCode.OK
 
@@ -305,21 +262,15 @@ def _joining(settings: PartySettings) -> tuple[str, str, str]:
     from cpml.dp.auth import certificate_name, read_party_token
 
     if not settings.run_id:
-        raise ValueError(
-            "Argument 'run_id' must name the run to join (the id cpml-master aggregate"
-            f" printed), not {settings.run_id!r}."
-        )
+        raise argument_error("run_id", "name the run to join (the id cpml-master aggregate printed)", settings.run_id)
     if settings.token_file is None and not settings.certificate:
         raise ValueError(
-            "Argument 'token_file' must give this party's join token (from the server's"
-            " operator) unless it presents a client certificate (--tls-cert/--tls-key), not"
-            " neither."
+            "Argument 'token_file' must give this party's join token (from the server's operator) unless it presents a"
+            " client certificate (--tls-cert/--tls-key), not neither."
         )
     token_name, token = read_party_token(settings.token_file) if settings.token_file else (None, "")
     if settings.name and token_name and settings.name != token_name:
-        raise ValueError(
-            f"Argument 'name' must be the name its token was issued to ({token_name!r}), not {settings.name!r}."
-        )
+        raise argument_error("name", f"be the name its token was issued to ({token_name!r})", settings.name)
     name = settings.name or token_name
     if not name and settings.certificate and settings.tls_cert is not None:
         name = certificate_name(settings.tls_cert)

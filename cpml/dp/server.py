@@ -22,13 +22,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import cpml.errors as errors
-from cpml.dp.session import (
-    AggregationSession,
-    InvalidUpdate,
-    Phase,
-    RoundResult,
-    RunError,
-)
+from cpml.dp.session import AggregationSession, InvalidUpdate, Phase, RoundResult, RunError
 from cpml.wire import aggregation_serde as serde
 from cpml.wire import names
 from cpml.wire.generated.v1 import aggregation_pb2_grpc as pb_grpc
@@ -154,8 +148,7 @@ class Coordinator:
                 raise JoinTimeout(s.stop_reason)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)),
-                    min(left, self.status_interval),
+                    self.changed.wait_for(lambda: s.ready() or bool(self.stopping)), min(left, self.status_interval)
                 )
             if not (s.ready() or self.stopping):
                 log.info(
@@ -183,8 +176,7 @@ class Coordinator:
                 self.changed.notify_all()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
-                        self.changed.wait_for(lambda: not s.waiting_for() or self.stopping),
-                        self.round_timeout,
+                        self.changed.wait_for(lambda: not s.waiting_for() or self.stopping), self.round_timeout
                     )
                 result = s.close_round()
             self.on_round(result)
@@ -248,15 +240,9 @@ class AggregationService(pb_grpc.AggregationServicer):
             if s.phase is Phase.FINISHED:
                 self.coordinator.told_finished.add(party.party_id)
                 changed.notify_all()
-                guarantees = s.guarantees() if s.history else None
-                return serde.finished_to_proto(
-                    s.settings.run_id,
-                    s.round,
-                    s.weights,
-                    s.stop_reason,
-                    guarantees.release_epsilon if guarantees else 0.0,
-                    guarantees.party_epsilons[party.name] if guarantees else 0.0,
-                )
+                g = s.guarantees() if s.history else None  # none before the first round: nothing released
+                release, own = (g.release_epsilon, g.party_epsilons[party.name]) if g else (0.0, 0.0)
+                return serde.finished_to_proto(s.settings.run_id, s.round, s.weights, s.stop_reason, release, own)
             try:
                 task = s.task_for(party.party_id)
             except RunError as exc:
@@ -292,9 +278,8 @@ class AggregationService(pb_grpc.AggregationServicer):
         registered = sum(p.records for p in self.session.parties if p.name != name)  # a rejoin is not new
         if request.records > MAX_TOTAL_RECORDS - registered:
             raise InvalidUpdate(
-                f"Party {name!r} reports {request.records} records, but a run's parties may hold at most"
-                f" 2^53 = {MAX_TOTAL_RECORDS} records in all (so that n_k/n is exact) and {registered} are"
-                " registered already."
+                f"Party {name!r} reports {request.records} records, but a run's parties may hold at most 2^53 ="
+                f" {MAX_TOTAL_RECORDS} records in all (so that n_k/n is exact) and {registered} are registered already."
             )
 
     async def _check_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:

@@ -23,14 +23,7 @@ import numpy as np
 import structlog
 
 import cpml.errors as errors
-from cpml.dp.accountant import (
-    Accounting,
-    Budget,
-    BudgetExceeded,
-    PrivacyLedger,
-    Step,
-    calibrate_noise_multiplier,
-)
+from cpml.dp.accountant import Accounting, Budget, BudgetExceeded, PrivacyLedger, Step, calibrate_noise_multiplier
 from cpml.dp.dpgd import (
     LocalSettings,
     Scheme,
@@ -208,9 +201,8 @@ class AggregationSession:
             self.weights = self.previous = np.zeros(dimension)
         if dimension != self.dimension:
             raise InvalidUpdate(
-                f"Party {name!r} has {dimension} features (with bias), but run"
-                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional model;"
-                " use data with the same columns."
+                f"Party {name!r} has {dimension} features (with bias), but run {self.settings.run_id!r} trains a"
+                f" {self.dimension}-dimensional model; use data with the same columns."
             )
         party = Party(len(self._parties), name, secrets.token_hex(16), int(records))
         self._parties[party.party_id] = party
@@ -229,9 +221,8 @@ class AggregationSession:
             )
         theirs = f"another schema ({digest[:12]})" if digest else "no schema"
         raise SchemaMismatch(
-            f"Party {name!r} joins with {theirs}, but run {self.settings.run_id!r} uses the schema"
-            f" {expected[:12]}; every party must pass the server's --feature-bounds file and its --classes"
-            " list, in the same order."
+            f"Party {name!r} joins with {theirs}, but run {self.settings.run_id!r} uses the schema {expected[:12]};"
+            " every party must pass the server's --feature-bounds file and its --classes list, in the same order."
         )
 
     def joined_names(self) -> list[str]:
@@ -251,7 +242,13 @@ class AggregationSession:
 
     def party(self, party_id: str) -> Party:
         """The registered party with this secret id, or UnknownParty."""
-        return self._party(party_id)
+        try:
+            return self._parties[party_id]
+        except KeyError:
+            raise UnknownParty(
+                f"This party id is not registered in run {self.settings.run_id!r}; call Join"
+                " first and use the id it returns."
+            ) from None
 
     def active_ids(self) -> set[str]:
         """Secret ids of the parties not dropped."""
@@ -293,9 +290,7 @@ class AggregationSession:
             weakest = min(self._party_ratio(p) for p in self.parties)
             party_z = calibrate_noise_multiplier(s.budget, steps, s.local.sampling_rate, s.accounting)
             self.noise_multiplier = party_z / weakest
-        for p in self.parties:
-            enforce = s.local.local_steps > 1
-            self._party_ledgers[p.party_id] = PrivacyLedger(s.budget, s.accounting, enforce)
+        self._party_ledgers = {p.party_id: self._party_ledger() for p in self.parties}
         self._resolve_step()
         self._active = set(self._parties)
         self.phase = Phase.TRAINING
@@ -339,13 +334,13 @@ class AggregationSession:
         if self.round_open:
             raise RunError(f"Round {self.round} of run {self.settings.run_id!r} is still open.")
         if self.round >= self.settings.rounds:
-            return self._finish("all planned rounds done")
+            return self.stop("all planned rounds done")
         if not self._active:
-            return self._finish("every party dropped out")
+            return self.stop("every party dropped out")
         try:
             self._check_budget(self._active)
         except BudgetExceeded as exc:
-            return self._finish(str(exc))
+            return self.stop(str(exc))
         self.round += 1
         self.round_open = True
         self._submitted = {}
@@ -353,7 +348,7 @@ class AggregationSession:
 
     def task_for(self, party_id: str) -> RoundTask:
         """The current round's task for one active party."""
-        party = self._party(party_id)
+        party = self.party(party_id)
         self._require(Phase.TRAINING)
         if not self.round_open:
             raise StaleRound(f"No round of run {self.settings.run_id!r} is open right now.")
@@ -372,7 +367,7 @@ class AggregationSession:
 
     def submit(self, party_id: str, round_: int, records: int, weights: np.ndarray) -> None:
         """Accept a party's model for the current round, or raise RunError leaving all as is."""
-        party = self._party(party_id)
+        party = self.party(party_id)
         if self.phase is not Phase.TRAINING:
             raise StaleRound(f"Run {self.settings.run_id!r} is {self.phase.value}, not training.")
         if round_ != self.round or not self.round_open:
@@ -384,9 +379,8 @@ class AggregationSession:
             raise StaleRound(f"Party {party.name!r} was dropped from this run.")
         if records != party.records:
             raise InvalidUpdate(
-                f"Party {party.name!r} registered {party.records} records but reports"
-                f" {records}; the count is fixed for the run (restart the party on the same"
-                " data)."
+                f"Party {party.name!r} registered {party.records} records but reports {records}; the count is fixed for"
+                " the run (restart the party on the same data)."
             )
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (self.dimension,):
@@ -417,31 +411,25 @@ class AggregationSession:
         for p in survivors:
             # The server saw this party's noisy updates whatever happens to the aggregate.
             self._party_ledgers[p.party_id].charge(
-                Step(self.party_noise(p), self.settings.local.sampling_rate),
-                self.settings.local.local_steps,
+                Step(self.party_noise(p), self.settings.local.sampling_rate), self.settings.local.local_steps
             )
         z_round = math.nan
         released = False
         if survivors:
             z_round = round_noise_multiplier(
-                self.settings.scheme,
-                self.noise_multiplier,
-                self.sizes,
-                [p.index for p in survivors],
+                self.settings.scheme, self.noise_multiplier, self.sizes, [p.index for p in survivors]
             )
-            try:
-                self._charge_release(z_round)
+            try:  # with several local steps the party ledgers, charged above, are the release's bound
+                if self._release is not None:
+                    self._release.charge(Step(z_round, self.settings.local.sampling_rate))
                 released = True
             except BudgetExceeded as exc:
-                self._finish(f"round {self.round} discarded: {exc}")
+                self.stop(f"round {self.round} discarded: {exc}")
         if released:
+            models = [self._submitted[p.party_id] for p in survivors]
             self.previous, self.weights = (
                 self.weights,
-                aggregate(
-                    self.settings.scheme,
-                    [self._submitted[p.party_id] for p in survivors],
-                    [p.records for p in survivors],
-                ),
+                aggregate(self.settings.scheme, models, [p.records for p in survivors]),
             )
         result = RoundResult(
             round=self.round,
@@ -456,9 +444,12 @@ class AggregationSession:
         self._submitted = {}
         return result
 
-    def stop(self, reason: str) -> None:
-        """Finish the run now (between rounds), recording why."""
-        self._finish(reason)
+    def stop(self, reason: str) -> bool:
+        """Finish the run now (between rounds), recording why; False, as open_round then answers."""
+        self.phase = Phase.FINISHED
+        self.stop_reason = reason
+        log.info("run_finished", run=self.settings.run_id, reason=reason, round=self.round)
+        return False
 
     # -- checkpoints --------------------------------------------------------------------
     def state(self) -> dict:
@@ -525,10 +516,7 @@ class AggregationSession:
             if record["active"]:
                 session._awaiting.add(party.party_id)
                 session._active.add(party.party_id)
-            enforce = settings.local.local_steps > 1
-            session._party_ledgers[party.party_id] = PrivacyLedger(
-                settings.budget, settings.accounting, enforce, _steps_from_record(state["party_steps"][party.name])
-            )
+            session._party_ledgers[party.party_id] = session._party_ledger(state["party_steps"][party.name])
         if state["release_steps"] is not None:
             session._release = PrivacyLedger(
                 settings.budget, settings.accounting, charged=_steps_from_record(state["release_steps"])
@@ -551,9 +539,8 @@ class AggregationSession:
             )
         if dimension != self.dimension:
             raise InvalidUpdate(
-                f"Party {name!r} has {dimension} features (with bias), but run"
-                f" {self.settings.run_id!r} trains a {self.dimension}-dimensional"
-                " model."
+                f"Party {name!r} has {dimension} features (with bias), but run {self.settings.run_id!r} trains a"
+                f" {self.dimension}-dimensional model."
             )
         self._awaiting.discard(party.party_id)
         log.info("party_rejoined", party=name, records=records)
@@ -601,15 +588,14 @@ class AggregationSession:
         else:
             for pid in active:
                 self._party_ledgers[pid].check(
-                    Step(self.party_noise(self._parties[pid]), local.sampling_rate),
-                    local.local_steps,
+                    Step(self.party_noise(self._parties[pid]), local.sampling_rate), local.local_steps
                 )
 
-    def _charge_release(self, z_round: float) -> None:
-        if self._release is not None:
-            self._release.charge(Step(z_round, self.settings.local.sampling_rate))
-        # With several local steps the party ledgers (charged above) are the release bound;
-        # their budget was checked for every active party when the round opened.
+    def _party_ledger(self, record: list[list[float]] | None = None) -> PrivacyLedger:
+        """A party's ledger (from its checkpoint record): enforced when its steps bound the release."""
+        s = self.settings
+        charged = _steps_from_record(record) if record is not None else None
+        return PrivacyLedger(s.budget, s.accounting, s.local.local_steps > 1, charged)
 
     def _party_ratio(self, party: Party) -> float:
         return party_noise_multiplier(self.settings.scheme, 1.0, self.sizes, party.index)
@@ -618,24 +604,9 @@ class AggregationSession:
         total = sum(self.sizes)
         return round(sum(self._parties[p].records for p in self._active) / total, 4)
 
-    def _party(self, party_id: str) -> Party:
-        try:
-            return self._parties[party_id]
-        except KeyError:
-            raise UnknownParty(
-                f"This party id is not registered in run {self.settings.run_id!r}; call Join"
-                " first and use the id it returns."
-            ) from None
-
     def _require(self, phase: Phase) -> None:
         if self.phase is not phase:
             raise RunError(f"Run {self.settings.run_id!r} is {self.phase.value}, not {phase.value}.")
-
-    def _finish(self, reason: str) -> bool:
-        self.phase = Phase.FINISHED
-        self.stop_reason = reason
-        log.info("run_finished", run=self.settings.run_id, reason=reason, round=self.round)
-        return False
 
 
 CHECKPOINT_VERSION = 2  # 2: momentum state and the resolved step

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cpml.cli_args import settings_fields
+from cpml.errors import argument_error
 
 MAX_RUN_ID_LENGTH = 128
 
@@ -66,32 +69,30 @@ class AggregateSettings:
         if self.run_id is not None and not (
             self.run_id and len(self.run_id) <= MAX_RUN_ID_LENGTH and self.run_id.isprintable()
         ):
-            raise ValueError(
-                f"Argument 'run_id' must be 1 to {MAX_RUN_ID_LENGTH} printable characters, not {self.run_id!r}."
-            )
+            raise argument_error("run_id", f"be 1 to {MAX_RUN_ID_LENGTH} printable characters", self.run_id)
         if self.parties is not None and self.parties < 1:
-            raise ValueError(f"Argument 'parties' must be at least 1, not {self.parties}.")
+            raise argument_error("parties", "be at least 1", self.parties)
         for name in ("round_timeout", "join_timeout"):
             seconds = getattr(self, name)
             if not (seconds > 0 and math.isfinite(seconds)):
-                raise ValueError(f"Argument '{name}' must be a positive number of seconds, not {seconds}.")
+                raise argument_error(name, "be a positive number of seconds", seconds)
         if not self.listen:
             if self.scheme != "centralized" and self.parties is not None and self.parties < 2:
-                raise ValueError(f"Argument 'parties' must be at least 2 to split, not {self.parties}.")
+                raise argument_error("parties", "be at least 2 to split", self.parties)
             return
         if not (self.insecure or (self.tls_cert and self.tls_key)):
             raise ValueError(
                 f"Argument 'listen' must come with --tls-cert/--tls-key or --insecure, not {self.listen!r} alone."
             )
         if self.tls_client_ca is not None and self.party_tokens is not None:
-            raise ValueError(
-                "Argument 'party_tokens' must not come with --tls-client-ca (a party's client"
-                f" certificate names it), not {str(self.party_tokens)!r}."
+            raise argument_error(
+                "party_tokens",
+                "not come with --tls-client-ca (a party's client certificate names it)",
+                str(self.party_tokens),
             )
         if self.tls_client_ca is None and self.party_tokens is not None and self.party_names is not None:
-            raise ValueError(
-                "Argument 'party_names' must not come with --party-tokens (the file names the"
-                f" parties), not {self.party_names!r}."
+            raise argument_error(
+                "party_names", "not come with --party-tokens (the file names the parties)", self.party_names
             )
 
     @property
@@ -135,9 +136,9 @@ class PartySettings:
 
     def __post_init__(self) -> None:
         if self.max_epsilon is not None and not self.max_epsilon > 0:
-            raise ValueError(f"Argument 'max_epsilon' must be positive, not {self.max_epsilon}.")
+            raise argument_error("max_epsilon", "be positive", self.max_epsilon)
         if not self.wait_timeout > 0:
-            raise ValueError(f"Argument 'wait_timeout' must be a positive number of seconds, not {self.wait_timeout}.")
+            raise argument_error("wait_timeout", "be a positive number of seconds", self.wait_timeout)
 
     @property
     def certificate(self) -> bool:
@@ -152,5 +153,6 @@ def party_settings(args: argparse.Namespace) -> PartySettings:
 
 def _given(settings: type[AggregateSettings | PartySettings], args: argparse.Namespace) -> dict[str, Any]:
     """The settings' fields as parsed; --classes as a tuple of labels (empty when not given)."""
-    given = {f.name: getattr(args, f.name) for f in fields(settings)}
-    return given | {"classes": tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())}
+    return settings_fields(settings, args) | {
+        "classes": tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())
+    }

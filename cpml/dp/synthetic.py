@@ -26,7 +26,6 @@ CATEGORIES = {
     "sex": 2,
     "native-country": 42,
 }
-NUMERIC = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 
 
 def census_like(rows: int = 30_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -63,13 +62,13 @@ def census_like(rows: int = 30_000, seed: int = 0) -> tuple[np.ndarray, np.ndarr
         + 1.3 * married
         + 0.25 * sex
         + 2.6 * (gain > 5000)
-        + 0.8 * (loss > 1700)
-        + _effects(rng, 15, 0.5)[occupation]
-        + _effects(rng, 9, 0.35)[workclass]
-        + _effects(rng, 6, 0.3)[relationship]
-        + _effects(rng, 5, 0.2)[race]
-        + _effects(rng, 42, 0.3)[country]
-        + _effects(rng, 7, 0.2)[marital]
+        + 0.8 * (loss > 1700)  # then each category level's random effect
+        + rng.normal(0.0, 0.5, 15)[occupation]
+        + rng.normal(0.0, 0.35, 9)[workclass]
+        + rng.normal(0.0, 0.3, 6)[relationship]
+        + rng.normal(0.0, 0.2, 5)[race]
+        + rng.normal(0.0, 0.3, 42)[country]
+        + rng.normal(0.0, 0.2, 7)[marital]
     )
     y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-1.5 * score))).astype(np.float64)
     codes = (workclass, education, marital, occupation, relationship, race, sex, country)
@@ -82,7 +81,3 @@ def _category(rng: np.random.Generator, rows: int, levels: int, concentration: f
     """Codes 0..levels-1 with Dirichlet frequencies, most frequent first (small: skewed)."""
     frequencies = np.sort(rng.dirichlet(np.full(levels, concentration)))[::-1]
     return rng.choice(levels, size=rows, p=frequencies)
-
-
-def _effects(rng: np.random.Generator, levels: int, scale: float) -> np.ndarray:
-    return rng.normal(0.0, scale, levels)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cpml.env_defaults import apply_env_defaults
-from cpml.errors import CpmlError, ExitCode, exit_codes_help
+from cpml.errors import CpmlError, ExitCode, exit_codes_help, refuse, unexpected
 
 if TYPE_CHECKING:
     from cpml.master.job import RoundRecord
@@ -107,10 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _train(args)
 
 
+TRAIN = "cpml-master train"  # how its refusals begin
+
+
 def _train(args: argparse.Namespace) -> int:
     import asyncio
-
-    import structlog
 
     from cpml import runner
     from cpml.errors import check_output_dir
@@ -121,30 +122,19 @@ def _train(args: argparse.Namespace) -> int:
         settings = train_settings(args)
         check_output_dir(settings.out)
     except ValueError as exc:
-        print(f"cpml-master train: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(TRAIN, exc)
+    checkpoint = settings.out / "checkpoint.json"
     try:
         report = runner.run(train(settings), cancel_on_sigterm=True)
     except CpmlError as exc:
-        print(f"cpml-master train: {_stopped(exc, settings.out / 'checkpoint.json')}", file=sys.stderr)
-        return exc.exit_code
+        return refuse(TRAIN, _stopped(exc, checkpoint), exc.exit_code)
     except (ValueError, OverflowError) as exc:
-        print(f"cpml-master train: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse(TRAIN, exc)
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print(
-            f"cpml-master train: interrupted; the last finished round is checkpointed in "
-            f"{settings.out / 'checkpoint.json'} (rerun with --resume)",
-            file=sys.stderr,
-        )
-        return ExitCode.INTERRUPTED
+        message = f"interrupted; the last finished round is checkpointed in {checkpoint} (rerun with --resume)"
+        return refuse(TRAIN, message, ExitCode.INTERRUPTED)
     except Exception as exc:  # a bug or an environment failure: one line, the traceback only on request
-        structlog.get_logger(__name__).debug("failed", exc_info=True)
-        print(
-            f"cpml-master train: failed: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)",
-            file=sys.stderr,
-        )
-        return ExitCode.FAILED
+        return unexpected(TRAIN, exc)
     final = report.history[-1] if report.history else None
     plan = report.plan
     shape = (

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from cpml.errors import ExitCode
+from cpml.errors import ExitCode, refuse
 from cpml.options import DATA_FORMATS as FORMATS
 
 if TYPE_CHECKING:  # the commands import them when they run: `cpml-master --help` builds these parsers
@@ -96,8 +96,7 @@ def predict_command(args: argparse.Namespace) -> int:
             with Path(args.out).open("w", newline="") as f:
                 write_predictions(model, raw.x, f)
     except (ValueError, OSError) as exc:
-        print(f"cpml-master predict: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse("cpml-master predict", exc)
     if unseen:
         counts = ", ".join(f"{model.preprocessing.column_name(c)} {n}" for c, n in unseen.items())
         print(
@@ -121,8 +120,7 @@ def export_command(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         save_sklearn(model, args.out)
     except (ValueError, OSError) as exc:
-        print(f"cpml-master export: {exc}", file=sys.stderr)
-        return ExitCode.USAGE
+        return refuse("cpml-master export", exc)
     steps = " -> ".join(name for name, _ in model.to_sklearn().steps)
     print(
         f"wrote a scikit-learn Pipeline ({steps}) to {args.out}; load it with "

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Only modules that import nothing heavy: `cpml-master train --help` parses these flags (0.1 s, not 1 s).
-from cpml.cli_args import add_client_tls_arguments, add_log_arguments, settings_fields
+from cpml.cli_args import add_client_tls_arguments, add_data_file_arguments, add_log_arguments, settings_fields
 from cpml.env_defaults import apply_env_defaults
-from cpml.options import DATA_FORMATS as FORMATS
 from cpml.options import DEFAULT_CHUNK_BYTES, DEFAULT_PRIME, MODELS, MPC_PROTOCOLS, SCALINGS, SIGMOIDS
 
 ENV_PREFIX = "CPML_MASTER_"
@@ -162,12 +161,7 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
         help="digits-4v9, breast-cancer, diabetes (real-valued targets: --model linear), digits "
         "(ten classes), or a .csv/.npz/.svm file",
     )
-    data.add_argument("--format", dest="data_format", choices=FORMATS, default="auto")
-    data.add_argument(
-        "--label-column",
-        default="-1",
-        help="CSV label column: a 0-based index (negative from the end; default -1, the last) or a header name",
-    )
+    add_data_file_arguments(data)
     data.add_argument(
         "--categorical",
         default="",

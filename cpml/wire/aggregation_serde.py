@@ -6,7 +6,7 @@ only see numpy arrays, plain values and frozen dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -50,8 +50,7 @@ class TaskView:
 
 def task_to_proto(run_id: str, task: RoundTask, run_z: float, total: int) -> pb.PartyTask:
     """A round's task for one party."""
-    s = task.local
-    assert s.learning_rate is not None  # the session resolves the step before it builds any task
+    assert task.local.learning_rate is not None  # the session resolves the step before it builds any task
     return pb.PartyTask(
         run_id=run_id,
         round=task.round,
@@ -60,11 +59,7 @@ def task_to_proto(run_id: str, task: RoundTask, run_z: float, total: int) -> pb.
         noise_multiplier=task.noise_multiplier,
         run_noise_multiplier=run_z,
         total_records=total,
-        learning_rate=s.learning_rate,
-        clip=s.clip,
-        l2=s.l2,
-        local_steps=s.local_steps,
-        sampling_rate=s.sampling_rate,
+        **asdict(task.local),  # learning_rate, clip, l2, local_steps, sampling_rate: fields of the same names
     )
 
 
@@ -85,15 +80,7 @@ def finished_to_proto(
 
 def task_from_proto(msg: pb.PartyTask) -> TaskView:
     """Decode a PartyTask."""
-    local = None
-    if not msg.finished:
-        local = LocalSettings(
-            learning_rate=msg.learning_rate,
-            clip=msg.clip,
-            l2=msg.l2,
-            local_steps=msg.local_steps,
-            sampling_rate=msg.sampling_rate,
-        )
+    local = None if msg.finished else LocalSettings(**{f.name: getattr(msg, f.name) for f in fields(LocalSettings)})
     return TaskView(
         round=msg.round,
         finished=msg.finished,
