@@ -104,19 +104,28 @@ class TrainingRun:
         if self._issued != self.round or round_index != self.round or self._query is None:
             raise argument_error("round_index", f"be the round whose weights were sent ({self._issued})", round_index)
 
-    def finish(self, gradient: Array, used: tuple[int, ...], wrong: tuple[int, ...] = ()) -> RoundStats:
+    def finish(
+        self, gradient: Array, used: tuple[int, ...], wrong: tuple[int, ...] = (), evaluate: bool = True
+    ) -> RoundStats:
         """Step from the query point along the decoded gradient, project onto the weight ball, report."""
+        # evaluate=False leaves a due round's metrics to the caller (`metrics_due`, then `stats`), which may compute
+        # them while the next round is out with the workers
         self.check_round(self.round)
         assert self.plan.learning_rate is not None and self._query is not None
         step = models.project_to_ball(self._query - self.plan.learning_rate * gradient, self.plan.weight_bound)
         self.previous, self.weights = self.weights, step
         self.round += 1
         self._issued = self._query = None
-        if self.round % self.eval_every and not self.done:  # the metrics cost passes over all the data
+        if not (evaluate and self.metrics_due):  # the metrics cost passes over all the data
             return RoundStats(
                 self.round, None, None, None, used, float(np.linalg.norm(self.weights)), wrong_workers=wrong
             )
         return replace(self.stats(used), wrong_workers=wrong)
+
+    @property
+    def metrics_due(self) -> bool:
+        """Whether the round just finished reports its loss and accuracies (every eval_every rounds, and the last)."""
+        return not self.round % self.eval_every or self.done
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""
