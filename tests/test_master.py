@@ -81,6 +81,7 @@ async def test_eval_every_skips_the_metrics_between_evaluations_and_keeps_the_we
         report = await train(_settings([s.address for s in servers], tmp_path, iterations=5, eval_every=2))
     assert [r.loss is not None for r in report.history] == [False, True, False, True, True]  # and the last
     assert [r.test_accuracy is not None for r in report.history] == [False, True, False, True, True]
+    assert all(r.test_r2 is None and r.test_rmse is None for r in report.history)  # a classifier has no R², ever
     reference = _simulated(report.plan)
     assert report.weights.tobytes() == reference.weights.tobytes()
     assert report.history[-1].loss == reference.history[-1].loss

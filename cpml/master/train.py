@@ -8,6 +8,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from cpml.master.mpc_train import train_baseline
 from cpml.master.rejoin import Rejoiner
 from cpml.master.rounds import ComputeStreams
 from cpml.master.settings import TrainSettings
-from cpml.protocol import CodedTrainer, Plan, plan_from_checkpoint
+from cpml.protocol import CodedTrainer, Plan, RoundStats, plan_from_checkpoint
 from cpml.protocol.coding import MaskSource
 from cpml.wire import serde
 
@@ -199,11 +200,16 @@ async def _run_job(
             contextlib.aclosing(rejoiner),
         ):
             with rounds:
-                while not trainer.done:
-                    for worker in rejoiner.ready():
-                        worker.revive()
-                        streams.add(worker)
-                    rounds.record(await _one_round(trainer, streams, rejoiner, target_scale))
+                recording: asyncio.Task[None] | None = None
+                try:
+                    while not trainer.done:
+                        for worker in rejoiner.ready():
+                            worker.revive()
+                            streams.add(worker)
+                        recording = await _one_round(trainer, streams, rejoiner, rounds, recording, target_scale)
+                finally:
+                    if recording is not None:  # the last finished round is logged, also on the way out
+                        await recording
     except BaseException:
         rounds.save()  # the last finished round
         raise
@@ -252,8 +258,17 @@ async def _distribute(
 
 
 async def _one_round(
-    trainer: CodedTrainer, streams: ComputeStreams, rejoiner: Rejoiner, target_scale: float = 1.0
-) -> RoundRecord:
+    trainer: CodedTrainer,
+    streams: ComputeStreams,
+    rejoiner: Rejoiner,
+    rounds: RoundsLog,
+    previous: asyncio.Task[None] | None,
+    target_scale: float = 1.0,
+) -> asyncio.Task[None]:
+    """Run one round's exchanges and step; return the task that computes its metrics and records it."""
+    # The metrics pass over all the data: computed on a thread while the next round is out with the workers (the
+    # master would otherwise hold them up each round). The previous round is recorded before this one steps, so
+    # its checkpoint holds its own state.
     began = time.perf_counter()
     round_number = trainer.round
     shares = trainer.weight_shares()
@@ -272,7 +287,9 @@ async def _one_round(
             encoded += sigmoid_encoded - received
             traffic = traffic.plus(second)
             received = time.perf_counter()
-        stats = trainer.finish_round(round_number, replies)
+        if previous is not None:
+            await previous
+        stats = trainer.finish_round(round_number, replies, evaluate=False)
     except TooManyErrors as exc:
         raise WrongResults(
             f"{exc}; the round was not applied (the checkpoint holds the last good one). Rerun with "
@@ -282,19 +299,33 @@ async def _one_round(
     for index in stats.wrong_workers:
         streams.drop(index, f"sent a wrong result in round {round_number + 1} (corrected)")
     done = time.perf_counter()
-    return round_record(
-        stats,
-        target_scale,
-        encode_seconds=encoded - began,
-        send_seconds=traffic.send_seconds,
-        wait_seconds=traffic.wait_seconds,
-        worker_compute_seconds=traffic.worker_compute_seconds,
-        decode_update_seconds=done - received,
-        total_seconds=done - began,
-        bytes_sent=traffic.bytes_sent,
-        bytes_received=traffic.bytes_received,
-        late_replies=traffic.late_replies,
-    )
+    measured = {
+        "encode_seconds": encoded - began,
+        "send_seconds": traffic.send_seconds,
+        "wait_seconds": traffic.wait_seconds,
+        "worker_compute_seconds": traffic.worker_compute_seconds,
+        "decode_update_seconds": done - received,
+        "total_seconds": done - began,
+        "bytes_sent": traffic.bytes_sent,
+        "bytes_received": traffic.bytes_received,
+        "late_replies": traffic.late_replies,
+    }
+    return asyncio.create_task(_record(rounds, trainer, stats, trainer.metrics_due, measured, target_scale))
+
+
+async def _record(
+    rounds: RoundsLog,
+    trainer: CodedTrainer,
+    stats: RoundStats,
+    due: bool,
+    measured: dict[str, Any],
+    target_scale: float,
+) -> None:
+    """Add a finished round's metrics (when due, off the event loop), then log, show and checkpoint it."""
+    if due:  # the trainer's weights stay this round's until the next round steps, which waits for this
+        metrics = await asyncio.to_thread(trainer.stats, stats.workers_used)
+        stats = replace(metrics, wrong_workers=stats.wrong_workers)
+    rounds.record(round_record(stats, target_scale, **measured))
 
 
 def _finish(

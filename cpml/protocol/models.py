@@ -45,7 +45,11 @@ def check_dataset(x: npt.ArrayLike, y: npt.ArrayLike, model: str, name: str = "x
 
 def loss(x: Array, y: Array, w: Array, model: str) -> float:
     """Mean cross-entropy (logistic) or half mean squared error (linear)."""
-    z = x @ w
+    return loss_of_scores(x @ w, y, model)
+
+
+def loss_of_scores(z: Array, y: Array, model: str) -> float:
+    """The loss from the scores z = x @ w."""
     if model == "linear":
         return float(0.5 * np.mean((z - y) ** 2))
     # log(1 + e^z) - y z, computed stably (averaged over the classes' binary models too)
@@ -54,27 +58,42 @@ def loss(x: Array, y: Array, w: Array, model: str) -> float:
 
 def accuracy(x: Array, y: Array, w: Array, model: str) -> float | None:
     """Fraction of correct 0/1 predictions (logistic); None for linear regression."""
+    return accuracy_of_scores(x @ w, y, model)
+
+
+def accuracy_of_scores(z: Array, y: Array, model: str) -> float | None:
+    """The accuracy from the scores z = x @ w (a column a class: the highest-scoring class is predicted)."""
     if model == "linear":
         return None
-    if np.ndim(w) == 2:  # one-vs-rest: the class whose model scores highest
-        return float(np.mean(np.argmax(x @ w, axis=1) == np.argmax(y, axis=1)))
-    return float(np.mean((x @ w >= 0.0) == (y == 1)))
+    if np.ndim(z) == 2:  # one-vs-rest: the class whose model scores highest
+        return float(np.mean(np.argmax(z, axis=1) == np.argmax(y, axis=1)))
+    return float(np.mean((z >= 0.0) == (y == 1)))
 
 
 def r_squared(x: Array, y: Array, w: Array, model: str) -> float | None:
     """Coefficient of determination 1 - SS_res/SS_tot of x @ w (linear); None for logistic, NaN for constant y."""
+    return r_squared_of_scores(x @ w, y, model)
+
+
+def r_squared_of_scores(z: Array, y: Array, model: str) -> float | None:
+    """R² from the predictions z = x @ w."""
     if model != "linear":
         return None
     total = float(np.sum((y - np.mean(y)) ** 2))
-    residual = float(np.sum((x @ w - y) ** 2))
+    residual = float(np.sum((z - y) ** 2))
     return 1.0 - residual / total if total > 0 else float("nan")
 
 
 def rmse(x: Array, y: Array, w: Array, model: str, target_scale: float = 1.0) -> float | None:
     """Root mean squared error of x @ w (linear) in target units: y's units times target_scale; None for logistic."""
+    return rmse_of_scores(x @ w, y, model, target_scale)
+
+
+def rmse_of_scores(z: Array, y: Array, model: str, target_scale: float = 1.0) -> float | None:
+    """The RMSE from the predictions z = x @ w, in y's units times target_scale."""
     if model != "linear":
         return None
-    return float(target_scale * np.sqrt(np.mean((x @ w - y) ** 2)))
+    return float(target_scale * np.sqrt(np.mean((z - y) ** 2)))
 
 
 def gradient(x: Array, y: Array, w: Array, model: str) -> Array:

@@ -104,19 +104,26 @@ class TrainingRun:
         if self._issued != self.round or round_index != self.round or self._query is None:
             raise argument_error("round_index", f"be the round whose weights were sent ({self._issued})", round_index)
 
-    def finish(self, gradient: Array, used: tuple[int, ...], wrong: tuple[int, ...] = ()) -> RoundStats:
+    def finish(
+        self, gradient: Array, used: tuple[int, ...], wrong: tuple[int, ...] = (), evaluate: bool = True
+    ) -> RoundStats:
         """Step from the query point along the decoded gradient, project onto the weight ball, report."""
+        # evaluate=False leaves a due round's metrics to the caller (`metrics_due`, then `stats`), which may compute
+        # them while the next round is out with the workers
         self.check_round(self.round)
         assert self.plan.learning_rate is not None and self._query is not None
         step = models.project_to_ball(self._query - self.plan.learning_rate * gradient, self.plan.weight_bound)
         self.previous, self.weights = self.weights, step
         self.round += 1
         self._issued = self._query = None
-        if self.round % self.eval_every and not self.done:  # the metrics cost passes over all the data
-            return RoundStats(
-                self.round, None, None, None, used, float(np.linalg.norm(self.weights)), wrong_workers=wrong
-            )
+        if not (evaluate and self.metrics_due):  # the metrics cost passes over all the data
+            return RoundStats(self.round, None, None, None, used, wrong_workers=wrong)
         return replace(self.stats(used), wrong_workers=wrong)
+
+    @property
+    def metrics_due(self) -> bool:
+        """Whether the round just finished reports its loss and accuracies (every eval_every rounds, and the last)."""
+        return not self.round % self.eval_every or self.done
 
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""
@@ -315,17 +322,20 @@ def round_stats(
     used: tuple[int, ...] = (),
 ) -> RoundStats:
     """Loss and accuracy of the weights on the real training data (test accuracy, or R² and RMSE, on a test set)."""
+    # One product x @ w per split for all its metrics: each is a pass over the data.
     x, y = train
     x_test, y_test = test
     test_accuracy = test_r2 = test_rmse = None
     if x_test is not None and y_test is not None:
-        test_accuracy = models.accuracy(x_test, y_test, weights, model)
-        test_r2 = models.r_squared(x_test, y_test, weights, model)
-        test_rmse = models.rmse(x_test, y_test, weights, model)
+        z_test = x_test @ weights
+        test_accuracy = models.accuracy_of_scores(z_test, y_test, model)
+        test_r2 = models.r_squared_of_scores(z_test, y_test, model)
+        test_rmse = models.rmse_of_scores(z_test, y_test, model)
+    z = x @ weights
     return RoundStats(
         round=round_index,
-        loss=models.loss(x, y, weights, model),
-        train_accuracy=models.accuracy(x, y, weights, model),
+        loss=models.loss_of_scores(z, y, model),
+        train_accuracy=models.accuracy_of_scores(z, y, model),
         test_accuracy=test_accuracy,
         workers_used=used,
         test_r2=test_r2,

@@ -247,12 +247,14 @@ class CodedTrainer(TrainingRun):
         """The real gradient (1/m)(X̄ᵀs̄ 2^-l - X̄ᵀy 2^-lx) from the first R right replies (each residues x d)."""
         return gradient_from_sums(self.plan, self.decode_sums(replies, wrong), self.xty, self.x.shape[0])
 
-    def finish_round(self, round_index: int, replies: Mapping[int, npt.NDArray[np.uint32]]) -> RoundStats:
-        """Decode the round's gradient from the first replies, correcting wrong ones, and step."""
+    def finish_round(
+        self, round_index: int, replies: Mapping[int, npt.NDArray[np.uint32]], evaluate: bool = True
+    ) -> RoundStats:
+        """Decode the round's gradient from the first replies, correcting wrong ones, and step (see `finish`)."""
         self.check_round(round_index)
         sums, wrong = self.decode_round(replies)
         used = tuple([i for i in replies if i not in wrong][: self.plan.threshold])
         gradient = gradient_from_sums(self.plan, sums, self.xty, self.x.shape[0])
         wrong = sorted(set(wrong) | set(self._caught_this_round))
         self._caught_this_round = []
-        return self.finish(gradient, used, tuple(wrong))
+        return self.finish(gradient, used, tuple(wrong), evaluate)
