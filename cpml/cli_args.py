@@ -26,6 +26,11 @@ def add_client_tls_arguments(parser: argparse.ArgumentParser | Any, peer: str = 
     parser.add_argument("--tls-key", type=Path, default=None, help="the client certificate's key")
 
 
+def comma_list(text: object) -> tuple[str, ...]:
+    """The items of a comma-separated flag or variable, stripped, empty ones dropped (None or '' gives none)."""
+    return tuple(item.strip() for item in str(text or "").split(",") if item.strip())
+
+
 def settings_fields(settings: type[Any], args: argparse.Namespace) -> dict[str, Any]:
     """The fields of a settings dataclass that args holds by name ('' is None where the field defaults to None)."""
     given = {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpml.cli_args import settings_fields
+from cpml.cli_args import comma_list, settings_fields
 from cpml.errors import argument_error
 
 MAX_RUN_ID_LENGTH = 128
@@ -100,7 +100,7 @@ class AggregateSettings:
         """The names of --party-names, or None when it is not given."""
         if self.party_names is None:
             return None
-        return tuple(n.strip() for n in self.party_names.split(",") if n.strip())
+        return comma_list(self.party_names)
 
 
 def aggregate_settings(args: argparse.Namespace) -> AggregateSettings:
@@ -153,6 +153,4 @@ def party_settings(args: argparse.Namespace) -> PartySettings:
 
 def _given(settings: type[AggregateSettings | PartySettings], args: argparse.Namespace) -> dict[str, Any]:
     """The settings' fields as parsed; --classes as a tuple of labels (empty when not given)."""
-    return settings_fields(settings, args) | {
-        "classes": tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())
-    }
+    return settings_fields(settings, args) | {"classes": comma_list(args.classes)}

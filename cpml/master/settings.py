@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Only modules that import nothing heavy: `cpml-master train --help` parses these flags (0.1 s, not 1 s).
-from cpml.cli_args import add_client_tls_arguments, add_data_file_arguments, add_log_arguments, settings_fields
+from cpml.cli_args import (
+    add_client_tls_arguments,
+    add_data_file_arguments,
+    add_log_arguments,
+    comma_list,
+    settings_fields,
+)
 from cpml.env_defaults import apply_env_defaults
 from cpml.options import DEFAULT_CHUNK_BYTES, DEFAULT_PRIME, MODELS, MPC_PROTOCOLS, SCALINGS, SIGMOIDS
 
@@ -334,13 +340,12 @@ def add_train_arguments(p: argparse.ArgumentParser, environ: Mapping[str, str] |
 
 def train_settings(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from parsed `train` arguments (raises ValueError naming a bad argument)."""
-    categorical = str(getattr(args, "categorical", "") or "").split(",")
     return TrainSettings(
         **settings_fields(TrainSettings, args)
         | {
             "label_column": _index_or_name(args.label_column),
-            "categorical": tuple(_index_or_name(c) for c in categorical if c.strip()),
-            "workers": tuple(a.strip() for a in str(args.workers or "").split(",") if a.strip()),
+            "categorical": tuple(_index_or_name(c) for c in comma_list(getattr(args, "categorical", ""))),
+            "workers": comma_list(args.workers),
             "out": Path(args.out),
             "timeouts": Timeouts(connect=args.connect_timeout, upload=args.upload_timeout, round=args.round_timeout),
         }

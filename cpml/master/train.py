@@ -310,19 +310,15 @@ async def _one_round(
         "bytes_received": traffic.bytes_received,
         "late_replies": traffic.late_replies,
     }
-    return asyncio.create_task(_record(rounds, trainer, stats, trainer.metrics_due, measured, target_scale))
+    return asyncio.create_task(_record(rounds, trainer, stats, measured, target_scale))
 
 
 async def _record(
-    rounds: RoundsLog,
-    trainer: CodedTrainer,
-    stats: RoundStats,
-    due: bool,
-    measured: dict[str, Any],
-    target_scale: float,
+    rounds: RoundsLog, trainer: CodedTrainer, stats: RoundStats, measured: dict[str, Any], target_scale: float
 ) -> None:
     """Add a finished round's metrics (when due, off the event loop), then log, show and checkpoint it."""
-    if due:  # the trainer's weights stay this round's until the next round steps, which waits for this
+    # The trainer's round and weights stay this round's until the next round steps, which waits for this task.
+    if trainer.metrics_due:
         metrics = await asyncio.to_thread(trainer.stats, stats.workers_used)
         stats = replace(metrics, wrong_workers=stats.wrong_workers)
     rounds.record(round_record(stats, target_scale, **measured))

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cpml.cli_args import comma_list
+
 
 @dataclass(frozen=True)
 class ClusterPki:
@@ -158,10 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.out / "ca.pem").exists() and not args.force:
         print(f"{args.out / 'ca.pem'} exists; keeping the existing PKI (pass --force to replace it)")
         return 0
-    split = [h.strip() for h in args.hosts.split(",") if h.strip()]
-    names = [c.strip() for c in args.clients.split(",") if c.strip()]
+    names = comma_list(args.clients)
     try:
-        pki = make_cluster_pki(args.out, split, names, args.days)
+        pki = make_cluster_pki(args.out, comma_list(args.hosts), names, args.days)
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {pki.ca}, {pki.worker_cert} (+ keys) and client certificates for {', '.join(names)}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
-from cpml.cli_args import add_log_arguments, settings_fields
+from cpml.cli_args import add_log_arguments, comma_list, settings_fields
 from cpml.env_defaults import apply_env_defaults, parse_bool
 from cpml.errors import ExitCode, exit_codes_help
 
@@ -222,7 +222,7 @@ def settings_from_args(argv: Sequence[str] | None = None, environ: Mapping[str, 
     parser = build_parser(os.environ if environ is None else environ)
     args = parser.parse_args(argv)
     try:
-        hosts = tuple(h.strip().lower() for h in str(args.mpc_peer_hosts or "").split(",") if h.strip())
+        hosts = tuple(host.lower() for host in comma_list(args.mpc_peer_hosts))
         return WorkerSettings(**settings_fields(WorkerSettings, args) | {"mpc_peer_hosts": hosts})
     except ValueError as exc:
         parser.error(str(exc))
