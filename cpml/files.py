@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from cpml.errors import argument_error
@@ -12,13 +13,16 @@ def write_atomically(path: Path | str, text: str, private: bool = False) -> Path
     """Write text to path through a temporary file and a rename, so a reader never sees half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    if private:
-        os.chmod(tmp, 0o600)  # secrets: an existing .tmp keeps its mode through O_CREAT
-    os.replace(tmp, path)
+    # A temporary name of this writer's own: two processes writing the same path must not rename each other's file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o666)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
