@@ -146,8 +146,10 @@ async def test_below_r_it_checkpoints_and_resume_finishes_identically(tmp_path):
         with pytest.raises(NotEnoughWorkers, match=r"only 2 of 5 workers remain but R = 3 replies are needed"):
             await train(_settings([s.address for s in servers], tmp_path, iterations=5, k=1, t=1))
     state = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
-    assert state["trainer"]["round"] == 2
-    assert len((tmp_path / "run" / "rounds.jsonl").read_text().splitlines()) == 2
+    # round 2, or 3 when a failing worker straggled past a round (R = 3 of 5 did not need it): it serves its second
+    # round one round later (as in test_e2e); the checkpoint and the rounds log agree either way
+    assert state["trainer"]["round"] in (2, 3)
+    assert len((tmp_path / "run" / "rounds.jsonl").read_text().splitlines()) == state["trainer"]["round"]
     async with _workers(3) as servers:  # fewer workers than before: N changes, R = 3 still fits
         resumed = await train(_settings([s.address for s in servers], tmp_path, iterations=5, resume=True))
     assert len(resumed.history) == 5 and resumed.plan.n_workers == 3
