@@ -3,8 +3,9 @@ the in-process simulator (`cpml.protocol.simulate`) for the same job, with a per
 
 Jobs: digits 4-vs-9 (scikit-learn) and a CIFAR-shaped synthetic set (9019 x 3073), each with N = 10 and
 N = 50 workers (Case 1). Both sides load the data the same way and use the same plan and seed, and the
-script checks the two final weight vectors are bit-identical. Worker start-up is measured but kept out
-of the comparison (daemons are long-lived). Writes bench/results/distributed.json.
+script checks every run's final weight vector is bit-identical. Each side runs three times, alternating, on
+the same daemons, and their medians are compared. Worker start-up is measured but kept out of the comparison
+(daemons are long-lived). Writes bench/results/distributed.json.
 
     python bench/bench_distributed.py                          # the full run (minutes; needs ~6 GB RAM)
     python bench/bench_distributed.py --quick --out /tmp/d.json  # small shapes, to check the script
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -124,33 +126,45 @@ def _kernels_ready(log_dir: Path, n_workers: int, timeout: float = 600.0) -> Non
         time.sleep(0.2)
 
 
-async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
-    """Start N local worker processes, then time a full `train` against them as remote workers."""
+async def measure(settings: TrainSettings, workdir: Path, repeats: int) -> tuple[list[dict], list[dict], float]:
+    """Start N local worker processes once, then time the simulator and a full `train` against them in turn."""
+    # Daemons are long-lived: the runs after the first are a user's second and third jobs on the same workers.
+    # Alternating the two sides gives each the same machine state (page cache, free memory) run by run.
     started = time.perf_counter()
     async with LocalWorkers(settings.n_workers, workdir / "workers", start_timeout=600) as local:
         # as on real machines, each worker has its kernels compiled before a job arrives (here N daemons share
         # 2 cores, so their warm-up would otherwise overlap the timed job)
         await asyncio.to_thread(_kernels_ready, workdir / "workers", settings.n_workers)
         startup = time.perf_counter() - started
-        remote = TrainSettings(**{**settings.__dict__, "workers": tuple(local.addresses)})
-        pids = [p.pid for p in local.processes]
-        # (workers, master, clock) at the start, after the first round, after the last round, at the end
-        cpu: list[tuple[float, float, float]] = []
-        finished = 0
+        sims, dists = [], []
+        for run in range(repeats):
+            sims.append(run_simulator(settings))
+            remote = TrainSettings(
+                **{**settings.__dict__, "workers": tuple(local.addresses), "out": workdir / f"run-{run}"}
+            )
+            dists.append(await distributed_job(remote, [p.pid for p in local.processes]))
+    return sims, dists, startup
 
-        def mark() -> None:
-            cpu.append((sum(worker_cpu_seconds(pids).values()), own_cpu_seconds(), time.perf_counter()))
 
-        def on_round(_: object) -> None:
-            nonlocal finished
-            finished += 1
-            if finished in (1, settings.iterations):
-                mark()
+async def distributed_job(settings: TrainSettings, pids: list[int]) -> dict:
+    """Time one full `train` against running workers, with their CPU seconds and the master's."""
+    # (workers, master, clock) at the start, after the first round, after the last round, at the end
+    cpu: list[tuple[float, float, float]] = []
+    finished = 0
 
-        mark()
-        report = await train(remote, on_round)
-        mark()
-        wall = cpu[-1][2] - cpu[0][2]
+    def mark() -> None:
+        cpu.append((sum(worker_cpu_seconds(pids).values()), own_cpu_seconds(), time.perf_counter()))
+
+    def on_round(_: object) -> None:
+        nonlocal finished
+        finished += 1
+        if finished in (1, settings.iterations):
+            mark()
+
+    mark()
+    report = await train(settings, on_round)
+    mark()
+    wall = cpu[-1][2] - cpu[0][2]
     rounds = report.history
     phase = {
         name: float(np.sum([getattr(r, name) for r in rounds]))
@@ -176,7 +190,6 @@ async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
             "workers_cpu_seconds": cpu[2][0] - cpu[1][0],
             "master_cpu_seconds": cpu[2][1] - cpu[1][1],
         },
-        "worker_startup_seconds": startup,
         "train_seconds": report.upload["seconds"] + phase["total_seconds"],
         "upload_seconds": report.upload["seconds"],
         "upload_encode_seconds": report.upload["encode_seconds"],
@@ -191,6 +204,13 @@ async def run_distributed(settings: TrainSettings, workdir: Path) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the lower of the two middle ones), with every run's wall time."""
+    walls = [r["wall_seconds"] for r in runs]
+    chosen = runs[walls.index(statistics.median_low(walls))]
+    return {**chosen, "runs_wall_seconds": walls, "runs_train_seconds": [r["train_seconds"] for r in runs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every configuration and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,11 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default=None, help="comma-separated N values (default 10,50)")
     parser.add_argument("--datasets", default="digits,cifar-synthetic")
     parser.add_argument("--shape", default=None, help="synthetic ROWSxCOLS (default 9019x3073; quick: 600x65)")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs of each side, medians compared (default 3; quick: 1)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "distributed.json")
     args = parser.parse_args(argv)
     load_start = [round(v, 2) for v in os.getloadavg()]
     configure_logging("warning", "console")
     iterations = args.iterations or (5 if args.quick else 50)
+    repeats = args.repeat or (1 if args.quick else 3)
     ns = [int(n) for n in (args.workers or ("10,13" if args.quick else "10,50")).split(",")]
     shape = tuple(int(v) for v in (args.shape or ("600x65" if args.quick else "9019x3073")).split("x"))
     results = []
@@ -228,12 +252,15 @@ def main(argv: list[str] | None = None) -> int:
                     SCALINGS[name],
                     learning_rate=rate,
                 )
-                print(f"{name} N={n}: simulator ...", file=sys.stderr, flush=True)
-                sim = run_simulator(settings)
-                print(f"{name} N={n}: distributed ...", file=sys.stderr, flush=True)
-                dist = asyncio.run(run_distributed(settings, tmp_dir / f"{name}-{n}"))
-                identical = sim.pop("weights").tobytes() == dist.pop("weights").tobytes()
-                plan = sim.pop("plan")
+                print(f"{name} N={n}: simulator and distributed, {repeats} run(s) each", file=sys.stderr, flush=True)
+                sims, dists, startup = asyncio.run(measure(settings, tmp_dir / f"{name}-{n}", repeats))
+                reference = sims[0]["weights"].tobytes()
+                identical = all(r.pop("weights").tobytes() == reference for r in sims + dists)
+                plan = sims[0]["plan"]
+                for r in sims:
+                    r.pop("plan")
+                sim, dist = median_run(sims), median_run(dists)
+                dist["worker_startup_seconds"] = startup
                 results.append(
                     {
                         "dataset": name,
@@ -255,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
                         "learning_rate": rate,
                         "learning_rate_seconds": rate_seconds,
                         "weights_bit_identical": identical,
+                        "repeats": repeats,
+                        # median against median; the first runs (a fresh master and fresh daemons) alone as well
                         "ratio_distributed_to_simulator": dist["wall_seconds"] / sim["wall_seconds"],
-                        "ratio_train_only": dist["train_seconds"] / sim["train_seconds"],
+                        "ratio_train_only": statistics.median(dist["runs_train_seconds"])
+                        / statistics.median(sim["runs_train_seconds"]),
+                        "ratio_first_runs": dists[0]["wall_seconds"] / sims[0]["wall_seconds"],
                         "simulator": sim,
                         "distributed": dist,
                     }
@@ -284,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             "note": (
                 "all N workers and the master share this machine. wall_seconds: data load + plan + training "
                 "(+ the distributed run's health checks, checkpoints and plot); train_seconds: share encoding and "
-                "distribution + all rounds. Worker start-up and the 1/L learning rate (power iteration, the same "
-                "for both) are measured separately and excluded."
+                "distribution + all rounds. Each side runs `repeats` times, alternating, on the same daemons; "
+                "each side's figures are its median run's (runs_wall_seconds lists them all) and the ratios are "
+                "median to median (ratio_first_runs: the first run of each). Worker start-up and the 1/L learning "
+                "rate (power iteration, the same for both) are measured separately and excluded."
             ),
             "results": results,
         },

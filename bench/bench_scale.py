@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -124,6 +125,7 @@ def run_size(rows: int, workers: list[str], iterations: int, directory: Path) ->
         "raw_bytes": raw_bytes,
         "master_peak_bytes": peak,
         "master_peak_over_raw": peak / raw_bytes,
+        "worker_share_bytes": metrics["upload"]["bytes_sent"] // metrics["plan"]["n_workers"],  # as sent
         "seconds": {
             "load_split_scale": events["data"],
             "plan": events["plan"],
@@ -139,6 +141,34 @@ def run_size(rows: int, workers: list[str], iterations: int, directory: Path) ->
     }
 
 
+class ResidentPeak:
+    """The largest resident memory (VmRSS) any of some processes reaches while this is entered, sampled every 5 ms."""
+
+    # sampled: a live process's VmHWM is only updated on some unmaps, so it can miss a peak or come from a later one
+    def __init__(self, pids: list[int]) -> None:
+        self._pids, self.bytes, self._stop = pids, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ResidentPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.bytes = max(self.bytes, *(_resident_bytes(pid) for pid in self._pids))
+
+
+def _resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="50000,200000,1000000", help="comma-separated table sizes")
@@ -151,14 +181,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workers, addresses = start_workers(WORKERS, Path(tmp))
         try:
-            fixed = run_size(FIXED_ROWS, addresses, args.iterations, Path(tmp))["master_peak_bytes"]
+            pids = [w.pid for w in workers]
+            with ResidentPeak(pids) as fixed_worker:
+                fixed = run_size(FIXED_ROWS, addresses, args.iterations, Path(tmp))["master_peak_bytes"]
             print(f"{FIXED_ROWS} rows: peak {fixed / 2**20:.0f} MiB (what any job holds)", flush=True)
             for rows in sorted(sizes):
-                results.append(run_size(rows, addresses, args.iterations, Path(tmp)))
+                with ResidentPeak(pids) as worker_peak:
+                    results.append(run_size(rows, addresses, args.iterations, Path(tmp)))
                 results[-1]["master_peak_beyond_fixed_over_raw"] = (results[-1]["master_peak_bytes"] - fixed) / (
                     results[-1]["raw_bytes"]
                 )
                 r = results[-1]
+                r["worker_peak_bytes"] = worker_peak.bytes
                 seconds, per_round = r["seconds"], r["round_median_seconds"]["total_seconds"]
                 print(
                     f"{rows} rows: peak {r['master_peak_bytes'] / 2**20:.0f} MiB ({r['master_peak_over_raw']:.2f}x "
@@ -186,7 +220,7 @@ def main() -> None:
             "benchmark": "a job's time and the master's memory against its rows",
             "command": "python bench/bench_scale.py " + " ".join(sys.argv[1:]),
             "workers": WORKERS,
-            "fixed_overhead": {"rows": FIXED_ROWS, "master_peak_bytes": fixed},
+            "fixed_overhead": {"rows": FIXED_ROWS, "master_peak_bytes": fixed, "worker_peak_bytes": fixed_worker.bytes},
             "results": results,
             "note": (
                 "one cpml-master train process per size against 10 running daemons on this machine (they share "
@@ -195,7 +229,8 @@ def main() -> None:
                 f"{FIXED_ROWS}-row job (interpreter, numpy, gRPC, matplotlib), most of the peak at 50k rows, and "
                 "master_peak_beyond_fixed_over_raw = (peak - fixed) / raw_bytes; load_split_scale and plan are "
                 "seconds from the process start to its 'data' and 'plan' log lines; per_row_vs_smallest "
-                "1.0 = linear in rows"
+                "1.0 = linear in rows; worker_peak_bytes is the largest resident memory of any daemon during the job "
+                "(fixed_overhead's: after the small job), worker_share_bytes one daemon's share as uploaded"
             ),
             "machine": {
                 "cpus": os.cpu_count(),

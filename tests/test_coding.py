@@ -217,3 +217,12 @@ def test_prepare_share_keeps_the_fused_form_where_it_applies(moduli):
     assert (
         worker_compute(basis, prepared, w, coefficients).tolist() == worker_compute(basis, x, w, coefficients).tolist()
     )
+
+
+def test_prepare_share_takes_a_centred_int32_share_as_it_is_and_refuses_one_that_is_not():
+    basis = ResidueBasis(residue_primes(2**25 - 39, 2))
+    x = np.stack([np.random.default_rng(4).integers(0, p, (6, 4)).astype(np.uint32) for p in basis.moduli])
+    centred = prepare_share(basis, x)
+    assert prepare_share(basis, centred) is centred
+    with pytest.raises(ValueError, match="x_share"):
+        prepare_share(basis, x.astype(np.int32))  # elements, not centred values

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from helpers_cluster import small_job
 
+from cpml.protocol.fused_step import fused_available
 from cpml.wire import serde
-from cpml.worker.compute import ComputeStream, RoundInput, RoundOutOfOrder, StreamIdle
+from cpml.worker.compute import ComputeStream, RoundInput, RoundOutOfOrder, StreamIdle, prepare_soon
 from cpml.worker.settings import WorkerSettings
 from cpml.worker.store import ShareStore, UnknownJob
 
@@ -72,3 +73,15 @@ async def test_a_silent_stream_ends_with_stream_idle():
     job = small_job("idle")
     with pytest.raises(StreamIdle):
         await _run(_stored(job), [_request(job, 0), 1.0], job_idle_seconds=0.2)
+
+
+async def test_a_worker_holds_one_copy_of_its_share():
+    # stored centred as it arrives: the fused step computes on the stored array itself (before, a job held the
+    # uint32 share and a converted copy, and the conversion's temporaries: over three times the share)
+    job = small_job("one-copy")
+    store = _stored(job)
+    stored = store.get("one-copy")
+    with ThreadPoolExecutor(1) as executor:
+        prepared = await prepare_soon(stored, executor)
+    assert fused_available(max(job.spec.moduli)) and prepared is stored.share
+    assert store.used_bytes == stored.share.nbytes

@@ -71,13 +71,18 @@ class PrimeField:
         a = self.check_elements(x).astype(np.int64)
         return np.where(a >= (self.p - 1) // 2, a - self.p, a)
 
-    def centred(self, x: npt.ArrayLike, dtype: npt.DTypeLike = np.float64) -> npt.NDArray[Any]:
-        """Return the representatives in [-(p-1)/2, (p-1)/2] as float64 or int32 (exact: |value| < 2^30)."""
+    def centred(
+        self, x: npt.ArrayLike, dtype: npt.DTypeLike = np.float64, out: npt.NDArray[np.int32] | None = None
+    ) -> npt.NDArray[Any]:
+        """Return the representatives in [-(p-1)/2, (p-1)/2] as float64 or int32 (into `out`, int32, when given)."""
         if dtype not in (np.float64, np.int32):
             raise argument_error("dtype", "be numpy.float64 or numpy.int32", dtype)
-        a = np.asarray(x).astype(np.int32)  # elements are below 2^31; int32 keeps this pass cheap
-        a -= np.int32(self.p) * (a > (self.p - 1) // 2)
-        return a if np.dtype(dtype) == np.int32 else a.astype(np.float64)
+        a = np.asarray(x)
+        # elements are below 2^31: int32 holds them and their centred values, and keeps this pass cheap (a
+        # masked subtract, `where=`, is over ten times slower than subtracting p times the mask)
+        low = a.view(np.int32) if a.dtype == np.uint32 else a.astype(np.int32)
+        c = np.subtract(low, np.int32(self.p) * (a > (self.p - 1) // 2), out=out)
+        return c if np.dtype(dtype) == np.int32 else c.astype(np.float64)
 
     # --- validation -------------------------------------------------------------------------
     def check_elements(self, x: npt.ArrayLike, name: str = "x") -> Elements:

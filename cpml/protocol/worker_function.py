@@ -14,12 +14,23 @@ from cpml.protocol.fused_step import fused_available, fused_compute, fused_produ
 Share = npt.NDArray[np.uint32] | npt.NDArray[np.int32] | npt.NDArray[np.float64]
 
 
-def prepare_share(basis: ResidueBasis, x_share: npt.NDArray[np.uint32]) -> npt.NDArray[np.int32 | np.float64]:
-    """Convert a share (residues x rows x d) once to the centred int32 (fused step) or float64 rounds compute on."""
+def prepare_share(
+    basis: ResidueBasis, x_share: npt.NDArray[np.uint32] | npt.NDArray[np.int32]
+) -> npt.NDArray[np.int32 | np.float64]:
+    """A share (residues x rows x d: elements, or centred int32 as a worker stores it) as the rounds compute on it."""
+    # the fused step computes on centred int32, the float64 kernels on centred float64
     if x_share.ndim != 3 or x_share.shape[0] != len(basis.moduli):
         raise argument_error("x_share", f"have shape ({len(basis.moduli)}, rows, d)", x_share.shape)
-    dtype = np.int32 if all(fused_available(p) for p in basis.moduli) else np.float64
-    return np.stack([f.centred(f.check_elements(x, "x_share"), dtype) for f, x in zip(basis.fields, x_share)])
+    if x_share.dtype == np.int32:  # centred already: the fused form as it is
+        centred = cast(npt.NDArray[np.int32], x_share)
+        for f, x in zip(basis.fields, centred):
+            if x.size and max(-int(x.min()), int(x.max())) > (f.p - 1) // 2:
+                raise argument_error("x_share", f"be centred in [-(p-1)/2, (p-1)/2] for p = {f.p} as int32", x.max())
+    else:
+        centred = np.empty(x_share.shape, dtype=np.int32)
+        for f, x, out in zip(basis.fields, x_share, centred):
+            f.centred(f.check_elements(x, "x_share"), np.int32, out=out)
+    return centred if all(fused_available(p) for p in basis.moduli) else centred.astype(np.float64)
 
 
 def worker_step(

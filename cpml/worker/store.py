@@ -1,4 +1,4 @@
-"""The worker's share store: one uint32 share per job, under a cap on the bytes held or being uploaded."""
+"""The worker's share store: one share per job (centred int32), under a cap on the bytes held or being uploaded."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import cpml.errors as errors
+from cpml.field import basis_for
 from cpml.wire.serde import CorruptData, MalformedMessage, ShareBlock, WireJobSpec, shown
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class UploadUnfinished(errors.NotReady):
 
 @dataclass(eq=False)
 class Job:
-    """A stored share and what the worker knows about its job."""
+    """A stored share (centred int32) and what the worker knows about its job."""
 
     job_id: str
     spec: WireJobSpec
@@ -85,7 +86,10 @@ class Upload:
         self.job_id = job_id
         self.spec = spec
         self._store = store
-        self._share = np.empty((spec.residues, spec.rows, spec.cols), dtype=np.uint32)
+        # Centred int32 as each chunk arrives: the form the fused step computes on, so a job holds one copy of its
+        # share (the same bytes as the uint32 elements) and the first round needs no conversion pass.
+        self._share = np.empty((spec.residues, spec.rows, spec.cols), dtype=np.int32)
+        self._fields = basis_for(spec.moduli).fields
         self._received = np.zeros((spec.residues, spec.rows), dtype=bool)
         self._open = True
 
@@ -97,7 +101,7 @@ class Upload:
                 f"share chunk at row {part.row_offset} of residue {part.residue} overlaps rows already received "
                 f"for job {self.job_id!r}; each row must be sent exactly once"
             )
-        self._share[part.residue, rows] = part.block
+        self._fields[part.residue].centred(part.block, np.int32, out=self._share[part.residue, rows])
         self._received[part.residue, rows] = True
 
     def commit(self) -> Job:
