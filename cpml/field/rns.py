@@ -89,16 +89,20 @@ class ResidueBasis:
         product = self.product
         return tuple((pow(product // p, -1, p), product // p) for p in self.moduli)
 
-    def combine(self, residues: npt.NDArray[np.uint32]) -> npt.NDArray[np.object_]:
-        """The signed integers (Python ints, |v| <= (P-1)/2) whose residues these are: CRT and lift."""
+    def combine(self, residues: npt.NDArray[np.uint32]) -> npt.NDArray[np.int64 | np.object_]:
+        """The signed integers (|v| <= (P-1)/2) whose residues these are: CRT and lift; int64 while P < 2^63."""
         if residues.ndim < 1 or residues.shape[0] != len(self.moduli):
             raise argument_error("residues", f"have {len(self.moduli)} rows (one per modulus)", residues.shape)
-        total = np.zeros(residues.shape[1:], dtype=object)
+        product = self.product
+        # Each term digit * P/p_j is below P, so the sum of k of them is exact in uint64 while k P < 2^64: no
+        # Python ints (a microsecond a value) for the usual two or three residues of 25 bits
+        exact = product < 2**63 and len(self.moduli) * product < 2**64
+        total = np.zeros(residues.shape[1:], dtype=np.uint64 if exact else object)
         for (inverse, cofactor), field, values in zip(self._crt_terms, self.fields, residues):
             digits = field.check_elements(values, "residues").astype(np.uint64) * np.uint64(inverse)
-            total = total + (digits % np.uint64(field.p)).astype(object) * cofactor
-        product = self.product
-        total = total % product
+            digits %= np.uint64(field.p)
+            total = total + (digits * np.uint64(cofactor) if exact else digits.astype(object) * cofactor)
+        total = (total % np.uint64(product)).astype(np.int64) if exact else total % product
         return np.where(total > product // 2, total - product, total)
 
     def lift_to_float(self, residues: npt.NDArray[np.uint32], scale_bits: int) -> npt.NDArray[np.float64]:
@@ -144,7 +148,9 @@ def basis_for(moduli: tuple[int, ...]) -> ResidueBasis:
     return ResidueBasis(tuple(int(m) for m in moduli))
 
 
-def to_float(values: npt.NDArray[np.object_], scale_bits: int) -> npt.NDArray[np.float64]:
+def to_float(values: npt.NDArray[np.int64 | np.object_], scale_bits: int) -> npt.NDArray[np.float64]:
     """2^-scale_bits * v for exact integers, each rounded once to the nearest float64."""
+    if values.dtype != object:  # int64 to float64 rounds to nearest, as float() of a Python int does
+        return np.ldexp(values.astype(np.float64), -scale_bits)
     flat = [math.ldexp(float(v), -scale_bits) for v in values.ravel().tolist()]
     return np.array(flat, dtype=np.float64).reshape(values.shape)

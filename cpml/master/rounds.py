@@ -163,8 +163,10 @@ class ComputeStreams:
         replies: dict[int, np.ndarray] = {}
         compute = 0.0
         deadline = asyncio.get_running_loop().time() + self.round_timeout
+        possible: int | None = None  # the replies this exchange can still reach: recounted when a worker fails
         while len(replies) < needed:
-            possible = len(replies) + sum(1 for w in self._live() if w.index not in replies)
+            if possible is None:
+                possible = len(replies) + sum(1 for w in self._live() if w.index not in replies)
             if possible < needed:
                 left = deadline - asyncio.get_running_loop().time()
                 back = await rejoining(max(left, 0.0)) if rejoining is not None and left > 0 else []
@@ -174,6 +176,7 @@ class ComputeStreams:
                     worker.revive()
                     self.add(worker)
                     sent += send(worker)
+                possible = None
                 continue
             try:
                 async with asyncio.timeout_at(deadline):
@@ -186,6 +189,7 @@ class ComputeStreams:
             if reply is None:
                 if generation == self._generation[worker.index]:
                     worker.fail(failure)
+                    possible = None
                 continue
             received += reply.ByteSize()
             if (
@@ -199,6 +203,7 @@ class ComputeStreams:
                 replies[worker.index] = serde.round_result_from_proto(reply, self.moduli, self.cols[stage])
             except serde.WireError as exc:
                 worker.fail(f"sent a malformed result: {exc}", rejoinable=False)
+                possible = None
             else:
                 compute = max(compute, reply.compute_seconds)
         waited = time.perf_counter() - sent_at

@@ -79,7 +79,10 @@ class CodingScheme:
         if len(replies) < threshold + extra:
             needed = f"R = {threshold}" if not extra else f"R + {extra} = {threshold + extra}"
             raise argument_error("replies", f"hold at least {needed} results", len(replies))
-        chosen = tuple(list(replies)[: threshold + extra])
+        arrived = list(replies)
+        # By worker index within the first R and within the extra: the same polynomial whatever the arrival order,
+        # and the decoding matrix of a set of workers is computed once (interpolation_matrix caches it)
+        chosen = tuple(sorted(arrived[:threshold]) + sorted(arrived[threshold : threshold + extra]))
         if any(not 0 <= i < self.n for i in chosen):
             raise argument_error("replies", f"come from workers 0..{self.n - 1}", chosen)
         alphas, betas = self.points
