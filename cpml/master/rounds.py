@@ -142,10 +142,12 @@ class ComputeStreams:
         needed: int | None = None,
         rejoining: Callable[[float], Awaitable[list[WorkerHandle]]] | None = None,
         stage: int = 0,
+        on_sent: Callable[[], None] | None = None,
     ) -> tuple[dict[int, np.ndarray], RoundTraffic]:
         """Send one exchange's shares to every live worker; return the first `needed` (R) replies, in order."""
         # When too few workers remain, `rejoining(seconds)` may hand back workers whose share was being re-sent:
         # they join this very round (every worker's weight share is encoded) before a shortfall is declared.
+        # `on_sent()` is called once every request is queued, before the wait for replies.
         needed = self.threshold if needed is None else needed
         started = time.perf_counter()
         sent = 0
@@ -158,6 +160,8 @@ class ComputeStreams:
         for worker in self._live():
             sent += send(worker)
         sent_at = time.perf_counter()
+        if on_sent is not None:
+            on_sent()
         received = 0
         late_before = self._late
         replies: dict[int, np.ndarray] = {}

@@ -200,16 +200,15 @@ async def _run_job(
             contextlib.aclosing(rejoiner),
         ):
             with rounds:
-                recording: asyncio.Task[None] | None = None
+                recorder = _Recorder(rounds, trainer, target_scale)
                 try:
                     while not trainer.done:
                         for worker in rejoiner.ready():
                             worker.revive()
                             streams.add(worker)
-                        recording = await _one_round(trainer, streams, rejoiner, rounds, recording, target_scale)
+                        await _one_round(trainer, streams, rejoiner, recorder)
                 finally:
-                    if recording is not None:  # the last finished round is logged, also on the way out
-                        await recording
+                    await recorder.wait()  # the last finished round is logged, also on the way out
     except BaseException:
         rounds.save()  # the last finished round
         raise
@@ -257,23 +256,53 @@ async def _distribute(
         await asyncio.sleep(jitter.uniform(0.2, 2.0))
 
 
-async def _one_round(
-    trainer: CodedTrainer,
-    streams: ComputeStreams,
-    rejoiner: Rejoiner,
-    rounds: RoundsLog,
-    previous: asyncio.Task[None] | None,
-    target_scale: float = 1.0,
-) -> asyncio.Task[None]:
-    """Run one round's exchanges and step; return the task that computes its metrics and records it."""
-    # The metrics pass over all the data: computed on a thread while the next round is out with the workers (the
-    # master would otherwise hold them up each round). The previous round is recorded before this one steps, so
-    # its checkpoint holds its own state.
+class _Recorder:
+    """Records each finished round: its metrics on a thread, started once the next round's requests are out."""
+
+    # The metrics pass over all the data: computed while the next round is out with the workers (the master would
+    # otherwise hold them up each round), but not beside the master's own encoding, whose many small numpy calls
+    # would then wait on the interpreter lock for the metrics thread (a 50,000-row round took twice as long).
+    # A round is recorded before the next one steps, so its checkpoint holds its own state.
+
+    def __init__(self, rounds: RoundsLog, trainer: CodedTrainer, target_scale: float) -> None:
+        self._rounds, self._trainer, self._target_scale = rounds, trainer, target_scale
+        self._pending: tuple[RoundStats, dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, stats: RoundStats, measured: dict[str, Any]) -> None:
+        """A round just finished: record it when `start` is called (at the latest in `wait`)."""
+        self._pending = (stats, measured)
+
+    def start(self) -> None:
+        """Begin recording the finished round, if one waits."""
+        if self._pending is not None:
+            (stats, measured), self._pending = self._pending, None
+            self._task = asyncio.create_task(self._record(stats, measured))
+
+    async def wait(self) -> None:
+        """Finish recording the last finished round."""
+        self.start()
+        if self._task is not None:
+            task, self._task = self._task, None
+            await task
+
+    async def _record(self, stats: RoundStats, measured: dict[str, Any]) -> None:
+        # The trainer's round and weights stay this round's until the next round steps, which waits for this task.
+        if self._trainer.metrics_due:
+            metrics = await asyncio.to_thread(self._trainer.stats, stats.workers_used)
+            stats = replace(metrics, wrong_workers=stats.wrong_workers)
+        self._rounds.record(round_record(stats, self._target_scale, **measured))
+
+
+async def _one_round(trainer: CodedTrainer, streams: ComputeStreams, rejoiner: Rejoiner, recorder: _Recorder) -> None:
+    """Run one round's exchanges and step; the previous round is recorded while this one is out."""
     began = time.perf_counter()
     round_number = trainer.round
     shares = trainer.weight_shares()
     encoded = time.perf_counter()
-    replies, traffic = await streams.run_round(round_number, shares, trainer.replies_needed, rejoiner.in_flight)
+    replies, traffic = await streams.run_round(
+        round_number, shares, trainer.replies_needed, rejoiner.in_flight, on_sent=recorder.start
+    )
     received = time.perf_counter()
     try:
         if trainer.plan.exact_sigmoid:  # decode X̄w̄, encode the sigmoid values, and a second exchange for X̄ᵀē
@@ -287,8 +316,7 @@ async def _one_round(
             encoded += sigmoid_encoded - received
             traffic = traffic.plus(second)
             received = time.perf_counter()
-        if previous is not None:
-            await previous
+        await recorder.wait()
         stats = trainer.finish_round(round_number, replies, evaluate=False)
     except TooManyErrors as exc:
         raise WrongResults(
@@ -299,29 +327,20 @@ async def _one_round(
     for index in stats.wrong_workers:
         streams.drop(index, f"sent a wrong result in round {round_number + 1} (corrected)")
     done = time.perf_counter()
-    measured = {
-        "encode_seconds": encoded - began,
-        "send_seconds": traffic.send_seconds,
-        "wait_seconds": traffic.wait_seconds,
-        "worker_compute_seconds": traffic.worker_compute_seconds,
-        "decode_update_seconds": done - received,
-        "total_seconds": done - began,
-        "bytes_sent": traffic.bytes_sent,
-        "bytes_received": traffic.bytes_received,
-        "late_replies": traffic.late_replies,
-    }
-    return asyncio.create_task(_record(rounds, trainer, stats, measured, target_scale))
-
-
-async def _record(
-    rounds: RoundsLog, trainer: CodedTrainer, stats: RoundStats, measured: dict[str, Any], target_scale: float
-) -> None:
-    """Add a finished round's metrics (when due, off the event loop), then log, show and checkpoint it."""
-    # The trainer's round and weights stay this round's until the next round steps, which waits for this task.
-    if trainer.metrics_due:
-        metrics = await asyncio.to_thread(trainer.stats, stats.workers_used)
-        stats = replace(metrics, wrong_workers=stats.wrong_workers)
-    rounds.record(round_record(stats, target_scale, **measured))
+    recorder.add(
+        stats,
+        {
+            "encode_seconds": encoded - began,
+            "send_seconds": traffic.send_seconds,
+            "wait_seconds": traffic.wait_seconds,
+            "worker_compute_seconds": traffic.worker_compute_seconds,
+            "decode_update_seconds": done - received,
+            "total_seconds": done - began,
+            "bytes_sent": traffic.bytes_sent,
+            "bytes_received": traffic.bytes_received,
+            "late_replies": traffic.late_replies,
+        },
+    )
 
 
 def _finish(
