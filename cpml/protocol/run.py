@@ -125,6 +125,11 @@ class TrainingRun:
         """Whether the round just finished reports its loss and accuracies (every eval_every rounds, and the last)."""
         return not self.round % self.eval_every or self.done
 
+    @property
+    def evaluation_elements(self) -> int:
+        """How many data values a round's metrics read (the training and test features)."""
+        return self.x.size + (self.x_test.size if self.x_test is not None else 0)
+
     def stats(self, used: tuple[int, ...] = ()) -> RoundStats:
         """Loss and accuracy of the current weights on the real data."""
         test = (self.x_test, self.y_test)
