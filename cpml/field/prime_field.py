@@ -77,6 +77,8 @@ class PrimeField:
         """Return the representatives in [-(p-1)/2, (p-1)/2] as float64 or int32 (into `out`, int32, when given)."""
         if dtype not in (np.float64, np.int32):
             raise argument_error("dtype", "be numpy.float64 or numpy.int32", dtype)
+        if out is not None and np.dtype(dtype) != np.int32:
+            raise argument_error("dtype", "be numpy.int32 when 'out' is given", dtype)
         a = np.asarray(x)
         # elements are below 2^31: int32 holds them and their centred values, and keeps this pass cheap (a
         # masked subtract, `where=`, is over ten times slower than subtracting p times the mask)

@@ -94,16 +94,17 @@ class ResidueBasis:
         if residues.ndim < 1 or residues.shape[0] != len(self.moduli):
             raise argument_error("residues", f"have {len(self.moduli)} rows (one per modulus)", residues.shape)
         product = self.product
-        # Each term digit * P/p_j is below P, so the sum of k of them is exact in uint64 while k P < 2^64: no
-        # Python ints (a microsecond a value) for the usual two or three residues of 25 bits
-        exact = product < 2**63 and len(self.moduli) * product < 2**64
-        total = np.zeros(residues.shape[1:], dtype=np.uint64 if exact else object)
-        for (inverse, cofactor), field, values in zip(self._crt_terms, self.fields, residues):
-            digits = field.check_elements(values, "residues").astype(np.uint64) * np.uint64(inverse)
-            digits %= np.uint64(field.p)
-            total = total + (digits * np.uint64(cofactor) if exact else digits.astype(object) * cofactor)
-        total = (total % np.uint64(product)).astype(np.int64) if exact else total % product
-        return np.where(total > product // 2, total - product, total)
+        terms = [  # v = sum of digit_j * P/p_j mod P, each term below P
+            (field.check_elements(values, "residues").astype(np.uint64) * np.uint64(inverse) % np.uint64(field.p), c)
+            for (inverse, c), field, values in zip(self._crt_terms, self.fields, residues)
+        ]
+        if product < 2**63 and len(terms) * product < 2**64:  # the sum is exact in uint64: no Python ints (1 us each)
+            total = sum((digits * np.uint64(c) for digits, c in terms), np.zeros(residues.shape[1:], np.uint64))
+            signed = (total % np.uint64(product)).astype(np.int64)
+        else:
+            signed = sum((digits.astype(object) * c for digits, c in terms), np.zeros(residues.shape[1:], object))
+            signed = signed % product
+        return np.where(signed > product // 2, signed - product, signed)
 
     def lift_to_float(self, residues: npt.NDArray[np.uint32], scale_bits: int) -> npt.NDArray[np.float64]:
         """2^-scale_bits * v for the signed v (|v| <= (P-1)/2) with these residues, vectorized for many values."""
